@@ -1,0 +1,176 @@
+"""Collectives as chunk pre/postconditions.
+
+Every collective splits its buffers into ``num_blocks * chunkup`` chunks. Chunk ``c``
+belongs to block ``c // chunkup``:
+
+* AllGather(N): block r is rank r's input; it must reach every rank.
+* AllToAll(N): block s*N + d starts on rank s (input slot d) and must reach rank d
+  (output slot s).
+* ReduceScatter(N): block r is reduced over all ranks' inputs and ends on rank r.
+* AllReduce(N): block x is reduced over all ranks' inputs and ends on every rank.
+
+A *contribution* is ``(rank, input_index)``: one rank's input chunk. A chunk's value is
+the set of contributions it holds (a reduction is a disjoint union).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from .errors import CollectiveError
+
+ALLGATHER = "allgather"
+ALLTOALL = "alltoall"
+REDUCESCATTER = "reducescatter"
+ALLREDUCE = "allreduce"
+KINDS = (ALLGATHER, ALLTOALL, REDUCESCATTER, ALLREDUCE)
+
+#: accepted spellings -> canonical kind (MSCCL XML uses "reduce_scatter")
+_ALIASES = {
+    "allgather": ALLGATHER, "all_gather": ALLGATHER, "ag": ALLGATHER,
+    "alltoall": ALLTOALL, "all_to_all": ALLTOALL, "a2a": ALLTOALL,
+    "reducescatter": REDUCESCATTER, "reduce_scatter": REDUCESCATTER, "rs": REDUCESCATTER,
+    "allreduce": ALLREDUCE, "all_reduce": ALLREDUCE, "ar": ALLREDUCE,
+}
+#: canonical kind -> the ``coll`` attribute MSCCL runtimes expect
+XML_NAMES = {ALLGATHER: "allgather", ALLTOALL: "alltoall",
+             REDUCESCATTER: "reduce_scatter", ALLREDUCE: "allreduce"}
+
+Contribution = tuple[int, int]
+
+
+def canonical_kind(name: str) -> str:
+    """Map a user or XML spelling of a collective to its canonical kind."""
+    kind = _ALIASES.get(name.strip().lower().replace("-", "_"))
+    if kind is None:
+        raise CollectiveError(
+            f"unknown collective {name!r}; choose one of {', '.join(KINDS)}")
+    return kind
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A collective on ``num_ranks`` ranks with each block cut into ``chunkup`` chunks."""
+
+    kind: str
+    num_ranks: int
+    chunkup: int = 1
+    inplace: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", canonical_kind(self.kind))
+        if self.num_ranks < 1:
+            raise CollectiveError(f"a collective needs at least 1 rank, got {self.num_ranks}")
+        if self.chunkup < 1:
+            raise CollectiveError(f"chunk-up must be >= 1, got {self.chunkup}")
+
+    # -- sizes ---------------------------------------------------------------
+    @property
+    def reducing(self) -> bool:
+        return self.kind in (REDUCESCATTER, ALLREDUCE)
+
+    @property
+    def num_blocks(self) -> int:
+        n = self.num_ranks
+        return n * n if self.kind == ALLTOALL else n
+
+    @property
+    def num_chunks(self) -> int:
+        return self.num_blocks * self.chunkup
+
+    @property
+    def nchunksperloop(self) -> int:
+        """Chunks the largest buffer is cut into (MSCCL's ``nchunksperloop``)."""
+        return self.num_ranks * self.chunkup
+
+    @property
+    def i_chunks(self) -> int:
+        return self.chunkup if self.kind == ALLGATHER else self.nchunksperloop
+
+    @property
+    def o_chunks(self) -> int:
+        return self.chunkup if self.kind == REDUCESCATTER else self.nchunksperloop
+
+    def chunk_bytes(self, size: int) -> float:
+        """Bytes per chunk for an nccl-tests ``size`` (AG output, A2A/AR buffer, RS input)."""
+        return size / self.nchunksperloop
+
+    # -- chunk semantics -----------------------------------------------------
+    def precondition(self, chunk: int) -> tuple[int, ...]:
+        """Ranks holding an input contribution to ``chunk`` at the start."""
+        block = chunk // self.chunkup
+        if self.kind == ALLGATHER:
+            return (block,)
+        if self.kind == ALLTOALL:
+            return (block // self.num_ranks,)
+        return tuple(range(self.num_ranks))
+
+    def postcondition(self, chunk: int) -> tuple[int, ...]:
+        """Ranks that must hold the finished ``chunk`` at the end."""
+        block = chunk // self.chunkup
+        if self.kind in (ALLGATHER, ALLREDUCE):
+            return tuple(range(self.num_ranks))
+        if self.kind == ALLTOALL:
+            return (block % self.num_ranks,)
+        return (block,)
+
+    def input_index(self, rank: int, chunk: int) -> int | None:
+        """Index of ``rank``'s input contribution to ``chunk`` (None if it has none)."""
+        if rank not in self.precondition(chunk):
+            return None
+        block, j = divmod(chunk, self.chunkup)
+        if self.kind == ALLGATHER:
+            return j
+        if self.kind == ALLTOALL:
+            return (block % self.num_ranks) * self.chunkup + j
+        return chunk
+
+    def output_index(self, rank: int, chunk: int) -> int | None:
+        """Index where ``rank`` must hold finished ``chunk`` (None if not a destination)."""
+        if rank not in self.postcondition(chunk):
+            return None
+        block, j = divmod(chunk, self.chunkup)
+        if self.kind == ALLTOALL:
+            return (block // self.num_ranks) * self.chunkup + j
+        if self.kind == REDUCESCATTER:
+            return j
+        return chunk
+
+    def expected(self, chunk: int) -> frozenset[Contribution]:
+        """The finished value of ``chunk``: every contribution to it, exactly once."""
+        return frozenset((r, self.input_index(r, chunk)) for r in self.precondition(chunk))
+
+    @cached_property
+    def output_map(self) -> dict[tuple[int, int], int]:
+        """(rank, output index) -> chunk, for every postcondition."""
+        return {(r, self.output_index(r, c)): c
+                for c in range(self.num_chunks) for r in self.postcondition(c)}
+
+    @cached_property
+    def input_map(self) -> dict[tuple[int, int], int]:
+        """(rank, input index) -> chunk, for every precondition."""
+        return {(r, self.input_index(r, c)): c
+                for c in range(self.num_chunks) for r in self.precondition(c)}
+
+    def inplace_output(self, rank: int, out_index: int) -> tuple[str, int]:
+        """Where output chunk ``out_index`` lives when the collective runs in place."""
+        if self.kind == ALLGATHER:
+            return ("o", out_index)
+        if self.kind == REDUCESCATTER:
+            return ("i", rank * self.chunkup + out_index)
+        return ("i", out_index)
+
+    def inplace_input(self, rank: int, in_index: int) -> tuple[str, int]:
+        """Where input chunk ``in_index`` lives when the collective runs in place."""
+        if self.kind == ALLGATHER:
+            return ("o", rank * self.chunkup + in_index)
+        return ("i", in_index)
+
+    def with_chunkup(self, chunkup: int) -> "Collective":
+        return Collective(self.kind, self.num_ranks, chunkup, self.inplace)
+
+    def refine(self, chunk: int, instances: int, instance: int) -> int:
+        """Chunk id of sub-chunk ``instance`` of ``chunk`` under ``with_chunkup(k*instances)``."""
+        block, j = divmod(chunk, self.chunkup)
+        return block * self.chunkup * instances + instance * self.chunkup + j

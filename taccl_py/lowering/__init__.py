@@ -1,0 +1,1 @@
+"""Lowering: algorithm IR -> MSCCL XML plan, and MSCCL XML -> plan (parser)."""

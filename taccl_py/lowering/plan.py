@@ -1,0 +1,73 @@
+"""The plan object between lowering and runtime: an MSCCL XML algorithm in memory.
+
+Field names follow the XML (``specs/msccl-xml.md``). Offsets and counts are in chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..collectives import Collective, canonical_kind
+
+SEND_TYPES = frozenset({"s", "rcs", "rrs", "rrcs"})
+RECV_TYPES = frozenset({"r", "rcs", "rrc", "rrs", "rrcs"})
+REDUCE_TYPES = frozenset({"rrc", "rrs", "rrcs", "re"})
+LOCAL_TYPES = frozenset({"cpy", "re", "nop"})
+STEP_TYPES = SEND_TYPES | RECV_TYPES | LOCAL_TYPES
+
+
+@dataclass
+class Step:
+    s: int
+    type: str
+    srcbuf: str | None = None
+    srcoff: int = -1
+    dstbuf: str | None = None
+    dstoff: int = -1
+    cnt: int = 1
+    depid: int = -1
+    deps: int = -1
+    hasdep: int = 0
+
+
+@dataclass
+class Threadblock:
+    id: int
+    send: int = -1
+    recv: int = -1
+    chan: int = 0
+    steps: list[Step] = field(default_factory=list)
+
+
+@dataclass
+class GpuPlan:
+    id: int
+    i_chunks: int
+    o_chunks: int
+    s_chunks: int = 0
+    tbs: list[Threadblock] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    name: str
+    coll: str  # canonical collective kind
+    ngpus: int
+    nchunksperloop: int
+    nchannels: int = 1
+    proto: str = "Simple"
+    inplace: bool = False
+    outofplace: bool = True
+    min_bytes: int = 0
+    max_bytes: int = 0
+    redop: str = "nop"
+    gpus: list[GpuPlan] = field(default_factory=list)
+
+    def collective(self) -> Collective:
+        """The collective this plan claims to implement (chunk-up from nchunksperloop)."""
+        kind = canonical_kind(self.coll)
+        chunkup = max(1, self.nchunksperloop // max(1, self.ngpus))
+        return Collective(kind, self.ngpus, chunkup, self.inplace)
+
+    def buffer_size(self, gpu: GpuPlan, buf: str) -> int:
+        return {"i": gpu.i_chunks, "o": gpu.o_chunks, "s": gpu.s_chunks}.get(buf, 0)

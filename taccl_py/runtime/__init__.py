@@ -1,0 +1,1 @@
+"""Runtime: the data-level verifier and executors for plans."""

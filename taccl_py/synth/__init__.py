@@ -1,0 +1,1 @@
+"""Synthesis: baselines, lower bounds and the staged MILP synthesizer, all emitting the IR."""

@@ -1,0 +1,180 @@
+"""Topology model: ranks on identical nodes, links, switches, NICs, the network.
+
+Units inside the model are SI: bandwidth in bytes/s, latency (α) in seconds. The YAML
+files use GB/s and µs; the loader converts.
+
+Every directly connected ordered rank pair has one :class:`Connection`: the α of a
+transfer, and the *resources* it occupies, each with its own bandwidth:
+
+* ``link:a->b``     a point-to-point link (NVLink, xGMI, PCIe), per direction;
+* ``swout:a`` / ``swin:b``   the sender's out-port and the receiver's in-port of a switch;
+* ``nicout:N`` / ``nicin:N`` the NICs of sender and receiver (shared by their GPUs).
+
+A transfer of b bytes on a connection costs α + b / min(resource bandwidth).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from ..errors import TopologyError
+
+FULL_BISECTION = "full-bisection"
+RAIL_ONLY = "rail-only"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A directed point-to-point link bundle between two ranks of one node."""
+
+    src: int
+    dst: int
+    bandwidth: float  # bytes/s of the whole bundle (count × per-link)
+    alpha: float
+    count: int = 1
+    kind: str = "nvlink"
+
+
+@dataclass(frozen=True)
+class Switch:
+    """An intra-node switch; each attached rank has one in- and one out-port."""
+
+    name: str
+    node: int
+    ranks: tuple[int, ...]
+    bandwidth: float  # per port, per direction
+    alpha: float
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A NIC of one node, shared by ``ranks``; ``rail`` is its index within the node."""
+
+    name: str
+    node: int
+    rail: int
+    ranks: tuple[int, ...]
+    bandwidth: float  # per direction
+    alpha: float
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How ``src`` reaches ``dst`` in one hop."""
+
+    src: int
+    dst: int
+    alpha: float
+    resources: tuple[str, ...]
+    kind: str  # "link", "switch" or "network"
+
+
+@dataclass
+class Topology:
+    """K identical nodes of ``gpus_per_node`` ranks; rank = node * gpus_per_node + local."""
+
+    name: str
+    gpus_per_node: int
+    nodes: int
+    links: tuple[Link, ...] = ()
+    switches: tuple[Switch, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    network: str = FULL_BISECTION
+    description: str = ""
+    source: str = ""
+    resource_bandwidth: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        bw: dict[str, float] = {}
+        for link in self.links:
+            bw[f"link:{link.src}->{link.dst}"] = link.bandwidth
+        for sw in self.switches:
+            for r in sw.ranks:
+                bw[f"swout:{r}"] = sw.bandwidth
+                bw[f"swin:{r}"] = sw.bandwidth
+        for nic in self.nics:
+            bw[f"nicout:{nic.name}"] = nic.bandwidth
+            bw[f"nicin:{nic.name}"] = nic.bandwidth
+        self.resource_bandwidth = bw
+
+    @property
+    def num_ranks(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def label(self) -> str:
+        return self.name if self.nodes == 1 else f"{self.name}x{self.nodes}"
+
+    def node_of(self, rank: int) -> int:
+        return rank // self.gpus_per_node
+
+    def local(self, rank: int) -> int:
+        return rank % self.gpus_per_node
+
+    def nic_of(self, rank: int) -> Nic | None:
+        """The NIC a rank sends and receives inter-node traffic through."""
+        return self._nic_by_rank.get(rank)
+
+    @cached_property
+    def _nic_by_rank(self) -> dict[int, Nic]:
+        out: dict[int, Nic] = {}
+        for nic in self.nics:
+            for r in nic.ranks:
+                out.setdefault(r, nic)
+        return out
+
+    def bandwidth(self, conn: Connection) -> float:
+        return min(self.resource_bandwidth[r] for r in conn.resources)
+
+    def cost(self, conn: Connection, nbytes: float) -> float:
+        """α-β time of one transfer of ``nbytes`` on ``conn``, alone on its resources."""
+        return conn.alpha + nbytes / self.bandwidth(conn)
+
+    @cached_property
+    def connections(self) -> dict[tuple[int, int], Connection]:
+        """The best one-hop connection of every directly connected ordered pair."""
+        conns: dict[tuple[int, int], Connection] = {}
+
+        def offer(c: Connection) -> None:
+            old = conns.get((c.src, c.dst))
+            if old is None or (self.bandwidth(c), -c.alpha) > (self.bandwidth(old), -old.alpha):
+                conns[(c.src, c.dst)] = c
+
+        for link in self.links:
+            offer(Connection(link.src, link.dst, link.alpha,
+                             (f"link:{link.src}->{link.dst}",), "link"))
+        for sw in self.switches:
+            for a in sw.ranks:
+                for b in sw.ranks:
+                    if a != b:
+                        offer(Connection(a, b, sw.alpha, (f"swout:{a}", f"swin:{b}"), "switch"))
+        for a, nic_a in sorted(self._nic_by_rank.items()):
+            for b, nic_b in sorted(self._nic_by_rank.items()):
+                if nic_a.node == nic_b.node:
+                    continue
+                if self.network == RAIL_ONLY and nic_a.rail != nic_b.rail:
+                    continue
+                offer(Connection(a, b, max(nic_a.alpha, nic_b.alpha),
+                                 (f"nicout:{nic_a.name}", f"nicin:{nic_b.name}"), "network"))
+        return dict(sorted(conns.items()))
+
+    def connection(self, src: int, dst: int) -> Connection:
+        try:
+            return self.connections[(src, dst)]
+        except KeyError:
+            raise TopologyError(
+                f"{self.label}: no direct connection from rank {src} to rank {dst}") from None
+
+    def neighbors(self, rank: int) -> list[int]:
+        return [d for (s, d) in self.connections if s == rank]
+
+    def graph(self):
+        """A networkx DiGraph of ranks; edges carry ``alpha``, ``bandwidth``, ``kind``."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        g.add_nodes_from(range(self.num_ranks))
+        for (s, d), c in self.connections.items():
+            g.add_edge(s, d, alpha=c.alpha, bandwidth=self.bandwidth(c), kind=c.kind)
+        return g
