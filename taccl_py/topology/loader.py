@@ -1,0 +1,250 @@
+"""Loading topologies: the built-in library, users' YAML files, replication over nodes."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import yaml
+
+from ..errors import TopologyError
+from .model import Link, Nic, Switch, Topology
+from .schema import check_document, expand_gpus
+
+MAX_FILE_BYTES = 1 << 20
+MAX_FLOW_DEPTH = 64
+_GB = 1e9
+_US_PER_S = 1e6
+
+
+def _builtin_dir() -> Traversable:
+    """The packaged copy (wheel install) if present, else ``<repo>/topologies``."""
+    packaged = resources.files("taccl_py") / "_data" / "topologies"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "topologies"
+
+
+def _builtin_files() -> dict[str, Traversable]:
+    directory = _builtin_dir()
+    if not directory.is_dir():
+        return {}
+    return {f.name[: -len(".yaml")]: f for f in directory.iterdir()
+            if f.name.endswith(".yaml") and f.is_file()}
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in topologies, sorted."""
+    return sorted(_builtin_files())
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key repeated in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_flow_depth(text: str, where: str) -> None:
+    """Reject deeply nested brackets up front: PyYAML scans them in quadratic time."""
+    depth = 0
+    for line_no, line in enumerate(text.splitlines(), 1):
+        for ch in line:
+            if ch in "[{":
+                depth += 1
+                if depth > MAX_FLOW_DEPTH:
+                    raise TopologyError(f"{where}: line {line_no}: brackets nested more "
+                                        f"than {MAX_FLOW_DEPTH} deep")
+            elif ch in "]}" and depth:
+                depth -= 1
+
+
+def _parse(data: bytes, where: str) -> object:
+    """Bytes of a YAML file -> Python data, or a one-line TopologyError."""
+    if len(data) > MAX_FILE_BYTES:
+        raise TopologyError(f"{where}: file too large ({len(data)} bytes, "
+                            f"limit {MAX_FILE_BYTES})")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TopologyError(f"{where}: not a UTF-8 text file "
+                            f"(bad byte at offset {exc.start})") from None
+    if not text.strip():
+        raise TopologyError(f"{where}: empty file")
+    _check_flow_depth(text, where)
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise TopologyError(f"{where}: {at}invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise TopologyError(f"{where}: line {line}: invalid YAML: unacceptable character "
+                            f"#x{exc.character:04x}") from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{where}: YAML error: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise TopologyError(f"{where}: YAML nested too deeply") from None
+    if doc is None:
+        raise TopologyError(f"{where}: empty file (only comments)")
+    return doc
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TopologyError(f"{path}: is a directory, not a topology file") from None
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _load_document(data: bytes, where: str) -> dict:
+    doc = _parse(data, where)
+    check_document(doc, where)
+    return doc
+
+
+def validate_file(path: str | os.PathLike) -> None:
+    """Raise a one-line TopologyError if ``path`` is not a valid topology file."""
+    path = Path(path)
+    _load_document(_read(path), str(path))
+
+
+def _build(doc: dict, default_name: str, source: str, nodes: int) -> Topology:
+    """A validated document replicated over ``nodes`` nodes, converted to SI units."""
+    name = doc.get("name", default_name)
+    n = int(doc["gpus_per_node"])
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise TopologyError(f"{name}: nodes must be an integer >= 1, got {nodes!r}")
+    nics_doc = doc.get("nics", [])
+    if nodes > 1 and not nics_doc:
+        raise TopologyError(f"{name}: has no NICs, so it cannot span {nodes} nodes "
+                            f"(add a 'nics' section to its file to make it multi-node)")
+    max_nodes = doc.get("max_nodes")
+    if max_nodes is not None and nodes > max_nodes:
+        raise TopologyError(f"{name}: at most {max_nodes} nodes, asked for {nodes}")
+
+    links, switches, nics = [], [], []
+    for node in range(nodes):
+        base = node * n
+        for entry in doc.get("links", []):
+            count = int(entry.get("count", 1))
+            for a, b in entry["pairs"]:
+                edges = [(a, b)] if entry.get("directed", False) else [(a, b), (b, a)]
+                links += [Link(base + int(s), base + int(d),
+                               bandwidth=count * entry["bandwidth"] * _GB,
+                               alpha=entry["alpha"] / _US_PER_S, count=count,
+                               kind=entry.get("kind", "nvlink")) for s, d in edges]
+        for i, entry in enumerate(doc.get("switches", [])):
+            switches.append(Switch(
+                name=f"n{node}.{entry.get('name', f'switch{i}')}", node=node,
+                ranks=tuple(base + g for g in expand_gpus(entry["gpus"], n)),
+                bandwidth=entry["bandwidth"] * _GB, alpha=entry["alpha"] / _US_PER_S))
+        for i, entry in enumerate(nics_doc):
+            nics.append(Nic(
+                name=f"n{node}.{entry.get('name', f'nic{i}')}", node=node, rail=i,
+                ranks=tuple(base + g for g in expand_gpus(entry["gpus"], n)),
+                bandwidth=entry["bandwidth"] * _GB, alpha=entry["alpha"] / _US_PER_S))
+    return Topology(
+        name=name, gpus_per_node=n, nodes=nodes, links=tuple(links),
+        switches=tuple(switches), nics=tuple(nics),
+        network=doc.get("network", "full-bisection"),
+        description=" ".join(doc.get("description", "").split()), source=source)
+
+
+def _looks_like_path(text: str) -> bool:
+    return (os.sep in text or "/" in text or text.endswith((".yaml", ".yml"))
+            or os.path.exists(text))
+
+
+def load_topology(name_or_path: str | os.PathLike, nodes: int = 1) -> Topology:
+    """A built-in topology by name, or a user's YAML file by path, over ``nodes`` nodes."""
+    text = os.fspath(name_or_path)
+    builtins = _builtin_files()
+    if text in builtins:
+        source = builtins[text]
+        where = str(source)
+        data = source.read_bytes()
+        default_name = text
+    elif _looks_like_path(text):
+        path = Path(text)
+        where = source = str(path)
+        data = _read(path)
+        default_name = path.stem
+    else:
+        known = ", ".join(sorted(builtins)) or "none found"
+        raise TopologyError(f"unknown topology {text!r}: not a file, and not a built-in "
+                            f"name ({known})")
+    return _build(_load_document(data, where), default_name, str(source), nodes)
+
+
+def _gbs(bandwidth: float) -> str:
+    return f"{bandwidth / _GB:g} GB/s"
+
+
+def _us(alpha: float) -> str:
+    return f"{alpha * _US_PER_S:g} us"
+
+
+def _gpus(ranks: tuple[int, ...]) -> str:
+    if len(ranks) == 1:
+        return f"GPU {ranks[0]}"
+    if len(ranks) > 2 and list(ranks) == list(range(ranks[0], ranks[-1] + 1)):
+        return f"GPUs {ranks[0]}..{ranks[-1]}"
+    return "GPUs " + ",".join(map(str, ranks))
+
+
+def describe(topology: Topology) -> str:
+    """A human-readable multi-line summary (``taccl topology show``)."""
+    t = topology
+    lines = [f"{t.label}: {t.description}" if t.description else t.label]
+    if t.source:
+        lines.append(f"  source: {t.source}")
+    if t.nodes > 1:
+        lines.append(f"  ranks: {t.num_ranks} ({t.nodes} nodes x {t.gpus_per_node} GPUs; "
+                     f"rank = node * {t.gpus_per_node} + GPU)")
+    else:
+        lines.append(f"  ranks: {t.num_ranks} (1 node)")
+    node0 = [lk for lk in t.links if t.node_of(lk.src) == 0]
+    if node0:
+        lines.append(f"  links ({len(node0)} directed{', per node' if t.nodes > 1 else ''}):")
+        directed = {(lk.src, lk.dst): lk for lk in node0}
+        for lk in node0:
+            back = directed.get((lk.dst, lk.src))
+            both = back is not None and (back.bandwidth, back.alpha, back.count, back.kind) == (
+                lk.bandwidth, lk.alpha, lk.count, lk.kind)
+            if both and lk.src > lk.dst:
+                continue
+            arrow = "<->" if both else "->"
+            lines.append(f"    {lk.src}{arrow}{lk.dst}: {lk.kind} x{lk.count}, "
+                         f"{_gbs(lk.bandwidth)}, alpha {_us(lk.alpha)}")
+    for sw in t.switches:
+        if sw.node == 0:
+            lines.append(f"  switch {sw.name.split('.', 1)[-1]}: {_gpus(sw.ranks)}, "
+                         f"{_gbs(sw.bandwidth)} per port, alpha {_us(sw.alpha)}")
+    for nic in t.nics:
+        if nic.node == 0:
+            lines.append(f"  NIC {nic.name.split('.', 1)[-1]} (rail {nic.rail}): "
+                         f"{_gpus(nic.ranks)}, {_gbs(nic.bandwidth)}, alpha {_us(nic.alpha)}")
+    if t.nics:
+        lines.append(f"  network: {t.network}")
+    kinds = Counter(c.kind for c in t.connections.values())
+    detail = ", ".join(f"{k} {kinds[k]}" for k in ("link", "switch", "network") if kinds[k])
+    lines.append(f"  connections: {len(t.connections)}" + (f" ({detail})" if detail else ""))
+    return "\n".join(lines)
