@@ -1,0 +1,180 @@
+"""MSCCL XML text <-> :class:`Plan` (``specs/msccl-xml.md``, the "old format").
+
+:func:`plan_to_xml` writes every attribute the executors want, in a fixed order.
+:func:`parse_plan` also reads plans written by msccl-tools / SCCL: optional attributes may
+be missing, and a buffer given with offset -1 (how msccl-tools marks an unused operand)
+reads back as "no buffer".
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+from ..collectives import XML_NAMES, canonical_kind
+from ..errors import CollectiveError, PlanError
+from ..fileio import atomic_write_text
+from .plan import GpuPlan, Plan, Step, Threadblock
+
+BUFFERS = ("i", "o", "s")
+
+
+def plan_to_xml(plan: Plan) -> str:
+    """Deterministic MSCCL XML text of ``plan`` (ends with a newline)."""
+    lines = [_tag("algo", [
+        ("name", plan.name), ("proto", plan.proto), ("nchannels", plan.nchannels),
+        ("nchunksperloop", plan.nchunksperloop), ("ngpus", plan.ngpus),
+        ("coll", XML_NAMES[canonical_kind(plan.coll)]), ("inplace", int(plan.inplace)),
+        ("outofplace", int(plan.outofplace)), ("minBytes", plan.min_bytes),
+        ("maxBytes", plan.max_bytes), ("redop", plan.redop)], empty=not plan.gpus)]
+    for gpu in plan.gpus:
+        lines.append("  " + _tag("gpu", [
+            ("id", gpu.id), ("i_chunks", gpu.i_chunks), ("o_chunks", gpu.o_chunks),
+            ("s_chunks", gpu.s_chunks)], empty=not gpu.tbs))
+        for tb in gpu.tbs:
+            lines.append("    " + _tag("tb", [
+                ("id", tb.id), ("send", tb.send), ("recv", tb.recv), ("chan", tb.chan)],
+                empty=not tb.steps))
+            for st in tb.steps:
+                # an unused operand is written as i/-1 or o/-1: the loader requires all four
+                lines.append("      " + _tag("step", [
+                    ("s", st.s), ("type", st.type), ("srcbuf", st.srcbuf or "i"),
+                    ("srcoff", st.srcoff), ("dstbuf", st.dstbuf or "o"), ("dstoff", st.dstoff),
+                    ("cnt", st.cnt),
+                    ("depid", st.depid), ("deps", st.deps), ("hasdep", st.hasdep)], empty=True))
+            if tb.steps:
+                lines.append("    </tb>")
+        if gpu.tbs:
+            lines.append("  </gpu>")
+    if plan.gpus:
+        lines.append("</algo>")
+    return "\n".join(lines) + "\n"
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    """Write ``plan`` as XML to ``path`` atomically (temp file beside it, then rename)."""
+    return atomic_write_text(path, plan_to_xml(plan))
+
+
+def _tag(name: str, attrs: list[tuple[str, object]], empty: bool) -> str:
+    body = " ".join(f"{k}={quoteattr(str(v))}" for k, v in attrs)
+    return f"<{name} {body}{'/' if empty else ''}>"
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+def parse_plan(source: str | Path) -> Plan:
+    """Load a plan from a path or from XML text; :class:`PlanError` names what is wrong."""
+    if isinstance(source, Path) or not source.lstrip().startswith("<"):
+        where, default_name = str(source), Path(source).stem
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise PlanError(f"{where}: cannot read plan: {reason}") from None
+    else:
+        where, text = "<xml text>", source
+        default_name = "unnamed"
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise PlanError(f"{where}: malformed XML: {exc}") from None
+    return _Reader(where, default_name).algo(root)
+
+
+class _Reader:
+    def __init__(self, where: str, default_name: str) -> None:
+        self.where = where
+        self.default_name = default_name
+
+    def fail(self, element: str, message: str) -> PlanError:
+        return PlanError(f"{self.where}: {element}: {message}")
+
+    def int_attr(self, el: ET.Element, element: str, name: str, default: int | None = None) -> int:
+        raw = el.get(name)
+        if raw is None:
+            if default is None:
+                raise self.fail(element, f"missing required attribute '{name}'")
+            return default
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise self.fail(element,
+                            f"attribute '{name}' must be an integer, got {raw!r}") from None
+
+    def str_attr(self, el: ET.Element, element: str, name: str, default: str | None = None) -> str:
+        raw = el.get(name, default)
+        if raw is None:
+            raise self.fail(element, f"missing required attribute '{name}'")
+        return raw
+
+    def children(self, el: ET.Element, element: str, tag: str) -> list[ET.Element]:
+        for child in el:
+            if child.tag != tag:
+                raise self.fail(element, f"unexpected element <{child.tag}> (expected <{tag}>; "
+                                         "only the MSCCL 'old format' is read)")
+        return list(el)
+
+    def algo(self, root: ET.Element) -> Plan:
+        el = "algo"
+        if root.tag != "algo":
+            raise self.fail(el, f"root element is <{root.tag}>, expected <algo>")
+        coll_name = self.str_attr(root, el, "coll")
+        try:
+            coll = canonical_kind(coll_name)
+        except CollectiveError as exc:
+            raise self.fail(el, f"attribute 'coll': {exc}") from None
+        inplace = self.int_attr(root, el, "inplace") != 0
+        gpus = [self.gpu(g) for g in self.children(root, el, "gpu")]
+        reducing = coll in ("reducescatter", "allreduce")
+        chans = [tb.chan for g in gpus for tb in g.tbs]
+        return Plan(
+            name=self.str_attr(root, el, "name", self.default_name),
+            coll=coll,
+            ngpus=self.int_attr(root, el, "ngpus"),
+            nchunksperloop=self.int_attr(root, el, "nchunksperloop"),
+            nchannels=self.int_attr(root, el, "nchannels", 1 + max(chans, default=0)),
+            proto=self.str_attr(root, el, "proto", "Simple"),
+            inplace=inplace,
+            outofplace=self.int_attr(root, el, "outofplace", int(not inplace)) != 0,
+            min_bytes=self.int_attr(root, el, "minBytes", 0),
+            max_bytes=self.int_attr(root, el, "maxBytes", 0),
+            redop=self.str_attr(root, el, "redop", "sum" if reducing else "nop"),
+            gpus=gpus)
+
+    def gpu(self, el_: ET.Element) -> GpuPlan:
+        gid = self.int_attr(el_, "gpu", "id")
+        el = f"gpu {gid}"
+        tbs = [self.tb(t, el) for t in self.children(el_, el, "tb")]
+        return GpuPlan(id=gid, i_chunks=self.int_attr(el_, el, "i_chunks"),
+                       o_chunks=self.int_attr(el_, el, "o_chunks"),
+                       s_chunks=self.int_attr(el_, el, "s_chunks", 0), tbs=tbs)
+
+    def tb(self, el_: ET.Element, parent: str) -> Threadblock:
+        tid = self.int_attr(el_, f"{parent} tb", "id")
+        el = f"{parent} tb {tid}"
+        steps = [self.step(s, el, i) for i, s in enumerate(self.children(el_, el, "step"))]
+        return Threadblock(id=tid, send=self.int_attr(el_, el, "send"),
+                           recv=self.int_attr(el_, el, "recv"),
+                           chan=self.int_attr(el_, el, "chan", 0), steps=steps)
+
+    def step(self, el_: ET.Element, parent: str, index: int) -> Step:
+        s = self.int_attr(el_, f"{parent} step #{index}", "s")
+        el = f"{parent} step {s}"
+        srcbuf, srcoff = self.operand(el_, el, "src")
+        dstbuf, dstoff = self.operand(el_, el, "dst")
+        return Step(s=s, type=self.str_attr(el_, el, "type"), srcbuf=srcbuf, srcoff=srcoff,
+                    dstbuf=dstbuf, dstoff=dstoff, cnt=self.int_attr(el_, el, "cnt", 1),
+                    depid=self.int_attr(el_, el, "depid", -1),
+                    deps=self.int_attr(el_, el, "deps", -1),
+                    hasdep=self.int_attr(el_, el, "hasdep", 0))
+
+    def operand(self, el_: ET.Element, el: str, which: str) -> tuple[str | None, int]:
+        buf = el_.get(f"{which}buf")
+        off = self.int_attr(el_, el, f"{which}off", -1)
+        if buf is None or off == -1:
+            return None, off
+        if buf not in BUFFERS:
+            raise self.fail(el, f"attribute '{which}buf' must be one of i, o, s, got {buf!r}")
+        return buf, off
