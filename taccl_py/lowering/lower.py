@@ -1,0 +1,359 @@
+"""Lowering: algorithm IR -> MSCCL plan (``specs/msccl-xml.md``).
+
+The pipeline: check the IR; follow every value it creates (:mod:`.buffers`); give each
+rank threadblocks and order and fuse their ops (:mod:`.threadblocks`); place values in
+buffers and add final copies; derive dependencies from conflicting accesses of one
+location by different threadblocks (read after write, write after read or write); merge
+runs of steps into multi-chunk steps where both ends of every connection merge alike;
+keep only dependencies not implied by others and spell extra ones as ``nop`` steps.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field, replace
+
+from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
+from ..errors import PlanError
+from ..synth.ir import Algorithm
+from .buffers import Copy, Flow, Loc, place, value_flow
+from .plan import GpuPlan, Plan, Step, Threadblock
+from .threadblocks import MAX_TBS, TB, Op, assign_threadblocks, build_units
+
+PROTOCOLS = ("Simple", "LL", "LL128")
+MAX_CNT = 71
+MAX_STEPS = 256
+MAX_CHANNEL = 32
+MAX_TBS_PER_CHANNEL = 32
+
+
+@dataclass(eq=False)
+class _Step:
+    """A plan step before numbering: a copy, or a receive and/or send of one or more ops."""
+
+    type: str
+    ops: list[Op]
+    src: Loc | None
+    dst: Loc | None
+    tb: TB
+    cnt: int = 1
+    pos: int = 0  # among the threadblock's steps, nops not counted
+    index: int = 0  # the step's ``s`` in the plan
+    wait: list[_Step] = field(default_factory=list)  # dependencies kept
+    hasdep: bool = False
+
+    @property
+    def key(self):
+        return self.ops[0].key
+
+
+def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
+          instances: int = 1, min_bytes: int = 0, max_bytes: int = 0,
+          name: str | None = None) -> Plan:
+    """Lower ``alg`` to a plan; ``instances`` replicates it onto more channels first.
+
+    If a threadblock would exceed the runtime's 256 steps, the chunks are spread over as
+    few further copies of the channels as make it fit. Raises :class:`AlgorithmError` for
+    an inconsistent IR and :class:`PlanError` for a plan the MSCCL runtime would reject.
+    The same algorithm always gives the same plan.
+    """
+    if proto not in PROTOCOLS:
+        raise PlanError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
+    if min_bytes < 0 or max_bytes < 0 or 0 < max_bytes < min_bytes:
+        raise PlanError(f"min_bytes={min_bytes} / max_bytes={max_bytes}: both must be >= 0 "
+                        "and min <= max (max 0 = unbounded)")
+    coll = alg.collective
+    if inplace is not None and inplace != coll.inplace:
+        alg = replace(alg, collective=Collective(coll.kind, coll.num_ranks, coll.chunkup,
+                                                 inplace))
+    alg.check()
+    alg = alg.replicate(instances)
+    if alg.nchannels - 1 > MAX_CHANNEL:
+        raise PlanError(f"the plan needs {alg.nchannels} channels (the algorithm's channels x "
+                        f"{instances} instance(s)); MSCCL allows channels 0..{MAX_CHANNEL}: "
+                        + ("use fewer instances" if instances > 1 else
+                           "use an algorithm with fewer channels"))
+    plan = _build(alg, Plan(alg.name if name is None else name, alg.collective.kind,
+                            alg.num_ranks, alg.collective.nchunksperloop, proto=proto,
+                            min_bytes=min_bytes, max_bytes=max_bytes))
+    spread, most = 1, (MAX_CHANNEL + 1) // alg.nchannels
+    while (longest := _longest_tb(plan)) > MAX_STEPS and spread < most:
+        spread = min(most, max(spread + 1, -(-spread * longest // MAX_STEPS)))
+        plan = _build(_spread(alg, spread), plan)
+    _check_limits(plan, instances)
+    return plan
+
+
+def _spread(alg: Algorithm, k: int) -> Algorithm:
+    """Put the i-th of ``k`` chunk groups on the i-th copy of the channels.
+
+    Chunks are ranked sub-chunk index first, then block, and cut into ``k`` ranges: with
+    chunk-up >= k every block is split evenly, with chunk-up 1 the blocks are.
+    """
+    coll = alg.collective
+    nch, cu, m = alg.nchannels, coll.chunkup, coll.num_chunks
+
+    def group(c: int) -> int:
+        return ((c % cu) * coll.num_blocks + c // cu) * k // m
+
+    ts = [replace(t, channel=t.channel + nch * group(t.chunk)) for t in alg.transfers]
+    return Algorithm(alg.name, coll, ts, alg.topology, alg.size, alg.meta)
+
+
+def _longest_tb(plan: Plan) -> int:
+    return max((len(tb.steps) for g in plan.gpus for tb in g.tbs), default=0)
+
+
+def _build(alg: Algorithm, header: Plan) -> Plan:
+    """The plan of (checked) ``alg``, with the header fields of ``header``."""
+    coll = alg.collective
+    flow = value_flow(alg)
+    tbs = assign_threadblocks(alg, flow)
+    send_ops, recv_ops = build_units(alg, flow, tbs)
+    s_chunks, copies = place(alg, flow)
+    _set_accesses(flow, send_ops, recv_ops)
+    _add_copies(alg, copies, tbs, send_ops, recv_ops)
+    _find_conflicts(tbs)
+    _make_steps(flow, tbs)
+    _merge(alg, tbs, send_ops, recv_ops)
+    _place_sinks(tbs, s_chunks)
+    _keep_needed_deps(tbs)
+    no_input = coll.inplace and coll.kind == ALLGATHER
+    no_output = coll.inplace and coll.kind in (ALLREDUCE, ALLTOALL)
+    plan = replace(
+        header, nchannels=alg.nchannels, inplace=coll.inplace, outofplace=not coll.inplace,
+        redop="sum" if coll.reducing else "nop",
+        gpus=[GpuPlan(r, 0 if no_input else coll.i_chunks, 0 if no_output else coll.o_chunks,
+                      s_chunks[r], [_emit(tb) for tb in tbs[r]])
+              for r in range(coll.num_ranks)])
+    _fill_steps(plan, tbs)
+    return plan
+
+
+def _set_accesses(flow: Flow, send_ops: list[Op], recv_ops: list[Op]) -> None:
+    for k, (s, r) in enumerate(zip(send_ops, recv_ops)):
+        v, w = flow.sent[k], flow.made[k]
+        s.reads = (v.loc,) if v.stored else ()
+        r.reads = (w.operand.loc,) if w.operand is not None else ()
+        r.writes = (w.loc,) if w.stored else ()
+
+
+def _add_copies(alg: Algorithm, copies: list[Copy], tbs: list[list[TB]],
+                send_ops: list[Op], recv_ops: list[Op]) -> None:
+    """Copy ops go to the threadblock that made (else first used) the value.
+
+    A copy's key puts it right after transfer ``after`` (before any op hoisted past it).
+    """
+    for i, cp in enumerate(copies):
+        v = cp.version
+        if v.producer is not None:
+            tb = recv_ops[v.producer].tb
+        elif v.readers:
+            j = v.readers[0]
+            tb = (send_ops[j] if alg.transfers[j].src == v.rank else recv_ops[j]).tb
+        elif tbs[v.rank]:
+            tb = tbs[v.rank][0]
+        else:
+            tb = TB(v.rank, -1, -1, 0, id=0)
+            tbs[v.rank].append(tb)
+        op = Op("c", v.rank, (cp.after, 0, i + 1),
+                reads=(v.loc,), writes=(cp.dst,), tb=tb)
+        tb.units.insert(bisect_right(tb.units, op.key, key=lambda u: u[0].key), [op])
+
+
+def _find_conflicts(tbs: list[list[TB]]) -> None:
+    """Set each op's deps: the ops of other threadblocks it must follow, in IR order."""
+    for rank_tbs in tbs:
+        ops = sorted((op for tb in rank_tbs for unit in tb.units for op in unit),
+                     key=lambda op: op.order)
+        writer: dict[Loc, Op] = {}
+        readers: dict[Loc, list[Op]] = {}
+        for op in ops:
+            found = []
+            for loc in op.reads:
+                if loc in writer:
+                    found.append(writer[loc])
+                readers.setdefault(loc, []).append(op)
+            for loc in op.writes:
+                if loc in writer:
+                    found.append(writer[loc])
+                found.extend(readers.pop(loc, ()))
+                writer[loc] = op
+            op.deps = [d for d in found if d.tb is not op.tb]
+
+
+def _make_steps(flow: Flow, tbs: list[list[TB]]) -> None:
+    for rank_tbs in tbs:
+        for tb in rank_tbs:
+            tb.steps = [_unit_step(unit, flow, tb) for unit in tb.units]
+            for pos, st in enumerate(tb.steps):
+                st.pos = pos
+                for op in st.ops:
+                    op.step = st
+
+
+def _unit_step(unit: list[Op], flow: Flow, tb: TB) -> _Step:
+    op = unit[0]
+    if op.kind == "c":
+        return _Step("cpy", unit, op.reads[0], op.writes[0], tb)
+    if op.kind == "s":
+        return _Step("s", unit, op.reads[0], None, tb)
+    w = flow.made[op.transfer]
+    src = w.operand.loc if w.operand is not None else None
+    dst = w.loc if w.stored else None
+    if len(unit) == 1:
+        kind = "r" if src is None else "rrc"
+    else:
+        kind = "rcs" if src is None else "rrcs" if w.stored else "rrs"
+    return _Step(kind, unit, src, dst, tb)
+
+
+# -- merging ------------------------------------------------------------------------------
+
+def _merge(alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: list[Op]) -> None:
+    """Merge runs of consecutive like steps into one step with cnt > 1.
+
+    A pair of neighbours merges only if the steps at the other end of each of their
+    transfers merge as well (so counts match on every connection), and only if no member
+    waits for a step keyed after the run's first step (so the merged step cannot deadlock).
+    """
+    all_tbs = [tb for rank_tbs in tbs for tb in rank_tbs]
+    nxt = {a: b for tb in all_tbs for a, b in zip(tb.steps, tb.steps[1:])
+           if _mergeable(alg, a, b)}
+
+    def partners(a: _Step, b: _Step) -> list[tuple[_Step, _Step]]:
+        ends = [send_ops if op.kind == "r" else recv_ops for op in a.ops if op.kind != "c"]
+        return [(end[op_a.transfer].step, end[op_b.transfer].step)
+                for end, op_a, op_b in zip(ends, a.ops, b.ops)]
+
+    def drop(firsts: list[_Step]) -> None:  # a pair's partners need it: drop them too
+        while firsts:
+            a = firsts.pop()
+            b = nxt.pop(a, None)
+            if b is not None:
+                firsts.extend(pa for pa, pb in partners(a, b) if nxt.get(pa) is pb)
+
+    drop([a for a, b in nxt.items() if any(nxt.get(pa) is not pb for pa, pb in partners(a, b))])
+    while True:  # shorter runs start later, so this only ever drops fewer
+        start = {}
+        for tb in all_tbs:
+            for i, st in enumerate(tb.steps):
+                start[st] = start[tb.steps[i - 1]] if i and nxt.get(tb.steps[i - 1]) is st else st
+        late = [a for a, b in nxt.items()
+                if any(d.step.key >= start[a].key for op in b.ops for d in op.deps)]
+        if not late:
+            break
+        drop(late)
+    for tb in all_tbs:
+        merged: list[_Step] = []
+        for i, st in enumerate(tb.steps):
+            if i and nxt.get(tb.steps[i - 1]) is st and merged[-1].cnt < MAX_CNT:
+                merged[-1].ops.extend(st.ops)
+                merged[-1].cnt += 1
+            else:
+                merged.append(st)
+        tb.steps = merged
+        for pos, st in enumerate(merged):
+            st.pos = pos
+            for op in st.ops:
+                op.step = st
+
+
+def _mergeable(alg: Algorithm, a: _Step, b: _Step) -> bool:
+    if a.type != b.type:
+        return False
+    if [alg.transfers[op.transfer].step for op in a.ops if op.transfer >= 0] != \
+            [alg.transfers[op.transfer].step for op in b.ops if op.transfer >= 0]:
+        return False
+    return all(x is None or (x[0] == y[0] and (x[0] == "sink" or y[1] == x[1] + 1))
+               for x, y in ((a.src, b.src), (a.dst, b.dst)))
+
+
+def _place_sinks(tbs: list[list[TB]], s_chunks: list[int]) -> None:
+    """Give each threadblock's sink scratch chunks after the rank's slots (as many as its
+    widest step writing there); every step writing the sink starts at its first chunk."""
+    for rank, rank_tbs in enumerate(tbs):
+        for tb in rank_tbs:
+            sunk = [st for st in tb.steps if st.dst is not None and st.dst[0] == "sink"]
+            for st in sunk:
+                st.dst = ("s", s_chunks[rank])
+            s_chunks[rank] += max((st.cnt for st in sunk), default=0)
+
+
+# -- dependencies and emission ---------------------------------------------------------------
+
+def _keep_needed_deps(tbs: list[list[TB]]) -> None:
+    """Set ``wait``: per step, the dependencies not implied by program order or other waits.
+
+    Vector clocks over a rank's threadblocks: ``done[st][t]`` is the last position of
+    threadblock ``t`` known to be finished once ``st`` is.
+    """
+    for rank_tbs in tbs:
+        steps = sorted((st for tb in rank_tbs for st in tb.steps),
+                       key=lambda st: (st.key, st.tb.id, st.pos))
+        done: dict[_Step, dict[int, int]] = {}
+        for st in steps:
+            known = dict(done[st.tb.steps[st.pos - 1]]) if st.pos else {}
+            latest: dict[int, _Step] = {}
+            for op in st.ops:
+                for d in op.deps:
+                    t = d.step
+                    if t.tb.id not in latest or latest[t.tb.id].pos < t.pos:
+                        latest[t.tb.id] = t
+            cands = [latest[i] for i in sorted(latest) if known.get(i, -1) < latest[i].pos]
+            st.wait = [d for d in cands if not any(
+                done[o].get(d.tb.id, -1) >= d.pos for o in cands if o is not d)]
+            for d in st.wait:
+                d.hasdep = True
+                for t, p in done[d].items():
+                    if known.get(t, -1) < p:
+                        known[t] = p
+            known[st.tb.id] = st.pos
+            done[st] = known
+
+
+def _emit(tb: TB) -> Threadblock:
+    """An empty plan threadblock; numbers the steps, counting the nops to come."""
+    index = 0
+    for st in tb.steps:
+        index += max(0, len(st.wait) - 1)
+        st.index = index
+        index += 1
+    return Threadblock(tb.id, tb.send, tb.recv, tb.chan)
+
+
+def _fill_steps(plan: Plan, tbs: list[list[TB]]) -> None:
+    """Write the steps, each extra dependency as a nop just before its step."""
+    for gpu, rank_tbs in zip(plan.gpus, tbs):
+        for out, tb in zip(gpu.tbs, rank_tbs):
+            for st in tb.steps:
+                for d in st.wait[:-1]:
+                    out.steps.append(Step(len(out.steps), "nop", depid=d.tb.id, deps=d.index))
+                last = st.wait[-1] if st.wait else None
+                out.steps.append(Step(
+                    len(out.steps), st.type,
+                    *(st.src if st.src else (None, -1)), *(st.dst if st.dst else (None, -1)),
+                    cnt=st.cnt, depid=last.tb.id if last else -1,
+                    deps=last.index if last else -1, hasdep=int(st.hasdep)))
+
+
+def _check_limits(plan: Plan, instances: int) -> None:
+    fewer = "use fewer instances" if instances > 1 else "use fewer channels"
+    for gpu in plan.gpus:
+        if len(gpu.tbs) > MAX_TBS:
+            raise PlanError(f"rank {gpu.id} needs {len(gpu.tbs)} threadblocks, MSCCL allows "
+                            f"{MAX_TBS}: {fewer} or an algorithm with fewer peers per rank")
+        for role in ("send", "recv"):
+            for chan in sorted({tb.chan for tb in gpu.tbs}):
+                count = sum(tb.chan == chan and getattr(tb, role) >= 0 for tb in gpu.tbs)
+                if count > MAX_TBS_PER_CHANNEL:
+                    raise PlanError(
+                        f"rank {gpu.id} has {count} threadblocks that {role} on channel "
+                        f"{chan}, MSCCL allows {MAX_TBS_PER_CHANNEL}: spread the rank's peers "
+                        "over more channels or use an algorithm with fewer peers per rank")
+        for tb in gpu.tbs:
+            if len(tb.steps) > MAX_STEPS:
+                raise PlanError(
+                    f"rank {gpu.id} threadblock {tb.id} needs {len(tb.steps)} steps even with "
+                    f"{plan.nchannels} channels, MSCCL allows {MAX_STEPS} steps; use a smaller "
+                    "chunk-up, fewer instances or an algorithm with fewer steps per peer")
