@@ -1,0 +1,252 @@
+"""The ``taccl`` command line (click). Every user error is one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import TacclError
+from .units import format_size, parse_size
+
+
+class _Group(click.Group):
+    """A click group that turns :class:`TacclError` into a one-line message."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TacclError as exc:
+            click.echo(f"taccl: error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("taccl: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except TacclError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _sizes(ctx, param, value):
+    try:
+        sizes = sorted({parse_size(v) for v in value.split(",") if v.strip()})
+    except TacclError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not sizes:
+        raise click.BadParameter("give at least one size, e.g. 1K,1M,1G")
+    return sizes
+
+
+def _size_or_zero(ctx, param, value):
+    return 0 if str(value).strip() == "0" else _size(ctx, param, value)
+
+
+def _order(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter("use comma-separated rank numbers, e.g. 0,1,3,2") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taccl_py")
+def main() -> None:
+    """Synthesize, verify and run collective-communication algorithms."""
+
+
+# -- topology -----------------------------------------------------------------
+@main.group(cls=_Group)
+def topology() -> None:
+    """List, show and validate topologies."""
+
+
+@topology.command("list")
+def topology_list() -> None:
+    """List the built-in topologies."""
+    from .topology.loader import builtin_names, load_topology
+
+    for name in builtin_names():
+        topo = load_topology(name)
+        click.echo(f"{name:<10} {topo.gpus_per_node:>3} GPUs/node  {topo.description}")
+
+
+@topology.command("show")
+@click.argument("name")
+@click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1))
+def topology_show(name: str, nodes: int) -> None:
+    """Describe a built-in topology or a YAML file."""
+    from .topology.loader import describe, load_topology
+
+    click.echo(describe(load_topology(name, nodes)))
+
+
+@topology.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def topology_validate(files: tuple[Path, ...]) -> None:
+    """Check topology YAML files; print one line per file."""
+    from .topology.loader import validate_file
+
+    bad = 0
+    for path in files:
+        try:
+            validate_file(path)
+            click.echo(f"{path}: ok")
+        except TacclError as exc:
+            bad += 1
+            click.echo(str(exc), err=True)
+    if bad:
+        sys.exit(1)
+
+
+# -- synthesize ------------------------------------------------------------------
+@main.command()
+@click.option("--topology", "-t", "topology_name", required=True,
+              help="built-in name (see `taccl topology list`) or a YAML file")
+@click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--collective", "-c", required=True,
+              type=click.Choice(["allgather", "alltoall", "reducescatter", "allreduce"],
+                                case_sensitive=False))
+@click.option("--method", "-m", default="ring", show_default=True,
+              type=click.Choice(["ring", "direct"]))
+@click.option("--chunkup", default=1, show_default=True, type=click.IntRange(min=1),
+              help="chunks per rank's block")
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 32),
+              help="copies of the algorithm on separate channels")
+@click.option("--size", default="1M", show_default=True, callback=_size,
+              help="buffer size the plan targets (nccl-tests convention)")
+@click.option("--inplace", is_flag=True, help="emit an in-place plan")
+@click.option("--order", callback=_order, help="ring rank order, e.g. 0,1,3,2 (ring only)")
+@click.option("--proto", default="Simple", show_default=True,
+              type=click.Choice(["Simple", "LL", "LL128"]))
+@click.option("--min-bytes", default="0", callback=_size_or_zero, help="plan's minBytes")
+@click.option("--max-bytes", default="0", callback=_size_or_zero,
+              help="plan's maxBytes (0 = unbounded)")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="XML plan path [default: <topology>-<collective>-<method>.xml]")
+@click.option("--ir", "ir_path", type=click.Path(path_type=Path),
+              help="also write the algorithm IR as JSON")
+def synthesize(topology_name, nodes, collective, method, chunkup, instances, size, inplace,
+               order, proto, min_bytes, max_bytes, output, ir_path) -> None:
+    """Synthesize a plan, verify it at the data level, and write MSCCL XML."""
+    from .collectives import Collective
+    from .fileio import atomic_write_text
+    from .lowering.xml import plan_to_xml
+    from .pipeline import build_plan
+    from .topology.loader import load_topology
+
+    if max_bytes and min_bytes > max_bytes:
+        raise TacclError(f"--min-bytes {min_bytes} exceeds --max-bytes {max_bytes}")
+    topo = load_topology(topology_name, nodes)
+    coll = Collective(collective, topo.num_ranks, chunkup, inplace)
+    result = build_plan(topo, coll, method, order=order, instances=instances, size=size,
+                        proto=proto, min_bytes=min_bytes, max_bytes=max_bytes)
+    output = output or Path(f"{result.plan.name}.xml")
+    xml = plan_to_xml(result.plan)
+    if ir_path:
+        atomic_write_text(ir_path, result.algorithm.to_json())
+    atomic_write_text(output, xml)
+    plan = result.plan
+    ntbs = sum(len(g.tbs) for g in plan.gpus)
+    click.echo(f"{plan.name}: {topo.num_ranks} ranks, {coll.kind}, method {method}, "
+               f"chunk-up {chunkup}, {instances} instance(s), target size {format_size(size)}")
+    click.echo(f"  {result.algorithm.num_steps} steps, {len(result.algorithm.transfers)} "
+               f"transfers, {ntbs} threadblocks, {plan.nchannels} channel(s)")
+    click.echo(f"  verified: {result.report.summary()}")
+    click.echo(f"  wrote {output}")
+    from .report import evaluate, format_table
+
+    sizes = sorted({1 << 10, 1 << 20, size, 1 << 30})
+    click.echo(format_table(evaluate(result.plan, topo, sizes)))
+
+
+# -- verify ----------------------------------------------------------------------
+@main.command("verify")
+@click.argument("plan_path", type=click.Path(path_type=Path))
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="also run the plan on real NumPy arrays against numpy's result")
+def verify_cmd(plan_path: Path, reference: bool) -> None:
+    """Check that an MSCCL XML plan implements its collective."""
+    from .lowering.xml import parse_plan
+    from .runtime.reference import check_reference
+    from .runtime.verify import verify
+
+    plan = parse_plan(plan_path)
+    report = verify(plan)
+    if reference:
+        check_reference(plan)
+    click.echo(f"{plan_path}: ok: {plan.coll} on {plan.ngpus} ranks; {report.summary()}"
+               + ("; reference executor matches numpy" if reference else ""))
+
+
+# -- simulate / plot -----------------------------------------------------------------
+_SIM_OPTIONS = [
+    click.argument("plan_path", type=click.Path(path_type=Path)),
+    click.option("--topology", "-t", "topology_name", required=True,
+                 help="built-in name or YAML file the plan runs on"),
+    click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1)),
+]
+
+
+def _sim_options(fn):
+    for opt in reversed(_SIM_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _load_plan_and_topology(plan_path: Path, topology_name: str, nodes: int):
+    from .lowering.xml import parse_plan
+    from .topology.loader import load_topology
+
+    plan = parse_plan(plan_path)
+    topo = load_topology(topology_name, nodes)
+    if plan.ngpus != topo.num_ranks:
+        raise TacclError(f"{plan_path} is for {plan.ngpus} ranks but {topo.label} has "
+                         f"{topo.num_ranks}; check --nodes")
+    return plan, topo
+
+
+@main.command()
+@_sim_options
+@click.option("--sizes", default="1K,1M,64M,1G", show_default=True, callback=_sizes)
+@click.option("--json", "as_json", is_flag=True, help="print JSON rows instead of a table")
+def simulate(plan_path, topology_name, nodes, sizes, as_json) -> None:
+    """Simulate a plan: time, algbw, lower bound, % of bound, NCCL ring, speed-up."""
+    from .report import evaluate, format_table, to_json
+
+    plan, topo = _load_plan_and_topology(plan_path, topology_name, nodes)
+    rows = evaluate(plan, topo, sizes)
+    click.echo(to_json(rows) if as_json else format_table(rows))
+
+
+@main.command()
+@_sim_options
+@click.option("--sizes", default="1K,32K,1M,32M,1G", show_default=True, callback=_sizes)
+@click.option("--algbw", "algbw_png", type=click.Path(path_type=Path),
+              help="PNG of algbw vs size (plan, ring, bound)")
+@click.option("--timeline", "timeline_png", type=click.Path(path_type=Path),
+              help="PNG of each link's and port's busy intervals")
+@click.option("--size", default="1M", show_default=True, callback=_size,
+              help="buffer size for the timeline")
+def plot(plan_path, topology_name, nodes, sizes, algbw_png, timeline_png, size) -> None:
+    """Draw PNG plots of a plan's simulated performance."""
+    from .plot import plot_algbw, plot_timeline
+    from .report import evaluate
+    from .runtime.simulate import simulate as run_sim
+
+    if not (algbw_png or timeline_png):
+        raise TacclError("nothing to draw: give --algbw FILE and/or --timeline FILE")
+    plan, topo = _load_plan_and_topology(plan_path, topology_name, nodes)
+    if algbw_png:
+        click.echo(f"wrote {plot_algbw(evaluate(plan, topo, sizes), plan, algbw_png)}")
+    if timeline_png:
+        result = run_sim(plan, topo, size)
+        click.echo(f"wrote {plot_timeline(result, timeline_png, f'{plan.name}, {size} B')}")

@@ -1,0 +1,132 @@
+"""The `taccl` command line: acceptance paths and clear one-line errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from taccl_py.cli import main
+from taccl_py.collectives import KINDS
+from taccl_py.lowering.xml import parse_plan, plan_to_xml
+from taccl_py.topology.loader import builtin_names
+
+TACCL = Path(sys.executable).with_name("taccl")
+
+
+def run(*args: str) -> "click.testing.Result":
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def assert_clean_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("taccl: error:") or err.startswith("Usage:"), err
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("topo", builtin_names())
+def test_ring_synthesizes_and_verifies_everywhere(tmp_path, topo, nodes):
+    for kind in KINDS:
+        out = tmp_path / f"{topo}-{kind}.xml"
+        res = run("synthesize", "--topology", topo, "--nodes", str(nodes),
+                  "--collective", kind, "--method", "ring", "-o", str(out))
+        assert res.exit_code == 0, res.output
+        assert "verified" in res.output
+        plan = parse_plan(out)
+        assert plan.ngpus == (8 if topo != "dgx2" else 16) * nodes
+        check = run("verify", str(out), "--no-reference")
+        assert check.exit_code == 0, check.output
+
+
+def test_same_inputs_give_byte_identical_xml(tmp_path):
+    a, b = tmp_path / "a.xml", tmp_path / "b.xml"
+    for out in (a, b):
+        res = run("synthesize", "-t", "dgx1", "-c", "allreduce", "--chunkup", "2",
+                  "--instances", "2", "-o", str(out))
+        assert res.exit_code == 0, res.output
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_ir_json_and_default_output_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run("synthesize", "-t", "ndv2", "-n", "2", "-c", "alltoall", "--method", "direct",
+              "--ir", "alg.json")
+    assert res.exit_code == 0, res.output
+    written = re.search(r"wrote (\S+)", res.output).group(1)
+    assert (tmp_path / written).is_file()
+    assert '"transfers"' in (tmp_path / "alg.json").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_verify_rejects_a_wrong_offset_naming_rank_and_chunk(tmp_path):
+    out = tmp_path / "ring.xml"
+    assert run("synthesize", "-t", "dgx2", "-c", "allgather", "-o", str(out)).exit_code == 0
+    plan = parse_plan(out)
+    step = next(st for tb in plan.gpus[3].tbs for st in tb.steps if st.type in ("r", "rcs"))
+    step.dstoff = (step.dstoff + 1) % plan.gpus[3].o_chunks
+    bad = tmp_path / "bad.xml"
+    bad.write_text(plan_to_xml(plan))
+    res = run("verify", str(bad))
+    assert_clean_error(res, "rank", "chunk")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["synthesize", "-t", "nosuch", "-c", "allgather"], ["nosuch", "dgx2"]),
+    (["synthesize", "-t", "dgx2", "-c", "allgather", "--size", "12Q"], ["12Q"]),
+    (["synthesize", "-t", "dgx2", "-c", "allgather", "--order", "0,1,x"], ["--order"]),
+    (["synthesize", "-t", "dgx1", "-c", "allgather", "--order", "0,5,1,2,3,4,6,7"],
+     ["0", "5"]),
+    (["synthesize", "-t", "dgx2", "-c", "allgather", "-o", "/nonexistent/dir/p.xml"],
+     ["/nonexistent/dir"]),
+    (["verify", "/nonexistent/plan.xml"], ["plan.xml"]),
+])
+def test_bad_input_is_one_clean_line(args, needles):
+    assert_clean_error(run(*args), *needles)
+
+
+def test_malformed_topology_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngpus_per_node: -3\n")
+    res = run("synthesize", "-t", str(bad), "-c", "allgather")
+    assert_clean_error(res, "bad.yaml", "gpus_per_node")
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = run("topology", "validate", str(bad))
+    assert res.exit_code == 1 and "bad.yaml" in res.stderr
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
+    from taccl_py import pipeline
+    from taccl_py.errors import VerificationError
+
+    def broken(plan):
+        raise VerificationError("rank 0: chunk 1 wrong")
+
+    monkeypatch.setattr(pipeline, "verify", broken)
+    out = tmp_path / "p.xml"
+    assert_clean_error(run("synthesize", "-t", "dgx2", "-c", "allgather", "-o", str(out)),
+                       "chunk 1")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_topology_list_and_show():
+    res = run("topology", "list")
+    assert res.exit_code == 0
+    assert set(builtin_names()) <= {line.split()[0] for line in res.output.splitlines()}
+    res = run("topology", "show", "dgx-a100", "--nodes", "2")
+    assert res.exit_code == 0 and "16" in res.output
+
+
+def test_console_script_is_installed(tmp_path):
+    proc = subprocess.run([str(TACCL), "synthesize", "--topology", "dgx2", "--collective",
+                           "allgather", "-o", str(tmp_path / "p.xml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p.xml").read_text().startswith("<algo")

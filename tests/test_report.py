@@ -1,0 +1,82 @@
+"""Report, plots and the `simulate` / `plot` commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from taccl_py.cli import main
+from taccl_py.collectives import KINDS, Collective
+from taccl_py.pipeline import build_plan
+from taccl_py.report import evaluate, format_table
+from taccl_py.topology.loader import builtin_names, load_topology
+
+SIZES = [1 << 10, 1 << 20, 1 << 30]
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("name", builtin_names())
+def test_no_plan_beats_its_lower_bound(name, nodes):
+    topo = load_topology(name, nodes)
+    for kind in KINDS:
+        for method in ("ring", "direct"):
+            plan = build_plan(topo, Collective(kind, topo.num_ranks), method).plan
+            for row in evaluate(plan, topo, SIZES):
+                assert row.time >= row.bound_time * (1 - 1e-9), (kind, method, row)
+                assert 0 < row.pct_of_bound <= 100 + 1e-6
+
+
+def test_ring_rows_compare_with_themselves():
+    topo = load_topology("dgx-h100", 2)
+    plan = build_plan(topo, Collective("allreduce", 16), "ring").plan
+    rows = evaluate(plan, topo, SIZES)
+    assert all(r.speedup_vs_ring == pytest.approx(1.0) for r in rows)
+    # 1 GB ring AllReduce is NIC-bound: 2(N-1)/N * size / 50 GB/s
+    assert rows[-1].time == pytest.approx(2 * 15 / 16 * (1 << 30) / 50e9, rel=0.01)
+    table = format_table(rows).splitlines()
+    assert table[0].split()[:3] == ["size", "time(us)", "algbw(GB/s)"]
+    assert [line.split()[0] for line in table[1:]] == ["1K", "1M", "1G"]
+
+
+def _write_plan(tmp_path, *args):
+    out = tmp_path / "p.xml"
+    res = CliRunner().invoke(main, ["synthesize", *args, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_simulate_command_json_and_errors(tmp_path):
+    plan = _write_plan(tmp_path, "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "direct")
+    res = CliRunner().invoke(main, ["simulate", str(plan), "-t", "ndv2", "-n", "2",
+                                    "--sizes", "1K,1G", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert [r["size"] for r in rows] == [1024, 1 << 30]
+    assert rows[1]["ring_time"] is not None and rows[1]["speedup_vs_ring"] > 0
+    res = CliRunner().invoke(main, ["simulate", str(plan), "-t", "ndv2"])
+    assert res.exit_code == 2 and "16 ranks" in res.stderr and "--nodes" in res.stderr
+
+
+def test_plots_are_real_pngs(tmp_path):
+    plan = _write_plan(tmp_path, "-t", "dgx1", "-c", "allreduce")
+    algbw, timeline = tmp_path / "algbw.png", tmp_path / "timeline.png"
+    res = CliRunner().invoke(main, ["plot", str(plan), "-t", "dgx1", "--algbw", str(algbw),
+                                    "--timeline", str(timeline), "--size", "1M"])
+    assert res.exit_code == 0, res.output
+    img = imread(algbw)
+    assert img.shape[:2] == (500, 800)
+    assert np.ptp(img[..., :3]) > 0.5  # something was drawn
+    img = imread(timeline)
+    assert img.shape[1] == 1000 and img.shape[0] >= 300
+    assert np.ptp(img[..., :3]) > 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["algbw.png", "p.xml", "timeline.png"]
+
+
+def test_plot_needs_an_output(tmp_path):
+    plan = _write_plan(tmp_path, "-t", "dgx1", "-c", "allgather")
+    res = CliRunner().invoke(main, ["plot", str(plan), "-t", "dgx1"])
+    assert res.exit_code == 2 and "--algbw" in res.stderr
