@@ -20,7 +20,8 @@ class Row:
     time: float  # seconds
     algbw: float  # bytes/s
     bound_time: float
-    bound_kind: str
+    bound_kind: str  # "cut", "flow" or "latency"
+    bound_detail: str  # what makes the bound tight
     pct_of_bound: float  # 100 * bound_time / time
     ring_time: float | None
     speedup_vs_ring: float | None
@@ -47,7 +48,7 @@ def evaluate(plan: Plan, topology: Topology, sizes: list[int],
         t = simulate(plan, topology, size).time
         bound = lower_bound(topology, kind, size)
         ring_t = simulate(baseline, topology, size).time if baseline is not None else None
-        rows.append(Row(size, t, size / t if t else float("inf"), bound.time, bound.kind,
+        rows.append(Row(size, t, size / t if t else float("inf"), bound.time, bound.kind, bound.detail,
                         100.0 * bound.time / t if t else 100.0, ring_t,
                         ring_t / t if ring_t and t else None))
     return rows
