@@ -23,3 +23,7 @@ class PlanError(TacclError):
 
 class VerificationError(TacclError):
     """A plan does not implement its collective (wrong data, race, deadlock, ...)."""
+
+
+class SketchError(TacclError):
+    """A communication sketch file or name is invalid, or does not fit its topology."""

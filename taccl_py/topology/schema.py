@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from ..errors import TopologyError
+from ..errors import TacclError, TopologyError
 
 MAX_GPUS_PER_NODE = 1024
 
@@ -99,9 +99,10 @@ def field_path(parts: Iterable[object]) -> str:
     return out or "top level"
 
 
-def fail(where: str, path: Iterable[object], message: str) -> TopologyError:
-    """A one-line TopologyError ``<where>: <path>: <message>``."""
-    return TopologyError(f"{where}: {field_path(path)}: {message}")
+def fail(where: str, path: Iterable[object], message: str,
+         error: type[TacclError] = TopologyError) -> TacclError:
+    """A one-line ``error`` (TopologyError unless told) ``<where>: <path>: <message>``."""
+    return error(f"{where}: {field_path(path)}: {message}")
 
 
 def _show(value: object, limit: int = 40) -> str:
@@ -154,6 +155,16 @@ def _translate(err: ValidationError) -> tuple[list[object], str]:
     if kind == "maxItems":
         return path, f"must have at most {want} items"
     return path, " ".join(err.message.split())[:200]
+
+
+def schema_error(validator: Draft202012Validator, doc: object, where: str,
+                 error: type[TacclError] = TopologyError) -> TacclError | None:
+    """The most relevant schema violation of ``doc`` as a one-line ``error``, or None."""
+    err = best_match(validator.iter_errors(doc))
+    if err is None:
+        return None
+    path, message = _translate(err)
+    return fail(where, path, message, error)
 
 
 def expand_gpus(gpus: object, gpus_per_node: int) -> list[int]:
@@ -213,10 +224,9 @@ def check_document(doc: object, where: str) -> None:
     """Raise a one-line TopologyError unless ``doc`` (parsed YAML) is a valid topology."""
     if not isinstance(doc, dict):
         raise fail(where, [], f"must be a mapping of fields, got {_kind(doc)}")
-    err = best_match(_VALIDATOR.iter_errors(doc))
+    err = schema_error(_VALIDATOR, doc, where)
     if err is not None:
-        path, message = _translate(err)
-        raise fail(where, path, message)
+        raise err
     for section in ("links", "switches", "nics"):
         for i, entry in enumerate(doc.get(section, [])):
             for key in ("bandwidth", "alpha"):
