@@ -1,10 +1,14 @@
-"""Lower bounds on the time of a collective on a topology (fluid model, no α per chunk).
+"""Lower bounds on the time of a collective on a topology.
+
+Bandwidth terms are fluid (data divisible at will, no α):
 
 * AllGather / ReduceScatter: the exact cut bound (ForestColl), computed with max-flow:
   T ≥ (size/N) · max over vertex sets S leaving a rank outside of |S ∩ ranks| / B_out(S).
 * AllReduce (no in-network reduction): twice the AllGather bound.
 * AllToAll: the exact fluid optimum, a max-concurrent multicommodity flow LP.
-* Latency: the largest least-α path between two ranks that must exchange data.
+
+The latency term is the largest least-α path between two ranks that must exchange data;
+:func:`lower_bound` takes the larger of the two.
 
 The size-independent part of every bound is cached per topology object, so bounds for
 many sizes cost one solve.
@@ -17,12 +21,12 @@ import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import networkx as nx
 import numpy as np
 import pulp
-from networkx.algorithms.flow import preflow_push
+from networkx.algorithms.flow import dinitz
 
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective, canonical_kind
 from ..topology.model import RAIL_ONLY, Topology
@@ -110,7 +114,8 @@ def flow_graph(topology: Topology) -> nx.DiGraph:
 
 # -- AllGather: exact cut bound by max-flow ----------------------------------------
 
-def allgather_rate(graph: nx.DiGraph, ranks: Iterable[Hashable]) -> tuple[float, frozenset]:
+def allgather_rate(graph: nx.DiGraph, ranks: Iterable[Hashable],
+                   sinks: Iterable[Hashable] | None = None) -> tuple[float, frozenset]:
     """The largest per-rank AllGather rate x on ``graph``, and the set S that limits it.
 
     x = min over vertex sets S with a rank inside and a rank outside of
@@ -120,9 +125,11 @@ def allgather_rate(graph: nx.DiGraph, ranks: Iterable[Hashable]) -> tuple[float,
     B_out(S) / |S ∩ ranks| of the most violated cut S, until every check passes; the
     first step lands on the best single-rank ingress bound. Arithmetic is exact:
     capacities are scaled to integers and x = p / q is checked on the graph scaled by q.
-    Returns (inf, ∅) for fewer than two ranks.
+    ``sinks`` (default: all ranks) are the v checked; one rank per orbit of the graph's
+    symmetries suffices. Returns (inf, ∅) for fewer than two ranks.
     """
     ranks = list(ranks)
+    sinks = ranks if sinks is None else list(sinks)
     n = len(ranks)
     if n < 2:
         return _INF, frozenset()
@@ -139,9 +146,9 @@ def allgather_rate(graph: nx.DiGraph, ranks: Iterable[Hashable]) -> tuple[float,
                          for u, v in graph.edges)
         h.add_edges_from((_SOURCE, u, {"capacity": p}) for u in ranks)
         worst, cut = 0, None
-        for v in ranks:
+        for v in sinks:
             h[_SOURCE][v]["capacity"] = 0
-            value, (side, _) = nx.minimum_cut(h, _SOURCE, v, flow_func=preflow_push)
+            value, (side, _) = nx.minimum_cut(h, _SOURCE, v, flow_func=dinitz)
             h[_SOURCE][v]["capacity"] = p
             slack = value - p * (n - 1)  # = q·B_out(S) − p·|S ∩ ranks| for the best S
             if slack < worst:
@@ -151,6 +158,46 @@ def allgather_rate(graph: nx.DiGraph, ranks: Iterable[Hashable]) -> tuple[float,
         p = sum(ints[(u, v)] for u in cut for v in graph.successors(u) if v not in cut)
         q = sum(1 for r in ranks if r in cut)
         tight = frozenset(cut)
+
+
+def node_shift(topology: Topology, graph: nx.DiGraph) -> dict | None:
+    """The map moving every vertex of ``graph`` one node up (rank r → r + g mod N), if
+    it is an automorphism of the capacity graph; else None.
+
+    A non-rank vertex goes to the vertex of the same prefix ('sw', 'nicout', ...) whose
+    nearby ranks (adjacent to it or to a non-rank neighbour) are the shifted ones. When
+    it is an automorphism, its powers permute the nodes cyclically, and node 0's ranks
+    represent every rank.
+    """
+    g, n = topology.gpus_per_node, topology.num_ranks
+    if topology.nodes < 2:
+        return None
+    undirected = graph.to_undirected(as_view=True)
+
+    def key(w: Hashable, shift: int) -> tuple:
+        near = {(x + shift) % n for x in undirected[w] if isinstance(x, int)}
+        for y in undirected[w]:
+            if not isinstance(y, int):
+                near.update((x + shift) % n for x in undirected[y] if isinstance(x, int))
+        return str(w).split(":")[0], frozenset(near)
+
+    others = [w for w in graph if not isinstance(w, int)]
+    by_key = {key(w, 0): w for w in others}
+    if len(by_key) != len(others):
+        return None
+    shift = {r: (r + g) % n for r in range(n)}
+    for w in others:
+        image = by_key.get(key(w, g))
+        if image is None:
+            return None
+        shift[w] = image
+    if len(set(shift.values())) != len(shift):
+        return None
+    for u, v, c in graph.edges(data="capacity", default=_INF):
+        if not graph.has_edge(shift[u], shift[v]) or graph[shift[u]][shift[v]].get(
+                "capacity", _INF) != c:
+            return None
+    return shift
 
 
 def _describe_cut(topology: Topology, graph: nx.DiGraph, side: frozenset) -> str:
@@ -180,12 +227,16 @@ def _lp_solver():
     return highs if highs.available() else pulp.PULP_CBC_CMD(msg=False)
 
 
-def alltoall_rate(graph: nx.DiGraph, ranks: Iterable[Hashable]) -> tuple[float, str]:
+def alltoall_rate(graph: nx.DiGraph, ranks: Iterable[Hashable],
+                  shift: dict | None = None) -> tuple[float, str]:
     """The largest λ such that every ordered rank pair can carry λ at once, and the edge
     kinds with a positive dual price (the bottleneck).
 
     Source-aggregated LP: one commodity per source s; every other rank consumes λ of it
-    and may relay it; the commodities share each edge's capacity. Infinite for < 2 ranks.
+    and may relay it; the commodities share each edge's capacity. With ``shift``, an
+    automorphism σ of ``graph``, only one source per σ-orbit of ranks is modelled: the
+    flow of σ^k(s) on edge e is that of s on σ^-k(e) (exact: averaging an optimum over
+    the powers of σ gives such a symmetric optimum). Infinite for fewer than two ranks.
     """
     ranks = list(ranks)
     n = len(ranks)
@@ -193,37 +244,53 @@ def alltoall_rate(graph: nx.DiGraph, ranks: Iterable[Hashable]) -> tuple[float, 
         return _INF, ""
     rank_set = set(ranks)
     edges = [(u, v, c) for u, v, c in graph.edges(data="capacity", default=_INF) if c > 0]
+    index = {(u, v): j for j, (u, v, _) in enumerate(edges)}
+    unit = max((c for *_, c in edges if c != _INF), default=1.0)  # LP in units of this
+
+    back = {w: w for w in graph} if shift is None else {b: a for a, b in shift.items()}
+    sources: list[tuple[Hashable, int]] = []  # (representative, length of its orbit)
+    covered: set = set()
+    for r in ranks:
+        if r not in covered:
+            orbit = [r]
+            while shift is not None and shift[orbit[-1]] != r:
+                orbit.append(shift[orbit[-1]])
+            covered.update(orbit)
+            sources.append((r, len(orbit)))
+    longest = max(m for _, m in sources)
+    preimage = [list(range(len(edges)))]  # preimage[k][j]: index of σ^-k(edge j)
+    for _ in range(1, longest):
+        preimage.append([index[back[edges[j][0]], back[edges[j][1]]] for j in preimage[-1]])
+
     prob = pulp.LpProblem("alltoall", pulp.LpMaximize)
     lam = pulp.LpVariable("lam", lowBound=0)
     prob += lam
     flow = {(i, j): pulp.LpVariable(f"f_{i}_{j}", lowBound=0)
-            for i in range(n) for j in range(len(edges))}
+            for i in range(len(sources)) for j in range(len(edges))}
     into: dict[Hashable, list[int]] = defaultdict(list)
     out: dict[Hashable, list[int]] = defaultdict(list)
     for j, (u, v, _) in enumerate(edges):
         out[u].append(j)
         into[v].append(j)
-    for i, s in enumerate(ranks):
+    for i, (s, _) in enumerate(sources):
         for w in graph:
             net = (pulp.lpSum(flow[i, j] for j in into[w])
                    - pulp.lpSum(flow[i, j] for j in out[w]))
-            if w == s:
-                prob += net == -(n - 1) * lam
-            elif w in rank_set:
-                prob += net == lam
-            else:
-                prob += net == 0
-    caps = {}
-    for j, (u, v, c) in enumerate(edges):
+            prob += net == (-(n - 1) * lam if w == s else lam if w in rank_set else 0)
+    caps: dict[tuple, tuple[int, pulp.LpConstraint]] = {}
+    for j, (_, _, c) in enumerate(edges):
         if c != _INF:
-            caps[j] = pulp.lpSum(flow[i, j] for i in range(n)) <= c / _GB
-            prob += caps[j]
+            terms = tuple(sorted((i, preimage[k][j]) for i, (_, m) in enumerate(sources)
+                                 for k in range(m)))
+            if terms not in caps:
+                caps[terms] = (j, pulp.lpSum(flow[t] for t in terms) <= c / unit)
+                prob += caps[terms][1]
     prob.solve(_lp_solver())
     if pulp.LpStatus[prob.status] != "Optimal":
         raise RuntimeError(f"AllToAll flow LP: {pulp.LpStatus[prob.status]}")
     priced = sorted({graph[edges[j][0]][edges[j][1]]["kind"]
-                     for j, cons in caps.items() if abs(cons.pi or 0) > 1e-9})
-    return lam.value() * _GB, " + ".join(priced)
+                     for j, cons in caps.values() if abs(cons.pi or 0) > 1e-9})
+    return lam.value() * unit, " + ".join(priced)
 
 
 # -- latency -------------------------------------------------------------------------
@@ -245,7 +312,9 @@ def _latency(topology: Topology) -> tuple[float, str]:
         if topology.num_ranks < 2:
             return 0.0, "a single rank"
         d = _alpha_distances(topology)
-        s, t = np.unravel_index(int(np.argmax(d)), d.shape)
+        s, t = (int(i) for i in np.unravel_index(int(np.argmax(d)), d.shape))
+        if d[s, t] == _INF:
+            return _INF, f"no path from rank {s} to rank {t}"
         return float(d[s, t]), f"least-α path from rank {s} to rank {t}"
     return _cached(topology, "latency", compute)
 
@@ -259,9 +328,7 @@ def latency_bound(topology: Topology, collective: Collective | str) -> float:
     with two ranks, both can send their input at once and reduce locally in a single α,
     and in general exchanging inputs along shortest paths meets the diameter exactly.
     """
-    if isinstance(collective, Collective):
-        collective = collective.kind
-    canonical_kind(collective)
+    canonical_kind(collective.kind if isinstance(collective, Collective) else collective)
     return _latency(topology)[0]
 
 
@@ -284,11 +351,12 @@ def _cached(topology: Topology, key: str, compute: Callable[[], tuple]) -> tuple
 def _allgather_coefficient(topology: Topology) -> tuple[float, str]:
     """(seconds per byte of AllGather size, tight cut)."""
     def compute() -> tuple[float, str]:
-        graph = flow_graph(topology)
         n = topology.num_ranks
-        x, side = allgather_rate(graph, range(n))
         if n < 2:
             return 0.0, "a single rank"
+        graph = flow_graph(topology)
+        sinks = range(topology.gpus_per_node) if node_shift(topology, graph) else None
+        x, side = allgather_rate(graph, range(n), sinks)
         if x == 0:
             return _INF, _describe_cut(topology, graph, side) + " (unreachable)"
         return 1 / (n * x), _describe_cut(topology, graph, side)
@@ -311,9 +379,10 @@ def alltoall_bandwidth_bound(topology: Topology, size: float) -> Bound:
     """The fluid optimum of AllToAll with ``size`` bytes per rank (size/N per pair)."""
     def compute() -> tuple[float, str]:
         n = topology.num_ranks
-        lam, priced = alltoall_rate(flow_graph(topology), range(n))
         if n < 2:
             return 0.0, "a single rank"
+        graph = flow_graph(topology)
+        lam, priced = alltoall_rate(graph, range(n), node_shift(topology, graph))
         if lam <= 0:
             return _INF, "some pair is unreachable"
         return 1 / (n * lam), (f"multicommodity flow, {lam / _GB:.4g} GB/s per pair"
