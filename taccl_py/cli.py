@@ -108,6 +108,13 @@ def topology_validate(files: tuple[Path, ...]) -> None:
 
 
 # -- synthesize ------------------------------------------------------------------
+def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | None) -> None:
+    """Live solver progress on stderr: stage, elapsed, incumbent makespan, gap."""
+    inc = f"  makespan {incumbent * 1e6:,.1f} us" if incumbent is not None else ""
+    gp = f"  gap {gap:.1%}" if gap is not None else ""
+    click.echo(f"  [{elapsed:6.1f}s] {stage}{inc}{gp}", err=True)
+
+
 @main.command()
 @click.option("--topology", "-t", "topology_name", required=True,
               help="built-in name (see `taccl topology list`) or a YAML file")
@@ -116,7 +123,11 @@ def topology_validate(files: tuple[Path, ...]) -> None:
               type=click.Choice(["allgather", "alltoall", "reducescatter", "allreduce"],
                                 case_sensitive=False))
 @click.option("--method", "-m", default="ring", show_default=True,
-              type=click.Choice(["ring", "direct"]))
+              type=click.Choice(["ring", "direct", "milp"]),
+              help="ring/direct: NCCL-like baselines; milp: staged TACCL-style synthesis "
+                   "(AllGather, AllToAll)")
+@click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="seconds for the milp method's solver")
 @click.option("--chunkup", default=1, show_default=True, type=click.IntRange(min=1),
               help="chunks per rank's block")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 32),
@@ -134,8 +145,8 @@ def topology_validate(files: tuple[Path, ...]) -> None:
               help="XML plan path [default: <topology>-<collective>-<method>.xml]")
 @click.option("--ir", "ir_path", type=click.Path(path_type=Path),
               help="also write the algorithm IR as JSON")
-def synthesize(topology_name, nodes, collective, method, chunkup, instances, size, inplace,
-               order, proto, min_bytes, max_bytes, output, ir_path) -> None:
+def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, instances, size,
+               inplace, order, proto, min_bytes, max_bytes, output, ir_path) -> None:
     """Synthesize a plan, verify it at the data level, and write MSCCL XML."""
     from .collectives import Collective
     from .fileio import atomic_write_text
@@ -148,7 +159,8 @@ def synthesize(topology_name, nodes, collective, method, chunkup, instances, siz
     topo = load_topology(topology_name, nodes)
     coll = Collective(collective, topo.num_ranks, chunkup, inplace)
     result = build_plan(topo, coll, method, order=order, instances=instances, size=size,
-                        proto=proto, min_bytes=min_bytes, max_bytes=max_bytes)
+                        proto=proto, min_bytes=min_bytes, max_bytes=max_bytes,
+                        time_limit=time_limit, progress=_progress)
     output = output or Path(f"{result.plan.name}.xml")
     xml = plan_to_xml(result.plan)
     if ir_path:
@@ -157,7 +169,8 @@ def synthesize(topology_name, nodes, collective, method, chunkup, instances, siz
     plan = result.plan
     ntbs = sum(len(g.tbs) for g in plan.gpus)
     click.echo(f"{plan.name}: {topo.num_ranks} ranks, {coll.kind}, method {method}, "
-               f"chunk-up {chunkup}, {instances} instance(s), target size {format_size(size)}")
+               f"chunk-up {result.algorithm.collective.chunkup}, {instances} instance(s), "
+               f"target size {format_size(size)}")
     click.echo(f"  {result.algorithm.num_steps} steps, {len(result.algorithm.transfers)} "
                f"transfers, {ntbs} threadblocks, {plan.nchannels} channel(s)")
     click.echo(f"  verified: {result.report.summary()}")

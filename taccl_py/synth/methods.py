@@ -8,13 +8,22 @@ from ..topology import Topology
 from .direct import direct_algorithm
 from .ir import Algorithm
 from .ring import ring_algorithm
+from .staged import staged_algorithm
 
-METHODS = ("ring", "direct")
+METHODS = ("ring", "direct", "milp")
+
+#: buffer size the "milp" method targets when none is given (nccl-tests convention)
+DEFAULT_SIZE = 1 << 30
 
 
 def synthesize(topology: Topology, collective: Collective, method: str = "ring", *,
-               order: list[int] | None = None) -> Algorithm:
-    """Make an algorithm for ``collective`` on ``topology`` with the named method."""
+               order: list[int] | None = None, size: int = DEFAULT_SIZE,
+               time_limit: float = 60.0, progress=None) -> Algorithm:
+    """Make an algorithm for ``collective`` on ``topology`` with the named method.
+
+    ``size`` (bytes), ``time_limit`` (s) and ``progress`` (a callback
+    ``(stage, elapsed, incumbent, gap)``) only matter to the ``milp`` method.
+    """
     if collective.num_ranks != topology.num_ranks:
         raise TacclError(f"collective has {collective.num_ranks} ranks but topology "
                          f"{topology.label} has {topology.num_ranks}")
@@ -24,4 +33,7 @@ def synthesize(topology: Topology, collective: Collective, method: str = "ring",
         return ring_algorithm(topology, collective, order=order)
     if method == "direct":
         return direct_algorithm(topology, collective)
+    if method == "milp":
+        return staged_algorithm(topology, collective, size=size, time_limit=time_limit,
+                                progress=progress)
     raise TacclError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

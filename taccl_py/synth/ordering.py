@@ -1,0 +1,119 @@
+"""Stage 2 of the staged synthesizer: order the routed sends on every resource.
+
+Greedy list scheduling (Giffler-Thompson style): take the send that could finish first;
+among the sends that compete with it for a resource and could start before it finishes,
+run the one with the longest remaining path (critical path first) at the earliest time
+its input has arrived and all its resources are free.
+
+Besides the topology's resources every connection is a resource of its own, held for
+b/B + α per send: one threadblock sends on it, each send waiting for the previous one's
+arrival.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ..topology.model import Topology
+from .routing import Routes
+
+
+@dataclass(frozen=True)
+class Send:
+    """One hop of one chunk; ``pred`` is the send that brings the chunk to ``src``."""
+
+    chunk: int
+    src: int
+    dst: int
+    pred: int | None
+    resources: tuple[str, ...]
+    dur: float  # seconds the topology's resources are held
+    alpha: float
+
+    @property
+    def conn(self) -> str:
+        return f"conn:{self.src}->{self.dst}"
+
+    def hold(self, resource: str) -> float:
+        """How long the send holds ``resource``."""
+        return self.dur + self.alpha if resource == self.conn else self.dur
+
+
+@dataclass
+class Order:
+    """Per resource, the indices of the sends on it in order; ``start`` per send (s)."""
+
+    sends: list[Send]
+    sequence: dict[str, list[int]]
+    start: list[float]
+
+    @property
+    def makespan(self) -> float:
+        return max((self.start[i] + s.dur + s.alpha for i, s in enumerate(self.sends)),
+                   default=0.0)
+
+
+def make_sends(topology: Topology, routes: Routes) -> list[Send]:
+    """The sends of ``routes``, each chunk's in breadth-first order from its source."""
+    coll, b = routes.collective, routes.chunk_bytes
+    sends: list[Send] = []
+    for c in sorted(routes.edges):
+        src = coll.precondition(c)[0]
+        child = defaultdict(list)
+        for u, v in routes.edges[c]:
+            child[u].append(v)
+        frontier = [(src, None)]
+        while frontier:
+            nxt = []
+            for u, pred in frontier:
+                for v in sorted(child[u]):
+                    conn = topology.connections[(u, v)]
+                    sends.append(Send(c, u, v, pred, (*conn.resources, f"conn:{u}->{v}"),
+                                      b / topology.bandwidth(conn), conn.alpha))
+                    nxt.append((v, len(sends) - 1))
+            frontier = nxt
+    return sends
+
+
+def remaining(sends: list[Send]) -> list[float]:
+    """Longest path (s) from each send's start to the end of its chunk's subtree."""
+    rest = [s.dur + s.alpha for s in sends]
+    for i in range(len(sends) - 1, -1, -1):  # children follow their parents
+        p = sends[i].pred
+        if p is not None:
+            rest[p] = max(rest[p], sends[p].dur + sends[p].alpha + rest[i])
+    return rest
+
+
+def order(sends: list[Send]) -> Order:
+    """List-schedule ``sends``: critical path first, each at its earliest feasible time."""
+    prio = remaining(sends)
+    children = defaultdict(list)
+    for i, s in enumerate(sends):
+        if s.pred is not None:
+            children[s.pred].append(i)
+    ready = {i: 0.0 for i, s in enumerate(sends) if s.pred is None}
+    free: dict[str, float] = defaultdict(float)
+    sequence: dict[str, list[int]] = defaultdict(list)
+    start = [0.0] * len(sends)
+
+    def earliest(i: int) -> float:
+        return max(ready[i], *(free[r] for r in sends[i].resources))
+
+    while ready:
+        est = {i: earliest(i) for i in ready}
+        a = min(ready, key=lambda i: (est[i] + sends[i].dur, i))
+        finish = est[a] + sends[a].dur
+        mine = set(sends[a].resources)
+        rivals = [i for i in ready if est[i] < finish and mine.intersection(sends[i].resources)]
+        pick = max(rivals, key=lambda i: (prio[i], -est[i], -i))
+        s = sends[pick]
+        t = start[pick] = est[pick]
+        for r in s.resources:
+            free[r] = t + s.hold(r)
+            sequence[r].append(pick)
+        del ready[pick]
+        for j in children[pick]:
+            ready[j] = t + s.dur + s.alpha
+    return Order(sends, dict(sequence), start)

@@ -1,0 +1,115 @@
+"""Stage 3 of the staged synthesizer: exact send times, merging, and steps.
+
+With routes and per-resource orders fixed, the earliest send times are a longest-path
+computation over the precedence graph (input arrival, and the previous send on every
+resource), which is exactly what an LP over those constraints would give. On network
+connections (high α) consecutive sends of consecutive chunks may be merged into one
+transfer that pays α once; a merge is kept when it lowers the makespan.
+
+Transfers then get steps in order of start time, a merged group sharing one step, so a
+transfer's step exceeds those of the transfers it waits for and every resource's sends
+keep their order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from ..topology.model import Topology
+from .ir import Transfer
+from .ordering import Order
+
+
+@dataclass
+class Schedule:
+    """Merged groups of sends (indices into ``order.sends``) with their start times (s)."""
+
+    order: Order
+    groups: list[list[int]]
+    start: list[float]
+    makespan: float
+
+    def transfers(self) -> list[Transfer]:
+        """The IR transfers, steps following start times (ties in precedence order)."""
+        sends = self.order.sends
+        rank = sorted(range(len(self.groups)), key=lambda g: (self.start[g], g))
+        out = []
+        for step, g in enumerate(rank):
+            members = self.groups[g]
+            end = self.start[g] + sum(sends[i].dur for i in members) + sends[members[0]].alpha
+            out += [Transfer(step, self.start[g], sends[i].src, sends[i].dst, sends[i].chunk,
+                             end=end) for i in members]
+        return out
+
+
+def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] | None:
+    """Earliest start of every group and the makespan; None if the groups make a cycle.
+
+    A group takes the place of its first member on every resource it holds.
+    """
+    sends = order.sends
+    group_of = {i: g for g, members in enumerate(groups) for i in members}
+    succ: dict[int, set[int]] = defaultdict(set)
+    for r, seq in order.sequence.items():
+        chain = list(dict.fromkeys(group_of[i] for i in seq))
+        for a, b in zip(chain, chain[1:]):
+            succ[a].add(b)
+    for i, s in enumerate(sends):
+        if s.pred is not None and group_of[s.pred] != group_of[i]:
+            succ[group_of[s.pred]].add(group_of[i])
+    indeg = [0] * len(groups)
+    for g in succ:
+        for h in succ[g]:
+            indeg[h] += 1
+    dur = [sum(sends[i].dur for i in m) for m in groups]
+    alpha = [sends[m[0]].alpha for m in groups]
+    conn = [sends[m[0]].conn for m in groups]
+    start = [0.0] * len(groups)
+    todo = deque(g for g in range(len(groups)) if indeg[g] == 0)
+    seen = 0
+    makespan = 0.0
+    while todo:
+        g = todo.popleft()
+        seen += 1
+        arrival = start[g] + dur[g] + alpha[g]
+        makespan = max(makespan, arrival)
+        for h in succ[g]:
+            # h waits for g's arrival (data or same connection) or for g's resources
+            wait = arrival if (conn[h] == conn[g] or any(
+                sends[i].pred in groups[g] for i in groups[h])) else start[g] + dur[g]
+            start[h] = max(start[h], wait)
+            indeg[h] -= 1
+            if indeg[h] == 0:
+                todo.append(h)
+    if seen < len(groups):
+        return None
+    return start, makespan
+
+
+def schedule(topology: Topology, order: Order, merge: bool = True) -> Schedule:
+    """Exact times for ``order``; with ``merge``, greedily merge sends on network links."""
+    sends = order.sends
+    by_start = sorted(range(len(sends)), key=lambda i: (order.start[i], i))
+    groups = [[i] for i in by_start]
+    start, best = timing(order, groups)
+    if merge:
+        for seq_name, seq in order.sequence.items():
+            if not seq_name.startswith("conn:"):
+                continue
+            s0 = sends[seq[0]]
+            if topology.connections[(s0.src, s0.dst)].kind != "network":
+                continue
+            for a, b in zip(seq, seq[1:]):
+                if sends[b].chunk != sends[a].chunk + 1:
+                    continue
+                ga = next(g for g, m in enumerate(groups) if a in m)
+                gb = next(g for g, m in enumerate(groups) if b in m)
+                if ga == gb or groups[ga][-1] != a:
+                    continue
+                trial = [m for g, m in enumerate(groups) if g != gb]
+                trial[ga if ga < gb else ga - 1] = groups[ga] + groups[gb]
+                got = timing(order, trial)
+                if got is not None and got[1] < best * (1 - 1e-12):
+                    groups, (start, best) = trial, got
+    return Schedule(order, groups, start, best)
