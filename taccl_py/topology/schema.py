@@ -25,6 +25,18 @@ _GPUS = {"anyOf": [{"const": "all"}, {"type": "array", "items": _GPU, "minItems"
 _BANDWIDTH = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}  # GB/s
 _ALPHA = {"type": "number", "minimum": 0, "maximum": 1e6}  # µs
 
+#: switches and NICs: a named group of GPUs with per-GPU-port (switch) or shared (NIC)
+#: bandwidth and a latency
+_PORT_GROUPS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["gpus", "bandwidth", "alpha"],
+        "additionalProperties": False,
+        "properties": {"name": _NAME, "gpus": _GPUS, "bandwidth": _BANDWIDTH, "alpha": _ALPHA},
+    },
+}
+
 SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "taccl topology (one node)",
@@ -54,26 +66,8 @@ SCHEMA: dict = {
                 },
             },
         },
-        "switches": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["gpus", "bandwidth", "alpha"],
-                "additionalProperties": False,
-                "properties": {"name": _NAME, "gpus": _GPUS,
-                               "bandwidth": _BANDWIDTH, "alpha": _ALPHA},
-            },
-        },
-        "nics": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["gpus", "bandwidth", "alpha"],
-                "additionalProperties": False,
-                "properties": {"name": _NAME, "gpus": _GPUS,
-                               "bandwidth": _BANDWIDTH, "alpha": _ALPHA},
-            },
-        },
+        "switches": _PORT_GROUPS,
+        "nics": _PORT_GROUPS,
         "network": {"enum": ["full-bisection", "rail-only"]},
         "max_nodes": {"type": "integer", "minimum": 1},
     },
