@@ -34,6 +34,6 @@ def build_plan(topology: Topology, collective: Collective, method: str = "ring",
     alg.size = size
     name = f"{topology.label}-{collective.kind}-{method}"
     plan = lower(alg, instances=instances, proto=proto, min_bytes=min_bytes,
-                 max_bytes=max_bytes, name=name)
+                 max_bytes=max_bytes, name=name, topology=topology)
     report = verify(plan)
     return Result(alg, plan, report)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
 from ..errors import PlanError
 from ..synth.ir import Algorithm
+from ..topology.model import Topology
 from .buffers import Copy, Flow, Loc, place, value_flow
 from .plan import GpuPlan, Plan, Step, Threadblock
 from .threadblocks import MAX_TBS, TB, Op, assign_threadblocks, build_units
@@ -49,12 +50,13 @@ class _Step:
 
 def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
           instances: int = 1, min_bytes: int = 0, max_bytes: int = 0,
-          name: str | None = None) -> Plan:
+          name: str | None = None, topology: Topology | None = None) -> Plan:
     """Lower ``alg`` to a plan; ``instances`` replicates it onto more channels first.
 
     If a threadblock would exceed the runtime's 256 steps, the chunks are spread over as
     few further copies of the channels as make it fit. Raises :class:`AlgorithmError` for
     an inconsistent IR and :class:`PlanError` for a plan the MSCCL runtime would reject.
+    With ``topology``, sends sharing a resource keep the order of the IR's start times.
     The same algorithm always gives the same plan.
     """
     if proto not in PROTOCOLS:
@@ -75,11 +77,11 @@ def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
                            "use an algorithm with fewer channels"))
     plan = _build(alg, Plan(alg.name if name is None else name, alg.collective.kind,
                             alg.num_ranks, alg.collective.nchunksperloop, proto=proto,
-                            min_bytes=min_bytes, max_bytes=max_bytes))
+                            min_bytes=min_bytes, max_bytes=max_bytes), topology)
     spread, most = 1, (MAX_CHANNEL + 1) // alg.nchannels
     while (longest := _longest_tb(plan)) > MAX_STEPS and spread < most:
         spread = min(most, max(spread + 1, -(-spread * longest // MAX_STEPS)))
-        plan = _build(_spread(alg, spread), plan)
+        plan = _build(_spread(alg, spread), plan, topology)
     _check_limits(plan, instances)
     return plan
 
@@ -104,7 +106,7 @@ def _longest_tb(plan: Plan) -> int:
     return max((len(tb.steps) for g in plan.gpus for tb in g.tbs), default=0)
 
 
-def _build(alg: Algorithm, header: Plan) -> Plan:
+def _build(alg: Algorithm, header: Plan, topology: Topology | None) -> Plan:
     """The plan of (checked) ``alg``, with the header fields of ``header``."""
     coll = alg.collective
     flow = value_flow(alg)
@@ -115,6 +117,8 @@ def _build(alg: Algorithm, header: Plan) -> Plan:
     _add_copies(alg, copies, tbs, send_ops, recv_ops)
     _find_conflicts(tbs)
     _make_steps(flow, tbs)
+    if topology is not None:
+        _follow_schedule(alg, send_ops, topology)
     _merge(alg, tbs, send_ops, recv_ops)
     _place_sinks(tbs, s_chunks)
     _keep_needed_deps(tbs)
@@ -180,6 +184,24 @@ def _find_conflicts(tbs: list[list[TB]]) -> None:
                 found.extend(readers.pop(loc, ()))
                 writer[loc] = op
             op.deps = [d for d in found if d.tb is not op.tb]
+
+
+def _follow_schedule(alg: Algorithm, send_ops: list[Op], topology: Topology) -> None:
+    """Make each send wait for the rank's previous send (by IR start time) on each resource.
+
+    The schedule queued them in that order; without the dependency the runtime could
+    start the later one first and hold the resource while its receiver is still busy.
+    """
+    last: dict[tuple[int, str], int] = {}
+    for k in sorted(range(len(send_ops)), key=lambda k: (alg.transfers[k].start, k)):
+        t, s = alg.transfers[k], send_ops[k]
+        for res in topology.connections[(t.src, t.dst)].resources:
+            j = last.get((t.src, res))
+            if j is not None and alg.transfers[j].start < t.start:
+                q = send_ops[j]
+                if q.tb is not s.tb and q.step.key < s.step.key and q not in s.deps:
+                    s.deps.append(q)
+            last[(t.src, res)] = k
 
 
 def _make_steps(flow: Flow, tbs: list[list[TB]]) -> None:

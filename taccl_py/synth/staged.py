@@ -120,4 +120,4 @@ def _simulated(topology: Topology, alg: Algorithm, size: int) -> float:
     from ..lowering.lower import lower
     from ..runtime.simulate import simulate
 
-    return simulate(lower(alg), topology, size).time
+    return simulate(lower(alg, topology=topology), topology, size).time
