@@ -19,7 +19,7 @@ from ..synth.ir import Algorithm
 from ..topology.model import Topology
 from .buffers import Copy, Flow, Loc, place, value_flow
 from .plan import GpuPlan, Plan, Step, Threadblock
-from .threadblocks import MAX_TBS, TB, Op, assign_threadblocks, build_units
+from .threadblocks import MAX_TBS, TB, Op, assign_threadblocks, build_units, delayed_pairs
 
 PROTOCOLS = ("Simple", "LL", "LL128")
 MAX_CNT = 71
@@ -56,7 +56,9 @@ def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
     If a threadblock would exceed the runtime's 256 steps, the chunks are spread over as
     few further copies of the channels as make it fit. Raises :class:`AlgorithmError` for
     an inconsistent IR and :class:`PlanError` for a plan the MSCCL runtime would reject.
-    With ``topology``, sends sharing a resource keep the order of the IR's start times.
+    With ``topology``, sends sharing a resource keep the order of the IR's start times,
+    and a receive and a send share a threadblock only where that delays no step of
+    the IR's schedule (its start and end times).
     The same algorithm always gives the same plan.
     """
     if proto not in PROTOCOLS:
@@ -109,9 +111,15 @@ def _longest_tb(plan: Plan) -> int:
 def _build(alg: Algorithm, header: Plan, topology: Topology | None) -> Plan:
     """The plan of (checked) ``alg``, with the header fields of ``header``."""
     coll = alg.collective
-    flow = value_flow(alg)
-    tbs = assign_threadblocks(alg, flow)
-    send_ops, recv_ops = build_units(alg, flow, tbs)
+    apart: frozenset = frozenset()
+    while True:  # with a schedule, split the pairs that would delay it
+        flow = value_flow(alg)
+        tbs = assign_threadblocks(alg, flow, apart)
+        send_ops, recv_ops = build_units(alg, flow, tbs)
+        late = delayed_pairs(alg, flow, tbs) - apart if topology is not None else set()
+        if not late:
+            break
+        apart |= late
     s_chunks, copies = place(alg, flow)
     _set_accesses(flow, send_ops, recv_ops)
     _add_copies(alg, copies, tbs, send_ops, recv_ops)

@@ -63,8 +63,13 @@ class TB:
     steps: list = field(default_factory=list)
 
 
-def assign_threadblocks(alg: Algorithm, flow: Flow) -> list[list[TB]]:
-    """Threadblocks of every rank, sorted and numbered."""
+def assign_threadblocks(alg: Algorithm, flow: Flow,
+                        apart: frozenset[tuple[int, int, int, int]] = frozenset()
+                        ) -> list[list[TB]]:
+    """Threadblocks of every rank, sorted and numbered.
+
+    ``apart`` holds (rank, channel, recv peer, send peer) pairs never to share one.
+    """
     n = alg.num_ranks
     peers: list[set[tuple[int, str, int]]] = [set() for _ in range(n)]
     forwards: Counter[tuple[int, int, int, int]] = Counter()
@@ -74,6 +79,8 @@ def assign_threadblocks(alg: Algorithm, flow: Flow) -> list[list[TB]]:
         k = flow.sent[j].producer
         if k is not None and alg.transfers[k].channel == t.channel:
             forwards[(t.src, t.channel, alg.transfers[k].src, t.dst)] += 1
+    for pair in apart:
+        forwards.pop(pair, None)
     result = []
     for r in range(n):
         chans = sorted({ch for ch, _, _ in peers[r]})
@@ -113,6 +120,41 @@ def _channel_tbs(r: int, ch: int, peers: set, forwards: Counter, n: int,
     return ([TB(r, b, a, ch) for a, b in pair.items()]
             + [TB(r, -1, a, ch) for a in recvs if a not in pair]
             + [TB(r, b, -1, ch) for b in sends if b not in paired])
+
+
+def delayed_pairs(alg: Algorithm, flow: Flow,
+                  tbs: list[list[TB]]) -> set[tuple[int, int, int, int]]:
+    """Paired threadblocks whose steps would start later than the schedule says.
+
+    For an IR with start and end times (a schedule), each step of a threadblock must be
+    able to begin when the schedule says: a send at its start, a receive by its arrival.
+    A fused receive-send also holds back other readers of the received value until the
+    send arrives. Returns (rank, channel, recv peer, send peer) of every threadblock
+    where a step would wait.
+    """
+    ts = alg.transfers
+    slack = 1e-9 * max((t.end for t in ts), default=0.0)
+    bad = set()
+    for rank_tbs in tbs:
+        for tb in rank_tbs:
+            if tb.send < 0 or tb.recv < 0:
+                continue
+            done = 0.0
+            for unit in tb.units:
+                for op in unit:
+                    if op.kind == "c":
+                        continue
+                    t = ts[op.transfer]
+                    due = t.start if op.kind == "s" else t.end
+                    if done > due + slack:
+                        bad.add((tb.rank, tb.chan, tb.recv, tb.send))
+                    done = max(done, t.end)
+                if len(unit) == 2:
+                    r, s = unit
+                    if any(ts[j].start + slack < ts[s.transfer].end
+                           for j in flow.made[r.transfer].readers if j != s.transfer):
+                        bad.add((tb.rank, tb.chan, tb.recv, tb.send))
+    return bad
 
 
 def build_units(alg: Algorithm, flow: Flow, tbs: list[list[TB]]) -> tuple[list[Op], list[Op]]:

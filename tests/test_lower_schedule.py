@@ -1,0 +1,48 @@
+"""Lowering keeps a schedule's timing: the lowered plan simulates at the schedule's makespan."""
+
+from __future__ import annotations
+
+import pytest
+
+from taccl_py.collectives import Collective
+from taccl_py.lowering.lower import lower
+from taccl_py.runtime.simulate import simulate
+from taccl_py.runtime.verify import verify
+from taccl_py.synth.ordering import descendants, make_sends, order
+from taccl_py.synth.routing import route
+from taccl_py.synth.schedule import schedule
+from taccl_py.synth.staged import _algorithm
+from taccl_py.topology.loader import load_topology
+
+from .test_staged import two_by_four
+
+SIZE = 1 << 30
+
+
+def scheduled(topo, kind: str, chunkup: int, by_descendants: bool):
+    coll = Collective(kind, topo.num_ranks, chunkup)
+    routes = route(topo, coll, coll.chunk_bytes(SIZE), time_limit=5)
+    sends = make_sends(topo, routes)
+    sched = schedule(topo, order(sends, prio=descendants(sends) if by_descendants else None))
+    return _algorithm(topo, sched, routes, SIZE)
+
+
+@pytest.mark.parametrize("name,kind,chunkup,by_desc", [
+    ("dgx1", "allgather", 2, False), ("dgx1", "allgather", 2, True),
+    ("dgx1", "alltoall", 1, False), ("2x4", "allgather", 2, False),
+    ("2x4", "alltoall", 2, True)])
+def test_plan_simulates_at_schedule_makespan(name, kind, chunkup, by_desc):
+    topo = two_by_four() if name == "2x4" else load_topology(name)
+    alg = scheduled(topo, kind, chunkup, by_desc)
+    plan = lower(alg, topology=topo)
+    verify(plan)
+    got = simulate(plan, topo, SIZE).time
+    assert got == pytest.approx(alg.meta["makespan"], rel=1e-9)
+
+
+def test_without_topology_pairing_can_delay_the_schedule():
+    """The check has teeth: pairing by forwards alone is slower on this schedule."""
+    topo = load_topology("dgx1")
+    alg = scheduled(topo, "allgather", 2, False)
+    paired = simulate(lower(alg), topo, SIZE).time
+    assert paired > alg.meta["makespan"] * (1 + 1e-6)
