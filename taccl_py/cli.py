@@ -132,8 +132,13 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
               help="chunks per rank's block")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 32),
               help="copies of the algorithm on separate channels")
-@click.option("--size", default="1M", show_default=True, callback=_size,
-              help="buffer size the plan targets (nccl-tests convention)")
+@click.option("--size", callback=_size,
+              help="buffer size the plan targets (nccl-tests convention)  "
+                   "[default: the sketch's size, else 1M]")
+@click.option("--sketch", "sketch_name",
+              help="communication sketch for --method milp: a built-in name (see "
+                   "`taccl sketch init`), a YAML file, or 'default' (derived from the "
+                   "topology)")
 @click.option("--inplace", is_flag=True, help="emit an in-place plan")
 @click.option("--order", callback=_order, help="ring rank order, e.g. 0,1,3,2 (ring only)")
 @click.option("--proto", default="Simple", show_default=True,
@@ -146,7 +151,8 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
 @click.option("--ir", "ir_path", type=click.Path(path_type=Path),
               help="also write the algorithm IR as JSON")
 def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, instances, size,
-               inplace, order, proto, min_bytes, max_bytes, output, ir_path) -> None:
+               sketch_name, inplace, order, proto, min_bytes, max_bytes, output,
+               ir_path) -> None:
     """Synthesize a plan, verify it at the data level, and write MSCCL XML."""
     from .collectives import Collective
     from .fileio import atomic_write_text
@@ -157,10 +163,17 @@ def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, in
     if max_bytes and min_bytes > max_bytes:
         raise TacclError(f"--min-bytes {min_bytes} exceeds --max-bytes {max_bytes}")
     topo = load_topology(topology_name, nodes)
+    sketch = None
+    if sketch_name is not None:
+        if method != "milp":
+            raise TacclError("--sketch only applies to --method milp")
+        sketch = _load_sketch(sketch_name, topo)
+    if size is None:
+        size = sketch.size if sketch is not None else 1 << 20
     coll = Collective(collective, topo.num_ranks, chunkup, inplace)
     result = build_plan(topo, coll, method, order=order, instances=instances, size=size,
                         proto=proto, min_bytes=min_bytes, max_bytes=max_bytes,
-                        time_limit=time_limit, progress=_progress)
+                        time_limit=time_limit, progress=_progress, sketch=sketch)
     output = output or Path(f"{result.plan.name}.xml")
     xml = plan_to_xml(result.plan)
     if ir_path:
@@ -173,12 +186,75 @@ def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, in
                f"target size {format_size(size)}")
     click.echo(f"  {result.algorithm.num_steps} steps, {len(result.algorithm.transfers)} "
                f"transfers, {ntbs} threadblocks, {plan.nchannels} channel(s)")
+    if sketch is not None:
+        click.echo(f"  sketch {sketch.name} ({sketch.source})")
     click.echo(f"  verified: {result.report.summary()}")
     click.echo(f"  wrote {output}")
     from .report import evaluate, format_table
 
     sizes = sorted({1 << 10, 1 << 20, size, 1 << 30})
     click.echo(format_table(evaluate(result.plan, topo, sizes)))
+
+
+def _load_sketch(name: str, topo):
+    from .synth.sketch import default_sketch, load_sketch
+
+    return default_sketch(topo) if name == "default" else load_sketch(name, topo)
+
+
+# -- sketch ------------------------------------------------------------------------
+@main.group(cls=_Group)
+def sketch() -> None:
+    """Write and check communication sketches (hints for --method milp)."""
+
+
+_SKETCH_TOPOLOGY = [
+    click.option("--topology", "-t", "topology_name", required=True,
+                 help="built-in name or YAML file the sketch is for"),
+    click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1)),
+]
+
+
+def _sketch_topology(fn):
+    for opt in reversed(_SKETCH_TOPOLOGY):
+        fn = opt(fn)
+    return fn
+
+
+@sketch.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+@_sketch_topology
+def sketch_validate(file: Path, topology_name: str, nodes: int) -> None:
+    """Check a sketch file (or built-in sketch name) against a topology."""
+    from .topology.loader import load_topology
+
+    topo = load_topology(topology_name, nodes)
+    s = _load_sketch(str(file), topo)
+    gens = len(s.symmetry)
+    click.echo(f"{file}: ok: sketch {s.name} for {topo.label}: "
+               f"{len(s.connections)} inter-node connection(s) per node pair, "
+               f"{len(s.relays)} relay rank(s), {gens} symmetry generator(s), "
+               f"switch policy {s.switch_policy or 'none'}, "
+               f"own data first {'yes' if s.own_data_first else 'no'}, "
+               f"chunk-up {','.join(map(str, s.chunkup))}, size {format_size(s.size)}")
+
+
+@sketch.command("init")
+@_sketch_topology
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="write the template here instead of printing it")
+def sketch_init(topology_name: str, nodes: int, output: Path | None) -> None:
+    """Write a commented sketch template holding the topology's default hints."""
+    from .fileio import atomic_write_text
+    from .synth.sketch import sketch_template
+    from .topology.loader import load_topology
+
+    text = sketch_template(load_topology(topology_name, nodes))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        click.echo(f"wrote {output}")
 
 
 # -- verify ----------------------------------------------------------------------

@@ -23,14 +23,15 @@ class Result:
 def build_plan(topology: Topology, collective: Collective, method: str = "ring", *,
                order: list[int] | None = None, instances: int = 1, size: int = 0,
                proto: str = "Simple", min_bytes: int = 0, max_bytes: int = 0,
-               time_limit: float = 60.0, progress=None) -> Result:
+               time_limit: float = 60.0, progress=None, sketch=None) -> Result:
     """Synthesize, lower and verify; raises on any fault, so a returned plan is correct.
 
-    ``size`` is the buffer size the plan targets (0: the method's default).
+    ``size`` is the buffer size the plan targets (0: the method's default); ``sketch``
+    (method milp only) narrows the synthesizer's search.
     """
     kw = {"size": size} if size else {}
     alg = synthesize(topology, collective, method, order=order, time_limit=time_limit,
-                     progress=progress, **kw)
+                     progress=progress, sketch=sketch, **kw)
     alg.size = size
     name = f"{topology.label}-{collective.kind}-{method}"
     plan = lower(alg, instances=instances, proto=proto, min_bytes=min_bytes,

@@ -130,3 +130,51 @@ def test_console_script_is_installed(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p.xml").read_text().startswith("<algo")
+
+
+def test_synthesize_with_builtin_and_default_sketch(tmp_path):
+    out = tmp_path / "p.xml"
+    res = run("synthesize", "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "milp",
+              "--sketch", "ndv2", "--time-limit", "5", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert "sketch ndv2-relay" in res.output and "verified" in res.output
+    assert "target size 1G" in res.output  # the sketch's size, --size not given
+    assert parse_plan(out).ngpus == 16
+    res = run("synthesize", "-t", "dgx-a100", "-n", "2", "-c", "allgather", "-m", "milp",
+              "--sketch", "default", "--size", "1M", "--time-limit", "3", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert "sketch dgx-a100-default" in res.output and "target size 1M" in res.output
+
+
+def test_bad_sketch_is_one_clean_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inter_node: {connections: [[0, 9]]}\n")
+    res = run("synthesize", "-t", "dgx1", "-n", "2", "-c", "allgather", "-m", "milp",
+              "--sketch", str(bad), "-o", str(tmp_path / "p.xml"))
+    assert_clean_error(res, "bad.yaml", "inter_node.connections[0][1]", "out of range")
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert_clean_error(run("synthesize", "-t", "dgx1", "-c", "allgather", "--sketch", "dgx1"),
+                       "--sketch only applies to --method milp")
+    assert_clean_error(run("sketch", "validate", str(bad), "-t", "dgx1", "-n", "2"),
+                       "bad.yaml", "out of range")
+    assert not (tmp_path / "p.xml").exists()
+
+
+def test_sketch_init_validate_round_trip(tmp_path):
+    from taccl_py.synth.sketch import default_sketch, load_sketch
+    from taccl_py.topology.loader import load_topology
+
+    out = tmp_path / "s.yaml"
+    res = run("sketch", "init", "-t", "dgx1", "-n", "2", "-o", str(out))
+    assert res.exit_code == 0 and f"wrote {out}" in res.output
+    assert not list(tmp_path.glob(".*.tmp"))
+    printed = run("sketch", "init", "-t", "dgx1", "-n", "2")
+    assert printed.exit_code == 0 and printed.output == out.read_text()
+    res = run("sketch", "validate", str(out), "-t", "dgx1", "-n", "2")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"{out}: ok: sketch dgx1-default for dgx1x2")
+    assert len(res.output.strip().splitlines()) == 1
+    topo = load_topology("dgx1", 2)
+    assert load_sketch(out, topo) == default_sketch(topo)
+    assert_clean_error(run("sketch", "init", "-t", "dgx1", "-o", "/nonexistent/dir/s.yaml"),
+                       "/nonexistent/dir")

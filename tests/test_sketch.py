@@ -225,3 +225,177 @@ def test_fuzzed_sketches_fail_cleanly(doc):
         parse_sketch(yaml.safe_dump({"inter_node": doc, "symmetry": doc}), topo, "f.yaml")
     except SketchError as exc:
         assert "\n" not in str(exc) and str(exc).startswith("f.yaml: ")
+
+
+# -- sketches in the routing MILP ------------------------------------------------------
+from dataclasses import replace  # noqa: E402
+
+from taccl_py.collectives import Collective  # noqa: E402
+from taccl_py.synth.ordering import Send, order  # noqa: E402
+from taccl_py.synth.routing import candidates, route  # noqa: E402
+from taccl_py.synth.staged import staged_algorithm  # noqa: E402
+
+EVEN_RELAYS = ("inter_node: {connections: rail, relays: {0: [0, 1], 2: [2, 3], "
+               "4: [4, 5], 6: [6, 7]}}\nsymmetry: none\n")
+
+
+def crossings(topo, routes):
+    """(source, sender, receiver) of every inter-node send of ``routes``."""
+    coll = routes.collective
+    return [(coll.precondition(c)[0], u, v) for c, es in routes.edges.items()
+            for u, v in es if topo.node_of(u) != topo.node_of(v)]
+
+
+@pytest.mark.parametrize("kind", ["allgather", "alltoall"])
+@pytest.mark.parametrize("text", [EVEN_RELAYS, None])
+def test_routes_obey_inter_node_and_relays(kind, text):
+    topo = load_topology("dgx1" if text else "ndv2", 2)
+    s = parse_sketch(text, topo) if text else load_sketch("ndv2", topo)
+    coll = Collective(kind, topo.num_ranks)
+    routes = route(topo, coll, coll.chunk_bytes(1 << 30), time_limit=3, sketch=s)
+    cross = crossings(topo, routes)
+    assert cross
+    for src, u, v in cross:
+        assert (u, v) in s.inter_node, (src, u, v)
+        assert src in s.relays.get(u, ()), (src, u, v)
+    if text:  # only even GPUs carry data across, on rail connections
+        assert {u % 8 for _, u, _ in cross} <= {0, 2, 4, 6}
+        assert all(u % 8 == v % 8 for _, u, v in cross)
+    else:
+        assert {(u, v) for _, u, v in cross} <= {(0, 9), (8, 1)}
+
+
+@pytest.mark.parametrize("kind", ["allgather", "alltoall"])
+def test_symmetric_sketch_routes_are_images(kind):
+    from taccl_py.synth.routing import _act_chunk
+
+    topo = load_topology("dgx1", 2)
+    s = load_sketch("dgx1", topo)
+    assert len(s.symmetry) >= 2
+    coll = Collective(kind, topo.num_ranks, 2)
+    routes = route(topo, coll, coll.chunk_bytes(1 << 30), time_limit=5, sketch=s)
+    for perm in s.symmetry:
+        for c, es in routes.edges.items():
+            image = sorted((perm[u], perm[v]) for u, v in es)
+            assert routes.edges[_act_chunk(coll, perm, c)] == image, (perm, c)
+
+
+def test_symmetry_shrinks_binaries():
+    topo = load_topology("dgx1", 2)
+    coll = Collective("allgather", topo.num_ranks)
+    b = coll.chunk_bytes(1 << 30)
+    sym = load_sketch("dgx1", topo)
+    flat = replace(sym, symmetry=())
+    n_cand = sum(map(len, candidates(topo, coll, sym).values()))
+    r_flat = route(topo, coll, b, time_limit=2, sketch=flat)
+    r_sym = route(topo, coll, b, time_limit=5, sketch=sym)
+    assert r_flat.num_binaries == n_cand
+    # node swap and a local rotation group of order >= 4: at least 8 images per orbit
+    assert r_sym.num_binaries * 8 <= n_cand
+    assert r_sym.makespan >= r_flat.makespan * (1 - 1e-9) or not r_flat.optimal
+
+
+def test_asymmetric_candidates_fall_back_to_no_sharing():
+    topo = load_topology("dgx1", 2)
+    s = parse_sketch(EVEN_RELAYS, topo)
+    # a node swap keeps these rules, a shift by one GPU does not: no sharing then
+    shift = tuple(r - r % 8 + (r + 1) % 8 for r in range(16))
+    coll = Collective("allgather", 16)
+    n_cand = sum(map(len, candidates(topo, coll, s).values()))
+    r = route(topo, coll, coll.chunk_bytes(1 << 20), time_limit=2,
+              sketch=replace(s, symmetry=(shift,)))
+    assert r.num_binaries == n_cand
+
+
+def ndv2_sketch(**changes):
+    topo = load_topology("ndv2", 2)
+    return topo, replace(load_sketch("ndv2", topo), symmetry=(), **changes)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"relays": {0: (0,), 8: (8,)}},
+     r"^sketch ndv2-relay: inter_node.relays: no route for rank 1's data to rank 8 "
+     r"\(node 1\): the ranks that may carry it across nodes \(none\)"),
+    ({"inter_node": frozenset({(0, 9)})},
+     r"^sketch ndv2-relay: inter_node.connections: no route for rank 8's data to rank 0 "
+     r"\(node 0\): no allowed inter-node connection"),
+    ({"relays": {1: tuple(range(8)), 9: tuple(range(8, 16))}},
+     r"^sketch ndv2-relay: inter_node.connections and inter_node.relays: no route for "
+     r"rank 0's data"),
+    ({"inter_node": frozenset({(0, 9), (8, 1), (0, 1)})},
+     r"^sketch ndv2-relay: inter_node.connections: rank 0 -> rank 1 is not an "
+     r"inter-node connection of ndv2x2"),
+])
+@pytest.mark.parametrize("kind", ["allgather", "alltoall"])
+def test_infeasible_sketch_names_the_rule(changes, message, kind):
+    topo, s = ndv2_sketch(**changes)
+    coll = Collective(kind, topo.num_ranks)
+    start = time.perf_counter()
+    with pytest.raises(SketchError, match=message):
+        route(topo, coll, coll.chunk_bytes(1 << 20), time_limit=30, sketch=s)
+    with pytest.raises(SketchError, match=message):  # not swallowed by the chunk-up loop
+        staged_algorithm(topo, coll, size=1 << 20, time_limit=30, sketch=s)
+    assert time.perf_counter() - start < 2  # found before solving
+
+
+def test_sketch_for_another_topology():
+    _, s = ndv2_sketch()
+    topo = load_topology("ndv2", 3)
+    coll = Collective("allgather", topo.num_ranks)
+    with pytest.raises(SketchError, match="sketch ndv2-relay: is for ndv2x2, not ndv2x3"):
+        route(topo, coll, 1.0, time_limit=5, sketch=s)
+
+
+def test_staged_uses_sketch_chunkups_and_own_data_first():
+    topo = load_topology("dgx1", 2)
+    s = replace(load_sketch("dgx1", topo), chunkup=(2, 3))
+    alg = staged_algorithm(topo, Collective("allgather", 16), size=1 << 20, time_limit=4,
+                           sketch=s)
+    assert alg.meta["chunkup"] in (2, 3)
+    assert set(alg.meta["tried"]) <= {"chunk-up 2", "chunk-up 3"}
+    assert "chunk-up 2" in alg.meta["tried"]
+    alg.check()
+
+
+def test_uc_min_uses_no_more_switch_peers():
+    topo = load_topology("dgx-a100")
+    coll = Collective("allgather", 8)
+
+    def peers(policy):
+        s = replace(default_sketch(topo), symmetry=(), switch_policy=policy)
+        r = route(topo, coll, coll.chunk_bytes(1 << 30), time_limit=3, sketch=s)
+        return {e for es in r.edges.values() for e in es}
+
+    # the same makespan is reachable with far fewer peers than the star's 56
+    assert len(peers("uc-min")) < len(peers("uc-max")) == 56
+
+
+def test_own_data_first_ordering():
+    def send(chunk, src, dst, pred, res, dur):
+        return Send(chunk, src, dst, pred, (res,), dur, 0.0)
+
+    # send 3 is rank 0's own chunk; send 1 relays chunk 1, with a long path after it
+    sends = [send(1, 1, 0, None, "a", 1.0), send(1, 0, 2, 0, "r", 1.0),
+             send(1, 2, 3, 1, "b", 5.0), send(0, 0, 2, None, "r", 2.0)]
+    plain = order(sends)
+    own = order(sends, own_data_first=True)
+    assert plain.start[1] < plain.start[3]  # critical path first
+    assert own.start[3] < own.start[1]  # own data first
+    assert own.sequence["r"] == [3, 1]
+
+
+def test_symmetry_that_no_route_can_keep_falls_back():
+    from taccl_py.topology.model import Link, Topology
+
+    # a square 0-1-3-2-0: swapping 1 and 2 fixes 0 and 3, so chunk 0 -> 3 would have to
+    # take both two-hop paths at once; the model is solved again without sharing
+    links = tuple(Link(a, b, 50e9, 1e-6) for u, v in [(0, 1), (1, 3), (3, 2), (2, 0)]
+                  for a, b in [(u, v), (v, u)])
+    topo = Topology("square", 4, 1, links)
+    s = replace(default_sketch(topo), symmetry=((0, 2, 1, 3),))
+    for kind in ("allgather", "alltoall"):
+        coll = Collective(kind, 4)
+        r = route(topo, coll, coll.chunk_bytes(1 << 20), time_limit=5, sketch=s)
+        assert r.num_binaries == sum(map(len, candidates(topo, coll, s).values()))
+        src_3 = 0 if kind == "allgather" else 3  # chunk of rank 0 that reaches rank 3
+        assert sum(v == 3 for _, v in r.edges[src_3]) == 1

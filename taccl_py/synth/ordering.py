@@ -86,9 +86,26 @@ def remaining(sends: list[Send]) -> list[float]:
     return rest
 
 
-def order(sends: list[Send]) -> Order:
-    """List-schedule ``sends``: critical path first, each at its earliest feasible time."""
-    prio = remaining(sends)
+def descendants(sends: list[Send]) -> list[float]:
+    """How many sends wait (directly or not) for each send's chunk to arrive."""
+    count = [0.0] * len(sends)
+    for i in range(len(sends) - 1, -1, -1):  # children follow their parents
+        p = sends[i].pred
+        if p is not None:
+            count[p] += count[i] + 1
+    return count
+
+
+def order(sends: list[Send], *, own_data_first: bool = False,
+          prio: list | None = None) -> Order:
+    """List-schedule ``sends``: critical path first, each at its earliest feasible time.
+
+    ``prio`` replaces the critical path (:func:`remaining`) as the priority of each send.
+
+    With ``own_data_first`` (a sketch hint), among competing sends a rank's own chunks
+    (sends from the chunk's source) go before the chunks it relays, then critical path.
+    """
+    prio = remaining(sends) if prio is None else prio
     children = defaultdict(list)
     for i, s in enumerate(sends):
         if s.pred is not None:
@@ -107,7 +124,8 @@ def order(sends: list[Send]) -> Order:
         finish = est[a] + sends[a].dur
         mine = set(sends[a].resources)
         rivals = [i for i in ready if est[i] < finish and mine.intersection(sends[i].resources)]
-        pick = max(rivals, key=lambda i: (prio[i], -est[i], -i))
+        pick = max(rivals, key=lambda i: (own_data_first and sends[i].pred is None,
+                                          prio[i], -est[i], -i))
         s = sends[pick]
         t = start[pick] = est[pick]
         for r in s.resources:

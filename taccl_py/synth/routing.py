@@ -14,13 +14,17 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pulp
 
 from ..collectives import ALLGATHER, ALLTOALL, Collective
-from ..errors import TacclError
+from ..errors import SketchError, TacclError
 from ..topology.model import Topology
 from .routes import route_tree
+
+if TYPE_CHECKING:
+    from .sketch import Sketch
 
 _US = 1e6
 Edge = tuple[int, int]
@@ -62,10 +66,74 @@ def hop_distances(topology: Topology) -> list[list[int]]:
     return dist
 
 
+_FAR = 1 << 20
+CONNECTIONS, RELAYS = "inter_node.connections", "inter_node.relays"
+
+
+def _allowed(topology: Topology, sketch: "Sketch | None", src: int,
+             drop: frozenset[str] = frozenset()) -> list[Edge]:
+    """Connections that may carry ``src``'s data under ``sketch`` (rules in ``drop`` off).
+
+    Inside a node every connection may; across nodes (u, v) must be in
+    ``sketch.inter_node`` (rule inter_node.connections) and ``src`` in
+    ``sketch.relays[u]`` (rule inter_node.relays; u == src needs src in relays[src]).
+    """
+    if sketch is None:
+        return list(topology.connections)
+    out = []
+    for u, v in topology.connections:
+        if topology.node_of(u) != topology.node_of(v):
+            if CONNECTIONS not in drop and (u, v) not in sketch.inter_node:
+                continue
+            if RELAYS not in drop and src not in sketch.relays.get(u, ()):
+                continue
+        out.append((u, v))
+    return out
+
+
+def _bfs(n: int, edges: list[Edge], root: int, reverse: bool = False) -> list[int]:
+    """Fewest hops from ``root`` over ``edges`` (to ``root`` with ``reverse``)."""
+    adjacent = defaultdict(list)
+    for u, v in edges:
+        if reverse:
+            adjacent[v].append(u)
+        else:
+            adjacent[u].append(v)
+    row = [_FAR] * n
+    row[root] = 0
+    todo = deque([root])
+    while todo:
+        u = todo.popleft()
+        for v in adjacent[u]:
+            if row[v] == _FAR:
+                row[v] = row[u] + 1
+                todo.append(v)
+    return row
+
+
+def _carriers(topology: Topology, sketch: "Sketch | None", src: int) -> tuple:
+    """What decides which connections ``src``'s data may use (a cache key)."""
+    if sketch is None:
+        return ()
+    return tuple(sorted(u for u, data in sketch.relays.items() if src in data))
+
+
 def candidates(topology: Topology, collective: Collective,
-               relays: set[int] | None = None) -> dict[int, list[Edge]]:
-    """Chunk -> connections it may use: fewest-hop routes plus one extra hop."""
-    h = hop_distances(topology)
+               sketch: "Sketch | None" = None) -> dict[int, list[Edge]]:
+    """Chunk -> connections it may use: fewest-hop routes plus one extra hop, counted
+    over the connections ``sketch`` allows the chunk's source data on (all without one)."""
+    n = topology.num_ranks
+    allowed: dict[tuple, list[Edge]] = {}
+    dist: dict[tuple, list[int]] = {}  # (carriers, root, reverse) -> hops
+
+    def hops(s: int, root: int, reverse: bool) -> list[int]:
+        key = _carriers(topology, sketch, s)
+        if key not in allowed:
+            allowed[key] = _allowed(topology, sketch, s)
+        if (key, root, reverse) not in dist:
+            dist[key, root, reverse] = _bfs(n, allowed[key], root, reverse)
+        return dist[key, root, reverse]
+
     out: dict[int, list[Edge]] = {}
     for c in range(collective.num_chunks):
         s = collective.precondition(c)[0]
@@ -73,19 +141,65 @@ def candidates(topology: Topology, collective: Collective,
         if not dests:
             out[c] = []
             continue
+        h = hops(s, s, False)
         ok = []
-        for u, v in topology.connections:
-            if v == s or (u != s and relays is not None and u not in relays):
-                continue
-            if collective.kind == ALLGATHER:
-                keep = h[s][u] <= h[s][v]
-            else:
-                d = dests[0]
-                keep = u != d and h[s][u] + 1 + h[v][d] <= h[s][d] + 1
-            if keep:
-                ok.append((u, v))
+        if collective.kind == ALLGATHER:
+            for u, v in allowed[_carriers(topology, sketch, s)]:
+                if v != s and h[u] < _FAR and h[u] <= h[v]:
+                    ok.append((u, v))
+        else:
+            d = dests[0]
+            back = hops(s, d, True)
+            for u, v in allowed[_carriers(topology, sketch, s)]:
+                if v != s and u != d and h[u] + 1 + back[v] <= h[d] + 1 < _FAR:
+                    ok.append((u, v))
         out[c] = ok
     return out
+
+
+def check_sketch(topology: Topology, collective: Collective, sketch: "Sketch") -> None:
+    """Raise SketchError, naming the rule to blame, if ``sketch`` does not fit ``topology``
+    or leaves some chunk without a route to one of its destinations."""
+    where = f"sketch {sketch.name}"
+    if sketch.topology != topology.label:
+        raise SketchError(f"{where}: is for {sketch.topology}, not {topology.label}")
+    n = topology.num_ranks
+    for u, v in sorted(sketch.inter_node):
+        conn = topology.connections.get((u, v))
+        if conn is None or topology.node_of(u) == topology.node_of(v):
+            raise SketchError(f"{where}: {CONNECTIONS}: rank {u} -> rank {v} is not an "
+                              f"inter-node connection of {topology.label}")
+    for perm in sketch.symmetry:
+        if sorted(perm) != list(range(n)):
+            raise SketchError(f"{where}: symmetry: {perm} is not a permutation of the "
+                              f"{n} ranks of {topology.label}")
+    dests: dict[int, set[int]] = defaultdict(set)
+    for c in range(0, collective.num_chunks, collective.chunkup):
+        s = collective.precondition(c)[0]
+        dests[s].update(d for d in collective.postcondition(c) if d != s)
+    for s, ds in sorted(dests.items()):
+        hops = _bfs(n, _allowed(topology, sketch, s), s)
+        for d in sorted(ds):
+            if hops[d] < _FAR:
+                continue
+            blame = [rule for rule in (CONNECTIONS, RELAYS)
+                     if _bfs(n, _allowed(topology, sketch, s, frozenset([rule])), s)[d] < _FAR]
+            if not blame and _bfs(n, _allowed(topology, sketch, s,
+                                              frozenset([CONNECTIONS, RELAYS])), s)[d] < _FAR:
+                blame = [f"{CONNECTIONS} + {RELAYS}"]
+            if not blame:
+                raise TacclError(f"{topology.label}: rank {d} cannot be reached from rank "
+                                 f"{s} at all")
+            carriers = [u for u, data in sketch.relays.items() if s in data]
+            node = topology.node_of(d)
+            why = {CONNECTIONS: "no allowed inter-node connection leads there",
+                   RELAYS: "the ranks that may carry it across nodes ("
+                           + (", ".join(map(str, carriers)) or "none")
+                           + ") have no allowed connection toward it"}
+            raise SketchError(
+                f"{where}: {' and '.join(blame)}: no route for rank {s}'s data to rank {d} "
+                f"(node {node}): " + why.get(blame[0], "the two rules together block it")
+                + (" (dropping either rule would open one)" if len(blame) > 1 else ""))
 
 
 def _shortest_routes(topology: Topology, collective: Collective) -> dict[int, list[Edge]]:
@@ -171,35 +285,189 @@ def _solver(time_limit: float):
     return pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(time_limit)), warmStart=True)
 
 
+def _act_chunk(collective: Collective, perm, c: int) -> int:
+    """The chunk that rank permutation ``perm`` maps chunk ``c`` to (sub-chunk kept)."""
+    block, j = divmod(c, collective.chunkup)
+    if collective.kind == ALLTOALL:
+        s, d = divmod(block, collective.num_ranks)
+        block = perm[s] * collective.num_ranks + perm[d]
+    else:
+        block = perm[block]
+    return block * collective.chunkup + j
+
+
+def _orbits(topology: Topology, collective: Collective, cand: dict[int, list[Edge]],
+            sketch: "Sketch | None") -> dict | None:
+    """Orbit representatives under ``sketch.symmetry`` of (chunk, edge) ("x"), chunks
+    ("chunk") and (chunk, rank) ("t"); None when
+    there is no symmetry to use: no generators, a generator that is not an automorphism
+    of ``topology``, or candidate sets that the generators do not map onto each other."""
+    from .symmetry import automorphism_error, orbit_representatives
+
+    gens = [p for p in (sketch.symmetry if sketch is not None else ())
+            if p != tuple(range(len(p)))]
+    if not gens or any(automorphism_error(topology, p) for p in gens):
+        return None
+    items = [(c, e) for c, es in cand.items() for e in es]
+    known = set(items)
+
+    def act(p, item):
+        c, (u, v) = item
+        return _act_chunk(collective, p, c), (p[u], p[v])
+
+    if any(act(p, item) not in known for p in gens for item in items):
+        return None
+    rep = orbit_representatives(gens, items, act)
+    chunks = orbit_representatives(gens, list(cand), lambda p, c: _act_chunk(collective, p, c))
+    arrivals = orbit_representatives(
+        gens, [(c, v) for c in cand for v in range(topology.num_ranks)],
+        lambda p, item: (_act_chunk(collective, p, item[0]), p[item[1]]))
+    return {"x": rep, "chunk": chunks, "t": arrivals, "gens": gens}
+
+
+def _symmetrized(collective: Collective, rep: dict,
+                 routes: dict[int, list[Edge]]) -> dict[int, list[Edge]]:
+    """``routes`` of every chunk-orbit representative carried to the rest of its orbit
+    (by one group element per chunk); symmetric when the stabilizers keep those routes."""
+    out: dict[int, list[Edge]] = {}
+    for r in sorted(set(rep["chunk"].values())):
+        if r not in routes:
+            return {}
+        moved = {r: tuple(range(collective.num_ranks))}
+        todo = [r]
+        while todo:
+            c = todo.pop()
+            for g in rep["gens"]:
+                d = _act_chunk(collective, g, c)
+                if d not in moved:
+                    moved[d] = tuple(g[y] for y in moved[c])
+                    todo.append(d)
+        for c, p in moved.items():
+            out[c] = sorted((p[u], p[v]) for u, v in routes[r])
+    return out
+
+
+def _bfs_routes(collective: Collective, cand: dict[int, list[Edge]]) -> dict[int, list[Edge]]:
+    """A fewest-hop tree (AllGather) or path (AllToAll) per chunk inside its candidates."""
+    out = {}
+    for c, es in cand.items():
+        s = collective.precondition(c)[0]
+        dests = [d for d in collective.postcondition(c) if d != s]
+        parent: dict[int, Edge | None] = {s: None}
+        todo = deque([s])
+        adjacent = defaultdict(list)
+        for u, v in es:
+            adjacent[u].append(v)
+        while todo:
+            u = todo.popleft()
+            for v in adjacent[u]:
+                if v not in parent:
+                    parent[v] = (u, v)
+                    todo.append(v)
+        if any(d not in parent for d in dests):
+            return {}
+        if collective.kind == ALLGATHER:
+            out[c] = sorted(e for e in parent.values() if e is not None)
+        else:
+            path, v = [], dests[0] if dests else s
+            while parent[v] is not None:
+                path.append(parent[v])
+                v = parent[v][0]
+            out[c] = sorted(path)
+    return out
+
+
+def _symmetric(rep: dict, routes: dict[int, list[Edge]]) -> bool:
+    """Whether ``routes`` give every (chunk, edge) of an orbit the same value."""
+    chosen = {(c, e) for c, es in routes.items() for e in es}
+    return all(((c, e) in chosen) == (r in chosen) for (c, e), r in rep.items())
+
+
 def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
-          time_limit: float = 60.0, relays: set[int] | None = None) -> Routes:
-    """Solve the routing MILP; raise TacclError if no feasible routing is found in time."""
+          time_limit: float = 60.0, sketch: "Sketch | None" = None) -> Routes:
+    """Solve the routing MILP; raise TacclError if no feasible routing is found in time.
+
+    A ``sketch`` (see :mod:`taccl_py.synth.sketch`) narrows the model:
+
+    * ``inter_node``: a chunk crosses between nodes only on these (u, v) connections;
+    * ``relays``: rank u sends source s's chunk to another node only if s is in
+      ``relays[u]`` (so a source sends its own data across only if it relays itself);
+      both rules restrict the candidate connections, and the fewest-hop distances that
+      pick candidates are counted over the allowed connections only;
+    * ``switch_policy``: uc-min adds a binary "rank u uses switch connection (u, v)" per
+      switch connection (forced on by any chunk's send on it) with a small objective
+      penalty (0.1 % of that connection's hop cost), so each rank prefers few distinct
+      switch peers; uc-max (or none) adds no term: sends spread freely over peers;
+    * ``symmetry``: the generators map chunk c (block b, sub-chunk j) to chunk
+      (σ(b), j) and connection (u, v) to (σu, σv); every orbit of (chunk, connection)
+      shares one binary, so chunk σ(c)'s route is the image of chunk c's. Used only when
+      every generator is an automorphism of ``topology`` and maps the candidate sets
+      onto each other; should the symmetric model be infeasible (a chunk fixed by a
+      generator whose route cannot be invariant), it is solved again without it;
+    * ``own_data_first`` is not a routing rule (see :func:`ordering.order`).
+
+    A sketch that leaves some chunk no route raises SketchError naming the rule.
+    """
     if collective.kind not in (ALLGATHER, ALLTOALL):
         raise TacclError(f"the staged synthesizer handles allgather and alltoall, "
                          f"not {collective.kind}")
     began = time.monotonic()
-    cand = candidates(topology, collective, relays)
+    if sketch is not None:
+        check_sketch(topology, collective, sketch)
+    cand = candidates(topology, collective, sketch)
+    rep = _orbits(topology, collective, cand, sketch)
+    result = _solve(topology, collective, chunk_bytes, cand, rep, sketch, began, time_limit)
+    if result is None:  # the symmetric model is infeasible
+        result = _solve(topology, collective, chunk_bytes, cand, None, sketch, began,
+                        time_limit)
+    return result
+
+
+def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
+           cand: dict[int, list[Edge]], rep: dict | None, sketch: "Sketch | None",
+           began: float, time_limit: float) -> Routes | None:
+    """Build and solve the routing MILP; None if it is infeasible with shared ``rep``."""
     conns = topology.connections
     occ = {e: chunk_bytes / topology.bandwidth(conns[e]) * _US for e in conns}
     cost = {e: occ[e] + conns[e].alpha * _US for e in conns}
+
+    def fits(routes: dict[int, list[Edge]]) -> bool:
+        return bool(routes) and all(set(routes.get(c, ())) <= set(es)
+                                    for c, es in cand.items()) and \
+            (rep is None or _symmetric(rep["x"], routes))
+
+    starts = [_shortest_routes(topology, collective)]
+    if collective.kind == ALLGATHER and topology.nodes > 1:
+        hier = _hierarchical_routes(topology, collective)
+        if all(len(es) == topology.num_ranks - 1 for es in hier.values()):
+            starts.append(hier)
+    if sketch is not None:
+        starts.append(_bfs_routes(collective, cand))
+    if rep is not None:
+        starts += [_symmetrized(collective, rep, r) for r in starts if r]
+    starts = [r for r in starts if fits(r)]
     start: dict[int, list[Edge]] = {}
-    if relays is None:
-        starts = [_shortest_routes(topology, collective)]
-        if collective.kind == ALLGATHER and topology.nodes > 1:
-            hier = _hierarchical_routes(topology, collective)
-            if all(set(es) <= set(cand[c]) and len(es) == topology.num_ranks - 1
-                   for c, es in hier.items()):
-                starts.append(hier)
+    if starts:
         start = min(starts, key=lambda r: relaxed_makespan(topology, collective, chunk_bytes, r))
         upper = relaxed_makespan(topology, collective, chunk_bytes, start) * _US
-    else:
-        upper = sum(cost[e] for es in cand.values() for e in es)
+    else:  # any routing's arrival and load bounds
+        busy: dict[str, float] = defaultdict(float)
+        for es in cand.values():
+            for e in es:
+                for r in conns[e].resources:
+                    busy[r] += occ[e]
+                busy[f"conn:{e[0]}->{e[1]}"] += cost[e]
+        upper = max([*busy.values(), *(sum(cost[e] for e in es) for es in cand.values())],
+                    default=0.0)
     big_m = upper + max(cost.values(), default=0.0)
 
     prob = pulp.LpProblem("routing", pulp.LpMinimize)
     makespan = pulp.LpVariable("T", 0, upper * (1 + 1e-6) + 1e-6)
     x: dict[tuple[int, Edge], pulp.LpVariable] = {}
+    shared: dict[tuple[int, Edge], pulp.LpVariable] = {}
     load: dict[str, list] = defaultdict(list)
+    uses: dict[Edge, list] = defaultdict(list)  # switch connection -> its chunks' sends
+    arrive: dict[tuple[int, int], pulp.LpVariable] = {}
     for c, es in cand.items():
         s = collective.precondition(c)[0]
         dests = [d for d in collective.postcondition(c) if d != s]
@@ -207,14 +475,27 @@ def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
             continue
         into, out = defaultdict(list), defaultdict(list)
         for e in es:
-            x[c, e] = var = pulp.LpVariable(f"x_{c}_{e[0]}_{e[1]}", cat="Binary")
+            key = (c, e) if rep is None else rep["x"][c, e]
+            if key not in shared:
+                shared[key] = pulp.LpVariable(f"x_{key[0]}_{key[1][0]}_{key[1][1]}",
+                                              cat="Binary")
+            x[c, e] = var = shared[key]
             into[e[1]].append(var)
             out[e[0]].append(var)
             for r in conns[e].resources:
                 load[r].append(occ[e] * var)
             load[f"conn:{e[0]}->{e[1]}"].append(cost[e] * var)
+            if conns[e].kind == "switch":
+                uses[e].append(var)
+        if rep is not None and rep["chunk"][c] != c:
+            continue  # the constraints of its orbit's representative, renamed: the same
         ranks = {v for e in es for v in e} - {s}
-        t = {v: pulp.LpVariable(f"t_{c}_{v}", 0, upper) for v in ranks}
+        t = {}
+        for v in ranks:
+            key = (c, v) if rep is None else rep["t"][c, v]
+            if key not in arrive:
+                arrive[key] = pulp.LpVariable(f"t_{key[0]}_{key[1]}", 0, upper)
+            t[v] = arrive[key]
         if collective.kind == ALLGATHER:
             for v in ranks:
                 prob += pulp.lpSum(into[v]) == 1
@@ -240,7 +521,17 @@ def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
     for terms in load.values():
         prob += pulp.lpSum(terms) <= makespan
     # a tiny tie-break for fewer sends
-    prob += makespan + 1e-7 * upper * pulp.lpSum(x.values())
+    objective = makespan + 1e-7 * upper * pulp.lpSum(x.values())
+    if sketch is not None and sketch.switch_policy == "uc-min" and uses:
+        peers = []
+        for (u, v), terms in sorted(uses.items()):
+            y = pulp.LpVariable(f"y_{u}_{v}", cat="Binary")
+            prob += pulp.lpSum(terms) <= len(terms) * y
+            if start:
+                y.setInitialValue(int(any((u, v) in es for es in start.values())))
+            peers.append(1e-3 * cost[u, v] * y)
+        objective += pulp.lpSum(peers)
+    prob += objective
 
     left = time_limit - (time.monotonic() - began)
     if left <= 0:
@@ -248,6 +539,8 @@ def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
     solver = _solver(left)
     prob.solve(solver)
     found = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if not found and rep is not None and prob.status == pulp.LpStatusInfeasible:
+        return None
     if not found:
         raise TacclError(
             f"routing MILP for {collective.kind} (chunk-up {collective.chunkup}) on "
@@ -258,7 +551,8 @@ def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
     value = relaxed_makespan(topology, collective, chunk_bytes, edges)
     gap = _gap(prob)
     return Routes(collective, chunk_bytes, edges, value, gap,
-                  prob.sol_status == pulp.LpSolutionOptimal, time.monotonic() - began, len(x))
+                  prob.sol_status == pulp.LpSolutionOptimal, time.monotonic() - began,
+                  len(shared))
 
 
 def _warm(route: list[Edge], src: int, cost: dict[Edge, float],

@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 from ..collectives import ALLGATHER, ALLTOALL, Collective
-from ..errors import TacclError
+from ..errors import SketchError, TacclError
 from ..topology.model import Topology
 from .ir import Algorithm
 from .ordering import make_sends, order
@@ -39,11 +39,14 @@ def _refined(topology: Topology, routes: Routes, times: int, size: int) -> Route
 
 
 def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
-                     time_limit: float = 60.0, relays=None,
+                     time_limit: float = 60.0, sketch=None,
                      progress: Progress | None = None) -> Algorithm:
     """Synthesize ``collective`` on ``topology`` for ``size`` bytes (nccl-tests convention).
 
-    ``relays`` optionally limits which ranks may forward other ranks' chunks. ``progress``
+    ``sketch`` (a :class:`~taccl_py.synth.sketch.Sketch`) optionally narrows routing
+    (see :func:`route`), sets the chunk-ups tried (its ``chunkup`` factors, multiplied
+    onto ``collective.chunkup``, instead of :data:`CHUNKUPS`) and ``own_data_first``
+    of the ordering; a sketch that leaves a chunk no route raises SketchError. ``progress``
     is called as ``progress(stage, elapsed_s, incumbent_makespan_s, gap)``. Raises
     TacclError if no routing is found within ``time_limit`` seconds.
     """
@@ -53,7 +56,8 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
                          f"{collective.kind}")
     if size <= 0:
         raise TacclError(f"method milp needs the target buffer size, got {size}")
-    relays = None if relays is None else {int(r) for r in relays}
+    chunkups = CHUNKUPS if sketch is None else tuple(sorted(sketch.chunkup))
+    own_first = sketch is not None and sketch.own_data_first
     began = time.monotonic()
 
     def report(stage: str, value: float | None = None, gap: float | None = None) -> None:
@@ -68,31 +72,34 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
     def consider(label: str, routes: Routes) -> None:
         nonlocal best
         report(f"ordering ({label})", routes.makespan, routes.gap)
-        sched = schedule(topology, order(make_sends(topology, routes)))
+        sched = schedule(topology, order(make_sends(topology, routes),
+                                         own_data_first=own_first))
         report(f"schedule ({label})", sched.makespan, routes.gap)
         alg = _algorithm(topology, sched, routes, size)
         tried[label] = alg.meta["simulated"] = _simulated(topology, alg, size)
         if best is None or tried[label] < best.meta["simulated"]:
             best = alg
 
-    for i, factor in enumerate(CHUNKUPS):
+    for i, factor in enumerate(chunkups):
         coll = collective.with_chunkup(collective.chunkup * factor)
         sends_per_chunk = coll.num_ranks - 1 if coll.kind == ALLGATHER else 2
         if coll.num_chunks * sends_per_chunk > MAX_SENDS and best is not None:
             break
-        if solved is not None:
+        if solved is not None and coll.chunkup % solved.collective.chunkup == 0:
             times = coll.chunkup // solved.collective.chunkup
             consider(f"chunk-up {coll.chunkup}, routes of chunk-up "
                      f"{solved.collective.chunkup}", _refined(topology, solved, times, size))
         left = time_limit - (time.monotonic() - began)
-        share = left / (len(CHUNKUPS) - i)
+        share = left / (len(chunkups) - i)
         if left <= 0.5 or (i > 0 and (share < 2.0 or sum(
-                map(len, candidates(topology, coll, relays).values())) > MAX_BINARIES)):
+                map(len, candidates(topology, coll, sketch).values())) > MAX_BINARIES)):
             continue
         report(f"routing (chunk-up {coll.chunkup})")
         try:
             routes = route(topology, coll, coll.chunk_bytes(size),
-                           time_limit=left * 0.6 if i == 0 else share, relays=relays)
+                           time_limit=left * 0.6 if i == 0 else share, sketch=sketch)
+        except SketchError:
+            raise
         except TacclError as exc:
             failure = failure or exc
             continue
