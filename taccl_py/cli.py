@@ -188,6 +188,11 @@ def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, in
                f"transfers, {ntbs} threadblocks, {plan.nchannels} channel(s)")
     if sketch is not None:
         click.echo(f"  sketch {sketch.name} ({sketch.source})")
+    meta = result.algorithm.meta
+    if "chosen" in meta:
+        others = ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in meta["candidates"].items())
+        click.echo(f"  kept {meta['chosen']}, the fastest at {format_size(size)} "
+                   f"(simulated: {others})")
     click.echo(f"  verified: {result.report.summary()}")
     click.echo(f"  wrote {output}")
     from .report import evaluate, format_table

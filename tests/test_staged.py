@@ -10,6 +10,7 @@ from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.pipeline import build_plan
 from taccl_py.report import evaluate
+from taccl_py.runtime.simulate import simulate
 from taccl_py.synth import methods
 from taccl_py.synth.methods import synthesize
 from taccl_py.synth.ordering import make_sends, order
@@ -117,12 +118,16 @@ def test_plan_verifies(name, kind, monkeypatch):
     coll = Collective(kind, topo.num_ranks)
     alg = synthesize(topo, coll, "milp", size=MB, time_limit=5)
     alg.check()
-    assert alg.size == MB and alg.meta["simulated"] > 0
+    assert alg.size == MB and alg.meta["score"] == alg.meta["makespan"] > 0
     # build_plan uses the default time limit; keep the test short
     monkeypatch.setattr(methods, "staged_algorithm",
                         lambda *a, time_limit, **k: staged_algorithm(*a, time_limit=5, **k))
     result = build_plan(topo, coll, "milp", size=MB)
     assert result.plan.ngpus == topo.num_ranks
+    meta = result.algorithm.meta
+    kept = simulate(result.plan, topo, MB).time
+    assert kept == pytest.approx(meta["candidates"][meta["chosen"]], rel=1e-12)
+    assert kept <= min(meta["candidates"].values()) * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("name", ["dgx1", "2x4"])

@@ -18,13 +18,15 @@ DEFAULT_SIZE = 1 << 30
 
 def synthesize(topology: Topology, collective: Collective, method: str = "ring", *,
                order: list[int] | None = None, size: int = DEFAULT_SIZE,
-               time_limit: float = 60.0, progress=None, sketch=None) -> Algorithm:
+               time_limit: float = 60.0, progress=None, sketch=None,
+               judge=None) -> Algorithm:
     """Make an algorithm for ``collective`` on ``topology`` with the named method.
 
     ``size`` (bytes), ``time_limit`` (s), ``progress`` (a callback
     ``(stage, elapsed, incumbent, gap)``) and ``sketch`` (a communication sketch, see
-    :mod:`taccl_py.synth.sketch`) only matter to the ``milp`` method; a sketch with
-    another method is a TacclError.
+    :mod:`taccl_py.synth.sketch`) and ``judge`` (scores a candidate algorithm, e.g. by
+    simulation) only matter to the ``milp`` method; a sketch with another method is a
+    TacclError.
     """
     if collective.num_ranks != topology.num_ranks:
         raise TacclError(f"collective has {collective.num_ranks} ranks but topology "
@@ -39,5 +41,5 @@ def synthesize(topology: Topology, collective: Collective, method: str = "ring",
         return direct_algorithm(topology, collective)
     if method == "milp":
         return staged_algorithm(topology, collective, size=size, time_limit=time_limit,
-                                progress=progress, sketch=sketch)
+                                progress=progress, sketch=sketch, judge=judge)
     raise TacclError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

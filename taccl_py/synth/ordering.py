@@ -114,24 +114,34 @@ def order(sends: list[Send], *, own_data_first: bool = False,
     free: dict[str, float] = defaultdict(float)
     sequence: dict[str, list[int]] = defaultdict(list)
     start = [0.0] * len(sends)
+    waiting: dict[str, set[int]] = defaultdict(set)  # resource -> ready sends needing it
+    est: dict[int, float] = {}
 
-    def earliest(i: int) -> float:
-        return max(ready[i], *(free[r] for r in sends[i].resources))
+    def arrive(i: int) -> None:
+        est[i] = max(ready[i], *(free[r] for r in sends[i].resources))
+        for r in sends[i].resources:
+            waiting[r].add(i)
 
-    while ready:
-        est = {i: earliest(i) for i in ready}
-        a = min(ready, key=lambda i: (est[i] + sends[i].dur, i))
+    for i in ready:
+        arrive(i)
+    while est:
+        a = min(est, key=lambda i: (est[i] + sends[i].dur, i))
         finish = est[a] + sends[a].dur
-        mine = set(sends[a].resources)
-        rivals = [i for i in ready if est[i] < finish and mine.intersection(sends[i].resources)]
+        rivals = {i for r in sends[a].resources for i in waiting[r] if est[i] < finish}
         pick = max(rivals, key=lambda i: (own_data_first and sends[i].pred is None,
                                           prio[i], -est[i], -i))
         s = sends[pick]
-        t = start[pick] = est[pick]
+        t = start[pick] = est.pop(pick)
+        del ready[pick]
+        touched = set()
         for r in s.resources:
             free[r] = t + s.hold(r)
             sequence[r].append(pick)
-        del ready[pick]
+            waiting[r].discard(pick)
+            touched |= waiting[r]
+        for i in touched:
+            est[i] = max(est[i], *(free[r] for r in sends[i].resources))
         for j in children[pick]:
             ready[j] = t + s.dur + s.alpha
+            arrive(j)
     return Order(sends, dict(sequence), start)

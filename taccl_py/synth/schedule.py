@@ -88,28 +88,49 @@ def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] |
 
 
 def schedule(topology: Topology, order: Order, merge: bool = True) -> Schedule:
-    """Exact times for ``order``; with ``merge``, greedily merge sends on network links."""
+    """Exact times for ``order``; with ``merge``, merge sends on network links.
+
+    On each network connection whose α adds up to at least 0.1 % of the makespan,
+    neighbouring groups of consecutive chunks are merged pairwise (doubling the group
+    size) as long as that lowers the makespan.
+    """
     sends = order.sends
     by_start = sorted(range(len(sends)), key=lambda i: (order.start[i], i))
     groups = [[i] for i in by_start]
     start, best = timing(order, groups)
-    if merge:
-        for seq_name, seq in order.sequence.items():
-            if not seq_name.startswith("conn:"):
-                continue
-            s0 = sends[seq[0]]
-            if topology.connections[(s0.src, s0.dst)].kind != "network":
-                continue
-            for a, b in zip(seq, seq[1:]):
-                if sends[b].chunk != sends[a].chunk + 1:
-                    continue
-                ga = next(g for g, m in enumerate(groups) if a in m)
-                gb = next(g for g, m in enumerate(groups) if b in m)
-                if ga == gb or groups[ga][-1] != a:
-                    continue
-                trial = [m for g, m in enumerate(groups) if g != gb]
-                trial[ga if ga < gb else ga - 1] = groups[ga] + groups[gb]
-                got = timing(order, trial)
-                if got is not None and got[1] < best * (1 - 1e-12):
-                    groups, (start, best) = trial, got
+    if not merge:
+        return Schedule(order, groups, start, best)
+    for seq_name, seq in order.sequence.items():
+        s0 = sends[seq[0]]
+        if (not seq_name.startswith("conn:")
+                or topology.connections[(s0.src, s0.dst)].kind != "network"):
+            continue
+        while s0.alpha * len(seq) >= 1e-3 * best:
+            trial = _pair_up(sends, groups, seq)
+            got = None if trial is None else timing(order, trial)
+            if got is None or got[1] >= best * (1 - 1e-12):
+                break
+            groups, (start, best) = trial, got
     return Schedule(order, groups, start, best)
+
+
+def _pair_up(sends, groups: list[list[int]], seq: list[int]) -> list[list[int]] | None:
+    """``groups`` with neighbouring groups of ``seq`` merged two by two where their chunks
+    are consecutive; None if no pair can merge."""
+    group_of = {i: g for g, m in enumerate(groups) for i in m}
+    along = list(dict.fromkeys(group_of[i] for i in seq))
+    merged: dict[int, int] = {}  # absorbed group -> group it joins
+    k = 0
+    while k + 1 < len(along):
+        a, b = groups[along[k]], groups[along[k + 1]]
+        if sends[b[0]].chunk == sends[a[-1]].chunk + 1:
+            merged[along[k + 1]] = along[k]
+            k += 2
+        else:
+            k += 1
+    if not merged:
+        return None
+    out = [list(m) for m in groups]
+    for b, a in merged.items():
+        out[a] += out[b]
+    return [m for g, m in enumerate(out) if g not in merged]

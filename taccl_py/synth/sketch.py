@@ -24,7 +24,7 @@ from .symmetry import Perm, automorphism_error, detect_symmetry, extend, node_ro
 from .symmetry import orbit_representatives
 
 UC_MIN, UC_MAX = "uc-min", "uc-max"
-DEFAULT_CHUNKUP = (1, 2, 4)
+DEFAULT_CHUNKUP = (1, 2, 6)
 DEFAULT_SIZE = 1 << 30
 MAX_CHUNKUP = 64
 

@@ -1,9 +1,11 @@
 """The staged (TACCL-style) synthesizer: route (MILP), order (heuristic), schedule (exact).
 
-For a few chunk-ups the driver routes, orders and schedules, and keeps the plan whose
-simulated time (lowered to a plan, run in the α-β simulator) is lowest. Besides solving the routing MILP again for a finer chunk-up
-(when the model stays small enough and time is left), it also tries the coarser routes
-with every block's sub-chunks on their block's route, which only adds pipelining.
+For a few chunk-ups the driver routes, orders and schedules, and keeps the schedule with
+the lowest makespan (lowering keeps a schedule's timing, so that is also the plan's
+simulated time). Stage 2 list-schedules under a few priority rules and keeps the best.
+Besides solving the routing MILP again for a finer chunk-up (when the model stays small
+enough and time is left), it also tries the coarser routes with every block's sub-chunks
+on their block's route, which only adds pipelining.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from ..collectives import ALLGATHER, ALLTOALL, Collective
 from ..errors import SketchError, TacclError
 from ..topology.model import Topology
 from .ir import Algorithm
-from .ordering import make_sends, order
+from .ordering import Send, descendants, make_sends, order, remaining
 from .routes import require_ranks
 from .routing import Routes, candidates, relaxed_makespan, route
 from .schedule import Schedule, schedule
+from .sketch import default_sketch
 
-CHUNKUPS = (1, 2, 4)
 MAX_BINARIES = 20000  # skip the routing MILP of a chunk-up with more route variables
 MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
 
@@ -40,14 +42,17 @@ def _refined(topology: Topology, routes: Routes, times: int, size: int) -> Route
 
 def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
                      time_limit: float = 60.0, sketch=None,
-                     progress: Progress | None = None) -> Algorithm:
+                     progress: Progress | None = None,
+                     judge: Callable[[Algorithm], float] | None = None) -> Algorithm:
     """Synthesize ``collective`` on ``topology`` for ``size`` bytes (nccl-tests convention).
 
-    ``sketch`` (a :class:`~taccl_py.synth.sketch.Sketch`) optionally narrows routing
-    (see :func:`route`), sets the chunk-ups tried (its ``chunkup`` factors, multiplied
-    onto ``collective.chunkup``, instead of :data:`CHUNKUPS`) and ``own_data_first``
-    of the ordering; a sketch that leaves a chunk no route raises SketchError. ``progress``
-    is called as ``progress(stage, elapsed_s, incumbent_makespan_s, gap)``. Raises
+    ``sketch`` (a :class:`~taccl_py.synth.sketch.Sketch`; default: the topology's
+    :func:`~taccl_py.synth.sketch.default_sketch`) narrows routing (see :func:`route`),
+    sets the chunk-ups tried (its ``chunkup`` factors, multiplied onto
+    ``collective.chunkup``) and ``own_data_first`` of the ordering; a sketch that leaves a chunk no route raises SketchError. ``progress``
+    is called as ``progress(stage, elapsed_s, incumbent_makespan_s, gap)``. ``judge``
+    scores a candidate algorithm (lower is better; e.g. its simulated time), else the
+    schedule's makespan does. Raises
     TacclError if no routing is found within ``time_limit`` seconds.
     """
     require_ranks(topology, collective)
@@ -56,7 +61,8 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
                          f"{collective.kind}")
     if size <= 0:
         raise TacclError(f"method milp needs the target buffer size, got {size}")
-    chunkups = CHUNKUPS if sketch is None else tuple(sorted(sketch.chunkup))
+    sketch = default_sketch(topology) if sketch is None else sketch
+    chunkups = tuple(sorted(sketch.chunkup))
     own_first = sketch is not None and sketch.own_data_first
     began = time.monotonic()
 
@@ -72,18 +78,25 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
     def consider(label: str, routes: Routes) -> None:
         nonlocal best
         report(f"ordering ({label})", routes.makespan, routes.gap)
-        sched = schedule(topology, order(make_sends(topology, routes),
-                                         own_data_first=own_first))
-        report(f"schedule ({label})", sched.makespan, routes.gap)
-        alg = _algorithm(topology, sched, routes, size)
-        tried[label] = alg.meta["simulated"] = _simulated(topology, alg, size)
-        if best is None or tried[label] < best.meta["simulated"]:
-            best = alg
+        sends = make_sends(topology, routes)
+        for rule, prio in priorities(sends):
+            if best is not None and time.monotonic() - began > time_limit:
+                break
+            sched = schedule(topology, order(sends, own_data_first=own_first, prio=prio))
+            alg = _algorithm(topology, sched, routes, size)
+            alg.meta.update(variant=label, rule=rule)
+            score = alg.meta["score"] = judge(alg) if judge is not None else sched.makespan
+            tried[f"{label}, {rule}"] = score
+            if best is None or score < best.meta["score"] * (1 - 1e-12):
+                best = alg
+        report(f"schedule ({label})", best.meta["score"], routes.gap)
 
     for i, factor in enumerate(chunkups):
         coll = collective.with_chunkup(collective.chunkup * factor)
         sends_per_chunk = coll.num_ranks - 1 if coll.kind == ALLGATHER else 2
         if coll.num_chunks * sends_per_chunk > MAX_SENDS and best is not None:
+            break
+        if time.monotonic() - began > time_limit and best is not None:
             break
         if solved is not None and coll.chunkup % solved.collective.chunkup == 0:
             times = coll.chunkup // solved.collective.chunkup
@@ -122,9 +135,13 @@ def _algorithm(topology: Topology, sched: Schedule, routes: Routes, size: int) -
     return Algorithm("milp", routes.collective, sched.transfers(), topology.label, size, meta)
 
 
-def _simulated(topology: Topology, alg: Algorithm, size: int) -> float:
-    """The α-β simulator's time of ``alg`` lowered to a plan (imported here: no cycle)."""
-    from ..lowering.lower import lower
-    from ..runtime.simulate import simulate
+def priorities(sends: list[Send]) -> list[tuple[str, list[float]]]:
+    """Stage 2's priority rules: critical path, descendants, their mix, and first-ready.
 
-    return simulate(lower(alg, topology=topology), topology, size).time
+    First-ready (all priorities equal) is how a runtime shares a resource between ranks.
+    """
+    rest, desc = remaining(sends), descendants(sends)
+    top_r, top_d = max(rest, default=1.0) or 1.0, max(desc, default=1.0) or 1.0
+    return [("critical path", rest), ("descendants", desc),
+            ("mixed", [r / top_r + d / top_d for r, d in zip(rest, desc)]),
+            ("first ready", [0.0] * len(sends))]
