@@ -46,3 +46,23 @@ def test_without_topology_pairing_can_delay_the_schedule():
     alg = scheduled(topo, "allgather", 2, False)
     paired = simulate(lower(alg), topo, SIZE).time
     assert paired > alg.meta["makespan"] * (1 + 1e-6)
+
+
+def test_merging_on_network_links_pays_alpha_once():
+    topo = two_by_four()
+    size = 64 << 10  # α-dominated: merging must help
+    coll = Collective("allgather", topo.num_ranks, 4)
+    routes = route(topo, coll, coll.chunk_bytes(size), time_limit=5)
+    o = order(make_sends(topo, routes))
+    merged, plain = schedule(topo, o), schedule(topo, o, merge=False)
+    assert any(len(g) > 1 for g in merged.groups)
+    assert merged.makespan < plain.makespan
+    for g in merged.groups:  # a group is consecutive chunks on one network connection
+        first = o.sends[g[0]]
+        assert all(o.sends[i].conn == first.conn for i in g)
+        assert [o.sends[i].chunk for i in g] == list(range(first.chunk, first.chunk + len(g)))
+    alg = _algorithm(topo, merged, routes, size)
+    plan = lower(alg, topology=topo)
+    verify(plan)
+    assert any(st.cnt > 1 for g in plan.gpus for tb in g.tbs for st in tb.steps)
+    assert simulate(plan, topo, size).time == pytest.approx(merged.makespan, rel=1e-9)

@@ -90,9 +90,10 @@ def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] |
 def schedule(topology: Topology, order: Order, merge: bool = True) -> Schedule:
     """Exact times for ``order``; with ``merge``, merge sends on network links.
 
-    On each network connection whose α adds up to at least 0.1 % of the makespan,
-    neighbouring groups of consecutive chunks are merged pairwise (doubling the group
-    size) as long as that lowers the makespan.
+    On the network connections whose α adds up to at least 0.1 % of the makespan,
+    neighbouring groups of consecutive chunks are merged two by two (doubling the group
+    size), on all those connections at once and then on each alone, as long as that
+    lowers the makespan.
     """
     sends = order.sends
     by_start = sorted(range(len(sends)), key=lambda i: (order.start[i], i))
@@ -100,14 +101,15 @@ def schedule(topology: Topology, order: Order, merge: bool = True) -> Schedule:
     start, best = timing(order, groups)
     if not merge:
         return Schedule(order, groups, start, best)
-    for seq_name, seq in order.sequence.items():
-        s0 = sends[seq[0]]
-        if (not seq_name.startswith("conn:")
-                or topology.connections[(s0.src, s0.dst)].kind != "network"):
-            continue
-        while s0.alpha * len(seq) >= 1e-3 * best:
-            trial = _pair_up(sends, groups, seq)
-            got = None if trial is None else timing(order, trial)
+    seqs = [seq for name, seq in order.sequence.items() if name.startswith("conn:")
+            and topology.connections[(sends[seq[0]].src, sends[seq[0]].dst)].kind
+            == "network" and sends[seq[0]].alpha * len(seq) >= 1e-3 * best]
+    for chosen in [seqs] + [[seq] for seq in seqs]:
+        while chosen:
+            trial = groups
+            for seq in chosen:
+                trial = _pair_up(sends, trial, seq) or trial
+            got = None if trial is groups else timing(order, trial)
             if got is None or got[1] >= best * (1 - 1e-12):
                 break
             groups, (start, best) = trial, got
