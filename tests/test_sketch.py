@@ -55,7 +55,8 @@ def test_shipped_sketch_loads(name, nodes):
 def test_default_sketch_and_template_round_trip(name, nodes):
     topo = load_topology(name, nodes)
     d = default_sketch(topo)
-    assert d.chunkup == (1, 2, 4) and d.size == 1 << 30 and not d.own_data_first
+    assert d.chunkup[0] == 1 and list(d.chunkup) == sorted(set(d.chunkup))
+    assert d.size == 1 << 30 and not d.own_data_first
     assert d.switch_policy == ("uc-max" if topo.switches else None)
     if nodes > 1:
         network = {k for k, c in topo.connections.items() if c.kind == "network"}
@@ -352,8 +353,8 @@ def test_staged_uses_sketch_chunkups_and_own_data_first():
     alg = staged_algorithm(topo, Collective("allgather", 16), size=1 << 20, time_limit=4,
                            sketch=s)
     assert alg.meta["chunkup"] in (2, 3)
-    assert set(alg.meta["tried"]) <= {"chunk-up 2", "chunk-up 3"}
-    assert "chunk-up 2" in alg.meta["tried"]
+    variants = {label.split(",")[0] for label in alg.meta["tried"]}
+    assert variants <= {"chunk-up 2", "chunk-up 3"} and "chunk-up 2" in variants
     alg.check()
 
 

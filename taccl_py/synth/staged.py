@@ -79,10 +79,10 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
         nonlocal best
         report(f"ordering ({label})", routes.makespan, routes.gap)
         sends = make_sends(topology, routes)
-        for rule, prio in priorities(sends):
+        for rule, prio, own in priorities(topology, sends, own_first):
             if best is not None and time.monotonic() - began > time_limit:
                 break
-            sched = schedule(topology, order(sends, own_data_first=own_first, prio=prio))
+            sched = schedule(topology, order(sends, own_data_first=own, prio=prio))
             alg = _algorithm(topology, sched, routes, size)
             alg.meta.update(variant=label, rule=rule)
             score = alg.meta["score"] = judge(alg) if judge is not None else sched.makespan
@@ -135,13 +135,17 @@ def _algorithm(topology: Topology, sched: Schedule, routes: Routes, size: int) -
     return Algorithm("milp", routes.collective, sched.transfers(), topology.label, size, meta)
 
 
-def priorities(sends: list[Send]) -> list[tuple[str, list[float]]]:
-    """Stage 2's priority rules: critical path, descendants, their mix, and first-ready.
+def priorities(topology: Topology, sends: list[Send],
+               own_data_first: bool) -> list[tuple[str, list[float], bool]]:
+    """Stage 2's rules: (name, priority per send, own data first).
 
-    First-ready (all priorities equal) is how a runtime shares a resource between ranks.
+    Critical path, descendants, rotation (a rank sends to the peer ``k`` GPUs after it
+    in its node before ``k + 1``, own data first: a round-robin that keeps shared switch
+    ports evenly loaded) and first-ready (all equal: how a runtime shares a resource).
     """
-    rest, desc = remaining(sends), descendants(sends)
-    top_r, top_d = max(rest, default=1.0) or 1.0, max(desc, default=1.0) or 1.0
-    return [("critical path", rest), ("descendants", desc),
-            ("mixed", [r / top_r + d / top_d for r, d in zip(rest, desc)]),
-            ("first ready", [0.0] * len(sends))]
+    g = topology.gpus_per_node
+    rotation = [-float((s.dst % g - s.src % g) % g) for s in sends]
+    return [("critical path", remaining(sends), own_data_first),
+            ("descendants", descendants(sends), own_data_first),
+            ("rotation", rotation, True),
+            ("first ready", [0.0] * len(sends), own_data_first)]
