@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .collectives import Collective
-from .errors import TacclError
+from .errors import SketchError, TacclError
 from .lowering.lower import lower
 from .lowering.plan import Plan
 from .runtime.simulate import simulate
 from .runtime.verify import VerifyReport, verify
 from .synth.ir import Algorithm
-from .synth.methods import synthesize
+from .synth.methods import DEFAULT_SIZE, synthesize
 from .topology import Topology
 
 #: what method milp's result must beat at its target size to be kept
@@ -41,24 +41,38 @@ def build_plan(topology: Topology, collective: Collective, method: str = "ring",
     lowering = {"instances": instances, "proto": proto, "min_bytes": min_bytes,
                 "max_bytes": max_bytes, "name": name, "topology": topology}
     kw = {"size": size} if size else {}
-    if method == "milp":
-        kw["judge"] = lambda a: simulate(lower(a, **lowering), topology, a.size).time
-    alg = synthesize(topology, collective, method, order=order, time_limit=time_limit,
-                     progress=progress, sketch=sketch, **kw)
-    alg.size = size or alg.size
-    plan = lower(alg, **lowering)
-    if method == "milp":
-        alg, plan = _fastest(topology, collective, alg, plan, lowering)
-    report = verify(plan)
-    return Result(alg, plan, report)
+    if method != "milp":
+        alg = synthesize(topology, collective, method, order=order, sketch=sketch, **kw)
+        alg.size = size
+        plan = lower(alg, **lowering)
+        return Result(alg, plan, verify(plan))
+    size = size or DEFAULT_SIZE
+    try:
+        alg = synthesize(topology, collective, method, time_limit=time_limit, size=size,
+                         progress=progress, sketch=sketch, judge=lambda a: simulate(
+                             lower(a, **lowering), topology, size).time)
+    except SketchError:
+        raise
+    except TacclError as exc:  # no routing in time: the baselines are the incumbents
+        if progress is not None:
+            progress(f"no synthesized plan ({exc}); keeping the best baseline", 0.0,
+                     None, None)
+        alg, plan = _fastest(topology, collective, size, None, lowering)
+    else:
+        alg, plan = _fastest(topology, collective, size, (alg, lower(alg, **lowering)),
+                             lowering)
+    return Result(alg, plan, verify(plan))
 
 
-def _fastest(topology: Topology, collective: Collective, alg: Algorithm, plan: Plan,
+def _fastest(topology: Topology, collective: Collective, size: int,
+             synthesized: tuple[Algorithm, Plan] | None,
              lowering: dict) -> tuple[Algorithm, Plan]:
-    """The synthesized plan or a baseline's, whichever simulates faster at its size."""
-    size = alg.size
-    best = (simulate(plan, topology, size).time, "milp", alg, plan)
-    times = {"milp": best[0]}
+    """The synthesized plan or a baseline's, whichever simulates faster at ``size``."""
+    best, times = None, {}
+    if synthesized is not None:
+        alg, plan = synthesized
+        times["milp"] = simulate(plan, topology, size).time
+        best = (times["milp"], "milp", alg, plan)
     for baseline in BASELINES:
         try:
             other = synthesize(topology, collective, baseline)
@@ -67,8 +81,11 @@ def _fastest(topology: Topology, collective: Collective, alg: Algorithm, plan: P
         other.size = size
         other_plan = lower(other, **lowering)
         times[baseline] = simulate(other_plan, topology, size).time
-        if times[baseline] < best[0] * (1 - 1e-9):
+        if best is None or times[baseline] < best[0] * (1 - 1e-9):
             best = (times[baseline], baseline, other, other_plan)
+    if best is None:
+        raise TacclError(f"no plan for {collective.kind} on {topology.label}: the "
+                         "synthesizer found none in time and no baseline applies")
     _, chosen, alg_kept, plan_kept = best
     alg_kept.meta.update(chosen=chosen, candidates=times)
     return alg_kept, plan_kept

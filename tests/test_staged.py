@@ -153,3 +153,19 @@ def test_progress_and_errors():
         staged_algorithm(topo, Collective("allreduce", 8), size=MB)
     with pytest.raises(TacclError):
         staged_algorithm(topo, Collective("allgather", 8), size=0)
+
+
+def test_no_routing_in_time_keeps_the_fastest_baseline(monkeypatch):
+    topo = topo_of("2x4")
+    coll = Collective("allgather", topo.num_ranks)
+
+    def no_routing(*a, **k):
+        raise TacclError("routing MILP: no feasible routing within 1.0s")
+
+    monkeypatch.setattr(methods, "staged_algorithm", no_routing)
+    seen = []
+    result = build_plan(topo, coll, "milp", size=MB, progress=lambda *a: seen.append(a[0]))
+    meta = result.algorithm.meta
+    assert "milp" not in meta["candidates"] and meta["chosen"] in ("ring", "direct")
+    assert simulate(result.plan, topo, MB).time == min(meta["candidates"].values())
+    assert any("keeping the best baseline" in stage for stage in seen)
