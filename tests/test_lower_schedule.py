@@ -66,3 +66,19 @@ def test_merging_on_network_links_pays_alpha_once():
     verify(plan)
     assert any(st.cnt > 1 for g in plan.gpus for tb in g.tbs for st in tb.steps)
     assert simulate(plan, topo, size).time == pytest.approx(merged.makespan, rel=1e-9)
+
+
+def test_milp_plan_is_byte_identical_when_the_solver_finishes():
+    from dataclasses import replace
+
+    from taccl_py.lowering.xml import plan_to_xml
+    from taccl_py.pipeline import build_plan
+    from taccl_py.synth.sketch import default_sketch
+
+    topo = two_by_four()
+    sketch = replace(default_sketch(topo), chunkup=(1, 2))
+    coll = Collective("allgather", topo.num_ranks)
+    plans = [build_plan(topo, coll, "milp", size=1 << 20, time_limit=20, sketch=sketch)
+             for _ in range(2)]
+    assert all(p.algorithm.meta["routing_optimal"] for p in plans)
+    assert plan_to_xml(plans[0].plan) == plan_to_xml(plans[1].plan)
