@@ -125,7 +125,7 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
 @click.option("--method", "-m", default="ring", show_default=True,
               type=click.Choice(["ring", "direct", "milp"]),
               help="ring/direct: NCCL-like baselines; milp: staged TACCL-style synthesis "
-                   "(AllGather, AllToAll)")
+                   "(AllGather, AllToAll; ReduceScatter/AllReduce from the reversed AllGather)")
 @click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=1),
               help="seconds for the milp method's solver")
 @click.option("--chunkup", default=1, show_default=True, type=click.IntRange(min=1),

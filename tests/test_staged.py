@@ -150,7 +150,7 @@ def test_progress_and_errors():
                      progress=lambda *a: seen.append(a))
     assert seen and {a[0].split()[0] for a in seen} == {"routing", "ordering", "schedule"}
     with pytest.raises(TacclError):
-        staged_algorithm(topo, Collective("allreduce", 8), size=MB)
+        staged_algorithm(topo, Collective("allreduce", 4), size=MB)
     with pytest.raises(TacclError):
         staged_algorithm(topo, Collective("allgather", 8), size=0)
 

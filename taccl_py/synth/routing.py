@@ -565,8 +565,9 @@ def _warm(route: list[Edge], src: int, cost: dict[Edge, float],
         for u, v in route:
             if u in arrive:
                 arrive[v] = arrive[u] + cost[u, v]
-    for v, var in t.items():
-        var.setInitialValue(arrive.get(v, 0.0))
+    for v, var in t.items():  # clamped: the bound may round below the summed costs
+        value = arrive.get(v, 0.0)
+        var.setInitialValue(value if var.upBound is None else min(value, var.upBound))
 
 
 def _gap(prob: pulp.LpProblem) -> float | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from ..collectives import ALLGATHER, ALLTOALL, Collective
+from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
 from ..errors import SketchError, TacclError
 from ..topology.model import Topology
 from .ir import Algorithm
@@ -46,6 +46,9 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
                      judge: Callable[[Algorithm], float] | None = None) -> Algorithm:
     """Synthesize ``collective`` on ``topology`` for ``size`` bytes (nccl-tests convention).
 
+    ReduceScatter and AllReduce are made from a synthesized AllGather (see
+    :mod:`.combine`), whose candidates are ranked by the combined algorithm.
+
     ``sketch`` (a :class:`~taccl_py.synth.sketch.Sketch`; default: the topology's
     :func:`~taccl_py.synth.sketch.default_sketch`) narrows routing (see :func:`route`),
     sets the chunk-ups tried (its ``chunkup`` factors, multiplied onto
@@ -56,9 +59,9 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
     TacclError if no routing is found within ``time_limit`` seconds.
     """
     require_ranks(topology, collective)
-    if collective.kind not in (ALLGATHER, ALLTOALL):
-        raise TacclError(f"method milp synthesizes allgather and alltoall, not "
-                         f"{collective.kind}")
+    if collective.kind in (REDUCESCATTER, ALLREDUCE):
+        return _combined(topology, collective, size=size, time_limit=time_limit,
+                         sketch=sketch, progress=progress, judge=judge)
     if size <= 0:
         raise TacclError(f"method milp needs the target buffer size, got {size}")
     sketch = default_sketch(topology) if sketch is None else sketch
@@ -125,6 +128,30 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
             f"within {time_limit:.1f}s")
     best.meta.update(solve_time=time.monotonic() - began, tried=tried)
     return best
+
+
+def _combined(topology: Topology, collective: Collective, *, size: int,
+              time_limit: float, sketch, progress: Progress | None,
+              judge: Callable[[Algorithm], float] | None) -> Algorithm:
+    """ReduceScatter / AllReduce from a synthesized AllGather (:mod:`.combine`).
+
+    The AllGather candidates are ranked by the combined algorithm's score (``judge`` of
+    it, else its makespan); the result keeps ``collective``'s in-place flag.
+    """
+    from .combine import combine
+
+    def make(ag: Algorithm) -> Algorithm:
+        return combine(ag, topology, collective.kind, inplace=collective.inplace)
+
+    ag_coll = Collective(ALLGATHER, collective.num_ranks, collective.chunkup, False)
+    ag = staged_algorithm(
+        topology, ag_coll, size=size, time_limit=time_limit, sketch=sketch,
+        progress=progress, judge=(lambda a: judge(make(a))) if judge is not None
+        else (lambda a: make(a).meta["makespan"]))
+    alg = make(ag)
+    alg.meta["score"] = ag.meta["score"]
+    alg.meta["tried"] = ag.meta.get("tried", {})
+    return alg
 
 
 def _algorithm(topology: Topology, sched: Schedule, routes: Routes, size: int) -> Algorithm:
