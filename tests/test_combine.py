@@ -209,8 +209,10 @@ def test_dropped_reduction_is_rejected(kind):
     g, i, k = _accumulating_rrc(plan)
     st = g.tbs[i].steps[k]
     st.type, st.srcbuf, st.srcoff = "r", None, -1  # overwrites instead of reducing
-    with pytest.raises(VerificationError, match="missing"):
+    name = f"rank {g.id} tb {g.tbs[i].id} step {k} (r) overwrote"
+    with pytest.raises(VerificationError, match="missing") as err:
         verify(plan)
+    assert name in str(err.value), str(err.value)
     with pytest.raises(VerificationError, match="reference run"):
         check_reference(plan)
 

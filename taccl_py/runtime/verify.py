@@ -315,6 +315,7 @@ class Interpreter(Generic[V]):
         self.blocked: list[tuple | None] = [None] * ntb
         self.snaps: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         self.wr: list[tuple[int, int] | None] = [None] * len(self.mem)
+        self.unread: list[tuple[int, int, int, V]] = []  # (gpu, step, loc, overwritten value)
         self.rds: list[dict[int, int] | None] = [None] * len(self.mem)
         self.ready = deque(range(ntb))
         self.queued = [True] * ntb
@@ -439,6 +440,8 @@ class Interpreter(Generic[V]):
                 if other != g and vc[other] < oclk:
                     self._race(loc, (other, oclk), "reads", g, k, "writes")
             self.rds[loc] = None
+        elif self.mem[loc] is not None:  # a value nobody read is lost
+            self.unread.append((g, k, loc, self.mem[loc]))
         self.wr[loc] = (g, clk)
         self.mem[loc] = value
 
@@ -505,7 +508,7 @@ def verify(plan: Plan) -> VerifyReport:
                 f"rank {rank} {buf}[{off}] (chunk {chunk}): expected "
                 f"{_fmt(want[chunk], contribs)}, got "
                 f"{'nothing (never written)' if got is None else _fmt(got, contribs)}"
-                f"{_diff(want[chunk], got, contribs)}")
+                f"{_diff(want[chunk], got, contribs)}{_lost(run, want[chunk], got, contribs)}")
     return _report(plan, run.connections, run.depth)
 
 
@@ -521,6 +524,16 @@ def _diff(want: int, got: int | None, contribs: list) -> str:
     parts = [f"{label} {_fmt(mask, contribs)}"
              for label, mask in (("missing", want & ~got), ("extra", got & ~want)) if mask]
     return f" ({', '.join(parts)})"
+
+
+def _lost(run: Interpreter, want: int, got: int | None, contribs: list) -> str:
+    """Name the step that overwrote, unread, a value holding a missing contribution."""
+    missing = want & ~(got or 0)
+    for g, k, loc, old in run.unread:
+        if old & missing:
+            return (f"; {run._step_name(g, k)} overwrote {run._where(loc)} holding "
+                    f"{_fmt(old & missing, contribs)} before anything read it")
+    return ""
 
 
 def _report(plan: Plan, connections: int, depth: int) -> VerifyReport:
