@@ -88,11 +88,15 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
             sched = schedule(topology, order(sends, own_data_first=own, prio=prio))
             alg = _algorithm(topology, sched, routes, size)
             alg.meta.update(variant=label, rule=rule)
-            score = alg.meta["score"] = judge(alg) if judge is not None else sched.makespan
+            try:
+                score = judge(alg) if judge is not None else sched.makespan
+            except TacclError:  # e.g. a plan the runtime's limits reject
+                continue
+            alg.meta["score"] = score
             tried[f"{label}, {rule}"] = score
             if best is None or score < best.meta["score"] * (1 - 1e-12):
                 best = alg
-        report(f"schedule ({label})", best.meta["score"], routes.gap)
+        report(f"schedule ({label})", best.meta["score"] if best else None, routes.gap)
 
     for i, factor in enumerate(chunkups):
         coll = collective.with_chunkup(collective.chunkup * factor)
