@@ -123,8 +123,8 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
               type=click.Choice(["allgather", "alltoall", "reducescatter", "allreduce"],
                                 case_sensitive=False))
 @click.option("--method", "-m", default="ring", show_default=True,
-              type=click.Choice(["ring", "direct", "milp"]),
-              help="ring/direct: NCCL-like baselines; milp: staged TACCL-style synthesis "
+              type=click.Choice(["ring", "direct", "tree", "milp", "smt"]),
+              help="ring/direct/tree: NCCL-like baselines (tree: AllReduce only); milp: staged TACCL-style synthesis "
                    "(AllGather, AllToAll; ReduceScatter/AllReduce from the reversed AllGather)")
 @click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=1),
               help="seconds for the milp method's solver")
@@ -150,9 +150,14 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
               help="XML plan path [default: <topology>-<collective>-<method>.xml]")
 @click.option("--ir", "ir_path", type=click.Path(path_type=Path),
               help="also write the algorithm IR as JSON")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="smt: synchronous steps S [default: search the Pareto frontier]")
+@click.option("--rounds", type=click.IntRange(min=1), help="smt: total rounds R")
+@click.option("--chunks", type=click.IntRange(min=1),
+              help="smt: chunks per block C (with --steps/--rounds; else the most tried)")
 def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, instances, size,
                sketch_name, inplace, order, proto, min_bytes, max_bytes, output,
-               ir_path) -> None:
+               ir_path, steps, rounds, chunks) -> None:
     """Synthesize a plan, verify it at the data level, and write MSCCL XML."""
     from .collectives import Collective
     from .fileio import atomic_write_text
@@ -171,9 +176,13 @@ def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, in
     if size is None:
         size = sketch.size if sketch is not None else 1 << 20
     coll = Collective(collective, topo.num_ranks, chunkup, inplace)
+    smt = {"steps": steps, "rounds": rounds, "chunks": chunks}
+    if method != "smt" and any(v is not None for v in smt.values()):
+        raise TacclError("--steps/--rounds/--chunks only apply to --method smt")
     result = build_plan(topo, coll, method, order=order, instances=instances, size=size,
                         proto=proto, min_bytes=min_bytes, max_bytes=max_bytes,
-                        time_limit=time_limit, progress=_progress, sketch=sketch)
+                        time_limit=time_limit, progress=_progress, sketch=sketch,
+                        **({"smt": smt} if method == "smt" else {}))
     output = output or Path(f"{result.plan.name}.xml")
     xml = plan_to_xml(result.plan)
     if ir_path:
@@ -344,3 +353,44 @@ def plot(plan_path, topology_name, nodes, sizes, algbw_png, timeline_png, size) 
     if timeline_png:
         result = run_sim(plan, topo, size)
         click.echo(f"wrote {plot_timeline(result, timeline_png, f'{plan.name}, {size} B')}")
+
+
+# -- pareto (SMT) --------------------------------------------------------------------
+@main.command()
+@click.option("--topology", "-t", "topology_name", required=True,
+              help="built-in name or YAML file")
+@click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--collective", "-c", required=True,
+              type=click.Choice(["allgather", "alltoall"], case_sensitive=False))
+@click.option("--max-chunks", default=8, show_default=True, type=click.IntRange(1, 64),
+              help="most chunks per block C tried")
+@click.option("--max-steps", type=click.IntRange(min=1),
+              help="most steps S tried [default: least steps + 2]")
+@click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="seconds per SMT solve")
+def pareto(topology_name, nodes, collective, max_chunks, max_steps, time_limit) -> None:
+    """Exact (SMT) latency/bandwidth Pareto frontier of synchronous algorithms."""
+    from .lowering.lower import lower
+    from .runtime.simulate import simulate as run_sim
+    from .runtime.verify import verify
+    from .synth.smt import pareto as smt_pareto
+    from .topology.loader import load_topology
+
+    topo = load_topology(topology_name, nodes)
+    front = smt_pareto(topo, collective, max_steps=max_steps, max_chunks=max_chunks,
+                       time_limit=time_limit)
+    sizes = (1 << 10, 1 << 20, 1 << 30)
+    click.echo(f"{topo.label} {collective}: least steps {front.least_steps}, bandwidth "
+               f"bound R/C >= {front.bandwidth_bound:.4g}; {len(front.log)} solves in "
+               f"{front.total_time:.1f} s")
+    click.echo(f"{'S':>3} {'R':>4} {'C':>4} {'R/C':>7} {'solve s':>8} "
+               + " ".join(f"{format_size(z) + ' us':>12}" for z in sizes))
+    for p in front.points:
+        plan = lower(p.algorithm, topology=topo)
+        verify(plan)
+        times = [run_sim(plan, topo, z).time * 1e6 for z in sizes]
+        click.echo(f"{p.steps:>3} {p.rounds:>4} {p.chunks:>4} {p.rounds / p.chunks:>7.4g} "
+                   f"{p.solve_time:>8.2f} " + " ".join(f"{t:>12,.1f}" for t in times))
+    if not front.points:
+        raise TacclError(f"no synchronous {collective} algorithm on {topo.label} within "
+                         f"the steps and {max_chunks} chunks tried")

@@ -15,7 +15,7 @@ from .synth.methods import DEFAULT_SIZE, synthesize
 from .topology import Topology
 
 #: what method milp's result must beat at its target size to be kept
-BASELINES = ("ring", "direct")
+BASELINES = ("ring", "direct", "tree")
 
 
 @dataclass
@@ -28,13 +28,14 @@ class Result:
 def build_plan(topology: Topology, collective: Collective, method: str = "ring", *,
                order: list[int] | None = None, instances: int = 1, size: int = 0,
                proto: str = "Simple", min_bytes: int = 0, max_bytes: int = 0,
-               time_limit: float = 60.0, progress=None, sketch=None) -> Result:
+               time_limit: float = 60.0, progress=None, sketch=None,
+               smt: dict | None = None) -> Result:
     """Synthesize, lower and verify; raises on any fault, so a returned plan is correct.
 
     ``size`` is the buffer size the plan targets (0: the method's default); ``sketch``
     (method milp only) narrows the synthesizer's search. Method milp judges its candidates
-    by their lowered plans' simulated time at ``size``, and keeps the ring and
-    direct baselines instead when one of them simulates faster at ``size``
+    by their lowered plans' simulated time at ``size``, and keeps the ring,
+    direct and tree (AllReduce) baselines instead when one of them simulates faster at ``size``
     (``algorithm.meta["chosen"]`` says which; ``meta["candidates"]`` has every time).
     """
     name = f"{topology.label}-{collective.kind}-{method}"
@@ -42,6 +43,8 @@ def build_plan(topology: Topology, collective: Collective, method: str = "ring",
                 "max_bytes": max_bytes, "name": name, "topology": topology}
     kw = {"size": size} if size else {}
     if method != "milp":
+        if method == "smt":  # smt: steps/rounds/chunks, each solve bounded by time_limit
+            kw.update(smt or {}, time_limit=time_limit)
         alg = synthesize(topology, collective, method, order=order, sketch=sketch, **kw)
         alg.size = size
         plan = lower(alg, **lowering)
@@ -76,10 +79,10 @@ def _fastest(topology: Topology, collective: Collective, size: int,
     for baseline in BASELINES:
         try:
             other = synthesize(topology, collective, baseline)
-        except TacclError:  # e.g. no ring over the topology's links
+            other.size = size
+            other_plan = lower(other, **lowering)
+        except TacclError:  # e.g. no ring over the links, or too many peers for MSCCL
             continue
-        other.size = size
-        other_plan = lower(other, **lowering)
         times[baseline] = simulate(other_plan, topology, size).time
         if best is None or times[baseline] < best[0] * (1 - 1e-9):
             best = (times[baseline], baseline, other, other_plan)
