@@ -170,3 +170,18 @@ def test_cli_synthesize_smt_writes_verified_plan(tmp_path):
     res = CliRunner().invoke(main, ["synthesize", "-t", "dgx1", "-c", "allgather",
                                     "--steps", "2", "-o", str(tmp_path / "x.xml")])
     assert res.exit_code == 2 and "only apply to --method smt" in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["allgather", "alltoall"])
+def test_switch_plan_keeps_ports_apart_within_a_step(kind):
+    """The rounds of a step are realised: each shared port carries one chunk per round."""
+    topo = switch4()
+    front = smt.pareto(topo, kind, max_chunks=2, time_limit=30)
+    best = min(front.points, key=lambda p: p.rounds / p.chunks)
+    plan = lower(best.algorithm, topology=topo)
+    verify(plan)
+    coll = best.algorithm.collective
+    size = 1 << 30
+    per_round = coll.chunk_bytes(size) / (25 * GB)
+    got = simulate(plan, topo, size).time
+    assert got == pytest.approx(best.rounds * per_round, rel=1e-3)

@@ -318,16 +318,32 @@ def _to_algorithm(topology: Topology, coll: Collective, steps: int, rounds: int,
         clock[s + 1] = clock[s] + r_s[s]
     cap = resource_capacity(topology)
     transfers = []
-    slots: dict[tuple[str, int], int] = {}
+    use: dict[tuple[str, int], float] = {}  # (resource, round) -> fraction of it used
+
+    def claims(res: str, t: int) -> list[tuple[tuple[str, int], float]]:
+        if cap[res] >= 1:
+            return [((res, t), 1 / cap[res])]
+        return [((res, t + k), 1.0) for k in range(math.ceil(1 / cap[res]))]
+
     for (s, u, v, c) in sorted(sends):
-        # place each send in the first round of its step its resources still have room
-        # for (an estimate for the lowering's send order; every send fits in the step)
+        # the first round of its step in which all its resources have room (a greedy
+        # edge colouring); the runtime then keeps every shared port's sends apart
         conn = topology.connections[(u, v)]
-        offset = max(slots.get((res, s), 0) / cap[res] for res in conn.resources)
+        first, last = clock[s], clock[s + 1]
+        slot = None
+        for t in range(first, last):
+            want = [cl for res in conn.resources for cl in claims(res, t)]
+            if all(key[1] < last and use.get(key, 0.0) + amount <= 1 + 1e-9
+                   for key, amount in want):
+                slot = t
+                break
+        if slot is None:  # no free round: the least used one
+            slot = min(range(first, last), key=lambda t: max(
+                use.get(key, 0.0) for res in conn.resources for key, _ in claims(res, t)))
         for res in conn.resources:
-            slots[(res, s)] = slots.get((res, s), 0) + 1
-        slot = min(int(offset), r_s[s] - 1)
-        start = float(clock[s] + slot)
+            for key, amount in claims(res, slot):
+                use[key] = use.get(key, 0.0) + amount
+        start = float(slot)
         transfers.append(Transfer(s, start, u, v, c, False, start + 1.0))
     name = f"smt-{coll.kind}-s{steps}-r{rounds}-c{coll.chunkup}"
     alg = Algorithm(name, coll, transfers, topology.label, 0,
