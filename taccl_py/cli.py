@@ -394,3 +394,23 @@ def pareto(topology_name, nodes, collective, max_chunks, max_steps, time_limit) 
     if not front.points:
         raise TacclError(f"no synchronous {collective} algorithm on {topo.label} within "
                          f"the steps and {max_chunks} chunks tried")
+
+
+# -- run over MPI ----------------------------------------------------------------------
+@main.command("run")
+@click.argument("plan_path", type=click.Path(path_type=Path))
+@click.option("--size", default="64M", show_default=True, callback=_size,
+              help="buffer size (nccl-tests convention: AllGather output, AllToAll/AllReduce "
+                   "per-rank buffer, ReduceScatter input)")
+@click.option("--dtype", default="float32", show_default=True,
+              help="NumPy dtype of the buffers (e.g. float32, float64, int32)")
+@click.option("--check", is_flag=True, help="compare the result with MPI's own collective")
+@click.option("--iters", default=20, show_default=True, type=click.IntRange(min=0))
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0))
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="seconds without progress before a rank gives up")
+def run_cmd(plan_path, size, dtype, check, iters, warmup, timeout) -> None:
+    """Run an MSCCL XML plan over MPI (launch with mpiexec -n NGPUS) and time it."""
+    from .runtime.mpi_run import run_command
+
+    run_command(plan_path, size, dtype, check, iters, warmup, timeout)
