@@ -111,7 +111,26 @@ class PlanExecutor:
         # out-of-place plans that write their input buffer work on a copy of sendbuf
         self.copy_input = "i" in written and not coll.inplace
         self.sizes = sizes
-        self.temps = [np.empty(cnt * ce, dtype=self.dtype) for _, _, cnt in self.recv_shapes]
+        # A plain receive (r/rcs) whose destination is one contiguous range that no other
+        # step of this rank reads or writes can land in place: its Irecv targets the final
+        # location directly (no temporary, no copy), since nothing can observe that range
+        # between the pre-posted Irecv and the step itself.
+        touches: dict[tuple[str, int], int] = {}
+        for steps in self.program:
+            for st in steps:
+                for b, lo, hi in st.src + st.dst:
+                    for c in range(lo // ce, hi // ce):
+                        touches[(b, c)] = touches.get((b, c), 0) + 1
+        self.direct: list[tuple[str, int, int] | None] = [None] * len(self.recv_shapes)
+        for steps in self.program:
+            for st in steps:
+                if st.type in ("r", "rcs") and len(st.dst) == 1:
+                    b, lo, hi = st.dst[0]
+                    if all(touches[(b, c)] == 1 for c in range(lo // ce, hi // ce)):
+                        self.direct[st.recv_slot] = st.dst[0]
+        self.temps = [None if self.direct[slot] is not None
+                      else np.empty(cnt * ce, dtype=self.dtype)
+                      for slot, (_, _, cnt) in enumerate(self.recv_shapes)]
 
     def _tag(self, seq: int, chan: int, tag_ub: int) -> int:
         tag = seq * max(1, self.plan.nchannels) + chan
@@ -183,7 +202,9 @@ class PlanExecutor:
         reqs: list = []
         kinds: list = []
         for slot, (peer, tag, _) in enumerate(self.recv_shapes):
-            reqs.append(comm.Irecv([self.temps[slot], byte], source=peer, tag=tag))
+            d = self.direct[slot]
+            target = self.temps[slot] if d is None else bufs[d[0]][d[1]:d[2]]
+            reqs.append(comm.Irecv([target, byte], source=peer, tag=tag))
             kinds.append(("r", slot))
         busy: list[tuple[str, int, int]] = []  # ranges read by in-flight sends
         last = time.monotonic()
@@ -255,12 +276,18 @@ class PlanExecutor:
         if t == "s":
             return np.ascontiguousarray(self._read(bufs, st.src))
         if t == "cpy":
-            self._write(bufs, st.dst, self._read(bufs, st.src).copy())
+            data = self._read(bufs, st.src)
+            if len(st.src) == 1 and _overlaps(st.src, st.dst):  # a view of what we write
+                data = data.copy()
+            self._write(bufs, st.dst, data)
             return None
         if t == "re":
             cur = self._read(bufs, st.dst)
             self._write(bufs, st.dst, self.reduce(cur, self._read(bufs, st.src)))
             return None
+        d = self.direct[st.recv_slot]
+        if d is not None:  # already in place (r/rcs)
+            return bufs[d[0]][d[1]:d[2]]
         incoming = self.temps[st.recv_slot]
         if t in ("rrc", "rrs", "rrcs"):
             self.reduce(incoming, self._read(bufs, st.src), out=incoming)
