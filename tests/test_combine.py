@@ -266,8 +266,10 @@ def test_every_builtin_reduces_correctly(name, nodes):
     """milp ReduceScatter and AllReduce on every built-in: verified and real sums."""
     topo = load_topology(name, nodes)
     for kind in ("reducescatter", "allreduce"):
+        # room to build the routing model of 32 ranks on a loaded CI machine
+        limit = 2 if topo.num_ranks <= 8 else 4 if topo.num_ranks <= 16 else 10
         alg = staged_algorithm(topo, Collective(kind, topo.num_ranks), size=1 << 20,
-                               time_limit=2)
+                               time_limit=limit)
         assert alg.collective.kind == kind
         plan = lower(alg, topology=topo)
         report = verify(plan)
