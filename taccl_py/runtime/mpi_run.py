@@ -51,7 +51,7 @@ def run_command(plan_path, size: int, dtype: str, check: bool, iters: int, warmu
     except ImportError:
         raise TacclError("taccl run needs mpi4py (pip install mpi4py mpich)") from None
     from ..lowering.xml import parse_plan
-    from .mpi_exec import PlanExecutor
+    from .mpi_exec import mpi_executor
 
     comm = MPI.COMM_WORLD.Dup()  # the plan's messages never meet anyone else's
     rank, nprocs = comm.Get_rank(), comm.Get_size()
@@ -75,7 +75,7 @@ def run_command(plan_path, size: int, dtype: str, check: bool, iters: int, warmu
         ce = nelems // plan.nchunksperloop
         op = {"sum": MPI.SUM, "nop": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX,
               "min": MPI.MIN}.get(plan.redop, MPI.SUM)
-        ex = PlanExecutor(plan, comm, ce, dt)
+        ex = mpi_executor(plan, comm, ce, dt)
     except TacclError as exc:
         _fail_all(comm, str(exc))
     send = _inputs(coll, rank, coll.i_chunks * ce, dt)
