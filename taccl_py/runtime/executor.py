@@ -75,7 +75,7 @@ class PlanExecutor:
     """
 
     def __init__(self, plan: Plan, transport: Transport, rank: int, nranks: int,
-                 chunk_elems: int, dtype) -> None:
+                 chunk_elems: int, dtype, redop: str | None = None) -> None:
         check_limits(plan)
         if nranks != plan.ngpus:
             raise TacclError(f"plan {plan.name} needs {plan.ngpus} ranks, the group has "
@@ -85,9 +85,10 @@ class PlanExecutor:
         self.coll = coll = plan.collective()
         self.ce = ce = int(chunk_elems)
         self.dtype = np.dtype(dtype)
-        if plan.redop not in REDOPS:
-            raise TacclError(f"redop {plan.redop!r} is not supported by the executor")
-        self.reduce = REDOPS[plan.redop]
+        redop = redop or plan.redop
+        if redop not in REDOPS:
+            raise TacclError(f"redop {redop!r} is not supported by the executor")
+        self.reduce = REDOPS[redop]
         gpu = next(g for g in plan.gpus if g.id == rank)
         self.gpu = gpu
         self.tbs = sorted(gpu.tbs, key=lambda t: t.id)
@@ -223,7 +224,10 @@ class PlanExecutor:
         for slot, (peer, tag, _) in enumerate(self.recv_shapes):
             d = self.direct[slot]
             target = self.temps[slot] if d is None else bufs[d[0]][d[1]:d[2]]
-            reqs.append(tp.irecv(target, peer, tag))
+            try:
+                reqs.append(tp.irecv(target, peer, tag))
+            except TacclError as exc:
+                raise self._failed(exc, pc, recv_done) from None
             kinds.append(("r", slot))
         busy: list[tuple[str, int, int]] = []  # ranges read by in-flight sends
         last = time.monotonic()
@@ -244,7 +248,10 @@ class PlanExecutor:
                         break
                     out = self._execute(st, bufs)
                     if st.send_peer >= 0:
-                        reqs.append(tp.isend(out, st.send_peer, st.send_tag))
+                        try:
+                            reqs.append(tp.isend(out, st.send_peer, st.send_tag))
+                        except TacclError as exc:
+                            raise self._failed(exc, pc, recv_done) from None
                         rng = st.src[0] if st.type == "s" and len(st.src) == 1 else None
                         kinds.append(("s", rng))
                         if rng is not None:
@@ -260,8 +267,7 @@ class PlanExecutor:
                 try:
                     done = tp.progress(reqs, min(wait, 0.05))
                 except TacclError as exc:
-                    raise TacclError(f"rank {self.rank}: {exc}; "
-                                     + self._stuck(pc, recv_done)) from None
+                    raise self._failed(exc, pc, recv_done) from None
                 if done:
                     progressed = True
                     for i in done:
@@ -312,6 +318,9 @@ class PlanExecutor:
         if st.dst:
             self._write(bufs, st.dst, incoming)
         return incoming
+
+    def _failed(self, exc: TacclError, pc, recv_done) -> TacclError:
+        return TacclError(f"rank {self.rank}: {exc}; {self._stuck(pc, recv_done)}")
 
     def _stuck(self, pc, recv_done) -> str:
         """Where each unfinished threadblock of this rank waits, and for what."""
