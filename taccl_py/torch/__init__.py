@@ -1,0 +1,33 @@
+"""PyTorch backend ``"taccl"``: ``import taccl_py.torch`` registers it.
+
+``dist.init_process_group("taccl", ...)`` then serves all_gather_into_tensor, all_gather,
+all_to_all_single, all_to_all, reduce_scatter_tensor, reduce_scatter, all_reduce, barrier,
+broadcast, send/recv (sync or ``async_op=True``) on CPU tensors, and on CUDA tensors through
+CuPy's NCCL. Plans come from ``$TACCL_PLAN_DIR`` (or :func:`configure`), else ring plans
+synthesized once and cached under ``$TACCL_CACHE_DIR`` (default ``~/.cache/taccl_py``).
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from .backend import TacclProcessGroup
+from .library import CACHE_DIR_ENV, PLAN_DIR_ENV, PlanLibrary
+
+__all__ = ["TacclProcessGroup", "PlanLibrary", "configure", "PLAN_DIR_ENV", "CACHE_DIR_ENV"]
+
+_options: dict = {}
+
+
+def configure(plan_dir=None, cache_dir=None) -> None:
+    """Plan and cache directories for groups created from now on (overrides the env vars)."""
+    _options.update(plan_dir=plan_dir, cache_dir=cache_dir)
+
+
+def _create(store, rank, size, timeout):
+    return TacclProcessGroup(store, rank, size, timeout, **_options)
+
+
+if "taccl" not in dist.Backend.backend_list:
+    dist.Backend.register_backend("taccl", _create, extended_api=False,
+                                  devices=["cpu", "cuda"])

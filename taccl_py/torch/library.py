@@ -1,0 +1,90 @@
+"""Which plan runs a collective: a directory of XML plans, else a ring plan cached on disk.
+
+A plan in the directory serves a call when its collective and rank count match, the call's
+buffer size (the larger of input and output, in bytes) lies in its ``[minBytes, maxBytes]``
+range (0 = unbounded) and the buffer divides into its chunks. Among several, the one with the
+narrowest range wins (a plan made for this size beats a catch-all), then the file name. With
+none, the ring plan for the collective is synthesized once, verified, and cached as XML under
+the cache directory, so later processes load it instead of synthesizing again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..collectives import Collective
+from ..errors import TacclError
+from ..lowering.plan import Plan
+from ..lowering.xml import parse_plan, plan_to_xml
+from ..fileio import atomic_write_text
+from ..topology.model import FULL_BISECTION, Switch, Topology
+
+PLAN_DIR_ENV = "TACCL_PLAN_DIR"
+CACHE_DIR_ENV = "TACCL_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path(base) / "taccl_py")
+
+
+class PlanLibrary:
+    """Plans of ``plan_dir`` (default ``$TACCL_PLAN_DIR``), ring fallbacks in ``cache_dir``."""
+
+    def __init__(self, plan_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None) -> None:
+        plan_dir = plan_dir if plan_dir is not None else os.environ.get(PLAN_DIR_ENV)
+        self.plan_dir = Path(plan_dir) if plan_dir else None
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.plans: list[tuple[str, Plan]] = []
+        if self.plan_dir is not None:
+            if not self.plan_dir.is_dir():
+                raise TacclError(f"plan directory {self.plan_dir} does not exist "
+                                 f"(set by {PLAN_DIR_ENV} or plan_dir=)")
+            for path in sorted(self.plan_dir.glob("*.xml")):
+                self.plans.append((path.name, parse_plan(path)))
+        self._rings: dict[tuple[str, int, bool], Plan] = {}
+
+    def choose(self, kind: str, nranks: int, nbytes: int, elems: int,
+               inplace: bool = False) -> Plan:
+        """The plan for a ``kind`` collective on ``nranks`` ranks whose buffer has ``nbytes``
+        bytes in ``elems`` elements; ``inplace`` asks for an in-place plan when one exists."""
+        fits = []
+        for name, plan in self.plans:
+            if plan.coll != kind or plan.ngpus != nranks or elems % plan.nchunksperloop:
+                continue
+            if nbytes < plan.min_bytes or (plan.max_bytes and nbytes > plan.max_bytes):
+                continue
+            width = (plan.max_bytes or 1 << 62) - plan.min_bytes
+            fits.append((plan.inplace != inplace, width, name, plan))
+        if fits:
+            return min(fits, key=lambda f: f[:3])[3]
+        return self.ring(kind, nranks, inplace)
+
+    def ring(self, kind: str, nranks: int, inplace: bool = False) -> Plan:
+        """The verified ring plan (chunk-up 1), from memory, the cache, or synthesized."""
+        key = (kind, nranks, inplace)
+        if key not in self._rings:
+            path = self.cache_dir / f"ring-{kind}-{nranks}{'-inplace' if inplace else ''}.xml"
+            plan = None
+            if path.exists():
+                try:
+                    plan = parse_plan(path)
+                except TacclError:  # a damaged cache entry is rebuilt
+                    plan = None
+            if plan is None or (plan.coll, plan.ngpus, plan.inplace) != key:
+                plan = _synthesize_ring(kind, nranks, inplace)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path, plan_to_xml(plan))
+            self._rings[key] = plan
+        return self._rings[key]
+
+
+def _synthesize_ring(kind: str, nranks: int, inplace: bool) -> Plan:
+    from ..pipeline import build_plan
+
+    ranks = tuple(range(nranks))
+    host = Topology(f"host{nranks}", nranks, 1, (), (Switch("host", 0, ranks, 1e10, 1e-6),),
+                    (), FULL_BISECTION)
+    return build_plan(host, Collective(kind, nranks, 1, inplace), "ring").plan

@@ -1,0 +1,239 @@
+"""taccl_py.torch: the "taccl" process-group backend (CPU tensors, inner Gloo transport)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with Gloo is needed", allow_module_level=True)
+
+import taccl_py.torch as tt  # noqa: E402
+from taccl_py.collectives import Collective  # noqa: E402
+from taccl_py.errors import TacclError  # noqa: E402
+from taccl_py.lowering.xml import parse_plan, write_plan  # noqa: E402
+from taccl_py.pipeline import build_plan  # noqa: E402
+from taccl_py.torch.library import PlanLibrary  # noqa: E402
+from taccl_py.topology.model import FULL_BISECTION, Link, Topology  # noqa: E402
+
+WORKER = Path(__file__).with_name("torch_worker.py")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ring4() -> Topology:
+    links = [Link(a, b, 25e9, 0.7e-6) for a in range(4) for b in ((a + 1) % 4, (a - 1) % 4)]
+    return Topology("ring4", 4, 1, tuple(links), (), (), FULL_BISECTION)
+
+
+def in_threads(n: int, body, tmp_path, timeout_s: float = 30.0, **kw) -> list:
+    """Run ``body(pg, rank)`` on ``n`` threads, each with its own TacclProcessGroup."""
+    store = dist.HashStore()
+    results: list = [None] * n
+    errors: list = [None] * n
+
+    def one(r: int) -> None:
+        try:
+            pg = tt.TacclProcessGroup(dist.PrefixStore("t", store), r, n,
+                                      datetime.timedelta(seconds=timeout_s),
+                                      cache_dir=tmp_path / "cache", **kw)
+            results[r] = body(pg, r)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors[r] = exc
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
+
+
+def test_registered_backend():
+    assert "taccl" in dist.Backend.backend_list
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bfloat16, torch.uint8])
+def test_every_collective_exact(tmp_path, n, dtype):
+    def body(pg, r):
+        x = (torch.arange(6) % 5 + r).to(dtype)
+        ag = torch.empty(6 * n, dtype=dtype)
+        pg.all_gather_single(ag, x).wait()
+        outs = [torch.empty(6, dtype=dtype) for _ in range(n)]
+        pg.allgather([outs], [x]).wait()
+        a2a = torch.empty(2 * n, dtype=dtype)
+        pg.all_to_all_single(a2a, (torch.arange(2 * n) + 3 * r).to(dtype), [], []).wait()
+        rs = torch.empty(3, dtype=dtype)
+        pg.reduce_scatter_single(rs, (torch.arange(3 * n) % 4 + r).to(dtype)).wait()
+        ar = (torch.arange(5) % 3 + r).to(dtype)  # 5 elements: not whole chunks for n > 1
+        pg.allreduce([ar]).wait()
+        return ag, torch.cat(outs), a2a, rs, ar
+
+    res = in_threads(n, body, tmp_path)
+    inputs = [(torch.arange(6) % 5 + r).to(dtype) for r in range(n)]
+    gathered = torch.cat(inputs)
+    sums_rs = sum((torch.arange(3 * n) % 4 + r).double() for r in range(n))
+    sum_ar = sum((torch.arange(5) % 3 + r).double() for r in range(n))
+    for r, (ag, ag_list, a2a, rs, ar) in enumerate(res):
+        assert torch.equal(ag, gathered) and torch.equal(ag_list, gathered)
+        want_a2a = torch.tensor([2 * r + k + 3 * q for q in range(n) for k in range(2)])
+        assert torch.equal(a2a, want_a2a.to(dtype))
+        assert torch.equal(rs.double(), sums_rs[3 * r:3 * r + 3])
+        assert torch.equal(ar.double(), sum_ar)
+
+
+def test_reduce_ops_async_and_noncontiguous(tmp_path):
+    def body(pg, r):
+        m = torch.tensor([float(r), -float(r), 2.0 ** r])
+        mx, mn, pr, av = m.clone(), m.clone(), m.clone(), m.clone()
+        works = [pg.allreduce([mx], _opts(dist.ReduceOp.MAX)),
+                 pg.allreduce([mn], _opts(dist.ReduceOp.MIN)),
+                 pg.allreduce([pr], _opts(dist.ReduceOp.PRODUCT)),
+                 pg.allreduce([av], _opts(dist.ReduceOp.AVG))]
+        for w in works:  # issued asynchronously, completed in order
+            w.wait()
+        grid = torch.arange(12, dtype=torch.float32).reshape(3, 4) * (r + 1)
+        col = grid[:, 1]  # a non-contiguous view, reduced in place
+        pg.allreduce([col]).wait()
+        return mx, mn, pr, av, grid
+
+    res = in_threads(3, body, tmp_path)
+    for mx, mn, pr, av, grid in res:
+        assert mx.tolist() == [2.0, 0.0, 4.0]
+        assert mn.tolist() == [0.0, -2.0, 1.0]
+        assert pr.tolist() == [0.0, -0.0, 8.0]
+        assert torch.equal(av, torch.tensor([1.0, -1.0, 7.0 / 3.0]))
+        base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+        assert grid[:, 1].tolist() == (base[:, 1] * 6).tolist()
+        assert grid[:, 0].tolist() != (base[:, 0] * 6).tolist()  # other columns untouched
+
+
+def _opts(op):
+    opts = dist.AllreduceOptions()
+    opts.reduceOp = op
+    return opts
+
+
+def test_uneven_all_to_all_and_barrier_delegate_to_gloo(tmp_path):
+    def body(pg, r):
+        ins = [torch.full((q + 1,), float(10 * r + q)) for q in range(3)]
+        outs = [torch.empty(r + 1) for _ in range(3)]
+        pg.alltoall(outs, ins).wait()
+        pg.barrier().wait()
+        return outs
+
+    res = in_threads(3, body, tmp_path)
+    for r, outs in enumerate(res):
+        for q, t in enumerate(outs):
+            assert t.tolist() == [float(10 * q + r)] * (r + 1)
+
+
+def test_mismatched_sizes_are_clear_errors(tmp_path):
+    def body(pg, r):
+        with pytest.raises(TacclError, match="output has 5 elements for an input of 2"):
+            pg.all_gather_single(torch.empty(5), torch.ones(2)).wait()
+        return True
+
+    assert in_threads(2, body, tmp_path) == [True, True]
+
+
+def test_plan_directory_choice_and_ring_cache(tmp_path):
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    coll = Collective("allgather", 4, 1, False)
+    small = build_plan(ring4(), coll, "direct", max_bytes=1 << 16).plan
+    big = build_plan(ring4(), Collective("allgather", 4, 2, False), "ring",
+                     min_bytes=1 << 16).plan
+    write_plan(small, plans / "small.xml")
+    write_plan(big, plans / "big.xml")
+    lib = PlanLibrary(plans, tmp_path / "cache")
+    assert lib.choose("allgather", 4, 1024, 256).name == small.name
+    assert lib.choose("allgather", 4, 1 << 20, 1 << 18).name == big.name
+    # an odd element count does not split into big's 8 chunks: the ring fallback serves it
+    odd = lib.choose("allgather", 4, (1 << 20) + 4, (1 << 18) + 1)
+    assert odd.nchunksperloop == 4 and odd.name not in (small.name, big.name)
+    cached = tmp_path / "cache" / "ring-allgather-4.xml"
+    assert cached.exists() and parse_plan(cached).coll == "allgather"
+    stamp = cached.stat().st_mtime_ns
+    again = PlanLibrary(plans, tmp_path / "cache").ring("allgather", 4)
+    assert cached.stat().st_mtime_ns == stamp  # loaded, not synthesized and rewritten
+    assert again.name == odd.name
+    cached.write_text("<algo broken")  # a damaged entry is rebuilt
+    assert PlanLibrary(None, tmp_path / "cache").ring("allgather", 4).coll == "allgather"
+    assert parse_plan(cached).name == odd.name
+    with pytest.raises(TacclError, match="does not exist"):
+        PlanLibrary(tmp_path / "missing")
+
+
+def test_plans_from_directory_run(tmp_path):
+    """A 4-rank direct AllGather from the plan directory serves the call, exactly."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    write_plan(build_plan(ring4(), Collective("allgather", 4, 1, False), "direct").plan,
+               plans / "ag.xml")
+
+    def body(pg, r):
+        out = torch.empty(12, dtype=torch.int32)
+        pg.all_gather_single(out, torch.arange(3, dtype=torch.int32) + 10 * r).wait()
+        return out, next(iter(pg._executors.values())).plan.name
+
+    for out, name in in_threads(4, body, tmp_path, plan_dir=plans):
+        assert out.tolist() == [10 * q + k for q in range(4) for k in range(3)]
+        assert "direct" in name
+
+
+def run_ranks(mode: str, tmp_path, n: int = 4, timeout: float = 120, env_extra=None):
+    """Start ``n`` worker processes; return the exit codes and outputs of those that are
+    expected to end (all of them, or all but rank n-1 when it dies or stalls)."""
+    env = dict(os.environ, TACCL_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONWARNINGS="ignore", **(env_extra or {}))
+    init = tmp_path / "init"
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(n), str(init), mode],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) for r in range(n)]
+    watched = procs if mode == "all" else procs[:n - 1]
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in watched]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return [p.returncode for p in watched], outs
+
+
+def test_four_processes_every_collective_and_ddp(tmp_path):
+    codes, outs = run_ranks("all", tmp_path)
+    assert codes == [0, 0, 0, 0], "\n".join(outs)
+    for r, out in enumerate(outs):
+        assert f"rank {r} ok" in out
+
+
+@pytest.mark.parametrize("mode", ["die", "stall"])
+def test_dead_or_silent_rank_fails_cleanly(tmp_path, mode):
+    """Rank 3 exits (or never sends): the others raise an error naming a step and a peer,
+    within the group's 4 s timeout, instead of hanging."""
+    codes, outs = run_ranks(mode, tmp_path, timeout=60, env_extra={"TACCL_TEST_TIMEOUT": "4"})
+    assert codes == [1, 1, 1], "\n".join(outs)
+    joined = "\n".join(outs)
+    for r, out in enumerate(outs):
+        line = next(x for x in out.splitlines() if x.startswith(f"rank {r} error after"))
+        assert float(line.split("after ")[1].split(" s")[0]) < 10
+        assert "Traceback" not in out
+        assert " step " in line and "rank " in line.split(": ", 1)[1]
+    if mode == "stall":
+        assert "no progress for 4 s" in joined and "waits to receive from rank" in joined
+    else:
+        assert "from rank 3 failed" in joined or "to rank 3 failed" in joined
