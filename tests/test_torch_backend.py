@@ -94,6 +94,24 @@ def test_every_collective_exact(tmp_path, n, dtype):
         assert torch.equal(ar.double(), sum_ar)
 
 
+def test_pre_2_13_method_names(tmp_path):
+    """torch <= 2.12 calls _allgather_base / alltoall_base / _reduce_scatter_base."""
+    def body(pg, r):
+        ag, a2a, rs = torch.empty(4), torch.empty(2), torch.empty(1)
+        pg._allgather_base(ag, torch.tensor([r, r + 0.5])).wait()
+        pg.alltoall_base(a2a, torch.tensor([10.0 * r, 10.0 * r + 1]), [], []).wait()
+        pg._reduce_scatter_base(rs, torch.tensor([1.0 + r, 2.0 + r])).wait()
+        bad = dist.AllreduceOptions()
+        bad.reduceOp = dist.ReduceOp.BXOR
+        with pytest.raises(TacclError, match="not supported"):
+            pg.allreduce([torch.ones(2, dtype=torch.int32)], bad).wait()
+        return ag.tolist(), a2a.tolist(), rs.tolist()
+
+    res = in_threads(2, body, tmp_path)
+    assert res[0] == ([0, 0.5, 1, 1.5], [0.0, 10.0], [3.0])
+    assert res[1] == ([0, 0.5, 1, 1.5], [1.0, 11.0], [5.0])
+
+
 def test_reduce_ops_async_and_noncontiguous(tmp_path):
     def body(pg, r):
         m = torch.tensor([float(r), -float(r), 2.0 ** r])

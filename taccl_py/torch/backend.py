@@ -128,14 +128,15 @@ class TacclProcessGroup(dist.ProcessGroup):
                              f"an input of {input.numel()}")
         if input.numel() == 0:
             return
-        red = REDUCE.get(op.op if op is not None else _R.SUM)
+        kind_of_op = getattr(op, "op", op) if op is not None else _R.SUM  # torch < 2.13: enum
+        red = REDUCE.get(kind_of_op)
         if kind in (ALLREDUCE, REDUCESCATTER) and red is None:
-            raise TacclError(f"reduce op {op.op.name} is not supported by the taccl backend")
+            raise TacclError(f"reduce op {kind_of_op} is not supported by the taccl backend")
         if output.is_cuda:
             self._cuda_runner().run(kind, output, input, red or "sum")
         else:
             self._cpu(kind, output, input, red or "sum")
-        if op is not None and op.op == _R.AVG:
+        if kind_of_op == _R.AVG:
             if not output.is_floating_point():
                 raise TacclError("ReduceOp.AVG needs a floating-point tensor")
             output.div_(n)
