@@ -49,7 +49,7 @@ class _Work(dist.Work):
 
 
 class TacclProcessGroup(dist.ProcessGroup):
-    """A process group whose collectives run synthesized (or ring) plans."""
+    """A process group whose collectives run synthesized (or fallback) plans."""
 
     def __init__(self, store, rank: int, size: int, timeout: datetime.timedelta,
                  plan_dir=None, cache_dir=None) -> None:

@@ -1,11 +1,13 @@
-"""Which plan runs a collective: a directory of XML plans, else a ring plan cached on disk.
+"""Which plan runs a collective: a directory of XML plans, else a fallback plan cached on disk.
 
 A plan in the directory serves a call when its collective and rank count match, the call's
 buffer size (the larger of input and output, in bytes) lies in its ``[minBytes, maxBytes]``
 range (0 = unbounded) and the buffer divides into its chunks. Among several, the one with the
 narrowest range wins (a plan made for this size beats a catch-all), then the file name. With
-none, the ring plan for the collective is synthesized once, verified, and cached as XML under
-the cache directory, so later processes load it instead of synthesizing again.
+none, a fallback plan is synthesized once, verified, and cached as XML under the cache
+directory, so later processes load it instead of synthesizing again: the ring (chunk-up 1),
+except for AllToAll, whose ring would relay most data through other ranks, so the direct plan
+(every rank sends each block straight to its owner) is the fallback there.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ..topology.model import FULL_BISECTION, Switch, Topology
 
 PLAN_DIR_ENV = "TACCL_PLAN_DIR"
 CACHE_DIR_ENV = "TACCL_CACHE_DIR"
+#: fallback method per collective (ring otherwise)
+FALLBACK = {"alltoall": "direct"}
 
 
 def default_cache_dir() -> Path:
@@ -30,7 +34,7 @@ def default_cache_dir() -> Path:
 
 
 class PlanLibrary:
-    """Plans of ``plan_dir`` (default ``$TACCL_PLAN_DIR``), ring fallbacks in ``cache_dir``."""
+    """Plans of ``plan_dir`` (default ``$TACCL_PLAN_DIR``), fallbacks cached in ``cache_dir``."""
 
     def __init__(self, plan_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None) -> None:
@@ -44,7 +48,7 @@ class PlanLibrary:
                                  f"(set by {PLAN_DIR_ENV} or plan_dir=)")
             for path in sorted(self.plan_dir.glob("*.xml")):
                 self.plans.append((path.name, parse_plan(path)))
-        self._rings: dict[tuple[str, int, bool], Plan] = {}
+        self._fallbacks: dict[tuple[str, int, bool], Plan] = {}
 
     def choose(self, kind: str, nranks: int, nbytes: int, elems: int,
                inplace: bool = False) -> Plan:
@@ -60,13 +64,15 @@ class PlanLibrary:
             fits.append((plan.inplace != inplace, width, name, plan))
         if fits:
             return min(fits, key=lambda f: f[:3])[3]
-        return self.ring(kind, nranks, inplace)
+        return self.fallback(kind, nranks, inplace)
 
-    def ring(self, kind: str, nranks: int, inplace: bool = False) -> Plan:
-        """The verified ring plan (chunk-up 1), from memory, the cache, or synthesized."""
+    def fallback(self, kind: str, nranks: int, inplace: bool = False) -> Plan:
+        """The verified fallback plan (chunk-up 1), from memory, the cache, or synthesized."""
         key = (kind, nranks, inplace)
-        if key not in self._rings:
-            path = self.cache_dir / f"ring-{kind}-{nranks}{'-inplace' if inplace else ''}.xml"
+        if key not in self._fallbacks:
+            method = FALLBACK.get(kind, "ring")
+            path = self.cache_dir / (f"{method}-{kind}-{nranks}"
+                                     f"{'-inplace' if inplace else ''}.xml")
             plan = None
             if path.exists():
                 try:
@@ -74,17 +80,17 @@ class PlanLibrary:
                 except TacclError:  # a damaged cache entry is rebuilt
                     plan = None
             if plan is None or (plan.coll, plan.ngpus, plan.inplace) != key:
-                plan = _synthesize_ring(kind, nranks, inplace)
+                plan = _synthesize(kind, nranks, inplace, method)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, plan_to_xml(plan))
-            self._rings[key] = plan
-        return self._rings[key]
+            self._fallbacks[key] = plan
+        return self._fallbacks[key]
 
 
-def _synthesize_ring(kind: str, nranks: int, inplace: bool) -> Plan:
+def _synthesize(kind: str, nranks: int, inplace: bool, method: str) -> Plan:
     from ..pipeline import build_plan
 
     ranks = tuple(range(nranks))
     host = Topology(f"host{nranks}", nranks, 1, (), (Switch("host", 0, ranks, 1e10, 1e-6),),
                     (), FULL_BISECTION)
-    return build_plan(host, Collective(kind, nranks, 1, inplace), "ring").plan
+    return build_plan(host, Collective(kind, nranks, 1, inplace), method).plan
