@@ -185,12 +185,14 @@ def test_plan_directory_choice_and_ring_cache(tmp_path):
     cached = tmp_path / "cache" / "ring-allgather-4.xml"
     assert cached.exists() and parse_plan(cached).coll == "allgather"
     stamp = cached.stat().st_mtime_ns
-    again = PlanLibrary(plans, tmp_path / "cache").ring("allgather", 4)
+    again = PlanLibrary(plans, tmp_path / "cache").fallback("allgather", 4)
     assert cached.stat().st_mtime_ns == stamp  # loaded, not synthesized and rewritten
     assert again.name == odd.name
     cached.write_text("<algo broken")  # a damaged entry is rebuilt
-    assert PlanLibrary(None, tmp_path / "cache").ring("allgather", 4).coll == "allgather"
+    assert PlanLibrary(None, tmp_path / "cache").fallback("allgather", 4).coll == "allgather"
     assert parse_plan(cached).name == odd.name
+    a2a = PlanLibrary(None, tmp_path / "cache").choose("alltoall", 4, 1024, 256)
+    assert "direct" in a2a.name and (tmp_path / "cache" / "direct-alltoall-4.xml").exists()
     with pytest.raises(TacclError, match="does not exist"):
         PlanLibrary(tmp_path / "missing")
 
