@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from .errors import TacclError
+from .fileio import atomic_write
 from .lowering.plan import Plan
 from .report import Row
 from .runtime.simulate import SimResult
@@ -23,19 +21,12 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> Path:
-    """Save atomically: a temporary PNG beside the target, then rename."""
-    path = Path(path)
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise TacclError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent or ".")
-    os.close(fd)
+    """Save atomically (see :func:`~taccl_py.fileio.atomic_write`); always close."""
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
+                            suffix=".png")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         _pyplot().close(fig)
-    return path
 
 
 def plot_algbw(rows: list[Row], plan: Plan, path: str | Path) -> Path:
