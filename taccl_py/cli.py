@@ -82,11 +82,18 @@ def topology_list() -> None:
 @topology.command("show")
 @click.argument("name")
 @click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1))
-def topology_show(name: str, nodes: int) -> None:
+@click.option("--png", "png", type=click.Path(path_type=Path),
+              help="Also draw the topology to this PNG file.")
+def topology_show(name: str, nodes: int, png: Path | None) -> None:
     """Describe a built-in topology or a YAML file."""
     from .topology.loader import describe, load_topology
 
-    click.echo(describe(load_topology(name, nodes)))
+    topo = load_topology(name, nodes)
+    click.echo(describe(topo))
+    if png:
+        from .topology_plot import plot_topology
+
+        click.echo(f"wrote {plot_topology(topo, png)}")
 
 
 @topology.command("validate")
@@ -105,6 +112,63 @@ def topology_validate(files: tuple[Path, ...]) -> None:
             click.echo(str(exc), err=True)
     if bad:
         sys.exit(1)
+
+
+@topology.command("import")
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["nvidia-smi"]))
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--nics", "nics_spec", metavar="SPEC",
+              help="compute NICs: comma-separated names from the NIC Legend (mlx5_0) or "
+                   "columns (NIC0), or 'none'  [default: NICs with a GPU at PIX/PXB]")
+@click.option("--name", help="topology name  [default: the input file's stem]")
+@click.option("--nvlink-bw", type=click.FloatRange(min=0, min_open=True), metavar="GB/S",
+              help="per-NVLink bandwidth  [default: guessed generation's, 20 or 25]")
+@click.option("--pcie-bw", type=click.FloatRange(min=0, min_open=True), metavar="GB/S",
+              help="PCIe x16 bandwidth for PIX/PXB pairs  [default: 16 (Gen3) with "
+                   "P100/V100, 32 (Gen4) with A100 or no NVLink, 64 (Gen5) with H100]")
+@click.option("--nic-bw", metavar="GB/S", type=click.FloatRange(min=0, min_open=True),
+              help="bandwidth of each NIC  [default: 12.5 with P100/V100, 25 with A100 or "
+                   "no NVLink, 50 with H100]")
+@click.option("--pcie/--no-pcie", default=True, show_default=True,
+              help="link GPU pairs without NVLink over PCIe")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="write the YAML here instead of printing it")
+def topology_import(fmt, file, nics_spec, name, nvlink_bw, pcie_bw, nic_bw, pcie,
+                    output) -> None:
+    """Convert `nvidia-smi topo -m` output (FILE, or - for stdin) to a topology YAML.
+
+    \b
+    Mapping (per direction; the YAML's header lists every assumption):
+    - NV# pair: NVLink link, count #, per-link bandwidth of the generation guessed
+      from the NVLinks per GPU (<=4 P100 20 GB/s; <=6 V100, <=12 A100 25 GB/s;
+      more H100 25 GB/s, alpha 0.5 us, else 0.7 us)
+    - every pair the same NV#, 3+ GPUs, # x (GPUs-1) > 18 (e.g. NV12 or NV18 with
+      8 GPUs): one NVSwitch, # x per-link bandwidth per GPU port
+    - pairs without NVLink: PCIe links; PIX/PXB 1x --pcie-bw, alpha 1 us;
+      PHB/NODE 0.75x, alpha 1.5 us; SYS/SOC 0.5x, alpha 2.5 us
+    - NICs serve their nearest GPUs (PIX, PXB, PHB, NODE, SYS); NICs sharing
+      the same nearest GPUs split them; --nic-bw each, alpha 2 us, full-bisection
+      network
+    """
+    from .fileio import atomic_write_text
+    from .topology.nvsmi import import_nvidia_smi
+
+    if str(file) == "-":
+        data, source = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        try:
+            data, source = file.read_bytes(), str(file)
+        except OSError as exc:
+            raise TacclError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    nics = None if nics_spec is None else [n.strip() for n in nics_spec.split(",") if n.strip()]
+    text, topo = import_nvidia_smi(
+        data.decode("utf-8", errors="replace"), source, name=name, nics=nics,
+        nvlink_bw=nvlink_bw, pcie_bw=pcie_bw, nic_bw=nic_bw, pcie=pcie)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        click.echo(f"wrote {output}: {topo.description}")
 
 
 # -- synthesize ------------------------------------------------------------------
@@ -414,3 +478,31 @@ def run_cmd(plan_path, size, dtype, check, iters, warmup, timeout) -> None:
     from .runtime.mpi_run import run_command
 
     run_command(plan_path, size, dtype, check, iters, warmup, timeout)
+
+
+# -- profile (measure a topology) ----------------------------------------------------------
+@main.command("profile")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="write a topology YAML of the measured numbers")
+@click.option("--update", "update_path", type=click.Path(path_type=Path),
+              help="update this topology YAML's measured links (in place unless -o; "
+                   "its comments are not kept)")
+@click.option("--sizes", default="8,64,512,4K,32K,256K,2M,16M", show_default=True,
+              callback=_sizes, help="ping-pong message sizes")
+@click.option("--iters", default=10, show_default=True, type=click.IntRange(min=1),
+              help="round trips per size (the median counts)")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--transport", default="auto", show_default=True,
+              type=click.Choice(["auto", "mpi", "torch"]),
+              help="auto: torch under torchrun, mpi under mpiexec")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="buffers' device (cuda: torchrun with NCCL)")
+@click.option("--gpus-per-node", type=click.IntRange(min=1),
+              help="ranks per topology node [default: the ranks on one host]")
+def profile_cmd(output, update_path, sizes, iters, warmup, transport, device,
+                gpus_per_node) -> None:
+    """Measure alpha and bandwidth of every rank pair (under mpiexec or torchrun)."""
+    from .profile import profile_command
+
+    profile_command(output, update_path, sizes, iters, warmup, transport, device,
+                    gpus_per_node)

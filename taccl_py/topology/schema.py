@@ -37,6 +37,33 @@ _PORT_GROUPS = {
     },
 }
 
+#: ``taccl profile``'s record: when and how the numbers were measured, and every pair's
+#: fit (global ranks, α in µs, bandwidth in GB/s); informative, the loader ignores it
+_MEASURED = {
+    "type": "object",
+    "required": ["date"],
+    "additionalProperties": False,
+    "properties": {
+        "date": {"type": "string", "x-message": "must be a quoted ISO date, e.g. '2025-01-31'"},
+        "launcher": {"type": "string"},
+        "transport": {"type": "string"},
+        "device": {"type": "string"},
+        "hosts": {"type": "array", "items": {"type": "string"}},
+        "ranks": {"type": "integer", "minimum": 2},
+        "sizes": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+        "iters": {"type": "integer", "minimum": 1},
+        "fits": {"type": "array", "items": {
+            "type": "object",
+            "required": ["pair", "alpha", "bandwidth"],
+            "additionalProperties": False,
+            "properties": {
+                "pair": {"type": "array", "items": _GPU, "minItems": 2, "maxItems": 2},
+                "alpha": _ALPHA, "bandwidth": _BANDWIDTH, "r2": {"type": "number"},
+            },
+        }},
+    },
+}
+
 SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "taccl topology (one node)",
@@ -70,6 +97,7 @@ SCHEMA: dict = {
         "nics": _PORT_GROUPS,
         "network": {"enum": ["full-bisection", "rail-only"]},
         "max_nodes": {"type": "integer", "minimum": 1},
+        "measured": _MEASURED,
     },
 }
 
