@@ -191,6 +191,11 @@ def test_plan_directory_choice_and_ring_cache(tmp_path):
     cached.write_text("<algo broken")  # a damaged entry is rebuilt
     assert PlanLibrary(None, tmp_path / "cache").fallback("allgather", 4).coll == "allgather"
     assert parse_plan(cached).name == odd.name
+    ar = build_plan(ring4(), Collective("allreduce", 4, 2, False), "ring").plan
+    write_plan(ar, plans / "ar.xml")
+    # 8 chunks do not divide 1001 elements, but AllReduce buffers are padded
+    assert PlanLibrary(plans, tmp_path / "cache").choose("allreduce", 4, 4004, 1001).name \
+        == ar.name
     a2a = PlanLibrary(None, tmp_path / "cache").choose("alltoall", 4, 1024, 256)
     assert "direct" in a2a.name and (tmp_path / "cache" / "direct-alltoall-4.xml").exists()
     with pytest.raises(TacclError, match="does not exist"):

@@ -68,9 +68,10 @@ def run_command(plan_path, size: int, dtype: str, check: bool, iters: int, warmu
         coll = plan.collective()
         unit = dt.itemsize * plan.nchunksperloop
         if size % unit:
+            near = max(unit, size // unit * unit)
             raise TacclError(f"size {size} B is not a multiple of {unit} B ({plan.nchunksperloop} "
-                             f"chunks of {dt.itemsize}-byte {dt.name}); try "
-                             f"{format_size(max(unit, size // unit * unit))}")
+                             f"chunks of {dt.itemsize}-byte {dt.name}); try --size {near} "
+                             f"({format_size(near)})")
         nelems = size // dt.itemsize  # the nccl-tests buffer the size names
         ce = nelems // plan.nchunksperloop
         op = {"sum": MPI.SUM, "nop": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX,

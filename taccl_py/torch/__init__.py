@@ -5,10 +5,14 @@ all_to_all_single, all_to_all, reduce_scatter_tensor, reduce_scatter, all_reduce
 broadcast, send/recv (sync or ``async_op=True``) on CPU tensors, and on CUDA tensors through
 CuPy's NCCL. Plans come from ``$TACCL_PLAN_DIR`` (or :func:`configure`), else fallback plans
 (ring; direct for all-to-all) synthesized once and cached under ``$TACCL_CACHE_DIR`` (default
-``~/.cache/taccl_py``).
+``~/.cache/taccl_py``). With ``TACCL_LOG=1`` each rank says on stderr which plan serves each
+collective (logger ``taccl_py.torch``, level INFO).
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 import torch.distributed as dist
 
@@ -28,6 +32,12 @@ def configure(plan_dir=None, cache_dir=None) -> None:
 def _create(store, rank, size, timeout):
     return TacclProcessGroup(store, rank, size, timeout, **_options)
 
+
+if os.environ.get("TACCL_LOG", "0") not in ("", "0"):
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("taccl: %(message)s"))
+    logging.getLogger("taccl_py.torch").addHandler(_handler)
+    logging.getLogger("taccl_py.torch").setLevel(logging.INFO)
 
 if "taccl" not in dist.Backend.backend_list:
     dist.Backend.register_backend("taccl", _create, extended_api=False,

@@ -2,7 +2,8 @@
 
 A plan in the directory serves a call when its collective and rank count match, the call's
 buffer size (the larger of input and output, in bytes) lies in its ``[minBytes, maxBytes]``
-range (0 = unbounded) and the buffer divides into its chunks. Among several, the one with the
+range (0 = unbounded) and the buffer divides into its chunks (AllReduce buffers are padded
+instead). Among several, the one with the
 narrowest range wins (a plan made for this size beats a catch-all), then the file name. With
 none, a fallback plan is synthesized once, verified, and cached as XML under the cache
 directory, so later processes load it instead of synthesizing again: the ring (chunk-up 1),
@@ -12,6 +13,7 @@ except for AllToAll, whose ring would relay most data through other ranks, so th
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from ..lowering.xml import parse_plan, plan_to_xml
 from ..fileio import atomic_write_text
 from ..topology.model import FULL_BISECTION, Switch, Topology
 
+log = logging.getLogger("taccl_py.torch")
 PLAN_DIR_ENV = "TACCL_PLAN_DIR"
 CACHE_DIR_ENV = "TACCL_CACHE_DIR"
 #: fallback method per collective (ring otherwise)
@@ -49,6 +52,8 @@ class PlanLibrary:
             for path in sorted(self.plan_dir.glob("*.xml")):
                 self.plans.append((path.name, parse_plan(path)))
         self._fallbacks: dict[tuple[str, int, bool], Plan] = {}
+        self._origin = {id(plan): str(self.plan_dir / name) for name, plan in self.plans}
+        self._announced: set[int] = set()
 
     def choose(self, kind: str, nranks: int, nbytes: int, elems: int,
                inplace: bool = False) -> Plan:
@@ -56,15 +61,21 @@ class PlanLibrary:
         bytes in ``elems`` elements; ``inplace`` asks for an in-place plan when one exists."""
         fits = []
         for name, plan in self.plans:
-            if plan.coll != kind or plan.ngpus != nranks or elems % plan.nchunksperloop:
+            if plan.coll != kind or plan.ngpus != nranks:
+                continue
+            if elems % plan.nchunksperloop and kind != "allreduce":  # AllReduce gets padded
                 continue
             if nbytes < plan.min_bytes or (plan.max_bytes and nbytes > plan.max_bytes):
                 continue
             width = (plan.max_bytes or 1 << 62) - plan.min_bytes
             fits.append((plan.inplace != inplace, width, name, plan))
-        if fits:
-            return min(fits, key=lambda f: f[:3])[3]
-        return self.fallback(kind, nranks, inplace)
+        plan = min(fits, key=lambda f: f[:3])[3] if fits else self.fallback(kind, nranks,
+                                                                                inplace)
+        if id(plan) not in self._announced:  # once per plan: which one serves this call
+            self._announced.add(id(plan))
+            log.info("%s of %d B on %d ranks: plan %s (%s)", kind, nbytes, nranks, plan.name,
+                     self._origin.get(id(plan), "fallback"))
+        return plan
 
     def fallback(self, kind: str, nranks: int, inplace: bool = False) -> Plan:
         """The verified fallback plan (chunk-up 1), from memory, the cache, or synthesized."""
@@ -84,6 +95,7 @@ class PlanLibrary:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, plan_to_xml(plan))
             self._fallbacks[key] = plan
+            self._origin[id(plan)] = f"fallback, cached in {path}"
         return self._fallbacks[key]
 
 
