@@ -115,6 +115,7 @@ def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
         return v is not None and v.chunk != chunk and (
             v.final or (bool(v.readers) and v.readers[-1] > k))
 
+    dest = {(v.rank, v.chunk): output_loc(coll, v.rank, v.chunk) for v in flow.finals}
     for v in flow.inputs:
         v.loc = input_loc(coll, v.rank, v.chunk)
         content[(v.rank, v.loc)] = v
@@ -125,7 +126,7 @@ def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
             touched[(w.rank, w.operand.loc)] = k
         if not w.stored:
             continue
-        loc = output_loc(coll, w.rank, w.chunk)
+        loc = dest.get((w.rank, w.chunk))  # finals are exactly the postcondition pairs
         if loc is None or live(content.get((w.rank, loc)), w.chunk, k):
             loc = ("sink", w.sink) if w.sink is not None else scratch(w.rank, w.chunk)
         w.loc = loc
@@ -133,7 +134,7 @@ def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
         touched[(w.rank, loc)] = k
     copies = []
     for v in flow.finals:
-        dst = output_loc(coll, v.rank, v.chunk)
+        dst = dest[(v.rank, v.chunk)]
         if v.loc != dst:
             after = max(-1 if v.producer is None else v.producer, touched.get((v.rank, dst), -1))
             copies.append(Copy(v, dst, after))

@@ -18,6 +18,7 @@ from ..errors import PlanError
 from ..synth.ir import Algorithm
 from ..topology.model import Topology
 from .buffers import Copy, Flow, Loc, place, value_flow
+from ..nogc import gc_paused
 from .plan import GpuPlan, Plan, Step, Threadblock
 from .threadblocks import MAX_TBS, TB, Op, assign_threadblocks, build_units, delayed_pairs
 
@@ -48,6 +49,7 @@ class _Step:
         return self.ops[0].key
 
 
+@gc_paused()
 def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
           instances: int = 1, min_bytes: int = 0, max_bytes: int = 0,
           name: str | None = None, topology: Topology | None = None) -> Plan:

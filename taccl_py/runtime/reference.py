@@ -13,10 +13,12 @@ import numpy as np
 
 from ..collectives import ALLGATHER, ALLTOALL, REDUCESCATTER, Collective
 from ..errors import VerificationError
+from ..nogc import gc_paused
 from ..lowering.plan import Plan
 from .verify import Interpreter, check_limits
 
 
+@gc_paused()
 def run_reference(plan: Plan, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Execute ``plan`` on each rank's 1-D input buffer; return each rank's output buffer.
 

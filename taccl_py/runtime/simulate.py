@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import TacclError
+from ..nogc import gc_paused
 from ..lowering.plan import RECV_TYPES, SEND_TYPES, Plan
 from ..topology.model import Topology
 
@@ -124,6 +125,7 @@ def _prepare(plan: Plan, topology: Topology
     return tbs, index, list(rid)
 
 
+@gc_paused()
 def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) -> SimResult:
     """Simulate ``plan`` on ``topology`` for an nccl-tests ``size`` in bytes (see module doc)."""
     tbs, index, names = _prepare(plan, topology)

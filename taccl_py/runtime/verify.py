@@ -27,6 +27,7 @@ import numpy as np
 from ..collectives import ALLGATHER, REDUCESCATTER, Collective
 from ..errors import PlanError, VerificationError
 from ..lowering.plan import RECV_TYPES, REDUCE_TYPES, SEND_TYPES, STEP_TYPES, GpuPlan, Plan
+from ..nogc import gc_paused
 from ..lowering.xml import BUFFERS
 
 MAX_TBS = 216
@@ -482,6 +483,7 @@ class Interpreter(Generic[V]):
 
 # -- symbolic verification -----------------------------------------------------------------
 
+@gc_paused()
 def verify(plan: Plan) -> VerifyReport:
     """Check limits, then run ``plan`` symbolically; raise on the first fault."""
     check_limits(plan)

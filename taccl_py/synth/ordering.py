@@ -12,6 +12,7 @@ arrival.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -116,17 +117,25 @@ def order(sends: list[Send], *, own_data_first: bool = False,
     start = [0.0] * len(sends)
     waiting: dict[str, set[int]] = defaultdict(set)  # resource -> ready sends needing it
     est: dict[int, float] = {}
+    finishes: list[tuple[float, int]] = []  # heap of (est + dur, send); stale entries skipped
+
+    def set_est(i: int, t: float) -> None:
+        est[i] = t
+        heapq.heappush(finishes, (t + sends[i].dur, i))
 
     def arrive(i: int) -> None:
-        est[i] = max(ready[i], *(free[r] for r in sends[i].resources))
+        set_est(i, max(ready[i], *(free[r] for r in sends[i].resources)))
         for r in sends[i].resources:
             waiting[r].add(i)
 
     for i in ready:
         arrive(i)
     while est:
-        a = min(est, key=lambda i: (est[i] + sends[i].dur, i))
-        finish = est[a] + sends[a].dur
+        while True:  # the send that could finish first
+            finish, a = finishes[0]
+            if a in est and est[a] + sends[a].dur == finish:
+                break
+            heapq.heappop(finishes)
         rivals = {i for r in sends[a].resources for i in waiting[r] if est[i] < finish}
         pick = max(rivals, key=lambda i: (own_data_first and sends[i].pred is None,
                                           prio[i], -est[i], -i))
@@ -140,7 +149,9 @@ def order(sends: list[Send], *, own_data_first: bool = False,
             waiting[r].discard(pick)
             touched |= waiting[r]
         for i in touched:
-            est[i] = max(est[i], *(free[r] for r in sends[i].resources))
+            later = max(est[i], *(free[r] for r in sends[i].resources))
+            if later != est[i]:
+                set_est(i, later)
         for j in children[pick]:
             ready[j] = t + s.dur + s.alpha
             arrive(j)
