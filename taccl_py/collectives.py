@@ -115,9 +115,27 @@ class Collective:
             return (block % self.num_ranks,)
         return (block,)
 
+    def holds_input(self, rank: int, chunk: int) -> bool:
+        """Whether ``rank`` is in ``precondition(chunk)`` (in O(1))."""
+        block = chunk // self.chunkup
+        if self.kind == ALLGATHER:
+            return rank == block
+        if self.kind == ALLTOALL:
+            return rank == block // self.num_ranks
+        return 0 <= rank < self.num_ranks
+
+    def needs_output(self, rank: int, chunk: int) -> bool:
+        """Whether ``rank`` is in ``postcondition(chunk)`` (in O(1))."""
+        block = chunk // self.chunkup
+        if self.kind in (ALLGATHER, ALLREDUCE):
+            return 0 <= rank < self.num_ranks
+        if self.kind == ALLTOALL:
+            return rank == block % self.num_ranks
+        return rank == block
+
     def input_index(self, rank: int, chunk: int) -> int | None:
         """Index of ``rank``'s input contribution to ``chunk`` (None if it has none)."""
-        if rank not in self.precondition(chunk):
+        if not self.holds_input(rank, chunk):
             return None
         block, j = divmod(chunk, self.chunkup)
         if self.kind == ALLGATHER:
@@ -128,7 +146,7 @@ class Collective:
 
     def output_index(self, rank: int, chunk: int) -> int | None:
         """Index where ``rank`` must hold finished ``chunk`` (None if not a destination)."""
-        if rank not in self.postcondition(chunk):
+        if not self.needs_output(rank, chunk):
             return None
         block, j = divmod(chunk, self.chunkup)
         if self.kind == ALLTOALL:
