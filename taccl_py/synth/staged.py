@@ -6,6 +6,10 @@ simulated time). Stage 2 list-schedules under a few priority rules and keeps the
 Besides solving the routing MILP again for a finer chunk-up (when the model stays small
 enough and time is left), it also tries the coarser routes with every block's sub-chunks
 on their block's route, which only adds pipelining.
+
+A multi-node AllGather is also decomposed (:mod:`.decompose`: one node's MILP, a
+node-level pattern, replicated by node shifts); where the cluster-wide model would be too
+big (``MAX_SENDS`` / ``MAX_BINARIES``) the decomposition is the only candidate.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Callable
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
 from ..errors import SketchError, TacclError
 from ..topology.model import Topology
+from .decompose import decompose, fanouts, node_trees, relays
 from .ir import Algorithm
 from .ordering import Send, descendants, make_sends, order, remaining
 from .routes import require_ranks
@@ -25,6 +30,9 @@ from .sketch import default_sketch
 
 MAX_BINARIES = 20000  # skip the routing MILP of a chunk-up with more route variables
 MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
+MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
+MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
+JUDGED = 3  # decomposed candidates judged (the best by schedule makespan)
 
 Progress = Callable[[str, float, "float | None", "float | None"], None]
 
@@ -55,8 +63,9 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
     ``collective.chunkup``) and ``own_data_first`` of the ordering; a sketch that leaves a chunk no route raises SketchError. ``progress``
     is called as ``progress(stage, elapsed_s, incumbent_makespan_s, gap)``. ``judge``
     scores a candidate algorithm (lower is better; e.g. its simulated time), else the
-    schedule's makespan does. Raises
-    TacclError if no routing is found within ``time_limit`` seconds.
+    schedule's makespan does. A multi-node AllGather also gets the decomposed candidates
+    (:func:`decomposed_algorithm`; 30 % of the time when the cluster-wide model fits, else
+    all of it). Raises TacclError if no routing is found within ``time_limit`` seconds.
     """
     require_ranks(topology, collective)
     if collective.kind in (REDUCESCATTER, ALLREDUCE):
@@ -98,7 +107,20 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
                 best = alg
         report(f"schedule ({label})", best.meta["score"] if best else None, routes.gap)
 
-    for i, factor in enumerate(chunkups):
+    split = collective.kind == ALLGATHER and topology.nodes > 1
+    whole = not split or _whole_model_fits(topology, collective, sketch)
+    if split:
+        try:
+            best, scores = decomposed_algorithm(
+                topology, collective, size=size, sketch=sketch,
+                time_limit=time_limit * (0.3 if whole else 1.0), own_first=own_first,
+                judge=judge, report=report)
+            tried.update(scores)
+        except SketchError:
+            raise
+        except TacclError as exc:  # e.g. no single-node routing in time
+            failure = exc
+    for i, factor in enumerate(chunkups if whole or best is None else ()):
         coll = collective.with_chunkup(collective.chunkup * factor)
         sends_per_chunk = coll.num_ranks - 1 if coll.kind == ALLGATHER else 2
         if coll.num_chunks * sends_per_chunk > MAX_SENDS and best is not None:
@@ -132,6 +154,93 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
             f"within {time_limit:.1f}s")
     best.meta.update(solve_time=time.monotonic() - began, tried=tried)
     return best
+
+
+def _whole_model_fits(topology: Topology, collective: Collective, sketch) -> bool:
+    """Whether the cluster-wide routing MILP and ordering stay within the size limits."""
+    if collective.num_chunks * max(collective.num_ranks - 1, 2) > MAX_SENDS:
+        return False
+    return sum(map(len, candidates(topology, collective, sketch).values())) <= MAX_BINARIES
+
+
+def decomposed_algorithm(topology: Topology, collective: Collective, *, size: int,
+                         sketch, time_limit: float, own_first: bool = False,
+                         judge: Callable[[Algorithm], float] | None = None,
+                         report: Callable[..., None] = lambda *a: None) -> tuple:
+    """The best decomposed AllGather (:mod:`.decompose`; None if the judge rejects every
+    candidate) and every judged candidate's score.
+
+    Chunk-ups: every factor up to the sketch's largest, ascending, while 60 % of the time
+    is left and the plan has at most ``MAX_TRANSFERS`` transfers. Node-level fan-outs:
+    all at first, then those within 1 % of the best makespan. Every chunk-up x fan-out x
+    priority rule is ordered and scheduled on the quotient by node shifts; the lowest
+    makespans are judged (``JUDGED`` that the judge accepts, time allowing; one per
+    makespan and variant, as rules often agree).
+    """
+    began = time.monotonic()
+    report("routing (one node)")
+    trees, optimal = node_trees(topology, collective.chunk_bytes(size),
+                       time_limit=max(1.0, time_limit * 0.2))
+    carriers = relays(topology, sketch, trees)
+    ranked = []
+    factors = range(1, max(sketch.chunkup) + 1)
+    patterns = fanouts(topology.nodes)
+
+    def busy() -> bool:
+        return bool(ranked) and time.monotonic() - began > time_limit * 0.6
+
+    for factor in factors:
+        coll = collective.with_chunkup(collective.chunkup * factor)
+        if ranked and coll.num_chunks * (coll.num_ranks - 1) > MAX_TRANSFERS:
+            continue
+        if ranked:  # keep the fan-outs within 1 % of the best so far
+            first: dict[int, float] = {}
+            for makespan, _, _, _, dec, _ in ranked:
+                first[dec.fanout] = min(first.get(dec.fanout, makespan), makespan)
+            patterns = [f for f in patterns
+                        if first.get(f, float("inf")) <= 1.01 * min(first.values())]
+        for fanout in patterns:
+            if busy():
+                break
+            dec = decompose(topology, coll, coll.chunk_bytes(size), trees, carriers, fanout)
+            label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}"
+            report(f"ordering ({label})")
+            sends = dec.sends()
+            merge = len({s.conn for s in sends if topology.connections[
+                s.src, s.dst].kind == "network"}) <= MAX_MERGED
+            for rule, prio, own in priorities(topology, sends, own_first):
+                if busy():
+                    break
+                sched = schedule(topology, order(sends, own_data_first=own, prio=prio),
+                                 merge)
+                ranked.append((sched.makespan, len(ranked), label, rule, dec, sched))
+    ranked.sort(key=lambda x: x[:2])
+    best, scores, seen, cost = None, {}, set(), 0.0
+    for makespan, _, label, rule, dec, sched in ranked:
+        if best is not None and (len(scores) >= JUDGED or
+                                 time.monotonic() - began + cost > time_limit):
+            break  # the last judgement's time predicts the next one's
+        if (label, makespan) in seen:  # most likely the same schedule again
+            continue
+        seen.add((label, makespan))
+        coll = dec.collective
+        alg = Algorithm("milp", coll, dec.transfers(sched), topology.label, size, {
+            "method": "milp", "size": size, "chunkup": coll.chunkup, "makespan": makespan,
+            "decomposed": True, "node_fanout": dec.fanout, "variant": label, "rule": rule,
+            "routing_optimal": optimal,
+            "merged": sum(len(g) > 1 for g in sched.groups)})
+        judged = time.monotonic()
+        try:
+            score = judge(alg) if judge is not None else makespan
+        except TacclError:  # e.g. more peers per rank than the runtime allows
+            continue
+        finally:
+            cost = time.monotonic() - judged
+        alg.meta["score"] = scores[f"{label}, {rule}"] = score
+        if best is None or score < best.meta["score"] * (1 - 1e-12):
+            best = alg
+        report(f"schedule ({label})", best.meta["score"])
+    return best, scores
 
 
 def _combined(topology: Topology, collective: Collective, *, size: int,
