@@ -91,6 +91,8 @@ def relays(topology: Topology, sketch: Sketch,
         r = min(allowed, key=lambda r: (depth[r], used[r], r))
         used[r] += 1
         peers = [b for a, b in sketch.connections if a == r]
+        if not peers:
+            raise TacclError(f"{topology.label}: relay GPU {r} has no inter-node connection")
         out[k] = (r, r if r in peers else peers[0])
     return out
 

@@ -24,7 +24,7 @@ from .decompose import decompose, fanouts, node_trees, relays
 from .ir import Algorithm
 from .ordering import Send, descendants, make_sends, order, remaining
 from .routes import require_ranks
-from .routing import Routes, candidates, relaxed_makespan, route
+from .routing import Routes, candidates, check_sketch, relaxed_makespan, route
 from .schedule import Schedule, schedule
 from .sketch import default_sketch
 
@@ -73,7 +73,11 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
                          sketch=sketch, progress=progress, judge=judge)
     if size <= 0:
         raise TacclError(f"method milp needs the target buffer size, got {size}")
-    sketch = default_sketch(topology) if sketch is None else sketch
+    dense = sketch is None  # the default sketch: the decomposition tries every chunk-up
+    if sketch is None:
+        sketch = default_sketch(topology)
+    else:
+        check_sketch(topology, collective, sketch)
     chunkups = tuple(sorted(sketch.chunkup))
     own_first = sketch is not None and sketch.own_data_first
     began = time.monotonic()
@@ -114,7 +118,7 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
             best, scores = decomposed_algorithm(
                 topology, collective, size=size, sketch=sketch,
                 time_limit=time_limit * (0.3 if whole else 1.0), own_first=own_first,
-                judge=judge, report=report)
+                judge=judge, report=report, dense=dense)
             tried.update(scores)
         except SketchError:
             raise
@@ -166,12 +170,13 @@ def _whole_model_fits(topology: Topology, collective: Collective, sketch) -> boo
 def decomposed_algorithm(topology: Topology, collective: Collective, *, size: int,
                          sketch, time_limit: float, own_first: bool = False,
                          judge: Callable[[Algorithm], float] | None = None,
-                         report: Callable[..., None] = lambda *a: None) -> tuple:
+                         report: Callable[..., None] = lambda *a: None,
+                         dense: bool = True) -> tuple:
     """The best decomposed AllGather (:mod:`.decompose`; None if the judge rejects every
     candidate) and every judged candidate's score.
 
-    Chunk-ups: every factor up to the sketch's largest, ascending, while 60 % of the time
-    is left and the plan has at most ``MAX_TRANSFERS`` transfers. Node-level fan-outs:
+    Chunk-ups: the sketch's factors (``dense``: every factor up to its largest), ascending,
+    while 60 % of the time is left and the plan has at most ``MAX_TRANSFERS`` transfers. Node-level fan-outs:
     all at first, then those within 1 % of the best makespan. Every chunk-up x fan-out x
     priority rule is ordered and scheduled on the quotient by node shifts; the lowest
     makespans are judged (``JUDGED`` that the judge accepts, time allowing; one per
@@ -183,7 +188,7 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
                        time_limit=max(1.0, time_limit * 0.2))
     carriers = relays(topology, sketch, trees)
     ranked = []
-    factors = range(1, max(sketch.chunkup) + 1)
+    factors = range(1, max(sketch.chunkup) + 1) if dense else sorted(sketch.chunkup)
     patterns = fanouts(topology.nodes)
 
     def busy() -> bool:
