@@ -19,7 +19,7 @@ from ..synth.ir import Algorithm
 Loc = tuple[str, int]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Version:
     """One value of ``chunk`` on ``rank``, from the transfer that made it until replaced."""
 

@@ -20,7 +20,7 @@ from ..topology.model import Topology
 from .buffers import Copy, Flow, Loc, place, value_flow
 from ..nogc import gc_paused
 from .plan import GpuPlan, Plan, Step, Threadblock
-from .threadblocks import MAX_TBS, TB, Op, assign_threadblocks, build_units, delayed_pairs
+from .threadblocks import MAX_TBS, TB, Op, Threadblocks
 
 PROTOCOLS = ("Simple", "LL", "LL128")
 MAX_CNT = 71
@@ -29,7 +29,7 @@ MAX_CHANNEL = 32
 MAX_TBS_PER_CHANNEL = 32
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Step:
     """A plan step before numbering: a copy, or a receive and/or send of one or more ops."""
 
@@ -113,15 +113,17 @@ def _longest_tb(plan: Plan) -> int:
 def _build(alg: Algorithm, header: Plan, topology: Topology | None) -> Plan:
     """The plan of (checked) ``alg``, with the header fields of ``header``."""
     coll = alg.collective
+    flow = value_flow(alg)
+    blocks = Threadblocks(alg, flow)
     apart: frozenset = frozenset()
     while True:  # with a schedule, split the pairs that would delay it
-        flow = value_flow(alg)
-        tbs = assign_threadblocks(alg, flow, apart)
-        send_ops, recv_ops = build_units(alg, flow, tbs)
-        late = delayed_pairs(alg, flow, tbs) - apart if topology is not None else set()
+        tbs = blocks.assign(apart)
+        late = blocks.late(tbs) - apart if topology is not None else set()
         if not late:
             break
         apart |= late
+    send_ops, recv_ops = blocks.finish(tbs)
+    del blocks
     s_chunks, copies = place(alg, flow)
     _set_accesses(flow, send_ops, recv_ops)
     _add_copies(alg, copies, tbs, send_ops, recv_ops)
@@ -141,7 +143,20 @@ def _build(alg: Algorithm, header: Plan, topology: Topology | None) -> Plan:
                       s_chunks[r], [_emit(tb) for tb in tbs[r]])
               for r in range(coll.num_ranks)])
     _fill_steps(plan, tbs)
+    _release(tbs)
     return plan
+
+
+def _release(tbs: list[list[TB]]) -> None:
+    """Break the reference cycles between ops, steps and threadblocks, so that they are
+    freed on return even while the cyclic collector is paused."""
+    for rank_tbs in tbs:
+        for tb in rank_tbs:
+            for st in tb.steps:
+                st.ops = []
+                st.wait = []
+            tb.units = []
+            tb.steps = []
 
 
 def _set_accesses(flow: Flow, send_ops: list[Op], recv_ops: list[Op]) -> None:
@@ -318,28 +333,33 @@ def _keep_needed_deps(tbs: list[list[TB]]) -> None:
     """Set ``wait``: per step, the dependencies not implied by program order or other waits.
 
     Vector clocks over a rank's threadblocks: ``done[st][t]`` is the last position of
-    threadblock ``t`` known to be finished once ``st`` is.
+    threadblock ``t`` known to be finished once ``st`` is (-1: none).
     """
     for rank_tbs in tbs:
         steps = sorted((st for tb in rank_tbs for st in tb.steps),
                        key=lambda st: (st.key, st.tb.id, st.pos))
-        done: dict[_Step, dict[int, int]] = {}
+        none = [-1] * (max((tb.id for tb in rank_tbs), default=-1) + 1)
+        done: dict[_Step, list[int]] = {}
         for st in steps:
-            known = dict(done[st.tb.steps[st.pos - 1]]) if st.pos else {}
+            known = done[st.tb.steps[st.pos - 1]] if st.pos else none
             latest: dict[int, _Step] = {}
             for op in st.ops:
                 for d in op.deps:
                     t = d.step
                     if t.tb.id not in latest or latest[t.tb.id].pos < t.pos:
                         latest[t.tb.id] = t
-            cands = [latest[i] for i in sorted(latest) if known.get(i, -1) < latest[i].pos]
-            st.wait = [d for d in cands if not any(
-                done[o].get(d.tb.id, -1) >= d.pos for o in cands if o is not d)]
-            for d in st.wait:
-                d.hasdep = True
-                for t, p in done[d].items():
-                    if known.get(t, -1) < p:
-                        known[t] = p
+            wait = None
+            if latest:
+                cands = [latest[i] for i in sorted(latest) if known[i] < latest[i].pos]
+                wait = [d for d in cands if not any(
+                    done[o][d.tb.id] >= d.pos for o in cands if o is not d)]
+                st.wait = wait
+            if wait:
+                for d in wait:
+                    d.hasdep = True
+                    known = list(map(max, known, done[d]))
+            else:
+                known = known.copy()
             known[st.tb.id] = st.pos
             done[st] = known
 
