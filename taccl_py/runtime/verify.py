@@ -251,8 +251,11 @@ class Interpreter(Generic[V]):
         gpus = sorted(plan.gpus, key=lambda g: g.id)
         self.tbs = [(g.id, tb) for g in gpus for tb in sorted(g.tbs, key=lambda t: t.id)]
         gidx = {(rank, tb.id): i for i, (rank, tb) in enumerate(self.tbs)}
-        targets = {(gidx[(rank, st.depid)], st.deps)
-                   for rank, tb in self.tbs for st in tb.steps if st.depid >= 0}
+        # steps others depend on -> how many depend on each (a snapshot of the step's
+        # vector clock is kept until the last of them has used it)
+        targets = Counter((gidx[(rank, st.depid)], st.deps)
+                          for rank, tb in self.tbs for st in tb.steps if st.depid >= 0)
+        self._snap_uses = targets
         self._conns: dict[tuple[int, int, int], int] = {}
         self.ops: list[list[_Op]] = []
         for g, (rank, tb) in enumerate(self.tbs):
@@ -308,7 +311,17 @@ class Interpreter(Generic[V]):
         """Execute every threadblock to completion; raise VerificationError on a fault."""
         ntb = len(self.tbs)
         self.pc = [0] * ntb
-        self.vc = [np.zeros(ntb, dtype=np.int16) for _ in range(ntb)]
+        # a clock is a step count (<= MAX_STEPS): one byte each where every tb has fewer
+        # than 256 steps
+        longest = max((len(ops) for ops in self.ops), default=0)
+        dtype = np.uint8 if longest <= np.iinfo(np.uint8).max else np.int16
+        # A tb's clock is made at its first step and dropped when it finishes. Messages and
+        # snapshots share it as it was at their step: the tb copies it before its next
+        # merge, but sets its own entry in place, so users take that entry from the step.
+        self._vc_dtype = dtype
+        self.vc: list[np.ndarray | None] = [None] * ntb
+        self.shared = [False] * ntb
+        self.snap_uses = dict(self._snap_uses)
         self.lam = [0] * ntb
         self.queues = [deque() for _ in self._conns]
         self.conn_waiter = [-1] * len(self._conns)
@@ -354,11 +367,24 @@ class Interpreter(Generic[V]):
                     break
             self.blocked[g] = None
             clk = k + 1
+            if vc is None:
+                vc = self.vc[g] = np.zeros(len(self.ops), dtype=self._vc_dtype)
+            elif self.shared[g] and (dep is not None or rconn is not None):
+                vc = self.vc[g] = vc.copy()
+                self.shared[g] = False
             vc[g] = clk
             lam = self.lam[g]
             if dep is not None:
                 snap_vc, snap_lam = self.snaps[dep]
+                left = self.snap_uses[dep] - 1
+                if left:
+                    self.snap_uses[dep] = left
+                else:  # its last user: free the snapshot
+                    del self.snaps[dep], self.snap_uses[dep]
+                dg = dep[0]
+                mine = vc[dg]
                 np.maximum(vc, snap_vc, out=vc)
+                vc[dg] = max(mine, dep[1] + 1)
                 lam = max(lam, snap_lam)
             incoming = None
             if rconn is not None:
@@ -367,16 +393,21 @@ class Interpreter(Generic[V]):
                     raise VerificationError(
                         f"{self._step_name(g, k)} receives cnt={op.cnt} but the matching send "
                         f"{self._step_name(sg, ss)} has cnt={len(values)}")
+                mine = vc[sg]
                 np.maximum(vc, msg_vc, out=vc)
+                vc[sg] = max(mine, ss + 1)
                 lam = max(lam, msg_lam)
                 incoming = values
             lam += 1
             self.lam[g] = lam
             self._execute(g, k, clk, vc, op, incoming, lam)
             if op.snap:
-                self.snaps[(g, k)] = (vc.copy(), lam)
+                self.snaps[(g, k)] = (vc, lam)
+                self.shared[g] = True
             k += 1
             pc[g] = k
+        if k == len(ops):
+            self.vc[g] = None  # finished: nothing reads its clock again
         self.depth = max(self.depth, self.lam[g])
         if k > start and self.dep_waiters[g]:
             waiters, self.dep_waiters[g] = self.dep_waiters[g], []
@@ -401,7 +432,8 @@ class Interpreter(Generic[V]):
         for loc, value in zip(op.dst, out):
             self._write(g, k, clk, vc, loc, value)
         if op.sconn is not None:
-            self.queues[op.sconn].append((tuple(out), vc.copy(), lam, g, k))
+            self.queues[op.sconn].append((tuple(out), vc, lam, g, k))
+            self.shared[g] = True
             waiter = self.conn_waiter[op.sconn]
             if waiter >= 0:
                 self.conn_waiter[op.sconn] = -1
@@ -488,34 +520,48 @@ def verify(plan: Plan) -> VerifyReport:
     """Check limits, then run ``plan`` symbolically; raise on the first fault."""
     check_limits(plan)
     coll = plan.collective()
-    contribs = sorted(coll.input_map)
-    bit = {c: 1 << i for i, c in enumerate(contribs)}
+    # A value is a set of contributions: bits numbered by (chunk, rank, input index), so
+    # that a chunk's contributions are neighbours, held as (lowest bit, mask >> lowest
+    # bit) to keep each mask as short as the value's span; errors use plain masks.
+    contribs = sorted(coll.input_map, key=lambda c: (coll.input_map[c], c))
+    index = {c: i for i, c in enumerate(contribs)}
 
-    def reduce(a: int, b: int) -> int:
-        both = a & b
+    def reduce(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+        (alo, am), (blo, bm) = a, b
+        lo = alo if alo < blo else blo
+        am <<= alo - lo
+        bm <<= blo - lo
+        both = am & bm
         if both:
-            r, j = contribs[(both & -both).bit_length() - 1]
+            r, j = min(contribs[lo + i] for i in range(both.bit_length()) if both >> i & 1)
             raise VerificationError(f"reduces contribution ({r},{j}) twice")
-        return a | b
+        return lo, am | bm
 
-    run = Interpreter(plan, lambda rank, j: bit[(rank, j)], reduce).run()
-    want: dict[int, int] = {}
-    for (rank, index), chunk in sorted(coll.output_map.items()):
+    run = Interpreter(plan, lambda rank, j: (index[(rank, j)], 1), reduce).run()
+    want: dict[int, tuple[int, int]] = {}
+    for (rank, out), chunk in sorted(coll.output_map.items()):
         if chunk not in want:
-            want[chunk] = sum(bit[c] for c in coll.expected(chunk))
-        got = run.output(rank, index)
+            mask = sum(1 << index[c] for c in coll.expected(chunk))
+            lo = (mask & -mask).bit_length() - 1
+            want[chunk] = (lo, mask >> lo)
+        got = run.output(rank, out)
         if got != want[chunk]:
-            _, buf, off = (rank, *canonical_location(coll, rank, "o", index))
+            _, buf, off = (rank, *canonical_location(coll, rank, "o", out))
+            w, m = _mask(want[chunk]), _mask(got)
             raise VerificationError(
                 f"rank {rank} {buf}[{off}] (chunk {chunk}): expected "
-                f"{_fmt(want[chunk], contribs)}, got "
-                f"{'nothing (never written)' if got is None else _fmt(got, contribs)}"
-                f"{_diff(want[chunk], got, contribs)}{_lost(run, want[chunk], got, contribs)}")
+                f"{_fmt(w, contribs)}, got "
+                f"{'nothing (never written)' if got is None else _fmt(m, contribs)}"
+                f"{_diff(w, m, contribs)}{_lost(run, w, m, contribs)}")
     return _report(plan, run.connections, run.depth)
 
 
+def _mask(value: tuple[int, int] | None) -> int | None:
+    return None if value is None else value[1] << value[0]
+
+
 def _fmt(mask: int, contribs: list, limit: int = 6) -> str:
-    items = [contribs[i] for i in range(mask.bit_length()) if mask >> i & 1]
+    items = sorted(contribs[i] for i in range(mask.bit_length()) if mask >> i & 1)
     text = ", ".join(f"({r},{j})" for r, j in items[:limit])
     return "{" + text + (f", ... {len(items)} in all" if len(items) > limit else "") + "}"
 
@@ -531,7 +577,8 @@ def _diff(want: int, got: int | None, contribs: list) -> str:
 def _lost(run: Interpreter, want: int, got: int | None, contribs: list) -> str:
     """Name the step that overwrote, unread, a value holding a missing contribution."""
     missing = want & ~(got or 0)
-    for g, k, loc, old in run.unread:
+    for g, k, loc, value in run.unread:
+        old = _mask(value)
         if old & missing:
             return (f"; {run._step_name(g, k)} overwrote {run._where(loc)} holding "
                     f"{_fmt(old & missing, contribs)} before anything read it")

@@ -10,7 +10,8 @@ transfers before it, so this order is always a valid sequential execution.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from operator import attrgetter
 
 from ..collectives import Collective, Contribution
 from ..errors import AlgorithmError
@@ -28,6 +29,9 @@ class Transfer:
     channel: int = 0
 
 
+_ORDER = attrgetter(*(f.name for f in fields(Transfer)))
+
+
 @dataclass
 class Algorithm:
     name: str
@@ -38,7 +42,8 @@ class Algorithm:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.transfers = sorted(self.transfers)
+        # the order of the dataclass's comparison (all fields in turn), keyed for speed
+        self.transfers = sorted(self.transfers, key=_ORDER)
 
     @property
     def num_ranks(self) -> int:
@@ -71,39 +76,50 @@ class Algorithm:
         """Run the IR symbolically; raise :class:`AlgorithmError` on the first fault."""
         coll = self.collective
         n = coll.num_ranks
-        value: dict[tuple[int, int], frozenset[Contribution]] = {}
-        for c in range(coll.num_chunks):
+        nchunks = coll.num_chunks
+        # A value of chunk c is a set of contributions (r, input_index(r, c)), one per
+        # rank at most, so it is kept as a bit mask over ranks (0: nothing held).
+        value = [0] * (n * nchunks)  # [rank * nchunks + chunk]
+        for c in range(nchunks):
             for r in coll.precondition(c):
-                value[(r, c)] = frozenset({(r, coll.input_index(r, c))})
+                value[r * nchunks + c] = 1 << r
+
+        def contribs(c: int, mask: int) -> list[Contribution]:
+            return [(r, coll.input_index(r, c)) for r in range(mask.bit_length())
+                    if mask >> r & 1]
+
         for i, t in enumerate(self.transfers):
-            if not (0 <= t.src < n and 0 <= t.dst < n) or t.src == t.dst:
-                raise AlgorithmError(f"transfer {i}: bad ranks {t.src}->{t.dst}")
-            if not 0 <= t.chunk < coll.num_chunks:
-                raise AlgorithmError(f"transfer {i}: chunk {t.chunk} out of range")
-            sent = value.get((t.src, t.chunk))
-            if sent is None:
+            src, dst, c = t.src, t.dst, t.chunk
+            if not (0 <= src < n and 0 <= dst < n) or src == dst:
+                raise AlgorithmError(f"transfer {i}: bad ranks {src}->{dst}")
+            if not 0 <= c < nchunks:
+                raise AlgorithmError(f"transfer {i}: chunk {c} out of range")
+            sent = value[src * nchunks + c]
+            if not sent:
                 raise AlgorithmError(
-                    f"transfer {i} (step {t.step}): rank {t.src} sends chunk {t.chunk} "
+                    f"transfer {i} (step {t.step}): rank {src} sends chunk {c} "
                     "before it holds it")
             if t.reduce:
-                mine = value.get((t.dst, t.chunk))
-                if mine is None:
+                mine = value[dst * nchunks + c]
+                if not mine:
                     raise AlgorithmError(
-                        f"transfer {i} (step {t.step}): rank {t.dst} reduces chunk {t.chunk} "
+                        f"transfer {i} (step {t.step}): rank {dst} reduces chunk {c} "
                         "into nothing")
                 if mine & sent:
                     raise AlgorithmError(
-                        f"transfer {i} (step {t.step}): rank {t.dst} reduces chunk {t.chunk} "
-                        f"twice with contributions {sorted(mine & sent)}")
-                value[(t.dst, t.chunk)] = mine | sent
+                        f"transfer {i} (step {t.step}): rank {dst} reduces chunk {c} "
+                        f"twice with contributions {contribs(c, mine & sent)}")
+                value[dst * nchunks + c] = mine | sent
             else:
-                value[(t.dst, t.chunk)] = sent
-        for c in range(coll.num_chunks):
-            want = coll.expected(c)
+                value[dst * nchunks + c] = sent
+        for c in range(nchunks):
+            want = 0
+            for r in coll.precondition(c):
+                want |= 1 << r
             for r in coll.postcondition(c):
-                got = value.get((r, c))
+                got = value[r * nchunks + c]
                 if got != want:
-                    missing = sorted(want - (got or frozenset()))
+                    missing = contribs(c, want & ~got)
                     raise AlgorithmError(
                         f"{self.name}: rank {r} ends without chunk {c} complete "
                         f"(missing contributions {missing[:4]}{'...' if len(missing) > 4 else ''})")
