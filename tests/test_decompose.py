@@ -11,7 +11,10 @@ from taccl_py.lowering.lower import lower
 from taccl_py.report import ring_plan
 from taccl_py.runtime.simulate import simulate
 from taccl_py.runtime.verify import verify
-from taccl_py.synth.decompose import decompose, fanouts, node_trees, relays
+from taccl_py.synth.decompose import bundle_sizes, decompose, fanouts, node_trees, relays
+from taccl_py.synth.ir import Algorithm
+from taccl_py.synth.ordering import order
+from taccl_py.synth.schedule import schedule
 from taccl_py.synth.sketch import default_sketch
 from taccl_py.synth.staged import decomposed_algorithm
 from taccl_py.topology.loader import load_topology
@@ -88,3 +91,38 @@ def test_decomposed_plan_verifies_and_beats_ring(name, nodes):
     verify(plan)
     ring = simulate(ring_plan(topo, ALLGATHER), topo, GIB).time
     assert simulate(plan, topo, GIB).time <= ring
+
+
+def test_bundle_sizes_shrink_to_one_chunk_and_nest():
+    topo = load_topology("dgx-h100", 8)
+    coll = Collective(ALLGATHER, topo.num_ranks)
+    trees, _ = node_trees(topo, coll.chunk_bytes(GIB), time_limit=5)
+    carriers = relays(topo, default_sketch(topo), trees)
+    for chunkup in range(1, 7):
+        sizes = bundle_sizes(topo, chunkup, coll.with_chunkup(chunkup).chunk_bytes(GIB),
+                             trees, carriers)
+        assert len(sizes) == topo.nodes - 1 and sizes[-1] == 1
+        for a, b in zip(sizes, sizes[1:]):  # a route's later hops split its earlier ones
+            assert a == chunkup or (a >= b and a % b == 0)
+    assert sizes[0] == 6  # early hops carry a source's chunks at once
+
+
+@pytest.mark.parametrize("fanout", [3, 1])
+def test_bundled_schedule_is_the_simulated_time(fanout):
+    """Bundled network hops expand to every chunk's hops, and the schedule's makespan
+    (each of a rank's sends on a resource waiting for the previous one's arrival) is
+    exactly the lowered plan's simulated time."""
+    topo = load_topology("dgx-h100", 4)
+    coll = Collective(ALLGATHER, topo.num_ranks, 4)
+    trees, _ = node_trees(topo, coll.chunk_bytes(GIB), time_limit=5)
+    carriers = relays(topo, default_sketch(topo), trees)
+    dec = decompose(topo, coll, coll.chunk_bytes(GIB), trees, carriers, fanout, (4, 2, 1))
+    sends = dec.sends()
+    assert sorted({s.count for s in sends}) == [1, 2, 4]
+    sched = schedule(topo, order(sends))
+    transfers = dec.transfers(sched)
+    assert sorted((t.chunk, t.src, t.dst) for t in transfers) == sorted(
+        (c, u, v) for c, es in dec.full_routes().edges.items() for u, v in es)
+    plan = lower(Algorithm("milp", coll, transfers, topo.label, GIB, {}), topology=topo)
+    verify(plan)
+    assert simulate(plan, topo, GIB).time == pytest.approx(sched.makespan, rel=1e-9)

@@ -16,7 +16,8 @@ sources only: every other node's are node 0's shifted. The schedule is found on 
 *quotient* by node shifts, the sends whose sender is on node 0, with every receiving
 resource renamed to its node-0 image: a node-symmetric schedule of the cluster is exactly
 a schedule of the quotient, so ordering works on ``1 / nodes`` of the sends and the MILP
-does not grow with the nodes at all.
+does not grow with the nodes at all. Early network hops carry several chunks at once
+(:func:`bundle_sizes`): each transfer of a rank on its NIC pays α.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class Decomposition:
     chunk_bytes: float
     fanout: int
     routes: dict[int, list[Edge]]  # chunk of a node-0 source -> its out-tree
+    bundles: tuple[int, ...] = ()  # chunks per network transfer into node 1, 2, ... (1)
 
     def shift(self, rank: int, by: int) -> int:
         """``rank`` moved ``by`` nodes on (modulo the nodes)."""
@@ -115,6 +117,16 @@ class Decomposition:
     def shift_chunk(self, chunk: int, by: int) -> int:
         c = self.collective.chunkup
         return self.shift(chunk // c, by) * c + chunk % c
+
+    def lead(self, chunk: int, u: int, v: int) -> tuple[int, int]:
+        """The first chunk of the transfer that carries node 0's ``chunk`` over ``u -> v``,
+        and how many chunks it carries."""
+        g, cu = self.topology.gpus_per_node, self.collective.chunkup
+        o = v // g
+        size = self.bundles[o - 1] if u // g != o and o <= len(self.bundles) else 1
+        first = chunk - chunk % cu
+        lead = first + (chunk - first) // size * size
+        return lead, min(size, first + cu - lead)
 
     def full_routes(self) -> Routes:
         """The routes of every chunk (``nodes`` shifted copies of node 0's)."""
@@ -126,10 +138,11 @@ class Decomposition:
                                        edges), None, False, 0.0, 0)
 
     def sends(self) -> list[Send]:
-        """The quotient's sends (sender on node 0), parents before children."""
+        """The quotient's sends (sender on node 0), parents before children; a network
+        hop of several chunks (see ``bundles``) is one send, by its first chunk."""
         topo, g = self.topology, self.topology.gpus_per_node
         conns = topo.connections
-        items = []  # (depth, chunk, src, dst, pred key)
+        items = []  # (depth, chunk, src, dst, pred key, chunks carried)
         for c, es in self.routes.items():
             src = self.collective.precondition(c)[0]
             parent = {v: u for u, v in es}
@@ -144,19 +157,22 @@ class Decomposition:
                     depth[v] = depth[u] + 1
                     todo.append(v)
             for u, v in es:
+                lead, count = self.lead(c, u, v)
+                if lead != c:
+                    continue
                 by = -(u // g)
                 pred = None
                 if u != src:
                     w = parent[u]
                     back = -(w // g)
-                    pred = (self.shift_chunk(c, back), self.shift(w, back),
-                            self.shift(u, back))
+                    pred = (self.shift_chunk(self.lead(c, w, u)[0], back),
+                            self.shift(w, back), self.shift(u, back))
                 items.append((depth[v], self.shift_chunk(c, by), self.shift(u, by),
-                              self.shift(v, by), pred))
+                              self.shift(v, by), pred, count))
         items.sort(key=lambda it: it[:4])
         index = {it[1:4]: i for i, it in enumerate(items)}
         out = []
-        for _, c, u, v, pred in items:
+        for _, c, u, v, pred, count in items:
             conn = conns[(u, v)]
             res = conn.resources
             if conn.kind == "network":  # the receiving NIC, renamed to its node-0 image
@@ -165,7 +181,8 @@ class Decomposition:
                     x for x in home.resources if x.startswith("nicin:"))
             out.append(Send(c, u, v, None if pred is None else index[pred],
                             (*res, f"conn:{u}->{v}"),
-                            self.chunk_bytes / topo.bandwidth(conn), conn.alpha))
+                            count * self.chunk_bytes / topo.bandwidth(conn), conn.alpha,
+                            count))
         return out
 
     def transfers(self, sched: Schedule) -> list[Transfer]:
@@ -180,11 +197,50 @@ class Decomposition:
         return out
 
 
+def bundle_sizes(topology: Topology, chunkup: int, chunk_bytes: float,
+                 trees: dict[int, list[Edge]], carriers: dict[int, tuple[int, int]]
+                 ) -> tuple[int, ...]:
+    """Chunks per network transfer into node offset 1, 2, ... (see :func:`decompose`).
+
+    Every network transfer after the first of a rank costs its α (the lowering makes it
+    wait for the previous one's arrival), so early ones carry several chunks; but a
+    receiver fans each transfer out in its node, and only after it has arrived, so the
+    sizes shrink to one chunk at the end. Going back from the last offset (one chunk),
+    each offset gets the largest size (the whole chunk-up or a multiple of the next
+    offset's, so transfers nest along a route) whose fan-outs still finish before the
+    receiver's next transfer arrives, the slack carried over.
+    """
+    g, n = topology.gpus_per_node, topology.nodes
+    conns = topology.connections
+    net = [conns[(r, g + q)] for r, q in carriers.values()]
+    step = max(chunk_bytes / topology.bandwidth(c) for c in net)  # network time per chunk
+    alpha = max(c.alpha for c in net)
+    fan = max((sum(chunk_bytes / topology.bandwidth(conns[e]) + conns[e].alpha
+                   for e in trees[q] if e[0] == u) for _, q in carriers.values()
+               for u in range(g)), default=0.0)  # busiest fan-out per chunk received
+    sizes = [1]
+    slack = (chunkup - 1) * (step + alpha - fan)  # left by the last offset's transfers
+    after = [1] * chunkup  # the later offset's transfer sizes
+    for _ in range(n - 2):
+        for size in [chunkup, *range((chunkup - 1) // sizes[0] * sizes[0], 0, -sizes[0])]:
+            parts = [min(size, chunkup - i) for i in range(0, chunkup, size)]
+            left, nxt, fits = slack, after[0], True
+            for b in reversed(parts):
+                left += step * nxt + alpha - fan * b
+                nxt, fits = b, fits and left >= 0
+            if fits or size == sizes[0]:
+                break
+        sizes.insert(0, size)
+        slack, after = left, parts
+    return tuple(sizes)
+
+
 def decompose(topology: Topology, collective: Collective, chunk_bytes: float,
               trees: dict[int, list[Edge]], carriers: dict[int, tuple[int, int]],
-              fanout: int) -> Decomposition:
+              fanout: int, bundles: tuple[int, ...] = ()) -> Decomposition:
     """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
-    (``carriers``, see :func:`relays`) and a node-level tree of ``fanout``."""
+    (``carriers``, see :func:`relays`) and a node-level tree of ``fanout``; a network hop
+    into node ``o`` carries ``bundles[o - 1]`` chunks of a source at once (default 1)."""
     if collective.kind != ALLGATHER or topology.nodes < 2:
         raise TacclError("decomposition is for AllGather over several nodes")
     g, n = topology.gpus_per_node, topology.nodes
@@ -198,4 +254,4 @@ def decompose(topology: Topology, collective: Collective, chunk_bytes: float,
             edges += [(o * g + u, o * g + v) for u, v in trees[q]]
         for j in range(collective.chunkup):
             routes[k * collective.chunkup + j] = sorted(edges)
-    return Decomposition(topology, collective, chunk_bytes, fanout, routes)
+    return Decomposition(topology, collective, chunk_bytes, fanout, routes, bundles)

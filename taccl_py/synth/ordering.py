@@ -5,9 +5,11 @@ among the sends that compete with it for a resource and could start before it fi
 run the one with the longest remaining path (critical path first) at the earliest time
 its input has arrived and all its resources are free.
 
-Besides the topology's resources every connection is a resource of its own, held for
-b/B + α per send: one threadblock sends on it, each send waiting for the previous one's
-arrival.
+Besides the topology's resources every connection is a resource of its own: one
+threadblock sends on it, each send waiting for the previous one's arrival. A rank's sends
+on any shared resource wait likewise (the lowering keeps their order by making each
+depend on the previous one, and a send step completes when its data arrives); a send
+of another rank only waits for the resource to be free (b/B).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .routing import Routes
 
 @dataclass(frozen=True)
 class Send:
-    """One hop of one chunk; ``pred`` is the send that brings the chunk to ``src``."""
+    """One hop of ``count`` consecutive chunks from ``chunk`` as one transfer; ``pred`` is
+    the send that brings them to ``src``."""
 
     chunk: int
     src: int
@@ -31,14 +34,11 @@ class Send:
     resources: tuple[str, ...]
     dur: float  # seconds the topology's resources are held
     alpha: float
+    count: int = 1
 
     @property
     def conn(self) -> str:
         return f"conn:{self.src}->{self.dst}"
-
-    def hold(self, resource: str) -> float:
-        """How long the send holds ``resource``."""
-        return self.dur + self.alpha if resource == self.conn else self.dur
 
 
 @dataclass
@@ -112,19 +112,29 @@ def order(sends: list[Send], *, own_data_first: bool = False,
         if s.pred is not None:
             children[s.pred].append(i)
     ready = {i: 0.0 for i, s in enumerate(sends) if s.pred is None}
-    free: dict[str, float] = defaultdict(float)
+    last: dict[str, tuple[int, float, float]] = {}  # resource -> (rank, end, arrival)
     sequence: dict[str, list[int]] = defaultdict(list)
     start = [0.0] * len(sends)
     waiting: dict[str, set[int]] = defaultdict(set)  # resource -> ready sends needing it
     est: dict[int, float] = {}
     finishes: list[tuple[float, int]] = []  # heap of (est + dur, send); stale entries skipped
 
+    def free(i: int) -> float:
+        """When every resource of send ``i`` is free for it: the end of the last send on
+        it, or that send's arrival if it is from the same rank."""
+        src, t = sends[i].src, 0.0
+        for r in sends[i].resources:
+            if r in last:
+                rank, end, arrival = last[r]
+                t = max(t, arrival if rank == src else end)
+        return t
+
     def set_est(i: int, t: float) -> None:
         est[i] = t
         heapq.heappush(finishes, (t + sends[i].dur, i))
 
     def arrive(i: int) -> None:
-        set_est(i, max(ready[i], *(free[r] for r in sends[i].resources)))
+        set_est(i, max(ready[i], free(i)))
         for r in sends[i].resources:
             waiting[r].add(i)
 
@@ -144,12 +154,12 @@ def order(sends: list[Send], *, own_data_first: bool = False,
         del ready[pick]
         touched = set()
         for r in s.resources:
-            free[r] = t + s.hold(r)
+            last[r] = (s.src, t + s.dur, t + s.dur + s.alpha)
             sequence[r].append(pick)
             waiting[r].discard(pick)
             touched |= waiting[r]
         for i in touched:
-            later = max(est[i], *(free[r] for r in sends[i].resources))
+            later = max(est[i], free(i))
             if later != est[i]:
                 set_est(i, later)
         for j in children[pick]:

@@ -38,33 +38,40 @@ class Schedule:
         for step, g in enumerate(rank):
             members = self.groups[g]
             end = self.start[g] + sum(sends[i].dur for i in members) + sends[members[0]].alpha
-            out += [Transfer(step, self.start[g], sends[i].src, sends[i].dst, sends[i].chunk,
-                             end=end) for i in members]
+            out += [Transfer(step, self.start[g], sends[i].src, sends[i].dst, c, end=end)
+                    for i in members
+                    for c in range(sends[i].chunk, sends[i].chunk + sends[i].count)]
         return out
 
 
 def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] | None:
     """Earliest start of every group and the makespan; None if the groups make a cycle.
 
-    A group takes the place of its first member on every resource it holds.
+    A group takes the place of its first member on every resource it holds. A group
+    waits for the arrival of the groups it takes data from and of the previous group of
+    its sender on a resource (see :mod:`.ordering`), else for that group's end.
     """
     sends = order.sends
     group_of = {i: g for g, members in enumerate(groups) for i in members}
+    src = [sends[m[0]].src for m in groups]
     succ: dict[int, set[int]] = defaultdict(set)
+    late: set[tuple[int, int]] = set()  # (g, h): h waits for g's arrival
     for r, seq in order.sequence.items():
         chain = list(dict.fromkeys(group_of[i] for i in seq))
         for a, b in zip(chain, chain[1:]):
             succ[a].add(b)
+            if src[a] == src[b]:
+                late.add((a, b))
     for i, s in enumerate(sends):
         if s.pred is not None and group_of[s.pred] != group_of[i]:
             succ[group_of[s.pred]].add(group_of[i])
+            late.add((group_of[s.pred], group_of[i]))
     indeg = [0] * len(groups)
     for g in succ:
         for h in succ[g]:
             indeg[h] += 1
     dur = [sum(sends[i].dur for i in m) for m in groups]
     alpha = [sends[m[0]].alpha for m in groups]
-    conn = [sends[m[0]].conn for m in groups]
     start = [0.0] * len(groups)
     todo = deque(g for g in range(len(groups)) if indeg[g] == 0)
     seen = 0
@@ -75,9 +82,7 @@ def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] |
         arrival = start[g] + dur[g] + alpha[g]
         makespan = max(makespan, arrival)
         for h in succ[g]:
-            # h waits for g's arrival (data or same connection) or for g's resources
-            wait = arrival if (conn[h] == conn[g] or any(
-                sends[i].pred in groups[g] for i in groups[h])) else start[g] + dur[g]
+            wait = arrival if (g, h) in late else start[g] + dur[g]
             start[h] = max(start[h], wait)
             indeg[h] -= 1
             if indeg[h] == 0:
@@ -125,7 +130,7 @@ def _pair_up(sends, groups: list[list[int]], seq: list[int]) -> list[list[int]] 
     k = 0
     while k + 1 < len(along):
         a, b = groups[along[k]], groups[along[k + 1]]
-        if sends[b[0]].chunk == sends[a[-1]].chunk + 1:
+        if sends[b[0]].chunk == sends[a[-1]].chunk + sends[a[-1]].count:
             merged[along[k + 1]] = along[k]
             k += 2
         else:

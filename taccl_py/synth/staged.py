@@ -17,10 +17,10 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
+from ..collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER, Collective
 from ..errors import SketchError, TacclError
 from ..topology.model import Topology
-from .decompose import decompose, fanouts, node_trees, relays
+from .decompose import bundle_sizes, decompose, fanouts, node_trees, relays
 from .ir import Algorithm
 from .ordering import Send, descendants, make_sends, order, remaining
 from .routes import require_ranks
@@ -176,8 +176,10 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
     candidate) and every judged candidate's score.
 
     Chunk-ups: the sketch's factors (``dense``: every factor up to its largest), ascending,
-    while 60 % of the time is left and the plan has at most ``MAX_TRANSFERS`` transfers. Node-level fan-outs:
-    all at first, then those within 1 % of the best makespan. Every chunk-up x fan-out x
+    while 60 % of the time is left and the plan has at most ``MAX_TRANSFERS`` transfers.
+    Node-level fan-outs: all at first, then those within 1 % of the best makespan (the
+    largest of those with equal makespans: most likely the same schedule). Network
+    transfers carry :func:`.decompose.bundle_sizes` chunks. Every chunk-up x fan-out x
     priority rule is ordered and scheduled on the quotient by node shifts; the lowest
     makespans are judged (``JUDGED`` that the judge accepts, time allowing; one per
     makespan and variant, as rules often agree).
@@ -198,16 +200,22 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
         coll = collective.with_chunkup(collective.chunkup * factor)
         if ranked and coll.num_chunks * (coll.num_ranks - 1) > MAX_TRANSFERS:
             continue
-        if ranked:  # keep the fan-outs within 1 % of the best so far
+        if ranked:  # keep the fan-outs within 1 % of the best so far, one per makespan
             first: dict[int, float] = {}
             for makespan, _, _, _, dec, _ in ranked:
                 first[dec.fanout] = min(first.get(dec.fanout, makespan), makespan)
-            patterns = [f for f in patterns
-                        if first.get(f, float("inf")) <= 1.01 * min(first.values())]
+            low = min(first.values())
+            kept = {}
+            for f in patterns:
+                if first.get(f, float("inf")) <= 1.01 * low:
+                    kept.setdefault(round(first[f] / low, 9), f)
+            patterns = sorted(kept.values(), reverse=True)
         for fanout in patterns:
             if busy():
                 break
-            dec = decompose(topology, coll, coll.chunk_bytes(size), trees, carriers, fanout)
+            dec = decompose(topology, coll, coll.chunk_bytes(size), trees, carriers, fanout,
+                            bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size),
+                                         trees, carriers))
             label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}"
             report(f"ordering ({label})")
             sends = dec.sends()
