@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import TacclError
 from .fileio import atomic_write
 from .lowering.plan import Plan
 from .report import Row
