@@ -349,3 +349,20 @@ def algorithms(draw) -> Algorithm:
 def test_random_algorithms_lower_to_correct_plans(alg, instances):
     plan = _lowered(alg, instances=instances)
     assert plan.nchannels == alg.nchannels * instances
+
+
+def test_too_many_peers_fail_before_building():
+    n = 34  # rank 0 sends its chunk to 33 peers on one channel
+    coll = Collective("allgather", n, 1)
+    ts = [Transfer(0, 0.0, 0, d, 0) for d in range(1, n)]
+    ts += [Transfer(1, 1.0, 1, d, c) for c in range(1, n) for d in range(n) if d not in (1, c)]
+    ts += [Transfer(0, 0.0, c, 1, c) for c in range(2, n)]
+    with pytest.raises(PlanError, match="rank 0 has 33 threadblocks that send on channel 0"):
+        lower(Algorithm("wide", coll, ts))
+    # 28 peers on each of 8 channels: fits per channel, 224 > 216 threadblocks per rank
+    n = 29
+    coll = Collective("allgather", n, 8)
+    ts = [Transfer(0, 0.0, s, d, s * 8 + j, channel=j)
+          for s in range(n) for d in range(n) if d != s for j in range(8)]
+    with pytest.raises(PlanError, match="rank 0 needs 224 threadblocks, MSCCL allows 216"):
+        lower(Algorithm("wide", coll, ts))

@@ -74,6 +74,7 @@ def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
                                                  inplace))
     alg.check()
     alg = alg.replicate(instances)
+    _check_peers(alg, instances)
     if alg.nchannels - 1 > MAX_CHANNEL:
         raise PlanError(f"the plan needs {alg.nchannels} channels (the algorithm's channels x "
                         f"{instances} instance(s)); MSCCL allows channels 0..{MAX_CHANNEL}: "
@@ -387,6 +388,31 @@ def _fill_steps(plan: Plan, tbs: list[list[TB]]) -> None:
                     *(st.src if st.src else (None, -1)), *(st.dst if st.dst else (None, -1)),
                     cnt=st.cnt, depid=last.tb.id if last else -1,
                     deps=last.index if last else -1, hasdep=int(st.hasdep)))
+
+
+def _check_peers(alg: Algorithm, instances: int) -> None:
+    """Fail fast where no pairing of peers can fit the runtime's threadblock limits: a rank
+    needs, per channel, at least one threadblock per send peer and per receive peer."""
+    fewer = "use fewer instances" if instances > 1 else "use fewer channels"
+    peers: dict[tuple[int, int, str], set[int]] = {}
+    for t in alg.transfers:
+        peers.setdefault((t.src, t.channel, "send"), set()).add(t.dst)
+        peers.setdefault((t.dst, t.channel, "recv"), set()).add(t.src)
+    least = [0] * alg.num_ranks
+    for (rank, chan, role), ps in sorted(peers.items()):
+        if len(ps) > MAX_TBS_PER_CHANNEL:
+            raise PlanError(
+                f"rank {rank} has {len(ps)} threadblocks that {role} on channel {chan}, "
+                f"MSCCL allows {MAX_TBS_PER_CHANNEL}: spread the rank's peers over more "
+                "channels or use an algorithm with fewer peers per rank")
+        if role == "send":
+            least[rank] += max(len(ps), len(peers.get((rank, chan, "recv"), ())))
+        elif (rank, chan, "send") not in peers:
+            least[rank] += len(ps)
+    for rank, count in enumerate(least):
+        if count > MAX_TBS:
+            raise PlanError(f"rank {rank} needs {count} threadblocks, MSCCL allows "
+                            f"{MAX_TBS}: {fewer} or an algorithm with fewer peers per rank")
 
 
 def _check_limits(plan: Plan, instances: int) -> None:
