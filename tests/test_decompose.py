@@ -126,3 +126,12 @@ def test_bundled_schedule_is_the_simulated_time(fanout):
     plan = lower(Algorithm("milp", coll, transfers, topo.label, GIB, {}), topology=topo)
     verify(plan)
     assert simulate(plan, topo, GIB).time == pytest.approx(sched.makespan, rel=1e-9)
+
+
+def test_equal_fanouts_collapse_only_when_the_schedule_is_exact():
+    from taccl_py.synth.staged import kept_fanouts
+
+    best = {7: 1.0, 4: 1.0, 2: 1.005, 1: 1.2}
+    assert kept_fanouts([7, 4, 2, 1], best, exact=True) == [7, 2]
+    assert kept_fanouts([7, 4, 2, 1], best, exact=False) == [7, 4, 2]
+    assert kept_fanouts([4, 2], {4: 2.0}, exact=False) == [4]  # untried fan-outs drop

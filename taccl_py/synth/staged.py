@@ -177,8 +177,9 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
 
     Chunk-ups: the sketch's factors (``dense``: every factor up to its largest), ascending,
     while 60 % of the time is left and the plan has at most ``MAX_TRANSFERS`` transfers.
-    Node-level fan-outs: all at first, then those within 1 % of the best makespan (the
-    largest of those with equal makespans: most likely the same schedule). Network
+    Node-level fan-outs: all at first, then those within 1 % of the best makespan (with a
+    NIC per GPU, only the largest of those with equal makespans: most likely the same
+    plan). Network
     transfers carry :func:`.decompose.bundle_sizes` chunks. Every chunk-up x fan-out x
     priority rule is ordered and scheduled on the quotient by node shifts; the lowest
     makespans are judged (``JUDGED`` that the judge accepts, time allowing; one per
@@ -189,6 +190,9 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
     trees, optimal = node_trees(topology, collective.chunk_bytes(size),
                        time_limit=max(1.0, time_limit * 0.2))
     carriers = relays(topology, sketch, trees)
+    # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
+    # are most likely the same plan; a shared NIC is shared first-ready by the runtime
+    exact = all(len(nic.ranks) == 1 for nic in topology.nics)
     ranked = []
     factors = range(1, max(sketch.chunkup) + 1) if dense else sorted(sketch.chunkup)
     patterns = fanouts(topology.nodes)
@@ -200,16 +204,11 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
         coll = collective.with_chunkup(collective.chunkup * factor)
         if ranked and coll.num_chunks * (coll.num_ranks - 1) > MAX_TRANSFERS:
             continue
-        if ranked:  # keep the fan-outs within 1 % of the best so far, one per makespan
+        if ranked:
             first: dict[int, float] = {}
             for makespan, _, _, _, dec, _ in ranked:
                 first[dec.fanout] = min(first.get(dec.fanout, makespan), makespan)
-            low = min(first.values())
-            kept = {}
-            for f in patterns:
-                if first.get(f, float("inf")) <= 1.01 * low:
-                    kept.setdefault(round(first[f] / low, 9), f)
-            patterns = sorted(kept.values(), reverse=True)
+            patterns = kept_fanouts(patterns, first, exact)
         for fanout in patterns:
             if busy():
                 break
@@ -254,6 +253,18 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
             best = alg
         report(f"schedule ({label})", best.meta["score"])
     return best, scores
+
+
+def kept_fanouts(patterns: list[int], best: dict[int, float], exact: bool) -> list[int]:
+    """The fan-outs (of ``patterns``, largest first) whose ``best`` makespan so far is
+    within 1 % of the lowest; if ``exact`` (schedule = simulated time), only the largest
+    of those with equal makespans."""
+    low = min(best.values())
+    kept: dict = {}
+    for f in patterns:
+        if best.get(f, float("inf")) <= 1.01 * low:
+            kept.setdefault(round(best[f] / low, 9) if exact else f, f)
+    return sorted(kept.values(), reverse=True)
 
 
 def _combined(topology: Topology, collective: Collective, *, size: int,
