@@ -132,3 +132,17 @@ def test_verifier_frees_dependency_snapshots(kind):
     assert any(op.dep is not None for ops in run.ops for op in ops)
     assert run.snaps == {} and run.snap_uses == {}
     assert verify(plan).ranks == coll.num_ranks
+
+
+def test_verify_report_counts_every_step():
+    topo = load_topology("dgx1")
+    plan = lower(synthesize(topo, Collective("allreduce", topo.num_ranks, 2), "ring"),
+                 topology=topo)
+    steps = [st for g in plan.gpus for tb in g.tbs for st in tb.steps]
+    rep = verify(plan)
+    assert rep.steps == len(steps)
+    assert rep.sends == sum(st.type in ("s", "rcs", "rrs", "rrcs") for st in steps)
+    assert rep.receives == sum(st.type in ("r", "rcs", "rrc", "rrs", "rrcs") for st in steps)
+    assert rep.reductions == sum(st.type in ("rrc", "rrs", "rrcs", "re") for st in steps)
+    assert rep.chunks_sent == sum(st.cnt for st in steps if st.type in ("s", "rcs", "rrs", "rrcs"))
+    assert rep.threadblocks == sum(len(g.tbs) for g in plan.gpus)

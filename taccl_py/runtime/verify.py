@@ -132,6 +132,7 @@ def _check_gpu(plan: Plan, coll: Collective, gpu: GpuPlan) -> None:
         raise PlanError(f"{where}: threadblock ids {_short(tids)} must be 0..{len(tids) - 1} "
                         "without gaps or repeats")
     steps_of = {tb.id: tb.steps for tb in gpu.tbs}
+    sizes = {buf: plan.buffer_size(gpu, buf) for buf in BUFFERS}
     owner: dict[tuple[str, int, int], int] = {}
     per_channel: Counter[tuple[str, int]] = Counter()
     for tb in sorted(gpu.tbs, key=lambda t: t.id):
@@ -161,36 +162,30 @@ def _check_gpu(plan: Plan, coll: Collective, gpu: GpuPlan) -> None:
             if st.s != i:
                 raise PlanError(f"{wtb}: step #{i} has s={st.s}; steps must be numbered 0, 1, ... "
                                 "in order")
-            _check_step(plan, gpu, tb.send, tb.recv, tb.steps, i, steps_of, f"{wtb} step {i}")
+            _check_step(gpu, sizes, tb, i, steps_of, wtb)
 
 
-def _check_step(plan: Plan, gpu: GpuPlan, send: int, recv: int, steps: list, i: int,
-                steps_of: dict, where: str) -> None:
-    st = steps[i]
+def _check_step(gpu: GpuPlan, sizes: dict[str, int], tb, i: int, steps_of: dict,
+                wtb: str) -> None:
+    st = tb.steps[i]
     if st.type not in STEP_TYPES:
-        raise PlanError(f"{where}: unknown step type {st.type!r}")
-    where = f"{where} ({st.type})"
+        raise PlanError(f"{wtb} step {i}: unknown step type {st.type!r}")
     if st.type != "nop" and not 1 <= st.cnt <= MAX_CNT:
-        raise PlanError(f"{where}: cnt={st.cnt} outside 1..{MAX_CNT}")
-    if st.type in SEND_TYPES and send < 0:
-        raise PlanError(f"{where}: sends but its threadblock has no send peer")
-    if st.type in RECV_TYPES and recv < 0:
-        raise PlanError(f"{where}: receives but its threadblock has no recv peer")
-    for which, buf, off, used in (("src", st.srcbuf, st.srcoff, st.type in READS_SRC),
-                                  ("dst", st.dstbuf, st.dstoff, st.type in WRITES_DST)):
-        if not used:
-            continue
-        if buf not in BUFFERS:
-            raise PlanError(f"{where}: needs a {which} buffer (i, o or s), got {buf!r}")
-        size = plan.buffer_size(gpu, buf)
-        if off < 0 or off + st.cnt > size:
-            raise PlanError(f"{where}: {which} {buf}[{off}:{off + st.cnt}] is outside buffer "
-                            f"'{buf}' ({size} chunks)")
+        raise PlanError(f"{_at(wtb, st)}: cnt={st.cnt} outside 1..{MAX_CNT}")
+    if st.type in SEND_TYPES and tb.send < 0:
+        raise PlanError(f"{_at(wtb, st)}: sends but its threadblock has no send peer")
+    if st.type in RECV_TYPES and tb.recv < 0:
+        raise PlanError(f"{_at(wtb, st)}: receives but its threadblock has no recv peer")
+    if st.type in READS_SRC:
+        _check_range(wtb, st, "src", st.srcbuf, st.srcoff, sizes)
+    if st.type in WRITES_DST:
+        _check_range(wtb, st, "dst", st.dstbuf, st.dstoff, sizes)
     if st.hasdep not in (0, 1):
-        raise PlanError(f"{where}: hasdep={st.hasdep} must be 0 or 1")
+        raise PlanError(f"{_at(wtb, st)}: hasdep={st.hasdep} must be 0 or 1")
     if (st.depid == -1) != (st.deps == -1):
-        raise PlanError(f"{where}: depid={st.depid} deps={st.deps}: both -1 or both set")
+        raise PlanError(f"{_at(wtb, st)}: depid={st.depid} deps={st.deps}: both -1 or both set")
     if st.depid != -1:
+        where = _at(wtb, st)
         target = steps_of.get(st.depid)
         if target is None:
             raise PlanError(f"{where}: depends on tb {st.depid}, which gpu {gpu.id} lacks")
@@ -205,11 +200,25 @@ def _check_step(plan: Plan, gpu: GpuPlan, send: int, recv: int, steps: list, i: 
             raise PlanError(f"{where}: depends on tb {st.depid} step {st.deps}, whose hasdep=0 "
                             "(the runtime would not signal it)")
         if st.type == "nop":
-            after = next((s for s in steps[i + 1:] if s.type != "nop"), None)
+            after = next((s for s in tb.steps[i + 1:] if s.type != "nop"), None)
             if after is not None and after.depid == -1:
                 raise PlanError(f"{where}: its dependency chain ends at step {after.s} "
                                 f"({after.type}), which has no dependency of its own (the "
                                 "runtime rejects this)")
+
+
+def _check_range(wtb: str, st, which: str, buf, off: int, sizes: dict[str, int]) -> None:
+    if buf not in BUFFERS:
+        raise PlanError(f"{_at(wtb, st)}: needs a {which} buffer (i, o or s), got {buf!r}")
+    size = sizes[buf]
+    if off < 0 or off + st.cnt > size:
+        raise PlanError(f"{_at(wtb, st)}: {which} {buf}[{off}:{off + st.cnt}] is outside buffer "
+                        f"'{buf}' ({size} chunks)")
+
+
+def _at(wtb: str, st) -> str:
+    """A step's position in messages (its ``s`` is its index, checked before)."""
+    return f"{wtb} step {st.s} ({st.type})"
 
 
 def _short(items: list, limit: int = 8) -> str:
@@ -250,28 +259,47 @@ class Interpreter(Generic[V]):
                 self.mem[self._loc(rank, "i", j)] = initial(rank, j)
         gpus = sorted(plan.gpus, key=lambda g: g.id)
         self.tbs = [(g.id, tb) for g in gpus for tb in sorted(g.tbs, key=lambda t: t.id)]
-        gidx = {(rank, tb.id): i for i, (rank, tb) in enumerate(self.tbs)}
-        # steps others depend on -> how many depend on each (a snapshot of the step's
-        # vector clock is kept until the last of them has used it)
-        targets = Counter((gidx[(rank, st.depid)], st.deps)
-                          for rank, tb in self.tbs for st in tb.steps if st.depid >= 0)
-        self._snap_uses = targets
+        # a rank's tbs are numbered 0.. (check_limits), so tb t of rank r is base[r] + t
+        base: dict[int, int] = {}
+        for i, (rank, _) in enumerate(self.tbs):
+            base.setdefault(rank, i)
         self._conns: dict[tuple[int, int, int], int] = {}
+        spans: dict[tuple[int, str, int, int], tuple[int, ...]] = {}
         self.ops: list[list[_Op]] = []
+        deps = []
         for g, (rank, tb) in enumerate(self.tbs):
             ops = []
+            rconn = sconn = None
             for st in tb.steps:
+                t = st.type
                 src = dst = ()
-                if st.type in READS_SRC:
-                    src = tuple(self._loc(rank, st.srcbuf, st.srcoff + c) for c in range(st.cnt))
-                if st.type in WRITES_DST:
-                    dst = tuple(self._loc(rank, st.dstbuf, st.dstoff + c) for c in range(st.cnt))
-                dep = (gidx[(rank, st.depid)], st.deps) if st.depid >= 0 else None
-                rconn = self._conn(tb.recv, rank, tb.chan) if st.type in RECV_TYPES else None
-                sconn = self._conn(rank, tb.send, tb.chan) if st.type in SEND_TYPES else None
-                ops.append(_Op(st.type, src, dst, st.cnt, dep, rconn, sconn,
-                               (g, st.s) in targets))
+                if t in READS_SRC:
+                    key = (rank, st.srcbuf, st.srcoff, st.cnt)
+                    src = spans.get(key)
+                    if src is None:
+                        src = spans[key] = self._span(*key)
+                if t in WRITES_DST:
+                    key = (rank, st.dstbuf, st.dstoff, st.cnt)
+                    dst = spans.get(key)
+                    if dst is None:
+                        dst = spans[key] = self._span(*key)
+                dep = None
+                if st.depid >= 0:
+                    dep = (base[rank] + st.depid, st.deps)
+                    deps.append(dep)
+                # connection ids in order of first use: the unmatched-send report follows it
+                if t in RECV_TYPES and rconn is None:
+                    rconn = self._conn(tb.recv, rank, tb.chan)
+                if t in SEND_TYPES and sconn is None:
+                    sconn = self._conn(rank, tb.send, tb.chan)
+                ops.append(_Op(t, src, dst, st.cnt, dep, rconn if t in RECV_TYPES else None,
+                               sconn if t in SEND_TYPES else None, False))
             self.ops.append(ops)
+        # steps others depend on -> how many depend on each (a snapshot of the step's
+        # vector clock is kept until the last of them has used it)
+        self._snap_uses = Counter(deps)
+        for g, s in self._snap_uses:
+            self.ops[g][s].snap = True
         self.depth = 0
         self._fault: str | None = None
 
@@ -283,6 +311,9 @@ class Interpreter(Generic[V]):
             self._names.append(key)
             self.mem.append(None)
         return loc
+
+    def _span(self, rank: int, buf: str, off: int, cnt: int) -> tuple[int, ...]:
+        return tuple(self._loc(rank, buf, off + c) for c in range(cnt))
 
     def _conn(self, sender: int, receiver: int, chan: int) -> int:
         return self._conns.setdefault((sender, receiver, chan), len(self._conns))
@@ -310,134 +341,130 @@ class Interpreter(Generic[V]):
     def run(self) -> "Interpreter[V]":
         """Execute every threadblock to completion; raise VerificationError on a fault."""
         ntb = len(self.tbs)
-        self.pc = [0] * ntb
+        self.pc = pc = [0] * ntb
         # a clock is a step count (<= MAX_STEPS): one byte each where every tb has fewer
         # than 256 steps
         longest = max((len(ops) for ops in self.ops), default=0)
         dtype = np.uint8 if longest <= np.iinfo(np.uint8).max else np.int16
         # A tb's clock is made at its first step and dropped when it finishes. Messages and
-        # snapshots share it as it was at their step: the tb copies it before its next
-        # merge, but sets its own entry in place, so users take that entry from the step.
-        self._vc_dtype = dtype
+        # snapshots share it as it was at their step: the tb's next merge makes a new array
+        # instead of changing it, but the tb sets its own entry in place, so users take
+        # that entry from the step.
         self.vc: list[np.ndarray | None] = [None] * ntb
-        self.shared = [False] * ntb
-        self.snap_uses = dict(self._snap_uses)
-        self.lam = [0] * ntb
-        self.queues = [deque() for _ in self._conns]
-        self.conn_waiter = [-1] * len(self._conns)
-        self.dep_waiters: list[list[int]] = [[] for _ in range(ntb)]
-        self.blocked: list[tuple | None] = [None] * ntb
-        self.snaps: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        self.shared = shared = [False] * ntb
+        self.snap_uses = snap_uses = dict(self._snap_uses)
+        self.lam = lams = [0] * ntb
+        self.queues = queues = [deque() for _ in self._conns]
+        self.conn_waiter = conn_waiter = [-1] * len(self._conns)
+        self.dep_waiters = dep_waiters = [[] for _ in range(ntb)]
+        self.blocked: list[tuple | None] = [None] * ntb  # why an unfinished tb waits
+        self.snaps = snaps = {}
         self.wr: list[tuple[int, int] | None] = [None] * len(self.mem)
         self.unread: list[tuple[int, int, int, V]] = []  # (gpu, step, loc, overwritten value)
         self.rds: list[dict[int, int] | None] = [None] * len(self.mem)
-        self.ready = deque(range(ntb))
-        self.queued = [True] * ntb
-        while self.ready:
-            g = self.ready.popleft()
-            self.queued[g] = False
-            self._advance(g)
+        self.ready = ready = deque(range(ntb))
+        self.queued = queued = [True] * ntb
+        read, write, combine, maximum = self._read, self._write, self._combine, np.maximum
+        depth = 0
+        while ready:
+            g = ready.popleft()
+            queued[g] = False
+            ops, vc, lam, sh = self.ops[g], self.vc[g], lams[g], shared[g]
+            k = start = pc[g]
+            while k < len(ops):
+                op = ops[k]
+                dep = op.dep
+                if dep is not None and pc[dep[0]] <= dep[1]:
+                    self.blocked[g] = ("dep", dep)
+                    dep_waiters[dep[0]].append(g)
+                    break
+                rconn = op.rconn
+                if rconn is not None:
+                    queue = queues[rconn]
+                    if not queue:
+                        self.blocked[g] = ("recv", rconn)
+                        conn_waiter[rconn] = g
+                        break
+                clk = k + 1
+                if vc is None:
+                    vc = np.zeros(ntb, dtype=dtype)
+                if dep is not None:
+                    snap_vc, snap_lam = snaps[dep]
+                    left = snap_uses[dep] - 1
+                    if left:
+                        snap_uses[dep] = left
+                    else:  # its last user: free the snapshot
+                        del snaps[dep], snap_uses[dep]
+                    dg = dep[0]
+                    mine = vc[dg]
+                    if sh:
+                        vc, sh = maximum(vc, snap_vc), False
+                    else:
+                        maximum(vc, snap_vc, out=vc)
+                    vc[dg] = max(mine, dep[1] + 1)
+                    if snap_lam > lam:
+                        lam = snap_lam
+                incoming = None
+                if rconn is not None:
+                    incoming, msg_vc, msg_lam, sg, ss = queue.popleft()
+                    if len(incoming) != op.cnt:
+                        raise VerificationError(
+                            f"{self._step_name(g, k)} receives cnt={op.cnt} but the matching "
+                            f"send {self._step_name(sg, ss)} has cnt={len(incoming)}")
+                    mine = vc[sg]
+                    if sh:
+                        vc, sh = maximum(vc, msg_vc), False
+                    else:
+                        maximum(vc, msg_vc, out=vc)
+                    vc[sg] = max(mine, ss + 1)
+                    if msg_lam > lam:
+                        lam = msg_lam
+                vc[g] = clk  # after the merges: no clock sent earlier holds a later step
+                lam += 1
+                t = op.type
+                if t != "nop":
+                    src = [read(g, k, clk, vc, loc) for loc in op.src]
+                    if t == "s" or t == "cpy":
+                        out = src
+                    elif t == "r" or t == "rcs":
+                        out = incoming
+                    elif t == "re":
+                        out = [combine(g, k, loc, read(g, k, clk, vc, loc), b)
+                               for loc, b in zip(op.dst, src)]
+                    else:  # rrc, rrs, rrcs
+                        out = [combine(g, k, loc, a, b)
+                               for loc, a, b in zip(op.src, incoming, src)]
+                    for loc, value in zip(op.dst, out):
+                        write(g, k, clk, vc, loc, value)
+                    if op.sconn is not None:
+                        queues[op.sconn].append((tuple(out), vc, lam, g, k))
+                        sh = True
+                        waiter = conn_waiter[op.sconn]
+                        if waiter >= 0 and not queued[waiter]:
+                            queued[waiter] = True
+                            ready.append(waiter)
+                        conn_waiter[op.sconn] = -1
+                if op.snap:
+                    snaps[(g, k)] = (vc, lam)
+                    sh = True
+                k += 1
+                pc[g] = k
+            lams[g], shared[g] = lam, sh
+            # once finished, nothing reads its clock again
+            self.vc[g] = vc if k < len(ops) else None
+            if lam > depth:
+                depth = lam
+            if k > start and dep_waiters[g]:
+                waiters, dep_waiters[g] = dep_waiters[g], []
+                for w in waiters:
+                    if not queued[w]:
+                        queued[w] = True
+                        ready.append(w)
+        self.depth = depth
         if self._fault:
             raise VerificationError(self._fault)
         self._check_finished()
         return self
-
-    def _wake(self, g: int) -> None:
-        if not self.queued[g]:
-            self.queued[g] = True
-            self.ready.append(g)
-
-    def _advance(self, g: int) -> None:
-        ops, pc, vc = self.ops[g], self.pc, self.vc[g]
-        k = pc[g]
-        start = k
-        while k < len(ops):
-            op = ops[k]
-            dep = op.dep
-            if dep is not None and pc[dep[0]] <= dep[1]:
-                self.blocked[g] = ("dep", dep)
-                self.dep_waiters[dep[0]].append(g)
-                break
-            rconn = op.rconn
-            if rconn is not None:
-                queue = self.queues[rconn]
-                if not queue:
-                    self.blocked[g] = ("recv", rconn)
-                    self.conn_waiter[rconn] = g
-                    break
-            self.blocked[g] = None
-            clk = k + 1
-            if vc is None:
-                vc = self.vc[g] = np.zeros(len(self.ops), dtype=self._vc_dtype)
-            elif self.shared[g] and (dep is not None or rconn is not None):
-                vc = self.vc[g] = vc.copy()
-                self.shared[g] = False
-            vc[g] = clk
-            lam = self.lam[g]
-            if dep is not None:
-                snap_vc, snap_lam = self.snaps[dep]
-                left = self.snap_uses[dep] - 1
-                if left:
-                    self.snap_uses[dep] = left
-                else:  # its last user: free the snapshot
-                    del self.snaps[dep], self.snap_uses[dep]
-                dg = dep[0]
-                mine = vc[dg]
-                np.maximum(vc, snap_vc, out=vc)
-                vc[dg] = max(mine, dep[1] + 1)
-                lam = max(lam, snap_lam)
-            incoming = None
-            if rconn is not None:
-                values, msg_vc, msg_lam, sg, ss = queue.popleft()
-                if len(values) != op.cnt:
-                    raise VerificationError(
-                        f"{self._step_name(g, k)} receives cnt={op.cnt} but the matching send "
-                        f"{self._step_name(sg, ss)} has cnt={len(values)}")
-                mine = vc[sg]
-                np.maximum(vc, msg_vc, out=vc)
-                vc[sg] = max(mine, ss + 1)
-                lam = max(lam, msg_lam)
-                incoming = values
-            lam += 1
-            self.lam[g] = lam
-            self._execute(g, k, clk, vc, op, incoming, lam)
-            if op.snap:
-                self.snaps[(g, k)] = (vc, lam)
-                self.shared[g] = True
-            k += 1
-            pc[g] = k
-        if k == len(ops):
-            self.vc[g] = None  # finished: nothing reads its clock again
-        self.depth = max(self.depth, self.lam[g])
-        if k > start and self.dep_waiters[g]:
-            waiters, self.dep_waiters[g] = self.dep_waiters[g], []
-            for w in waiters:
-                self._wake(w)
-
-    def _execute(self, g: int, k: int, clk: int, vc: np.ndarray, op: _Op, incoming,
-                 lam: int) -> None:
-        t = op.type
-        if t == "nop":
-            return
-        src = [self._read(g, k, clk, vc, loc) for loc in op.src]
-        if t == "s" or t == "cpy":
-            out = src
-        elif t == "r" or t == "rcs":
-            out = incoming
-        elif t == "re":
-            out = [self._combine(g, k, loc, self._read(g, k, clk, vc, loc), b)
-                   for loc, b in zip(op.dst, src)]
-        else:  # rrc, rrs, rrcs
-            out = [self._combine(g, k, loc, a, b) for loc, a, b in zip(op.src, incoming, src)]
-        for loc, value in zip(op.dst, out):
-            self._write(g, k, clk, vc, loc, value)
-        if op.sconn is not None:
-            self.queues[op.sconn].append((tuple(out), vc, lam, g, k))
-            self.shared[g] = True
-            waiter = self.conn_waiter[op.sconn]
-            if waiter >= 0:
-                self.conn_waiter[op.sconn] = -1
-                self._wake(waiter)
 
     def _combine(self, g: int, k: int, loc: int, a, b):
         if a is None or b is None:
@@ -586,18 +613,19 @@ def _lost(run: Interpreter, want: int, got: int | None, contribs: list) -> str:
 
 
 def _report(plan: Plan, connections: int, depth: int) -> VerifyReport:
-    steps = [st for g in plan.gpus for tb in g.tbs for st in tb.steps]
+    tbs = [tb for g in plan.gpus for tb in g.tbs]
+    types = Counter(st.type for tb in tbs for st in tb.steps)
     return VerifyReport(
         ranks=plan.ngpus,
-        threadblocks=sum(len(g.tbs) for g in plan.gpus),
+        threadblocks=len(tbs),
         max_tbs_per_gpu=max((len(g.tbs) for g in plan.gpus), default=0),
-        max_steps_per_tb=max((len(tb.steps) for g in plan.gpus for tb in g.tbs), default=0),
-        steps=len(steps),
-        sends=sum(st.type in SEND_TYPES for st in steps),
-        receives=sum(st.type in RECV_TYPES for st in steps),
-        reductions=sum(st.type in REDUCE_TYPES for st in steps),
-        copies=sum(st.type == "cpy" for st in steps),
-        nops=sum(st.type == "nop" for st in steps),
-        chunks_sent=sum(st.cnt for st in steps if st.type in SEND_TYPES),
+        max_steps_per_tb=max((len(tb.steps) for tb in tbs), default=0),
+        steps=types.total(),
+        sends=sum(types[t] for t in SEND_TYPES),
+        receives=sum(types[t] for t in RECV_TYPES),
+        reductions=sum(types[t] for t in REDUCE_TYPES),
+        copies=types["cpy"],
+        nops=types["nop"],
+        chunks_sent=sum(st.cnt for tb in tbs for st in tb.steps if st.type in SEND_TYPES),
         connections=connections,
         depth=depth)
