@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,8 +20,8 @@ if not dist.is_available() or not dist.is_gloo_available():
 
 import taccl_py.torch as tt  # noqa: E402
 from taccl_py.collectives import Collective  # noqa: E402
-from taccl_py.errors import TacclError  # noqa: E402
-from taccl_py.lowering.xml import parse_plan, write_plan  # noqa: E402
+from taccl_py.errors import PlanError, TacclError, VerificationError  # noqa: E402
+from taccl_py.lowering.xml import parse_plan, plan_to_xml, write_plan  # noqa: E402
 from taccl_py.pipeline import build_plan  # noqa: E402
 from taccl_py.torch.library import PlanLibrary  # noqa: E402
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology  # noqa: E402
@@ -200,6 +201,30 @@ def test_plan_directory_choice_and_ring_cache(tmp_path):
     assert "direct" in a2a.name and (tmp_path / "cache" / "direct-alltoall-4.xml").exists()
     with pytest.raises(TacclError, match="does not exist"):
         PlanLibrary(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("old, new, error, reason", [
+    ('cnt="1"', 'cnt="0"', PlanError, r"gpu 0 tb 0 step 0 \(cpy\): cnt=0 outside 1\.\.71"),
+    ('type="cpy"', 'type="nop"', VerificationError,
+     r"rank 0 o\[0\] \(chunk 0\): expected \{\(0,0\)\}, got nothing \(never written\)"),
+])
+def test_plan_directory_refuses_invalid_plan(tmp_path, old, new, error, reason):
+    """A plan that fails verification stops the group's creation with the verifier's one-line
+    reason (never a silent fallback); an invalid cached fallback is rebuilt instead."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    xml = plan_to_xml(build_plan(ring4(), Collective("allgather", 4, 1, False), "ring").plan)
+    bad = xml.replace(old, new, 1)
+    assert bad != xml
+    (plans / "ag.xml").write_text(bad)
+    with pytest.raises(error, match=f"^{re.escape(str(plans / 'ag.xml'))}: {reason}$"):
+        tt.TacclProcessGroup(dist.HashStore(), 0, 1, datetime.timedelta(seconds=5),
+                             plan_dir=plans, cache_dir=tmp_path / "cache")
+    cached = tmp_path / "cache" / "ring-allgather-4.xml"
+    cached.parent.mkdir()
+    cached.write_text(bad)
+    assert PlanLibrary(None, tmp_path / "cache").fallback("allgather", 4).coll == "allgather"
+    assert parse_plan(cached).name and cached.read_text() != bad
 
 
 def test_plans_from_directory_run(tmp_path):

@@ -1,12 +1,13 @@
 """Which plan runs a collective: a directory of XML plans, else a fallback plan cached on disk.
 
-A plan in the directory serves a call when its collective and rank count match, the call's
+Every plan of the directory is verified when the library loads it; an invalid one is refused
+with the verifier's reason. A plan in the directory serves a call when its collective and rank count match, the call's
 buffer size (the larger of input and output, in bytes) lies in its ``[minBytes, maxBytes]``
 range (0 = unbounded) and the buffer divides into its chunks (AllReduce buffers are padded
 instead). Among several, the one with the
 narrowest range wins (a plan made for this size beats a catch-all), then the file name. With
 none, a fallback plan is synthesized once, verified, and cached as XML under the cache
-directory, so later processes load it instead of synthesizing again: the ring (chunk-up 1),
+directory, so later processes load (and verify) it instead of synthesizing again: the ring (chunk-up 1),
 except for AllToAll, whose ring would relay most data through other ranks, so the direct plan
 (every rank sends each block straight to its owner) is the fallback there.
 """
@@ -22,6 +23,7 @@ from ..errors import TacclError
 from ..lowering.plan import Plan
 from ..lowering.xml import parse_plan, plan_to_xml
 from ..fileio import atomic_write_text
+from ..runtime.verify import verify
 from ..topology.model import FULL_BISECTION, Switch, Topology
 
 log = logging.getLogger("taccl_py.torch")
@@ -50,7 +52,7 @@ class PlanLibrary:
                 raise TacclError(f"plan directory {self.plan_dir} does not exist "
                                  f"(set by {PLAN_DIR_ENV} or plan_dir=)")
             for path in sorted(self.plan_dir.glob("*.xml")):
-                self.plans.append((path.name, parse_plan(path)))
+                self.plans.append((path.name, load_verified(path)))
         self._fallbacks: dict[tuple[str, int, bool], Plan] = {}
         self._origin = {id(plan): str(self.plan_dir / name) for name, plan in self.plans}
         self._announced: set[int] = set()
@@ -87,7 +89,7 @@ class PlanLibrary:
             plan = None
             if path.exists():
                 try:
-                    plan = parse_plan(path)
+                    plan = load_verified(path)
                 except TacclError:  # a damaged cache entry is rebuilt
                     plan = None
             if plan is None or (plan.coll, plan.ngpus, plan.inplace) != key:
@@ -97,6 +99,17 @@ class PlanLibrary:
             self._fallbacks[key] = plan
             self._origin[id(plan)] = f"fallback, cached in {path}"
         return self._fallbacks[key]
+
+
+def load_verified(path: Path) -> Plan:
+    """The plan in ``path``, verified; an invalid one raises the verifier's error, prefixed
+    with the path."""
+    plan = parse_plan(path)
+    try:
+        verify(plan)
+    except TacclError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    return plan
 
 
 def _synthesize(kind: str, nranks: int, inplace: bool, method: str) -> Plan:
