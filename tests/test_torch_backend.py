@@ -207,7 +207,7 @@ def test_plan_directory_choice_and_ring_cache(tmp_path):
     ('cnt="1"', 'cnt="0"', PlanError, r"gpu 0 tb 0 step 0 \(cpy\): cnt=0 outside 1\.\.71"),
     ('type="cpy"', 'type="nop"', VerificationError,
      r"rank 0 o\[0\] \(chunk 0\): expected \{\(0,0\)\}, got nothing \(never written\)"),
-])
+], ids=["cnt0", "never-written"])
 def test_plan_directory_refuses_invalid_plan(tmp_path, old, new, error, reason):
     """A plan that fails verification stops the group's creation with the verifier's one-line
     reason (never a silent fallback); an invalid cached fallback is rebuilt instead."""

@@ -1,15 +1,15 @@
 """Which plan runs a collective: a directory of XML plans, else a fallback plan cached on disk.
 
-Every plan of the directory is verified when the library loads it; an invalid one is refused
-with the verifier's reason. A plan in the directory serves a call when its collective and rank count match, the call's
-buffer size (the larger of input and output, in bytes) lies in its ``[minBytes, maxBytes]``
-range (0 = unbounded) and the buffer divides into its chunks (AllReduce buffers are padded
-instead). Among several, the one with the
-narrowest range wins (a plan made for this size beats a catch-all), then the file name. With
-none, a fallback plan is synthesized once, verified, and cached as XML under the cache
-directory, so later processes load (and verify) it instead of synthesizing again: the ring (chunk-up 1),
-except for AllToAll, whose ring would relay most data through other ranks, so the direct plan
-(every rank sends each block straight to its owner) is the fallback there.
+Every plan of the directory is verified when the library loads it: an invalid one is refused
+with the verifier's reason. A plan in the directory serves a call when its collective and
+rank count match, the call's buffer size (the larger of input and output, in bytes) lies in
+its ``[minBytes, maxBytes]`` range (0 = unbounded) and the buffer divides into its chunks
+(AllReduce buffers are padded instead). Among several, the one with the narrowest range wins
+(a plan made for this size beats a catch-all), then the file name. With none, a fallback plan
+is synthesized once, verified, and cached as XML under the cache directory, so later
+processes load (and verify) it instead of synthesizing again: the ring (chunk-up 1), except
+for AllToAll, whose ring would relay most data through other ranks, so the direct plan (every
+rank sends each block straight to its owner) is the fallback there.
 """
 
 from __future__ import annotations
