@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 
 from .errors import TacclError
+from .topology.loader import MAX_RANKS
 from .units import format_size, parse_size
 
 
 class _Group(click.Group):
     """A click group that turns :class:`TacclError` into a one-line message."""
+
+    def main(self, *args, **kwargs):
+        """Usage errors, too, are one line on stderr: ``taccl: error: ...``, exit 2."""
+        kwargs.pop("standalone_mode", None)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+            click.echo(f"taccl: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("taccl: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -23,6 +40,33 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("taccl: interrupted", err=True)
             ctx.exit(130)
+
+
+class _Finite(click.FloatRange):
+    """A float range that also refuses NaN and ±inf."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+#: most seconds a solver may be given (a week)
+MAX_TIME_LIMIT = 7 * 24 * 3600.0
+#: --nodes: one node per rank at most (see :data:`~taccl_py.topology.loader.MAX_RANKS`)
+_NODES = click.IntRange(1, MAX_RANKS)
+#: most chunks per block (the MSCCL runtime counts at most 72 chunks per step)
+MAX_CHUNKUP = 64
+#: most SMT steps or rounds tried (z3 is practical far below this)
+MAX_SMT = 256
+#: most timed or warm-up iterations
+MAX_REPEATS = 1_000_000
+_REPEATS = click.IntRange(0, MAX_REPEATS)
+#: most sizes one --sizes list may hold
+MAX_SIZES = 64
+#: most GB/s a link or NIC may be said to carry
+MAX_BANDWIDTH_GBS = 1e6
 
 
 def _size(ctx, param, value):
@@ -41,6 +85,8 @@ def _sizes(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
     if not sizes:
         raise click.BadParameter("give at least one size, e.g. 1K,1M,1G")
+    if len(sizes) > MAX_SIZES:
+        raise click.BadParameter(f"at most {MAX_SIZES} sizes")
     return sizes
 
 
@@ -81,19 +127,21 @@ def topology_list() -> None:
 
 @topology.command("show")
 @click.argument("name")
-@click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--nodes", "-n", default=1, show_default=True, type=_NODES)
 @click.option("--png", "png", type=click.Path(path_type=Path),
               help="Also draw the topology to this PNG file.")
 def topology_show(name: str, nodes: int, png: Path | None) -> None:
     """Describe a built-in topology or a YAML file."""
+    from .fileio import check_outputs, write_outputs
     from .topology.loader import describe, load_topology
 
+    check_outputs([png])
     topo = load_topology(name, nodes)
     click.echo(describe(topo))
     if png:
-        from .topology_plot import plot_topology
+        from .topology_plot import topology_png
 
-        click.echo(f"wrote {plot_topology(topo, png)}")
+        click.echo(f"wrote {write_outputs([(png, topology_png(topo))])[0]}")
 
 
 @topology.command("validate")
@@ -121,12 +169,12 @@ def topology_validate(files: tuple[Path, ...]) -> None:
               help="compute NICs: comma-separated names from the NIC Legend (mlx5_0) or "
                    "columns (NIC0), or 'none'  [default: NICs with a GPU at PIX/PXB]")
 @click.option("--name", help="topology name  [default: the input file's stem]")
-@click.option("--nvlink-bw", type=click.FloatRange(min=0, min_open=True), metavar="GB/S",
+@click.option("--nvlink-bw", type=_Finite(0, MAX_BANDWIDTH_GBS, min_open=True), metavar="GB/S",
               help="per-NVLink bandwidth  [default: guessed generation's, 20 or 25]")
-@click.option("--pcie-bw", type=click.FloatRange(min=0, min_open=True), metavar="GB/S",
+@click.option("--pcie-bw", type=_Finite(0, MAX_BANDWIDTH_GBS, min_open=True), metavar="GB/S",
               help="PCIe x16 bandwidth for PIX/PXB pairs  [default: 16 (Gen3) with "
                    "P100/V100, 32 (Gen4) with A100 or no NVLink, 64 (Gen5) with H100]")
-@click.option("--nic-bw", metavar="GB/S", type=click.FloatRange(min=0, min_open=True),
+@click.option("--nic-bw", metavar="GB/S", type=_Finite(0, MAX_BANDWIDTH_GBS, min_open=True),
               help="bandwidth of each NIC  [default: 12.5 with P100/V100, 25 with A100 or "
                    "no NVLink, 50 with H100]")
 @click.option("--pcie/--no-pcie", default=True, show_default=True,
@@ -182,7 +230,7 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
 @main.command()
 @click.option("--topology", "-t", "topology_name", required=True,
               help="built-in name (see `taccl topology list`) or a YAML file")
-@click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--nodes", "-n", default=1, show_default=True, type=_NODES)
 @click.option("--collective", "-c", required=True,
               type=click.Choice(["allgather", "alltoall", "reducescatter", "allreduce"],
                                 case_sensitive=False))
@@ -190,9 +238,9 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
               type=click.Choice(["ring", "direct", "tree", "milp", "smt"]),
               help="ring/direct/tree: NCCL-like baselines (tree: AllReduce only); milp: staged TACCL-style synthesis "
                    "(AllGather, AllToAll; ReduceScatter/AllReduce from the reversed AllGather)")
-@click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=1),
+@click.option("--time-limit", default=60.0, show_default=True, type=_Finite(1, MAX_TIME_LIMIT),
               help="seconds for the milp method's solver")
-@click.option("--chunkup", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--chunkup", default=1, show_default=True, type=click.IntRange(1, MAX_CHUNKUP),
               help="chunks per rank's block")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 32),
               help="copies of the algorithm on separate channels")
@@ -214,17 +262,17 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
               help="XML plan path [default: <topology>-<collective>-<method>.xml]")
 @click.option("--ir", "ir_path", type=click.Path(path_type=Path),
               help="also write the algorithm IR as JSON")
-@click.option("--steps", type=click.IntRange(min=1),
+@click.option("--steps", type=click.IntRange(1, MAX_SMT),
               help="smt: synchronous steps S [default: search the Pareto frontier]")
-@click.option("--rounds", type=click.IntRange(min=1), help="smt: total rounds R")
-@click.option("--chunks", type=click.IntRange(min=1),
+@click.option("--rounds", type=click.IntRange(1, MAX_SMT), help="smt: total rounds R")
+@click.option("--chunks", type=click.IntRange(1, MAX_CHUNKUP),
               help="smt: chunks per block C (with --steps/--rounds; else the most tried)")
 def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, instances, size,
                sketch_name, inplace, order, proto, min_bytes, max_bytes, output,
                ir_path, steps, rounds, chunks) -> None:
     """Synthesize a plan, verify it at the data level, and write MSCCL XML."""
     from .collectives import Collective
-    from .fileio import atomic_write_text
+    from .fileio import check_outputs, write_outputs
     from .lowering.xml import plan_to_xml
     from .pipeline import build_plan
     from .topology.loader import load_topology
@@ -232,6 +280,8 @@ def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, in
     if max_bytes and min_bytes > max_bytes:
         raise TacclError(f"--min-bytes {min_bytes} exceeds --max-bytes {max_bytes}")
     topo = load_topology(topology_name, nodes)
+    output = output or Path(f"{topo.label}-{collective.lower()}-{method}.xml")
+    check_outputs([output, ir_path])
     sketch = None
     if sketch_name is not None:
         if method != "milp":
@@ -247,11 +297,10 @@ def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, in
                         proto=proto, min_bytes=min_bytes, max_bytes=max_bytes,
                         time_limit=time_limit, progress=_progress, sketch=sketch,
                         **({"smt": smt} if method == "smt" else {}))
-    output = output or Path(f"{result.plan.name}.xml")
-    xml = plan_to_xml(result.plan)
+    outputs = [(output, plan_to_xml(result.plan))]
     if ir_path:
-        atomic_write_text(ir_path, result.algorithm.to_json())
-    atomic_write_text(output, xml)
+        outputs.append((ir_path, result.algorithm.to_json()))
+    write_outputs(outputs)
     plan = result.plan
     ntbs = sum(len(g.tbs) for g in plan.gpus)
     click.echo(f"{plan.name}: {topo.num_ranks} ranks, {coll.kind}, method {method}, "
@@ -289,7 +338,7 @@ def sketch() -> None:
 _SKETCH_TOPOLOGY = [
     click.option("--topology", "-t", "topology_name", required=True,
                  help="built-in name or YAML file the sketch is for"),
-    click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1)),
+    click.option("--nodes", "-n", default=1, show_default=True, type=_NODES),
 ]
 
 
@@ -359,7 +408,7 @@ _SIM_OPTIONS = [
     click.argument("plan_path", type=click.Path(path_type=Path)),
     click.option("--topology", "-t", "topology_name", required=True,
                  help="built-in name or YAML file the plan runs on"),
-    click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1)),
+    click.option("--nodes", "-n", default=1, show_default=True, type=_NODES),
 ]
 
 
@@ -370,10 +419,13 @@ def _sim_options(fn):
 
 
 def _load_plan_and_topology(plan_path: Path, topology_name: str, nodes: int):
+    """The plan (verified: an invalid plan is refused with the verifier's reason) and topology."""
     from .lowering.xml import parse_plan
+    from .runtime.verify import verify
     from .topology.loader import load_topology
 
     plan = parse_plan(plan_path)
+    verify(plan)
     topo = load_topology(topology_name, nodes)
     if plan.ngpus != topo.num_ranks:
         raise TacclError(f"{plan_path} is for {plan.ngpus} ranks but {topo.label} has "
@@ -405,33 +457,39 @@ def simulate(plan_path, topology_name, nodes, sizes, as_json) -> None:
               help="buffer size for the timeline")
 def plot(plan_path, topology_name, nodes, sizes, algbw_png, timeline_png, size) -> None:
     """Draw PNG plots of a plan's simulated performance."""
-    from .plot import plot_algbw, plot_timeline
+    from .fileio import check_outputs, write_outputs
+    from .plot import algbw_png as draw_algbw
+    from .plot import timeline_png as draw_timeline
     from .report import evaluate
     from .runtime.simulate import simulate as run_sim
 
     if not (algbw_png or timeline_png):
         raise TacclError("nothing to draw: give --algbw FILE and/or --timeline FILE")
+    check_outputs([algbw_png, timeline_png])
     plan, topo = _load_plan_and_topology(plan_path, topology_name, nodes)
+    outputs = []
     if algbw_png:
-        click.echo(f"wrote {plot_algbw(evaluate(plan, topo, sizes), plan, algbw_png)}")
+        outputs.append((algbw_png, draw_algbw(evaluate(plan, topo, sizes), plan)))
     if timeline_png:
-        result = run_sim(plan, topo, size)
-        click.echo(f"wrote {plot_timeline(result, timeline_png, f'{plan.name}, {size} B')}")
+        title = f"{plan.name}, {size} B"
+        outputs.append((timeline_png, draw_timeline(run_sim(plan, topo, size), title)))
+    for path in write_outputs(outputs):
+        click.echo(f"wrote {path}")
 
 
 # -- pareto (SMT) --------------------------------------------------------------------
 @main.command()
 @click.option("--topology", "-t", "topology_name", required=True,
               help="built-in name or YAML file")
-@click.option("--nodes", "-n", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--nodes", "-n", default=1, show_default=True, type=_NODES)
 @click.option("--collective", "-c", required=True,
               type=click.Choice(["allgather", "alltoall"], case_sensitive=False))
 @click.option("--max-chunks", default=8, show_default=True, type=click.IntRange(1, 64),
               help="most chunks per block C tried")
-@click.option("--max-steps", type=click.IntRange(min=1),
+@click.option("--max-steps", type=click.IntRange(1, MAX_SMT),
               help="most steps S tried [default: least steps + 2]")
-@click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=1),
-              help="seconds per SMT solve")
+@click.option("--time-limit", default=60.0, show_default=True,
+              type=_Finite(1, MAX_TIME_LIMIT), help="seconds per SMT solve")
 def pareto(topology_name, nodes, collective, max_chunks, max_steps, time_limit) -> None:
     """Exact (SMT) latency/bandwidth Pareto frontier of synchronous algorithms."""
     from .lowering.lower import lower
@@ -469,9 +527,10 @@ def pareto(topology_name, nodes, collective, max_chunks, max_steps, time_limit) 
 @click.option("--dtype", default="float32", show_default=True,
               help="NumPy dtype of the buffers (e.g. float32, float64, int32)")
 @click.option("--check", is_flag=True, help="compare the result with MPI's own collective")
-@click.option("--iters", default=20, show_default=True, type=click.IntRange(min=0))
-@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0))
-@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
+@click.option("--iters", default=20, show_default=True, type=_REPEATS)
+@click.option("--warmup", default=3, show_default=True, type=_REPEATS)
+@click.option("--timeout", default=60.0, show_default=True,
+              type=_Finite(0.01, MAX_TIME_LIMIT),
               help="seconds without progress before a rank gives up")
 def run_cmd(plan_path, size, dtype, check, iters, warmup, timeout) -> None:
     """Run an MSCCL XML plan over MPI (launch with mpiexec -n NGPUS) and time it."""
@@ -489,15 +548,15 @@ def run_cmd(plan_path, size, dtype, check, iters, warmup, timeout) -> None:
                    "its comments are not kept)")
 @click.option("--sizes", default="8,64,512,4K,32K,256K,2M,16M", show_default=True,
               callback=_sizes, help="ping-pong message sizes")
-@click.option("--iters", default=10, show_default=True, type=click.IntRange(min=1),
+@click.option("--iters", default=10, show_default=True, type=click.IntRange(1, MAX_REPEATS),
               help="round trips per size (the median counts)")
-@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--warmup", default=2, show_default=True, type=_REPEATS)
 @click.option("--transport", default="auto", show_default=True,
               type=click.Choice(["auto", "mpi", "torch"]),
               help="auto: torch under torchrun, mpi under mpiexec")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="buffers' device (cuda: torchrun with NCCL)")
-@click.option("--gpus-per-node", type=click.IntRange(min=1),
+@click.option("--gpus-per-node", type=_NODES,
               help="ranks per topology node [default: the ranks on one host]")
 def profile_cmd(output, update_path, sizes, iters, warmup, transport, device,
                 gpus_per_node) -> None:

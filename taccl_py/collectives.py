@@ -49,6 +49,10 @@ def canonical_kind(name: str) -> str:
     return kind
 
 
+#: most chunks a collective may move (keeps synthesis and verification in memory)
+MAX_CHUNKS = 1 << 16
+
+
 @dataclass(frozen=True)
 class Collective:
     """A collective on ``num_ranks`` ranks with each block cut into ``chunkup`` chunks."""
@@ -64,6 +68,10 @@ class Collective:
             raise CollectiveError(f"a collective needs at least 1 rank, got {self.num_ranks}")
         if self.chunkup < 1:
             raise CollectiveError(f"chunk-up must be >= 1, got {self.chunkup}")
+        if self.num_chunks > MAX_CHUNKS:
+            raise CollectiveError(
+                f"{self.kind} on {self.num_ranks} ranks with chunk-up {self.chunkup} has "
+                f"{self.num_chunks} chunks, more than the {MAX_CHUNKS} supported")
 
     # -- sizes ---------------------------------------------------------------
     @property

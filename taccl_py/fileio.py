@@ -1,13 +1,35 @@
-"""Atomic file output: write to a temporary file beside the target, then rename."""
+"""File output, all or nothing: regular files are replaced atomically, streams written into.
+
+A command's outputs are written together by :func:`write_outputs`: every regular file is
+staged in a temporary file beside its target and renamed over it only once all of them are
+staged and every stream (a character device, FIFO, ``/dev/stdout``) is written, so a
+failure leaves no output behind. A symlink's target is replaced, not the link; an existing
+file keeps its mode.
+
+>>> from tempfile import TemporaryDirectory
+>>> with TemporaryDirectory() as d:
+...     [p.name for p in write_outputs([(f"{d}/a.xml", "<algo/>"), (f"{d}/a.json", "{}")])]
+['a.xml', 'a.json']
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import re
+import stat
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Sequence
 
 from .errors import TacclError
+
+_FD_PATH = re.compile(r"/dev/(stdin|stdout|stderr)|/(?:dev|proc/self)/fd/(\d+)")
+#: paths under these are streams (``/dev/stdout``, ``/proc/self/fd/1``): written into
+_STREAM_ROOTS = ("/dev/", "/proc/")
 
 
 def _umask() -> int:
@@ -16,34 +38,166 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``:
-    readers see the old file or the whole new one, never a partial file. The file gets the
-    usual permissions (0666 less the umask), not the temporary file's 0600."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise TacclError(f"{path}: directory {directory} does not exist")
+def _fail(path: Path, exc: OSError) -> TacclError:
+    return TacclError(f"{path}: cannot write: {exc.strerror or exc}")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one output goes: a stream written in place, or a regular file replaced."""
+
+    given: Path
+    path: Path  # the symlink-resolved target (the stream itself for a stream)
+    stream: bool
+    mode: int  # permission bits the replaced file gets
+
+    @property
+    def key(self) -> object:
+        """Identity of the file: two outputs with the same key collide."""
+        try:
+            st = os.stat(self.path)
+            return (st.st_dev, st.st_ino)
+        except OSError:
+            return str(self.path)
+
+
+def _target(given: str | Path) -> _Target:
+    """Classify an output path and check, before any work, that it can be written."""
+    given = Path(given)
+    if not str(given):
+        raise TacclError("an output path is empty")
+    absolute = os.path.abspath(given)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=directory)
+        st = os.stat(given)
+    except FileNotFoundError:
+        st = None
     except OSError as exc:
-        raise TacclError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    os.close(fd)
+        raise _fail(given, exc) from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise TacclError(f"{given}: cannot write: is a directory")
+    if absolute.startswith(_STREAM_ROOTS) or (st is not None and not stat.S_ISREG(st.st_mode)):
+        if st is None:
+            raise TacclError(f"{given}: no such device or stream")
+        return _Target(given, given, True, 0)
+    path = Path(os.path.realpath(given))
+    if not path.parent.is_dir():
+        raise TacclError(f"{given}: directory {path.parent} does not exist")
+    if st is not None and not os.access(path, os.W_OK):
+        raise TacclError(f"{given}: cannot write: permission denied")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise TacclError(f"{given}: cannot write in {path.parent}: permission denied")
+    mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
+    return _Target(given, path, False, mode)
+
+
+def check_outputs(paths: Sequence[str | Path | None]) -> None:
+    """Fail now, before long work, if the outputs cannot all be written (``None``: absent).
+
+    Two outputs naming the same file (through a symlink or ``./``, too) are an error.
+    """
+    seen: dict[object, Path] = {}
+    for given in paths:
+        if given is None:
+            continue
+        t = _target(given)
+        if t.key in seen:
+            raise TacclError(f"{seen[t.key]} and {t.given} are the same file: give each "
+                             f"output its own path")
+        seen[t.key] = t.given
+
+
+def _own_fd(path: Path) -> int | None:
+    """The descriptor of this process that ``path`` names (``/dev/stdout``, ``/dev/fd/3``,
+    or the very file standard output goes to), else None."""
+    m = _FD_PATH.fullmatch(os.path.abspath(path))
+    if m:
+        return ("stdin", "stdout", "stderr").index(m[1]) if m[1] else int(m[2])
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        st = os.stat(path)
+        for fd in (1, 2):
+            own = os.fstat(fd)
+            if (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino):
+                return fd
+    except OSError:
+        pass
+    return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_stream(t: _Target, data: bytes) -> None:
+    """Write ``data`` into a device, FIFO or ``/dev/stdout``; a FIFO nobody reads is an error.
+
+    A stream this process already holds (its standard output, say) is written through that
+    descriptor, so the output lands where the process's other output goes."""
+    fd = _own_fd(t.path)
+    try:
+        if fd is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _write_all(fd, data)
+            return
+        fd = os.open(t.path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
-        raise TacclError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        if exc.errno == errno.ENXIO:
+            raise TacclError(f"{t.given}: no process is reading it") from None
+        raise _fail(t.given, exc) from None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        _write_all(fd, data)
+    except OSError as exc:
+        raise _fail(t.given, exc) from None
     finally:
+        os.close(fd)
+
+
+def _stage(t: _Target, data: bytes, suffix: str) -> str:
+    """Write ``data`` to a temporary file beside the target; return its path."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{t.path.name}.", suffix=suffix, dir=t.path.parent)
+    except OSError as exc:
+        raise _fail(t.given, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fchmod(fh.fileno(), t.mode)
+    except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-    return path
+        raise _fail(t.given, exc) from None
+    return tmp
+
+
+def write_outputs(outputs: Sequence[tuple[str | Path, bytes | str]]) -> list[Path]:
+    """Write every ``(path, data)`` (str is written as UTF-8), or none of the regular files.
+
+    Returns the paths as given. Streams are written before any file is renamed into
+    place, so a failing stream (``/dev/full``) leaves no regular output either.
+    """
+    check_outputs([p for p, _ in outputs])
+    targets = [(_target(p), d.encode("utf-8") if isinstance(d, str) else d) for p, d in outputs]
+    staged: list[tuple[str, _Target]] = []
+    try:
+        for t, data in targets:
+            if not t.stream:
+                staged.append((_stage(t, data, t.path.suffix or ".tmp"), t))
+        for t, data in targets:
+            if t.stream:
+                _write_stream(t, data)
+        for tmp, t in staged:
+            try:
+                os.replace(tmp, t.path)
+            except OSError as exc:
+                raise _fail(t.given, exc) from None
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+    return [t.given for t, _ in targets]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-
-    return atomic_write(path, write)
+    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path``, all or nothing."""
+    return write_outputs([(path, text)])[0]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 from .errors import TacclError
-from .fileio import atomic_write
 from .lowering.plan import Plan
 from .report import Row
 from .runtime.simulate import SimResult
@@ -21,17 +20,20 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Save atomically (see :func:`~taccl_py.fileio.atomic_write`); always close."""
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (written by the caller with its other outputs); always close."""
+    buf = io.BytesIO()
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
-                            suffix=".png")
+        fig.savefig(buf, dpi=100, format="png")
+    except OSError as exc:
+        raise TacclError(f"cannot draw the figure: {exc.strerror or exc}") from None
     finally:
         _pyplot().close(fig)
+    return buf.getvalue()
 
 
-def plot_algbw(rows: list[Row], plan: Plan, path: str | Path) -> Path:
-    """algbw (GB/s) against buffer size for the plan, the ring baseline and the bound."""
+def algbw_png(rows: list[Row], plan: Plan) -> bytes:
+    """PNG of algbw (GB/s) against buffer size for the plan, the ring baseline and the bound."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     sizes = [r.size for r in rows]
@@ -47,11 +49,11 @@ def plot_algbw(rows: list[Row], plan: Plan, path: str | Path) -> Path:
     ax.set_title(f"{plan.coll} on {plan.ngpus} ranks")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return _png(fig)
 
 
-def plot_timeline(result: SimResult, path: str | Path, title: str = "") -> Path:
-    """One row per link/port/NIC with its busy intervals (µs)."""
+def timeline_png(result: SimResult, title: str = "") -> bytes:
+    """PNG with one row per link/port/NIC with its busy intervals (µs)."""
     plt = _pyplot()
     names = sorted(result.intervals)
     if not names:
@@ -65,4 +67,4 @@ def plot_timeline(result: SimResult, path: str | Path, title: str = "") -> Path:
     ax.set_title(title or f"busy resources, {format_size(result.size)}")
     ax.set_xlim(0, result.time * 1e6 * 1.02)
     fig.tight_layout()
-    return _save(fig, path)
+    return _png(fig)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 import textwrap
-from pathlib import Path
 
 from .errors import TacclError
-from .plot import _pyplot, _save
+from .plot import _png, _pyplot
 from .topology.model import RAIL_ONLY, Topology
 
 MAX_NODES = 16
@@ -139,8 +138,8 @@ def _edge_color(kind: str) -> str:
     return _EDGE_COLORS.get(kind, _OTHER_LINK_COLOR)
 
 
-def plot_topology(topo: Topology, path: str | Path) -> Path:
-    """Draw ``topo`` to a PNG at ``path`` (written atomically)."""
+def topology_png(topo: Topology) -> bytes:
+    """A drawing of ``topo`` as PNG bytes."""
     import networkx as nx
     from matplotlib.lines import Line2D
 
@@ -213,4 +212,4 @@ def plot_topology(topo: Topology, path: str | Path) -> Path:
     if topo.description:
         fig.text(0.02, 1 - 0.55 / fig_h, textwrap.fill(topo.description, 110),
                  fontsize=8, color="#444444", va="top")
-    return _save(fig, path)
+    return _png(fig)

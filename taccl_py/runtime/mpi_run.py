@@ -23,6 +23,28 @@ def _fail_all(comm, message: str) -> None:
     raise SystemExit(2)
 
 
+def _dtype(name: str) -> np.dtype:
+    """A numeric NumPy dtype MPI can reduce, or a one-line error."""
+    try:
+        dt = np.dtype(name)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None or dt.kind not in "biuf" or dt.itemsize > 8:
+        raise TacclError(f"unsupported dtype {name!r}: use a numeric type such as float32, "
+                         f"float64, int32 or uint8")
+    return dt
+
+
+def _check_memory(coll, ce: int, dt: np.dtype, nprocs: int) -> None:
+    """Refuse buffers that the ranks on this host could not hold together (input, output and
+    MPI's reference output per rank)."""
+    need = (coll.i_chunks + 2 * coll.o_chunks) * ce * dt.itemsize * nprocs
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise TacclError(f"buffers of {format_size(need)} for {nprocs} ranks exceed this "
+                         f"host's {format_size(have)} of memory; use a smaller --size")
+
+
 def _inputs(coll, rank: int, nelems: int, dtype: np.dtype) -> np.ndarray:
     i = np.arange(nelems, dtype=np.int64)
     vals = (i * 7 + rank * 13 + 1) % 61
@@ -52,19 +74,18 @@ def run_command(plan_path, size: int, dtype: str, check: bool, iters: int, warmu
         raise TacclError("taccl run needs mpi4py (pip install mpi4py mpich)") from None
     from ..lowering.xml import parse_plan
     from .mpi_exec import mpi_executor
+    from .verify import verify
 
     comm = MPI.COMM_WORLD.Dup()  # the plan's messages never meet anyone else's
     rank, nprocs = comm.Get_rank(), comm.Get_size()
     # errors every rank hits alike: report once on rank 0, exit 2 everywhere
     try:
         plan = parse_plan(plan_path)
+        verify(plan)
         if nprocs != plan.ngpus:
             raise TacclError(f"{plan_path} is a {plan.ngpus}-rank plan but mpiexec started "
                              f"{nprocs} rank(s); use mpiexec -n {plan.ngpus}")
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise TacclError(f"unknown dtype {dtype!r}") from None
+        dt = _dtype(dtype)
         coll = plan.collective()
         unit = dt.itemsize * plan.nchunksperloop
         if size % unit:
@@ -74,6 +95,7 @@ def run_command(plan_path, size: int, dtype: str, check: bool, iters: int, warmu
                              f"({format_size(near)})")
         nelems = size // dt.itemsize  # the nccl-tests buffer the size names
         ce = nelems // plan.nchunksperloop
+        _check_memory(coll, ce, dt, nprocs)
         op = {"sum": MPI.SUM, "nop": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX,
               "min": MPI.MIN}.get(plan.redop, MPI.SUM)
         ex = mpi_executor(plan, comm, ce, dt)
