@@ -16,6 +16,8 @@ from .schema import check_document, expand_gpus
 
 MAX_FILE_BYTES = 1 << 20
 MAX_FLOW_DEPTH = 64
+#: most ranks a topology may have over all its nodes (the MSCCL loader's bound too)
+MAX_RANKS = 1024
 _GB = 1e9
 _US_PER_S = 1e6
 
@@ -136,6 +138,9 @@ def _build(doc: dict, default_name: str, source: str, nodes: int) -> Topology:
     if nodes > 1 and not nics_doc:
         raise TopologyError(f"{name}: has no NICs, so it cannot span {nodes} nodes "
                             f"(add a 'nics' section to its file to make it multi-node)")
+    if n * nodes > MAX_RANKS:
+        raise TopologyError(f"{name}: {nodes} nodes x {n} GPUs = {n * nodes} ranks, more "
+                            f"than the {MAX_RANKS} supported")
     max_nodes = doc.get("max_nodes")
     if max_nodes is not None and nodes > max_nodes:
         raise TopologyError(f"{name}: at most {max_nodes} nodes, asked for {nodes}")
