@@ -237,8 +237,9 @@ def check_ring(topology: Topology, order: list[int]) -> list[int]:
     ring = [int(r) for r in order]
     n = topology.num_ranks
     if sorted(ring) != list(range(n)):
-        raise TopologyError(
-            f"ring order {ring} is not a permutation of the {n} ranks of {topology.label}")
+        shown = ",".join(map(str, ring[:16])) + (",..." if len(ring) > 16 else "")
+        raise TopologyError(f"ring order {shown} ({len(ring)} ranks) is not a permutation "
+                            f"of the {n} ranks of {topology.label}")
     if n > 1:
         for a, b in zip(ring, ring[1:] + ring[:1]):
             if (a, b) not in topology.connections:
