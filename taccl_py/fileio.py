@@ -201,3 +201,41 @@ def write_outputs(outputs: Sequence[tuple[str | Path, bytes | str]]) -> list[Pat
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path``, all or nothing."""
     return write_outputs([(path, text)])[0]
+
+
+#: what :func:`read_input` calls a file that is not a regular one
+_SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                  (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(path: str | Path, mode: int, what: str) -> str:
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+    return f"{path}: is {kind}, not a {what}"
+
+
+def read_input(path: str | Path, limit: int, what: str,
+               error: type[TacclError] = TacclError) -> bytes:
+    """The bytes of the input file ``path``, refused with a one-line ``error`` if it is not
+    a regular file (a directory, FIFO, socket or device: found by a stat, never opened or
+    waited on) or holds more than ``limit`` bytes (never more than ``limit + 1`` are read).
+    ``what`` names the file's role in messages, e.g. "topology file"."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(_not_regular(path, info.st_mode, what))
+        if info.st_size > limit:
+            raise error(f"{path}: too large for a {what}: {info.st_size} bytes, the limit "
+                        f"is {limit}")
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not stat.S_ISREG(mode):  # replaced since the stat
+                raise error(_not_regular(path, mode, what))
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise error(f"{path}: cannot read: no such file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise error(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(data) > limit:
+        raise error(f"{path}: too large for a {what}: over the limit of {limit} bytes")
+    return data
