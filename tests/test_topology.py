@@ -186,7 +186,8 @@ def test_unknown_name_lists_builtins():
     (lambda d: d.update(links=[{"pairs": [[1, 2, 3]], "bandwidth": 1, "alpha": 0}]),
      "links[0].pairs[0]: must be a pair of GPU ids"),
     (lambda d: d["switches"][0].update(gpus="most"), 'switches[0].gpus: must be "all" or'),
-    (lambda d: d["nics"][0].update(bandwidth=float("nan")), "nics[0].bandwidth: must be a number"),
+    (lambda d: d["nics"][0].update(bandwidth=float("nan")),
+     "nics[0].bandwidth: must be a finite number, got nan"),
 ])
 def test_errors_name_file_and_field(tmp_path, change, expected):
     doc = a100_doc()
@@ -199,7 +200,7 @@ def test_errors_name_file_and_field(tmp_path, change, expected):
     assert "\n" not in message
     with pytest.raises(TopologyError) as again:
         validate_file(path)
-    assert str(again.value) == message
+    assert str(again.value).splitlines()[0] == message
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -225,7 +226,7 @@ def test_unreadable_paths(tmp_path):
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00junk")
     with pytest.raises(TopologyError, match=r"bin.yaml: not a UTF-8 text file"):
         load_topology(str(tmp_path / "bin.yaml"))
-    with pytest.raises(TopologyError, match=r"nope.yaml: no such file"):
+    with pytest.raises(TopologyError, match=r"nope.yaml: cannot read: no such file"):
         load_topology(str(tmp_path / "nope.yaml"))
     with pytest.raises(TopologyError, match=r"is a directory"):
         validate_file(tmp_path)

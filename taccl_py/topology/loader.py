@@ -11,13 +11,18 @@ from pathlib import Path
 import yaml
 
 from ..errors import TopologyError
+from ..fileio import read_input
 from .model import Link, Nic, Switch, Topology
-from .schema import check_document, expand_gpus
+from .schema import MAX_RANKS, check_document, expand_gpus
 
 MAX_FILE_BYTES = 1 << 20
 MAX_FLOW_DEPTH = 64
-#: most ranks a topology may have over all its nodes (the MSCCL loader's bound too)
-MAX_RANKS = 1024
+#: most YAML nodes a document may have once its aliases are expanded: a "billion laughs"
+#: alias bomb is refused before it is built (no topology or sketch comes near this)
+MAX_YAML_NODES = 1 << 18
+#: longest integer literal: a longer one cannot be in range, and Python's int() of a
+#: sexagesimal (1:2:3) or 4,300-digit literal is slow or fails
+MAX_INT_CHARS = 64
 _GB = 1e9
 _US_PER_S = 1e6
 
@@ -44,7 +49,8 @@ def builtin_names() -> list[str]:
 
 
 class _Loader(yaml.SafeLoader):
-    """A safe YAML loader that rejects a key repeated in one mapping."""
+    """A safe YAML loader that rejects a key repeated in one mapping and overlong
+    integers."""
 
     def construct_mapping(self, node, deep=False):
         seen: set[tuple[str, str]] = set()
@@ -56,6 +62,63 @@ class _Loader(yaml.SafeLoader):
                         None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > MAX_INT_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer longer than {MAX_INT_CHARS} characters", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _expanded_size(root: yaml.Node) -> int | None:
+    """Nodes in the document with every alias expanded (an alias is the node it names,
+    shared, so this is a walk of each node once); None if an alias is inside the node it
+    names (a document of infinite size)."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # entered, not finished: the current node and its ancestors
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in _children(node))
+        elif key in open_:
+            return None
+        elif key not in size:
+            open_.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in _children(node))
+    return size[id(root)]
+
+
+def _load_yaml(text: str, where: str) -> object:
+    """A YAML document's data, its aliases' expansion bounded by :data:`MAX_YAML_NODES`."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node)
+        if size is None:
+            raise TopologyError(f"{where}: a YAML alias refers to a node that contains it")
+        if size > MAX_YAML_NODES:
+            raise TopologyError(f"{where}: {size} YAML nodes once aliases are expanded, more "
+                                f"than the limit of {MAX_YAML_NODES}")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _check_flow_depth(text: str, where: str) -> None:
@@ -72,11 +135,11 @@ def _check_flow_depth(text: str, where: str) -> None:
                 depth -= 1
 
 
-def _parse(data: bytes, where: str) -> object:
+def parse_yaml(data: bytes, where: str) -> object:
     """Bytes of a YAML file -> Python data, or a one-line TopologyError."""
     if len(data) > MAX_FILE_BYTES:
-        raise TopologyError(f"{where}: file too large ({len(data)} bytes, "
-                            f"limit {MAX_FILE_BYTES})")
+        raise TopologyError(f"{where}: too large for a YAML file: {len(data)} bytes, the "
+                            f"limit is {MAX_FILE_BYTES}")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -86,7 +149,7 @@ def _parse(data: bytes, where: str) -> object:
         raise TopologyError(f"{where}: empty file")
     _check_flow_depth(text, where)
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        doc = _load_yaml(text, where)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
@@ -106,26 +169,25 @@ def _parse(data: bytes, where: str) -> object:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise TopologyError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TopologyError(f"{path}: is a directory, not a topology file") from None
-    except OSError as exc:
-        raise TopologyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return read_input(path, MAX_FILE_BYTES, "topology file", TopologyError)
 
 
-def _load_document(data: bytes, where: str) -> dict:
-    doc = _parse(data, where)
-    check_document(doc, where)
+def _load_document(data: bytes, where: str, every: bool = False) -> dict:
+    doc = parse_yaml(data, where)
+    check_document(doc, where, every)
     return doc
 
 
+def load_document(path: str | os.PathLike) -> dict:
+    """The data of a valid topology file (a one-line TopologyError if it is not one)."""
+    return _load_document(_read(Path(path)), str(path))
+
+
 def validate_file(path: str | os.PathLike) -> None:
-    """Raise a one-line TopologyError if ``path`` is not a valid topology file."""
+    """Raise a TopologyError if ``path`` is not a valid topology file, one line for each
+    problem found."""
     path = Path(path)
-    _load_document(_read(path), str(path))
+    _load_document(_read(path), str(path), every=True)
 
 
 def _build(doc: dict, default_name: str, source: str, nodes: int) -> Topology:

@@ -7,21 +7,32 @@ line, ``<file>: <field path>: <message>``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 from ..errors import TacclError, TopologyError
+from ..units import MAX_SIZE
 
 MAX_GPUS_PER_NODE = 1024
+#: most ranks a topology may have over all its nodes (the MSCCL loader's bound too)
+MAX_RANKS = 1024
+#: a C int: the largest count of profiling iterations
+MAX_ITERS = (1 << 31) - 1
+#: problems listed by a validation that reports every one (then a count of the rest)
+MAX_LISTED = 100
 
 _NAME = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_-]*$",
          "x-message": "must be a name of letters, digits, '_' or '-', starting with a letter"}
-_GPU = {"type": "integer", "minimum": 0}
-_GPUS = {"anyOf": [{"const": "all"}, {"type": "array", "items": _GPU, "minItems": 1}],
-         "x-message": "must be \"all\" or a non-empty list of GPU ids"}
+#: a local GPU id (the loader checks it against gpus_per_node)
+GPU_ID = {"type": "integer", "minimum": 0, "maximum": MAX_GPUS_PER_NODE - 1}
+#: "all" or a list of local GPU ids
+GPU_LIST = {"anyOf": [{"const": "all"}, {"type": "array", "items": GPU_ID, "minItems": 1}],
+            "x-message": "must be \"all\" or a non-empty list of GPU ids"}
+_RANK = {"type": "integer", "minimum": 0, "maximum": MAX_RANKS - 1}
 _BANDWIDTH = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}  # GB/s
 _ALPHA = {"type": "number", "minimum": 0, "maximum": 1e6}  # µs
 
@@ -33,7 +44,7 @@ _PORT_GROUPS = {
         "type": "object",
         "required": ["gpus", "bandwidth", "alpha"],
         "additionalProperties": False,
-        "properties": {"name": _NAME, "gpus": _GPUS, "bandwidth": _BANDWIDTH, "alpha": _ALPHA},
+        "properties": {"name": _NAME, "gpus": GPU_LIST, "bandwidth": _BANDWIDTH, "alpha": _ALPHA},
     },
 }
 
@@ -49,16 +60,18 @@ _MEASURED = {
         "transport": {"type": "string"},
         "device": {"type": "string"},
         "hosts": {"type": "array", "items": {"type": "string"}},
-        "ranks": {"type": "integer", "minimum": 2},
-        "sizes": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-        "iters": {"type": "integer", "minimum": 1},
+        "ranks": {"type": "integer", "minimum": 2, "maximum": MAX_RANKS},
+        "sizes": {"type": "array", "items": {"type": "integer", "minimum": 1,
+                                             "maximum": MAX_SIZE}},
+        "iters": {"type": "integer", "minimum": 1, "maximum": MAX_ITERS},
         "fits": {"type": "array", "items": {
             "type": "object",
             "required": ["pair", "alpha", "bandwidth"],
             "additionalProperties": False,
             "properties": {
-                "pair": {"type": "array", "items": _GPU, "minItems": 2, "maxItems": 2},
-                "alpha": _ALPHA, "bandwidth": _BANDWIDTH, "r2": {"type": "number"},
+                "pair": {"type": "array", "items": _RANK, "minItems": 2, "maxItems": 2},
+                "alpha": _ALPHA, "bandwidth": _BANDWIDTH,
+                "r2": {"type": "number", "maximum": 1},
             },
         }},
     },
@@ -83,7 +96,7 @@ SCHEMA: dict = {
                 "additionalProperties": False,
                 "properties": {
                     "pairs": {"type": "array", "minItems": 1, "items": {
-                        "type": "array", "items": _GPU, "minItems": 2, "maxItems": 2,
+                        "type": "array", "items": GPU_ID, "minItems": 2, "maxItems": 2,
                         "x-message": "must be a pair of GPU ids [a, b]"}},
                     "count": {"type": "integer", "minimum": 1, "maximum": 64},
                     "bandwidth": _BANDWIDTH,
@@ -96,12 +109,28 @@ SCHEMA: dict = {
         "switches": _PORT_GROUPS,
         "nics": _PORT_GROUPS,
         "network": {"enum": ["full-bisection", "rail-only"]},
-        "max_nodes": {"type": "integer", "minimum": 1},
+        "max_nodes": {"type": "integer", "minimum": 1, "maximum": MAX_RANKS},
         "measured": _MEASURED,
     },
 }
 
-_VALIDATOR = Draft202012Validator(SCHEMA)
+def _finite_number(checker, value: object) -> bool:
+    """JSON Schema's "number" less NaN and ±inf (and, as ever, less booleans)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        isinstance(value, int) or math.isfinite(value))
+
+
+_Validator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number))
+
+
+def make_validator(schema: dict) -> Draft202012Validator:
+    """A validator of ``schema`` whose numbers are finite."""
+    return _Validator(schema)
+
+
+_VALIDATOR = make_validator(SCHEMA)
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
                "boolean": "true or false", "array": "a list", "object": "a mapping",
@@ -121,13 +150,57 @@ def field_path(parts: Iterable[object]) -> str:
     return out or "top level"
 
 
-def fail(where: str, path: Iterable[object], message: str,
-         error: type[TacclError] = TopologyError) -> TacclError:
-    """A one-line ``error`` (TopologyError unless told) ``<where>: <path>: <message>``."""
-    return error(f"{where}: {field_path(path)}: {message}")
+def _path_key(path: tuple) -> list[tuple]:
+    """Sort key of a field path: list indexes by number, before mapping keys."""
+    return [(0, p, "") if isinstance(p, int) and not isinstance(p, bool) else (1, 0, str(p))
+            for p in path]
+
+
+class Problems:
+    """What is wrong with one document: (field path, message) pairs, reported one per line
+    as ``<where>: <field path>: <message>``."""
+
+    def __init__(self, where: str, error: type[TacclError] = TopologyError) -> None:
+        self.where, self.error = where, error
+        self.found: list[tuple[tuple, str]] = []
+        self._at: set[tuple] = set()  # the problems' paths
+        self._within: set[tuple] = set()  # the fields holding a problem
+
+    def add(self, path: Iterable[object], message: str) -> None:
+        path = tuple(path)
+        self.found.append((path, message))
+        self._at.add(path)
+        self._within.update(path[:k] for k in range(len(path) + 1))
+
+    def above(self, *path: object) -> bool:
+        """Whether a problem lies at ``path`` or at a field containing it."""
+        return any(path[:k] in self._at for k in range(len(path) + 1))
+
+    def touch(self, *path: object) -> bool:
+        """Whether a problem lies at ``path``, inside it or at a field containing it."""
+        return path in self._within or self.above(*path)
+
+    def lines(self) -> list[str]:
+        """The problems' lines sorted by field path, without repeats."""
+        ordered = sorted(self.found, key=lambda f: _path_key(f[0]))
+        return list(dict.fromkeys(f"{self.where}: {field_path(p)}: {m}" for p, m in ordered))
+
+    def check(self, every: bool = False) -> None:
+        """Raise the first problem as a one-line error; with ``every``, all of them, one per
+        line (the first :data:`MAX_LISTED`, then how many more)."""
+        lines = self.lines()
+        if not lines:
+            return
+        if not every:
+            raise self.error(lines[0])
+        if len(lines) > MAX_LISTED:
+            lines[MAX_LISTED:] = [f"{self.where}: and {len(lines) - MAX_LISTED} more problems"]
+        raise self.error("\n".join(lines))
 
 
 def _show(value: object, limit: int = 40) -> str:
+    if isinstance(value, (list, dict, tuple, set)):
+        return _kind(value)  # repr of a large (aliased) container would be slow
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -148,45 +221,44 @@ def _number(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _translate(err: ValidationError) -> tuple[list[object], str]:
-    """The field path and a plain message for one jsonschema error."""
+def _translate(err: ValidationError) -> list[tuple[list[object], str]]:
+    """The field paths and plain messages of one jsonschema error."""
     path = list(err.absolute_path)
     e: ValidationError | None = err
     while e is not None and list(e.absolute_path) == path:
         if isinstance(e.schema, dict) and "x-message" in e.schema:
-            return path, e.schema["x-message"]
+            return [(path, e.schema["x-message"])]
         e = e.parent
     kind, want, value = err.validator, err.validator_value, err.instance
     if kind == "required":
-        missing = next(k for k in want if k not in value)
-        return path + [missing], "required"
+        return [(path + [k], "required") for k in want if k not in value]
     if kind == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
-        extra = next(k for k in value if k not in allowed)
-        return path + [extra], f"unknown field {_show(extra)} (allowed: {', '.join(allowed)})"
+        return [(path + [k], f"unknown field {_show(k)} (allowed: {', '.join(allowed)})")
+                for k in value if k not in allowed]
     if kind == "type":
         wanted = " or ".join(_TYPE_NAMES[t] for t in ([want] if isinstance(want, str) else want))
-        return path, f"must be {wanted}, got {_kind(value)}"
+        if isinstance(value, float) and not math.isfinite(value):
+            wanted = wanted.replace("a number", "a finite number")
+        return [(path, f"must be {wanted}, got {_kind(value)}")]
     bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
     if kind in bounds:
-        return path, f"must be {bounds[kind]} {_number(want)}, got {_show(value)}"
+        return [(path, f"must be {bounds[kind]} {_number(want)}, got {_show(value)}")]
     if kind == "enum":
-        return path, f"must be one of {', '.join(want)}, got {_show(value)}"
+        return [(path, f"must be one of {', '.join(want)}, got {_show(value)}")]
     if kind == "minItems":
-        return path, "must not be empty" if want == 1 else f"must have at least {want} items"
+        return [(path, "must not be empty" if want == 1 else f"must have at least {want} items")]
     if kind == "maxItems":
-        return path, f"must have at most {want} items"
-    return path, " ".join(err.message.split())[:200]
+        return [(path, f"must have at most {want} items")]
+    return [(path, " ".join(err.message.split())[:200])]
 
 
-def schema_error(validator: Draft202012Validator, doc: object, where: str,
-                 error: type[TacclError] = TopologyError) -> TacclError | None:
-    """The most relevant schema violation of ``doc`` as a one-line ``error``, or None."""
-    err = best_match(validator.iter_errors(doc))
-    if err is None:
-        return None
-    path, message = _translate(err)
-    return fail(where, path, message, error)
+def schema_problems(validator: Draft202012Validator, doc: object, problems: Problems) -> None:
+    """Add every schema violation of ``doc`` to ``problems`` (of an ``anyOf``, the most
+    relevant branch's)."""
+    for err in validator.iter_errors(doc):
+        for path, message in _translate(best_match([err])):
+            problems.add(path, message)
 
 
 def expand_gpus(gpus: object, gpus_per_node: int) -> list[int]:
@@ -194,67 +266,84 @@ def expand_gpus(gpus: object, gpus_per_node: int) -> list[int]:
     return list(range(gpus_per_node)) if gpus == "all" else [int(g) for g in gpus]
 
 
-def _check_gpu(where: str, path: list[object], gpu: object, n: int) -> int:
-    gpu = int(gpu)
-    if gpu >= n:
-        raise fail(where, path, f"GPU {gpu} out of range 0..{n - 1}")
-    return gpu
+def _entries(doc: dict, section: str, problems: Problems) -> list[tuple[int, object]]:
+    """A section's (index, entry) pairs, none if the section itself is broken."""
+    return [] if problems.above(section) else list(enumerate(doc.get(section, [])))
 
 
-def _check_links(where: str, doc: dict, n: int) -> None:
+def _in_range(problems: Problems, path: tuple, gpu: int, n: int) -> bool:
+    if gpu < n:
+        return True
+    problems.add(path, f"GPU {gpu} out of range 0..{n - 1}")
+    return False
+
+
+def _check_links(doc: dict, n: int, problems: Problems) -> None:
     seen: dict[tuple[int, int], str] = {}
-    for i, entry in enumerate(doc.get("links", [])):
+    for i, entry in _entries(doc, "links", problems):
+        if problems.touch("links", i, "pairs") or problems.touch("links", i, "directed"):
+            continue
         for j, pair in enumerate(entry["pairs"]):
-            here = ["links", i, "pairs", j]
-            a, b = (_check_gpu(where, here + [k], g, n) for k, g in enumerate(pair))
+            here = ("links", i, "pairs", j)
+            if not all([_in_range(problems, here + (k,), g, n) for k, g in enumerate(pair)]):
+                continue
+            a, b = pair
             if a == b:
-                raise fail(where, here, f"self-link {a}-{a}")
-            edges = [(a, b)] if entry.get("directed", False) else [(a, b), (b, a)]
-            for edge in edges:
+                problems.add(here, f"self-link {a}-{a}")
+                continue
+            for edge in [(a, b)] if entry.get("directed", False) else [(a, b), (b, a)]:
                 if edge in seen:
-                    raise fail(where, here,
-                               f"duplicate link {edge[0]}->{edge[1]} (also at {seen[edge]})")
+                    problems.add(here, f"duplicate link {edge[0]}->{edge[1]} (also at "
+                                       f"{seen[edge]})")
+                    break
                 seen[edge] = field_path(here)
 
 
-def _check_attached(where: str, doc: dict, section: str, default: str, n: int) -> None:
+def _check_attached(doc: dict, section: str, default: str, n: int,
+                    problems: Problems) -> None:
     """Switches or NICs: GPU ids in range, each GPU on at most one, unique names."""
     owner: dict[int, int] = {}
     names: set[str] = set()
-    for i, entry in enumerate(doc.get(section, [])):
-        name = entry.get("name", f"{default}{i}")
-        if name in names:
-            raise fail(where, [section, i, "name"], f"duplicate name {name!r}")
-        names.add(name)
-        if entry["gpus"] == "all":
-            local = {g: ["gpus"] for g in range(n)}
-        else:
-            local = {}
-            for j, g in enumerate(entry["gpus"]):
-                gpu = _check_gpu(where, [section, i, "gpus", j], g, n)
-                if gpu in local:
-                    raise fail(where, [section, i, "gpus", j], f"GPU {gpu} listed twice")
-                local[gpu] = ["gpus", j]
-        for gpu, sub in local.items():
+    for i, entry in _entries(doc, section, problems):
+        if not problems.touch(section, i, "name"):
+            name = entry.get("name", f"{default}{i}")
+            if name in names:
+                problems.add((section, i, "name"), f"duplicate name {name!r}")
+            names.add(name)
+        if problems.touch(section, i, "gpus"):
+            continue
+        local: dict[int, tuple] = {}
+        for j, g in enumerate(range(n) if entry["gpus"] == "all" else entry["gpus"]):
+            here = (section, i, "gpus") + (() if entry["gpus"] == "all" else (j,))
+            if not _in_range(problems, here, g, n):
+                continue
+            if g in local:
+                problems.add(here, f"GPU {g} listed twice")
+            local[g] = here
+        for gpu, here in local.items():
             if gpu in owner:
-                raise fail(where, [section, i, *sub],
-                           f"GPU {gpu} is already on {section}[{owner[gpu]}]")
-            owner[gpu] = i
+                problems.add(here, f"GPU {gpu} is already on {section}[{owner[gpu]}]")
+            else:
+                owner[gpu] = i
 
 
-def check_document(doc: object, where: str) -> None:
-    """Raise a one-line TopologyError unless ``doc`` (parsed YAML) is a valid topology."""
+def topology_problems(doc: object, where: str) -> Problems:
+    """Everything wrong with ``doc`` (parsed YAML) as a topology: schema violations, then
+    GPU ids out of range, self-links, duplicate links, names and GPU attachments."""
+    problems = Problems(where)
     if not isinstance(doc, dict):
-        raise fail(where, [], f"must be a mapping of fields, got {_kind(doc)}")
-    err = schema_error(_VALIDATOR, doc, where)
-    if err is not None:
-        raise err
-    for section in ("links", "switches", "nics"):
-        for i, entry in enumerate(doc.get(section, [])):
-            for key in ("bandwidth", "alpha"):
-                if entry[key] != entry[key]:
-                    raise fail(where, [section, i, key], "must be a number, got nan")
-    n = int(doc["gpus_per_node"])
-    _check_links(where, doc, n)
-    _check_attached(where, doc, "switches", "switch", n)
-    _check_attached(where, doc, "nics", "nic", n)
+        problems.add([], f"must be a mapping of fields, got {_kind(doc)}")
+        return problems
+    schema_problems(_VALIDATOR, doc, problems)
+    if not problems.touch("gpus_per_node"):
+        n = doc["gpus_per_node"]
+        _check_links(doc, n, problems)
+        _check_attached(doc, "switches", "switch", n, problems)
+        _check_attached(doc, "nics", "nic", n, problems)
+    return problems
+
+
+def check_document(doc: object, where: str, every: bool = False) -> None:
+    """Raise a one-line TopologyError unless ``doc`` (parsed YAML) is a valid topology;
+    with ``every``, one line for each problem."""
+    topology_problems(doc, where).check(every)
