@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
-from jsonschema import Draft202012Validator
 
 from ..errors import SketchError, TacclError, TopologyError
-from ..topology.loader import _builtin_dir, _parse
+from ..fileio import read_input
+from ..topology.loader import MAX_FILE_BYTES, _builtin_dir, parse_yaml
 from ..topology.model import RAIL_ONLY, Topology
-from ..topology.schema import fail, schema_error
-from ..units import format_size, parse_size
+from ..topology.schema import GPU_ID, GPU_LIST, Problems, make_validator, schema_problems
+from ..units import MAX_SIZE, format_size, parse_size
 from .symmetry import Perm, automorphism_error, detect_symmetry, extend, node_rotation
 from .symmetry import orbit_representatives
 
@@ -27,10 +27,9 @@ UC_MIN, UC_MAX = "uc-min", "uc-max"
 DEFAULT_CHUNKUP = (1, 2, 6)
 DEFAULT_SIZE = 1 << 30
 MAX_CHUNKUP = 64
+#: most explicit symmetry rotations (each is checked against every connection)
+MAX_ROTATIONS = 16
 
-_GPU = {"type": "integer", "minimum": 0}
-_GPUS = {"anyOf": [{"const": "all"}, {"type": "array", "items": _GPU, "minItems": 1}],
-         "x-message": "must be \"all\" or a non-empty list of GPU ids"}
 _CHUNKUP = {"type": "integer", "minimum": 1, "maximum": MAX_CHUNKUP}
 
 SCHEMA: dict = {
@@ -49,11 +48,11 @@ SCHEMA: dict = {
                 "connections": {
                     "anyOf": [{"enum": ["rail", "all"]},
                               {"type": "array", "minItems": 1, "items": {
-                                  "type": "array", "items": _GPU, "minItems": 2,
+                                  "type": "array", "items": GPU_ID, "minItems": 2,
                                   "maxItems": 2}}],
                     "x-message": "must be \"rail\", \"all\" or a non-empty list of "
                                  "[sender, receiver] local GPU id pairs"},
-                "relays": {"type": "object", "additionalProperties": _GPUS},
+                "relays": {"type": "object", "additionalProperties": GPU_LIST},
             },
         },
         "own_data_first": {"type": "boolean"},
@@ -61,21 +60,22 @@ SCHEMA: dict = {
         "symmetry": {"anyOf": [
             {"enum": ["auto", "none"]},
             {"type": "object", "additionalProperties": False, "properties": {
-                "rotations": {"type": "array", "items": {
-                    "type": "array", "items": _GPU, "minItems": 1}},
+                "rotations": {"type": "array", "maxItems": MAX_ROTATIONS, "items": {
+                    "type": "array", "items": GPU_ID, "minItems": 1}},
                 "node_swaps": {"type": "boolean"}}}],
-            "x-message": "must be auto, none, or a mapping with rotations (lists of "
-                         "local GPU ids) and node_swaps (true/false)"},
+            "x-message": "must be auto, none, or a mapping with rotations (at most "
+                         f"{MAX_ROTATIONS} lists of local GPU ids) and node_swaps (true/false)"},
         "chunkup": {"anyOf": [_CHUNKUP, {"type": "array", "items": _CHUNKUP, "minItems": 1,
                                          "uniqueItems": True}],
                     "x-message": f"must be an integer 1..{MAX_CHUNKUP} or a non-empty "
                                  "list of distinct ones"},
-        "size": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
-                 "x-message": "must be a byte count like 1048576, 64M or 1G"},
+        "size": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
+                           {"type": "string"}],
+                 "x-message": "must be a byte count like 1048576, 64M or 1G, below 2^63"},
     },
 }
 
-_VALIDATOR = Draft202012Validator(SCHEMA)
+_VALIDATOR = make_validator(SCHEMA)
 
 
 @dataclass
@@ -123,43 +123,47 @@ def _read(name_or_path: str) -> tuple[bytes, str]:
         source = _builtin_sketch_dir() / f"{name_or_path}.yaml"
         return source.read_bytes(), str(source)
     path = Path(name_or_path)
-    try:
-        return path.read_bytes(), str(path)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         known = ", ".join(builtin_sketch_names()) or "none found"
         raise SketchError(f"{path}: no such sketch file, and not a built-in sketch "
-                          f"name ({known})") from None
-    except IsADirectoryError:
-        raise SketchError(f"{path}: is a directory, not a sketch file") from None
-    except OSError as exc:
-        raise SketchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+                          f"name ({known})")
+    return read_input(path, MAX_FILE_BYTES, "sketch file", SketchError), str(path)
 
 
-def load_sketch(name_or_path: str | os.PathLike, topology: Topology) -> Sketch:
-    """A shipped sketch by topology name, or a sketch file, resolved against ``topology``."""
+def load_sketch(name_or_path: str | os.PathLike, topology: Topology,
+                every: bool = False) -> Sketch:
+    """A shipped sketch by topology name, or a sketch file, resolved against ``topology``
+    (see :func:`parse_sketch` for ``every``)."""
     data, where = _read(os.fspath(name_or_path))
-    return parse_sketch(data, topology, where)
+    return parse_sketch(data, topology, where, every)
 
 
-def parse_sketch(data: bytes | str, topology: Topology, where: str = "<sketch>") -> Sketch:
-    """The text of a sketch file, checked and resolved against ``topology``."""
+def parse_sketch(data: bytes | str, topology: Topology, where: str = "<sketch>",
+                 every: bool = False) -> Sketch:
+    """The text of a sketch file, checked and resolved against ``topology``. A SketchError
+    names its first problem on one line; with ``every``, each problem on a line of its own."""
     if isinstance(data, str):
         data = data.encode()
     try:
-        doc = _parse(data, where)
+        doc = parse_yaml(data, where)
     except TopologyError as exc:
         raise SketchError(str(exc)) from None
+    problems = Problems(where, SketchError)
     if not isinstance(doc, dict):
-        raise fail(where, [], "must be a mapping of fields", SketchError)
-    err = schema_error(_VALIDATOR, doc, where, SketchError)
-    if err is not None:
-        raise err
-    return _Resolver(doc, topology, where).sketch()
+        problems.add([], "must be a mapping of fields")
+        problems.check()
+    schema_problems(_VALIDATOR, doc, problems)
+    sketch = _Resolver(doc, topology, problems).sketch()
+    problems.check(every)
+    return sketch
 
 
 def default_sketch(topology: Topology) -> Sketch:
     """Hints derived from the topology alone (what an empty sketch file gives)."""
-    return _Resolver({}, topology, "<default>").sketch(f"{topology.name}-default")
+    problems = Problems("<default>", SketchError)
+    sketch = _Resolver({}, topology, problems).sketch(f"{topology.name}-default")
+    problems.check()
+    return sketch
 
 
 def _nic_pair_ok(topology: Topology, a: int, b: int) -> str | None:
@@ -173,28 +177,56 @@ def _nic_pair_ok(topology: Topology, a: int, b: int) -> str | None:
     return None
 
 
-class _Resolver:
-    """Semantic checks of a schema-valid document and its resolution to ranks."""
+class _Bad(Exception):
+    """A problem with one item of a sketch: ``(field path, message)``."""
 
-    def __init__(self, doc: dict, topology: Topology, where: str) -> None:
-        self.doc, self.topo, self.where = doc, topology, where
+
+#: fields whose items are resolved one by one, skipping those with a schema problem
+_ITEMIZED = ("inter_node", "symmetry")
+
+
+class _Resolver:
+    """Semantic checks of a document and its resolution to ranks. Every problem found is
+    added to ``problems``; items with a schema problem there are skipped (other fields with
+    one are left at their defaults), and so are the checks that depend on them."""
+
+    def __init__(self, doc: dict, topology: Topology, problems: Problems) -> None:
+        self.topo, self.problems, self.where = topology, problems, problems.where
+        self.doc = {k: v for k, v in doc.items() if k in _ITEMIZED or not problems.touch(k)}
         self.n = topology.gpus_per_node
 
-    def fail(self, path: list, message: str) -> SketchError:
-        return fail(self.where, path, message, SketchError)
+    def items(self, pairs, *path):
+        """The ``(key, item)`` pairs of the field at ``path`` without a schema problem."""
+        return [(k, v) for k, v in pairs if not self.problems.touch(*path, k)]
 
     def gpu(self, path: list, value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(path, f"must be a GPU id, got {value!r}")
+            raise _Bad(path, f"must be a GPU id, got {value!r}")
         if value >= self.n or value < 0:
-            raise self.fail(path, f"GPU {value} out of range 0..{self.n - 1}")
+            raise _Bad(path, f"GPU {value} out of range 0..{self.n - 1}")
         return value
 
-    def sketch(self, default_name: str | None = None) -> Sketch:
+    def each(self, items, check) -> None:
+        """``check(key, item)`` for every ``(key, item)``; a problem skips only its item."""
+        for key, item in items:
+            try:
+                check(key, item)
+            except _Bad as bad:
+                self.problems.add(*bad.args)
+
+    def sketch(self, default_name: str | None = None) -> Sketch | None:
+        """The sketch, or None if a problem was found."""
         t = self.topo
         pairs = self.connections()
-        relays = self.relays(pairs)
-        self.check_reachable(pairs, relays)
+        relays = {}
+        if not self.problems.touch("inter_node", "connections"):
+            relays = self.relays(pairs)
+            if not self.problems.touch("inter_node"):
+                self.check_reachable(pairs, relays)
+        symmetry = self.symmetry(pairs, relays)
+        size = self.size()
+        if self.problems.found:
+            return None
         base = [node * self.n for node in range(t.nodes)]
         inter = frozenset((i + a, j + b) for i in base for j in base if i != j
                           for a, b in pairs)
@@ -206,16 +238,21 @@ class _Resolver:
             topology=t.label, connections=pairs, inter_node=inter, relays=rank_relays,
             own_data_first=self.doc.get("own_data_first", False),
             switch_policy=self.doc.get("switch_policy", UC_MAX if t.switches else None),
-            symmetry=self.symmetry(pairs, relays),
+            symmetry=symmetry,
             chunkup=tuple(chunkup) if isinstance(chunkup, list) else (chunkup,),
-            size=self.size(), source=self.where)
+            size=size, source=self.where)
 
     def connections(self) -> tuple[tuple[int, int], ...]:
+        if self.problems.above("inter_node"):
+            return ()
         section = self.doc.get("inter_node", {})
         has_nic = [g for g in range(self.n) if self.topo.nic_of(g) is not None]
         if "inter_node" in self.doc and not has_nic:
-            raise self.fail(["inter_node"], f"{self.topo.name} has no NICs, so there is "
-                                            "no inter-node traffic to sketch")
+            self.problems.add(["inter_node"], f"{self.topo.name} has no NICs, so there is "
+                                              "no inter-node traffic to sketch")
+            return ()
+        if self.problems.above("inter_node", "connections"):
+            return ()
         spec = section.get("connections", "all")
         if spec == "all":
             return tuple((a, b) for a in has_nic for b in has_nic
@@ -223,16 +260,18 @@ class _Resolver:
         if spec == "rail":
             return tuple((a, a) for a in has_nic)
         out: list[tuple[int, int]] = []
-        for i, pair in enumerate(spec):
+
+        def connection(i: int, pair: list) -> None:
             here = ["inter_node", "connections", i]
             a, b = (self.gpu(here + [k], g) for k, g in enumerate(pair))
             why = _nic_pair_ok(self.topo, a, b)
             if why is not None:
-                raise self.fail(here, f"GPU {a} -> remote GPU {b} has no NIC connection "
-                                      f"({why})")
+                raise _Bad(here, f"GPU {a} -> remote GPU {b} has no NIC connection ({why})")
             if (a, b) in out:
-                raise self.fail(here, f"duplicate connection {a} -> {b}")
+                raise _Bad(here, f"duplicate connection {a} -> {b}")
             out.append((a, b))
+
+        self.each(self.items(enumerate(spec), "inter_node", "connections"), connection)
         return tuple(out)
 
     def relays(self, pairs) -> dict[int, tuple[int, ...]]:
@@ -240,22 +279,27 @@ class _Resolver:
         given = self.doc.get("inter_node", {}).get("relays")
         if given is None:
             return self.default_relays(senders)
+        if self.problems.above("inter_node", "relays"):
+            return {}
         out: dict[int, tuple[int, ...]] = {}
-        for key, gpus in given.items():
+
+        def relay(key: object, gpus: object) -> None:
             here = ["inter_node", "relays", key]
             r = self.gpu(here, key)
             if r in out:
-                raise self.fail(here, f"GPU {r} listed twice")
+                raise _Bad(here, f"GPU {r} listed twice")
             if r not in senders:
-                raise self.fail(here, f"GPU {r} relays data but sends nothing across "
-                                      "nodes (not a sender in inter_node.connections)")
+                raise _Bad(here, f"GPU {r} relays data but sends nothing across nodes (not a "
+                                 "sender in inter_node.connections)")
             if gpus == "all":
                 out[r] = tuple(range(self.n))
-            else:
-                data = [self.gpu(here + [j], g) for j, g in enumerate(gpus)]
-                if len(set(data)) != len(data):
-                    raise self.fail(here, "a GPU listed twice")
-                out[r] = tuple(sorted(data))
+                return
+            data = [self.gpu(here + [j], g) for j, g in enumerate(gpus)]
+            if len(set(data)) != len(data):
+                raise _Bad(here, "a GPU listed twice")
+            out[r] = tuple(sorted(data))
+
+        self.each(self.items(given.items(), "inter_node", "relays"), relay)
         return dict(sorted(out.items()))
 
     def default_relays(self, senders: list[int]) -> dict[int, tuple[int, ...]]:
@@ -276,41 +320,47 @@ class _Resolver:
             " (by default a GPU relays the data of its NIC's GPUs; list relays explicitly)"
         for g, rs in carriers.items():
             if not rs:
-                raise self.fail(["inter_node", "relays"],
-                                f"GPU {g}'s data has no relay to leave node{how}")
-            if not any(nx.has_path(intra, g, r) for r in rs):
-                raise self.fail(["inter_node", "relays"],
-                                f"GPU {g}'s data cannot reach its relays "
-                                f"({', '.join(map(str, rs))}) within a node")
+                self.problems.add(["inter_node", "relays"],
+                                  f"GPU {g}'s data has no relay to leave node{how}")
+            elif not any(nx.has_path(intra, g, r) for r in rs):
+                self.problems.add(["inter_node", "relays"],
+                                  f"GPU {g}'s data cannot reach its relays "
+                                  f"({', '.join(map(str, rs))}) within a node")
         receivers = sorted({b for _, b in pairs})
         for g in range(self.n):
             if not any(nx.has_path(intra, r, g) for r in receivers):
-                raise self.fail(["inter_node", "connections"],
-                                f"GPU {g} cannot get remote data: no receiving GPU "
-                                "reaches it within a node")
+                self.problems.add(["inter_node", "connections"],
+                                  f"GPU {g} cannot get remote data: no receiving GPU "
+                                  "reaches it within a node")
 
     def symmetry(self, pairs, relays) -> tuple[Perm, ...]:
         spec = self.doc.get("symmetry", "auto")
-        if spec == "none":
+        inter_ok = not self.problems.touch("inter_node")
+        if spec == "none" or self.problems.above("symmetry") or (spec == "auto" and not inter_ok):
             return ()
         if spec == "auto":
             return tuple(p for p in detect_symmetry(self.topo)
                          if self.sketch_error(tuple(x % self.n for x in p[: self.n]),
                                               pairs, relays) is None)
         out: list[Perm] = []
-        for i, local in enumerate(spec.get("rotations", [])):
+
+        def rotation(i: int, local: list) -> None:
             here = ["symmetry", "rotations", i]
             if sorted(local) != list(range(self.n)):
-                raise self.fail(here, f"must be a permutation of 0..{self.n - 1}")
+                raise _Bad(here, f"must be a permutation of 0..{self.n - 1}")
             perm = extend(self.topo, local)
             why = automorphism_error(self.topo, perm)
             why = why and f"not a symmetry of {self.topo.label}: {why}"
-            why = why or self.sketch_error(tuple(local), pairs, relays)
+            why = why or (self.sketch_error(tuple(local), pairs, relays) if inter_ok else None)
             if why:
-                raise self.fail(here, why)
+                raise _Bad(here, why)
             if perm != tuple(range(len(perm))):
                 out.append(perm)
-        if spec.get("node_swaps", False) and self.topo.nodes > 1:
+
+        if not self.problems.above("symmetry", "rotations"):
+            rotations = enumerate(spec.get("rotations", []))
+            self.each(self.items(rotations, "symmetry", "rotations"), rotation)
+        if spec.get("node_swaps") is True and self.topo.nodes > 1:
             out.insert(0, node_rotation(self.topo))
         return tuple(out)
 
@@ -334,7 +384,8 @@ class _Resolver:
         try:
             return parse_size(value) if isinstance(value, str) else value
         except TacclError as exc:
-            raise self.fail(["size"], str(exc)) from None
+            self.problems.add(["size"], str(exc))
+            return DEFAULT_SIZE
 
 
 def _flow(values) -> str:
