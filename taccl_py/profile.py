@@ -408,15 +408,14 @@ def format_table(results: list[PairResult]) -> str:
 # -- the command ------------------------------------------------------------------------------
 def _prepare(hosts, gpus_per_node, sizes, output: Path | None, update: Path | None):
     """Rank 0's checks before measuring: sizes, node groups, the --update document."""
-    from .topology.loader import validate_file
+    from .topology.loader import load_document
 
     if len(sizes) < 2:
         raise TacclError("--sizes needs at least two sizes to fit alpha and bandwidth")
     groups = group_nodes(hosts, gpus_per_node)
     doc = None
     if update is not None:
-        validate_file(update)
-        doc = yaml.safe_load(update.read_text(encoding="utf-8-sig"))
+        doc = load_document(update)
         _check_node_size(int(doc["gpus_per_node"]), groups, str(update))
     target = output or update
     if target is not None and not target.parent.is_dir():
