@@ -223,7 +223,9 @@ def _describe_cut(topology: Topology, graph: nx.DiGraph, side: frozenset) -> str
 # -- AllToAll: max-concurrent multicommodity flow ----------------------------------
 
 def _lp_solver():
-    highs = pulp.HiGHS(msg=False)
+    from .highs import HiGHS
+
+    highs = HiGHS()
     return highs if highs.available() else pulp.PULP_CBC_CMD(msg=False)
 
 

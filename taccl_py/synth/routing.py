@@ -22,6 +22,7 @@ from ..collectives import ALLGATHER, ALLTOALL, Collective
 from ..errors import SketchError, TacclError
 from ..topology.model import Topology
 from .routes import route_tree
+from .highs import HiGHS
 
 if TYPE_CHECKING:
     from .sketch import Sketch
@@ -262,22 +263,9 @@ def relaxed_makespan(topology: Topology, collective: Collective, chunk_bytes: fl
     return max(worst, max(load.values(), default=0.0))
 
 
-class _WarmHiGHS(pulp.HiGHS):
-    """pulp's HiGHS, handed the variables' initial values as a starting incumbent."""
-
-    def callSolver(self, lp):
-        import highspy
-
-        start = highspy.HighsSolution()
-        start.col_value = [v.varValue or 0.0 for v in lp.variables()]
-        start.value_valid = True
-        lp.solverModel.setSolution(start)
-        lp.solverModel.run()
-
-
 def _solver(time_limit: float):
     try:
-        solver = _WarmHiGHS(msg=False, timeLimit=max(1.0, time_limit))
+        solver = HiGHS(warm=True, timeLimit=max(1.0, time_limit))
         if solver.available():
             return solver
     except pulp.PulpSolverError:
