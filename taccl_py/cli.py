@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
@@ -13,12 +16,25 @@ from .topology.loader import MAX_RANKS
 from .units import format_size, parse_size
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_interrupts():
+    """Make SIGTERM raise KeyboardInterrupt (main thread only); the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 class _Group(click.Group):
     """A click group that turns :class:`TacclError` into a one-line message."""
 
     def main(self, *args, **kwargs):
-        """Usage errors, too, are one line on stderr: ``taccl: error: ...``, exit 2."""
+        """Usage errors, too, are one line on stderr: ``taccl: error: ...``, exit 2.
+        SIGTERM interrupts like Ctrl-C: ``taccl: interrupted``, exit 130."""
         kwargs.pop("standalone_mode", None)
+        previous = _sigterm_interrupts()
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.ClickException as exc:
@@ -29,6 +45,9 @@ class _Group(click.Group):
         except click.Abort:
             click.echo("taccl: interrupted", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
@@ -105,8 +124,13 @@ def _order(ctx, param, value):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="taccl_py")
-def main() -> None:
+@click.option("--verbose", is_flag=True,
+              help="show solver banners and logs (HiGHS) on stderr")
+def main(verbose: bool) -> None:
     """Synthesize, verify and run collective-communication algorithms."""
+    from .synth.solvers import set_verbose
+
+    set_verbose(verbose)
 
 
 # -- topology -----------------------------------------------------------------
@@ -489,9 +513,11 @@ def plot(plan_path, topology_name, nodes, sizes, algbw_png, timeline_png, size) 
 @click.option("--max-steps", type=click.IntRange(1, MAX_SMT),
               help="most steps S tried [default: least steps + 2]")
 @click.option("--time-limit", default=60.0, show_default=True,
-              type=_Finite(1, MAX_TIME_LIMIT), help="seconds per SMT solve")
+              type=_Finite(1, MAX_TIME_LIMIT),
+              help="seconds for the whole search (cut short: the points found so far)")
 def pareto(topology_name, nodes, collective, max_chunks, max_steps, time_limit) -> None:
     """Exact (SMT) latency/bandwidth Pareto frontier of synchronous algorithms."""
+    deadline = time.perf_counter() + time_limit
     from .lowering.lower import lower
     from .runtime.simulate import simulate as run_sim
     from .runtime.verify import verify
@@ -500,7 +526,13 @@ def pareto(topology_name, nodes, collective, max_chunks, max_steps, time_limit) 
 
     topo = load_topology(topology_name, nodes)
     front = smt_pareto(topo, collective, max_steps=max_steps, max_chunks=max_chunks,
-                       time_limit=time_limit)
+                       time_limit=time_limit, progress=_progress, deadline=deadline)
+    if not front.complete and not front.points:
+        raise TacclError(f"no synchronous {collective} algorithm on {topo.label} found "
+                         f"within the time limit of {time_limit:g} s")
+    if not front.complete:
+        click.echo(f"taccl: note: time limit of {time_limit:g} s reached; the frontier "
+                   "below is only the points found so far", err=True)
     sizes = (1 << 10, 1 << 20, 1 << 30)
     click.echo(f"{topo.label} {collective}: least steps {front.least_steps}, bandwidth "
                f"bound R/C >= {front.bandwidth_bound:.4g}; {len(front.log)} solves in "

@@ -43,8 +43,8 @@ def build_plan(topology: Topology, collective: Collective, method: str = "ring",
                 "max_bytes": max_bytes, "name": name, "topology": topology}
     kw = {"size": size} if size else {}
     if method != "milp":
-        if method == "smt":  # smt: steps/rounds/chunks, each solve bounded by time_limit
-            kw.update(smt or {}, time_limit=time_limit)
+        if method == "smt":  # smt: steps/rounds/chunks, the search bounded by time_limit
+            kw.update(smt or {}, time_limit=time_limit, progress=progress)
         alg = synthesize(topology, collective, method, order=order, sketch=sketch, **kw)
         alg.size = size
         plan = lower(alg, **lowering)

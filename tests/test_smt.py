@@ -149,10 +149,11 @@ def run(*args: str):
 def test_cli_pareto_prints_frontier():
     res = run("pareto", "-t", "dgx1", "-c", "allgather", "--max-chunks", "6")
     assert res.exit_code == 0, res.output
-    rows = [line.split() for line in res.output.splitlines()[2:]]
+    rows = [line.split() for line in res.stdout.splitlines()[2:]]
     assert [r[:4] for r in rows] == [["2", "3", "2", "1.5"], ["3", "7", "6", "1.167"]]
     assert all(len(r) == 8 for r in rows)
-    assert "R/C" in res.output and "1G us" in res.output
+    assert "R/C" in res.stdout and "1G us" in res.stdout
+    assert "smt (S 3, R 7, C 6): sat in" in res.stderr  # live progress, on stderr only
 
 
 def test_cli_synthesize_smt_writes_verified_plan(tmp_path):

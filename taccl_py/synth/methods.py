@@ -24,12 +24,13 @@ def synthesize(topology: Topology, collective: Collective, method: str = "ring",
                chunks: int | None = None) -> Algorithm:
     """Make an algorithm for ``collective`` on ``topology`` with the named method.
 
-    ``size`` (bytes), ``time_limit`` (s), ``progress`` (a callback
-    ``(stage, elapsed, incumbent, gap)``) and ``sketch`` (a communication sketch, see
+    ``size`` (bytes), ``sketch`` (a communication sketch, see
     :mod:`taccl_py.synth.sketch`) and ``judge`` (scores a candidate algorithm, e.g. by
     simulation) only matter to the ``milp`` method; a sketch with another method is a
     TacclError. ``steps``, ``rounds`` and ``chunks`` only matter to the ``smt`` method
-    (see :func:`smt_method`); ``time_limit`` bounds each of its solves.
+    (see :func:`smt_method`). ``time_limit`` (s) bounds the milp and smt searches,
+    ``progress`` (a callback ``(stage, elapsed, incumbent, gap)``) is told of their
+    solves.
     """
     if collective.num_ranks != topology.num_ranks:
         raise TacclError(f"collective has {collective.num_ranks} ranks but topology "
@@ -49,23 +50,26 @@ def synthesize(topology: Topology, collective: Collective, method: str = "ring",
                                 progress=progress, sketch=sketch, judge=judge)
     if method == "smt":
         return smt_method(topology, collective, steps=steps, rounds=rounds, chunks=chunks,
-                          time_limit=time_limit)
+                          time_limit=time_limit, progress=progress)
     raise TacclError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def smt_method(topology: Topology, collective: Collective, *, steps: int | None = None,
                rounds: int | None = None, chunks: int | None = None,
-               time_limit: float = 60.0) -> Algorithm:
+               time_limit: float = 60.0, progress=None) -> Algorithm:
     """Method "smt": with ``steps`` and ``rounds``, exactly that synchronous algorithm
     (``chunks`` defaults to the collective's chunk-up); otherwise the bandwidth-optimal
     point of the SMT Pareto frontier within ``steps`` (default: least steps + 2) and
-    ``chunks`` (default 8) chunks per block."""
+    ``chunks`` (default 8) chunks per block, found within ``time_limit`` s in all (see
+    :func:`~.smt.bandwidth_optimal`)."""
     from .smt import bandwidth_optimal, smt_algorithm
 
     if (steps is None) != (rounds is None) and rounds is not None:
         raise TacclError("--rounds needs --steps")
     if steps is not None and rounds is not None:
         return smt_algorithm(topology, collective, steps, rounds,
-                             chunks or collective.chunkup, time_limit=time_limit)
+                             chunks or collective.chunkup, time_limit=time_limit,
+                             progress=progress)
     return bandwidth_optimal(topology, collective.kind, max_steps=steps,
-                             max_chunks=chunks or 8, time_limit=time_limit)
+                             max_chunks=chunks or 8, time_limit=time_limit,
+                             progress=progress)

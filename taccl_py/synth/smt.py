@@ -45,6 +45,7 @@ from ..collectives import ALLGATHER, ALLTOALL, Collective, canonical_kind
 from ..errors import TacclError
 from ..topology.model import Topology
 from .ir import Algorithm, Transfer
+from .solvers import interruptible
 
 SUPPORTED = (ALLGATHER, ALLTOALL)
 
@@ -155,6 +156,7 @@ def _solve(topology: Topology, coll: Collective, steps: int, rounds: int,
     ctx = z3.Context()
     solver = z3.SolverFor("QF_FD", ctx=ctx)
     solver.set("timeout", max(1, int(time_limit * 1000)))
+    solver.set("ctrl_c", False)  # interrupts are ours (see .solvers), not z3's SIGINT handler
     false = z3.BoolVal(False, ctx)
 
     nchunks = coll.num_chunks
@@ -225,7 +227,7 @@ def _solve(topology: Topology, coll: Collective, steps: int, rounds: int,
                 most = math.floor(ratio * comp[s])
                 if len(sends) > most:
                     solver.add(z3.AtMost(*sends, most) if most else z3.Not(z3.Or(*sends)))
-        result = solver.check()
+        result = interruptible(solver.check, ctx.interrupt)
         if result == z3.sat:
             r_s = list(comp)
             break
@@ -353,13 +355,27 @@ def _to_algorithm(topology: Topology, coll: Collective, steps: int, rounds: int,
     return alg
 
 
+def _timed_solve(topology: Topology, coll: Collective, steps: int, rounds: int,
+                 time_limit: float, progress, began: float):
+    """:func:`_solve` with a line to ``progress`` before and after it; also its seconds."""
+    what = f"smt (S {steps}, R {rounds}, C {coll.chunkup})"
+    if progress is not None:
+        progress(what, time.perf_counter() - began, None, None)
+    t0 = time.perf_counter()
+    status, sol = _solve(topology, coll, steps, rounds, time_limit)
+    dt = time.perf_counter() - t0
+    if progress is not None:
+        progress(f"{what}: {status} in {dt:.2f} s", time.perf_counter() - began, None, None)
+    return status, sol, dt
+
+
 def smt_algorithm(topology: Topology, collective: Collective | str, steps: int,
                   rounds: int, chunks: int | None = None,
-                  time_limit: float = 60.0) -> Algorithm:
+                  time_limit: float = 60.0, progress=None) -> Algorithm:
     """The (steps, rounds, chunks) synchronous algorithm, or TacclError if unsat/timeout.
 
     ``collective`` may be a Collective (its chunk-up is replaced by ``chunks`` when given)
-    or a kind name.
+    or a kind name. ``progress(stage, elapsed_s, None, None)`` is told of the solve.
     """
     if isinstance(collective, str):
         collective = Collective(collective, topology.num_ranks, chunks or 1)
@@ -373,9 +389,8 @@ def smt_algorithm(topology: Topology, collective: Collective | str, steps: int,
     if steps < 1 or rounds < 1 or chunks < 1:
         raise TacclError(f"steps, rounds and chunks must be >= 1 (got {steps}, {rounds}, "
                          f"{chunks})")
-    t0 = time.perf_counter()
-    status, sol = _solve(topology, collective, steps, rounds, time_limit)
-    elapsed = time.perf_counter() - t0
+    status, sol, elapsed = _timed_solve(topology, collective, steps, rounds, time_limit,
+                                        progress, time.perf_counter())
     what = f"{steps} steps, {rounds} rounds, {chunks} chunks"
     if status == "unsat":
         raise TacclError(f"unsat: no algorithm with {what} on {topology.label}")
@@ -416,6 +431,7 @@ class Frontier:
     least_steps: int
     bandwidth_bound: float  # rounds per chunk
     total_time: float
+    complete: bool = True  # False: the deadline cut the search short
 
 
 def _candidates(steps: int, max_chunks: int, low: float, below: Fraction | None):
@@ -437,7 +453,7 @@ def _candidates(steps: int, max_chunks: int, low: float, below: Fraction | None)
 
 def pareto(topology: Topology, collective_kind: str, max_steps: int | None = None,
            max_chunks: int = 8, time_limit: float = 60.0,
-           progress=None) -> Frontier:
+           progress=None, deadline: float | None = None) -> Frontier:
     """The latency/bandwidth Pareto frontier of synchronous (S, R, C) algorithms.
 
     For S from the least steps up to ``max_steps`` (default: least + 2), tries (R, C)
@@ -445,8 +461,10 @@ def pareto(topology: Topology, collective_kind: str, max_steps: int | None = Non
     first sat one when its R/C beats every point with fewer steps; stops once R/C meets
     the bound. ``time_limit`` bounds each solve (an unknown answer counts as unsat and
     is logged as 'unknown', and a later point's ``proven`` is then False).
-    ``progress(S, R, C, status, seconds)`` is called per solve. While no point is known,
-    R/C goes up to 2·bound + 2·S for each S.
+    ``deadline`` (a ``time.perf_counter()`` value) bounds the whole search: each solve
+    gets at most the time left, and at the deadline the search stops with the points
+    found so far and ``complete`` False. ``progress(stage, elapsed_s, None, None)`` is
+    told of each solve. While no point is known, R/C goes up to 2·bound + 2·S for each S.
     """
     kind = _check_kind(collective_kind)
     t_all = time.perf_counter()
@@ -456,18 +474,24 @@ def pareto(topology: Topology, collective_kind: str, max_steps: int | None = Non
     points: list[ParetoPoint] = []
     log: list[tuple[int, int, int, str, float]] = []
     best: Fraction | None = None
+    complete = True
     for steps in range(s_min, max_steps + 1):
         tried = []
         for rounds, chunks in _candidates(steps, max_chunks, low, best):
+            left = time_limit if deadline is None else min(
+                time_limit, deadline - time.perf_counter())
+            if left <= 0:
+                complete = False
+                break
             coll = Collective(kind, topology.num_ranks, chunks)
-            t0 = time.perf_counter()
-            status, sol = _solve(topology, coll, steps, rounds, time_limit)
-            dt = time.perf_counter() - t0
+            status, sol, dt = _timed_solve(topology, coll, steps, rounds, left, progress,
+                                           t_all)
             entry = (steps, rounds, chunks, status, dt)
             log.append(entry)
             tried.append(entry)
-            if progress is not None:
-                progress(*entry)
+            if status == "unknown" and left < time_limit:  # cut by the deadline
+                complete = False
+                break
             if status == "sat":
                 r_s, sends = sol
                 alg = _to_algorithm(topology, coll, steps, rounds, r_s, sends,
@@ -475,19 +499,28 @@ def pareto(topology: Topology, collective_kind: str, max_steps: int | None = Non
                 points.append(ParetoPoint(steps, rounds, chunks, dt, alg, tried))
                 best = Fraction(rounds, chunks)
                 break
-        if best is not None and float(best) <= low + 1e-9:
+        if not complete or best is not None and float(best) <= low + 1e-9:
             break
-    return Frontier(points, log, s_min, low, time.perf_counter() - t_all)
+    return Frontier(points, log, s_min, low, time.perf_counter() - t_all, complete)
 
 
 def bandwidth_optimal(topology: Topology, collective_kind: str,
                       max_steps: int | None = None, max_chunks: int = 8,
-                      time_limit: float = 60.0) -> Algorithm:
-    """The frontier's point with the least R/C (fewest steps among those)."""
+                      time_limit: float = 60.0, progress=None) -> Algorithm:
+    """The frontier's point with the least R/C (fewest steps among those), the search
+    bounded by ``time_limit`` s in all; cut short, the best point found so far (with a
+    note to ``progress``), or TacclError if there is none."""
     front = pareto(topology, collective_kind, max_steps=max_steps, max_chunks=max_chunks,
-                   time_limit=time_limit)
+                   time_limit=time_limit, progress=progress,
+                   deadline=time.perf_counter() + time_limit)
     if not front.points:
+        within = (f"within the time limit of {time_limit:g} s" if not front.complete else
+                  f"within {max_steps or 'least + 2'} steps and {max_chunks} chunks")
         raise TacclError(f"smt: no synchronous {collective_kind} algorithm on "
-                         f"{topology.label} within {max_steps} steps and "
-                         f"{max_chunks} chunks")
-    return min(front.points, key=lambda p: (p.ratio, p.steps)).algorithm
+                         f"{topology.label} {within}")
+    best = min(front.points, key=lambda p: (p.ratio, p.steps))
+    if not front.complete and progress is not None:
+        progress(f"time limit of {time_limit:g} s reached: keeping the best point found "
+                 f"so far, S {best.steps}, R {best.rounds}, C {best.chunks} (the frontier "
+                 "search was cut short)", front.total_time, None, None)
+    return best.algorithm
