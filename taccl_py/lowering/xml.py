@@ -8,16 +8,34 @@ reads back as "no buffer".
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from ..collectives import XML_NAMES, canonical_kind
 from ..errors import CollectiveError, PlanError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_input
 from .plan import GpuPlan, Plan, Step, Threadblock
 
 BUFFERS = ("i", "o", "s")
+
+# What a plan file may hold, checked as it is read: bounds of this machine's memory, well
+# above the MSCCL runtime's own limits (those the verifier checks, runtime/verify.py).
+MAX_PLAN_BYTES = 256 << 20
+#: <gpu>, <tb> and <step> elements in all (a 256-rank AllReduce has about 0.5 M)
+MAX_ELEMENTS = 1 << 21
+#: ngpus: a topology's most ranks (topology.schema.MAX_RANKS)
+MAX_GPUS = 1024
+#: nchunksperloop, a GPU's i/o/s_chunks and a step's cnt
+MAX_CHUNKS = 1 << 16
+#: ngpus x nchunksperloop: the chunks the verifier and simulators track
+MAX_TOTAL_CHUNKS = 1 << 24
+#: any other integer attribute: MSCCL reads them as C ints (minBytes, maxBytes: 64-bit)
+INT32 = (-(1 << 31), (1 << 31) - 1)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+_FEED = 1 << 16  # characters handed to the XML parser at a time
 
 
 def plan_to_xml(plan: Plan) -> str:
@@ -68,19 +86,43 @@ def parse_plan(source: str | Path) -> Plan:
     """Load a plan from a path or from XML text; :class:`PlanError` names what is wrong."""
     if isinstance(source, Path) or not source.lstrip().startswith("<"):
         where, default_name = str(source), Path(source).stem
+        data = read_input(source, MAX_PLAN_BYTES, "plan file", PlanError)
         try:
-            text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise PlanError(f"{where}: cannot read plan: {reason}") from None
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PlanError(f"{where}: not a UTF-8 text file (bad byte at offset "
+                            f"{exc.start})") from None
     else:
         where, text = "<xml text>", source
         default_name = "unnamed"
+    return _Reader(where, default_name).algo(_root(text, where))
+
+
+def _elements(text: str, where: str):
+    """The elements of XML ``text``, each as soon as its start tag is read."""
+    parser = ET.XMLPullParser(events=("start",))
     try:
-        root = ET.fromstring(text)
+        for at in range(0, len(text), _FEED):
+            parser.feed(text[at: at + _FEED])
+            yield from (el for _, el in parser.read_events())
+        parser.close()
+        yield from (el for _, el in parser.read_events())
     except ET.ParseError as exc:
         raise PlanError(f"{where}: malformed XML: {exc}") from None
-    return _Reader(where, default_name).algo(root)
+
+
+def _root(text: str, where: str) -> ET.Element:
+    """The root element of XML ``text``; no more than :data:`MAX_ELEMENTS` are built."""
+    if len(text) > MAX_PLAN_BYTES:
+        raise PlanError(f"{where}: too large for a plan: {len(text)} characters, the limit "
+                        f"is {MAX_PLAN_BYTES}")
+    root = None
+    for count, el in enumerate(_elements(text, where), 1):
+        if count > MAX_ELEMENTS:
+            raise PlanError(f"{where}: more than {MAX_ELEMENTS} elements, the limit for a plan")
+        if count == 1:
+            root = el
+    return root
 
 
 class _Reader:
@@ -91,17 +133,26 @@ class _Reader:
     def fail(self, element: str, message: str) -> PlanError:
         return PlanError(f"{self.where}: {element}: {message}")
 
-    def int_attr(self, el: ET.Element, element: str, name: str, default: int | None = None) -> int:
+    def int_attr(self, el: ET.Element, element: str, name: str, default: int | None = None,
+                 bounds: tuple[int, int] = INT32) -> int:
+        """A decimal integer attribute within ``bounds`` (both included)."""
         raw = el.get(name)
         if raw is None:
             if default is None:
                 raise self.fail(element, f"missing required attribute '{name}'")
             return default
-        try:
-            return int(raw.strip())
-        except ValueError:
-            raise self.fail(element,
-                            f"attribute '{name}' must be an integer, got {raw!r}") from None
+        if not _INTEGER.fullmatch(raw):
+            raise self.fail(element, f"attribute '{name}' must be an integer, got {_show(raw)}")
+        lo, hi = bounds
+        long = len(raw.strip().lstrip("+-")) > len(str(INT64[1]))  # past every bound
+        value = int(raw) if not long else lo - 1 if raw.strip().startswith("-") else hi + 1
+        if value > hi:
+            raise self.fail(element, f"attribute '{name}' is {_show(raw)}, over the limit "
+                                     f"of {hi}")
+        if value < lo:
+            raise self.fail(element, f"attribute '{name}' is {_show(raw)}, under the limit "
+                                     f"of {lo}")
+        return value
 
     def str_attr(self, el: ET.Element, element: str, name: str, default: str | None = None) -> str:
         raw = el.get(name, default)
@@ -126,20 +177,25 @@ class _Reader:
         except CollectiveError as exc:
             raise self.fail(el, f"attribute 'coll': {exc}") from None
         inplace = self.int_attr(root, el, "inplace") != 0
+        ngpus = self.int_attr(root, el, "ngpus", bounds=(INT32[0], MAX_GPUS))
+        per_loop = self.int_attr(root, el, "nchunksperloop", bounds=(INT32[0], MAX_CHUNKS))
+        if ngpus * per_loop > MAX_TOTAL_CHUNKS:
+            raise self.fail(el, f"ngpus x nchunksperloop = {ngpus * per_loop} chunks, over "
+                                f"the limit of {MAX_TOTAL_CHUNKS}")
         gpus = [self.gpu(g) for g in self.children(root, el, "gpu")]
         reducing = coll in ("reducescatter", "allreduce")
         chans = [tb.chan for g in gpus for tb in g.tbs]
         return Plan(
             name=self.str_attr(root, el, "name", self.default_name),
             coll=coll,
-            ngpus=self.int_attr(root, el, "ngpus"),
-            nchunksperloop=self.int_attr(root, el, "nchunksperloop"),
+            ngpus=ngpus,
+            nchunksperloop=per_loop,
             nchannels=self.int_attr(root, el, "nchannels", 1 + max(chans, default=0)),
             proto=self.str_attr(root, el, "proto", "Simple"),
             inplace=inplace,
             outofplace=self.int_attr(root, el, "outofplace", int(not inplace)) != 0,
-            min_bytes=self.int_attr(root, el, "minBytes", 0),
-            max_bytes=self.int_attr(root, el, "maxBytes", 0),
+            min_bytes=self.int_attr(root, el, "minBytes", 0, INT64),
+            max_bytes=self.int_attr(root, el, "maxBytes", 0, INT64),
             redop=self.str_attr(root, el, "redop", "sum" if reducing else "nop"),
             gpus=gpus)
 
@@ -147,9 +203,10 @@ class _Reader:
         gid = self.int_attr(el_, "gpu", "id")
         el = f"gpu {gid}"
         tbs = [self.tb(t, el) for t in self.children(el_, el, "tb")]
-        return GpuPlan(id=gid, i_chunks=self.int_attr(el_, el, "i_chunks"),
-                       o_chunks=self.int_attr(el_, el, "o_chunks"),
-                       s_chunks=self.int_attr(el_, el, "s_chunks", 0), tbs=tbs)
+        chunks = (INT32[0], MAX_CHUNKS)
+        return GpuPlan(id=gid, i_chunks=self.int_attr(el_, el, "i_chunks", bounds=chunks),
+                       o_chunks=self.int_attr(el_, el, "o_chunks", bounds=chunks),
+                       s_chunks=self.int_attr(el_, el, "s_chunks", 0, chunks), tbs=tbs)
 
     def tb(self, el_: ET.Element, parent: str) -> Threadblock:
         tid = self.int_attr(el_, f"{parent} tb", "id")
@@ -165,7 +222,8 @@ class _Reader:
         srcbuf, srcoff = self.operand(el_, el, "src")
         dstbuf, dstoff = self.operand(el_, el, "dst")
         return Step(s=s, type=self.str_attr(el_, el, "type"), srcbuf=srcbuf, srcoff=srcoff,
-                    dstbuf=dstbuf, dstoff=dstoff, cnt=self.int_attr(el_, el, "cnt", 1),
+                    dstbuf=dstbuf, dstoff=dstoff,
+                    cnt=self.int_attr(el_, el, "cnt", 1, (INT32[0], MAX_CHUNKS)),
                     depid=self.int_attr(el_, el, "depid", -1),
                     deps=self.int_attr(el_, el, "deps", -1),
                     hasdep=self.int_attr(el_, el, "hasdep", 0))
@@ -178,3 +236,8 @@ class _Reader:
         if buf not in BUFFERS:
             raise self.fail(el, f"attribute '{which}buf' must be one of i, o, s, got {buf!r}")
         return buf, off
+
+
+def _show(raw: str, limit: int = 24) -> str:
+    """An attribute's text for a message: quoted, escaped, at most ``limit`` characters."""
+    return repr(raw if len(raw) <= limit else raw[:limit] + "...")
