@@ -223,15 +223,9 @@ def topology_import(fmt, file, nics_spec, name, nvlink_bw, pcie_bw, nic_bw, pcie
       network
     """
     from .fileio import atomic_write_text
-    from .topology.nvsmi import import_nvidia_smi
+    from .topology.nvsmi import import_nvidia_smi, read_matrix
 
-    if str(file) == "-":
-        data, source = sys.stdin.buffer.read(), "<stdin>"
-    else:
-        try:
-            data, source = file.read_bytes(), str(file)
-        except OSError as exc:
-            raise TacclError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    data, source = read_matrix(file)
     nics = None if nics_spec is None else [n.strip() for n in nics_spec.split(",") if n.strip()]
     text, topo = import_nvidia_smi(
         data.decode("utf-8", errors="replace"), source, name=name, nics=nics,

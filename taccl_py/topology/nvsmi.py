@@ -36,17 +36,22 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TopologyError
+from ..fileio import read_input
 from .model import Topology
 
 NIC_BW = 25.0  # GB/s: 200 Gb/s, when there is no NVLink generation to go by
 NIC_ALPHA = 2.0
 MAX_NVLINKS_PER_GPU = 18
+#: the most bytes of ``nvidia-smi topo -m`` output read (8 GPUs and 8 NICs: about 3 KB)
+MAX_INPUT_BYTES = 1 << 20
+_WHAT = "topology matrix (nvidia-smi topo -m)"
 
 #: (name, most NVLinks per GPU, per-link GB/s, α µs, default PCIe x16 GB/s, default NIC GB/s:
 #: the InfiniBand of that generation's DGX, EDR 100 / HDR 200 / NDR 400 Gb/s)
@@ -90,6 +95,18 @@ class Imported:
 
     doc: dict
     notes: list[str] = field(default_factory=list)
+
+
+def read_matrix(file: str | Path) -> tuple[bytes, str]:
+    """The ``nvidia-smi topo -m`` output in ``file`` (``-``: standard input) and its name
+    for messages; at most :data:`MAX_INPUT_BYTES` (one more is read to tell)."""
+    if str(file) != "-":
+        return read_input(file, MAX_INPUT_BYTES, _WHAT, TopologyError), str(file)
+    data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise TopologyError(f"<stdin>: too large for a {_WHAT}: over the limit of "
+                            f"{MAX_INPUT_BYTES} bytes")
+    return data, "<stdin>"
 
 
 def _lines(text: str) -> list[str]:
