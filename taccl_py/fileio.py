@@ -209,7 +209,7 @@ _SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
                   (stat.S_ISBLK, "a block device"))
 
 
-def _not_regular(path: str | Path, mode: int, what: str) -> str:
+def _not_regular(path: str, mode: int, what: str) -> str:
     kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
     return f"{path}: is {kind}, not a {what}"
 
@@ -220,22 +220,34 @@ def read_input(path: str | Path, limit: int, what: str,
     a regular file (a directory, FIFO, socket or device: found by a stat, never opened or
     waited on) or holds more than ``limit`` bytes (never more than ``limit + 1`` are read).
     ``what`` names the file's role in messages, e.g. "topology file"."""
+    shown = display_path(path)
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
-            raise error(_not_regular(path, info.st_mode, what))
+            raise error(_not_regular(shown, info.st_mode, what))
         if info.st_size > limit:
-            raise error(f"{path}: too large for a {what}: {info.st_size} bytes, the limit "
+            raise error(f"{shown}: too large for a {what}: {info.st_size} bytes, the limit "
                         f"is {limit}")
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode
             if not stat.S_ISREG(mode):  # replaced since the stat
-                raise error(_not_regular(path, mode, what))
+                raise error(_not_regular(shown, mode, what))
             data = fh.read(limit + 1)
     except FileNotFoundError:
-        raise error(f"{path}: cannot read: no such file") from None
+        raise error(f"{shown}: cannot read: no such file") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        raise error(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+        raise error(f"{shown}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     if len(data) > limit:
-        raise error(f"{path}: too large for a {what}: over the limit of {limit} bytes")
+        raise error(f"{shown}: too large for a {what}: over the limit of {limit} bytes")
     return data
+
+
+#: characters a path may hold that would break a one-line message or the terminal:
+#: controls (a newline, say) and the surrogates of undecodable file names
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` for a one-line message, unprintable characters escaped as Python does
+    (``a\\nb`` for a newline)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], os.fspath(path))

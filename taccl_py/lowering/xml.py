@@ -15,7 +15,7 @@ from xml.sax.saxutils import quoteattr
 
 from ..collectives import XML_NAMES, canonical_kind
 from ..errors import CollectiveError, PlanError
-from ..fileio import atomic_write_text, read_input
+from ..fileio import atomic_write_text, display_path, read_input
 from .plan import GpuPlan, Plan, Step, Threadblock
 
 BUFFERS = ("i", "o", "s")
@@ -85,7 +85,7 @@ def _tag(name: str, attrs: list[tuple[str, object]], empty: bool) -> str:
 def parse_plan(source: str | Path) -> Plan:
     """Load a plan from a path or from XML text; :class:`PlanError` names what is wrong."""
     if isinstance(source, Path) or not source.lstrip().startswith("<"):
-        where, default_name = str(source), Path(source).stem
+        where, default_name = display_path(source), Path(source).stem
         data = read_input(source, MAX_PLAN_BYTES, "plan file", PlanError)
         try:
             text = data.decode("utf-8")

@@ -15,7 +15,7 @@ from pathlib import Path
 import networkx as nx
 
 from ..errors import SketchError, TacclError, TopologyError
-from ..fileio import read_input
+from ..fileio import display_path, read_input
 from ..topology.loader import MAX_FILE_BYTES, _builtin_dir, parse_yaml
 from ..topology.model import RAIL_ONLY, Topology
 from ..topology.schema import GPU_ID, GPU_LIST, Problems, make_validator, schema_problems
@@ -122,12 +122,12 @@ def _read(name_or_path: str) -> tuple[bytes, str]:
     if name_or_path in builtin_sketch_names():
         source = _builtin_sketch_dir() / f"{name_or_path}.yaml"
         return source.read_bytes(), str(source)
-    path = Path(name_or_path)
+    path, where = Path(name_or_path), display_path(Path(name_or_path))
     if not os.path.lexists(path):
         known = ", ".join(builtin_sketch_names()) or "none found"
-        raise SketchError(f"{path}: no such sketch file, and not a built-in sketch "
-                          f"name ({known})")
-    return read_input(path, MAX_FILE_BYTES, "sketch file", SketchError), str(path)
+        raise SketchError(f"{where}: no such sketch file, and not a built-in sketch name "
+                          f"({known})")
+    return read_input(path, MAX_FILE_BYTES, "sketch file", SketchError), where
 
 
 def load_sketch(name_or_path: str | os.PathLike, topology: Topology,

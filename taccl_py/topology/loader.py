@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import TopologyError
-from ..fileio import read_input
+from ..fileio import display_path, read_input
 from .model import Link, Nic, Switch, Topology
 from .schema import MAX_RANKS, check_document, expand_gpus
 
@@ -180,14 +180,14 @@ def _load_document(data: bytes, where: str, every: bool = False) -> dict:
 
 def load_document(path: str | os.PathLike) -> dict:
     """The data of a valid topology file (a one-line TopologyError if it is not one)."""
-    return _load_document(_read(Path(path)), str(path))
+    return _load_document(_read(Path(path)), display_path(path))
 
 
 def validate_file(path: str | os.PathLike) -> None:
     """Raise a TopologyError if ``path`` is not a valid topology file, one line for each
     problem found."""
     path = Path(path)
-    _load_document(_read(path), str(path), every=True)
+    _load_document(_read(path), display_path(path), every=True)
 
 
 def _build(doc: dict, default_name: str, source: str, nodes: int) -> Topology:
@@ -251,7 +251,7 @@ def load_topology(name_or_path: str | os.PathLike, nodes: int = 1) -> Topology:
         default_name = text
     elif _looks_like_path(text):
         path = Path(text)
-        where = source = str(path)
+        where = source = display_path(path)
         data = _read(path)
         default_name = path.stem
     else:
