@@ -120,13 +120,18 @@ def _finite_number(checker, value: object) -> bool:
         isinstance(value, int) or math.isfinite(value))
 
 
+def _integer(checker, value: object) -> bool:
+    """An int, not a bool, nor a float such as 2.0 (which JSON Schema would accept)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 _Validator = validators.extend(
-    Draft202012Validator,
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number))
+    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"number": _finite_number, "integer": _integer}))
 
 
 def make_validator(schema: dict) -> Draft202012Validator:
-    """A validator of ``schema`` whose numbers are finite."""
+    """A validator of ``schema`` whose numbers are finite and whose integers are ints."""
     return _Validator(schema)
 
 
