@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taccl_py.cli import main
 from taccl_py import fileio
+from taccl_py.cli import main
 from taccl_py.errors import PlanError, SketchError, TacclError, TopologyError
 from taccl_py.fileio import read_input
 from taccl_py.lowering import xml as plan_xml
@@ -376,7 +376,8 @@ def test_sketch_limits():
 
 
 # -- limits and numbers in plan XML ---------------------------------------------------------
-def _plan(**algo) -> str:
+def _plan(algo: dict) -> str:
+    """The 2-rank AllGather plan's text with ``algo``'s attribute values."""
     text = plan_to_xml(two_rank_allgather())
     for name, value in algo.items():
         text = text.replace(f' {name}="', f' {name}="{value}" old{name}="', 1)
@@ -384,27 +385,26 @@ def _plan(**algo) -> str:
 
 
 @pytest.mark.parametrize("edit, fragments", [
-    (dict(ngpus="1000000000"), ["algo: attribute 'ngpus' is '1000000000', over the limit "
-                                f"of {MAX_GPUS}"]),
-    (dict(nchunksperloop=str(MAX_CHUNKS + 1)), ["'nchunksperloop'", f"limit of {MAX_CHUNKS}"]),
-    (dict(ngpus="1024", nchunksperloop="65536"),
+    ({"ngpus": "1000000000"}, [f"algo: attribute 'ngpus' is '1000000000', over the limit of "
+                               f"{MAX_GPUS}"]),
+    ({"nchunksperloop": str(MAX_CHUNKS + 1)}, ["'nchunksperloop'", f"limit of {MAX_CHUNKS}"]),
+    ({"ngpus": "1024", "nchunksperloop": "65536"},
      [f"ngpus x nchunksperloop = 67108864 chunks, over the limit of {MAX_TOTAL_CHUNKS}"]),
-    (dict(nchannels=str(2 ** 31)), ["'nchannels' is '2147483648', over the limit of "
-                                    "2147483647"]),
-    (dict(minBytes=str(2 ** 63)), ["'minBytes'", "over the limit of 9223372036854775807"]),
-    (dict(maxBytes="-" + "9" * 400), ["'maxBytes' is '-99999999999999999999999...', under"]),
-    (dict(ngpus="nan"), ["attribute 'ngpus' must be an integer, got 'nan'"]),
-    (dict(ngpus="inf"), ["must be an integer, got 'inf'"]),
-    (dict(ngpus="1e3"), ["must be an integer, got '1e3'"]),
-    (dict(ngpus="true"), ["must be an integer, got 'true'"]),
-    (dict(ngpus="0x10"), ["must be an integer, got '0x10'"]),
-    (dict(ngpus="1_0"), ["must be an integer, got '1_0'"]),
-    (dict(ngpus="\u0663"), ["must be an integer, got '\u0663'"]),
-    (dict(ngpus="2.0"), ["must be an integer, got '2.0'"]),
+    ({"nchannels": str(2 ** 31)}, ["'nchannels' is '2147483648', over the limit of 2147483647"]),
+    ({"minBytes": str(2 ** 63)}, ["'minBytes'", "over the limit of 9223372036854775807"]),
+    ({"maxBytes": "-" + "9" * 400}, ["'maxBytes' is '-99999999999999999999999...', under"]),
+    ({"ngpus": "nan"}, ["attribute 'ngpus' must be an integer, got 'nan'"]),
+    ({"ngpus": "inf"}, ["must be an integer, got 'inf'"]),
+    ({"ngpus": "1e3"}, ["must be an integer, got '1e3'"]),
+    ({"ngpus": "true"}, ["must be an integer, got 'true'"]),
+    ({"ngpus": "0x10"}, ["must be an integer, got '0x10'"]),
+    ({"ngpus": "1_0"}, ["must be an integer, got '1_0'"]),
+    ({"ngpus": "\u0663"}, ["must be an integer, got '\u0663'"]),
+    ({"ngpus": "2.0"}, ["must be an integer, got '2.0'"]),
 ], ids=str)
 def test_plan_attribute_limits(edit, fragments):
     with pytest.raises(PlanError) as exc:
-        parse_plan(_plan(**edit))
+        parse_plan(_plan(edit))
     one_line(exc, "<xml text>: ", *fragments)
 
 
@@ -434,7 +434,7 @@ def test_plan_element_count_limit(monkeypatch):
 
 
 def test_plan_with_millions_of_elements_is_stopped_early():
-    text = _plan().replace("</algo>", "<gpu/>" * (plan_xml.MAX_ELEMENTS + 10) + "</algo>")
+    text = _plan({}).replace("</algo>", "<gpu/>" * (plan_xml.MAX_ELEMENTS + 10) + "</algo>")
     with pytest.raises(PlanError, match="elements, the limit for a plan"):
         within(30, parse_plan, text)
 

@@ -131,6 +131,9 @@ def test_inplace_defaults_outofplace():
     (lambda t: t.replace('<step s="1" type="r"', '<step type="r"', 1),
      ["gpu 0 tb 1 step #1", "'s'"]),
     (lambda t: t.replace("<step ", "<op ", 1).replace("/>", "></op>", 1), ["<op>", "gpu 0 tb 0"]),
+    (lambda t: t.replace(' ngpus="2"', ' ngpus="1000000000"'),
+     ["algo", "'ngpus' is '1000000000', over the limit of 1024"]),
+    (lambda t: t.replace('cnt="1"', 'cnt="nan"', 1), ["gpu 0 tb 0 step 0", "'cnt'", "'nan'"]),
 ])
 def test_parse_errors_name_file_element_and_attribute(tmp_path: Path, edit, fragments):
     bad = tmp_path / "bad.xml"

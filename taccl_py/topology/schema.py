@@ -290,7 +290,8 @@ def _check_links(doc: dict, n: int, problems: Problems) -> None:
             continue
         for j, pair in enumerate(entry["pairs"]):
             here = ("links", i, "pairs", j)
-            if not all([_in_range(problems, here + (k,), g, n) for k, g in enumerate(pair)]):
+            in_range = [_in_range(problems, here + (k,), g, n) for k, g in enumerate(pair)]
+            if not all(in_range):
                 continue
             a, b = pair
             if a == b:
