@@ -132,8 +132,23 @@ def mutate_tree(draw, doc, vocabulary):
     for _ in range(draw(st.integers(1, 3))):
         paths = _paths(doc)
         path = draw(st.sampled_from(paths))
-        op = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add", "dup",
-                                   "empty", "explode"]))
+        op = draw(st.sampled_from(["replace", "replace", "replace", "scale", "scale", "delete",
+                                   "add", "dup", "empty", "explode"]))
+        if op == "scale":  # a near-valid document: one number pushed to an extreme
+            nums = [p for p in paths if p and isinstance(_get(doc, p), (int, float))
+                    and not isinstance(_get(doc, p), bool)]
+            if not nums:
+                op = "replace"
+            else:
+                path = draw(st.sampled_from(nums))
+                old = _get(doc, path)
+                factor = draw(st.sampled_from([0, 1e-300, 1e-9, 1e-3, 0.5, 2, 3, 1e3, 1e9, 1e300]))
+                new = old * factor
+                if isinstance(old, int) and draw(st.booleans()):
+                    new = draw(st.sampled_from([old + 1, old - 1, old * 2, old * 64, 1, 2]))
+                _get(doc, path[:-1])[path[-1]] = new
+                ops.append(f"scale {'/'.join(map(str, path))}={new!r}")
+                continue
         if not path:  # the root: replace the whole document or add a key
             op = "add" if isinstance(doc, dict) and op != "replace" else "replace"
         target = _get(doc, path[:-1]) if path else None

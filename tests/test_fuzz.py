@@ -258,6 +258,8 @@ def shell(args, cwd, *, timeout: float = CASE_TIMEOUT, **kw) -> Outcome:
 
 # -- the property -------------------------------------------------------------------------------
 PROGRESS = re.compile(r"^\s*\[\s*[\d.,]+\s*s\]")
+#: numbers a report should never show (a table cell, a JSON value)
+NON_NUMBERS = re.compile(r"(?<![\w.-])-?(?:nan|inf|infinity)(?![\w.-])", re.I)
 
 
 def stderr_lines(text: str) -> list[str]:
@@ -280,7 +282,9 @@ def problems(out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None
     lines = stderr_lines(out.stderr)
     if out.code == 0:
         stray = [ln for ln in lines if not ln.startswith("taccl: note")]
-        return [f"stray stderr on success: {stray[0][:160]}"] if stray else []
+        bad_numbers = NON_NUMBERS.findall(out.stdout)
+        return ([f"stray stderr on success: {stray[0][:160]}"] if stray else []) + \
+            ([f"'{bad_numbers[0]}' in the output"] if bad_numbers else [])
     if out.code not in err_codes:
         return [f"exit {out.code} (expected 0 or {'/'.join(map(str, err_codes))}): "
                 f"{(lines or [''])[0][:160]}"]
@@ -316,8 +320,15 @@ class Collector:
     hangs: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
     failures: dict = dataclasses.field(default_factory=dict)
+    exits: dict = dataclasses.field(default_factory=dict)  # (command, exit) -> count
+    slowest: list = dataclasses.field(default_factory=list)  # (seconds, command, case)
 
     def check(self, command: str, case: str, found: list[str], out: Outcome | None = None):
+        if out is not None:
+            key = f"{command}: {'hang' if out.timed_out else out.code}"
+            self.exits[key] = self.exits.get(key, 0) + 1
+            self.slowest = sorted(self.slowest + [(round(out.seconds, 2), command, case[:80])],
+                                  reverse=True)[:5]
         for p in found:
             if p.startswith("hang"):
                 self.hangs += 1
@@ -337,7 +348,8 @@ class Collector:
             with open(log, "a") as fh:
                 fh.write(json.dumps({"test": self.test, "profile": PROFILE,
                                      "examples": self.examples, "runs": self.runs,
-                                     "seconds": round(seconds, 1),
+                                     "seconds": round(seconds, 1), "exits": self.exits,
+                                     "slowest": self.slowest,
                                      "failures": [{"command": c, "problem": v[1], "count": v[0],
                                                    "case": v[2], "detail": v[3]}
                                                   for (c, _), v in self.failures.items()]})
@@ -363,8 +375,9 @@ def snapshot(*dirs: Path) -> dict:
                 if stat.S_ISLNK(st_.st_mode):
                     snap[str(p)] = ("link", os.readlink(p))
                 elif stat.S_ISREG(st_.st_mode):
-                    snap[str(p)] = ("file", stat.S_IMODE(st_.st_mode),
-                                    hashlib.sha1(p.read_bytes()).hexdigest())
+                    digest = (hashlib.sha1(p.read_bytes()).hexdigest() if st_.st_size < 1 << 24
+                              else (st_.st_size, st_.st_mtime_ns))  # the huge sparse input
+                    snap[str(p)] = ("file", stat.S_IMODE(st_.st_mode), digest)
                 else:
                     snap[str(p)] = (stat.S_IFMT(st_.st_mode), stat.S_IMODE(st_.st_mode))
     return snap
@@ -482,8 +495,11 @@ def test_fuzzed_topology_files():
     @fuzz_settings(60)
     @given(case=fz.yaml_files(bases, fz.TOPOLOGY_VOCAB,
                               ("links", "nics", "description", "gpus_per_node", "switches")),
-           nodes=st.sampled_from([1, 2]))
-    def run(case, nodes):
+           nodes=st.sampled_from([1, 2]),
+           method=st.sampled_from([("allgather", "ring"), ("allgather", "direct"),
+                                   ("allreduce", "ring"), ("allreduce", "tree"),
+                                   ("alltoall", "direct"), ("reducescatter", "ring")]))
+    def run(case, nodes, method):
         if col.stopped:
             return
         col.examples += 1
@@ -503,8 +519,8 @@ def test_fuzzed_topology_files():
             col.check("topology show", label, problems(s), s)
             out_xml = outd / "x.xml"
             before = snapshot(work, outd)
-            y = invoke(["synthesize", "-t", topo, "-n", nodes, "-c", "allgather", "-o", out_xml],
-                       work, stats=col)
+            y = invoke(["synthesize", "-t", topo, "-n", nodes, "-c", method[0], "-m", method[1],
+                        "-o", out_xml], work, stats=col)
             found = problems(y)
             after = snapshot(work, outd)
             if y.code == 0:
@@ -518,6 +534,12 @@ def test_fuzzed_topology_files():
             col.check("synthesize -t FILE", label, found, y)
             if y.code == 0 and not found:
                 verify_plan(out_xml, work, col, "synthesize -t FILE", label)
+                sim = invoke(["simulate", out_xml, "-t", topo, "-n", nodes, "--json"], work,
+                             stats=col)
+                found = problems(sim)
+                if sim.code != 0:
+                    found.append("simulate refuses a plan synthesized for the same topology")
+                col.check("simulate -t FILE", label, found, sim)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -666,20 +688,27 @@ def must_reject_size(text: str, zero_ok: bool = False) -> bool:
     return not total
 
 
-#: option -> (value strategy, must-reject predicate or None); values drawn from fz tokens
-INTS = st.one_of(st.sampled_from(fz.NUMBER_TOKENS), st.integers(-3, 4).map(str),
-                 st.sampled_from(["100000", "1000000", str(2 ** 31), str(2 ** 63)]),
-                 st.text(max_size=4))
+#: option -> (value strategy, must-reject predicate or None); about half the values are
+#: good ones, so the success path (a plan that verifies) is walked as often as the errors
+BAD_INTS = st.one_of(st.sampled_from(fz.NUMBER_TOKENS), st.integers(-3, 0).map(str),
+                     st.sampled_from(["100000", "1000000", str(2 ** 31), str(2 ** 63)]),
+                     st.text(max_size=4))
+INTS = st.one_of(st.sampled_from(["1", "2", "3", "4", " 2", "+2", "02"]), BAD_INTS)
+GOOD_SIZES = st.sampled_from(["1", "4", "1K", "1k", "64M", "1G", "4096", "1.5K", "1MB", "1MiB",
+                              "2T", "8589934592"])
+SIZES = st.one_of(GOOD_SIZES, fz.sizes())
+SECONDS = st.one_of(st.sampled_from(["1", "2.5", "60", "1e2", "3600"]), fz.numbers())
+SIZE_LISTS = st.one_of(st.lists(GOOD_SIZES, min_size=1, max_size=5).map(",".join), fz.sizes())
 TEMPLATES = {
     # name: (base args, {option: (values, must_reject(text) -> bool)}, writes plan?)
     "synthesize": (["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "OUT/x.xml"], {
         "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
         "--chunkup": (INTS, lambda t: must_reject_number(t, 1)),
         "--instances": (INTS, lambda t: must_reject_number(t, 1, 32)),
-        "--time-limit": (fz.numbers(), lambda t: must_reject_number(t, 1e-9)),
-        "--size": (fz.sizes(), lambda t: "," in t or must_reject_size(t)),
-        "--min-bytes": (fz.sizes(), lambda t: "," in t or must_reject_size(t, zero_ok=True)),
-        "--max-bytes": (fz.sizes(), lambda t: "," in t or must_reject_size(t, zero_ok=True)),
+        "--time-limit": (SECONDS, lambda t: must_reject_number(t, 1, 7 * 24 * 3600)),
+        "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
+        "--min-bytes": (SIZES, lambda t: "," in t or must_reject_size(t, zero_ok=True)),
+        "--max-bytes": (SIZES, lambda t: "," in t or must_reject_size(t, zero_ok=True)),
         "--order": (st.one_of(st.sampled_from(["0,1,2,3,4,5,6,7", "7,6,5,4,3,2,1,0", "0,1",
                                                "0,0,1,2,3,4,5,6", "0,1,2,3,4,5,6,8",
                                                ",".join(["0"] * 10000), "-1,0,1,2,3,4,5,6",
@@ -693,7 +722,7 @@ TEMPLATES = {
         "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
         "--chunkup": (INTS, lambda t: must_reject_number(t, 1)),
         "--instances": (INTS, lambda t: must_reject_number(t, 1, 32)),
-        "--size": (fz.sizes(), lambda t: "," in t or must_reject_size(t)),
+        "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
     }, True),
     "synthesize-milp": (["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "milp",
                          "-o", "OUT/x.xml"], {
@@ -711,14 +740,14 @@ TEMPLATES = {
         for opt in ("--steps", "--rounds", "--chunks", "--time-limit")
     }, True),
     "simulate": (["simulate", "PLAN", "-t", "dgx1", "--json"], {
-        "--sizes": (fz.sizes(), lambda t: all(must_reject_size(p) for p in t.split(","))),
+        "--sizes": (SIZE_LISTS, lambda t: all(must_reject_size(p) for p in t.split(","))),
         "--nodes": (INTS, lambda t: _int(t) != 1),
     }, False),
     "plot": (["plot", "PLAN", "-t", "dgx1", "--timeline", "OUT/t.png"], {
-        "--size": (fz.sizes(), lambda t: "," in t or must_reject_size(t)),
+        "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
     }, False),
     "plot-algbw": (["plot", "PLAN", "-t", "dgx1", "--algbw", "OUT/a.png"], {
-        "--sizes": (fz.sizes(), lambda t: all(must_reject_size(p) for p in t.split(","))),
+        "--sizes": (SIZE_LISTS, lambda t: all(must_reject_size(p) for p in t.split(","))),
     }, False),
     "pareto": (["pareto", "-t", "dgx1", "-c", "allgather"], {
         "--max-chunks": (st.sampled_from(["0", "-1", "65", "nan", "inf", fz.HUGE_DIGITS, "",
@@ -739,13 +768,14 @@ TEMPLATES = {
         "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
     }, False),
     "topology import": (["topology", "import", "nvidia-smi", str(NVSMI), "-o", "OUT/t.yaml"], {
-        opt: (fz.numbers(), lambda t: must_reject_number(t, 5e-324, 1e6))
+        opt: (st.one_of(st.sampled_from(["1", "12.5", "25", "400", "0.001"]), fz.numbers()),
+              lambda t: must_reject_number(t, 5e-324, 1e6))
         for opt in ("--nvlink-bw", "--pcie-bw", "--nic-bw")
     }, False),
     "run": (["run", "PLAN"], {
-        "--size": (fz.sizes(), lambda t: "," in t or must_reject_size(t)),
+        "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
         "--iters": (INTS, None), "--warmup": (INTS, None),
-        "--timeout": (fz.numbers(), None),
+        "--timeout": (SECONDS, None),
         "--dtype": (st.sampled_from(["float32", "float16", "bfloat16", "float128", "complex64",
                                      "int8", "bool", "object", "U10", "V8", "datetime64", "",
                                      "nan", "float32,float32", "f" * 300]), None),
