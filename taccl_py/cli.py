@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -25,6 +26,16 @@ def _sigterm_interrupts():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _exit_if_solving(code: int) -> None:
+    """Exit at once if a solver ignored its cancel (see :func:`.synth.solvers.solving`)."""
+    from .synth.solvers import solving
+
+    if solving():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 class _Group(click.Group):
@@ -58,6 +69,7 @@ class _Group(click.Group):
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("taccl: interrupted", err=True)
+            _exit_if_solving(130)
             ctx.exit(130)
 
 
@@ -370,11 +382,18 @@ def _sketch_topology(fn):
 @click.argument("file", type=click.Path(path_type=Path))
 @_sketch_topology
 def sketch_validate(file: Path, topology_name: str, nodes: int) -> None:
-    """Check a sketch file (or built-in sketch name) against a topology."""
+    """Check a sketch file (or built-in sketch name) against a topology; list every problem."""
+    from .errors import SketchError
+    from .synth.sketch import default_sketch, load_sketch
     from .topology.loader import load_topology
 
     topo = load_topology(topology_name, nodes)
-    s = _load_sketch(str(file), topo)
+    try:
+        s = default_sketch(topo) if str(file) == "default" else load_sketch(file, topo, every=True)
+    except SketchError as exc:
+        for line in str(exc).splitlines():
+            click.echo(f"taccl: error: {line}", err=True)
+        sys.exit(2)
     gens = len(s.symmetry)
     click.echo(f"{file}: ok: sketch {s.name} for {topo.label}: "
                f"{len(s.connections)} inter-node connection(s) per node pair, "
