@@ -18,15 +18,18 @@ from taccl_py.lowering.xml import parse_plan
 from taccl_py.runtime.verify import verify
 from taccl_py.synth import smt
 
-TACCL = [sys.executable, "-c", "from taccl_py.cli import main; main()"]
+MAIN = "from taccl_py.cli import main; main()"
+TACCL = [sys.executable, "-c", MAIN]
 
 
 class Taccl:
-    """A ``taccl`` process whose stderr lines are read as they come."""
+    """A ``taccl`` process (after Python code ``prelude``) whose stderr lines are read as
+    they come."""
 
-    def __init__(self, args: list[str], cwd):
-        self.proc = subprocess.Popen(TACCL + args, cwd=cwd, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def __init__(self, args: list[str], cwd, prelude: str = ""):
+        self.proc = subprocess.Popen([sys.executable, "-c", prelude + MAIN, *args], cwd=cwd,
+                                     text=True, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -85,6 +88,21 @@ def test_signal_during_solve_exits_130_at_once(tmp_path, solve, sig):
     assert err == "taccl: interrupted\n"
     assert out == ""
     assert list(tmp_path.iterdir()) == []  # no partial outputs
+
+
+STUCK = """
+import time
+from taccl_py.synth import smt, solvers
+smt._solve = lambda *a: solvers.interruptible(lambda: time.sleep(60), lambda: None)
+"""
+
+
+def test_solver_that_ignores_its_cancel_still_ends_in_2s(tmp_path):
+    run = Taccl(["pareto", "-t", "dgx1", "-c", "allgather"], tmp_path, prelude=STUCK)
+    run.wait_for("smt (S 2, R 7, C 6)")
+    took, out, err = run.interrupt(signal.SIGTERM)
+    assert (run.proc.returncode, err, out) == (130, "taccl: interrupted\n", "")
+    assert took < 2.0, f"took {took:.2f} s to stop"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -16,6 +16,7 @@ T = TypeVar("T")
 GRACE = 1.0  # seconds a cancelled solver gets to stop before the interrupt goes on
 
 _state = {"verbose": False}
+_running: set[threading.Event] = set()  # the unfinished solves' done events
 
 
 def set_verbose(on: bool) -> None:
@@ -25,6 +26,13 @@ def set_verbose(on: bool) -> None:
 
 def verbose() -> bool:
     return _state["verbose"]
+
+
+def solving() -> bool:
+    """Whether a solve is still running, e.g. one that ignored its cancel for ``GRACE`` s
+    (the process should then end with ``os._exit``: tearing down the interpreter under
+    a thread inside a solver's C++ aborts it)."""
+    return bool(_running)
 
 
 def interruptible(solve: Callable[[], T], cancel: Callable[[], object]) -> T:
@@ -41,8 +49,10 @@ def interruptible(solve: Callable[[], T], cancel: Callable[[], object]) -> T:
         except BaseException as exc:  # handed to the waiting thread
             out["error"] = exc
         finally:
+            _running.discard(done)
             done.set()
 
+    _running.add(done)
     threading.Thread(target=work, name="taccl-solver", daemon=True).start()
     try:
         while not done.wait(0.1):
