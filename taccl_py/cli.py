@@ -269,7 +269,7 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
               help="ring/direct/tree: NCCL-like baselines (tree: AllReduce only); milp: staged TACCL-style synthesis "
                    "(AllGather, AllToAll; ReduceScatter/AllReduce from the reversed AllGather)")
 @click.option("--time-limit", default=60.0, show_default=True, type=_Finite(1, MAX_TIME_LIMIT),
-              help="seconds for the milp method's solver")
+              help="seconds for the milp solver; for smt, the whole search")
 @click.option("--chunkup", default=1, show_default=True, type=click.IntRange(1, MAX_CHUNKUP),
               help="chunks per rank's block")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 32),
