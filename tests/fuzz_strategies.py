@@ -406,3 +406,79 @@ def is_finite_number(text: str) -> bool:
         return math.isfinite(float(text))
     except ValueError:
         return False
+
+
+# -- nvidia-smi topo -m matrices ---------------------------------------------------------------------
+NVSMI_FILES = sorted((REPO / "tests" / "fixtures" / "nvsmi").glob("*.txt"))
+NVSMI_CELLS = ("X", " X ", "NV1", "NV2", "NV0", "NV-1", "NV99", "NV100000", "NV", "NVnan", "NV1.5",
+               "SYS", "PIX", "PXB", "PHB", "NODE", "SOC", "??", "", "N/A", "nv2", "NV" + HUGE_DIGITS)
+NVSMI_NAMES = ("GPU0", "GPU9", "GPU-1", "GPU", "GPU" + HUGE_DIGITS, "NIC0", "mlx5_0", "mlx5_0",
+               "CPU Affinity", "", "gpu1")
+
+
+def nvsmi_matrix(n: int, cell: str = "NV1") -> str:
+    names = [f"GPU{i}" for i in range(n)]
+    rows = ["\t" + "\t".join(names + ["CPU Affinity"])]
+    for i in range(n):
+        rows.append("\t".join([names[i]] + [" X " if i == j else cell for j in range(n)]
+                              + ["0-1"]))
+    return "\n".join(rows) + "\n"
+
+
+@st.composite
+def nvsmi_files(draw):
+    """(label, text): an `nvidia-smi topo -m` matrix with cells, rows, columns or names
+    changed, or a whole-file special (huge matrices, empty, binary)."""
+    path = draw(st.sampled_from(NVSMI_FILES))
+    text = path.read_text()
+    how = draw(st.sampled_from(["cell", "cell", "cell", "row", "column", "name", "text",
+                                "special", "valid"]))
+    lines = text.split("\n")
+    table = [i for i, ln in enumerate(lines) if "\t" in ln or re.match(r"^(GPU|NIC|mlx)", ln)]
+    label = f"{path.stem}: {how}"
+    if how == "valid" or not table:
+        return f"{path.stem} unchanged", text
+    if how in ("cell", "name"):
+        for _ in range(draw(st.integers(1, 4))):
+            i = draw(st.sampled_from(table))
+            cells = re.split(r"(\t|\s{2,})", lines[i])
+            fields = [k for k in range(0, len(cells), 2)]
+            k = draw(st.sampled_from(fields if how == "cell" else fields[:1]))
+            cells[k] = draw(st.sampled_from(NVSMI_CELLS if how == "cell" else NVSMI_NAMES))
+            lines[i] = "".join(cells)
+            label += f" {i}:{k}={cells[k][:12]!r}"
+        return label, "\n".join(lines)
+    if how == "row":
+        i = draw(st.sampled_from(table))
+        op = draw(st.sampled_from(["delete", "duplicate", "swap"]))
+        if op == "delete":
+            del lines[i]
+        elif op == "duplicate":
+            lines.insert(i, lines[i])
+        else:
+            j = draw(st.sampled_from(table))
+            lines[i], lines[j] = lines[j], lines[i]
+        return f"{label} {op} {i}", "\n".join(lines)
+    if how == "column":
+        k = draw(st.integers(0, 12))
+        for i in table:
+            cells = lines[i].split("\t")
+            if k < len(cells):
+                del cells[k]
+            lines[i] = "\t".join(cells)
+        return f"{label} delete {k}", "\n".join(lines)
+    if how == "text":
+        new, ops = draw(mutate_text(text, tokens=NVSMI_CELLS))
+        return f"{label} {', '.join(ops)}", new
+    s = draw(st.sampled_from(["big", "huge", "empty", "legend", "binary", "switch"]))
+    if s == "big":
+        return "matrix of 300 GPUs, NV1", nvsmi_matrix(300)
+    if s == "huge":
+        return "matrix of 1100 GPUs, PIX", nvsmi_matrix(1100, "PIX")
+    if s == "switch":
+        return "matrix of 64 GPUs, NV18", nvsmi_matrix(64, "NV18")
+    if s == "legend":
+        return "legend only", text[text.find("Legend"):] if "Legend" in text else "Legend:\n"
+    if s == "binary":
+        return "binary", bytes(range(256)).decode("latin-1")
+    return "empty", ""

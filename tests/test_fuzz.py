@@ -615,6 +615,14 @@ def test_fuzzed_plans():
             if v.code == 0 and ": ok:" not in v.stdout:
                 found.append(f"odd success output {v.stdout[:80]!r}")
             col.check("verify", label, found, v)
+            nr = invoke(["verify", "--no-reference", plan], work, stats=col)
+            found = problems(nr)
+            if nr.code == 2 and v.code == 0:
+                found.append("verify --no-reference rejects a plan verify accepts")
+            if nr.code == 0 and v.code == 2:
+                found.append(f"the verifier accepts a plan the reference executor rejects: "
+                             f"{(stderr_lines(v.stderr) or [''])[0][:160]}")
+            col.check("verify --no-reference", label, found, nr)
             s = invoke(["simulate", plan, "-t", topo, "-n", nodes, "--json"], work, stats=col)
             found = problems(s)
             if s.code == 0:
@@ -1211,6 +1219,62 @@ def test_fuzzed_input_paths():
                     and out.seconds > 5:
                 found.append(f"took {out.seconds:.1f} s to refuse a {kind} input")
             col.check(command, kind, found, out)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    run()
+    col.finish()
+
+
+# -- fuzzed nvidia-smi matrices --------------------------------------------------------------------------------
+NAMES = st.one_of(st.none(), st.sampled_from(["x", "", "a/b", "x" * 300, "two\nlines",
+                                              "name: evil\nlinks: []", "'", "#", "&a", "-"]))
+NICS = st.one_of(st.none(), st.sampled_from(["none", "mlx5_0", "mlx5_9", "NIC0", "NIC9", "", ",",
+                                             "mlx5_0,mlx5_0", "mlx5_0,mlx5_1,mlx5_2,mlx5_3"]))
+
+
+def test_fuzzed_nvidia_smi_imports():
+    """`topology import nvidia-smi` on broken matrices (and odd --name/--nics): a topology
+    that validates and synthesizes, or one line; stdin (-) behaves like a file."""
+    col = Collector("nvidia-smi imports")
+
+    @fuzz_settings(60)
+    @given(case=fz.nvsmi_files(), name=NAMES, nics=NICS, stdin=st.booleans())
+    def run(case, name, nics, stdin):
+        if col.stopped:
+            return
+        col.examples += 1
+        label, text = case
+        root, work, outd = _dirs()
+        try:
+            src = work / "topo.txt"
+            src.write_text(text, encoding="utf-8", errors="surrogateescape")
+            out_yaml = outd / "t.yaml"
+            args = ["topology", "import", "nvidia-smi", "-" if stdin else src, "-o", out_yaml]
+            args += ["--name", name] if name is not None else []
+            args += ["--nics", nics] if nics is not None else []
+            label += f" name={name!r} nics={nics!r}{' stdin' if stdin else ''}"
+            before = snapshot(work, outd)
+            out = invoke(args, work, stats=col, stdin=src.read_bytes() if stdin else None)
+            found = problems(out)
+            after = snapshot(work, outd)
+            found += partial_files(before, after, allowed=[out_yaml] if out.code == 0 else [])
+            col.check("topology import", label, found, out)
+            if out.code != 0 or found:
+                return
+            v = invoke(["topology", "validate", out_yaml], work, stats=col)
+            if v.code != 0:
+                col.check("topology import", label, [f"wrote a topology validate rejects: "
+                                                     f"{(stderr_lines(v.stderr) or [''])[0][:160]}"], v)
+                return
+            doc = yaml.safe_load(out_yaml.read_text())
+            if name is not None and name.strip() and doc.get("name") != name:
+                col.check("topology import", label, [f"--name {name!r} came out as {doc.get('name')!r}"], v)
+            x = outd / "x.xml"
+            y = invoke(["synthesize", "-t", out_yaml, "-c", "allgather", "-o", x], work, stats=col)
+            col.check("synthesize -t imported", label, problems(y), y)
+            if y.code == 0:
+                verify_plan(x, work, col, "synthesize -t imported", label)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
