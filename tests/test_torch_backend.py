@@ -10,7 +10,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -96,21 +95,20 @@ def test_every_collective_exact(tmp_path, n, dtype):
 
 
 def test_pre_2_13_method_names(tmp_path):
-    """torch <= 2.12 calls _allgather_base / alltoall_base / _reduce_scatter_base."""
+    """torch <= 2.12 calls _allgather_base / alltoall_base / _reduce_scatter_base; reduce ops
+    without a plan (BXOR) are Gloo's."""
     def body(pg, r):
         ag, a2a, rs = torch.empty(4), torch.empty(2), torch.empty(1)
         pg._allgather_base(ag, torch.tensor([r, r + 0.5])).wait()
         pg.alltoall_base(a2a, torch.tensor([10.0 * r, 10.0 * r + 1]), [], []).wait()
         pg._reduce_scatter_base(rs, torch.tensor([1.0 + r, 2.0 + r])).wait()
-        bad = dist.AllreduceOptions()
-        bad.reduceOp = dist.ReduceOp.BXOR
-        with pytest.raises(TacclError, match="not supported"):
-            pg.allreduce([torch.ones(2, dtype=torch.int32)], bad).wait()
-        return ag.tolist(), a2a.tolist(), rs.tolist()
+        xor = torch.tensor([r + 1, 3], dtype=torch.int32)  # no plan reduces by XOR: Gloo does
+        pg.allreduce([xor], _opts(dist.ReduceOp.BXOR)).wait()
+        return ag.tolist(), a2a.tolist(), rs.tolist(), xor.tolist()
 
     res = in_threads(2, body, tmp_path)
-    assert res[0] == ([0, 0.5, 1, 1.5], [0.0, 10.0], [3.0])
-    assert res[1] == ([0, 0.5, 1, 1.5], [1.0, 11.0], [5.0])
+    assert res[0] == ([0, 0.5, 1, 1.5], [0.0, 10.0], [3.0], [3, 0])
+    assert res[1] == ([0, 0.5, 1, 1.5], [1.0, 11.0], [5.0], [3, 0])
 
 
 def test_reduce_ops_async_and_noncontiguous(tmp_path):
@@ -137,6 +135,23 @@ def test_reduce_ops_async_and_noncontiguous(tmp_path):
         base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
         assert grid[:, 1].tolist() == (base[:, 1] * 6).tolist()
         assert grid[:, 0].tolist() != (base[:, 0] * 6).tolist()  # other columns untouched
+
+
+def test_any_layout_and_clear_refusals(tmp_path):
+    """Issue 16: a transposed tensor is reduced in place (it came back as zeros); dtypes Gloo
+    refuses, expanded outputs and complex products are refused up front, on every rank."""
+    def body(pg, r):
+        x = torch.ones(4, 6).t()
+        pg.allreduce([x]).wait()
+        for bad, reason in [(torch.ones(3, dtype=torch.int16), "int16 is not supported on CPU"),
+                            (torch.ones(1).expand(3), "share memory"),
+                            (torch.ones(2, dtype=torch.complex64), "PRODUCT is not supported")]:
+            with pytest.raises(TacclError, match=reason):
+                pg.allreduce([bad], _opts(dist.ReduceOp.PRODUCT)).wait()
+        return x
+
+    for x in in_threads(2, body, tmp_path):
+        assert x.stride() == (1, 6) and torch.equal(x, torch.full((6, 4), 2.0))
 
 
 def _opts(op):

@@ -2,10 +2,13 @@
 
 CPU tensors: the plan's messages go over an inner Gloo group (one Gloo group for plan
 traffic, another for point-to-point calls and the operations delegated to Gloo: barrier,
-broadcast, reduce, gather, scatter, uneven all-to-all). CUDA tensors: NCCL point-to-point
+broadcast, reduce, gather, scatter, all-to-all with split sizes or tensor lists, and the
+reduce ops no plan does: BAND, BOR, BXOR, PREMUL_SUM). CUDA tensors: NCCL point-to-point
 through CuPy (:mod:`taccl_py.runtime.cuda_exec`). Collectives run in issue order on one
 worker thread; every call returns a ``Work`` whose future carries the output tensors, so
-``async_op=True`` overlaps with the caller.
+``async_op=True`` overlaps with the caller. Tensors of any layout are served: plans and
+Gloo see contiguous stand-ins, copied back into non-contiguous outputs; on CPU the dtypes
+are Gloo's (:data:`GLOO_DTYPES`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from .library import PlanLibrary
 
 _R = dist.ReduceOp.RedOpType
 REDUCE = {_R.SUM: "sum", _R.AVG: "sum", _R.PRODUCT: "prod", _R.MIN: "min", _R.MAX: "max"}
+#: the dtypes Gloo serves on CPU, in the order of torch's dtype list; the others are refused
+GLOO_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
+               torch.uint8, torch.int32, torch.int64, torch.bool)
 #: executors kept per group (each holds its compiled program and receive temporaries)
 EXECUTOR_CACHE = 32
 
@@ -84,24 +90,43 @@ class TacclProcessGroup(dist.ProcessGroup):
         return self._name
 
     # -- plumbing ------------------------------------------------------------------------
-    def _submit(self, fn, result):
-        """Run ``fn`` on the worker; the returned Work's future yields ``result``."""
+    def _submit(self, fn, outputs, inputs=(), op=None):
+        """Run ``fn(outputs, inputs)`` on the worker, in issue order, with contiguous stand-ins
+        for the tensors (lists, nested once at most; complex ones as real views when reduced
+        by ``op``); stand-ins of non-contiguous outputs are copied back when ``fn`` succeeds.
+        The Work's future yields ``outputs``."""
         fut = torch.futures.Future()
 
         def job():
             try:
-                fn()
+                written: list = []
+                outs = _map(lambda t: _stand_in(t, written), outputs)
+                ins = _map(lambda t: t.detach().contiguous(), inputs)
+                if op is not None:
+                    outs, ins = _map(lambda t: _as_real(t, op), (outs, ins))
+                fn(outs, ins)
+                for tensor, staged in written:
+                    tensor.copy_(staged)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                 fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
             else:
-                fut.set_result(result)
+                fut.set_result(outputs)
 
         self._worker.submit(job)
         return _Work(fut)
 
-    def _delegate(self, call, result):
-        """An operation Gloo does itself, kept in issue order with the plan collectives."""
-        return self._submit(lambda: call().wait(), result)
+    def _delegate(self, call, outputs, inputs=(), op=None):
+        """An operation Gloo does itself (``call(outputs, inputs)`` returns its Work), on the
+        same stand-ins and in issue order with the plan collectives."""
+        return self._submit(lambda outs, ins: call(outs, ins).wait(), outputs, inputs, op)
+
+    def _each(self, kind: str, op=_R.SUM):
+        """A job running the ``kind`` collective on each (output, input) pair."""
+        def run(outputs, inputs):
+            for output, input in zip(outputs, inputs):
+                self._collective(kind, output, input, op)
+
+        return run
 
     def _executor(self, plan, ce: int, dtype: np.dtype, redop: str) -> PlanExecutor:
         key = (id(plan), ce, dtype.str, redop)
@@ -115,49 +140,30 @@ class TacclProcessGroup(dist.ProcessGroup):
         return ex
 
     def _collective(self, kind: str, output: torch.Tensor, input: torch.Tensor,
-                    op=None) -> None:
-        """``output`` ← the ``kind`` collective of every rank's ``input`` (flat views)."""
-        if output.device != input.device or output.dtype != input.dtype:
-            raise TacclError(f"{kind}: input and output must share device and dtype, got "
-                             f"{input.device}/{input.dtype} and {output.device}/{output.dtype}")
-        n = self.size()
-        expect = {ALLGATHER: input.numel() * n, REDUCESCATTER: input.numel() // n}
-        if output.numel() != expect.get(kind, input.numel()) or (
-                kind == REDUCESCATTER and input.numel() % n):
-            raise TacclError(f"{kind} on {n} ranks: output has {output.numel()} elements for "
-                             f"an input of {input.numel()}")
+                    op=_R.SUM) -> None:
+        """``output`` ← the ``kind`` collective of every rank's ``input`` (contiguous tensors,
+        taken as flat arrays); ``op`` is one of :data:`REDUCE`."""
+        _check(kind, output, input, op, self.size())
         if input.numel() == 0:
             return
-        kind_of_op = getattr(op, "op", op) if op is not None else _R.SUM  # torch < 2.13: enum
-        red = REDUCE.get(kind_of_op)
-        if kind in (ALLREDUCE, REDUCESCATTER) and red is None:
-            raise TacclError(f"reduce op {kind_of_op} is not supported by the taccl backend")
+        output, input = output.view(-1), input.view(-1)
         if output.is_cuda:
-            self._cuda_runner().run(kind, output, input, red or "sum")
+            self._cuda_runner().run(kind, output, input, REDUCE[op])
         else:
-            self._cpu(kind, output, input, red or "sum")
-        if kind_of_op == _R.AVG:
-            if not output.is_floating_point():
-                raise TacclError("ReduceOp.AVG needs a floating-point tensor")
-            output.div_(n)
+            self._cpu(kind, output, input, REDUCE[op])
+        if op == _R.AVG:
+            output.div_(self.size())
 
     def _cpu(self, kind: str, output: torch.Tensor, input: torch.Tensor, red: str) -> None:
-        if output.is_complex():
-            raise TacclError(f"complex tensors are not supported ({output.dtype})")
-        work_out = output if output.is_contiguous() else torch.empty_like(output)
-        src = input.detach().contiguous()
-        reduces = kind in (ALLREDUCE, REDUCESCATTER)
-        convert = _numpy_dtype(output.dtype) is None
-        if convert:  # bfloat16 / float8: move as raw bits, reduce in float32
-            if reduces:
-                send_t, recv_t = src.float(), torch.empty(work_out.shape, dtype=torch.float32)
-            else:
-                bits = _bits_dtype(output.dtype)
-                send_t, recv_t = src.view(bits), work_out.view(bits)
-        else:
-            send_t, recv_t = src, work_out
-        send = send_t.detach().numpy().reshape(-1)
-        recv = recv_t.detach().numpy().reshape(-1)
+        """:meth:`_collective` on flat contiguous CPU tensors."""
+        if output.dtype == torch.bfloat16:  # no NumPy dtype: raw bits, or reduced in float32
+            if kind in (ALLREDUCE, REDUCESCATTER):
+                wide = torch.empty(output.shape, dtype=torch.float32)
+                self._cpu(kind, wide, input.float(), red)
+                output.copy_(wide)
+                return
+            output, input = output.view(torch.int16), input.view(torch.int16)
+        send, recv = input.numpy(), output.numpy()
         n = self.size()
         nbytes = max(send.nbytes, recv.nbytes)
         elems = max(send.size, recv.size)
@@ -177,10 +183,6 @@ class TacclProcessGroup(dist.ProcessGroup):
             if np.shares_memory(send, recv) and not plan.inplace:
                 send = send.copy()
             self._run(plan, send, recv, red)
-        if recv_t is not work_out and convert and reduces:
-            work_out.copy_(recv_t)
-        if work_out is not output:
-            output.copy_(work_out)
 
     def _run(self, plan, send: np.ndarray, recv: np.ndarray, red: str) -> None:
         coll = plan.collective()
@@ -196,103 +198,109 @@ class TacclProcessGroup(dist.ProcessGroup):
 
     # -- collectives (both the torch <= 2.12 and the 2.13 method names) ------------------
     def allreduce(self, tensors, opts=None):
-        (t,) = tensors
-        op = opts.reduceOp if opts is not None else None
-        return self._submit(lambda: self._collective(ALLREDUCE, t, t, op), tensors)
+        op = _op(opts)
+        if op not in REDUCE:
+            return self._delegate(lambda ts, _: self._gloo.allreduce(ts, opts), tensors, op=op)
+        return self._submit(lambda ts, _: self._each(ALLREDUCE, op)(ts, ts), tensors, op=op)
+
+    def allreduce_coalesced(self, tensors, opts=None):
+        op = _op(opts)
+        if op not in REDUCE:
+            return self._delegate(lambda ts, _: self._gloo.allreduce_coalesced(ts, opts),
+                                  tensors, op=op)
+        return self._submit(lambda ts, _: self._each(ALLREDUCE, op)(ts, ts), tensors, op=op)
 
     def allgather(self, output_tensors, input_tensors, opts=None):
-        (outs,), (t,) = output_tensors, input_tensors
+        def run(outs, ins):
+            (parts,), (t,) = outs, ins
+            _check_list("all_gather", parts, t, self.size())
+            flat = torch.empty(self.size(), t.numel(), dtype=t.dtype, device=t.device)
+            self._collective(ALLGATHER, flat, t)
+            for part, row in zip(parts, flat):
+                part.copy_(row.view_as(part))
 
-        def run():
-            flat = torch.empty(t.numel() * self.size(), dtype=t.dtype, device=t.device)
-            self._collective(ALLGATHER, flat, t.reshape(-1))
-            for o, part in zip(outs, flat.chunk(self.size())):
-                o.copy_(part.view_as(o))
-
-        return self._submit(run, output_tensors)
+        return self._submit(run, output_tensors, input_tensors)
 
     def all_gather_single(self, output, input, opts=None):
-        return self._submit(
-            lambda: self._collective(ALLGATHER, output.view(-1), input.reshape(-1)), [output])
+        return self._submit(self._each(ALLGATHER), [output], [input])
 
     _allgather_base = all_gather_single
 
     def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
-        def run():
-            for o, i in zip(outputs, inputs):
-                self._collective(ALLGATHER, o.view(-1), i.reshape(-1))
-
-        return self._submit(run, outputs)
+        return self._submit(self._each(ALLGATHER), outputs, inputs)
 
     def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes,
                           opts=None):
-        n = self.size()
-        if _uneven(output_split_sizes, output, n) or _uneven(input_split_sizes, input, n):
-            return self._delegate(lambda: self._gloo.alltoall_base(
-                output, input, output_split_sizes, input_split_sizes), [output])
-        return self._submit(
-            lambda: self._collective(ALLTOALL, output.view(-1), input.reshape(-1)), [output])
+        # split sizes are Gloo's: only all of them tell whether the blocks are even, and
+        # every rank must choose the same way
+        if not output_split_sizes and not input_split_sizes and input.dim() \
+                and input.shape[0] % self.size() == 0:
+            return self._submit(self._each(ALLTOALL), [output], [input])
+        return self._delegate(lambda o, i: self._gloo.alltoall_base(
+            o[0], i[0], output_split_sizes, input_split_sizes), [output], [input])
 
     alltoall_base = all_to_all_single
 
     def alltoall(self, output_tensors, input_tensors, opts=None):
-        dtype, device = output_tensors[0].dtype, output_tensors[0].device
-        even = len({t.numel() for t in [*output_tensors, *input_tensors]}) == 1
-
-        def run():
-            flat = torch.empty(sum(t.numel() for t in output_tensors), dtype=dtype,
-                               device=device)
-            send = torch.cat([t.reshape(-1) for t in input_tensors])
-            if even:
-                self._collective(ALLTOALL, flat, send)
-            else:  # uneven: Gloo's own all-to-all with splits
-                self._gloo.alltoall_base(flat, send, [t.numel() for t in output_tensors],
-                                         [t.numel() for t in input_tensors]).wait()
-            for o, part in zip(output_tensors, flat.split([t.numel() for t in output_tensors])):
+        """Gloo's all-to-all with split sizes (whether another rank's tensors differ in size
+        is unknown here), which unlike Gloo's own list version takes uneven tensors."""
+        def run(outs, ins):
+            sizes = [t.numel() for t in outs]
+            flat = torch.empty(sum(sizes), dtype=outs[0].dtype, device=outs[0].device)
+            send = torch.cat([t.reshape(-1) for t in ins])
+            self._gloo.alltoall_base(flat, send, sizes, [t.numel() for t in ins]).wait()
+            for o, part in zip(outs, flat.split(sizes)):
                 o.copy_(part.view_as(o))
 
-        return self._submit(run, output_tensors)
+        return self._submit(run, output_tensors, input_tensors)
 
     def reduce_scatter(self, output_tensors, input_tensors, opts=None):
-        (out,), (ins,) = output_tensors, input_tensors
-        op = opts.reduceOp if opts is not None else None
-        return self._submit(lambda: self._collective(
-            REDUCESCATTER, out.view(-1), torch.cat([t.reshape(-1) for t in ins]), op),
-            output_tensors)
+        op = _op(opts)
+        if op not in REDUCE:
+            return self._delegate(lambda o, i: self._gloo.reduce_scatter(
+                _map(_flat, o), _map(_flat, i), opts), output_tensors, input_tensors, op)
+
+        def run(outs, ins):
+            (out,), (parts,) = outs, ins
+            _check_list("reduce_scatter", parts, out, self.size())
+            self._collective(REDUCESCATTER, out, torch.cat([t.reshape(-1) for t in parts]),
+                             op)
+
+        return self._submit(run, output_tensors, input_tensors, op)
 
     def reduce_scatter_single(self, output, input, opts=None):
-        op = opts.reduceOp if opts is not None else None
-        return self._submit(lambda: self._collective(
-            REDUCESCATTER, output.view(-1), input.reshape(-1), op), [output])
+        return self.reduce_scatter_tensor_coalesced([output], [input], opts)
 
     _reduce_scatter_base = reduce_scatter_single
 
     def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
-        op = opts.reduceOp if opts is not None else None
+        op = _op(opts)
+        if op in REDUCE:
+            return self._submit(self._each(REDUCESCATTER, op), outputs, inputs, op)
 
-        def run():
-            for o, i in zip(outputs, inputs):
-                self._collective(REDUCESCATTER, o.view(-1), i.reshape(-1), op)
+        def gloo(outs, ins):
+            for o, i in zip(outs, ins):
+                self._gloo._reduce_scatter_base(_flat(o), _flat(i), opts).wait()
 
-        return self._submit(run, outputs)
+        return self._submit(gloo, outputs, inputs, op)
 
     # -- delegated to Gloo (in issue order) -----------------------------------------------
     def barrier(self, opts=None):
-        return self._delegate(lambda: self._gloo.barrier(), [])
+        return self._delegate(lambda *_: self._gloo.barrier(), [])
 
     def broadcast(self, tensors, opts):
-        return self._delegate(lambda: self._gloo.broadcast(tensors, opts), tensors)
+        return self._delegate(lambda ts, _: self._gloo.broadcast(ts, opts), tensors)
 
     def reduce(self, tensors, opts):
-        return self._delegate(lambda: self._gloo.reduce(tensors, opts), tensors)
+        return self._delegate(lambda ts, _: self._gloo.reduce(ts, opts), tensors, op=_op(opts))
 
     def gather(self, output_tensors, input_tensors, opts):
-        return self._delegate(lambda: self._gloo.gather(output_tensors, input_tensors, opts),
-                              output_tensors)
+        return self._delegate(lambda o, i: self._gloo.gather(o, i, opts), output_tensors,
+                              input_tensors)
 
     def scatter(self, output_tensors, input_tensors, opts):
-        return self._delegate(lambda: self._gloo.scatter(output_tensors, input_tensors, opts),
-                              output_tensors)
+        return self._delegate(lambda o, i: self._gloo.scatter(o, i, opts), output_tensors,
+                              input_tensors)
 
     def send(self, tensors, dstRank, tag):  # noqa: N803 - torch's keyword names
         return self._gloo.send(tensors, dstRank, tag)
@@ -304,17 +312,69 @@ class TacclProcessGroup(dist.ProcessGroup):
         return self._gloo.recv_anysource(tensors, tag)
 
 
-def _uneven(splits, tensor: torch.Tensor, n: int) -> bool:
-    return bool(splits) and len(set(splits)) > 1 or tensor.numel() % n != 0
+def _op(opts):
+    """The reduce operation of ``opts`` (SUM without options)."""
+    op = getattr(opts, "reduceOp", None)
+    return _R.SUM if op is None else getattr(op, "op", op)  # torch < 2.13: a plain enum
 
 
-def _numpy_dtype(dtype: torch.dtype):
-    try:
-        return torch.empty(0, dtype=dtype).numpy().dtype
-    except TypeError:
-        return None
+def _map(fn, tensors):
+    """``tensors`` (a tensor, or lists of them) with ``fn`` applied to each tensor."""
+    if isinstance(tensors, (list, tuple)):
+        return [_map(fn, t) for t in tensors]
+    return fn(tensors)
 
 
-def _bits_dtype(dtype: torch.dtype) -> torch.dtype:
-    size = torch.empty(0, dtype=dtype).element_size()
-    return {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
+def _as_real(tensor: torch.Tensor, op) -> torch.Tensor:
+    """A complex tensor as its real view, for sums and averages (which act on each part, as
+    in torch's own conversion); other reductions of complex tensors are refused."""
+    if not tensor.is_complex():
+        return tensor
+    if op not in (_R.SUM, _R.AVG):
+        raise TacclError(f"reduce op {op} is not supported on complex tensors")
+    return torch.view_as_real(tensor)
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor as 1-d (Gloo checks shapes that plans take as flat)."""
+    return tensor.view(-1)
+
+
+def _stand_in(tensor: torch.Tensor, written: list) -> torch.Tensor:
+    """``tensor`` itself when contiguous, else a contiguous copy, noted in ``written`` as
+    (tensor, copy) to be copied back."""
+    tensor = tensor.detach()
+    if tensor.is_contiguous():
+        return tensor
+    if any(s == 0 and k > 1 for s, k in zip(tensor.stride(), tensor.shape)):
+        raise TacclError(f"an output of shape {tuple(tensor.shape)} has elements that share "
+                         f"memory (an expanded view): clone() it first")
+    staged = tensor.contiguous()
+    written.append((tensor, staged))
+    return staged
+
+
+def _check(kind: str, output: torch.Tensor, input: torch.Tensor, op, n: int) -> None:
+    """Refuse, before any message, what the ``kind`` collective cannot serve."""
+    if output.device != input.device or output.dtype != input.dtype:
+        raise TacclError(f"{kind}: input and output must share device and dtype, got "
+                         f"{input.device}/{input.dtype} and {output.device}/{output.dtype}")
+    if not output.is_cuda and output.dtype not in GLOO_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in GLOO_DTYPES)
+        raise TacclError(f"{kind}: {output.dtype} is not supported on CPU, as by Gloo "
+                         f"(supported: {names})")
+    expect = {ALLGATHER: input.numel() * n, REDUCESCATTER: input.numel() // n}
+    if output.numel() != expect.get(kind, input.numel()) or (
+            kind == REDUCESCATTER and input.numel() % n):
+        raise TacclError(f"{kind} on {n} ranks: output has {output.numel()} elements for "
+                         f"an input of {input.numel()}")
+    if op == _R.AVG and not output.is_floating_point():
+        raise TacclError(f"ReduceOp.AVG needs a floating-point tensor, got {output.dtype}")
+
+
+def _check_list(name: str, parts: list, tensor: torch.Tensor, n: int) -> None:
+    """A list argument of ``name`` must hold ``n`` tensors the size of ``tensor``."""
+    if len(parts) != n or any(p.numel() != tensor.numel() for p in parts):
+        raise TacclError(f"{name} on {n} ranks needs {n} tensors of {tensor.numel()} "
+                         f"elements, got {[p.numel() for p in parts]}")
+

@@ -28,6 +28,7 @@ class CudaRunner:
         self.executors: dict[tuple, object] = {}
 
     def run(self, kind: str, output: torch.Tensor, input: torch.Tensor, red: str) -> None:
+        """``output`` ← the ``kind`` collective of every rank's ``input`` (flat, contiguous)."""
         import cupy
 
         from ..runtime.cuda_exec import NcclPlanExecutor
@@ -38,11 +39,9 @@ class CudaRunner:
         with cupy.cuda.Device(output.device.index):
             stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(output.device)
                                               .cuda_stream)
-            out = output if output.is_contiguous() else torch.empty_like(output)
-            send = cupy.asarray(input.detach().contiguous()).reshape(-1)
-            recv = cupy.asarray(out.detach()).reshape(-1)
+            send, recv = cupy.asarray(input), cupy.asarray(output)
             elems = max(send.size, recv.size)
-            inplace = kind == "allreduce" and out.data_ptr() == input.data_ptr()
+            inplace = kind == "allreduce" and output.data_ptr() == input.data_ptr()
             plan = self.library.choose(kind, self.size, elems * send.itemsize, elems, inplace)
             chunks = plan.nchunksperloop
             if elems % chunks:  # only AllReduce reaches here: pad to whole chunks
@@ -68,5 +67,3 @@ class CudaRunner:
             with stream:
                 if target is not recv:
                     recv[...] = target[:elems]
-            if out is not output:
-                output.copy_(out)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from ..collectives import Collective
 from ..errors import TacclError
+from ..fileio import atomic_write_text
 from ..lowering.plan import Plan
 from ..lowering.xml import parse_plan, plan_to_xml
-from ..fileio import atomic_write_text
 from ..runtime.verify import verify
 from ..topology.model import FULL_BISECTION, Switch, Topology
 
