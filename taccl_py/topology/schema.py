@@ -262,8 +262,25 @@ def schema_problems(validator: Draft202012Validator, doc: object, problems: Prob
     """Add every schema violation of ``doc`` to ``problems`` (of an ``anyOf``, the most
     relevant branch's)."""
     for err in validator.iter_errors(doc):
-        for path, message in _translate(best_match([err])):
-            problems.add(path, message)
+        for leaf in _leaves(err):
+            for path, message in _translate(leaf):
+                problems.add(path, message)
+
+
+def _leaves(err: ValidationError) -> list[ValidationError]:
+    """The errors to report for ``err``: itself, or for an ``anyOf``, every error of its most
+    relevant branch (so each bad item of a list is named, not only the first)."""
+    best = best_match([err])
+    if best is err or not err.context:
+        return [best]
+    top = best
+    while top.parent is not None and top.parent is not err:
+        top = top.parent
+    if top.parent is not err:
+        return [best]
+    branch = top.relative_schema_path[0]
+    return [leaf for e in err.context if e.relative_schema_path[0] == branch
+            for leaf in _leaves(e)]
 
 
 def expand_gpus(gpus: object, gpus_per_node: int) -> list[int]:
