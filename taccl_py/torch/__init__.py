@@ -3,10 +3,12 @@
 ``dist.init_process_group("taccl", ...)`` then serves all_gather_into_tensor, all_gather,
 all_to_all_single, all_to_all, reduce_scatter_tensor, reduce_scatter, all_reduce, barrier,
 broadcast, send/recv (sync or ``async_op=True``) on CPU tensors, and on CUDA tensors through
-CuPy's NCCL. Plans come from ``$TACCL_PLAN_DIR`` (or :func:`configure`), else fallback plans
-(ring; direct for all-to-all) synthesized once and cached under ``$TACCL_CACHE_DIR`` (default
-``~/.cache/taccl_py``). With ``TACCL_LOG=1`` each rank says on stderr which plan serves each
-collective (logger ``taccl_py.torch``, level INFO).
+CuPy's NCCL, with Gloo's results for tensors of any layout and, on CPU, Gloo's dtypes. Plans
+come from ``$TACCL_PLAN_DIR`` (or :func:`configure`; each is verified when loaded, and an
+invalid one is refused), else fallback plans (ring; direct for all-to-all) synthesized once
+and cached under ``$TACCL_CACHE_DIR`` (default ``~/.cache/taccl_py``). With ``TACCL_LOG=1``
+each rank says on stderr which plan serves each collective (logger ``taccl_py.torch``, level
+INFO).
 """
 
 from __future__ import annotations
