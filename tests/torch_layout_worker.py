@@ -124,11 +124,10 @@ class Run:
         self.salt = 0
         self.written: list = []  # every tensor written to
 
-    def values(self, shape: tuple, rank: int | None = None) -> torch.Tensor:
-        """Values of ``rank`` (default: this one), exact under any order of reduction."""
+    def values(self, shape: tuple) -> torch.Tensor:
+        """This rank's next values: small integers, exact under any order of reduction."""
         self.salt += 1
-        g = torch.Generator().manual_seed(
-            self.case["seed"] * 7919 + (self.rank if rank is None else rank) * 131 + self.salt)
+        g = torch.Generator().manual_seed(self.case["seed"] * 7919 + self.rank * 131 + self.salt)
         unsigned = self.dtype in (torch.bool, torch.uint8, torch.uint16, torch.uint32,
                                   torch.uint64)
         hi = 2 if self.case["op"] == "PRODUCT" else 8 if self.case["coll"] in REDUCING else 100
@@ -156,8 +155,8 @@ class Run:
         self.written.append(placed.tensor)
         return placed
 
-    def inp(self, shape: tuple, rank: int | None = None) -> Placed:
-        return self.place("in", shape, self.values(shape, rank))
+    def inp(self, shape: tuple) -> Placed:
+        return self.place("in", shape, self.values(shape))
 
     def call(self, fn, *args, **kw) -> None:
         if self.case["async"]:
