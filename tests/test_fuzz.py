@@ -137,24 +137,35 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def _child(args, cwd, stdin_path, out_path, err_path, res_path) -> None:
-    """In the forked process: set up like a fresh `taccl` run, run main, report, _exit."""
+def _child(args, cwd, stdin_path, out_path, err_path, res_path, fsize=None, pipes=None) -> None:
+    """In the forked process: set up like a fresh `taccl` run, run main, report, _exit.
+    ``fsize``: the most bytes a file may grow to (a full disk: writes fail with EFBIG);
+    stdout and stderr then go to ``pipes`` (write ends), which the limit does not touch."""
     code, tb = 1, None
     try:
         os.chdir(cwd)
         os.setsid()  # our own process group, so a kill reaches what the case starts
-        for fd, path, flags in ((0, stdin_path or os.devnull, os.O_RDONLY),
-                                (1, out_path, os.O_WRONLY), (2, err_path, os.O_WRONLY)):
-            os.dup2(os.open(path, flags), fd)
+        os.dup2(os.open(stdin_path or os.devnull, os.O_RDONLY), 0)
+        if pipes:
+            os.dup2(pipes[0], 1)
+            os.dup2(pipes[1], 2)
+        else:
+            os.dup2(os.open(out_path, os.O_WRONLY), 1)
+            os.dup2(os.open(err_path, os.O_WRONLY), 2)
         sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
-        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+        # strict, as under a UTF-8 locale such as en_US.UTF-8 (C.UTF-8 and the C locale
+        # escape surrogates instead): a name from non-UTF-8 argv bytes must still print
+        sys.stdout = open(1, "w", encoding="utf-8", errors="strict", closefd=False)
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, 1 << 30))
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        limit = fsize if fsize is not None else 1 << 30
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         warnings.resetwarnings()  # Python's defaults, as a fresh interpreter has them
         for cat in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
@@ -197,9 +208,30 @@ def _read(fh, limit: int = 2 << 20) -> str:
     return fh.read(limit).decode("utf-8", errors="replace")
 
 
+class _Drain:
+    """Reads a pipe into memory on a thread (stdout/stderr of a case with a file-size limit)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while chunk := os.read(self.r, 1 << 16):
+            if len(self.data) < 2 << 20:
+                self.data += chunk
+
+    def close(self) -> str:
+        self.thread.join(timeout=5)
+        os.close(self.r)
+        return self.data.decode("utf-8", errors="replace")
+
+
 def invoke(args, cwd, *, stdin: bytes | None = None, timeout: float = CASE_TIMEOUT,
-           stats=None) -> Outcome:
-    """Run ``taccl ARGS`` in a fork of this process, in ``cwd``."""
+           stats=None, fsize: int | None = None) -> Outcome:
+    """Run ``taccl ARGS`` in a fork of this process, in ``cwd``; ``fsize``: a full disk
+    after that many bytes per file."""
     args = [str(a) for a in args]
     with tempfile.TemporaryDirectory(prefix="taccl-fuzz-io-") as io_dir:
         out_path, err_path = f"{io_dir}/out", f"{io_dir}/err"
@@ -211,10 +243,14 @@ def invoke(args, cwd, *, stdin: bytes | None = None, timeout: float = CASE_TIMEO
             Path(in_path).write_bytes(stdin)
         sys.stdout.flush()
         sys.stderr.flush()
+        drains = [_Drain(), _Drain()] if fsize is not None else None
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            _child(args, str(cwd), in_path, out_path, err_path, res_path)
+            _child(args, str(cwd), in_path, out_path, err_path, res_path, fsize,
+                   [d.w for d in drains] if drains else None)
+        for d in drains or ():
+            os.close(d.w)
         outcome = Outcome(args)
         pidfd = os.pidfd_open(pid)
         try:
@@ -232,8 +268,11 @@ def invoke(args, cwd, *, stdin: bytes | None = None, timeout: float = CASE_TIMEO
         outcome.seconds = time.monotonic() - start
         if os.WIFSIGNALED(status) and not outcome.timed_out:
             outcome.signal = os.WTERMSIG(status)
-        with open(out_path, "rb") as fo, open(err_path, "rb") as fe:
-            outcome.stdout, outcome.stderr = _read(fo), _read(fe)
+        if drains:
+            outcome.stdout, outcome.stderr = drains[0].close(), drains[1].close()
+        else:
+            with open(out_path, "rb") as fo, open(err_path, "rb") as fe:
+                outcome.stdout, outcome.stderr = _read(fo), _read(fe)
         try:
             result = json.loads(Path(res_path).read_text())
             outcome.code, outcome.traceback = result["code"], result["traceback"]
@@ -957,6 +996,10 @@ def make_output_path(kind: str, outd: Path, ext: str, other: str | None, i: int 
         return str(outd / f"out{ext}") + "/", None
     if kind == "dash":
         return "-", None
+    if kind == "odd-name":
+        return str(outd / f"-o \t\n\udcff\u00e9 {ext}"), None
+    if kind == "disk-full":  # the case runs with a file-size limit: see test_fuzzed_output_paths
+        return str(outd / f"full-disk{ext}"), None
     if kind == "same-as-other":
         return other, None
     if kind == "dot-slash-same":
@@ -1011,10 +1054,11 @@ WRITERS = {
     "plot --algbw --timeline": (["plot", "PLAN", "-t", "dgx1", "--algbw", "{P}", "--timeline",
                                  "{Q}"], (".png", ".png")),
 }
-OUTPUT_KINDS = fz.OUTPUT_PATHS + ("fifo-no-reader", "stdout-link", "dot-slash-same")
+OUTPUT_KINDS = fz.OUTPUT_PATHS + ("fifo-no-reader", "stdout-link", "dot-slash-same", "odd-name",
+                                  "disk-full")
 #: kinds after which the command must fail
 MUST_FAIL = {"directory", "missing-dir", "devfull", "link-to-dir", "link-loop", "empty",
-             "long-name", "trailing-slash", "same-as-other", "dot-slash-same"}
+             "long-name", "trailing-slash", "same-as-other", "dot-slash-same", "disk-full"}
 
 
 def _content_ok(ext: str, data: bytes) -> bool:
@@ -1074,7 +1118,7 @@ def test_fuzzed_output_paths():
                     else str(plan) for a in args]
             label = " + ".join(kinds)
             before = snapshot(work, outd)
-            out = invoke(full, work, stats=col)
+            out = invoke(full, work, stats=col, fsize=256 if "disk-full" in kinds else None)
             drained = {p: r.close() for p, r in readers}
             readers.clear()
             after = snapshot(work, outd)
@@ -1091,7 +1135,8 @@ def test_fuzzed_output_paths():
             else:
                 found += partial_files(before, after)
                 ok = [k for k in kinds if k in ("new", "existing", "devnull", "fifo",
-                                                 "stdout-link", "link-to-file", "dash")]
+                                                 "stdout-link", "link-to-file", "dash",
+                                                 "odd-name")]
                 if out.code == 2 and len(ok) == len(kinds):
                     found.append(f"refused a writable output ({label})")
             col.check(command, label, found, out)
@@ -1107,7 +1152,7 @@ def test_fuzzed_output_paths():
 def _check_written(kind, p, ext, out, drained, before, after, work) -> list[str]:
     """What a successful write to a path of ``kind`` must have left."""
     path = work / p
-    if kind in ("new", "existing", "dash"):
+    if kind in ("new", "existing", "dash", "odd-name"):
         if kind == "dash" and not path.exists():
             return [] if ("<algo" if ext == ".xml" else "") in out.stdout else \
                 ["'-' written nowhere"]
@@ -1123,7 +1168,9 @@ def _check_written(kind, p, ext, out, drained, before, after, work) -> list[str]
     elif kind in ("devnull", "stdout-link", "link-to-file", "dangling-link"):
         if not path.is_symlink() and before.get(str(path)) != after.get(str(path)):
             return [f"{kind}: the {'device' if kind == 'devnull' else 'link'} was replaced"]
-        if kind == "stdout-link" and not _content_ok(ext, out.stdout.encode()):
+        if kind == "stdout-link" and not (_content_ok(ext, out.stdout.encode()) or (
+                ext.endswith(".png") and "PNG" in out.stdout[:8]) or (
+                ext.endswith(".json") and out.stdout.lstrip().startswith("{"))):
             return ["nothing valid written to the link to stdout"]
         if kind in ("link-to-file", "dangling-link"):
             target = path.parent / os.readlink(path)
@@ -1144,7 +1191,7 @@ READERS = {
     "topology import": (["topology", "import", "nvidia-smi", "{P}"], "nvsmi", (2,)),
     "run": (["run", "{P}", "--iters", "1"], "plan", (2,)),
 }
-INPUT_KINDS = fz.INPUT_PATHS + ("valid",)
+INPUT_KINDS = fz.INPUT_PATHS + ("valid", "odd-name-valid")
 
 
 def _valid_input(what: str) -> bytes:
@@ -1191,6 +1238,10 @@ def make_input_path(kind: str, work: Path, what: str) -> str:
         return str(work / "huge.in")
     if kind == "long-name":
         return str(work / ("y" * 300))
+    if kind == "odd-name-valid":
+        p = work / "-x \t\n\udcff\u00e9.in"
+        p.write_bytes(_valid_input(what))
+        return str(p)
     if kind in ("valid", "link-to-valid"):
         (work / "valid.in").write_bytes(_valid_input(what))
         if kind == "valid":
@@ -1220,7 +1271,7 @@ def test_fuzzed_input_paths():
             out = invoke(full, work, stats=col)
             found = problems(out, err_codes=err_codes, many_lines=command.endswith("validate"))
             after = snapshot(work, outd)
-            valid = kind in ("valid", "link-to-valid")
+            valid = kind in ("valid", "link-to-valid", "odd-name-valid")
             if command == "run":
                 valid = False  # without mpiexec: one rank, an 8-rank plan
             if out.code == 0 and not valid:
@@ -1545,3 +1596,68 @@ def test_harness_matches_the_real_executable(tmp_path):
                  ["topology", "show", "nonexistent-topology"]):
         a, b = invoke(args, tmp_path), shell(args, tmp_path)
         assert (a.code, a.stdout, a.stderr) == (b.code, b.stdout, b.stderr), (a.show(), b.show())
+
+
+#: seconds after the first progress line of a short milp run (about 4 s in all) to send Ctrl-C
+INTERRUPT_DELAYS = [0.1 + 0.35 * i for i in range(14)] if LONG else [0.2, 1.5, 3.0]
+
+
+@pytest.mark.parametrize("delay", INTERRUPT_DELAYS)
+def test_interrupt_anywhere_in_the_pipeline(delay, tmp_path):
+    """Ctrl-C at any point of routing, ordering, scheduling, lowering, verifying or writing:
+    exit 130 within 2 s, one line, no files; or, if the run had finished, exit 0 with a plan
+    and IR that verify."""
+    args = ["synthesize", "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "milp",
+            "--time-limit", "10", "-o", "x.xml", "--ir", "x.json"]
+    proc = subprocess.Popen([str(TACCL), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    err: list[bytes] = []
+    try:
+        assert _wait_for(proc, err, b"s]", 60), f"no progress: {b''.join(err)[-300:]!r}"
+        _wait_for(proc, err, b"\x00never", delay)
+        sent = time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            stdout, rest = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail("Ctrl-C ignored for 10 s")
+        took = time.monotonic() - sent
+        stderr = (b"".join(err) + rest).decode(errors="replace")
+        left = sorted(p.name for p in tmp_path.iterdir())
+        found = []
+        if "Traceback" in stderr:
+            found.append("traceback")
+        if proc.returncode == 130:
+            if took > 2.0:
+                found.append(f"took {took:.1f} s to stop")
+            if left:
+                found.append(f"left {left}")
+            if len(stderr_lines(stderr)) != 1:
+                found.append(f"stderr besides progress: {stderr_lines(stderr)[:3]}")
+        elif proc.returncode == 0:
+            if left != ["x.json", "x.xml"]:
+                found.append(f"exit 0 but files {left}")
+            elif shell(["verify", "x.xml"], tmp_path).code != 0:
+                found.append("exit 0 with a plan verify rejects")
+        else:
+            found.append(f"exit {proc.returncode}")
+        assert not found, f"{found}; stderr {stderr[-600:]!r}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_concurrent_writers_leave_one_whole_file(tmp_path):
+    """Two runs writing the same -o at once: both succeed and the file is one whole plan."""
+    procs = [subprocess.Popen([str(TACCL), "synthesize", "-t", "dgx1", "-c", coll, "-o", "same.xml"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for coll in ("allgather", "allreduce", "reducescatter")]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.xml"]
+    out = shell(["verify", "same.xml"], tmp_path)
+    assert out.code == 0, out.show()
