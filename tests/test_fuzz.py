@@ -370,6 +370,7 @@ class Collector:
     exits: dict = dataclasses.field(default_factory=dict)  # (command, exit) -> count
     slowest: list = dataclasses.field(default_factory=list)  # (seconds, command, case)
     current_input: bytes = b""  # the fuzzed file of the running example, for the log
+    mpi_runs: int = 0
 
     def check(self, command: str, case: str, found: list[str], out: Outcome | None = None):
         if out is not None:
@@ -512,12 +513,59 @@ N_SKETCH_BASES = len(SKETCH_TARGETS) + sum(
     (REPO / "topologies" / "sketches" / f"{t}.yaml").exists() for t, _ in SKETCH_TARGETS)
 
 
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+#: plans verify accepts (after a mutation) that also run under MPI, per test
+MPI_RUNS = 40 if LONG else 4
+
+
+def mpi_check(plan: Path, ngpus: int, cwd: Path) -> Outcome:
+    """``mpiexec -n NGPUS taccl run PLAN --check``: the executor against MPI's collective."""
+    out = Outcome(["mpiexec", "-n", str(ngpus), "taccl", "run", str(plan), "--check"])
+    start = time.monotonic()
+    try:
+        proc = subprocess.run([str(MPIEXEC), "-n", str(ngpus), str(TACCL), "run", str(plan),
+                               "--size", "64K", "--check", "--iters", "1", "--warmup", "0",
+                               "--timeout", "20"], cwd=cwd, capture_output=True, timeout=90,
+                              stdin=subprocess.DEVNULL)
+        out.code = proc.returncode
+        out.stdout = proc.stdout.decode(errors="replace")
+        # every rank reports the same error: keep one copy of each line
+        out.stderr = "\n".join(dict.fromkeys(proc.stderr.decode(errors="replace").splitlines()))
+    except subprocess.TimeoutExpired:
+        out.timed_out = True
+    out.seconds = time.monotonic() - start
+    return out
+
+
 def verify_plan(path: Path, cwd: Path, col: Collector, command: str, case: str) -> None:
     """A plan a command wrote must pass `taccl verify`."""
     out = invoke(["verify", path], cwd, stats=col)
     if out.code != 0:
         col.check(command, case, [f"wrote a plan that verify rejects: "
                                   f"{(stderr_lines(out.stderr) or [out.show()])[0][:200]}"], out)
+
+
+def row_problems(stdout: str, nsizes: int | None = None) -> list[str]:
+    """`simulate --json` rows must be numbers that make sense: a finite positive time no
+    shorter than the lower bound (a plan beating its bound means the bound or the simulator
+    is wrong), algbw = size / time."""
+    try:
+        rows = json.loads(stdout)
+    except ValueError:
+        return [f"--json output is not JSON: {stdout[:100]!r}"]
+    if not isinstance(rows, list) or (nsizes is not None and len(rows) != nsizes):
+        return [f"--json output is not {nsizes} rows: {stdout[:100]!r}"]
+    for row in rows:
+        t, b, size = row.get("time"), row.get("bound_time"), row.get("size")
+        if not all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in (t, b, size)):
+            return [f"non-positive or non-finite time/bound in {row}"[:200]]
+        if t < b * (1 - 1e-9):
+            return [f"simulated time {t:.4g} s beats the lower bound {b:.4g} s "
+                    f"({row.get('bound_kind')}) at {size} B"]
+        algbw = row.get("algbw")
+        if not isinstance(algbw, (int, float)) or abs(algbw * t - size) > 1e-6 * size:
+            return [f"algbw {algbw} is not size / time at {size} B"]
+    return []
 
 
 @st.composite
@@ -589,6 +637,8 @@ def test_fuzzed_topology_files():
                 found = problems(sim)
                 if sim.code != 0:
                     found.append("simulate refuses a plan synthesized for the same topology")
+                else:
+                    found += row_problems(sim.stdout, 4)
                 col.check("simulate -t FILE", label, found, sim)
         finally:
             shutil.rmtree(root, ignore_errors=True)
@@ -679,14 +729,22 @@ def test_fuzzed_plans():
             s = invoke(["simulate", plan, "-t", topo, "-n", nodes, "--json"], work, stats=col)
             found = problems(s)
             if s.code == 0:
-                try:
-                    rows = json.loads(s.stdout)
-                    assert isinstance(rows, list) and len(rows) == 4
-                except (ValueError, AssertionError):
-                    found.append(f"--json output is not 4 JSON rows: {s.stdout[:100]!r}")
+                found += row_problems(s.stdout, 4)
                 if v.code != 0:
                     found.append("simulate times a plan that verify rejects")
             col.check("simulate --json", label, found, s)
+            ngpus = re.search(rb'ngpus="(\d+)"', data)
+            if v.code == 0 and "unchanged" not in label and col.mpi_runs < MPI_RUNS and \
+                    ngpus and int(ngpus[1]) <= 16:
+                col.mpi_runs += 1
+                m = mpi_check(plan, int(ngpus[1]), work)
+                found = problems(m)
+                if m.code == 0 and "check ok" not in m.stdout:
+                    found.append(f"no 'check ok' from the MPI run: {m.stdout[:120]!r}")
+                if m.code == 2:
+                    found.append(f"verify accepts a plan whose MPI run fails its check: "
+                                 f"{(stderr_lines(m.stderr) or [''])[0][:160]}")
+                col.check("mpiexec taccl run --check", label, found, m)
             if LONG:
                 pngs = [outd / "a.png", outd / "t.png"]
                 before = snapshot(work, outd)
