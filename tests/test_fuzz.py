@@ -1435,10 +1435,10 @@ def _two_error_sketch() -> str:
 #: (id, files to create {name: text}, args, expected exit, extra check name, max seconds)
 ISSUE_CASES = [
     ("simulate-cnt0", {"p.xml": lambda: _plan_text(cnt0=True)},
-     ["simulate", "p.xml", "-t", "dgx1"], 2, None, 10),
+     ["simulate", "p.xml", "-t", "dgx1"], 2, "as verify", 10),
     ("plot-cnt0", {"p.xml": lambda: _plan_text(cnt0=True)},
-     ["plot", "p.xml", "-t", "dgx1", "--timeline", "OUT/t.png"], 2, None, 10),
-    ("run-cnt0", {"p.xml": lambda: _plan_text(cnt0=True)}, ["run", "p.xml"], 2, None, 10),
+     ["plot", "p.xml", "-t", "dgx1", "--timeline", "OUT/t.png"], 2, "as verify", 10),
+    ("run-cnt0", {"p.xml": lambda: _plan_text(cnt0=True)}, ["run", "p.xml"], 2, "as verify", 10),
     ("missing-dir-leaves-no-ir", {},
      ["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "OUT/missing/a.xml", "--ir",
       "OUT/ir.json"], 2, None, 10),
@@ -1503,6 +1503,10 @@ def test_issue_examples(case):
                 found.append(f"the error does not name {opt}: {lines}")
         if extra == "3 lines" and len(lines) < 3:
             found.append(f"{len(lines)} error line(s) for a file with 3 errors: {lines}")
+        if extra == "as verify":
+            ver = invoke(["verify", "p.xml"], work)
+            if stderr_lines(ver.stderr) != lines:
+                found.append(f"not the verifier's reason {stderr_lines(ver.stderr)}: {lines}")
         if extra == "json":
             try:
                 json.loads(out.stdout)
