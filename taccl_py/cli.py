@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import TacclError
+from .fileio import display_path
 from .topology.loader import MAX_RANKS
 from .units import format_size, parse_size
 
@@ -83,6 +84,8 @@ class _Finite(click.FloatRange):
         return rv
 
 
+#: an output file: kept a string, so that a trailing "/" still says "directory" to fileio
+_OUTPUT = click.Path()
 #: most seconds a solver may be given (a week)
 MAX_TIME_LIMIT = 7 * 24 * 3600.0
 #: --nodes: one node per rank at most (see :data:`~taccl_py.topology.loader.MAX_RANKS`)
@@ -164,7 +167,7 @@ def topology_list() -> None:
 @topology.command("show")
 @click.argument("name")
 @click.option("--nodes", "-n", default=1, show_default=True, type=_NODES)
-@click.option("--png", "png", type=click.Path(path_type=Path),
+@click.option("--png", "png", type=_OUTPUT,
               help="Also draw the topology to this PNG file.")
 def topology_show(name: str, nodes: int, png: Path | None) -> None:
     """Describe a built-in topology or a YAML file."""
@@ -173,11 +176,13 @@ def topology_show(name: str, nodes: int, png: Path | None) -> None:
 
     check_outputs([png])
     topo = load_topology(name, nodes)
-    click.echo(describe(topo))
-    if png:
+    if png:  # drawn and written first: a failure prints nothing on stdout
         from .topology_plot import topology_png
 
-        click.echo(f"wrote {write_outputs([(png, topology_png(topo))])[0]}")
+        write_outputs([(png, topology_png(topo))])
+    click.echo(describe(topo))
+    if png:
+        click.echo(f"wrote {display_path(png)}")
 
 
 @topology.command("validate")
@@ -190,7 +195,7 @@ def topology_validate(files: tuple[Path, ...]) -> None:
     for path in files:
         try:
             validate_file(path)
-            click.echo(f"{path}: ok")
+            click.echo(f"{display_path(path)}: ok")
         except TacclError as exc:
             bad += 1
             click.echo(str(exc), err=True)
@@ -215,7 +220,7 @@ def topology_validate(files: tuple[Path, ...]) -> None:
                    "no NVLink, 50 with H100]")
 @click.option("--pcie/--no-pcie", default=True, show_default=True,
               help="link GPU pairs without NVLink over PCIe")
-@click.option("--output", "-o", type=click.Path(path_type=Path),
+@click.option("--output", "-o", type=_OUTPUT,
               help="write the YAML here instead of printing it")
 def topology_import(fmt, file, nics_spec, name, nvlink_bw, pcie_bw, nic_bw, pcie,
                     output) -> None:
@@ -246,7 +251,7 @@ def topology_import(fmt, file, nics_spec, name, nvlink_bw, pcie_bw, nic_bw, pcie
         click.echo(text, nl=False)
     else:
         atomic_write_text(output, text)
-        click.echo(f"wrote {output}: {topo.description}")
+        click.echo(f"wrote {display_path(output)}: {topo.description}")
 
 
 # -- synthesize ------------------------------------------------------------------
@@ -288,9 +293,9 @@ def _progress(stage: str, elapsed: float, incumbent: float | None, gap: float | 
 @click.option("--min-bytes", default="0", callback=_size_or_zero, help="plan's minBytes")
 @click.option("--max-bytes", default="0", callback=_size_or_zero,
               help="plan's maxBytes (0 = unbounded)")
-@click.option("--output", "-o", type=click.Path(path_type=Path),
+@click.option("--output", "-o", type=_OUTPUT,
               help="XML plan path [default: <topology>-<collective>-<method>.xml]")
-@click.option("--ir", "ir_path", type=click.Path(path_type=Path),
+@click.option("--ir", "ir_path", type=_OUTPUT,
               help="also write the algorithm IR as JSON")
 @click.option("--steps", type=click.IntRange(1, MAX_SMT),
               help="smt: synchronous steps S [default: search the Pareto frontier]")
@@ -346,7 +351,7 @@ def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, in
         click.echo(f"  kept {meta['chosen']}, the fastest at {format_size(size)} "
                    f"(simulated: {others})")
     click.echo(f"  verified: {result.report.summary()}")
-    click.echo(f"  wrote {output}")
+    click.echo(f"  wrote {display_path(output)}")
     from .report import evaluate, format_table
 
     sizes = sorted({1 << 10, 1 << 20, size, 1 << 30})
@@ -395,7 +400,7 @@ def sketch_validate(file: Path, topology_name: str, nodes: int) -> None:
             click.echo(f"taccl: error: {line}", err=True)
         sys.exit(2)
     gens = len(s.symmetry)
-    click.echo(f"{file}: ok: sketch {s.name} for {topo.label}: "
+    click.echo(f"{display_path(file)}: ok: sketch {s.name} for {topo.label}: "
                f"{len(s.connections)} inter-node connection(s) per node pair, "
                f"{len(s.relays)} relay rank(s), {gens} symmetry generator(s), "
                f"switch policy {s.switch_policy or 'none'}, "
@@ -405,7 +410,7 @@ def sketch_validate(file: Path, topology_name: str, nodes: int) -> None:
 
 @sketch.command("init")
 @_sketch_topology
-@click.option("--output", "-o", type=click.Path(path_type=Path),
+@click.option("--output", "-o", type=_OUTPUT,
               help="write the template here instead of printing it")
 def sketch_init(topology_name: str, nodes: int, output: Path | None) -> None:
     """Write a commented sketch template holding the topology's default hints."""
@@ -418,7 +423,7 @@ def sketch_init(topology_name: str, nodes: int, output: Path | None) -> None:
         click.echo(text, nl=False)
     else:
         atomic_write_text(output, text)
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {display_path(output)}")
 
 
 # -- verify ----------------------------------------------------------------------
@@ -436,7 +441,8 @@ def verify_cmd(plan_path: Path, reference: bool) -> None:
     report = verify(plan)
     if reference:
         check_reference(plan)
-    click.echo(f"{plan_path}: ok: {plan.coll} on {plan.ngpus} ranks; {report.summary()}"
+    click.echo(f"{display_path(plan_path)}: ok: {plan.coll} on {plan.ngpus} ranks; "
+               f"{report.summary()}"
                + ("; reference executor matches numpy" if reference else ""))
 
 
@@ -486,9 +492,9 @@ def simulate(plan_path, topology_name, nodes, sizes, as_json) -> None:
 @main.command()
 @_sim_options
 @click.option("--sizes", default="1K,32K,1M,32M,1G", show_default=True, callback=_sizes)
-@click.option("--algbw", "algbw_png", type=click.Path(path_type=Path),
+@click.option("--algbw", "algbw_png", type=_OUTPUT,
               help="PNG of algbw vs size (plan, ring, bound)")
-@click.option("--timeline", "timeline_png", type=click.Path(path_type=Path),
+@click.option("--timeline", "timeline_png", type=_OUTPUT,
               help="PNG of each link's and port's busy intervals")
 @click.option("--size", default="1M", show_default=True, callback=_size,
               help="buffer size for the timeline")
@@ -511,7 +517,7 @@ def plot(plan_path, topology_name, nodes, sizes, algbw_png, timeline_png, size) 
         title = f"{plan.name}, {size} B"
         outputs.append((timeline_png, draw_timeline(run_sim(plan, topo, size), title)))
     for path in write_outputs(outputs):
-        click.echo(f"wrote {path}")
+        click.echo(f"wrote {display_path(path)}")
 
 
 # -- pareto (SMT) --------------------------------------------------------------------
@@ -586,7 +592,7 @@ def run_cmd(plan_path, size, dtype, check, iters, warmup, timeout) -> None:
 
 # -- profile (measure a topology) ----------------------------------------------------------
 @main.command("profile")
-@click.option("--output", "-o", type=click.Path(path_type=Path),
+@click.option("--output", "-o", type=_OUTPUT,
               help="write a topology YAML of the measured numbers")
 @click.option("--update", "update_path", type=click.Path(path_type=Path),
               help="update this topology YAML's measured links (in place unless -o; "

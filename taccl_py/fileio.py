@@ -39,7 +39,7 @@ def _umask() -> int:
 
 
 def _fail(path: Path, exc: OSError) -> TacclError:
-    return TacclError(f"{path}: cannot write: {exc.strerror or exc}")
+    return TacclError(f"{display_path(path)}: cannot write: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,11 @@ class _Target:
 
 def _target(given: str | Path) -> _Target:
     """Classify an output path and check, before any work, that it can be written."""
-    given = Path(given)
     if not str(given):
         raise TacclError("an output path is empty")
+    if str(given).endswith(os.sep):
+        raise TacclError(f"{display_path(given)}: names a directory; give a file name")
+    given = Path(given)
     absolute = os.path.abspath(given)
     try:
         st = os.stat(given)
@@ -74,18 +76,20 @@ def _target(given: str | Path) -> _Target:
     except OSError as exc:
         raise _fail(given, exc) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise TacclError(f"{given}: cannot write: is a directory")
+        raise TacclError(f"{display_path(given)}: cannot write: is a directory")
     if absolute.startswith(_STREAM_ROOTS) or (st is not None and not stat.S_ISREG(st.st_mode)):
         if st is None:
-            raise TacclError(f"{given}: no such device or stream")
+            raise TacclError(f"{display_path(given)}: no such device or stream")
         return _Target(given, given, True, 0)
     path = Path(os.path.realpath(given))
     if not path.parent.is_dir():
-        raise TacclError(f"{given}: directory {path.parent} does not exist")
+        raise TacclError(f"{display_path(given)}: directory {display_path(path.parent)} "
+                         f"does not exist")
     if st is not None and not os.access(path, os.W_OK):
-        raise TacclError(f"{given}: cannot write: permission denied")
+        raise TacclError(f"{display_path(given)}: cannot write: permission denied")
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise TacclError(f"{given}: cannot write in {path.parent}: permission denied")
+        raise TacclError(f"{display_path(given)}: cannot write in "
+                         f"{display_path(path.parent)}: permission denied")
     mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
     return _Target(given, path, False, mode)
 
@@ -101,7 +105,8 @@ def check_outputs(paths: Sequence[str | Path | None]) -> None:
             continue
         t = _target(given)
         if t.key in seen:
-            raise TacclError(f"{seen[t.key]} and {t.given} are the same file: give each "
+            raise TacclError(f"{display_path(seen[t.key])} and {display_path(t.given)} are "
+                             f"the same file: give each "
                              f"output its own path")
         seen[t.key] = t.given
 
@@ -144,7 +149,7 @@ def _write_stream(t: _Target, data: bytes) -> None:
         fd = os.open(t.path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
-            raise TacclError(f"{t.given}: no process is reading it") from None
+            raise TacclError(f"{display_path(t.given)}: no process is reading it") from None
         raise _fail(t.given, exc) from None
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)

@@ -408,6 +408,7 @@ def format_table(results: list[PairResult]) -> str:
 # -- the command ------------------------------------------------------------------------------
 def _prepare(hosts, gpus_per_node, sizes, output: Path | None, update: Path | None):
     """Rank 0's checks before measuring: sizes, node groups, the --update document."""
+    from .fileio import check_outputs
     from .topology.loader import load_document
 
     if len(sizes) < 2:
@@ -417,9 +418,7 @@ def _prepare(hosts, gpus_per_node, sizes, output: Path | None, update: Path | No
     if update is not None:
         doc = load_document(update)
         _check_node_size(int(doc["gpus_per_node"]), groups, str(update))
-    target = output or update
-    if target is not None and not target.parent.is_dir():
-        raise TacclError(f"{target}: directory {target.parent} does not exist")
+    check_outputs([output or update])
     return groups, doc
 
 
@@ -427,7 +426,7 @@ def profile_command(output: Path | None, update: Path | None, sizes: list[int], 
                     warmup: int, transport: str, device: str,
                     gpus_per_node: int | None) -> None:
     """``taccl profile``: measure, print the table on rank 0, write or update the YAML."""
-    from .fileio import atomic_write_text
+    from .fileio import atomic_write_text, display_path
     from .topology.schema import check_document
 
     comm = open_comm(transport, device)
@@ -471,4 +470,4 @@ def profile_command(output: Path | None, update: Path | None, sizes: list[int], 
             print(f"note: {note}", file=sys.stderr)
     check_document(doc, str(target))
     atomic_write_text(target, header + to_yaml(doc))
-    print(f"wrote {target}", flush=True)
+    print(f"wrote {display_path(target)}", flush=True)

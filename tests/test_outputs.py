@@ -246,3 +246,17 @@ def test_simulate_and_plot_refuse_a_plan_verify_rejects(broken_plan, args, tmp_p
 def test_run_refuses_a_plan_verify_rejects(broken_plan):
     r = shell("run", str(broken_plan))  # one process: the verifier speaks before the count
     assert r.returncode == 2 and r.stderr == run("verify", str(broken_plan)).stderr
+
+
+def test_trailing_slash_names_a_directory(tmp_path):
+    (tmp_path / "out").mkdir()
+    one_line_error(run(*SYNTH, "-o", f"{tmp_path}/out/x.xml/"), "names a directory")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_undecodable_file_name_is_shown_escaped(tmp_path):
+    name = os.fsdecode(b"\xff.xml")
+    strict = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    r = shell(*SYNTH, "-o", name, cwd=tmp_path, env=strict)
+    assert r.returncode == 0, r.stderr
+    assert "wrote \\udcff.xml" in r.stdout and (tmp_path / name).is_file()
