@@ -49,7 +49,10 @@ class Taccl:
 
     def interrupt(self, sig: int) -> tuple[float, str, str]:
         """Send ``sig``; the seconds until the process ended, its stdout, the stderr
-        lines printed after the signal."""
+        lines printed after the signal (but a solver's live progress lines, which may
+        cross the signal in the pipe)."""
+        while not self.lines.empty():  # printed before the signal
+            assert self.lines.get() is not None, "taccl ended before the signal"
         sent = time.monotonic()
         self.proc.send_signal(sig)
         try:
@@ -59,14 +62,15 @@ class Taccl:
         took = time.monotonic() - sent
         rest = []
         while (line := self.lines.get(timeout=5)) is not None:
-            rest.append(line)
+            if ": solving" not in line:
+                rest.append(line)
         return took, self.proc.stdout.read(), "".join(rest)
 
 
 SOLVES = {  # command, a stderr line printed as a long solve starts
     "milp": (["synthesize", "-t", "ndv2", "-n", "2", "-c", "allgather", "--method", "milp",
               "--time-limit", "120", "-o", "plan.xml", "--ir", "ir.json"],
-             "routing (chunk-up 1)"),
+             "routing (chunk-up 1): solving  makespan"),  # live progress
     "smt": (["synthesize", "-t", "dgx1", "-c", "allgather", "--method", "smt", "--steps", "3",
              "--rounds", "7", "--chunks", "6", "--time-limit", "120", "-o", "plan.xml"],
             "smt (S 3, R 7, C 6)"),

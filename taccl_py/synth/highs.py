@@ -1,14 +1,16 @@
-"""pulp's HiGHS made quiet on stdout and interruptible (see :mod:`.solvers`)."""
+"""pulp's HiGHS made quiet on stdout, interruptible and able to report live progress
+(see :mod:`.solvers`)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
+from contextlib import suppress
 
 import pulp
 
-from .solvers import interruptible, verbose
+from .solvers import Live, Watch, interruptible, verbose
 
 _banner = {"done": False}
 
@@ -44,13 +46,29 @@ def _log_to_stderr(event) -> None:
     sys.stderr.write(event.message)
 
 
+def _gap(out) -> float | None:
+    """The relative MIP gap of a callback's data (None while there is no dual bound)."""
+    try:
+        return float(out.mip_gap)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 class HiGHS(pulp.HiGHS):
     """pulp's HiGHS, quiet on stdout and interruptible; with ``warm``,
-    handed the variables' initial values as a starting incumbent."""
+    handed the variables' initial values as a starting incumbent.
 
-    def __init__(self, warm: bool = False, **kwargs):
+    With ``progress``, a MIP solve calls ``progress(incumbent, gap)`` while it runs (from
+    the waiting thread, see :class:`.solvers.Watch`): on every improving solution and at
+    least every ``HEARTBEAT`` s. The incumbent is the value of the pulp variable
+    ``watch`` in the solution, or the objective without one."""
+
+    def __init__(self, warm: bool = False, progress: Live | None = None, watch=None,
+                 **kwargs):
         super().__init__(msg=False, **kwargs)
         self.warm = warm
+        self.progress = progress
+        self.watch = watch
 
     def createAndConfigureSolver(self, lp):
         _banner_off()
@@ -78,4 +96,26 @@ class HiGHS(pulp.HiGHS):
             finally:  # end this thread's worker pool with it, as highspy's threaded solve
                 model.resetThreadScheduler(False)
 
-        interruptible(run, model.cancelSolve)
+        interruptible(run, model.cancelSolve, self._watch(model))
+
+    def _watch(self, model):
+        """Subscribe ``progress``'s callbacks to ``model``; the waiting thread's poll."""
+        if self.progress is None:
+            return None
+        live = Watch(self.progress)
+        column = getattr(self.watch, "index", None)
+
+        def improved(event) -> None:
+            with suppress(Exception):  # an exception must not reach HiGHS's C++
+                out = event.data_out
+                value = (out.objective_function_value if column is None
+                         else out.mip_solution[column])
+                live.update(float(value), _gap(out))
+
+        def running(event) -> None:
+            with suppress(Exception):
+                live.update(None, _gap(event.data_out))
+
+        model.cbMipImprovingSolution += improved
+        model.cbMipInterrupt += running
+        return live.poll

@@ -21,8 +21,9 @@ import pulp
 from ..collectives import ALLGATHER, ALLTOALL, Collective
 from ..errors import SketchError, TacclError
 from ..topology.model import Topology
-from .routes import route_tree
 from .highs import HiGHS
+from .routes import route_tree
+from .solvers import live_report
 
 if TYPE_CHECKING:
     from .sketch import Sketch
@@ -263,9 +264,21 @@ def relaxed_makespan(topology: Topology, collective: Collective, chunk_bytes: fl
     return max(worst, max(load.values(), default=0.0))
 
 
-def _solver(time_limit: float):
+def _in_seconds(report):
+    """``report(incumbent, gap)`` with the incumbent given in µs (the model's unit)."""
+    def progress(value: float | None, gap: float | None) -> None:
+        report(None if value is None else value / _US, gap)
+    return progress
+
+
+def _solver(time_limit: float, makespan: pulp.LpVariable | None = None):
+    """HiGHS (CBC if it is missing), warm-started; inside
+    :func:`.solvers.live_progress`, reporting ``makespan`` (s) and the gap as it runs."""
+    report = live_report()
+    progress = None if report is None else _in_seconds(report)
     try:
-        solver = HiGHS(warm=True, timeLimit=max(1.0, time_limit))
+        solver = HiGHS(warm=True, timeLimit=max(1.0, time_limit), progress=progress,
+                       watch=makespan)
         if solver.available():
             return solver
     except pulp.PulpSolverError:
@@ -524,7 +537,7 @@ def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
     left = time_limit - (time.monotonic() - began)
     if left <= 0:
         raise TacclError(f"routing: time limit {time_limit:.1f}s spent building the model")
-    solver = _solver(left)
+    solver = _solver(left, makespan)
     prob.solve(solver)
     found = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
     if not found and rep is not None and prob.status == pulp.LpStatusInfeasible:

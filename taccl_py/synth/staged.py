@@ -27,6 +27,7 @@ from .routes import require_ranks
 from .routing import Routes, candidates, check_sketch, relaxed_makespan, route
 from .schedule import Schedule, schedule
 from .sketch import default_sketch
+from .solvers import live_progress
 
 MAX_BINARIES = 20000  # skip the routing MILP of a chunk-up with more route variables
 MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
@@ -140,10 +141,12 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
         if left <= 0.5 or (i > 0 and (share < 2.0 or sum(
                 map(len, candidates(topology, coll, sketch).values())) > MAX_BINARIES)):
             continue
-        report(f"routing (chunk-up {coll.chunkup})")
+        stage = f"routing (chunk-up {coll.chunkup})"
+        report(stage)
         try:
-            routes = route(topology, coll, coll.chunk_bytes(size),
-                           time_limit=left * 0.6 if i == 0 else share, sketch=sketch)
+            with _live(report, stage):
+                routes = route(topology, coll, coll.chunk_bytes(size),
+                               time_limit=left * 0.6 if i == 0 else share, sketch=sketch)
         except SketchError:
             raise
         except TacclError as exc:
@@ -158,6 +161,11 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
             f"within {time_limit:.1f}s")
     best.meta.update(solve_time=time.monotonic() - began, tried=tried)
     return best
+
+
+def _live(report: Callable[..., None], stage: str):
+    """Live progress of the routing MILP solved inside, as ``stage: solving`` lines."""
+    return live_progress(lambda value, gap: report(f"{stage}: solving", value, gap))
 
 
 def _whole_model_fits(topology: Topology, collective: Collective, sketch) -> bool:
@@ -187,8 +195,9 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
     """
     began = time.monotonic()
     report("routing (one node)")
-    trees, optimal = node_trees(topology, collective.chunk_bytes(size),
-                       time_limit=max(1.0, time_limit * 0.2))
+    with _live(report, "routing (one node)"):
+        trees, optimal = node_trees(topology, collective.chunk_bytes(size),
+                                    time_limit=max(1.0, time_limit * 0.2))
     carriers = relays(topology, sketch, trees)
     # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
     # are most likely the same plan; a shared NIC is shared first-ready by the runtime
