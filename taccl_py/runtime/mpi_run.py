@@ -9,6 +9,7 @@ import numpy as np
 
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER
 from ..errors import TacclError
+from ..fileio import display_path
 from ..units import format_size
 
 BUSBW = {ALLGATHER: lambda n: (n - 1) / n, ALLTOALL: lambda n: (n - 1) / n,
@@ -83,7 +84,8 @@ def run_command(plan_path, size: int, dtype: str, check: bool, iters: int, warmu
         plan = parse_plan(plan_path)
         verify(plan)
         if nprocs != plan.ngpus:
-            raise TacclError(f"{plan_path} is a {plan.ngpus}-rank plan but mpiexec started "
+            raise TacclError(f"{display_path(plan_path)} is a {plan.ngpus}-rank plan but "
+                             f"mpiexec started "
                              f"{nprocs} rank(s); use mpiexec -n {plan.ngpus}")
         dt = _dtype(dtype)
         coll = plan.collective()
