@@ -18,15 +18,29 @@ from .topology.loader import MAX_RANKS
 from .units import format_size, parse_size
 
 
+def _in_finalizer(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise_interrupt(signum, frame):
+    """Raise KeyboardInterrupt, except inside a finalizer (z3's ``AstRef.__del__``, say),
+    where Python would print and drop it: there the signal is sent again 10 ms later."""
+    if _in_finalizer(frame):
+        threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+        return
     raise KeyboardInterrupt
 
 
-def _sigterm_interrupts():
-    """Make SIGTERM raise KeyboardInterrupt (main thread only); the previous handler."""
+def _interrupts() -> dict:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt (main thread only); the previous
+    handlers."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
+        return {}
+    return {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _exit_if_solving(code: int) -> None:
@@ -46,7 +60,7 @@ class _Group(click.Group):
         """Usage errors, too, are one line on stderr: ``taccl: error: ...``, exit 2.
         SIGTERM interrupts like Ctrl-C: ``taccl: interrupted``, exit 130."""
         kwargs.pop("standalone_mode", None)
-        previous = _sigterm_interrupts()
+        previous = _interrupts()
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.ClickException as exc:
@@ -58,8 +72,8 @@ class _Group(click.Group):
             click.echo("taccl: interrupted", err=True)
             sys.exit(130)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):

@@ -134,7 +134,26 @@ def least_rounds_per_chunk(topology: Topology, collective_kind: str) -> float:
 
 def _solve(topology: Topology, coll: Collective, steps: int, rounds: int,
            time_limit: float):
-    """('sat', schedule) / ('unsat', None) / ('unknown', None) for one (S, R, C)."""
+    """('sat', schedule) / ('unsat', None) / ('unknown', None) for one (S, R, C).
+
+    The encoding is built and solved in a worker thread (see
+    :func:`~.solvers.interruptible`): a Ctrl-C then never lands inside z3's Python
+    bindings, where ctypes would turn it into an ``ArgumentError``."""
+    run: dict = {"cancelled": False}
+
+    def cancel() -> None:
+        run["cancelled"] = True
+        if "ctx" in run:
+            run["ctx"].interrupt()
+
+    return interruptible(lambda: _encode_and_check(topology, coll, steps, rounds,
+                                                   time_limit, run), cancel)
+
+
+def _encode_and_check(topology: Topology, coll: Collective, steps: int, rounds: int,
+                      time_limit: float, run: dict):
+    """The body of :func:`_solve`; ``run["ctx"]`` is set to the z3 context, and a true
+    ``run["cancelled"]`` stops the search at the next composition."""
     import z3
 
     n, S, R = topology.num_ranks, steps, rounds
@@ -153,7 +172,7 @@ def _solve(topology: Topology, coll: Collective, steps: int, rounds: int,
 
     # a fresh context per solve: the same instance then always gets the same variable
     # ids and search (in the shared main context, later solves were seen to take 100 s+)
-    ctx = z3.Context()
+    ctx = run["ctx"] = z3.Context()
     solver = z3.SolverFor("QF_FD", ctx=ctx)
     solver.set("timeout", max(1, int(time_limit * 1000)))
     solver.set("ctrl_c", False)  # interrupts are ours (see .solvers), not z3's SIGINT handler
@@ -217,7 +236,7 @@ def _solve(topology: Topology, coll: Collective, steps: int, rounds: int,
     result, r_s, unknown = None, None, False
     for comp in _compositions(R, S):
         left = deadline - time.perf_counter()
-        if left <= 0:
+        if left <= 0 or run["cancelled"]:
             unknown = True
             break
         solver.set("timeout", max(1, int(left * 1000)))
@@ -227,7 +246,7 @@ def _solve(topology: Topology, coll: Collective, steps: int, rounds: int,
                 most = math.floor(ratio * comp[s])
                 if len(sends) > most:
                     solver.add(z3.AtMost(*sends, most) if most else z3.Not(z3.Or(*sends)))
-        result = interruptible(solver.check, ctx.interrupt)
+        result = solver.check()
         if result == z3.sat:
             r_s = list(comp)
             break
