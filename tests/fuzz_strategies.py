@@ -398,7 +398,9 @@ OUTPUT_PATHS = ("new", "new", "existing", "directory", "missing-dir", "fifo", "d
                 "trailing-slash", "dash", "same-as-other")
 #: kinds of path given where a command reads a file
 INPUT_PATHS = ("directory", "missing", "fifo", "devnull", "devzero", "dangling-link", "link-loop",
-               "empty", "empty-file", "binary", "link-to-valid", "sparse-huge", "long-name")
+               "empty", "empty-file", "binary", "link-to-valid", "sparse-huge", "long-name",
+               "/etc/passwd", "/proc/self/status", "/proc/self/mem", "/dev/urandom", "/dev/stdin",
+               "/proc/self/fd/0")
 
 
 def is_finite_number(text: str) -> bool:

@@ -1278,6 +1278,8 @@ def make_input_path(kind: str, work: Path, what: str) -> str:
         return "/dev/null"
     if kind == "devzero":
         return "/dev/zero"
+    if kind.startswith("/"):  # system files and streams: read only, never written
+        return kind
     if kind == "dangling-link":
         os.symlink("nowhere", work / "dangling")
         return str(work / "dangling")
