@@ -330,7 +330,7 @@ def problems(out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None
         return [f"traceback: {last.strip()[:200]}"]
     lines = stderr_lines(out.stderr)
     if out.code == 0:
-        stray = [ln for ln in lines if not ln.startswith("taccl: note")]
+        stray = [ln for ln in lines if not ln.startswith(("taccl: note", "note:"))]
         bad_numbers = NON_NUMBERS.findall(out.stdout)
         return ([f"stray stderr on success: {stray[0][:160]}"] if stray else []) + \
             ([f"'{bad_numbers[0]}' in the output"] if bad_numbers else [])
@@ -520,23 +520,34 @@ MPIEXEC = Path(sys.executable).with_name("mpiexec")
 MPI_RUNS = 40 if LONG else 4
 
 
-def mpi_check(plan: Path, ngpus: int, cwd: Path) -> Outcome:
-    """``mpiexec -n NGPUS taccl run PLAN --check``: the executor against MPI's collective."""
-    out = Outcome(["mpiexec", "-n", str(ngpus), "taccl", "run", str(plan), "--check"])
+def _limit_memory() -> None:
+    """In an mpiexec launched by the suite: each process (ranks too) at most 4 GiB of
+    address space, so a huge buffer is an allocation error, not a swapped machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+def mpi_run(args: list, cwd: Path, timeout: float = 90) -> Outcome:
+    """``mpiexec ARGS`` (ranks of the real `taccl`), duplicate stderr lines kept once
+    (every rank may report the same error)."""
+    out = Outcome([str(a) for a in args])
     start = time.monotonic()
     try:
-        proc = subprocess.run([str(MPIEXEC), "-n", str(ngpus), str(TACCL), "run", str(plan),
-                               "--size", "64K", "--check", "--iters", "1", "--warmup", "0",
-                               "--timeout", "20"], cwd=cwd, capture_output=True, timeout=90,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run([str(MPIEXEC), *out.args], cwd=cwd, capture_output=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL,
+                              preexec_fn=_limit_memory)
         out.code = proc.returncode
         out.stdout = proc.stdout.decode(errors="replace")
-        # every rank reports the same error: keep one copy of each line
         out.stderr = "\n".join(dict.fromkeys(proc.stderr.decode(errors="replace").splitlines()))
     except subprocess.TimeoutExpired:
         out.timed_out = True
     out.seconds = time.monotonic() - start
     return out
+
+
+def mpi_check(plan: Path, ngpus: int, cwd: Path) -> Outcome:
+    """``mpiexec -n NGPUS taccl run PLAN --check``: the executor against MPI's collective."""
+    return mpi_run(["-n", ngpus, TACCL, "run", plan, "--size", "64K", "--check", "--iters", "1",
+                    "--warmup", "0", "--timeout", "20"], cwd)
 
 
 def verify_plan(path: Path, cwd: Path, col: Collector, command: str, case: str) -> None:
@@ -1411,6 +1422,80 @@ def test_fuzzed_nvidia_smi_imports():
     col.finish()
 
 
+# -- taccl profile under mpiexec ----------------------------------------------------------------------------------
+TWO_GPUS = """name: two
+description: two GPUs on one link
+gpus_per_node: 2
+links:
+  - {pairs: [[0, 1]], bandwidth: 25, alpha: 0.7, kind: nvlink}
+"""
+SMALL_INTS = st.one_of(st.sampled_from(["1", "2", "0"]), BAD_INTS.filter(
+    lambda t: not (t.strip().isdigit() and int(t) > 4)))  # good but large values run for ages
+PROFILE_OUTPUTS = ("none", "new", "existing", "directory", "missing-dir", "devfull",
+                   "link-to-file", "trailing-slash", "odd-name", "fifo-no-reader")
+
+
+def test_fuzzed_profile_runs():
+    """`mpiexec -n 2 taccl profile` with fuzzed --sizes/--iters/--warmup/--gpus-per-node, odd
+    -o paths and a fuzzed --update topology: a topology that validates, or one line."""
+    col = Collector("profile")
+
+    @fuzz_settings(10)
+    @given(values=st.dictionaries(st.sampled_from(["--sizes", "--iters", "--warmup",
+                                                   "--gpus-per-node"]),
+                                  st.just(None), max_size=2),
+           sizes=SIZE_LISTS, ints=st.lists(SMALL_INTS, min_size=3, max_size=3),
+           output=st.sampled_from(PROFILE_OUTPUTS),
+           update=st.one_of(st.none(), fz.yaml_files([("two", TWO_GPUS)], fz.TOPOLOGY_VOCAB,
+                                                      ("links",))))
+    def run(values, sizes, ints, output, update):
+        if col.stopped:
+            return
+        col.examples += 1
+        root, work, outd = _dirs()
+        try:
+            args = ["-n", "2", TACCL, "profile", "--iters", "2", "--warmup", "0"]
+            picked = dict(zip(["--iters", "--warmup", "--gpus-per-node"], ints))
+            picked["--sizes"] = sizes
+            for opt in values:
+                args += [opt, picked[opt]]
+            if "--sizes" not in values:
+                args += ["--sizes", "8,4K"]
+            out_path = None
+            if output != "none":
+                out_path, reader = make_output_path(output, outd, ".yaml", None)
+                args += ["-o", out_path]
+            if update is not None:
+                (work / "two.yaml").write_bytes(update[1])
+                col.current_input = update[1]
+                args += ["--update", work / "two.yaml"]
+            label = (" ".join(f"{o} {picked[o]!r}" for o in values) + f" -o {output}"
+                     + (f" --update [{update[0]}]" if update else ""))
+            before = snapshot(work, outd)
+            out = mpi_run(args, work, timeout=60)
+            col.runs += 1
+            after = snapshot(work, outd)
+            found = problems(out)
+            if out.code == 0:
+                written = out_path or (work / "two.yaml" if update else None)
+                found += partial_files(before, after, allowed=[written] if written else [])
+                if output in MUST_FAIL:
+                    found.append(f"exit 0 writing to {output}")
+                elif written is not None and Path(written).is_file():
+                    v = invoke(["topology", "validate", written], work, stats=col)
+                    if v.code != 0:
+                        found.append(f"wrote a topology validate rejects: "
+                                     f"{(stderr_lines(v.stderr) or [''])[0][:160]}")
+            else:
+                found += partial_files(before, after)
+            col.check("mpiexec -n 2 taccl profile", label, found, out)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    run()
+    col.finish()
+
+
 # -- the issue's examples, one by one ------------------------------------------------------------------------
 def _plan_text(cnt0=False, ngpus=None) -> str:
     text = plan_bases()[0][1]
@@ -1477,6 +1562,16 @@ ISSUE_CASES = [
     ("simulate-json-is-json", {"p.xml": lambda: dict(plan_bases())["ndv2x2-allreduce-ring"]},
      ["simulate", "p.xml", "-t", "ndv2", "-n", "2", "--json"], 0, "json", 15),
 ]
+
+
+@pytest.mark.parametrize("sizes", ["8,1T", "8,8E", "8," + str(2 ** 40)])
+def test_profile_refuses_buffers_beyond_memory(sizes, tmp_path):
+    """`mpiexec -n 2 taccl profile --sizes 8,1T`: one line (as `taccl run --size` gives), not
+    an allocation traceback (each process may map at most 4 GiB here)."""
+    out = mpi_run(["-n", "2", TACCL, "profile", "--sizes", sizes, "--iters", "1", "-o", "p.yaml"],
+                  tmp_path, timeout=60)
+    found = problems(out) + ([] if out.code == 2 else [f"exit {out.code}, expected 2"])
+    assert not found and not list(tmp_path.iterdir()), f"{found}\n{out.show()}"
 
 
 @pytest.mark.parametrize("case", ISSUE_CASES, ids=[c[0] for c in ISSUE_CASES])
