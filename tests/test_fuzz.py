@@ -1496,6 +1496,79 @@ def test_fuzzed_profile_runs():
     col.finish()
 
 
+# -- whole command lines ------------------------------------------------------------------------------------------
+import click  # noqa: E402
+
+
+def _commands(group=taccl_main, prefix=()):
+    """(command path, click command) for every leaf command."""
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+COMMANDS = dict(_commands())
+#: commands whose good arguments may legitimately run for minutes
+SLOW = {("pareto",), ("profile",), ("run",)}
+ARGV_VALUES = ("dgx1", "ndv2", "dgx2", "allgather", "allreduce", "alltoall", "ring", "direct",
+               "tree", "1", "2", "0", "-1", "nan", "inf", "1e400", fz.HUGE_DIGITS, "", "-", "--",
+               "-h", "--help", "--version", "1K", "64M", "Simple", "LL", "x", "PLAN", "TOPO",
+               "OUT/o.xml", "OUT/o.png", "OUT/", "/dev/null", "--bogus", "-Z")
+
+
+@st.composite
+def command_lines(draw):
+    path = draw(st.sampled_from(sorted(p for p in COMMANDS if p not in SLOW)))
+    cmd = COMMANDS[path]
+    opts = [o for prm in cmd.params if isinstance(prm, click.Option) for o in prm.opts
+            + list(prm.secondary_opts)]
+    choices = [c for prm in cmd.params if isinstance(prm.type, click.Choice)
+               for c in prm.type.choices if c not in ("milp", "smt")]
+    pool = st.one_of(st.sampled_from(sorted(opts) or ["--help"]),
+                     st.sampled_from(ARGV_VALUES + tuple(choices)),
+                     st.text(max_size=4).filter(lambda t: "\x00" not in t))  # argv has no NUL
+    tokens = draw(st.lists(pool, max_size=6))
+    if ("-m", "milp") in zip(tokens, tokens[1:]) or "smt" in tokens:
+        tokens = [t for t in tokens if t not in ("milp", "smt")]
+    return list(path), tokens
+
+
+def test_fuzzed_command_lines():
+    """Random command lines built from each command's own options, good and bad values,
+    unknown options, missing values, -h and --: help on stdout, or a result, or one line."""
+    col = Collector("command lines")
+
+    @fuzz_settings(100)
+    @given(case=command_lines())
+    def run(case):
+        if col.stopped:
+            return
+        col.examples += 1
+        path, tokens = case
+        root, work, outd = _dirs()
+        try:
+            (work / "plan.xml").write_text(plan_bases()[0][1])
+            (work / "topo.yaml").write_text((REPO / "topologies" / "dgx1.yaml").read_text())
+            subst = {"PLAN": str(work / "plan.xml"), "TOPO": str(work / "topo.yaml")}
+            args = path + [subst.get(t, t.replace("OUT/", f"{outd}/")) for t in tokens]
+            before = snapshot(work, outd)
+            out = invoke(args, work, stats=col)
+            validate = path == ["topology", "validate"]  # exit 1 and a line per bad file
+            found = problems(out, err_codes=(1, 2) if validate else (2,), many_lines=validate)
+            if out.code != 0:
+                found += partial_files(before, snapshot(work, outd))
+            elif {"-h", "--help"} & set(args) and "Usage:" not in out.stdout:
+                found.append("help asked, no usage on stdout")
+            col.check(" ".join(path), " ".join(repr(t) for t in tokens), found, out)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    run()
+    col.finish()
+
+
 # -- the issue's examples, one by one ------------------------------------------------------------------------
 def _plan_text(cnt0=False, ngpus=None) -> str:
     text = plan_bases()[0][1]
