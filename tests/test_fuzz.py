@@ -1791,7 +1791,7 @@ def test_time_limit_bounds_the_command(case, tmp_path):
 def test_milp_stdout_is_only_the_report(tmp_path):
     """A milp run (HiGHS in-process): a verified plan; no solver banner on stdout or stderr."""
     out = shell(["synthesize", "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "milp",
-                 "--time-limit", "10", "-o", "x.xml"], tmp_path, timeout=120)
+                 "--time-limit", "3", "-o", "x.xml"], tmp_path, timeout=120)
     found = problems(out)
     for stream in (out.stdout, out.stderr):
         if "HiGHS" in stream or "Running" in stream:
