@@ -227,14 +227,45 @@ def mutate_text(draw, text: str, tokens=YAML_TOKENS, garbage=()):
     return text, ops
 
 
+#: extreme values a schema may still allow, set on every field of that name at once
+TOPOLOGY_EXTREMES = {
+    "bandwidth": (5e-324, 1e-300, 1e-12, 1e-3, 999999.0, 1e6),
+    "alpha": (0, 0.0, 1e-300, 1e-9, 999999.0, 1e6),
+    "count": (1, 64),
+}
+SKETCH_EXTREMES = {"size": ("1", "8", "1T", "8E", "9223372036854775807", 1), "chunkup": ([64], [1, 64])}
+
+
+def _set_all(node, key, value):
+    if isinstance(node, dict):
+        for k in node:
+            if k == key:
+                node[k] = copy.deepcopy(value)
+            else:
+                _set_all(node[k], key, value)
+    elif isinstance(node, list):
+        for v in node:
+            _set_all(v, key, value)
+
+
 @st.composite
-def yaml_files(draw, bases: list[tuple[str, str]], vocabulary, bomb_keys):
+def yaml_files(draw, bases: list[tuple[str, str]], vocabulary, bomb_keys, extremes=None):
     """(label, file bytes) from one of ``bases`` (name, valid YAML text), broken one of
-    three ways: a structural edit, a text edit, or a whole-file special."""
+    four ways: a structural edit, a text edit, a whole-file special, or (``extremes``)
+    every field of a name set to one extreme value the schema may still allow."""
     name, text = draw(st.sampled_from(bases))
-    how = draw(st.sampled_from(["tree", "tree", "tree", "text", "text", "special", "valid"]))
+    how = draw(st.sampled_from(["tree", "tree", "tree", "text", "text", "special", "valid"]
+                               + (["extreme", "extreme"] if extremes else [])))
     if how == "valid":
         return f"{name} unchanged", text.encode()
+    if how == "extreme":
+        doc = yaml.safe_load(text)
+        ops = []
+        for key in draw(st.lists(st.sampled_from(sorted(extremes)), min_size=1, unique=True)):
+            value = draw(st.sampled_from(extremes[key]))
+            _set_all(doc, key, value)
+            ops.append(f"every {key} = {value!r}")
+        return f"{name}: {'; '.join(ops)}", _dump(doc).encode()
     if how == "tree":
         doc, ops = draw(mutate_tree(yaml.safe_load(text), vocabulary))
         return f"{name}: {'; '.join(ops)}", _dump(doc).encode("utf-8", "surrogatepass")
