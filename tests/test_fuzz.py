@@ -1641,6 +1641,25 @@ ISSUE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_full_disk_is_one_line(command, tmp_path):
+    """Every writer on a full disk (files may not grow past 256 bytes, temporary files
+    included): one line, exit 2, nothing left behind."""
+    args, exts = WRITERS[command]
+    work, outd = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    outd.mkdir()
+    (work / "plan.xml").write_text(plan_bases()[0][1])
+    full = [a.replace("{P}", str(outd / f"a{exts[0]}")).replace("{Q}", str(outd / f"b{exts[-1]}"))
+            if a != "PLAN" else str(work / "plan.xml") for a in args]
+    before = snapshot(work, outd)
+    out = invoke(full, work, fsize=256)
+    found = problems(out) + partial_files(before, snapshot(work, outd))
+    if out.code != 2:
+        found.append(f"exit {out.code}, expected 2")
+    assert not found, f"{found}\n{out.show()}"
+
+
 @pytest.mark.parametrize("sizes", ["8,1T", "8,8E", "8," + str(2 ** 40)])
 def test_profile_refuses_buffers_beyond_memory(sizes, tmp_path):
     """`mpiexec -n 2 taccl profile --sizes 8,1T`: one line (as `taccl run --size` gives), not
