@@ -66,7 +66,8 @@ class _Group(click.Group):
         except click.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
-            click.echo(f"taccl: error: {exc.format_message()}{hint}", err=True)
+            message = " ".join(exc.format_message().split())  # click's may span lines
+            click.echo(f"taccl: error: {message}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("taccl: interrupted", err=True)
@@ -329,7 +330,8 @@ def synthesize(topology_name, nodes, collective, method, time_limit, chunkup, in
     if max_bytes and min_bytes > max_bytes:
         raise TacclError(f"--min-bytes {min_bytes} exceeds --max-bytes {max_bytes}")
     topo = load_topology(topology_name, nodes)
-    output = output or Path(f"{topo.label}-{collective.lower()}-{method}.xml")
+    if output is None:
+        output = f"{topo.label}-{collective.lower()}-{method}.xml"
     check_outputs([output, ir_path])
     sketch = None
     if sketch_name is not None:

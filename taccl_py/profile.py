@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from .errors import TacclError
-from .units import format_size
+from .units import format_size, host_memory
 
 NEED_RANKS = "taccl profile needs >= 2 ranks: run it under mpiexec -n N or torchrun"
 _TORCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
@@ -413,6 +413,11 @@ def _prepare(hosts, gpus_per_node, sizes, output: Path | None, update: Path | No
 
     if len(sizes) < 2:
         raise TacclError("--sizes needs at least two sizes to fit alpha and bandwidth")
+    need = 2 * max(sizes) * len(hosts)  # a send and a receive buffer on every rank
+    if need > host_memory():
+        raise TacclError(f"--sizes up to {format_size(max(sizes))}: buffers of "
+                         f"{format_size(need)} for {len(hosts)} ranks exceed this host's "
+                         f"{format_size(host_memory())} of memory")
     groups = group_nodes(hosts, gpus_per_node)
     doc = None
     if update is not None:
@@ -452,12 +457,12 @@ def profile_command(output: Path | None, update: Path | None, sizes: list[int], 
             "launcher": comm.launcher, "transport": comm.transport, "device": device,
             "hosts": list(dict.fromkeys(hosts)), "ranks": comm.size, "sizes": list(sizes),
             "iters": iters}
-    print(f"taccl profile: {comm.size} ranks on {len(groups)} node(s) of {len(groups[0])}, "
-          f"{comm.transport} on {device}, sizes {','.join(map(format_size, sizes))}, "
-          f"{iters} iters")
-    print(format_table(results))
+    summary = (f"taccl profile: {comm.size} ranks on {len(groups)} node(s) of "
+               f"{len(groups[0])}, {comm.transport} on {device}, sizes "
+               f"{','.join(map(format_size, sizes))}, {iters} iters\n{format_table(results)}")
     target = output or update
     if target is None:
+        print(summary)
         print("nothing written (give -o FILE or --update FILE)")
         return
     if doc is None:
@@ -469,5 +474,6 @@ def profile_command(output: Path | None, update: Path | None, sizes: list[int], 
         for note in notes + [f"comments of {update} are not kept"]:
             print(f"note: {note}", file=sys.stderr)
     check_document(doc, str(target))
-    atomic_write_text(target, header + to_yaml(doc))
+    atomic_write_text(target, header + to_yaml(doc))  # before the table: all or nothing
+    print(summary)
     print(f"wrote {display_path(target)}", flush=True)

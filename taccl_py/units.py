@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from fractions import Fraction
 
@@ -41,3 +42,8 @@ def format_size(nbytes: float) -> str:
             q = nbytes / scale
             return f"{q:.0f}{unit}" if q == int(q) else f"{q:.1f}{unit}"
     return f"{nbytes:.0f}"
+
+
+def host_memory() -> int:
+    """Bytes of physical memory on this host."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -170,7 +170,7 @@ def test_unknown_name_lists_builtins():
 
 @pytest.mark.parametrize("change, expected", [
     (lambda d: d.pop("gpus_per_node"), "gpus_per_node: required"),
-    (lambda d: d["nics"][3].update(bandwidth=0), "nics[3].bandwidth: must be > 0"),
+    (lambda d: d["nics"][3].update(bandwidth=0), "nics[3].bandwidth: must be >= 0.001"),
     (lambda d: d["switches"][0].update(alpha=-1), "switches[0].alpha: must be >= 0"),
     (lambda d: d["nics"][0].update(gpus=[0, 1, 9]),
      "nics[0].gpus[2]: GPU 9 out of range 0..7"),

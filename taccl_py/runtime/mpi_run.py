@@ -10,7 +10,7 @@ import numpy as np
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER
 from ..errors import TacclError
 from ..fileio import display_path
-from ..units import format_size
+from ..units import format_size, host_memory
 
 BUSBW = {ALLGATHER: lambda n: (n - 1) / n, ALLTOALL: lambda n: (n - 1) / n,
          REDUCESCATTER: lambda n: (n - 1) / n, ALLREDUCE: lambda n: 2 * (n - 1) / n}
@@ -40,7 +40,7 @@ def _check_memory(coll, ce: int, dt: np.dtype, nprocs: int) -> None:
     """Refuse buffers that the ranks on this host could not hold together (input, output and
     MPI's reference output per rank)."""
     need = (coll.i_chunks + 2 * coll.o_chunks) * ce * dt.itemsize * nprocs
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = host_memory()
     if need > have:
         raise TacclError(f"buffers of {format_size(need)} for {nprocs} ranks exceed this "
                          f"host's {format_size(have)} of memory; use a smaller --size")

@@ -240,6 +240,12 @@ def _looks_like_path(text: str) -> bool:
             or os.path.exists(text))
 
 
+def parse_topology(data: bytes, where: str, name: str) -> Topology:
+    """A topology from the bytes of a YAML document (``where`` names it in errors,
+    ``name`` is its name where the document has none), on one node."""
+    return _build(_load_document(data, where), name, where, 1)
+
+
 def load_topology(name_or_path: str | os.PathLike, nodes: int = 1) -> Topology:
     """A built-in topology by name, or a user's YAML file by path, over ``nodes`` nodes."""
     text = os.fspath(name_or_path)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,15 +403,12 @@ def default_name(path: str) -> str:
 
 def check(text: str) -> Topology:
     """Load ``text`` with the project's loader (raises a TopologyError if invalid)."""
-    from .loader import load_topology
+    from .loader import parse_topology
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "imported.yaml"
-        path.write_text(text, encoding="utf-8")
-        try:
-            return load_topology(path)
-        except TopologyError as exc:
-            raise TopologyError(f"generated topology is invalid (a bug): {exc}") from None
+    try:
+        return parse_topology(text.encode("utf-8"), "imported.yaml", "imported")
+    except TopologyError as exc:
+        raise TopologyError(f"generated topology is invalid (a bug): {exc}") from None
 
 
 def import_nvidia_smi(text: str, source: str, *, name: str | None = None,

@@ -33,7 +33,7 @@ GPU_ID = {"type": "integer", "minimum": 0, "maximum": MAX_GPUS_PER_NODE - 1}
 GPU_LIST = {"anyOf": [{"const": "all"}, {"type": "array", "items": GPU_ID, "minItems": 1}],
             "x-message": "must be \"all\" or a non-empty list of GPU ids"}
 _RANK = {"type": "integer", "minimum": 0, "maximum": MAX_RANKS - 1}
-_BANDWIDTH = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}  # GB/s
+_BANDWIDTH = {"type": "number", "minimum": 1e-3, "maximum": 1e6}  # GB/s: 1 MB/s .. 1 PB/s
 _ALPHA = {"type": "number", "minimum": 0, "maximum": 1e6}  # µs
 
 #: switches and NICs: a named group of GPUs with per-GPU-port (switch) or shared (NIC)
