@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from matplotlib.figure import Figure
 
 from taccl_py.cli import main
-from taccl_py.errors import TacclError
 from taccl_py.topology.loader import builtin_names, load_topology
 from taccl_py.topology_plot import MAX_NODES, MAX_WIDTH, topology_graph, topology_png
 
