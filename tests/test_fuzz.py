@@ -18,7 +18,7 @@ failure with the first input that showed it (no shrinking: the inputs are small 
 
 Profiles: TACCL_FUZZ=ci (default; deterministic, about a minute on 2 cores) or
 TACCL_FUZZ=long (8x the examples, random unless --hypothesis-seed is given, plus milp
-runs of fuzzed sketches and plots of fuzzed plans). TACCL_FUZZ_LOG=FILE appends one JSON
+runs of ten fuzzed sketches, plots of fuzzed plans, 20 MPI runs, 10 interrupt points). TACCL_FUZZ_LOG=FILE appends one JSON
 line per test (examples, CLI runs, seconds, failures).
 """
 
@@ -119,6 +119,7 @@ class Outcome:
     stderr: str = ""
     traceback: str | None = None
     seconds: float = 0.0
+    limit: float = CASE_TIMEOUT
 
     def show(self) -> str:
         what = ("timed out" if self.timed_out else f"signal {self.signal}" if self.signal
@@ -253,7 +254,7 @@ def invoke(args, cwd, *, stdin: bytes | None = None, timeout: float = CASE_TIMEO
                    [d.w for d in drains] if drains else None)
         for d in drains or ():
             os.close(d.w)
-        outcome = Outcome(args)
+        outcome = Outcome(args, limit=timeout)
         pidfd = os.pidfd_open(pid)
         try:
             ready, _, _ = select.select([pidfd], [], [], timeout)
@@ -288,7 +289,7 @@ def invoke(args, cwd, *, stdin: bytes | None = None, timeout: float = CASE_TIMEO
 def shell(args, cwd, *, timeout: float = CASE_TIMEOUT, **kw) -> Outcome:
     """Run the real ``taccl`` executable (for signals, deadlines and the true stdout)."""
     start = time.monotonic()
-    outcome = Outcome([str(a) for a in args])
+    outcome = Outcome([str(a) for a in args], limit=timeout)
     try:
         proc = subprocess.run([str(TACCL), *outcome.args], cwd=cwd, capture_output=True,
                               timeout=timeout, stdin=subprocess.DEVNULL, **kw)
@@ -309,13 +310,15 @@ def shell(args, cwd, *, timeout: float = CASE_TIMEOUT, **kw) -> Outcome:
 PROGRESS = re.compile(r"^\s*\[\s*[\d.,]+\s*s\]")
 #: numbers a report should never show (a table cell, a JSON value)
 NON_NUMBERS = re.compile(r"(?<![\w.-])-?(?:nan|inf|infinity)(?![\w.-])", re.I)
+#: characters a one-line message must show escaped (a tab may stay)
+CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 #: a table cell of 30+ digits: an input the schema should have bounded
 HUGE_NUMBERS = re.compile(r"\d{1,3}(?:,\d{3}){10,}")
 
 
 def stderr_lines(text: str) -> list[str]:
     """stderr without blank lines and live solver progress lines."""
-    return [ln for ln in text.splitlines() if ln.strip() and not PROGRESS.match(ln)]
+    return [ln for ln in text.split("\n") if ln.strip() and not PROGRESS.match(ln)]
 
 
 def problems(out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None = None) -> list[str]:
@@ -323,7 +326,7 @@ def problems(out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None
     statuses other than 0 and ``err_codes``, stray output, errors of more than one line.
     ``many_lines``: the command may list one error per line (each naming ``name``)."""
     if out.timed_out:
-        return [f"hang: still running after {CASE_TIMEOUT:g} s"]
+        return [f"hang: still running after {out.limit:g} s"]
     if out.signal:
         return [f"killed by {signal.Signals(out.signal).name}"]
     tb = out.traceback or (out.stderr if "Traceback (most recent call last)" in out.stderr else "")
@@ -351,6 +354,8 @@ def problems(out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None
         found.append(f"{len(lines)} lines on stderr: {' | '.join(lines)[:300]}")
     if any(len(ln) > 1000 for ln in lines):
         found.append("an error line longer than 1000 characters")
+    if any(CONTROL.search(ln) for ln in lines):
+        found.append(f"a control character in the error line: {next(ln for ln in lines if CONTROL.search(ln))[:160]!r}")
     return found
 
 
@@ -519,7 +524,7 @@ N_SKETCH_BASES = len(SKETCH_TARGETS) + sum(
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 #: plans verify accepts (after a mutation) that also run under MPI, per test
-MPI_RUNS = 40 if LONG else 4
+MPI_RUNS = 20 if LONG else 4
 
 
 def _limit_memory() -> None:
@@ -531,7 +536,7 @@ def _limit_memory() -> None:
 def mpi_run(args: list, cwd: Path, timeout: float = 90) -> Outcome:
     """``mpiexec ARGS`` (ranks of the real `taccl`), duplicate stderr lines kept once
     (every rank may report the same error)."""
-    out = Outcome([str(a) for a in args])
+    out = Outcome([str(a) for a in args], limit=timeout)
     start = time.monotonic()
     try:
         proc = subprocess.run([str(MPIEXEC), *out.args], cwd=cwd, capture_output=True,
@@ -692,11 +697,12 @@ def test_fuzzed_sketches():
             if v.code == 0 and ": ok:" not in v.stdout:
                 found.append(f"odd success output {v.stdout[:80]!r}")
             col.check("sketch validate", label, found, v)
-            if LONG and solve == 0 and v.code == 0 and not found:  # a quarter: milp is slow
+            if LONG and solve == 0 and v.code == 0 and not found and col.mpi_runs < 10:
+                col.mpi_runs += 1  # (counts milp runs here) a few: milp is slow
                 out_xml = outd / "x.xml"
                 y = invoke(["synthesize", "-t", topo_name, "-n", nodes, "-c", "allgather",
                             "-m", "milp", "--sketch", sk, "--time-limit", "3", "-o", out_xml],
-                           work, timeout=120, stats=col)
+                           work, timeout=60, stats=col)
                 found = problems(y)
                 if y.code != 0:
                     found += partial_files(before, snapshot(work, outd))
@@ -1857,7 +1863,7 @@ def test_harness_matches_the_real_executable(tmp_path):
 
 
 #: seconds after the first progress line of a short milp run (about 4 s in all) to send Ctrl-C
-INTERRUPT_DELAYS = [0.1 + 0.35 * i for i in range(14)] if LONG else [0.2, 1.5, 3.0]
+INTERRUPT_DELAYS = [0.1 + 0.45 * i for i in range(10)] if LONG else [0.2, 1.5, 3.0]
 
 
 @pytest.mark.parametrize("delay", INTERRUPT_DELAYS)
