@@ -1648,6 +1648,8 @@ ISSUE_CASES = [
      ["sketch", "validate", "s.yaml", "-t", "ndv2", "-n", "2"], 2, "3 lines", 5),
     ("topology-validate-fifo", {"FIFO": None}, ["topology", "validate", "fifo"], 1, None, 5),
     ("verify-directory", {}, ["verify", "."], 2, None, 5),
+    ("import-tiny-pcie-bw", {}, ["topology", "import", "nvidia-smi", str(NVSMI), "--pcie-bw",
+                                 "1e-9"], 2, "names --pcie-bw", 5),
     # (click drops ANSI sequences itself when stderr is no terminal; a bell or SI is kept)
     ("usage-error-escapes-control-chars", {}, ["topology", "show", "dgx1", "x\x07y\x0fz"], 2,
      None, 5),
