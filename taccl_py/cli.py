@@ -66,7 +66,8 @@ class _Group(click.Group):
         except click.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
-            message = " ".join(exc.format_message().split())  # click's may span lines
+            message = display_path(" ".join(exc.format_message().split()))  # one line,
+            # control characters from argv escaped
             click.echo(f"taccl: error: {message}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
@@ -114,6 +115,9 @@ MAX_REPEATS = 1_000_000
 _REPEATS = click.IntRange(0, MAX_REPEATS)
 #: most sizes one --sizes list may hold
 MAX_SIZES = 64
+#: least GB/s for import's bandwidth options: twice the topology schema's 1 MB/s, as
+#: PCIe pairs across sockets get half of --pcie-bw
+MIN_IMPORT_GBS = 2e-3
 #: most GB/s a link or NIC may be said to carry
 MAX_BANDWIDTH_GBS = 1e6
 
@@ -225,12 +229,12 @@ def topology_validate(files: tuple[Path, ...]) -> None:
               help="compute NICs: comma-separated names from the NIC Legend (mlx5_0) or "
                    "columns (NIC0), or 'none'  [default: NICs with a GPU at PIX/PXB]")
 @click.option("--name", help="topology name  [default: the input file's stem]")
-@click.option("--nvlink-bw", type=_Finite(0, MAX_BANDWIDTH_GBS, min_open=True), metavar="GB/S",
+@click.option("--nvlink-bw", type=_Finite(MIN_IMPORT_GBS, MAX_BANDWIDTH_GBS), metavar="GB/S",
               help="per-NVLink bandwidth  [default: guessed generation's, 20 or 25]")
-@click.option("--pcie-bw", type=_Finite(0, MAX_BANDWIDTH_GBS, min_open=True), metavar="GB/S",
+@click.option("--pcie-bw", type=_Finite(MIN_IMPORT_GBS, MAX_BANDWIDTH_GBS), metavar="GB/S",
               help="PCIe x16 bandwidth for PIX/PXB pairs  [default: 16 (Gen3) with "
                    "P100/V100, 32 (Gen4) with A100 or no NVLink, 64 (Gen5) with H100]")
-@click.option("--nic-bw", metavar="GB/S", type=_Finite(0, MAX_BANDWIDTH_GBS, min_open=True),
+@click.option("--nic-bw", metavar="GB/S", type=_Finite(MIN_IMPORT_GBS, MAX_BANDWIDTH_GBS),
               help="bandwidth of each NIC  [default: 12.5 with P100/V100, 25 with A100 or "
                    "no NVLink, 50 with H100]")
 @click.option("--pcie/--no-pcie", default=True, show_default=True,

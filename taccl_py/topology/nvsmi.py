@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TopologyError
-from ..fileio import read_input
+from ..fileio import display_path, read_input
 from .model import Topology
 
 NIC_BW = 25.0  # GB/s: 200 Gb/s, when there is no NVLink generation to go by
@@ -100,7 +100,7 @@ def read_matrix(file: str | Path) -> tuple[bytes, str]:
     """The ``nvidia-smi topo -m`` output in ``file`` (``-``: standard input) and its name
     for messages; at most :data:`MAX_INPUT_BYTES` (one more is read to tell)."""
     if str(file) != "-":
-        return read_input(file, MAX_INPUT_BYTES, _WHAT, TopologyError), str(file)
+        return read_input(file, MAX_INPUT_BYTES, _WHAT, TopologyError), display_path(file)
     data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
     if len(data) > MAX_INPUT_BYTES:
         raise TopologyError(f"<stdin>: too large for a {_WHAT}: over the limit of "
