@@ -17,19 +17,19 @@ Every hypothesis test runs all its examples and then fails once, listing each di
 failure with the first input that showed it (no shrinking: the inputs are small already).
 
 Profiles: TACCL_FUZZ=ci (default; deterministic, about a minute on 2 cores) or
-TACCL_FUZZ=long (8x the examples, random unless --hypothesis-seed is given, plus milp
+TACCL_FUZZ=long (about 8x the examples, random unless --hypothesis-seed is given, plus milp
 runs of ten fuzzed sketches, plots of fuzzed plans, 20 MPI runs, 10 interrupt points). TACCL_FUZZ_LOG=FILE appends one JSON
 line per test (examples, CLI runs, seconds, failures).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-import errno
 import hashlib
 import importlib
-import io
 import json
+import math
 import os
 import re
 import resource
@@ -46,6 +46,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, given, settings
@@ -68,7 +69,7 @@ NVSMI = REPO / "tests" / "fixtures" / "nvsmi" / "dgx1.txt"
 # Every taccl_py module (but the torch backend) is imported here, once: forked cases start
 # warm, and never mix the code imported now with files edited since (a long run's cases all
 # see one version of the package).
-import taccl_py  # noqa: E402
+import taccl_py
 
 _PKG = Path(taccl_py.__file__).parent
 for _file in sorted(_PKG.rglob("*.py")):
@@ -83,17 +84,19 @@ for _mod in ("matplotlib.pyplot", "z3", "highspy", "pulp"):
         importlib.import_module(_mod)
     except Exception:
         pass
-from taccl_py.cli import main as taccl_main  # noqa: E402
+from taccl_py.cli import main as taccl_main
 
 
 #: development aid: scale every test's example count (TACCL_FUZZ_SCALE=0.2 for a quick look)
 SCALE = float(os.environ.get("TACCL_FUZZ_SCALE", "1"))
 
 
-def fuzz_settings(n: int):
-    return settings(max_examples=max(1, round(n * (8 if LONG else 1) * SCALE)), derandomize=not LONG, database=None,
-                    deadline=None, phases=[Phase.explicit, Phase.generate], print_blob=False,
-                    suppress_health_check=list(HealthCheck))
+def fuzz_settings(n: int, long: int | None = None):
+    """``n`` examples in CI, ``long`` (default 8n) in the long profile."""
+    examples = (long or 8 * n) if LONG else n
+    return settings(max_examples=max(1, round(examples * SCALE)), derandomize=not LONG,
+                    database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+                    print_blob=False, suppress_health_check=list(HealthCheck))
 
 
 # -- running one case -------------------------------------------------------------------------
@@ -460,6 +463,7 @@ def partial_files(before: dict, after: dict, allowed=()) -> list[str]:
 # -- valid bases, made once ----------------------------------------------------------------------
 _CACHE: dict[str, object] = {}
 _BASE_DIR = Path(tempfile.mkdtemp(prefix="taccl-fuzz-bases-"))
+atexit.register(shutil.rmtree, _BASE_DIR, True)
 
 #: (label, topology, nodes, synthesize options)
 PLAN_BASES = [
@@ -610,7 +614,7 @@ def test_fuzzed_topology_files():
     col = Collector("topology files")
     bases = fz.topology_bases()
 
-    @fuzz_settings(60)
+    @fuzz_settings(50, long=480)
     @given(case=fz.yaml_files(bases, fz.TOPOLOGY_VOCAB,
                               ("links", "nics", "description", "gpus_per_node", "switches"),
                               fz.TOPOLOGY_EXTREMES),
@@ -726,7 +730,7 @@ def test_fuzzed_plans():
     may only accept what verify accepts."""
     col = Collector("plans")
 
-    @fuzz_settings(120)
+    @fuzz_settings(100, long=960)
     @given(case=plan_files())
     def run(case):
         if col.stopped:
@@ -813,7 +817,7 @@ def _int(text: str) -> int | None:
 def must_reject_number(text: str, lo: float, hi: float = float("inf")) -> bool:
     """True when ``text`` is no number at all, NaN, infinite or outside [lo, hi]."""
     v = _float(text)
-    return v is None or v != v or v in (float("inf"), float("-inf")) or not lo <= v <= hi
+    return v is None or not math.isfinite(v) or not lo <= v <= hi
 
 
 def must_reject_size(text: str, zero_ok: bool = False) -> bool:
@@ -948,7 +952,7 @@ def test_fuzzed_option_values():
     line naming it."""
     col = Collector("option values")
 
-    @fuzz_settings(160)
+    @fuzz_settings(140, long=1280)
     @given(case=option_cases())
     def run(case):
         if col.stopped:
@@ -1180,7 +1184,7 @@ def test_fuzzed_output_paths():
     written as asked (into streams, through links, keeping modes) or nothing at all."""
     col = Collector("output paths")
 
-    @fuzz_settings(80)
+    @fuzz_settings(70, long=640)
     @given(case=output_cases())
     def run(case):
         if col.stopped:
@@ -1513,9 +1517,6 @@ def test_fuzzed_profile_runs():
 
 
 # -- whole command lines ------------------------------------------------------------------------------------------
-import click  # noqa: E402
-
-
 def _commands(group=taccl_main, prefix=()):
     """(command path, click command) for every leaf command."""
     for name, cmd in sorted(group.commands.items()):
