@@ -53,6 +53,11 @@ def _exit_if_solving(code: int) -> None:
         os._exit(code)
 
 
+def _launcher_rank() -> str | None:
+    """This process's rank when started by mpiexec (MPICH or Open MPI), else None."""
+    return os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK")
+
+
 class _Group(click.Group):
     """A click group that turns :class:`TacclError` into a one-line message."""
 
@@ -68,7 +73,8 @@ class _Group(click.Group):
             hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
             message = display_path(" ".join(exc.format_message().split()))  # one line,
             # control characters from argv escaped
-            click.echo(f"taccl: error: {message}{hint}", err=True)
+            if _launcher_rank() in (None, "0"):  # under mpiexec, rank 0 alone says it
+                click.echo(f"taccl: error: {message}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("taccl: interrupted", err=True)

@@ -260,3 +260,13 @@ def test_undecodable_file_name_is_shown_escaped(tmp_path):
     r = shell(*SYNTH, "-o", name, cwd=tmp_path, env=strict)
     assert r.returncode == 0, r.stderr
     assert "wrote \\udcff.xml" in r.stdout and (tmp_path / name).is_file()
+
+
+def test_usage_error_under_mpiexec_is_said_once(tmp_path):
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    r = subprocess.run([str(mpiexec), "-n", "3", str(TACCL), "run", "p.xml", "--iters", "nan"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "taccl: error: Invalid value for '--iters': 'nan' is not a valid integer range. "
+        "(see 'taccl run -h')"]
