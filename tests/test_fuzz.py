@@ -463,7 +463,10 @@ def partial_files(before: dict, after: dict, allowed=()) -> list[str]:
 # -- valid bases, made once ----------------------------------------------------------------------
 _CACHE: dict[str, object] = {}
 _BASE_DIR = Path(tempfile.mkdtemp(prefix="taccl-fuzz-bases-"))
-atexit.register(shutil.rmtree, _BASE_DIR, True)
+_OWNER = os.getpid()
+# only this process removes it: a forked child (the runner's, or another test module's
+# multiprocessing) runs the inherited atexit handlers too
+atexit.register(lambda: os.getpid() == _OWNER and shutil.rmtree(_BASE_DIR, True))
 
 #: (label, topology, nodes, synthesize options)
 PLAN_BASES = [
