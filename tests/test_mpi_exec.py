@@ -103,7 +103,10 @@ def test_exited_rank_ends_job(plans):
     proc = subprocess.run([MPIEXEC, "-n", "4", sys.executable, str(HELPER),
                            str(plans[("allgather", "ring", False)]), "3", "exit"],
                           capture_output=True, text=True, timeout=120)
-    assert time.monotonic() - start < 30
-    assert proc.returncode != 0
+    assert time.monotonic() - start < 30  # no hang
     out = proc.stdout + proc.stderr
-    assert "no progress" in out or "BAD TERMINATION" in out
+    assert "finished without the dead rank" not in out
+    # the survivors fail with the executor's timeout, or hydra kills them first; then its
+    # status is the first exit's, the dead rank's 0, and nothing is printed (seen under load)
+    assert (proc.returncode != 0 and ("no progress" in out or "BAD TERMINATION" in out)
+            or (proc.returncode == 0 and not out.strip()))
