@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with Gloo is needed", allow_module_level=True)
 
 import taccl_py.torch as tt  # noqa: E402
+from taccl_py.torch import backend  # noqa: E402
 from taccl_py.collectives import Collective  # noqa: E402
 from taccl_py.errors import PlanError, TacclError, VerificationError  # noqa: E402
 from taccl_py.lowering.xml import parse_plan, plan_to_xml, write_plan  # noqa: E402
@@ -172,6 +174,46 @@ def test_uneven_all_to_all_and_barrier_delegate_to_gloo(tmp_path):
     for r, outs in enumerate(res):
         for q, t in enumerate(outs):
             assert t.tolist() == [float(10 * q + r)] * (r + 1)
+
+
+def _gloo_threads() -> int:
+    """Gloo worker threads alive in this process (threads may end while counted)."""
+    count = 0
+    for comm in glob.glob("/proc/self/task/*/comm"):
+        try:
+            count += Path(comm).read_text().strip() == "pt_gloo_runloop"
+        except FileNotFoundError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc thread names")
+def test_shutdown_joins_gloo_threads_and_refuses_later_calls(tmp_path):
+    """destroy_process_group calls shutdown: the inner Gloo groups' threads end while the
+    interpreter lives (a Gloo thread that frees a tensor during interpreter exit aborts the
+    process); later calls are one clear error; atexit shuts down groups left alive."""
+    before = _gloo_threads()
+    both_shut = threading.Barrier(2)
+
+    def body(pg, r):
+        x = torch.ones(3)
+        pg.allreduce([x]).wait()
+        pg.barrier().wait()
+        during = _gloo_threads()
+        pg.shutdown()
+        pg.shutdown()  # again: nothing left to do
+        both_shut.wait(timeout=30)
+        after = _gloo_threads()  # while both groups are still referenced
+        with pytest.raises(TacclError, match="shut down"):
+            pg.allreduce([x])
+        with pytest.raises(TacclError, match="shut down"):
+            pg.send([x], 1 - r, 0)
+        return during, after, x.tolist(), pg in backend._LIVE
+
+    res = in_threads(2, body, tmp_path)
+    assert all(during > before and after == before for during, after, _, _ in res)
+    assert [x for *_, x, _ in res] == [[2.0] * 3] * 2
+    assert not any(live for *_, live in res)
 
 
 def test_mismatched_sizes_are_clear_errors(tmp_path):

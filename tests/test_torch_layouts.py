@@ -41,6 +41,8 @@ def test_any_layout_and_dtype_matches_gloo(tmp_path, n):
         for p in procs:
             p.kill()
             p.wait()
-    assert [p.returncode for p in procs] == [0] * n, outs[0][-6000:]
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(
+        f"rank {r} (exit {p.returncode}): {out[-3000:]}"
+        for r, (p, out) in enumerate(zip(procs, outs)) if p.returncode)
     ran = re.search(r"rank 0: (\d+) cases", outs[0])
     assert ran and int(ran[1]) > EXAMPLES[n], outs[0][-3000:]

@@ -13,8 +13,10 @@ are Gloo's (:data:`GLOO_DTYPES`).
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import datetime
+import weakref
 
 import numpy as np
 import torch
@@ -33,6 +35,8 @@ GLOO_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torc
                torch.uint8, torch.int32, torch.int64, torch.bool)
 #: executors kept per group (each holds its compiled program and receive temporaries)
 EXECUTOR_CACHE = 32
+#: groups not yet shut down; those left at exit are shut down before the interpreter ends
+_LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
 class _Work(dist.Work):
@@ -74,6 +78,7 @@ class TacclProcessGroup(dist.ProcessGroup):
         self._executors: dict[tuple, PlanExecutor] = {}
         self._cuda = None  # taccl_py.torch.cuda.CudaRunner, made on the first CUDA call
         self._name = ""
+        _LIVE.add(self)
 
     # -- identity ------------------------------------------------------------------------
     def getBackendName(self) -> str:
@@ -89,12 +94,30 @@ class TacclProcessGroup(dist.ProcessGroup):
     def group_name(self) -> str:
         return self._name
 
+    def shutdown(self) -> None:
+        """Finish the queued collectives, stop the worker threads and release the inner Gloo
+        groups (``dist.destroy_process_group`` calls this), so that no Gloo thread still
+        holds a tensor when the interpreter exits (a Gloo thread that drops the last
+        reference to a tensor then aborts the process)."""
+        _LIVE.discard(self)
+        self._worker.shutdown(wait=True)
+        if self._transport is not None:
+            self._transport.close()
+        self._executors.clear()
+        self._transport = self._plan_pg = self._gloo = None
+
+    def _check_live(self) -> None:
+        if self._gloo is None:
+            raise TacclError("this taccl process group was shut down "
+                             "(dist.destroy_process_group)")
+
     # -- plumbing ------------------------------------------------------------------------
     def _submit(self, fn, outputs, inputs=(), op=None):
         """Run ``fn(outputs, inputs)`` on the worker, in issue order, with contiguous stand-ins
         for the tensors (lists, nested once at most; complex ones as real views when reduced
         by ``op``); stand-ins of non-contiguous outputs are copied back when ``fn`` succeeds.
         The Work's future yields ``outputs``."""
+        self._check_live()
         fut = torch.futures.Future()
 
         def job():
@@ -303,12 +326,15 @@ class TacclProcessGroup(dist.ProcessGroup):
                               input_tensors)
 
     def send(self, tensors, dstRank, tag):  # noqa: N803 - torch's keyword names
+        self._check_live()
         return self._gloo.send(tensors, dstRank, tag)
 
     def recv(self, tensors, srcRank, tag):  # noqa: N803
+        self._check_live()
         return self._gloo.recv(tensors, srcRank, tag)
 
     def recv_anysource(self, tensors, tag):
+        self._check_live()
         return self._gloo.recv_anysource(tensors, tag)
 
 
@@ -378,3 +404,8 @@ def _check_list(name: str, parts: list, tensor: torch.Tensor, n: int) -> None:
         raise TacclError(f"{name} on {n} ranks needs {n} tensors of {tensor.numel()} "
                          f"elements, got {[p.numel() for p in parts]}")
 
+
+@atexit.register
+def _shutdown_live_groups() -> None:
+    for group in list(_LIVE):
+        group.shutdown()

@@ -53,6 +53,10 @@ class GlooTransport:
                 raise TacclError(str(error))
         return done
 
+    def close(self) -> None:
+        """Stop the waiting threads once the requests they wait on end."""
+        self.pool.shutdown(wait=True)
+
     def cancel(self, reqs: list) -> None:
         """Gloo cannot withdraw a posted receive; its own timeout ends the waiting threads."""
 
