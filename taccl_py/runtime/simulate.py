@@ -19,6 +19,24 @@ Model (store-and-forward at step granularity):
   (the sender writes into the receiver's buffer).
 * Local steps (``cpy``, ``re``, ``nop``) take no time, and nor does the reduction of a
   receive-reduce step.
+
+Protocols (the plan's ``proto``; constants and their NCCL source in :mod:`.protocols`), one
+rule for every plan, NCCL's baselines and synthesized ones alike:
+
+* **bandwidth**: a transfer occupies its resources for ``bytes / (bandwidth × e)``, ``e``
+  the data fraction of the protocol's line: Simple 1, LL 4/8 (8-byte lines, 4 bytes of
+  flag), LL128 120/128 (128-byte lines, 8 bytes of flag);
+* **per-hop latency**: the topology's α is a Simple hop's; under LL or LL128 it is scaled
+  by tuning.cc's ring ``hwLatencies`` ratio for the connection's link class (NVLink for
+  NVLink/xGMI links and switches, PCI for other links, NET for NICs), e.g. LL on NVLink
+  0.6 / 3.4 µs, so α × 0.18; charged once per transfer, as α is;
+* **per-call latency**: tuning.cc's ring ``baseLatencies`` of the protocol (LL 6.6, LL128
+  14, Simple 8.4 µs) is :attr:`SimResult.base_latency`, paid once per call and included
+  in :attr:`SimResult.call_time` but not in :attr:`SimResult.time`.
+
+So a Simple plan's ``time`` is exactly the α-β makespan the synthesizers schedule; compare
+plans of different protocols by ``call_time``. Not modelled: LL's per-GPU bandwidth caps
+(``llMaxBws``), which tuning.cc applies to whole algorithms (see :mod:`.nccl_model`).
 """
 
 from __future__ import annotations
@@ -31,6 +49,7 @@ from ..errors import TacclError
 from ..nogc import gc_paused
 from ..lowering.plan import RECV_TYPES, SEND_TYPES, Plan
 from ..topology.model import Topology
+from .protocols import LINE_EFFICIENCY, base_latency, connection_hw, hop_latency
 
 _START, _SEND = 0, 1
 
@@ -51,7 +70,11 @@ class TraceEvent(NamedTuple):
 
 @dataclass
 class SimResult:
-    """Outcome of :func:`simulate`; times in seconds."""
+    """Outcome of :func:`simulate`; times in seconds.
+
+    ``time`` is the last rank's finish; ``base_latency`` the protocol's per-call latency
+    (``proto``'s, from tuning.cc), which ``call_time`` adds.
+    """
 
     size: int
     time: float
@@ -59,6 +82,13 @@ class SimResult:
     resource_busy: dict[str, float]
     intervals: dict[str, list[tuple[float, float]]]
     trace: list[TraceEvent] = field(default_factory=list)
+    proto: str = "Simple"
+    base_latency: float = 0.0
+
+    @property
+    def call_time(self) -> float:
+        """Time of the whole call: ``time`` plus the protocol's base latency."""
+        return self.time + self.base_latency
 
     @property
     def algbw(self) -> float:
@@ -86,6 +116,11 @@ def _prepare(plan: Plan, topology: Topology
                          f"{topology.num_ranks}")
     if plan.nchunksperloop < 1:
         raise TacclError(f"plan has nchunksperloop={plan.nchunksperloop}, needs >= 1")
+    efficiency = LINE_EFFICIENCY.get(plan.proto)
+    if efficiency is None:
+        raise TacclError(f"plan has proto {plan.proto!r}, not one of "
+                         f"{', '.join(LINE_EFFICIENCY)}")
+    link_kinds = {(link.src, link.dst): link.kind for link in topology.links}
     bad = sorted(g.id for g in plan.gpus if not 0 <= g.id < plan.ngpus)
     if bad:
         raise TacclError(f"plan has gpu ids {bad} outside 0..{plan.ngpus - 1}")
@@ -106,8 +141,9 @@ def _prepare(plan: Plan, topology: Topology
                 t.send_key = (gpu.id, tb.send, tb.chan)
                 t.resources = conn.resources
                 t.rids = tuple(rid.setdefault(r, len(rid)) for r in conn.resources)
-                t.bandwidth = topology.bandwidth(conn)
-                t.alpha = conn.alpha
+                t.bandwidth = topology.bandwidth(conn) * efficiency
+                t.alpha = hop_latency(conn.alpha, connection_hw(
+                    conn, link_kinds.get((gpu.id, tb.send))), plan.proto)
             if types & RECV_TYPES:
                 if tb.recv < 0:
                     raise TacclError(f"rank {gpu.id} tb {tb.id} has receive steps but no "
@@ -127,7 +163,18 @@ def _prepare(plan: Plan, topology: Topology
 
 @gc_paused()
 def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) -> SimResult:
-    """Simulate ``plan`` on ``topology`` for an nccl-tests ``size`` in bytes (see module doc)."""
+    """Simulate ``plan`` on ``topology`` for an nccl-tests ``size`` in bytes, under the
+    plan's protocol (see module doc).
+
+    >>> from taccl_py.pipeline import build_plan
+    >>> from taccl_py.collectives import Collective
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo = load_topology("dgx1")
+    >>> plan = build_plan(topo, Collective("allgather", 8), "ring", proto="LL").plan
+    >>> res = simulate(plan, topo, 1 << 10)
+    >>> res.call_time > res.time
+    True
+    """
     tbs, index, names = _prepare(plan, topology)
     chunk = size / plan.nchunksperloop
     done: list[list[float | None]] = [[None] * len(t.steps) for t in tbs]
@@ -239,7 +286,7 @@ def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) 
     if trace:
         events.sort(key=lambda e: (e.start, e.rank, e.tb, e.step))
     return SimResult(size, max(finish, default=0.0), finish, dict(zip(names, busy)),
-                     dict(zip(names, intervals)), events)
+                     dict(zip(names, intervals)), events, plan.proto, base_latency(plan.proto))
 
 
 def _deadlock(tbs: list[_Tb], stuck: list[int], pos: list[int],
