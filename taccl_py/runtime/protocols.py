@@ -131,10 +131,10 @@ P2P_LL_THRESHOLD = 16384
 def base_latency(proto: str, algorithm: str = RING) -> float:
     """tuning.cc's per-call base latency of ``algorithm`` under ``proto``, in seconds.
 
-    >>> base_latency("LL")
-    6.6e-06
+    >>> round(base_latency("LL") * 1e6, 3)
+    6.6
     """
-    return BASE_LATENCY_US[algorithm][_check(proto)] * 1e-6
+    return BASE_LATENCY_US[algorithm][_check(proto)] / 1e6
 
 
 def latency_ratio(hw: str, proto: str, algorithm: str = RING) -> float:

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import TacclError
-from ..nogc import gc_paused
 from ..lowering.plan import RECV_TYPES, SEND_TYPES, Plan
+from ..nogc import gc_paused
 from ..topology.model import Topology
 from .protocols import LINE_EFFICIENCY, base_latency, connection_hw, hop_latency
 
