@@ -14,6 +14,7 @@ import click
 
 from .errors import TacclError
 from .fileio import display_path
+from .lowering.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from .topology.loader import MAX_RANKS
 from .units import format_size, parse_size
 
@@ -126,6 +127,11 @@ MAX_SIZES = 64
 MIN_IMPORT_GBS = 2e-3
 #: most GB/s a link or NIC may be said to carry
 MAX_BANDWIDTH_GBS = 1e6
+#: --runtime: the MSCCL runtime plans are for (lowering/runtimes.py)
+_RUNTIME = click.Choice(list(RUNTIMES))
+#: --max-steps: steps per threadblock of a custom runtime build (the XML reader keeps at
+#: most this many children per element)
+_MAX_STEPS = click.IntRange(1, RUNTIMES[DEFAULT_RUNTIME].max_children)
 
 
 def _size(ctx, param, value):
@@ -454,22 +460,53 @@ def sketch_init(topology_name: str, nodes: int, output: Path | None) -> None:
 
 # -- verify ----------------------------------------------------------------------
 @main.command("verify")
-@click.argument("plan_path", type=click.Path(path_type=Path))
+@click.argument("plan_paths", metavar="PLAN...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="also run the plan on real NumPy arrays against numpy's result")
-def verify_cmd(plan_path: Path, reference: bool) -> None:
-    """Check that an MSCCL XML plan implements its collective."""
+@click.option("--runtime", type=_RUNTIME,
+              help="also check that this runtime loads and selects the plans (given "
+                   "together: one MSCCL_XML_FILES list, or one MSCCL_ALGO_DIR)")
+@click.option("--max-steps", type=_MAX_STEPS,
+              help="steps per threadblock of a custom runtime build  [default: the "
+                   "runtime's: " + ", ".join(f"{r.name} {r.max_steps}"
+                                             for r in RUNTIMES.values()) + "]")
+def verify_cmd(plan_paths: tuple[Path, ...], reference: bool, runtime: str | None,
+               max_steps: int | None) -> None:
+    """Check that MSCCL XML plans implement their collective (and, with --runtime, that the
+    runtime loads and selects them: each broken rule one line on stderr, exit 1)."""
+    from .lowering.runtimes import check_library, check_runtime, runtime_rules, size_range
     from .lowering.xml import parse_plan
     from .runtime.reference import check_reference
     from .runtime.verify import verify
 
-    plan = parse_plan(plan_path)
-    report = verify(plan)
-    if reference:
-        check_reference(plan)
-    click.echo(f"{display_path(plan_path)}: ok: {plan.coll} on {plan.ngpus} ranks; "
-               f"{report.summary()}"
-               + ("; reference executor matches numpy" if reference else ""))
+    if max_steps is not None and runtime is None:
+        raise TacclError("--max-steps applies with --runtime only")
+    named, broken = [], []
+    for path in plan_paths:
+        plan = parse_plan(path)
+        report = verify(plan)
+        if reference:
+            check_reference(plan)
+        shown = display_path(path)
+        line = (f"{shown}: ok: {plan.coll} on {plan.ngpus} ranks; {report.summary()}"
+                + ("; reference executor matches numpy" if reference else ""))
+        if runtime is not None:
+            named.append((shown, plan))
+            problems = check_runtime(plan, runtime, max_steps)
+            broken += [f"{shown}: {p}" for p in problems]
+            if problems:
+                continue
+            lo, hi = size_range(runtime_rules(runtime), plan)
+            line += (f"; {runtime} loads it, for sizes from {format_size(lo)}"
+                     + (f" below {format_size(hi)}" if hi is not None else " up"))
+        click.echo(line)
+    if runtime is not None:
+        broken += check_library(named, runtime)
+    for problem in broken:
+        click.echo(f"taccl: error: {problem}", err=True)
+    if broken:
+        sys.exit(1)
 
 
 # -- simulate / plot -----------------------------------------------------------------

@@ -240,13 +240,16 @@ def _unmergeable(k: int) -> list[Transfer]:
             for b in range(2) for j in range(k)]
 
 
-def test_long_threadblocks_spread_over_more_channels():
-    plan = _lowered(Algorithm("long", Collective("allgather", 2, 300), _unmergeable(300)))
-    assert plan.nchannels == 2
-    assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= 256
+@pytest.mark.parametrize("runtime, limit, channels", [("msccl", 256, 2),
+                                                        ("msccl-executor", 64, 5)])
+def test_long_threadblocks_spread_over_more_channels(runtime, limit, channels):
+    plan = _lowered(Algorithm("long", Collective("allgather", 2, 300), _unmergeable(300)),
+                    runtime=runtime)
+    assert plan.nchannels == channels
+    assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= limit
     for g in plan.gpus:
         assert sorted((tb.chan, tb.send, tb.recv) for tb in g.tbs) == [
-            (c, *peers) for c in (0, 1) for peers in ((-1, 1 - g.id), (1 - g.id, -1))]
+            (c, *peers) for c in range(channels) for peers in ((-1, 1 - g.id), (1 - g.id, -1))]
 
 
 def test_counts_are_capped_at_71():
@@ -276,8 +279,12 @@ def test_errors():
         lower(bad)
     # too many steps per threadblock, and no channels left to spread them over
     ts = _unmergeable(300)
-    ts[0] = replace(ts[0], channel=32)
-    with pytest.raises(PlanError, match="256 steps; use a smaller chunk-up"):
+    ts[0] = replace(ts[0], channel=31)
+    with pytest.raises(PlanError, match="msccl allows 256 per threadblock.*with 32 "
+                                        "channel.*a smaller chunk-up"):
+        lower(Algorithm("long", Collective("allgather", 2, 300), ts), runtime="msccl")
+    ts[0] = replace(ts[0], channel=32)  # channels 0..31
+    with pytest.raises(PlanError, match="33 channels"):
         lower(Algorithm("long", Collective("allgather", 2, 300), ts))
 
 

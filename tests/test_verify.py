@@ -193,12 +193,12 @@ def set_attr(path: str, value):
 
 def too_many_steps(p: Plan) -> None:
     t = tb(p, 0, 0)
-    t.steps += [Step(i, "nop", cnt=0) for i in range(len(t.steps), 257)]
+    t.steps += [Step(i, "nop", cnt=0) for i in range(len(t.steps), 1025)]
 
 
 def too_many_tbs(p: Plan) -> None:
     tbs = p.gpus[0].tbs
-    tbs += [Threadblock(i) for i in range(len(tbs), 217)]
+    tbs += [Threadblock(i) for i in range(len(tbs), 1025)]
 
 
 def dependency_on_nop(p: Plan) -> None:
@@ -238,8 +238,8 @@ LIMITS = [
     ("ring_allgather_8", set_attr("proto", "Fast"), "proto 'Fast'"),
     ("ring_allgather_8", set_attr("min_bytes", 10), None),  # max 0 = unbounded: fine
     ("ring_allgather_8", set_attr("max_bytes", -1), "maxBytes=-1"),
-    ("ring_allgather_8", too_many_steps, "257 steps"),
-    ("ring_allgather_8", too_many_tbs, "217 threadblocks"),
+    ("ring_allgather_8", too_many_steps, "1025 steps"),  # no runtime loads more
+    ("ring_allgather_8", too_many_tbs, "1025 threadblocks"),
     ("allpairs_allgather_8", set_attr("gpus.0.tbs.2.send", 1),
      "already sends to rank 1 on channel 0"),
     ("allpairs_allgather_8", set_attr("gpus.0.tbs.2.recv", 1), "already receives from rank 1"),

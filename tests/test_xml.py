@@ -53,7 +53,8 @@ def test_plan_to_xml_uses_runtime_collective_names_and_escapes_name():
     plan = two_rank_allgather(name='a "b" & <c>')
     plan.coll = "reducescatter"
     text = plan_to_xml(plan)
-    assert 'coll="reduce_scatter"' in text
+    assert 'coll="reducescatter"' in text  # the default runtime, msccl-executor
+    assert 'coll="reduce_scatter"' in plan_to_xml(plan, "msccl")
     assert parse_plan(text).name == 'a "b" & <c>'
 
 

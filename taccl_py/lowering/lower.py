@@ -20,13 +20,9 @@ from ..topology.model import Topology
 from .buffers import Copy, Flow, Loc, place, value_flow
 from ..nogc import gc_paused
 from .plan import GpuPlan, Plan, Step, Threadblock
-from .threadblocks import MAX_TBS, TB, Op, Threadblocks
-
-PROTOCOLS = ("Simple", "LL", "LL128")
-MAX_CNT = 71
-MAX_STEPS = 256
-MAX_CHANNEL = 32
-MAX_TBS_PER_CHANNEL = 32
+from .runtimes import (DEFAULT_RUNTIME, PROTOCOLS, RESIDENT_TBS, RuntimeRules, check_runtime,
+                       runtime_rules)
+from .threadblocks import TB, Op, Threadblocks
 
 
 @dataclass(eq=False, slots=True)
@@ -52,17 +48,25 @@ class _Step:
 @gc_paused()
 def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
           instances: int = 1, min_bytes: int = 0, max_bytes: int = 0,
-          name: str | None = None, topology: Topology | None = None) -> Plan:
-    """Lower ``alg`` to a plan; ``instances`` replicates it onto more channels first.
+          name: str | None = None, topology: Topology | None = None,
+          runtime: str = DEFAULT_RUNTIME, max_steps: int | None = None) -> Plan:
+    """Lower ``alg`` to a plan ``runtime`` loads; ``instances`` replicates it onto more
+    channels first.
 
-    If a threadblock would exceed the runtime's 256 steps, the chunks are spread over as
-    few further copies of the channels as make it fit. Raises :class:`AlgorithmError` for
-    an inconsistent IR and :class:`PlanError` for a plan the MSCCL runtime would reject.
+    If a threadblock would exceed the runtime's steps per threadblock (``max_steps``: a
+    custom build's), the chunks are spread over as few further copies of the channels as
+    make it fit. A rank keeps at most :data:`~.runtimes.RESIDENT_TBS` threadblocks, and
+    where it has more than 128 the ones other steps wait for are numbered first (a
+    step's ``depid`` is an ``int8``). Raises :class:`AlgorithmError` for an inconsistent
+    IR and :class:`PlanError`, with the reason, for a plan the runtime would not load
+    (:func:`~.runtimes.check_runtime`; the size selection, set by ``min_bytes`` and
+    ``max_bytes``, is left to the caller).
     With ``topology``, sends sharing a resource keep the order of the IR's start times,
     and a receive and a send share a threadblock only where that delays no step of
     the IR's schedule (its start and end times).
     The same algorithm always gives the same plan.
     """
+    rules = runtime_rules(runtime, max_steps)
     if proto not in PROTOCOLS:
         raise PlanError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
     if min_bytes < 0 or max_bytes < 0 or 0 < max_bytes < min_bytes:
@@ -74,20 +78,26 @@ def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
                                                  inplace))
     alg.check()
     alg = alg.replicate(instances)
-    _check_peers(alg, instances)
-    if alg.nchannels - 1 > MAX_CHANNEL:
+    fewer = "use fewer instances" if instances > 1 else "use fewer channels"
+    _check_peers(alg, rules, fewer)
+    if alg.nchannels > rules.channels:
         raise PlanError(f"the plan needs {alg.nchannels} channels (the algorithm's channels x "
-                        f"{instances} instance(s)); MSCCL allows channels 0..{MAX_CHANNEL}: "
+                        f"{instances} instance(s)); {rules.name} has channels "
+                        f"0..{rules.channels - 1}: "
                         + ("use fewer instances" if instances > 1 else
                            "use an algorithm with fewer channels"))
     plan = _build(alg, Plan(alg.name if name is None else name, alg.collective.kind,
                             alg.num_ranks, alg.collective.nchunksperloop, proto=proto,
-                            min_bytes=min_bytes, max_bytes=max_bytes), topology)
-    spread, most = 1, (MAX_CHANNEL + 1) // alg.nchannels
-    while (longest := _longest_tb(plan)) > MAX_STEPS and spread < most:
-        spread = min(most, max(spread + 1, -(-spread * longest // MAX_STEPS)))
-        plan = _build(_spread(alg, spread), plan, topology)
-    _check_limits(plan, instances)
+                            min_bytes=min_bytes, max_bytes=max_bytes), topology, rules)
+    spread, most = 1, rules.channels // alg.nchannels
+    while (longest := _longest_tb(plan)) > rules.max_steps and spread < most:
+        spread = min(most, max(spread + 1, -(-spread * longest // rules.max_steps)))
+        plan = _build(_spread(alg, spread), plan, topology, rules)
+    problems = check_runtime(plan, runtime, max_steps, selection=False)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise PlanError(f"{problems[0]}{more}; with {plan.nchannels} channel(s): {fewer}, a "
+                        "smaller chunk-up or an algorithm with fewer peers or steps per rank")
     return plan
 
 
@@ -111,11 +121,12 @@ def _longest_tb(plan: Plan) -> int:
     return max((len(tb.steps) for g in plan.gpus for tb in g.tbs), default=0)
 
 
-def _build(alg: Algorithm, header: Plan, topology: Topology | None) -> Plan:
+def _build(alg: Algorithm, header: Plan, topology: Topology | None,
+           rules: RuntimeRules) -> Plan:
     """The plan of (checked) ``alg``, with the header fields of ``header``."""
     coll = alg.collective
     flow = value_flow(alg)
-    blocks = Threadblocks(alg, flow)
+    blocks = Threadblocks(alg, flow, min(rules.max_tbs, RESIDENT_TBS))
     apart: frozenset = frozenset()
     while True:  # with a schedule, split the pairs that would delay it
         tbs = blocks.assign(apart)
@@ -132,9 +143,10 @@ def _build(alg: Algorithm, header: Plan, topology: Topology | None) -> Plan:
     _make_steps(flow, tbs)
     if topology is not None:
         _follow_schedule(alg, send_ops, topology)
-    _merge(alg, tbs, send_ops, recv_ops)
+    _merge(alg, tbs, send_ops, recv_ops, rules.max_cnt)
     _place_sinks(tbs, s_chunks)
     _keep_needed_deps(tbs)
+    _waited_first(tbs, rules.max_depid)
     no_input = coll.inplace and coll.kind == ALLGATHER
     no_output = coll.inplace and coll.kind in (ALLREDUCE, ALLTOALL)
     plan = replace(
@@ -258,8 +270,9 @@ def _unit_step(unit: list[Op], flow: Flow, tb: TB) -> _Step:
 
 # -- merging ------------------------------------------------------------------------------
 
-def _merge(alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: list[Op]) -> None:
-    """Merge runs of consecutive like steps into one step with cnt > 1.
+def _merge(alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: list[Op],
+           max_cnt: int) -> None:
+    """Merge runs of consecutive like steps into one step with 1 < cnt <= ``max_cnt``.
 
     A pair of neighbours merges only if the steps at the other end of each of their
     transfers merge as well (so counts match on every connection), and only if no member
@@ -295,7 +308,7 @@ def _merge(alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: li
     for tb in all_tbs:
         merged: list[_Step] = []
         for i, st in enumerate(tb.steps):
-            if i and nxt.get(tb.steps[i - 1]) is st and merged[-1].cnt < MAX_CNT:
+            if i and nxt.get(tb.steps[i - 1]) is st and merged[-1].cnt < max_cnt:
                 merged[-1].ops.extend(st.ops)
                 merged[-1].cnt += 1
             else:
@@ -365,6 +378,22 @@ def _keep_needed_deps(tbs: list[list[TB]]) -> None:
             done[st] = known
 
 
+def _waited_first(tbs: list[list[TB]], max_depid: int) -> None:
+    """On a rank where a threadblock some step waits for has an id over ``max_depid`` (a
+    step's ``depid`` is an ``int8``), number the waited-for threadblocks first."""
+    for rank, rank_tbs in enumerate(tbs):
+        waited = {d.tb for tb in rank_tbs for st in tb.steps for d in st.wait}
+        if all(tb.id <= max_depid for tb in waited):
+            continue
+        if len(waited) > max_depid + 1:
+            raise PlanError(f"rank {rank}: steps wait for {len(waited)} threadblocks, but a "
+                            f"step's depid is stored as int8 (ids 0..{max_depid}); use fewer "
+                            "channels or instances, or an algorithm with fewer peers per rank")
+        rank_tbs.sort(key=lambda tb: tb not in waited)
+        for i, tb in enumerate(rank_tbs):
+            tb.id = i
+
+
 def _emit(tb: TB) -> Threadblock:
     """An empty plan threadblock; numbers the steps, counting the nops to come."""
     index = 0
@@ -390,48 +419,27 @@ def _fill_steps(plan: Plan, tbs: list[list[TB]]) -> None:
                     deps=last.index if last else -1, hasdep=int(st.hasdep)))
 
 
-def _check_peers(alg: Algorithm, instances: int) -> None:
+def _check_peers(alg: Algorithm, rules: RuntimeRules, fewer: str) -> None:
     """Fail fast where no pairing of peers can fit the runtime's threadblock limits: a rank
     needs, per channel, at least one threadblock per send peer and per receive peer."""
-    fewer = "use fewer instances" if instances > 1 else "use fewer channels"
+    per_channel, most = rules.max_tbs_per_channel, min(rules.max_tbs, RESIDENT_TBS)
     peers: dict[tuple[int, int, str], set[int]] = {}
     for t in alg.transfers:
         peers.setdefault((t.src, t.channel, "send"), set()).add(t.dst)
         peers.setdefault((t.dst, t.channel, "recv"), set()).add(t.src)
     least = [0] * alg.num_ranks
     for (rank, chan, role), ps in sorted(peers.items()):
-        if len(ps) > MAX_TBS_PER_CHANNEL:
+        if len(ps) > per_channel:
             raise PlanError(
                 f"rank {rank} has {len(ps)} threadblocks that {role} on channel {chan}, "
-                f"MSCCL allows {MAX_TBS_PER_CHANNEL}: spread the rank's peers over more "
+                f"MSCCL allows {per_channel}: spread the rank's peers over more "
                 "channels or use an algorithm with fewer peers per rank")
         if role == "send":
             least[rank] += max(len(ps), len(peers.get((rank, chan, "recv"), ())))
         elif (rank, chan, "send") not in peers:
             least[rank] += len(ps)
     for rank, count in enumerate(least):
-        if count > MAX_TBS:
-            raise PlanError(f"rank {rank} needs {count} threadblocks, MSCCL allows "
-                            f"{MAX_TBS}: {fewer} or an algorithm with fewer peers per rank")
-
-
-def _check_limits(plan: Plan, instances: int) -> None:
-    fewer = "use fewer instances" if instances > 1 else "use fewer channels"
-    for gpu in plan.gpus:
-        if len(gpu.tbs) > MAX_TBS:
-            raise PlanError(f"rank {gpu.id} needs {len(gpu.tbs)} threadblocks, MSCCL allows "
-                            f"{MAX_TBS}: {fewer} or an algorithm with fewer peers per rank")
-        for role in ("send", "recv"):
-            for chan in sorted({tb.chan for tb in gpu.tbs}):
-                count = sum(tb.chan == chan and getattr(tb, role) >= 0 for tb in gpu.tbs)
-                if count > MAX_TBS_PER_CHANNEL:
-                    raise PlanError(
-                        f"rank {gpu.id} has {count} threadblocks that {role} on channel "
-                        f"{chan}, MSCCL allows {MAX_TBS_PER_CHANNEL}: spread the rank's peers "
-                        "over more channels or use an algorithm with fewer peers per rank")
-        for tb in gpu.tbs:
-            if len(tb.steps) > MAX_STEPS:
-                raise PlanError(
-                    f"rank {gpu.id} threadblock {tb.id} needs {len(tb.steps)} steps even with "
-                    f"{plan.nchannels} channels, MSCCL allows {MAX_STEPS} steps; use a smaller "
-                    "chunk-up, fewer instances or an algorithm with fewer steps per peer")
+        if count > most:
+            raise PlanError(f"rank {rank} needs {count} threadblocks, MSCCL allows {most} "
+                            f"(all resident at once): {fewer} or an algorithm with fewer "
+                            "peers per rank")

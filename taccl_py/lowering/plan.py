@@ -48,6 +48,14 @@ class GpuPlan:
     tbs: list[Threadblock] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class XmlSource:
+    """How the file a plan was read from wrote it, where that matters to a runtime."""
+
+    coll: str  # the ``coll`` attribute as written
+    absent: frozenset[str]  # "tag.attribute" the file left out (the reader's default used)
+
+
 @dataclass
 class Plan:
     name: str
@@ -62,6 +70,8 @@ class Plan:
     max_bytes: int = 0
     redop: str = "nop"
     gpus: list[GpuPlan] = field(default_factory=list)
+    #: the file it was read from (None: built in memory); not part of equality
+    source: XmlSource | None = field(default=None, compare=False, repr=False)
 
     def collective(self) -> Collective:
         """The collective this plan claims to implement (chunk-up from nchunksperloop)."""

@@ -25,8 +25,6 @@ import networkx as nx
 from ..synth.ir import Algorithm
 from .buffers import Flow, Loc
 
-MAX_TBS = 216
-
 Key = tuple[int, int, int]
 
 
@@ -70,7 +68,7 @@ class Threadblocks:
     """Threadblocks for successive sets of ``apart`` pairs, built incrementally.
 
     Per rank and channel, receive peers are matched to send peers (maximum weight on the
-    forwardings, without the ``apart`` pairs); over the runtime's threadblock limit,
+    forwardings, without the ``apart`` pairs); over ``max_tbs`` threadblocks per rank,
     unrelated peers share threadblocks too. Every threadblock is kept by its (rank,
     channel, recv peer, send peer): its ops, their order and fusion depend only on those
     (and on the fixed value flow), so only threadblocks whose pairing changed are built
@@ -78,8 +76,8 @@ class Threadblocks:
     the threadblocks finally chosen.
     """
 
-    def __init__(self, alg: Algorithm, flow: Flow) -> None:
-        self.alg, self.flow = alg, flow
+    def __init__(self, alg: Algorithm, flow: Flow, max_tbs: int) -> None:
+        self.alg, self.flow, self.max_tbs = alg, flow, max_tbs
         n = alg.num_ranks
         chans: list[set[int]] = [set() for _ in range(n)]
         ends: dict[tuple[int, int, str, int], list[int]] = {}
@@ -170,7 +168,7 @@ class Threadblocks:
                 keys = [key for ch in chans
                         for key in self._channel_keys(r, ch, frozenset(by_chan.get((r, ch), ())),
                                                       compact)]
-                if len(keys) <= MAX_TBS:
+                if len(keys) <= self.max_tbs:
                     break
             keys.sort(key=lambda q: (q[1], q[3] if q[3] >= 0 else n, q[2] if q[2] >= 0 else n))
             tbs = [self._tb(key) for key in keys]

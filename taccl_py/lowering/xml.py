@@ -13,10 +13,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from ..collectives import XML_NAMES, canonical_kind
+from ..collectives import canonical_kind
 from ..errors import CollectiveError, PlanError
 from ..fileio import atomic_write_text, display_path, read_input
-from .plan import GpuPlan, Plan, Step, Threadblock
+from .plan import GpuPlan, Plan, Step, Threadblock, XmlSource
+from .runtimes import DEFAULT_RUNTIME, runtime_rules
 
 BUFFERS = ("i", "o", "s")
 
@@ -38,12 +39,22 @@ _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 _FEED = 1 << 16  # characters handed to the XML parser at a time
 
 
-def plan_to_xml(plan: Plan) -> str:
-    """Deterministic MSCCL XML text of ``plan`` (ends with a newline)."""
+def plan_to_xml(plan: Plan, runtime: str = DEFAULT_RUNTIME) -> str:
+    """Deterministic MSCCL XML text of ``plan`` for ``runtime`` (ends with a newline).
+
+    Every attribute either runtime reads is written; ``coll`` is spelt as ``runtime``
+    wants it (ReduceScatter: ``reducescatter`` for msccl-executor, ``reduce_scatter``
+    for msccl).
+
+    >>> p = Plan("p", "reducescatter", 2, 2)
+    >>> 'coll="reduce_scatter"' in plan_to_xml(p, "msccl"), 'coll="reducescatter"' in plan_to_xml(p)
+    (True, True)
+    """
+    coll = runtime_rules(runtime).coll[canonical_kind(plan.coll)]
     lines = [_tag("algo", [
         ("name", plan.name), ("proto", plan.proto), ("nchannels", plan.nchannels),
         ("nchunksperloop", plan.nchunksperloop), ("ngpus", plan.ngpus),
-        ("coll", XML_NAMES[canonical_kind(plan.coll)]), ("inplace", int(plan.inplace)),
+        ("coll", coll), ("inplace", int(plan.inplace)),
         ("outofplace", int(plan.outofplace)), ("minBytes", plan.min_bytes),
         ("maxBytes", plan.max_bytes), ("redop", plan.redop)], empty=not plan.gpus)]
     for gpu in plan.gpus:
@@ -70,9 +81,10 @@ def plan_to_xml(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plan(plan: Plan, path: str | Path) -> Path:
-    """Write ``plan`` as XML to ``path`` atomically (temp file beside it, then rename)."""
-    return atomic_write_text(path, plan_to_xml(plan))
+def write_plan(plan: Plan, path: str | Path, runtime: str = DEFAULT_RUNTIME) -> Path:
+    """Write ``plan`` as XML for ``runtime`` to ``path`` atomically (temp file beside it,
+    then rename)."""
+    return atomic_write_text(path, plan_to_xml(plan, runtime))
 
 
 def _tag(name: str, attrs: list[tuple[str, object]], empty: bool) -> str:
@@ -83,7 +95,11 @@ def _tag(name: str, attrs: list[tuple[str, object]], empty: bool) -> str:
 # -- parsing ------------------------------------------------------------------------------
 
 def parse_plan(source: str | Path) -> Plan:
-    """Load a plan from a path or from XML text; :class:`PlanError` names what is wrong."""
+    """Load a plan from a path or from XML text; :class:`PlanError` names what is wrong.
+
+    Either runtime's ``coll`` spelling is read; ``plan.source`` keeps the spelling and
+    the attributes the file left out, for :func:`~.runtimes.check_runtime`.
+    """
     if isinstance(source, Path) or not source.lstrip().startswith("<"):
         where, default_name = display_path(source), Path(source).stem
         data = read_input(source, MAX_PLAN_BYTES, "plan file", PlanError)
@@ -129,6 +145,7 @@ class _Reader:
     def __init__(self, where: str, default_name: str) -> None:
         self.where = where
         self.default_name = default_name
+        self.absent: set[str] = set()  # "tag.attribute" read as its default
 
     def fail(self, element: str, message: str) -> PlanError:
         return PlanError(f"{self.where}: {element}: {message}")
@@ -140,6 +157,7 @@ class _Reader:
         if raw is None:
             if default is None:
                 raise self.fail(element, f"missing required attribute '{name}'")
+            self.absent.add(f"{el.tag}.{name}")
             return default
         if not _INTEGER.fullmatch(raw):
             raise self.fail(element, f"attribute '{name}' must be an integer, got {_show(raw)}")
@@ -155,9 +173,12 @@ class _Reader:
         return value
 
     def str_attr(self, el: ET.Element, element: str, name: str, default: str | None = None) -> str:
-        raw = el.get(name, default)
+        raw = el.get(name)
         if raw is None:
-            raise self.fail(element, f"missing required attribute '{name}'")
+            if default is None:
+                raise self.fail(element, f"missing required attribute '{name}'")
+            self.absent.add(f"{el.tag}.{name}")
+            return default
         return raw
 
     def children(self, el: ET.Element, element: str, tag: str) -> list[ET.Element]:
@@ -197,7 +218,7 @@ class _Reader:
             min_bytes=self.int_attr(root, el, "minBytes", 0, INT64),
             max_bytes=self.int_attr(root, el, "maxBytes", 0, INT64),
             redop=self.str_attr(root, el, "redop", "sum" if reducing else "nop"),
-            gpus=gpus)
+            gpus=gpus, source=XmlSource(coll_name, frozenset(self.absent)))
 
     def gpu(self, el_: ET.Element) -> GpuPlan:
         gid = self.int_attr(el_, "gpu", "id")
@@ -230,6 +251,8 @@ class _Reader:
 
     def operand(self, el_: ET.Element, el: str, which: str) -> tuple[str | None, int]:
         buf = el_.get(f"{which}buf")
+        if buf is None:
+            self.absent.add(f"step.{which}buf")
         off = self.int_attr(el_, el, f"{which}off", -1)
         if buf is None or off == -1:
             return None, off

@@ -1,7 +1,8 @@
 """Plan verification (``specs/msccl-xml.md``, "What a correct plan means").
 
-:func:`check_limits` checks the XML format and the MSCCL runtime's limits
-(:class:`PlanError`). :func:`verify` then runs the plan symbolically
+:func:`check_limits` checks the XML format and the limits of the loosest MSCCL runtime
+(:class:`PlanError`; :func:`~taccl_py.lowering.runtimes.check_runtime` has each runtime's
+own). :func:`verify` then runs the plan symbolically
 (:class:`VerificationError` on the first fault): every input chunk is one contribution
 ``(rank, input_index)``, a value is the set of contributions it holds.
 
@@ -27,15 +28,17 @@ import numpy as np
 from ..collectives import ALLGATHER, REDUCESCATTER, Collective
 from ..errors import PlanError, VerificationError
 from ..lowering.plan import RECV_TYPES, REDUCE_TYPES, SEND_TYPES, STEP_TYPES, GpuPlan, Plan
+from ..lowering.runtimes import PROTOCOLS, RUNTIMES
 from ..nogc import gc_paused
 from ..lowering.xml import BUFFERS
 
-MAX_TBS = 216
-MAX_TBS_PER_CHANNEL = 32
-MAX_CHANNEL = 32
-MAX_STEPS = 256
-MAX_CNT = 71
-PROTOCOLS = ("Simple", "LL", "LL128")
+# what at least one runtime loads (lowering/runtimes.py); steps per threadblock: what a
+# custom build may take, up to the children the XML reader keeps per element
+MAX_TBS = max(r.max_tbs for r in RUNTIMES.values())
+MAX_TBS_PER_CHANNEL = max(r.max_tbs_per_channel for r in RUNTIMES.values())
+CHANNELS = max(r.channels for r in RUNTIMES.values())
+MAX_STEPS = max(r.max_children for r in RUNTIMES.values())
+MAX_CNT = max(r.max_cnt for r in RUNTIMES.values())
 REDOPS = ("sum", "prod", "max", "min")
 READS_SRC = frozenset({"s", "rrc", "rrs", "rrcs", "cpy", "re"})
 WRITES_DST = frozenset({"r", "rcs", "rrc", "rrcs", "cpy", "re"})
@@ -82,7 +85,7 @@ def canonical_location(coll: Collective, rank: int, buf: str, off: int) -> tuple
 
 
 def check_limits(plan: Plan) -> None:
-    """Raise :class:`PlanError` if the MSCCL runtime would reject or mis-run ``plan``."""
+    """Raise :class:`PlanError` if no MSCCL runtime would load and run ``plan`` right."""
     n = plan.ngpus
     if n < 1:
         raise PlanError(f"ngpus must be >= 1, got {n}")
@@ -94,8 +97,8 @@ def check_limits(plan: Plan) -> None:
                         f"ngpus={n}")
     if plan.proto not in PROTOCOLS:
         raise PlanError(f"proto {plan.proto!r} is not one of {', '.join(PROTOCOLS)}")
-    if not 1 <= plan.nchannels <= MAX_CHANNEL + 1:
-        raise PlanError(f"nchannels={plan.nchannels} outside 1..{MAX_CHANNEL + 1}")
+    if not 1 <= plan.nchannels <= CHANNELS:
+        raise PlanError(f"nchannels={plan.nchannels} outside 1..{CHANNELS}")
     if plan.min_bytes < 0 or plan.max_bytes < 0 or 0 < plan.max_bytes < plan.min_bytes:
         raise PlanError(f"minBytes={plan.min_bytes} / maxBytes={plan.max_bytes}: both must be "
                         ">= 0 and min <= max (max 0 = unbounded)")
@@ -153,8 +156,8 @@ def _check_gpu(plan: Plan, coll: Collective, gpu: GpuPlan) -> None:
             if per_channel[(role, tb.chan)] > MAX_TBS_PER_CHANNEL:
                 raise PlanError(f"{wtb}: more than {MAX_TBS_PER_CHANNEL} threadblocks {role} "
                                 f"on channel {tb.chan}")
-        if not 0 <= tb.chan <= MAX_CHANNEL or tb.chan >= plan.nchannels:
-            top = min(MAX_CHANNEL, plan.nchannels - 1)
+        if not 0 <= tb.chan < min(CHANNELS, plan.nchannels):
+            top = min(CHANNELS, plan.nchannels) - 1
             raise PlanError(f"{wtb}: chan {tb.chan} outside 0..{top} (nchannels={plan.nchannels})")
         if len(tb.steps) > MAX_STEPS:
             raise PlanError(f"{wtb}: {len(tb.steps)} steps, the runtime allows {MAX_STEPS}")
