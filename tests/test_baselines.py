@@ -96,10 +96,15 @@ def test_ring_and_direct_are_correct(name, kind, chunkup):
     ring_alg = ring_algorithm(topo, coll)
     ring_alg.check()
     assert_uses_connections(topo, ring_alg)
-    ring = ring_alg.meta["ring"]
-    pos = {r: i for i, r in enumerate(ring)}
-    dist = sum((pos[d] - pos[s]) % n for s in range(n) for d in range(n))
-    assert len(ring_alg.transfers) == closed_form(kind, n, chunkup, dist)
+    rings = ring_alg.meta["rings"]  # one per channel; AllToAll splits blocks over them
+    for i, ring in enumerate(rings):
+        pos = {r: i for i, r in enumerate(ring)}
+        mine = [(s, d) for s in range(n) for d in range(n)
+                if kind != ALLTOALL or (s * n + d) % len(rings) == i]
+        dist = sum((pos[d] - pos[s]) % n for s, d in mine)
+        on_ring = sum(t.channel == i for t in ring_alg.transfers)
+        assert on_ring == closed_form(kind, n, chunkup, dist)
+    assert ring_alg.nchannels == len(rings)
     assert_causal(ring_alg)
     assert ring_alg.num_steps == {ALLREDUCE: 2 * (n - 1)}.get(kind, n - 1) * chunkup
 

@@ -257,13 +257,239 @@ def ring_bottleneck(topology: Topology, order: list[int]) -> float:
                for a, b in zip(order, order[1:] + order[:1]))
 
 
+# -- NCCL's ring channels ----------------------------------------------------------------
+
+#: most ring channels :func:`find_rings` builds (NCCL allows MAXCHANNELS / 2 = 32; 16
+#: leaves room for ``--instances 2`` within MSCCL's 32 channels)
+MAX_RINGS = 16
+#: search nodes one speed's channel search may visit (NCCL's NCCL_SEARCH_TIMEOUT, 2^14)
+SEARCH_BUDGET = 1 << 14
+
+
+class _SearchTimeout(Exception):
+    pass
+
+
+class _Fabric:
+    """Node 0 as NCCL's ring search sees it: its GPUs, NICs, connections and the
+    bandwidth left on every resource (``rem``) while channels are being placed."""
+
+    def __init__(self, topology: Topology) -> None:
+        g = self.g = topology.gpus_per_node
+        self.multi = topology.nodes > 1
+        self.res: dict[tuple[int, int], tuple[str, ...]] = {}
+        bw: dict[tuple[int, int], float] = {}
+        for (a, b), conn in topology.connections.items():
+            if a < g and b < g:
+                self.res[(a, b)] = conn.resources
+                bw[(a, b)] = topology.bandwidth(conn)
+        self.cap = topology.resource_bandwidth
+        self.nic = {v: topology.nic_of(v) for v in range(g)}
+        self.nics = sorted({n for n in self.nic.values() if n is not None},
+                           key=lambda n: (n.rail, n.name))
+        switched = len(self.res) == g * (g - 1) and all(
+            topology.connections[k].kind == "switch" for k in self.res)
+        # NCCL's ncclTopoSearchNextGpuSort: highest bandwidth first, then the GPUs after u in
+        # index order; behind one NVSwitch only u's neighbours u+1 and u-1
+        self.next = {}
+        for u in range(g):
+            if switched:
+                self.next[u] = list(dict.fromkeys(v % g for v in (u + 1, u - 1) if v % g != u))
+            else:
+                self.next[u] = sorted((v for v in range(g) if (u, v) in self.res),
+                                      key=lambda v: (-bw[(u, v)], (v - u) % g))
+
+    def speeds(self) -> list[float]:
+        """Per-channel bandwidths worth trying: every resource's bandwidth / m, highest first."""
+        return sorted({c / m for c in self.cap.values() for m in range(1, MAX_RINGS + 1)},
+                      reverse=True)
+
+    def most(self, speed: float) -> int:
+        """An upper bound on the channels that fit at ``speed``: with several nodes each
+        enters on a NIC; on one node each leaves every GPU on the first resource of one of
+        the GPU's connections."""
+        def fit(res) -> int:
+            return sum(int(self.cap[r] / speed * (1 + 1e-9)) for r in set(res))
+
+        if self.multi:
+            return min(MAX_RINGS, fit(f"nicin:{n.name}" for n in self.nics))
+        return min(MAX_RINGS, *(fit(self.res[(u, v)][0] for v in self.next[u])
+                                for u in range(self.g)))
+
+    def search(self, speed: float, cross: bool) -> list[Path]:
+        """The most node paths (≤ MAX_RINGS rings) that fit when each takes ``speed`` from
+        every resource it uses; a depth-first search over whole sets of paths, as NCCL's.
+
+        A path goes through all of the node's GPUs. With several nodes it enters on its
+        first GPU's NIC and leaves on its last GPU's: the same NIC unless ``cross``, where
+        paths come in pairs, the second entering on the NIC the first leaves on and leaving
+        on the one it enters on (NCCL's crossNic=2); a ring takes the first on even nodes
+        and the second on odd ones, so the two use separate resources. On one node a path
+        closes into a cycle.
+        """
+        g, nics = self.g, self.nics
+        rems = [dict(self.cap), dict(self.cap)]  # resources left on even and odd nodes
+        eps = speed * 1e-9
+        chans: list[Path] = []
+        best: list[Path] = []
+        left = [SEARCH_BUDGET]
+        limit = MAX_RINGS * (2 if cross else 1)
+
+        def fits(res) -> bool:
+            rem = rems[cross and len(chans) % 2]
+            return all(rem[r] >= speed - eps for r in res)
+
+        def take(res, sign: int) -> None:
+            rem = rems[cross and len(chans) % 2]
+            for r in res:
+                rem[r] -= sign * speed
+
+        def ends(entry: int, exit_: int) -> tuple[str, ...]:
+            if self.multi:
+                return (f"nicin:{self.nic[entry].name}", f"nicout:{self.nic[exit_].name}")
+            return self.res.get((exit_, entry), ("-",)) if g > 1 else ()
+
+        def candidates(n: int):
+            if not self.multi:
+                yield 0, None
+                return
+            if cross and n % 2:
+                first, last = chans[-1][0], chans[-1][-1]
+                for e in self.nic[last].ranks:
+                    yield e, set(self.nic[first].ranks)
+                return
+            for i in range(len(nics)):
+                nic = nics[(n // (2 if cross else 1) + i) % len(nics)]
+                for e in nic.ranks:
+                    yield e, None if cross else set(nic.ranks)
+
+        def extend(path: list[int], used: int, exits: set[int] | None) -> bool:
+            left[0] -= 1
+            if left[0] < 0:
+                raise _SearchTimeout
+            u = path[-1]
+            if len(path) == g:
+                if exits is not None and u not in exits:
+                    return False
+                end = ends(path[0], u)
+                if "-" in end or not fits(end):
+                    return False
+                take(end, 1)
+                chans.append(tuple(path))
+                done = next_channel()
+                chans.pop()
+                take(end, -1)
+                return done
+            for v in self.next[u]:
+                if used >> v & 1:
+                    continue
+                if exits is not None and len(path) + 1 < g and all(
+                        used >> x & 1 or x == v for x in exits):
+                    continue
+                res = self.res[(u, v)]
+                if not fits(res):
+                    continue
+                take(res, 1)
+                path.append(v)
+                done = extend(path, used | 1 << v, exits)
+                path.pop()
+                take(res, -1)
+                if done:
+                    return True
+            return False
+
+        def next_channel() -> bool:
+            n = len(chans)
+            if n > len(best) and not (cross and n % 2):
+                best[:] = chans
+            if n == limit:
+                return True
+            for entry, exits in candidates(n):
+                if self.multi:  # the NICs' bandwidth left decides before any path is tried
+                    if self.nic[entry] is None or not fits((f"nicin:{self.nic[entry].name}",)):
+                        continue
+                    exits = {x for x in (range(g) if exits is None else exits)
+                             if self.nic[x] is not None
+                             and fits((f"nicout:{self.nic[x].name}",))}
+                    if not exits:
+                        continue
+                if extend([entry], 1 << entry, exits):
+                    return True
+            return False
+
+        if self.multi and not nics:
+            return []
+        try:
+            next_channel()
+        except _SearchTimeout:
+            pass
+        return best
+
+
+def _assemble(topology: Topology, paths: list[Path], cross: bool) -> list[list[int]]:
+    """Rank orders of the rings: ring c crosses every node on ``paths[c]``, or with
+    ``cross`` even nodes on ``paths[2c]`` and odd nodes on ``paths[2c + 1]``."""
+    g, step = topology.gpus_per_node, 2 if cross else 1
+    return [[i * g + v for i in range(topology.nodes) for v in paths[c + (cross and i % 2)]]
+            for c in range(0, len(paths), step)]
+
+
+def find_rings(topology: Topology) -> list[list[int]]:
+    """NCCL's ring channels on ``topology``: rank orders, one per channel.
+
+    NCCL searches one node (src/graph/search.cc): at a per-channel bandwidth ("speed") it
+    places as many channels as the resources allow, each channel taking that speed from
+    every link, switch port and NIC it uses; it keeps the speed with the most aggregate
+    bandwidth (channels × speed), the higher speed on a tie. Channel c enters on NIC c
+    (rotating), at that NIC's GPU; it leaves on the same NIC where a GPU sharing it ends
+    a path (crossNic=0, tried first), else channels come in pairs that swap entry and
+    exit NICs (crossNic=2), and odd nodes swap the pair's paths so each network hop stays
+    on its rail (connect.cc). Behind one NVSwitch the path goes to GPU u±1 only. So on
+    2 × DGX-A100 the 8 rings enter and leave each node on 8 different NICs. NCCL then
+    duplicates the channels; that only splits the data finer, which ``--instances``
+    does too. Where no channel set fits (or the nodes differ), the single
+    :func:`find_ring` is used.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> rings = find_rings(load_topology("dgx-a100", 2))
+    >>> len(rings), rings[0][:8], rings[1][:8]
+    (8, [0, 1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1, 0])
+    """
+    if topology.num_ranks == 1:
+        return [[0]]
+    fab = _Fabric(topology)
+    best: tuple[float, list[Path], bool] = (0.0, [], False)
+    for speed in fab.speeds():
+        if speed * fab.most(speed) <= best[0] * (1 + 1e-9):
+            continue
+        for cross in ((False, True) if fab.multi else (False,)):
+            paths = fab.search(speed, cross)
+            rings = len(paths) // (2 if cross else 1)
+            if rings * speed > best[0] * (1 + 1e-9):
+                best = (rings * speed, paths, cross)
+    _, paths, cross = best
+    if paths:
+        rings = _assemble(topology, paths, cross)
+        try:
+            for ring in rings:
+                check_ring(topology, ring)
+            return rings
+        except TopologyError:  # nodes that differ, or a rail-only hop across rails
+            pass
+    return [find_ring(topology)]
+
+
 def ring_algorithm(topology: Topology, collective: Collective,
                    order: list[int] | None = None) -> Algorithm:
-    """The classic ring schedule of ``collective`` on ``order`` (default: :func:`find_ring`).
+    """NCCL's ring schedule of ``collective``: one ring per channel, the data split evenly.
 
-    With chunk-up k the ring runs k rounds one after another (NCCL's pipelining loop), round
-    j moving sub-chunk j of every block; at each step of a round every rank forwards what it
-    received at the previous step.
+    The rings are :func:`find_rings`'s, or the one ring ``order``. Ring i runs on channel
+    i. With R rings, AllGather, ReduceScatter and AllReduce cut every chunk into R
+    (the algorithm's chunk-up is R × the collective's), ring i moving sub-chunk j·R + i in
+    round j, so that lowering can spread long threadblocks over rounds; AllToAll gives
+    ring i the blocks b with b mod R = i. With chunk-up k each ring runs k rounds one
+    after another (NCCL's pipelining loop), round j moving sub-chunk j of every block; at
+    each step of a round every rank forwards what it received at the previous step.
 
     * AllGather: a block travels N-1 hops from its owner.
     * ReduceScatter: the block of ring position p starts at p+1 and its partial sum travels
@@ -271,33 +497,51 @@ def ring_algorithm(topology: Topology, collective: Collective,
     * AllReduce: that ReduceScatter, then an AllGather of each block from the rank that
       finished its reduction (2(N-1) steps per round).
     * AllToAll: chunk (s, d) is relayed forward along the ring from s to d.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> alg = ring_algorithm(load_topology("dgx-a100", 2), Collective("allreduce", 16))
+    >>> alg.nchannels, alg.collective.chunkup, alg.num_steps
+    (8, 8, 30)
     """
     require_ranks(topology, collective)
-    ring = find_ring(topology) if order is None else check_ring(topology, order)
+    rings = find_rings(topology) if order is None else [check_ring(topology, order)]
+    transfers: list[Transfer] = []
+    for i, ring in enumerate(rings):
+        transfers += _ring_transfers(ring, collective, len(rings), i)
+    split = 1 if collective.kind == ALLTOALL else len(rings)
+    return Algorithm("ring", collective.with_chunkup(collective.chunkup * split), transfers,
+                     topology.label, meta={"ring": rings[0], "rings": rings})
+
+
+def _ring_transfers(ring: list[int], collective: Collective, rings: int,
+                    index: int) -> list[Transfer]:
+    """The transfers of ring ``index`` of ``rings`` (see :func:`ring_algorithm`)."""
     n, k, kind = collective.num_ranks, collective.chunkup, collective.kind
     pos = {r: i for i, r in enumerate(ring)}
     hops = n - 1
     transfers: list[Transfer] = []
 
-    def send(step: int, from_pos: int, chunk: int, reduce: bool = False) -> None:
+    def send(step: int, from_pos: int, block: int, j: int, reduce: bool = False) -> None:
+        chunk = block * k + j if kind == ALLTOALL else (block * k + j) * rings + index
         transfers.append(Transfer(step, 0.0, ring[from_pos % n], ring[(from_pos + 1) % n],
-                                  chunk, reduce))
+                                  chunk, reduce, channel=index))
 
     for j in range(k):
         if kind == ALLTOALL:
             for s in range(n):
                 for d in range(n):
-                    for h in range((pos[d] - pos[s]) % n):
-                        send(j * hops + h, pos[s] + h, (s * n + d) * k + j)
+                    if (s * n + d) % rings == index:
+                        for h in range((pos[d] - pos[s]) % n):
+                            send(j * hops + h, pos[s] + h, s * n + d, j)
             continue
         base = j * hops * (2 if kind == ALLREDUCE else 1)
         for b in range(n):
-            p, chunk = pos[b], b * k + j
+            p = pos[b]
             if kind in (REDUCESCATTER, ALLREDUCE):
                 for h in range(hops):
-                    send(base + h, p + 1 + h, chunk, True)
+                    send(base + h, p + 1 + h, b, j, True)
             if kind in (ALLGATHER, ALLREDUCE):
                 start = base + (hops if kind == ALLREDUCE else 0)
                 for h in range(hops):
-                    send(start + h, p + h, chunk)
-    return Algorithm("ring", collective, transfers, topology.label, meta={"ring": ring})
+                    send(start + h, p + h, b, j)
+    return transfers
