@@ -216,11 +216,14 @@ def selects(rules: RuntimeRules, plan: Plan, nbytes: int, *, type_size: int = 4)
     return (nbytes // unit) % plan.nchunksperloop == 0
 
 
-def _first_selected(rules: RuntimeRules, plan: Plan) -> int | None:
-    """The smallest size ``plan`` is selected for with 1-byte elements (None: none)."""
-    lo, hi = size_range(rules, plan)
+def _granule(plan: Plan) -> int:
+    """Sizes with 1-byte elements that ``plan`` may be selected for are its multiples."""
     mult = plan.ngpus if plan.coll != ALLREDUCE else 1
-    step = lcm(mult, max(1, plan.nchunksperloop))
+    return lcm(mult, max(1, plan.nchunksperloop))
+
+
+def _first_multiple(step: int, lo: int, hi: int | None) -> int | None:
+    """The least positive multiple of ``step`` in ``lo <= n < hi`` (None: none)."""
     first = -(-max(lo, 1) // step) * step
     return first if hi is None or first < hi else None
 
@@ -372,7 +375,7 @@ def _selection_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
         return [f"minBytes={plan.min_bytes} maxBytes={plan.max_bytes}: {n} selects no size "
                 "(it selects minBytes <= n " + ("< maxBytes)" if rules.max_exclusive else
                                                 "<= maxBytes, maxBytes 0 without limit)")]
-    if _first_selected(rules, plan) is None:
+    if _first_multiple(_granule(plan), lo, hi) is None:
         return [f"minBytes={plan.min_bytes} maxBytes={plan.max_bytes}: no size in that range "
                 f"divides into nchunksperloop={plan.nchunksperloop} chunks, so {n} never "
                 "selects it"]
@@ -389,7 +392,7 @@ def check_library(plans: Sequence[tuple[str, Plan]], runtime: str = DEFAULT_RUNT
 
     >>> p = Plan("p", "allgather", 8, 8, min_bytes=0, max_bytes=0)
     >>> check_library([("a.xml", p), ("b.xml", p)])  # doctest: +ELLIPSIS
-    ['a.xml and b.xml both select allgather on 8 ranks (out-of-place) for sizes 0 and up: ...']
+    ['a.xml and b.xml both select allgather on 8 ranks (out-of-place) for sizes 8 and up: ...']
     """
     rules = runtime_rules(runtime)
     out = []
@@ -416,12 +419,13 @@ def _shared_sizes(rules: RuntimeRules, a: Plan, b: Plan) -> tuple[str, str] | No
     modes = [m for m, x, y in (("in-place", a.inplace, b.inplace),
                                ("out-of-place", a.outofplace, b.outofplace)) if x and y]
     (alo, ahi), (blo, bhi) = size_range(rules, a), size_range(rules, b)
-    lo = max(alo, blo, 1)
+    lo = max(alo, blo)
     his = [h for h in (ahi, bhi) if h is not None]
     hi = min(his) if his else None
-    if not modes or (hi is not None and hi <= lo):
+    first = _first_multiple(lcm(_granule(a), _granule(b)), lo, hi)
+    if not modes or first is None:
         return None
-    sizes = f"{lo}..{hi - 1}" if hi is not None else f"{max(alo, blo)} and up"
+    sizes = f"{first}..{hi - 1}" if hi is not None else f"{first} and up"
     return " and ".join(modes), sizes
 
 
