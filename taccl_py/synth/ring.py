@@ -1,15 +1,18 @@
-"""NCCL-like ring baseline: the best Hamiltonian ring of a topology and the ring schedules.
+"""NCCL's ring baseline: ring channels over a topology's real links and the ring schedules.
+
+:func:`find_rings` builds NCCL's ring channels (several rings, spread over every NIC
+rail); :func:`ring_algorithm` runs one ring per channel with the data split evenly.
 
 A ring visits the nodes one after another. Inside a node it follows a Hamiltonian path
 over the node's own connections (NVLink, xGMI, switch) from an entry GPU to an exit GPU;
 from the exit GPU it crosses the network to the next node's entry GPU. Such a ring crosses
-the network once per node, the fewest possible. Among all of them :func:`find_ring` picks,
-in order of priority: the highest bottleneck bandwidth; the highest intra-node bottleneck;
-the fewest nodes whose entry and exit GPUs share a NIC; the lowest total α; the
-lexicographically smallest rank order (which starts at node 0's entry GPU).
-
-Intra-node paths come from an exact bitmask DP over a node's GPUs (at most 16 unless the
-node is uniformly all-to-all, where any order is as good and the sorted one is taken).
+the network once per node, the fewest possible. Among all of them :func:`find_ring` picks
+the best single ring (for ``--order``-less fallbacks), in order of priority: the highest
+bottleneck bandwidth; the highest intra-node bottleneck; the fewest nodes whose entry and
+exit GPUs share a NIC; the lowest total α; the lexicographically smallest rank order
+(which starts at node 0's entry GPU). Its intra-node paths come from an exact bitmask DP
+over a node's GPUs (at most 16 unless the node is uniformly all-to-all, where any order
+is as good and the sorted one is taken).
 """
 
 from __future__ import annotations
@@ -437,23 +440,31 @@ def _assemble(topology: Topology, paths: list[Path], cross: bool) -> list[list[i
 def find_rings(topology: Topology) -> list[list[int]]:
     """NCCL's ring channels on ``topology``: rank orders, one per channel.
 
-    NCCL searches one node (src/graph/search.cc): at a per-channel bandwidth ("speed") it
-    places as many channels as the resources allow, each channel taking that speed from
-    every link, switch port and NIC it uses; it keeps the speed with the most aggregate
-    bandwidth (channels × speed), the higher speed on a tie. Channel c enters on NIC c
-    (rotating), at that NIC's GPU; it leaves on the same NIC where a GPU sharing it ends
-    a path (crossNic=0, tried first), else channels come in pairs that swap entry and
-    exit NICs (crossNic=2), and odd nodes swap the pair's paths so each network hop stays
-    on its rail (connect.cc). Behind one NVSwitch the path goes to GPU u±1 only. So on
-    2 × DGX-A100 the 8 rings enter and leave each node on 8 different NICs. NCCL then
-    duplicates the channels; that only splits the data finer, which ``--instances``
-    does too. Where no channel set fits (or the nodes differ), the single
-    :func:`find_ring` is used.
+    As NCCL (src/graph/search.cc) the search looks at one node. At a per-channel
+    bandwidth ("speed") it places as many node paths as the resources allow, each taking
+    that speed from every link, switch port and NIC it uses (a depth-first search over
+    whole channel sets, bounded like NCCL's by a visit budget); it keeps the speed with
+    the most aggregate bandwidth (rings × speed), the higher speed on a tie. Speeds are
+    every resource's bandwidth / m (NCCL steps through a fixed speed table). Path c
+    enters on NIC c (rotating, as ``ncclTopoSearchRecNet``), at that NIC's GPUs; the next
+    GPU is the best-connected one, then the following index (``ncclTopoSearchNextGpuSort``),
+    and behind one NVSwitch only u+1 or u-1. A path leaves on the NIC it entered on
+    where a GPU sharing that NIC ends it (crossNic=0, tried first); otherwise paths
+    come in pairs, the second entering on the NIC the first leaves on and leaving on the
+    one it enters on (crossNic=2). NCCL runs both paths of a pair on every node and
+    swaps them on odd nodes (connect.cc) so that every network hop stays on its rail;
+    here ring c takes the first path on even nodes and the second on odd ones, the same
+    rails and NIC load, with all rings of a node crossing it in one direction (the
+    simulator queues a switch transfer until both of its ports are free, which mixed
+    directions turn into needless waits). So on 2 × DGX-A100 the 8 rings enter and leave
+    each node on 8 different NICs. NCCL then duplicates the channels, which only splits
+    the data finer (``--instances`` does that). Where no channel set fits (or the nodes
+    differ) the single :func:`find_ring` is used.
 
     >>> from taccl_py.topology.loader import load_topology
     >>> rings = find_rings(load_topology("dgx-a100", 2))
     >>> len(rings), rings[0][:8], rings[1][:8]
-    (8, [0, 1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1, 0])
+    (8, [0, 1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 0])
     """
     if topology.num_ranks == 1:
         return [[0]]
