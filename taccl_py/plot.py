@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from .errors import TacclError
 from .lowering.plan import Plan
@@ -52,19 +53,55 @@ def algbw_png(rows: list[Row], plan: Plan) -> bytes:
     return _png(fig)
 
 
-def timeline_png(result: SimResult, title: str = "") -> bytes:
-    """PNG with one row per link/port/NIC with its busy intervals (µs)."""
+#: resource-name prefix -> the kind the timeline's legend names (see topology.model)
+RESOURCE_KINDS = {"link": "link", "swout": "switch port", "swin": "switch port",
+                  "nicout": "NIC", "nicin": "NIC"}
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers inside names by value.
+
+    >>> sorted(["link:15->0", "link:9->0", "nicin:n1.nic10", "nicin:n1.nic2"], key=natural_key)
+    ['link:9->0', 'link:15->0', 'nicin:n1.nic2', 'nicin:n1.nic10']
+    """
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+def resource_kind(name: str) -> str:
+    """The kind of a resource, from its name's prefix: link, switch port, NIC, or the prefix.
+
+    >>> resource_kind("swin:3"), resource_kind("nicout:n0.nic1"), resource_kind("link:0->1")
+    ('switch port', 'NIC', 'link')
+    """
+    prefix = name.split(":", 1)[0]
+    return RESOURCE_KINDS.get(prefix, prefix)
+
+
+def timeline_figure(result: SimResult, title: str = ""):
+    """Figure with one row per link/port/NIC with its busy intervals (µs), in natural
+    name order, coloured by :func:`resource_kind` with a legend of the kinds present."""
     plt = _pyplot()
-    names = sorted(result.intervals)
+    names = sorted(result.intervals, key=natural_key)
     if not names:
         raise TacclError("the plan moves no data: nothing to draw")
+    kinds = list(dict.fromkeys(resource_kind(n) for n in names))
+    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.22 * len(names) + 1.2)))
     for y, name in enumerate(names):
         spans = [(a * 1e6, (b - a) * 1e6) for a, b in result.intervals[name]]
-        ax.broken_barh(spans, (y - 0.4, 0.8))
+        ax.broken_barh(spans, (y - 0.4, 0.8), facecolors=colours[resource_kind(name)])
     ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()  # first name on top
     ax.set_xlabel("time (µs)")
     ax.set_title(title or f"busy resources, {format_size(result.size)}")
     ax.set_xlim(0, result.time * 1e6 * 1.02)
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in kinds],
+              labels=kinds, loc="upper right", fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return fig
+
+
+def timeline_png(result: SimResult, title: str = "") -> bytes:
+    """PNG of :func:`timeline_figure`."""
+    return _png(timeline_figure(result, title))
