@@ -34,13 +34,13 @@ def _png(fig) -> bytes:
 
 
 def algbw_png(rows: list[Row], plan: Plan) -> bytes:
-    """PNG of algbw (GB/s) against buffer size for the plan, the ring baseline and the bound."""
+    """PNG of algbw (GB/s) against buffer size for the plan, NCCL's best and the bound."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     sizes = [r.size for r in rows]
     ax.plot(sizes, [r.algbw / 1e9 for r in rows], "o-", label=plan.name)
-    if all(r.ring_time for r in rows):
-        ax.plot(sizes, [r.size / r.ring_time / 1e9 for r in rows], "s--", label="NCCL ring")
+    if all(r.nccl_time for r in rows):
+        ax.plot(sizes, [r.size / r.nccl_time / 1e9 for r in rows], "s--", label="NCCL")
     ax.plot(sizes, [r.size / r.bound_time / 1e9 for r in rows], ":", color="k",
             label="lower bound")
     ax.set_xscale("log", base=2)
