@@ -10,9 +10,9 @@ A chunk of source ``s`` (local GPU ``k``) travels in three phases:
 
 The intra-node trees come from the routing MILP (:func:`.routing.route`, with its
 warm starts) solved once on a single node; the relays and receivers from the sketch
-(rail ``r -> r`` where allowed); the fan-out from a search (see
-:func:`.staged.decomposed_algorithm`). Routes are built for node 0's
-sources only: every other node's are node 0's shifted. The schedule is found on the
+(rail ``r -> r`` where allowed; or one relay per shared NIC, :func:`nic_relays`); the
+fan-out from a search (see :func:`.staged.decomposed_algorithm`). Routes are built for
+node 0's sources only: every other node's are node 0's shifted. The schedule is found on the
 *quotient* by node shifts, the sends whose sender is on node 0, with every receiving
 resource renamed to its node-0 image: a node-symmetric schedule of the cluster is exactly
 a schedule of the quotient, so ordering works on ``1 / nodes`` of the sends and the MILP
@@ -69,33 +69,69 @@ def fanouts(nodes: int) -> list[int]:
     return sorted({nodes - 1, *(f for f in (4, 2, 1) if f < nodes - 1)}, reverse=True)
 
 
+def _depths(tree: list[Edge], root: int) -> dict[int, int]:
+    """Hops from ``root`` to every rank its out-``tree`` reaches."""
+    depth = {root: 0}
+    for _ in tree:
+        for u, v in tree:
+            if u in depth:
+                depth[v] = depth[u] + 1
+    return depth
+
+
+def _receiver(topology: Topology, sketch: Sketch, r: int) -> int:
+    """Relay ``r``'s receiver on the other nodes: its rail peer where the sketch allows it,
+    else its first allowed peer."""
+    peers = [b for a, b in sketch.connections if a == r]
+    if not peers:
+        raise TacclError(f"{topology.label}: relay GPU {r} has no inter-node connection")
+    return r if r in peers else peers[0]
+
+
 def relays(topology: Topology, sketch: Sketch,
            trees: dict[int, list[Edge]]) -> dict[int, tuple[int, int]]:
     """Local source -> (relay that sends its data across, receiver on the other nodes).
 
     The relay is a sketch-allowed carrier nearest the source in its tree (itself if it
-    may), least used on ties; the receiver is the relay's rail peer where the sketch
-    allows it, else its first allowed peer.
+    may), least used on ties; the receiver, see :func:`_receiver`.
     """
     g = topology.gpus_per_node
     used: dict[int, int] = defaultdict(int)
     out = {}
     for k in range(g):
-        depth = {k: 0}
-        for _ in trees[k]:
-            for u, v in trees[k]:
-                if u in depth:
-                    depth[v] = depth[u] + 1
+        depth = _depths(trees[k], k)
         allowed = [r for r in range(g) if k in sketch.relays.get(r, ()) and r in depth]
         if not allowed:
             raise TacclError(f"{topology.label}: no relay carries local GPU {k}'s data")
         r = min(allowed, key=lambda r: (depth[r], used[r], r))
         used[r] += 1
-        peers = [b for a, b in sketch.connections if a == r]
-        if not peers:
-            raise TacclError(f"{topology.label}: relay GPU {r} has no inter-node connection")
-        out[k] = (r, r if r in peers else peers[0])
+        out[k] = (r, _receiver(topology, sketch, r))
     return out
+
+
+def nic_relays(topology: Topology, sketch: Sketch, trees: dict[int, list[Edge]],
+               carriers: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]] | None:
+    """``carriers`` with the data of every NIC shared by several relays carried by one of
+    them (the one the sketch allows for all that data, nearest its sources), so that
+    one GPU sends on the NIC and one receives: the runtime shares a NIC first-ready, which
+    can undo the schedule's order of several GPUs' sends. None if nothing changes."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, (r, _) in carriers.items():
+        nic = topology.nic_of(r)
+        if nic is not None:
+            groups[nic.name].append(k)
+    out = dict(carriers)
+    for sources in groups.values():
+        if len({carriers[k][0] for k in sources}) < 2:
+            continue
+        depths = [_depths(trees[k], k) for k in sources]
+        allowed = [r for r in sorted({carriers[k][0] for k in sources})
+                   if all(k in sketch.relays.get(r, ()) and r in d
+                          for k, d in zip(sources, depths))]
+        if allowed:
+            r = min(allowed, key=lambda r: (sum(d[r] for d in depths), r))
+            out.update((k, (r, _receiver(topology, sketch, r))) for k in sources)
+    return None if out == carriers else out
 
 
 @dataclass

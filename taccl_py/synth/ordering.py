@@ -15,11 +15,17 @@ of another rank only waits for the resource to be free (b/B).
 from __future__ import annotations
 
 import heapq
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from ..errors import TacclError
 from ..topology.model import Topology
 from .routing import Routes
+
+
+class TimeUp(TacclError):
+    """A stage passed its deadline (see :func:`order`)."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +104,14 @@ def descendants(sends: list[Send]) -> list[float]:
 
 
 def order(sends: list[Send], *, own_data_first: bool = False,
-          prio: list | None = None) -> Order:
+          prio: list | None = None, deadline: float | None = None) -> Order:
     """List-schedule ``sends``: critical path first, each at its earliest feasible time.
 
     ``prio`` replaces the critical path (:func:`remaining`) as the priority of each send.
 
     With ``own_data_first`` (a sketch hint), among competing sends a rank's own chunks
     (sends from the chunk's source) go before the chunks it relays, then critical path.
+    Raises TimeUp once ``time.monotonic()`` passes ``deadline``.
     """
     prio = remaining(sends) if prio is None else prio
     children = defaultdict(list)
@@ -140,7 +147,11 @@ def order(sends: list[Send], *, own_data_first: bool = False,
 
     for i in ready:
         arrive(i)
+    picked = 0
     while est:
+        picked += 1
+        if deadline is not None and picked % 64 == 0 and time.monotonic() > deadline:
+            raise TimeUp(f"ordering {len(sends)} sends passed the time limit")
         while True:  # the send that could finish first
             finish, a = finishes[0]
             if a in est and est[a] + sends[a].dur == finish:

@@ -7,6 +7,11 @@ serialised by one threadblock) must be busy for at most the makespan in total, b
 sends on it are not ordered. Arrival times follow causality (a relay forwards only what
 it holds). The objective is the makespan. Times are in µs inside the model, seconds
 outside.
+
+An AllGather's makespan is bounded below by the cut bound (:mod:`.bounds`), which often
+closes the gap at once (a warm start that meets it is taken without a solve, unless a
+uc-min switch policy asks for fewer peers); a routing within ``GAP`` of the best possible
+is good enough, as ordering loses more.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
     from .sketch import Sketch
 
 _US = 1e6
+GAP = 2e-3  # relative MIP gap at which a routing is taken
 Edge = tuple[int, int]
 
 
@@ -272,18 +278,30 @@ def _in_seconds(report):
 
 
 def _solver(time_limit: float, makespan: pulp.LpVariable | None = None):
-    """HiGHS (CBC if it is missing), warm-started; inside
+    """HiGHS (CBC if it is missing), warm-started, stopping at gap ``GAP``; inside
     :func:`.solvers.live_progress`, reporting ``makespan`` (s) and the gap as it runs."""
     report = live_report()
     progress = None if report is None else _in_seconds(report)
     try:
         solver = HiGHS(warm=True, timeLimit=max(1.0, time_limit), progress=progress,
-                       watch=makespan)
+                       watch=makespan, gapRel=GAP)
         if solver.available():
             return solver
     except pulp.PulpSolverError:
         pass
-    return pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(time_limit)), warmStart=True)
+    return pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(time_limit)), warmStart=True,
+                             gapRel=GAP)
+
+
+def floor_us(topology: Topology, collective: Collective, chunk_bytes: float) -> float:
+    """A lower bound (µs) on the routing model's makespan: an AllGather's cut bound (every
+    routing is a fluid flow, and the model charges each resource at least its share);
+    0 for other collectives."""
+    if collective.kind != ALLGATHER:
+        return 0.0
+    from .bounds import allgather_bandwidth_bound
+
+    return allgather_bandwidth_bound(topology, chunk_bytes * collective.nchunksperloop).time * _US
 
 
 def _act_chunk(collective: Collective, perm, c: int) -> int:
@@ -460,10 +478,16 @@ def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
                 busy[f"conn:{e[0]}->{e[1]}"] += cost[e]
         upper = max([*busy.values(), *(sum(cost[e] for e in es) for es in cand.values())],
                     default=0.0)
+    floor = min(floor_us(topology, collective, chunk_bytes), upper)
+    uc_min = sketch is not None and sketch.switch_policy == "uc-min"
+    if start and not uc_min and upper <= floor * (1 + GAP):  # good enough: no solve
+        return Routes(collective, chunk_bytes, start, upper / _US,
+                      1 - floor / upper if upper else 0.0, True,
+                      time.monotonic() - began, 0)
     big_m = upper + max(cost.values(), default=0.0)
 
     prob = pulp.LpProblem("routing", pulp.LpMinimize)
-    makespan = pulp.LpVariable("T", 0, upper * (1 + 1e-6) + 1e-6)
+    makespan = pulp.LpVariable("T", floor, upper * (1 + 1e-6) + 1e-6)
     x: dict[tuple[int, Edge], pulp.LpVariable] = {}
     shared: dict[tuple[int, Edge], pulp.LpVariable] = {}
     load: dict[str, list] = defaultdict(list)
@@ -523,7 +547,7 @@ def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
         prob += pulp.lpSum(terms) <= makespan
     # a tiny tie-break for fewer sends
     objective = makespan + 1e-7 * upper * pulp.lpSum(x.values())
-    if sketch is not None and sketch.switch_policy == "uc-min" and uses:
+    if uc_min and uses:
         peers = []
         for (u, v), terms in sorted(uses.items()):
             y = pulp.LpVariable(f"y_{u}_{v}", cat="Binary")

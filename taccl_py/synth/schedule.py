@@ -13,6 +13,7 @@ keep their order.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
@@ -92,13 +93,14 @@ def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] |
     return start, makespan
 
 
-def schedule(topology: Topology, order: Order, merge: bool = True) -> Schedule:
+def schedule(topology: Topology, order: Order, merge: bool = True,
+             deadline: float | None = None) -> Schedule:
     """Exact times for ``order``; with ``merge``, merge sends on network links.
 
     On the network connections whose α adds up to at least 0.1 % of the makespan,
     neighbouring groups of consecutive chunks are merged two by two (doubling the group
     size), on all those connections at once and then on each alone, as long as that
-    lowers the makespan.
+    lowers the makespan and ``time.monotonic()`` has not passed ``deadline``.
     """
     sends = order.sends
     by_start = sorted(range(len(sends)), key=lambda i: (order.start[i], i))
@@ -110,7 +112,7 @@ def schedule(topology: Topology, order: Order, merge: bool = True) -> Schedule:
             and topology.connections[(sends[seq[0]].src, sends[seq[0]].dst)].kind
             == "network" and sends[seq[0]].alpha * len(seq) >= 1e-3 * best]
     for chosen in [seqs] + [[seq] for seq in seqs]:
-        while chosen:
+        while chosen and (deadline is None or time.monotonic() <= deadline):
             trial = groups
             for seq in chosen:
                 trial = _pair_up(sends, trial, seq) or trial

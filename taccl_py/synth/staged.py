@@ -10,19 +10,23 @@ on their block's route, which only adds pipelining.
 A multi-node AllGather is also decomposed (:mod:`.decompose`: one node's MILP, a
 node-level pattern, replicated by node shifts); where the cluster-wide model would be too
 big (``MAX_SENDS`` / ``MAX_BINARIES``) the decomposition is the only candidate.
+
+``time_limit`` is a deadline for the whole search: ordering and merging stop at it
+(:class:`.ordering.TimeUp`), and the best candidate found by then is kept.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from typing import Callable
 
 from ..collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER, Collective
 from ..errors import SketchError, TacclError
 from ..topology.model import Topology
-from .decompose import bundle_sizes, decompose, fanouts, node_trees, relays
+from .decompose import bundle_sizes, decompose, fanouts, nic_relays, node_trees, relays
 from .ir import Algorithm
-from .ordering import Send, descendants, make_sends, order, remaining
+from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
 from .routes import require_ranks
 from .routing import Routes, candidates, check_sketch, relaxed_makespan, route
 from .schedule import Schedule, schedule
@@ -82,6 +86,7 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
     chunkups = tuple(sorted(sketch.chunkup))
     own_first = sketch is not None and sketch.own_data_first
     began = time.monotonic()
+    deadline = began + time_limit
 
     def report(stage: str, value: float | None = None, gap: float | None = None) -> None:
         if progress is not None:
@@ -97,9 +102,11 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
         report(f"ordering ({label})", routes.makespan, routes.gap)
         sends = make_sends(topology, routes)
         for rule, prio, own in priorities(topology, sends, own_first):
-            if best is not None and time.monotonic() - began > time_limit:
+            try:
+                sched = schedule(topology, order(sends, own_data_first=own, prio=prio,
+                                                 deadline=deadline), deadline=deadline)
+            except TimeUp:
                 break
-            sched = schedule(topology, order(sends, own_data_first=own, prio=prio))
             alg = _algorithm(topology, sched, routes, size)
             alg.meta.update(variant=label, rule=rule)
             try:
@@ -110,6 +117,8 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
             tried[f"{label}, {rule}"] = score
             if best is None or score < best.meta["score"] * (1 - 1e-12):
                 best = alg
+            if time.monotonic() > deadline:
+                break
         report(f"schedule ({label})", best.meta["score"] if best else None, routes.gap)
 
     split = collective.kind == ALLGATHER and topology.nodes > 1
@@ -119,7 +128,7 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
             best, scores = decomposed_algorithm(
                 topology, collective, size=size, sketch=sketch,
                 time_limit=time_limit * (0.3 if whole else 1.0), own_first=own_first,
-                judge=judge, report=report, dense=dense)
+                judge=judge, report=report, dense=dense, deadline=deadline)
             tried.update(scores)
         except SketchError:
             raise
@@ -130,7 +139,7 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
         sends_per_chunk = coll.num_ranks - 1 if coll.kind == ALLGATHER else 2
         if coll.num_chunks * sends_per_chunk > MAX_SENDS and best is not None:
             break
-        if time.monotonic() - began > time_limit and best is not None:
+        if time.monotonic() > deadline:
             break
         if solved is not None and coll.chunkup % solved.collective.chunkup == 0:
             times = coll.chunkup // solved.collective.chunkup
@@ -145,8 +154,8 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
         report(stage)
         try:
             with _live(report, stage):
-                routes = route(topology, coll, coll.chunk_bytes(size),
-                               time_limit=left * 0.6 if i == 0 else share, sketch=sketch)
+                routes = route(topology, coll, coll.chunk_bytes(size), sketch=sketch,
+                               time_limit=left * 0.6 if i == 0 else share * 0.8)
         except SketchError:
             raise
         except TacclError as exc:
@@ -179,70 +188,90 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
                          sketch, time_limit: float, own_first: bool = False,
                          judge: Callable[[Algorithm], float] | None = None,
                          report: Callable[..., None] = lambda *a: None,
-                         dense: bool = True) -> tuple:
+                         dense: bool = True, deadline: float | None = None) -> tuple:
     """The best decomposed AllGather (:mod:`.decompose`; None if the judge rejects every
-    candidate) and every judged candidate's score.
+    candidate or none is found by ``deadline``) and every judged candidate's score.
 
-    Chunk-ups: the sketch's factors (``dense``: every factor up to its largest), ascending,
-    while 60 % of the time is left and the plan has at most ``MAX_TRANSFERS`` transfers.
-    Node-level fan-outs: all at first, then those within 1 % of the best makespan (with a
+    Relays: the sketch's (:func:`.decompose.relays`) and, where a NIC is shared by
+    several of them, one relay per NIC (:func:`.decompose.nic_relays`). Chunk-ups: the
+    sketch's factors (``dense``: every factor up to its largest, then twice the largest
+    while the plan has at most ``MAX_SENDS`` transfers), ascending, while 60 % of the time
+    is left and the plan has at most ``MAX_TRANSFERS`` transfers. Node-level fan-outs
+    (per relay choice): all at first, then those within 1 % of the best makespan (with a
     NIC per GPU, only the largest of those with equal makespans: most likely the same
-    plan). Network
-    transfers carry :func:`.decompose.bundle_sizes` chunks. Every chunk-up x fan-out x
-    priority rule is ordered and scheduled on the quotient by node shifts; the lowest
-    makespans are judged (``JUDGED`` that the judge accepts, time allowing; one per
-    makespan and variant, as rules often agree).
+    plan). Network transfers carry :func:`.decompose.bundle_sizes` chunks. Every chunk-up
+    x relays x fan-out x priority rule is ordered and scheduled on the quotient by node
+    shifts; per relay choice the lowest makespans are judged (``JUDGED`` that the judge
+    accepts, time allowing; one per makespan and variant, as rules often agree). Ordering
+    stops at ``deadline`` (``time.monotonic()``), and no judgement starts after it.
     """
     began = time.monotonic()
+    deadline = began + time_limit if deadline is None else deadline
     report("routing (one node)")
     with _live(report, "routing (one node)"):
         trees, optimal = node_trees(topology, collective.chunk_bytes(size),
                                     time_limit=max(1.0, time_limit * 0.2))
     carriers = relays(topology, sketch, trees)
+    shared = nic_relays(topology, sketch, trees, carriers)
+    variants = [("", carriers)] + ([(", one relay per NIC", shared)] if shared else [])
     # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
     # are most likely the same plan; a shared NIC is shared first-ready by the runtime
     exact = all(len(nic.ranks) == 1 for nic in topology.nics)
     ranked = []
-    factors = range(1, max(sketch.chunkup) + 1) if dense else sorted(sketch.chunkup)
-    patterns = fanouts(topology.nodes)
+    factors = sorted(sketch.chunkup)
+    if dense:
+        factors = [*range(1, factors[-1] + 1), 2 * factors[-1]]
+    patterns = {name: fanouts(topology.nodes) for name, _ in variants}
 
     def busy() -> bool:
-        return bool(ranked) and time.monotonic() - began > time_limit * 0.6
+        now = time.monotonic()
+        return now > deadline or bool(ranked) and now - began > time_limit * 0.6
 
     for factor in factors:
         coll = collective.with_chunkup(collective.chunkup * factor)
-        if ranked and coll.num_chunks * (coll.num_ranks - 1) > MAX_TRANSFERS:
+        transfers = coll.num_chunks * (coll.num_ranks - 1)
+        if ranked and (transfers > MAX_TRANSFERS or
+                       dense and factor > max(sketch.chunkup) and transfers > MAX_SENDS):
             continue
-        if ranked:
-            first: dict[int, float] = {}
-            for makespan, _, _, _, dec, _ in ranked:
-                first[dec.fanout] = min(first.get(dec.fanout, makespan), makespan)
-            patterns = kept_fanouts(patterns, first, exact)
-        for fanout in patterns:
-            if busy():
-                break
-            dec = decompose(topology, coll, coll.chunk_bytes(size), trees, carriers, fanout,
-                            bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size),
-                                         trees, carriers))
-            label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}"
-            report(f"ordering ({label})")
-            sends = dec.sends()
-            merge = len({s.conn for s in sends if topology.connections[
-                s.src, s.dst].kind == "network"}) <= MAX_MERGED
-            for rule, prio, own in priorities(topology, sends, own_first):
+        for name, carry in variants:
+            if ranked:
+                first: dict[int, float] = {}
+                for makespan, _, _, _, dec, _, kind in ranked:
+                    if kind == name:
+                        first[dec.fanout] = min(first.get(dec.fanout, makespan), makespan)
+                patterns[name] = kept_fanouts(patterns[name], first, exact) if first \
+                    else patterns[name]
+            for fanout in patterns[name]:
                 if busy():
                     break
-                sched = schedule(topology, order(sends, own_data_first=own, prio=prio),
-                                 merge)
-                ranked.append((sched.makespan, len(ranked), label, rule, dec, sched))
+                dec = decompose(topology, coll, coll.chunk_bytes(size), trees, carry,
+                                fanout, bundle_sizes(topology, coll.chunkup,
+                                                     coll.chunk_bytes(size), trees, carry))
+                label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{name}"
+                report(f"ordering ({label})")
+                sends = dec.sends()
+                merge = len({s.conn for s in sends if topology.connections[
+                    s.src, s.dst].kind == "network"}) <= MAX_MERGED
+                for rule, prio, own in priorities(topology, sends, own_first):
+                    if busy():
+                        break
+                    try:
+                        sched = schedule(topology, order(sends, own_data_first=own,
+                                                         prio=prio, deadline=deadline),
+                                         merge, deadline)
+                    except TimeUp:
+                        break
+                    ranked.append((sched.makespan, len(ranked), label, rule, dec, sched,
+                                   name))
     ranked.sort(key=lambda x: x[:2])
     best, scores, seen, cost = None, {}, set(), 0.0
-    for makespan, _, label, rule, dec, sched in ranked:
-        if best is not None and (len(scores) >= JUDGED or
-                                 time.monotonic() - began + cost > time_limit):
+    judged: dict[str, int] = defaultdict(int)  # per relay choice
+    for makespan, _, label, rule, dec, sched, name in ranked:
+        now = time.monotonic()
+        if now > deadline or best is not None and now - began + cost > time_limit:
             break  # the last judgement's time predicts the next one's
-        if (label, makespan) in seen:  # most likely the same schedule again
-            continue
+        if judged[name] >= JUDGED or (label, makespan) in seen:
+            continue  # the latter: most likely the same schedule again
         seen.add((label, makespan))
         coll = dec.collective
         alg = Algorithm("milp", coll, dec.transfers(sched), topology.label, size, {
@@ -250,13 +279,13 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
             "decomposed": True, "node_fanout": dec.fanout, "variant": label, "rule": rule,
             "routing_optimal": optimal,
             "merged": sum(len(g) > 1 for g in sched.groups)})
-        judged = time.monotonic()
         try:
             score = judge(alg) if judge is not None else makespan
         except TacclError:  # e.g. more peers per rank than the runtime allows
             continue
         finally:
-            cost = time.monotonic() - judged
+            cost = time.monotonic() - now
+        judged[name] += 1
         alg.meta["score"] = scores[f"{label}, {rule}"] = score
         if best is None or score < best.meta["score"] * (1 - 1e-12):
             best = alg
