@@ -7,7 +7,7 @@ A ring visits the nodes one after another. Inside a node it follows a Hamiltonia
 over the node's own connections (NVLink, xGMI, switch) from an entry GPU to an exit GPU;
 from the exit GPU it crosses the network to the next node's entry GPU. Such a ring crosses
 the network once per node, the fewest possible. Among all of them :func:`find_ring` picks
-the best single ring (for ``--order``-less fallbacks), in order of priority: the highest
+the best single ring (where no set of ring channels fits), in order of priority: the highest
 bottleneck bandwidth; the highest intra-node bottleneck; the fewest nodes whose entry and
 exit GPUs share a NIC; the lowest total α; the lexicographically smallest rank order
 (which starts at node 0's entry GPU). Its intra-node paths come from an exact bitmask DP

@@ -1,25 +1,29 @@
-"""NCCL-like double-binary-tree AllReduce baseline.
+"""NCCL's double-binary-tree AllReduce baseline (src/graph/trees.cc, connect.cc).
 
-Two complementary binary trees span the ranks (NCCL's ``ncclGetDtree``): tree A is the
-in-order binary tree over positions 0..N-1 (position 0 is the root with one child, odd
-positions are leaves); tree B is tree A mirrored (position p -> N-1-p) for even N, shifted
-by one position for odd N. For even N every rank is an interior node of at most one tree,
-so the two trees share the ranks' send bandwidth evenly.
+NCCL builds its trees over *nodes*: ``ncclGetDtree`` gives two complementary binary
+trees over node indices (tree 0 the in-order binary tree of ``ncclGetBtree``, tree 1 its
+mirror for an even node count, its shift by one for an odd one), so each node is an
+interior node of at most one of them. Inside a node a tree channel is a chain of the
+node's GPUs (the path of a ring channel, entering at a NIC's GPU): each GPU's parent is
+the one before it. The chain's head (first GPU) connects to the parent node, on that
+node's first GPU if it is the parent's child 1 and on its second GPU if child 0 (NCCL's
+``NCCL_TOPO_PATTERN_BALANCED_TREE``, the pattern it searches first; where that GPU has
+no NIC, on the first, as its plain ``NCCL_TOPO_PATTERN_TREE``). NCCL takes as many
+tree channels as ring channels and duplicates them, channel c on tree 0 and channel
+c + C on tree 1.
 
-Positions are mapped to ranks by a small search for an embedding in which every tree
-edge is a connection of the topology in both directions (starting from the ring order, so
-that nodes stay together). Where the search finds none, the ring order is used and tree
-edges without a connection are relayed over shortest routes.
+Here the chains are the node paths of :func:`~.ring.find_rings`' rings (C of them), and
+tree channel c + tree·C carries sub-chunk j·2C + c + tree·C of every block in round j, so
+each of the 2C channels moves an equal share. Each chunk is reduced up its tree (a
+node sends its partial sum once all its children's have arrived, the parent reducing it
+into its own) and the root's total is then broadcast down. Chunks are independent and
+share step numbers, so they pipeline.
 
-Chunk ``c`` goes over tree ``c % 2`` (with chunk-up 1 that is block parity, with even
-chunk-up it is the sub-chunk's parity), tree A on channel 0 and tree B on channel 1. Each
-chunk is reduced up its tree (a node sends its partial sum once all its children's have
-arrived, the parent reducing it into its own) and the root's total is then broadcast down.
-Chunks are independent and share step numbers, so they pipeline.
-
-A relay forwards a partial sum unchanged (it stores it in its own slot of the chunk, then
-sends it on), which is only safe once the relay has sent its own partial sum up and before
-it receives the final value; the schedule keeps to that, and relays one partial at a time.
+A tree edge without a connection (only on unusual topologies) is relayed over a
+shortest route. A relay forwards a partial sum unchanged (it stores it in its own slot of
+the chunk, then sends it on), which is only safe once the relay has sent its own partial
+sum up and before it receives the final value; the schedule keeps to that, and relays
+one partial at a time.
 """
 
 from __future__ import annotations
@@ -30,11 +34,8 @@ from ..collectives import ALLREDUCE, Collective
 from ..errors import TacclError, TopologyError
 from ..topology.model import Topology
 from .ir import Algorithm, Transfer
-from .ring import find_ring
+from .ring import find_rings
 from .routes import require_ranks
-
-#: nodes the embedding search may visit before it falls back to relays
-SEARCH_BUDGET = 50000
 
 
 def btree_parent(n: int, pos: int) -> int:
@@ -44,79 +45,6 @@ def btree_parent(n: int, pos: int) -> int:
     bit = pos & -pos
     up = (pos ^ bit) | (bit << 1)
     return up if up < n else pos ^ bit
-
-
-def dtree_parents(n: int) -> tuple[list[int], list[int]]:
-    """Parent positions of the two complementary trees (NCCL's double binary tree)."""
-    a = [btree_parent(n, p) for p in range(n)]
-    if n % 2 == 0:  # mirror
-        b = [-1 if a[n - 1 - p] < 0 else n - 1 - a[n - 1 - p] for p in range(n)]
-    else:  # shift by one
-        b = [-1 if a[(p - 1) % n] < 0 else (a[(p - 1) % n] + 1) % n for p in range(n)]
-    return a, b
-
-
-def _embed(topology: Topology, trees: tuple[list[int], ...], start: list[int],
-           same_node: bool) -> list[int] | None:
-    """Positions -> ranks so that every tree edge is a two-way connection, or None.
-
-    With ``same_node`` position p may only go to a rank on the node of ``start[p]``.
-    """
-    n = len(start)
-    conns = topology.connections
-    nbrs: dict[int, set[int]] = {p: set() for p in range(n)}
-    for parent in trees:
-        for p, q in enumerate(parent):
-            if q >= 0:
-                nbrs[p].add(q)
-                nbrs[q].add(p)
-    order, seen = [], {0}
-    todo = deque([0])
-    while todo:
-        p = todo.popleft()
-        order.append(p)
-        for q in sorted(nbrs[p]):
-            if q not in seen:
-                seen.add(q)
-                todo.append(q)
-    order += [p for p in range(n) if p not in seen]
-    if same_node:  # one node after another, so that a dead end backtracks within its node
-        order.sort(key=lambda p: topology.node_of(start[p]))
-    start_index = {r: i for i, r in enumerate(start)}
-
-    def preference(pos: int) -> list[int]:
-        home = start[pos]
-        ranks = [r for r in range(n) if not same_node
-                 or topology.node_of(r) == topology.node_of(home)]
-        return sorted(ranks, key=lambda r: (topology.node_of(r) != topology.node_of(home),
-                                                abs(start_index[r] - pos), r))
-
-    prefs = {p: preference(p) for p in range(n)}
-    rank_of: dict[int, int] = {}
-    used: set[int] = set()
-    budget = [SEARCH_BUDGET]
-
-    def place(i: int) -> bool:
-        if i == n:
-            return True
-        pos = order[i]
-        for r in prefs[pos]:
-            if r in used:
-                continue
-            budget[0] -= 1
-            if budget[0] < 0:
-                return False
-            if all((r, rank_of[q]) in conns and (rank_of[q], r) in conns
-                   for q in nbrs[pos] if q in rank_of):
-                rank_of[pos] = r
-                used.add(r)
-                if place(i + 1):
-                    return True
-                del rank_of[pos]
-                used.discard(r)
-        return False
-
-    return [rank_of[p] for p in range(n)] if place(0) else None
 
 
 def _shortest(topology: Topology, src: int, dst: int, allowed) -> tuple[int, ...] | None:
@@ -214,33 +142,79 @@ def _top_down(root: int, children: dict[int, list[int]]) -> list[int]:
     return order
 
 
+def dtree(n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(parent, child type) of every node in NCCL's two trees over ``n`` nodes.
+
+    The parent is -1 at the root; the child type is 0 where the node is its parent's
+    first child (smaller in the tree's own numbering), else 1 (``parentChildType``).
+
+    >>> dtree(4)
+    ([(-1, 0), (2, 0), (0, 1), (2, 1)], [(1, 1), (3, 1), (1, 0), (-1, 0)])
+    """
+    def btree(p: int) -> tuple[int, int]:
+        up = btree_parent(n, p)
+        return up, int(up >= 0 and p > up)
+
+    a = [btree(p) for p in range(n)]
+    b = []
+    for p in range(n):
+        q = n - 1 - p if n % 2 == 0 else (p - 1) % n
+        up, kind = btree(q)
+        if up >= 0:
+            up = n - 1 - up if n % 2 == 0 else (up + 1) % n
+        b.append((up, kind))
+    return a, b
+
+
+def tree_parents(topology: Topology, node_tree: list[tuple[int, int]],
+                 chain: tuple[int, ...]) -> list[int]:
+    """Rank parents of one tree channel: ``chain`` (local GPUs) inside every node, node
+    heads joined as ``node_tree`` (from :func:`dtree`) says: a child 0 on the parent's
+    second GPU where that GPU has a NIC (NCCL's balanced tree), else on its first (NCCL's
+    plain tree, its fallback)."""
+    g = topology.gpus_per_node
+    parent = [-1] * topology.num_ranks
+    for node, (up, kind) in enumerate(node_tree):
+        ranks = [node * g + v for v in chain]
+        for child, p in zip(ranks[1:], ranks):
+            parent[child] = p
+        if up >= 0:
+            balanced = kind == 0 and g > 1 and topology.nic_of(chain[1]) is not None
+            parent[ranks[0]] = up * g + chain[1 if balanced else 0]
+    return parent
+
+
 def tree_algorithm(topology: Topology, collective: Collective) -> Algorithm:
-    """The double-binary-tree AllReduce of ``collective`` on ``topology``."""
+    """NCCL's double-binary-tree AllReduce of ``collective`` on ``topology``.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> alg = tree_algorithm(load_topology("dgx-a100", 2), Collective("allreduce", 16))
+    >>> alg.nchannels, alg.collective.chunkup, alg.meta["chains"][0]
+    (16, 16, [0, 1, 2, 3, 4, 5, 6, 7])
+    """
     if collective.kind != ALLREDUCE:
         raise TacclError("method tree builds allreduce only")
     require_ranks(topology, collective)
-    n = collective.num_ranks
+    g, n, k = topology.gpus_per_node, collective.num_ranks, collective.chunkup
     if n == 1:
         return Algorithm("tree", collective, [], topology.label,
-                         meta={"trees": [[-1], [-1]], "order": [0]})
+                         meta={"trees": [[-1], [-1]], "chains": [[0]], "relayed": False})
     try:
-        start = find_ring(topology)
+        chains = [tuple(ring[:g]) for ring in find_rings(topology)]
     except TopologyError:
-        start = list(range(n))
-    pos_trees = dtree_parents(n)
-    order = _embed(topology, pos_trees, start, True) or _embed(topology, pos_trees, start, False)
-    relayed = order is None
-    if order is None:
-        order = start
-    trees = []
-    for pos_parent in pos_trees:
-        parent = [-1] * n
-        for p, q in enumerate(pos_parent):
-            parent[order[p]] = -1 if q < 0 else order[q]
-        trees.append(parent)
-    schedules = [tree_schedule(topology, parent) for parent in trees]
-    transfers = [Transfer(step, 0.0, src, dst, c, reduce, channel=c % 2)
-                 for c in range(collective.num_chunks)
-                 for step, src, dst, reduce in schedules[c % 2]]
-    return Algorithm("tree", collective, transfers, topology.label,
-                     meta={"trees": trees, "order": order, "relayed": relayed})
+        chains = [tuple(range(g))]
+    node_trees = dtree(topology.nodes)
+    trees = [tree_parents(topology, node_tree, chain)
+             for node_tree in node_trees for chain in chains]
+    channels = len(trees)
+    transfers = []
+    for ch, parent in enumerate(trees):
+        for step, src, dst, reduce in tree_schedule(topology, parent):
+            transfers += [Transfer(step, 0.0, src, dst, (c * k + j) * channels + ch, reduce,
+                                   channel=ch) for c in range(n) for j in range(k)]
+    relayed = any(p >= 0 and ((r, p) not in topology.connections
+                              or (p, r) not in topology.connections)
+                  for parent in trees for r, p in enumerate(parent))
+    return Algorithm("tree", collective.with_chunkup(k * channels), transfers,
+                     topology.label, meta={"trees": trees, "chains": [list(c) for c in chains],
+                                           "relayed": relayed})
