@@ -6,7 +6,6 @@ from __future__ import annotations
 import doctest
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,9 +18,17 @@ from taccl_py.errors import PlanError
 from taccl_py.lowering import runtimes
 from taccl_py.lowering.lower import lower
 from taccl_py.lowering.plan import Plan, Step, Threadblock
-from taccl_py.lowering.runtimes import (DEFAULT_RUNTIME, MSCCL_OPEN_TOP, RUNTIMES, check_library,
-                                        check_runtime, deploy_lines, selection_bytes, selects,
-                                        size_range)
+from taccl_py.lowering.runtimes import (
+    DEFAULT_RUNTIME,
+    MSCCL_OPEN_TOP,
+    RUNTIMES,
+    check_library,
+    check_runtime,
+    deploy_lines,
+    selection_bytes,
+    selects,
+    size_range,
+)
 from taccl_py.lowering.xml import parse_plan, plan_to_xml, write_plan
 from taccl_py.runtime.verify import verify
 from taccl_py.synth.ir import Algorithm, Transfer

@@ -364,21 +364,19 @@ def _structure_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
 
 
 def _selection_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
-    n = rules.name
-    lo, hi = size_range(rules, plan)
+    n, (lo, hi) = rules.name, size_range(rules, plan)
+    how = "< maxBytes" if rules.max_exclusive else "<= maxBytes, maxBytes 0 without limit"
+    sizes = f"minBytes={plan.min_bytes} maxBytes={plan.max_bytes}"
     if rules.max_exclusive and hi < lo:
         return [f"minBytes={lo} > maxBytes={hi}: {n} {rules.rejects}"]
     if rules.max_exclusive and hi == plan.max_bytes == 0:
-        return [f"maxBytes=0: {n} never selects it (it selects minBytes <= n < maxBytes); "
-                "set maxBytes to the first size it should not serve"]
+        return [(f"maxBytes=0: {n} never selects it (it selects minBytes <= n {how}); set "
+                 "maxBytes to the first size it should not serve")]
     if hi is not None and hi <= lo:
-        return [f"minBytes={plan.min_bytes} maxBytes={plan.max_bytes}: {n} selects no size "
-                "(it selects minBytes <= n " + ("< maxBytes)" if rules.max_exclusive else
-                                                "<= maxBytes, maxBytes 0 without limit)")]
+        return [f"{sizes}: {n} selects no size (it selects minBytes <= n {how})"]
     if _first_multiple(_granule(plan), lo, hi) is None:
-        return [f"minBytes={plan.min_bytes} maxBytes={plan.max_bytes}: no size in that range "
-                f"divides into nchunksperloop={plan.nchunksperloop} chunks, so {n} never "
-                "selects it"]
+        return [(f"{sizes}: no size in that range divides into nchunksperloop="
+                 f"{plan.nchunksperloop} chunks, so {n} never selects it")]
     return []
 
 

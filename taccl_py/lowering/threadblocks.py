@@ -24,6 +24,7 @@ import networkx as nx
 
 from ..synth.ir import Algorithm
 from .buffers import Flow, Loc
+from .runtimes import RESIDENT_TBS
 
 Key = tuple[int, int, int]
 
@@ -76,7 +77,7 @@ class Threadblocks:
     the threadblocks finally chosen.
     """
 
-    def __init__(self, alg: Algorithm, flow: Flow, max_tbs: int) -> None:
+    def __init__(self, alg: Algorithm, flow: Flow, max_tbs: int = RESIDENT_TBS) -> None:
         self.alg, self.flow, self.max_tbs = alg, flow, max_tbs
         n = alg.num_ranks
         chans: list[set[int]] = [set() for _ in range(n)]

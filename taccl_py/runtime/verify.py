@@ -129,7 +129,8 @@ def _check_gpu(plan: Plan, coll: Collective, gpu: GpuPlan) -> None:
             raise PlanError(f"{where}: {real}_chunks={plan.buffer_size(gpu, real)} has no room "
                             f"for the {role} of the {mode} {coll.kind} ({count} chunks)")
     if len(gpu.tbs) > MAX_TBS:
-        raise PlanError(f"{where}: {len(gpu.tbs)} threadblocks, the runtime allows {MAX_TBS}")
+        raise PlanError(f"{where}: {len(gpu.tbs)} threadblocks, no MSCCL runtime loads more "
+                        f"than {MAX_TBS}")
     tids = sorted(tb.id for tb in gpu.tbs)
     if tids != list(range(len(gpu.tbs))):
         raise PlanError(f"{where}: threadblock ids {_short(tids)} must be 0..{len(tids) - 1} "
@@ -160,7 +161,8 @@ def _check_gpu(plan: Plan, coll: Collective, gpu: GpuPlan) -> None:
             top = min(CHANNELS, plan.nchannels) - 1
             raise PlanError(f"{wtb}: chan {tb.chan} outside 0..{top} (nchannels={plan.nchannels})")
         if len(tb.steps) > MAX_STEPS:
-            raise PlanError(f"{wtb}: {len(tb.steps)} steps, the runtime allows {MAX_STEPS}")
+            raise PlanError(f"{wtb}: {len(tb.steps)} steps, no MSCCL runtime loads more than "
+                            f"{MAX_STEPS}")
         for i, st in enumerate(tb.steps):
             if st.s != i:
                 raise PlanError(f"{wtb}: step #{i} has s={st.s}; steps must be numbered 0, 1, ... "
