@@ -1,4 +1,9 @@
-"""How good is a plan: simulated time, the lower bound, and NCCL's ring, per buffer size."""
+"""How good is a plan: simulated time, the lower bound, and NCCL, per buffer size.
+
+"NCCL" is the best (algorithm, protocol) of NCCL's model at each size
+(:func:`taccl_py.runtime.nccl_model.nccl_best`: NCCL's ring and tree as plans in the same
+simulator, NVLS by NCCL's own tuning formula), not a measurement.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ class Row:
     bound_kind: str  # "cut", "flow" or "latency"
     bound_detail: str  # what makes the bound tight
     pct_of_bound: float  # 100 * bound_time / time
-    ring_time: float | None
-    speedup_vs_ring: float | None
+    nccl_time: float
+    nccl_choice: str  # NCCL's best algorithm/protocol at this size, e.g. "ring/LL"
+    speedup_vs_nccl: float
 
 
 def ring_plan(topology: Topology, kind: str) -> Plan | None:
@@ -37,20 +43,20 @@ def ring_plan(topology: Topology, kind: str) -> Plan | None:
         return None
 
 
-def evaluate(plan: Plan, topology: Topology, sizes: list[int],
-             baseline: Plan | None = None) -> list[Row]:
-    """Simulate ``plan`` (and the ring baseline) at each size and compare with the bound."""
+def evaluate(plan: Plan, topology: Topology, sizes: list[int]) -> list[Row]:
+    """Simulate ``plan`` at each size; compare with the lower bound and NCCL's best."""
+    from .runtime.nccl_model import nccl_best
+
     kind = plan.collective().kind
-    if baseline is None:
-        baseline = ring_plan(topology, kind)
     rows = []
     for size in sizes:
-        t = simulate(plan, topology, size).time
+        t = simulate(plan, topology, size).call_time  # as NCCL's: with the base latency
         bound = lower_bound(topology, kind, size)
-        ring_t = simulate(baseline, topology, size).time if baseline is not None else None
-        rows.append(Row(size, t, size / t if t else float("inf"), bound.time, bound.kind, bound.detail,
-                        100.0 * bound.time / t if t else 100.0, ring_t,
-                        ring_t / t if ring_t and t else None))
+        nccl = nccl_best(topology, kind, size)
+        rows.append(Row(size, t, size / t if t else float("inf"), bound.time, bound.kind,
+                        bound.detail, 100.0 * bound.time / t if t else 100.0, nccl.time,
+                        f"{nccl.algorithm}/{nccl.protocol}",
+                        nccl.time / t if t else float("inf")))
     return rows
 
 
@@ -59,15 +65,14 @@ def _us(seconds: float) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """A fixed-width table: size, time, algbw, bound, % of bound, ring time, speed-up."""
+    """A fixed-width table: size, time, algbw, bound, % of bound, NCCL's best, speed-up."""
     head = (f"{'size':>8} {'time(us)':>12} {'algbw(GB/s)':>12} {'bound(us)':>12} "
-            f"{'%bound':>7} {'ring(us)':>12} {'vs ring':>8}")
+            f"{'%bound':>7} {'NCCL(us)':>12} {'NCCL algo':<14} {'vs NCCL':>8}")
     lines = [head]
     for r in rows:
-        ring = _us(r.ring_time) if r.ring_time is not None else "n/a"
-        speed = f"{r.speedup_vs_ring:.2f}x" if r.speedup_vs_ring is not None else "n/a"
         lines.append(f"{format_size(r.size):>8} {_us(r.time):>12} {r.algbw / 1e9:>12.2f} "
-                     f"{_us(r.bound_time):>12} {r.pct_of_bound:>6.1f}% {ring:>12} {speed:>8}")
+                     f"{_us(r.bound_time):>12} {r.pct_of_bound:>6.1f}% {_us(r.nccl_time):>12} "
+                     f"{r.nccl_choice:<14} {r.speedup_vs_nccl:>7.2f}x")
     return "\n".join(lines)
 
 

@@ -336,7 +336,9 @@ def test_dead_or_silent_rank_fails_cleanly(tmp_path, mode):
     assert codes == [1, 1, 1], "\n".join(outs)
     joined = "\n".join(outs)
     for r, out in enumerate(outs):
-        line = next(x for x in out.splitlines() if x.startswith(f"rank {r} error after"))
+        line = next((x for x in out.splitlines() if x.startswith(f"rank {r} error after")),
+                    None)
+        assert line is not None, out
         assert float(line.split("after ")[1].split(" s")[0]) < 10
         assert "Traceback" not in out
         assert " step " in line and "rank " in line.split(": ", 1)[1]

@@ -84,6 +84,11 @@ def main() -> None:
         print(f"rank {r} ok", flush=True)
         dist.destroy_process_group()
         return
+    # every rank's group is up (its Gloo connections made) before rank n-1 dies or stalls;
+    # dying earlier fails the others' set-up instead of the collective under test
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"up{r}", "1")
+    store.wait([f"up{q}" for q in range(n)])
     if r == n - 1:
         if mode == "die":
             os._exit(3)
