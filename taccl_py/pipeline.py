@@ -8,6 +8,7 @@ from .collectives import Collective
 from .errors import SketchError, TacclError
 from .lowering.lower import lower
 from .lowering.plan import Plan
+from .lowering.runtimes import DEFAULT_RUNTIME
 from .runtime.simulate import simulate
 from .runtime.verify import VerifyReport, verify
 from .synth.ir import Algorithm
@@ -29,7 +30,8 @@ def build_plan(topology: Topology, collective: Collective, method: str = "ring",
                order: list[int] | None = None, instances: int = 1, size: int = 0,
                proto: str = "Simple", min_bytes: int = 0, max_bytes: int = 0,
                time_limit: float = 60.0, progress=None, sketch=None,
-               smt: dict | None = None) -> Result:
+               smt: dict | None = None, runtime: str = DEFAULT_RUNTIME,
+               max_steps: int | None = None) -> Result:
     """Synthesize, lower and verify; raises on any fault, so a returned plan is correct.
 
     ``size`` is the buffer size the plan targets (0: the method's default); ``sketch``
@@ -37,10 +39,12 @@ def build_plan(topology: Topology, collective: Collective, method: str = "ring",
     by their lowered plans' simulated time at ``size``, and keeps the ring,
     direct and tree (AllReduce) baselines instead when one of them simulates faster at ``size``
     (``algorithm.meta["chosen"]`` says which; ``meta["candidates"]`` has every time).
+    The plan fits ``runtime``'s loader (``max_steps``: a custom build's step limit).
     """
     name = f"{topology.label}-{collective.kind}-{method}"
     lowering = {"instances": instances, "proto": proto, "min_bytes": min_bytes,
-                "max_bytes": max_bytes, "name": name, "topology": topology}
+                "max_bytes": max_bytes, "name": name, "topology": topology,
+                "runtime": runtime, "max_steps": max_steps}
     kw = {"size": size} if size else {}
     if method != "milp":
         if method == "smt":  # smt: steps/rounds/chunks, the search bounded by time_limit

@@ -181,9 +181,10 @@ def _mid(a: int, b: int) -> int:
 class _Timer:
     """Simulated times of every (candidate, protocol) and NCCL's best, per size, cached."""
 
-    def __init__(self, topology: Topology, kind: str, found: Candidates) -> None:
+    def __init__(self, topology: Topology, kind: str, found: Candidates,
+                 protocols: tuple[str, ...] = PROTOCOLS) -> None:
         self.topology, self.kind = topology, kind
-        self.options = [Served(c, p) for c in found.candidates for p in PROTOCOLS]
+        self.options = [Served(c, p) for c in found.candidates for p in protocols]
         self._times: dict[tuple[int, int], float] = {}
         self._nccl: dict[int, NcclChoice] = {}
 
@@ -258,6 +259,59 @@ def _fit_file_limit(lib: Library, timer: _Timer) -> None:
     lib.rows = [r if r.served is None or any(a <= r.size < b for a, b in kept)
                 else Row(r.size, r.nccl, r.best, r.best_time, None, r.nccl.time)
                 for r in lib.rows]
+
+
+@dataclass
+class Pick:
+    """The fastest candidate at one size, NCCL's best there, and the sizes ``lo <= n < hi``
+    around it where the pick beats NCCL (None: nowhere, not even at ``size``)."""
+
+    size: int
+    served: Served
+    time: float
+    nccl: NcclChoice
+    times: dict[str, float]  # every candidate/protocol's time at ``size``
+    selected: tuple[int, int] | None
+
+    @property
+    def speedup(self) -> float:
+        return self.nccl.time / self.time
+
+
+#: a single plan's selection range is searched this many doublings around its size
+PICK_REACH = 6
+
+
+def pick_plan(topology: Topology, collective: Collective, found: Candidates,
+              size: int, protocols: tuple[str, ...] = PROTOCOLS) -> Pick:
+    """The fastest of ``found`` at ``size`` under ``protocols``, and the widest run of
+    doublings around ``size`` (up to :data:`PICK_REACH` each way) where it beats NCCL."""
+    if not found.candidates:
+        raise TacclError(f"no candidate plan for {collective.kind} on {topology.label}: "
+                         + "; ".join(f"{m}: {why}" for m, why in found.dropped))
+    timer = _Timer(topology, collective.kind, found, protocols)
+    best, t = timer.fastest(size, ours_only=False)
+    times = {s.label: timer.time(s, size) for s in timer.options}
+
+    def wins(a: int, b: int) -> bool:
+        return all(timer.time(best, p) <= timer.nccl(p).time * (1 - MIN_GAIN)
+                   for p in sorted({a, _mid(a, b), max(a, b - 1)}))
+
+    selected = None
+    if not is_nccl_algorithm(best.candidate.method, collective.kind) and wins(size, size + 1):
+        lo, hi = size, 2 * size
+        if not wins(lo, hi):
+            hi = size + 1
+        for _ in range(PICK_REACH):
+            if lo < 2 or not wins(lo // 2, lo):
+                break
+            lo //= 2
+        for _ in range(PICK_REACH if hi == 2 * size else 0):
+            if not wins(hi, 2 * hi):
+                break
+            hi *= 2
+        selected = (lo, hi)
+    return Pick(size, best, t, timer.nccl(size), times, selected)
 
 
 def write_library(lib: Library, directory: str | os.PathLike) -> list[Path]:
