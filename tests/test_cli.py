@@ -49,7 +49,7 @@ def test_ring_synthesizes_and_verifies_everywhere(tmp_path, topo, nodes):
 def test_same_inputs_give_byte_identical_xml(tmp_path):
     a, b = tmp_path / "a.xml", tmp_path / "b.xml"
     for out in (a, b):
-        res = run("synthesize", "-t", "dgx1", "-c", "allreduce", "--chunkup", "2",
+        res = run("synthesize", "-m", "ring", "-t", "dgx1", "-c", "allreduce", "--chunkup", "2",
                   "--instances", "2", "-o", str(out))
         assert res.exit_code == 0, res.output
     assert a.read_bytes() == b.read_bytes()
@@ -68,7 +68,7 @@ def test_ir_json_and_default_output_name(tmp_path, monkeypatch):
 
 def test_verify_rejects_a_wrong_offset_naming_rank_and_chunk(tmp_path):
     out = tmp_path / "ring.xml"
-    assert run("synthesize", "-t", "dgx2", "-c", "allgather", "-o", str(out)).exit_code == 0
+    assert run("synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "-o", str(out)).exit_code == 0
     plan = parse_plan(out)
     step = next(st for tb in plan.gpus[3].tbs for st in tb.steps if st.type in ("r", "rcs"))
     step.dstoff = (step.dstoff + 1) % plan.gpus[3].o_chunks
@@ -79,12 +79,12 @@ def test_verify_rejects_a_wrong_offset_naming_rank_and_chunk(tmp_path):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["synthesize", "-t", "nosuch", "-c", "allgather"], ["nosuch", "dgx2"]),
-    (["synthesize", "-t", "dgx2", "-c", "allgather", "--size", "12Q"], ["12Q"]),
-    (["synthesize", "-t", "dgx2", "-c", "allgather", "--order", "0,1,x"], ["--order"]),
-    (["synthesize", "-t", "dgx1", "-c", "allgather", "--order", "0,5,1,2,3,4,6,7"],
+    (["synthesize", "-m", "ring", "-t", "nosuch", "-c", "allgather"], ["nosuch", "dgx2"]),
+    (["synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "--size", "12Q"], ["12Q"]),
+    (["synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "--order", "0,1,x"], ["--order"]),
+    (["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "--order", "0,5,1,2,3,4,6,7"],
      ["0", "5"]),
-    (["synthesize", "-t", "dgx2", "-c", "allgather", "-o", "/nonexistent/dir/p.xml"],
+    (["synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "-o", "/nonexistent/dir/p.xml"],
      ["/nonexistent/dir"]),
     (["verify", "/nonexistent/plan.xml"], ["plan.xml"]),
 ])
@@ -95,7 +95,7 @@ def test_bad_input_is_one_clean_line(args, needles):
 def test_malformed_topology_file_is_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ngpus_per_node: -3\n")
-    res = run("synthesize", "-t", str(bad), "-c", "allgather")
+    res = run("synthesize", "-m", "ring", "-t", str(bad), "-c", "allgather")
     assert_clean_error(res, "bad.yaml", "gpus_per_node")
     assert len(res.stderr.strip().splitlines()) == 1
     res = run("topology", "validate", str(bad))
@@ -111,7 +111,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "verify", broken)
     out = tmp_path / "p.xml"
-    assert_clean_error(run("synthesize", "-t", "dgx2", "-c", "allgather", "-o", str(out)),
+    assert_clean_error(run("synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "-o", str(out)),
                        "chunk 1")
     assert list(tmp_path.iterdir()) == []
 
@@ -153,7 +153,7 @@ def test_bad_sketch_is_one_clean_line(tmp_path):
               "--sketch", str(bad), "-o", str(tmp_path / "p.xml"))
     assert_clean_error(res, "bad.yaml", "inter_node.connections[0][1]", "out of range")
     assert len(res.stderr.strip().splitlines()) == 1
-    assert_clean_error(run("synthesize", "-t", "dgx1", "-c", "allgather", "--sketch", "dgx1"),
+    assert_clean_error(run("synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "--sketch", "dgx1"),
                        "--sketch only applies to --method milp")
     assert_clean_error(run("sketch", "validate", str(bad), "-t", "dgx1", "-n", "2"),
                        "bad.yaml", "out of range")

@@ -489,7 +489,7 @@ def plan_bases() -> list[tuple[str, str]]:
         bases = []
         for label, topo, nodes, opts in PLAN_BASES:
             path = _BASE_DIR / f"{label}.xml"
-            out = invoke(["synthesize", "-t", topo, "-n", nodes, *opts, "-o", path], _BASE_DIR)
+            out = invoke(["synthesize", "-m", "ring", "-t", topo, "-n", nodes, *opts, "-o", path], _BASE_DIR)
             assert out.code == 0 and path.exists(), out.show()
             bases.append((label, path.read_text()))
         bases += [(f"external {p.stem}", p.read_text()) for p in EXTERNAL]
@@ -854,7 +854,7 @@ SECONDS = st.one_of(st.sampled_from(["1", "2.5", "60", "1e2", "3600"]), fz.numbe
 SIZE_LISTS = st.one_of(st.lists(GOOD_SIZES, min_size=1, max_size=5).map(",".join), fz.sizes())
 TEMPLATES = {
     # name: (base args, {option: (values, must_reject(text) -> bool)}, writes plan?)
-    "synthesize": (["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "OUT/x.xml"], {
+    "synthesize": (["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "OUT/x.xml"], {
         "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
         "--chunkup": (INTS, lambda t: must_reject_number(t, 1)),
         "--instances": (INTS, lambda t: must_reject_number(t, 1, 32)),
@@ -1136,9 +1136,9 @@ class _FifoReader:
 
 #: command -> (args with {P} and {Q} for the output paths, extensions, content check)
 WRITERS = {
-    "synthesize -o --ir": (["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "{P}",
+    "synthesize -o --ir": (["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "{P}",
                             "--ir", "{Q}"], (".xml", ".json")),
-    "synthesize -o": (["synthesize", "-t", "dgx1", "-c", "allreduce", "-o", "{P}"], (".xml",)),
+    "synthesize -o": (["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allreduce", "-o", "{P}"], (".xml",)),
     "sketch init -o": (["sketch", "init", "-t", "ndv2", "-n", "2", "-o", "{P}"], (".yaml",)),
     "topology import -o": (["topology", "import", "nvidia-smi", str(NVSMI), "-o", "{P}"],
                            (".yaml",)),
@@ -1278,7 +1278,7 @@ READERS = {
     "simulate": (["simulate", "{P}", "-t", "dgx1", "--json"], "plan", (2,)),
     "topology validate": (["topology", "validate", "{P}"], "topology", (1,)),
     "topology show": (["topology", "show", "{P}"], "topology", (2,)),
-    "synthesize -t": (["synthesize", "-t", "{P}", "-c", "allgather", "-o", "OUT/x.xml"],
+    "synthesize -t": (["synthesize", "-m", "ring", "-t", "{P}", "-c", "allgather", "-o", "OUT/x.xml"],
                       "topology", (2,)),
     "sketch validate": (["sketch", "validate", "{P}", "-t", "ndv2", "-n", "2"], "sketch", (2,)),
     "topology import": (["topology", "import", "nvidia-smi", "{P}"], "nvsmi", (2,)),
@@ -1434,7 +1434,7 @@ def test_fuzzed_nvidia_smi_imports():
             if name is not None and name.strip() and doc.get("name") != name:
                 col.check("topology import", label, [f"--name {name!r} came out as {doc.get('name')!r}"], v)
             x = outd / "x.xml"
-            y = invoke(["synthesize", "-t", out_yaml, "-c", "allgather", "-o", x], work, stats=col)
+            y = invoke(["synthesize", "-m", "ring", "-t", out_yaml, "-c", "allgather", "-o", x], work, stats=col)
             col.check("synthesize -t imported", label, problems(y), y)
             if y.code == 0:
                 verify_plan(x, work, col, "synthesize -t imported", label)
@@ -1623,13 +1623,13 @@ ISSUE_CASES = [
      ["plot", "p.xml", "-t", "dgx1", "--timeline", "OUT/t.png"], 2, "as verify", 10),
     ("run-cnt0", {"p.xml": lambda: _plan_text(cnt0=True)}, ["run", "p.xml"], 2, "as verify", 10),
     ("missing-dir-leaves-no-ir", {},
-     ["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "OUT/missing/a.xml", "--ir",
+     ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "OUT/missing/a.xml", "--ir",
       "OUT/ir.json"], 2, None, 10),
     ("same-o-and-ir", {}, ["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "OUT/x",
                            "--ir", "OUT/x"], 2, None, 10),
     ("time-limit-nan", {}, ["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "milp",
                             "--time-limit", "nan", "-o", "OUT/x.xml"], 2, "names --time-limit", 10),
-    ("size-1e400-digits", {}, ["synthesize", "-t", "dgx1", "-c", "allgather", "--size",
+    ("size-1e400-digits", {}, ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "--size",
                                fz.HUGE_DIGITS, "-o", "OUT/x.xml"], 2, "names --size", 10),
     ("verify-ngpus-1e9", {"p.xml": lambda: _plan_text(ngpus=1000000000)},
      ["verify", "p.xml"], 2, None, 5),
@@ -1641,9 +1641,9 @@ ISSUE_CASES = [
      ["topology", "validate", "t.yaml"], 1, None, 2),
     ("sketch-anchor-bomb", {"s.yaml": lambda: fz.yaml_bomb_in(sketch_bases()[0][1], "chunkup")},
      ["sketch", "validate", "s.yaml", "-t", "ndv2", "-n", "2"], 2, None, 2),
-    ("nodes-100000", {}, ["synthesize", "-t", "dgx1", "-n", "100000", "-c", "allgather",
+    ("nodes-100000", {}, ["synthesize", "-m", "ring", "-t", "dgx1", "-n", "100000", "-c", "allgather",
                           "-o", "OUT/x.xml"], 2, None, 5),
-    ("chunkup-100000", {}, ["synthesize", "-t", "dgx1", "--chunkup", "100000", "-c",
+    ("chunkup-100000", {}, ["synthesize", "-m", "ring", "-t", "dgx1", "--chunkup", "100000", "-c",
                             "allgather", "-o", "OUT/x.xml"], 2, None, 5),
     ("topology-show-nodes-100000", {}, ["topology", "show", "dgx1", "-n", "100000"], 2, None, 5),
     ("topology-validate-all-errors", {"t.yaml": _two_error_topology},
@@ -1657,7 +1657,7 @@ ISSUE_CASES = [
     # (click drops ANSI sequences itself when stderr is no terminal; a bell or SI is kept)
     ("usage-error-escapes-control-chars", {}, ["topology", "show", "dgx1", "x\x07y\x0fz"], 2,
      None, 5),
-    ("bad-value-escapes-control-chars", {}, ["synthesize", "-t", "dgx1", "-c", "allgather",
+    ("bad-value-escapes-control-chars", {}, ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather",
                                              "--nodes", "2\x07\x14"], 2, None, 5),
     ("simulate-json-is-json", {"p.xml": lambda: dict(plan_bases())["ndv2x2-allreduce-ring"]},
      ["simulate", "p.xml", "-t", "ndv2", "-n", "2", "--json"], 0, "json", 15),
@@ -1853,7 +1853,7 @@ def test_real_stdout_and_fifo_outputs(tmp_path):
     """Through the real executable: -o /dev/stdout's equivalent (a link to
     /proc/self/fd/1) and a FIFO with a reader are written into, and stay what they were."""
     os.symlink("/proc/self/fd/1", tmp_path / "stdout")
-    out = shell(["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "stdout"], tmp_path)
+    out = shell(["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "stdout"], tmp_path)
     found = problems(out)
     if out.code == 0 and "<algo" not in out.stdout:
         found.append("the plan did not reach stdout")
@@ -1934,7 +1934,7 @@ def test_interrupt_anywhere_in_the_pipeline(delay, tmp_path):
 
 def test_concurrent_writers_leave_one_whole_file(tmp_path):
     """Two runs writing the same -o at once: both succeed and the file is one whole plan."""
-    procs = [subprocess.Popen([str(TACCL), "synthesize", "-t", "dgx1", "-c", coll, "-o", "same.xml"],
+    procs = [subprocess.Popen([str(TACCL), "synthesize", "-m", "ring", "-t", "dgx1", "-c", coll, "-o", "same.xml"],
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for coll in ("allgather", "allreduce", "reducescatter")]
     errs = [p.communicate(timeout=120)[1] for p in procs]

@@ -115,7 +115,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_simulate_json_is_json_and_solver_logs_need_verbose(tmp_path):
     plan = tmp_path / "a2a.xml"
-    assert _run("synthesize", "-t", "dgx1", "-c", "alltoall", "-o", str(plan)).returncode == 0
+    assert _run("synthesize", "-m", "ring", "-t", "dgx1", "-c", "alltoall", "-o", str(plan)).returncode == 0
     quiet = _run("simulate", str(plan), "-t", "dgx1", "--json")  # bound: a HiGHS LP
     assert quiet.returncode == 0, quiet.stderr
     assert [row["size"] for row in json.loads(quiet.stdout)] == [1 << 10, 1 << 20, 64 << 20,

@@ -145,7 +145,7 @@ def test_synthesize_uses_the_imported_file(tmp_path):
     topo = tmp_path / "h.yaml"
     assert run("topology", "import", "nvidia-smi", str(FIXTURES / "dgx-h100.txt"),
                "-o", str(topo)).exit_code == 0
-    res = run("synthesize", "--topology", str(topo), "--nodes", "2", "-c", "allreduce",
+    res = run("synthesize", "-m", "ring", "--topology", str(topo), "--nodes", "2", "-c", "allreduce",
               "-o", str(tmp_path / "p.xml"))
     assert res.exit_code == 0, res.output
     assert "verified" in res.output

@@ -21,7 +21,7 @@ from taccl_py.lowering.xml import parse_plan
 from taccl_py.units import MAX_SIZE, parse_size
 
 TACCL = Path(sys.executable).with_name("taccl")
-SYNTH = ["synthesize", "-t", "dgx1", "-c", "allgather"]
+SYNTH = ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather"]
 
 
 def run(*args: str):

@@ -212,7 +212,7 @@ def test_profile_under_mpiexec_writes_a_topology_that_loads(tmp_path):
     assert "alpha(us)" in proc.stdout and proc.stdout.count(f"wrote {out}") == 1
     _check_measured(out, 4)
     assert yaml.safe_load(out.read_text())["measured"]["launcher"] == "mpiexec"
-    res = CliRunner().invoke(main, ["synthesize", "-t", str(out), "-c", "allgather",
+    res = CliRunner().invoke(main, ["synthesize", "-m", "ring", "-t", str(out), "-c", "allgather",
                                     "-o", str(tmp_path / "ag.xml")])
     assert res.exit_code == 0, res.output
 

@@ -47,7 +47,7 @@ def test_nccl_ring_is_never_faster_than_nccls_best():
 
 def _write_plan(tmp_path, *args):
     out = tmp_path / "p.xml"
-    res = CliRunner().invoke(main, ["synthesize", *args, "-o", str(out)])
+    res = CliRunner().invoke(main, ["synthesize", "-m", "ring", *args, "-o", str(out)])
     assert res.exit_code == 0, res.output
     return out
 

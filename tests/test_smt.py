@@ -168,7 +168,7 @@ def test_cli_synthesize_smt_writes_verified_plan(tmp_path):
                                     "-o", str(tmp_path / "no.xml")])
     assert res.exit_code == 2
     assert "unsat: no algorithm with 2 steps, 4 rounds, 3 chunks" in res.stderr
-    res = CliRunner().invoke(main, ["synthesize", "-t", "dgx1", "-c", "allgather",
+    res = CliRunner().invoke(main, ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather",
                                     "--steps", "2", "-o", str(tmp_path / "x.xml")])
     assert res.exit_code == 2 and "only apply to --method smt" in res.stderr
 

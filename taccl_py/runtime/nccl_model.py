@@ -7,8 +7,14 @@ of ``ncclTopoTuneModel`` (``src/graph/tuning.cc``), and what each costs:
 * **ring** (AllGather, ReduceScatter, AllReduce) and **tree** (AllReduce, double binary
   tree): the project's own plans (``--method ring`` / ``tree``) timed by the
   protocol-aware simulator (:mod:`.simulate`), the same function that times our plans;
-* **p2p** (AllToAll is grouped send/recv): the ``direct`` plan, LL when the bytes to one
-  peer are at most ``NCCL_P2P_LL_THRESHOLD`` (16 KiB), Simple above (enqueue.cc);
+* **p2p** (AllToAll is grouped send/recv): the ``direct`` plan in NCCL's round order (round
+  i: rank r sends to r + i), LL when the bytes to one peer are at most
+  ``NCCL_P2P_LL_THRESHOLD`` (16 KiB), Simple above (enqueue.cc). NCCL keeps every peer's
+  transfer in flight at once and the network shares bandwidth among them, which the
+  simulator (one transfer at a time per resource) does not model, so p2p is also given
+  the fluid time :func:`fluid_time` (its busiest resource's load, one network α, the
+  base latency) and timed at the lower of the two: the model never makes NCCL's
+  AllToAll slower than its busiest link or NIC allows;
 * **nvls** (one node) and **nvls_tree** (AllReduce, several nodes): in-switch reduction
   and multicast, which no MSCCL plan can express, costed by tuning.cc's formula
   (:func:`nccl_formula_time`). They need a third-generation NVSwitch (Hopper): we take a
@@ -370,6 +376,21 @@ def nccl_plan(topology: Topology, kind: str, algorithm: str, protocol: str) -> P
     return None if plan is None else replace(plan, proto=protocol)
 
 
+def fluid_time(result, topology: Topology) -> float:
+    """A call's time if its busiest resource were never idle: that resource's load, plus
+    the topology's largest α (one hop of latency) and the protocol's base latency.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo = load_topology("dgx1")
+    >>> plan = nccl_plan(topo, "alltoall", P2P, "Simple")
+    >>> res = simulate(plan, topo, 1 << 30)
+    >>> fluid_time(res, topo) <= res.call_time
+    True
+    """
+    alpha = max((c.alpha for c in topology.connections.values()), default=0.0)
+    return max(result.resource_busy.values(), default=0.0) + alpha + result.base_latency
+
+
 def nccl_best(topology: Topology, kind: str, size: int,
               plans: dict[tuple[str, str], Plan] | None = None) -> NcclChoice:
     """NCCL's fastest (algorithm, protocol) at ``size`` bytes in this model, timed by the
@@ -390,8 +411,11 @@ def nccl_best(topology: Topology, kind: str, size: int,
                 nccl_plan(topology, kind, algorithm, protocol)
             if plan is None:
                 continue
-            choice = NcclChoice(algorithm, protocol, simulate(plan, topology, size).call_time,
-                                SIMULATED, size)
+            result = simulate(plan, topology, size)
+            time = result.call_time
+            if algorithm == P2P:
+                time = min(time, fluid_time(result, topology))
+            choice = NcclChoice(algorithm, protocol, time, SIMULATED, size)
         else:
             choice = NcclChoice(algorithm, protocol,
                                 nccl_formula_time(topology, kind, size, algorithm, protocol),

@@ -43,10 +43,11 @@ def direct_algorithm(topology: Topology, collective: Collective) -> Algorithm:
                     step = offset + len(route) - 2
                     transfers += [Transfer(step, 0.0, route[-2], route[-1], b * k + j)
                                   for j in range(k)]
-    if kind == ALLTOALL:
+    if kind == ALLTOALL:  # in NCCL's point-to-point order: round i, rank s sends to s + i
         for s in range(n):
             for d, route in route_tree(topology, s).items():
+                rnd = float((d - s) % n)
                 for hop in range(len(route) - 1):
-                    transfers += [Transfer(hop, 0.0, route[hop], route[hop + 1],
+                    transfers += [Transfer(hop, rnd, route[hop], route[hop + 1],
                                            (s * n + d) * k + j) for j in range(k)]
     return Algorithm("direct", collective, transfers, topology.label)
