@@ -342,8 +342,8 @@ def write_library(lib: Library, directory: str | os.PathLike) -> list[Path]:
 
 def format_library(lib: Library) -> str:
     """The summary table: per size NCCL's best, our fastest, what is served and the gain."""
-    head = (f"{'size':>6}  {'NCCL (model)':<16} {'NCCL us':>10}  {'ours fastest':<22} "
-            f"{'ours us':>10}  {'served by':<24} {'vs NCCL':>7}")
+    head = (f"{'size':>6}  {'NCCL (model)':<16} {'NCCL us':>10}  {'fastest candidate':<22} "
+            f"{'its us':>10}  {'served by':<24} {'vs NCCL':>7}")
     lines = [head]
     for r in lib.rows:
         nccl = f"{r.nccl.algorithm}/{r.nccl.protocol}"
