@@ -24,8 +24,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
 from .errors import SketchError, TacclError

@@ -544,7 +544,12 @@ def _print_evaluation(plan, topo, size: int) -> None:
 def _write_library(o: _SynthOptions, topo, coll, sketch) -> None:
     """A plan library over the span: its summary table and the lines to deploy it."""
     from .lowering.runtimes import deploy_lines
-    from .plan_library import LibraryOptions, build_library, format_library, write_library
+    from .plan_library import (
+        LibraryOptions,
+        build_library,
+        format_library,
+        write_library,
+    )
 
     if sketch is not None:
         raise TacclError("--sketch applies to one milp solve, not to a library")
@@ -657,7 +662,12 @@ def verify_cmd(plan_paths: tuple[Path, ...], reference: bool, runtime: str | Non
                max_steps: int | None) -> None:
     """Check that MSCCL XML plans implement their collective (and, with --runtime, that the
     runtime loads and selects them: each broken rule one line on stderr, exit 1)."""
-    from .lowering.runtimes import check_library, check_runtime, runtime_rules, size_range
+    from .lowering.runtimes import (
+        check_library,
+        check_runtime,
+        runtime_rules,
+        size_range,
+    )
     from .lowering.xml import parse_plan
     from .runtime.reference import check_reference
     from .runtime.verify import verify

@@ -31,12 +31,19 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from .candidates import (ALL_METHODS, PROTOCOLS, Candidate, CandidateOptions, Candidates,
-                         build_candidates, is_nccl_algorithm)
+from .candidates import (
+    ALL_METHODS,
+    PROTOCOLS,
+    Candidate,
+    CandidateOptions,
+    Candidates,
+    build_candidates,
+    is_nccl_algorithm,
+)
 from .collectives import Collective
 from .errors import TacclError
 from .fileio import display_path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +13,12 @@ from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.lowering.runtimes import RUNTIMES, check_runtime, selects
 from taccl_py.lowering.xml import parse_plan
-from taccl_py.plan_library import LibraryOptions, build_library, span_sizes, write_library
+from taccl_py.plan_library import (
+    LibraryOptions,
+    build_library,
+    span_sizes,
+    write_library,
+)
 from taccl_py.runtime.verify import verify
 from taccl_py.topology.loader import load_topology
 
@@ -27,7 +34,7 @@ def test_span_sizes_cover_the_span_in_doublings(lo, extra):
     assert sizes == sorted(set(sizes))
     inner = sizes[1:-1]
     assert all(p & (p - 1) == 0 for p in inner)  # powers of two inside
-    assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:]))
+    assert all(b <= 2 * a for a, b in itertools.pairwise(sizes))
 
 
 def test_span_sizes_refuse_empty_spans():
