@@ -560,9 +560,14 @@ def mpi_run(args: list, cwd: Path, timeout: float = 90) -> Outcome:
 
 
 def mpi_check(plan: Path, ngpus: int, cwd: Path) -> Outcome:
-    """``mpiexec -n NGPUS taccl run PLAN --check``: the executor against MPI's collective."""
-    return mpi_run(["-n", ngpus, TACCL, "run", plan, "--size", "64K", "--check", "--iters", "1",
-                    "--warmup", "0", "--timeout", "20"], cwd)
+    """``mpiexec -n NGPUS taccl run PLAN --check``: the executor against MPI's collective,
+    on about 64K: the least multiple of the plan's float32 chunks per loop from 64K up
+    (NCCL-style ring plans have a chunk per rank and channel, e.g. 48 on a DGX-1)."""
+    loop = re.search(rb'nchunksperloop="(\d+)"', plan.read_bytes())
+    unit = 4 * int(loop[1]) if loop and int(loop[1]) > 0 else 4
+    size = -(-(64 << 10) // unit) * unit
+    return mpi_run(["-n", ngpus, TACCL, "run", plan, "--size", str(size), "--check",
+                    "--iters", "1", "--warmup", "0", "--timeout", "20"], cwd)
 
 
 def verify_plan(path: Path, cwd: Path, col: Collector, command: str, case: str) -> None:
