@@ -444,7 +444,7 @@ def _synthesize_auto(o: _SynthOptions, topo, coll, size: int, sketch) -> None:
     from .lowering.xml import plan_to_xml
     from .plan_library import pick_plan
 
-    output = o.output or f"{topo.label}-{coll.kind}.xml"
+    output = o.output if o.output is not None else f"{topo.label}-{coll.kind}.xml"
     check_outputs([output, o.ir_path])
     found = build_candidates(topo, coll, _candidate_options(o, (size,), sketch))
     pick = pick_plan(topo, coll, found, size, (o.proto,) if o.proto else PROTOCOLS)
@@ -497,7 +497,7 @@ def _synthesize_method(o: _SynthOptions, topo, coll, size: int, sketch, smt: dic
     from .lowering.xml import plan_to_xml
     from .pipeline import build_plan
 
-    output = o.output or f"{topo.label}-{coll.kind}-{o.method}.xml"
+    output = o.output if o.output is not None else f"{topo.label}-{coll.kind}-{o.method}.xml"
     check_outputs([output, o.ir_path])
     if o.min_bytes is not None or o.max_bytes is not None:
         lo_b, hi_b = o.min_bytes or 0, o.max_bytes or 0
@@ -553,7 +553,9 @@ def _write_library(o: _SynthOptions, topo, coll, sketch) -> None:
 
     if sketch is not None:
         raise TacclError("--sketch applies to one milp solve, not to a library")
-    target = o.output or f"{topo.label}-{coll.kind}-library"
+    target = o.output if o.output is not None else f"{topo.label}-{coll.kind}-library"
+    if not target.strip():
+        raise TacclError("an output path is empty")
     lib = build_library(topo, coll, LibraryOptions(
         lo=o.span[0], hi=o.span[1], time_limit=o.time_limit, runtime=o.runtime,
         max_steps=o.max_steps, instances=o.instances, progress=_progress))

@@ -63,6 +63,8 @@ def test_library_command_writes_verified_selectable_plans(tmp_path):
     (["--sizes", "1K-1M", "--method", "ring"], "--sizes builds a library"),
     (["--sizes", "1K-1M", "--proto", "LL"], "--sizes builds a library"),
     (["--method", "milp", "--order", "0,1,2,3,4,5,6,7"], "--order"),
+    (["--sizes", "1K-1M", "-o", ""], "output path is empty"),
+    (["-o", ""], "output path is empty"),
 ])
 def test_library_and_auto_refuse_bad_combinations(tmp_path, args, needle):
     res = run("synthesize", "-t", "dgx1", "-c", "allgather", "-o", str(tmp_path / "x"), *args)
