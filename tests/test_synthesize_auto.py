@@ -29,6 +29,8 @@ def test_default_method_synthesizes_and_reports_against_nccl(tmp_path, monkeypat
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(tmp_path)) == ["ndv2x2-allgather.xml"]  # the current directory
     assert "kept milp@1G/" in res.output and "NCCL (model: ring/" in res.output
+    check = run("verify", str(tmp_path / "ndv2x2-allgather.xml"), "--runtime", "msccl-executor")
+    assert check.exit_code == 0, check.output
     plan = parse_plan(tmp_path / "ndv2x2-allgather.xml")
     topo = load_topology("ndv2", 2)
     ours = simulate(plan, topo, 1 << 30).call_time
