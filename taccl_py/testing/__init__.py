@@ -1,0 +1,1 @@
+"""Test doubles for code that needs hardware; see :mod:`taccl_py.testing.fake_cuda`."""
