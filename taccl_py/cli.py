@@ -873,3 +873,18 @@ def profile_cmd(output, update_path, sizes, iters, warmup, transport, device,
 
     profile_command(output, update_path, sizes, iters, warmup, transport, device,
                     gpus_per_node)
+
+
+# -- cuda-check (is the GPU route usable here?) ---------------------------------------------
+@main.command("cuda-check")
+def cuda_check_cmd() -> None:
+    """Say whether the CUDA route (CuPy, NVRTC, NCCL, a GPU) is usable here, in one line."""
+    from .runtime.cuda_exec import require_cuda
+
+    cp = require_cuda()
+    from cupy.cuda import nccl
+
+    version = nccl.get_version()
+    count = cp.cuda.runtime.getDeviceCount()
+    click.echo(f"CUDA route ready: {count} GPU(s), CuPy {cp.__version__}, NCCL "
+               f"{version // 10000}.{version // 100 % 100}.{version % 100}")

@@ -1,26 +1,35 @@
 """Run plans on GPUs with CuPy: over NCCL (one rank per GPU) or all ranks on one GPU.
 
-CuPy is imported lazily: this module imports without it.
+CuPy is imported lazily: this module imports without it; :func:`require_cuda` says in one
+line which piece of the CUDA stack is missing.
 
 * :class:`NcclPlanExecutor` runs one rank's part of the round schedule of
-  :mod:`~taccl_py.runtime.rounds`: per round, pack multi-run sends, one NCCL
-  ``groupStart``/``groupEnd`` with the round's receives and sends, then local copies and
-  reductions, all on one (the caller's) stream.
+  :mod:`~taccl_py.runtime.rounds` on its communicator's GPU: per round, pack multi-run
+  sends, one NCCL ``groupStart``/``groupEnd`` with the round's receives and sends (raw
+  bytes, so any dtype moves), then local copies and reductions (CuPy kernels), all on one
+  (the caller's) stream. :meth:`~NcclPlanExecutor.run` returns an :class:`InFlight` whose
+  events tell when each round is done.
+* :class:`Watchdog` aborts the communicator when a run is not done within a timeout or NCCL
+  reports an error, and keeps the error, naming the round and peers it was stuck on.
+* :func:`communicator_from_store` makes the communicator with a deadline.
 * :func:`run_single_device` runs every rank's buffers on one device, one stream per (rank,
   threadblock); a send is a device-to-device copy into the receiver's region, and events
   order dependencies and send -> receive. The engine takes an injectable :class:`Device`
   (array module, streams, events): :class:`CupyDevice` on a GPU; :class:`HostDevice` runs
   the very same engine with NumPy on CPU, either immediately or with streams interleaved at
-  random as far as their events allow (that is how it is tested without a GPU).
+  random as far as their events allow.
 
 Results are exact for integer dtypes (reductions are elementwise ufuncs in the buffer dtype).
+Without a GPU, :mod:`taccl_py.testing.fake_cuda` stands in for CuPy and NCCL.
 """
 
 from __future__ import annotations
 
 import pickle
 import random
+import time
 from collections import deque
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Protocol, Sequence
 
@@ -28,54 +37,192 @@ import numpy as np
 
 from ..errors import TacclError
 from ..lowering.plan import Plan
-from .rounds import (Msg, RankProgram, Schedule, StepOps, apply_local, chunk_elems, plan_rounds,
-                     reducer)
+from .rounds import (Msg, RankProgram, Round, Schedule, StepOps, apply_local, chunk_elems,
+                     plan_rounds, reducer)
 
-#: numpy dtype name -> cupy.cuda.nccl constant name
-NCCL_DTYPES = {"int8": "NCCL_INT8", "uint8": "NCCL_UINT8", "int32": "NCCL_INT32",
-               "uint32": "NCCL_UINT32", "int64": "NCCL_INT64", "uint64": "NCCL_UINT64",
-               "float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32",
-               "float64": "NCCL_FLOAT64"}
+#: NCCL's byte type: plan messages move raw bytes (point-to-point is type-agnostic), so every
+#: dtype that the array module can reduce is served; reductions run as array kernels
+NCCL_BYTES = "NCCL_UINT8"
+#: how often the watchdog looks at collectives in flight (seconds)
+POLL_S = 0.01
+
+
+#: what to install for each missing piece of the CUDA stack
+INSTALL = "pip install 'taccl_py[cuda]'"
+
+
+def require_cuda():
+    """CuPy with NVRTC, NCCL and a visible GPU, or :class:`TacclError` in one line saying
+    what is missing and what to install.
+
+    >>> require_cuda()  # doctest: +SKIP
+    <module 'cupy' ...>
+    """
+    import warnings
+
+    try:
+        import cupy
+    except ImportError:
+        raise TacclError(f"the CUDA route needs CuPy and NCCL: {INSTALL}") from None
+    except Exception as exc:  # noqa: BLE001 - a broken CuPy install: say so in one line
+        raise TacclError(f"CuPy does not import ({type(exc).__name__}: {_line(exc)}); "
+                         f"reinstall: {INSTALL}") from None
+    with warnings.catch_warnings():  # CuPy warns over several lines when NCCL is missing
+        warnings.simplefilter("ignore")
+        try:
+            from cupy.cuda import nccl
+        except ImportError:
+            nccl = None
+    if nccl is None or not getattr(nccl, "available", False):
+        raise TacclError("CuPy finds no NCCL library: pip install 'nvidia-nccl-cu12>=2.18.1,<3' "
+                         "(part of 'taccl_py[cuda]')")
+    try:
+        from cupy.cuda import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001 - DynamicLibNotFoundError / RuntimeError
+        raise TacclError(f"CuPy finds no NVRTC ({_line(exc)}): pip install "
+                         f"'nvidia-cuda-nvrtc-cu12>=12.2,<13' (part of 'taccl_py[cuda]')") \
+            from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - CUDARuntimeError without a driver or GPU
+        raise TacclError(f"no usable CUDA GPU: {_line(exc)} (an NVIDIA driver and a GPU are "
+                         f"needed)") from None
+    if count < 1:
+        raise TacclError("no usable CUDA GPU: none is visible (check CUDA_VISIBLE_DEVICES)")
+    return cupy
+
+
+def _line(exc: Exception) -> str:
+    """The first line of an exception's message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class StreamRef:
+    """A raw ``cudaStream_t`` in the CUDA stream protocol, for ``Stream.from_external``."""
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.ptr)
+
+
+def external_stream(cp, ptr: int, device: int):
+    """A CuPy stream for the raw stream ``ptr`` of GPU ``device`` (which must be current):
+    ``Stream.from_external`` on CuPy 14, ``ExternalStream`` before."""
+    from_external = getattr(cp.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(StreamRef(ptr))
+    return cp.cuda.ExternalStream(ptr, device)
 
 
 def _cupy():
     try:
         import cupy
     except ImportError as exc:
-        raise TacclError("the CUDA executor needs CuPy (pip install cupy-cuda12x)") from exc
+        raise TacclError("the CUDA executor needs CuPy: pip install 'taccl_py[cuda]'") from exc
     return cupy
 
 
-def nccl_dtype(dtype) -> int:
-    """The NCCL data type of a NumPy dtype; :class:`TacclError` if NCCL has none."""
-    name = NCCL_DTYPES.get(np.dtype(dtype).name)
-    if name is None:
-        raise TacclError(f"dtype {np.dtype(dtype).name} has no NCCL type; use one of "
-                         f"{', '.join(NCCL_DTYPES)}")
-    from cupy.cuda import nccl
-    return getattr(nccl, name)
+def communicator_from_store(store, rank: int, size: int, device: int, timeout: float,
+                            key: str = "taccl/nccl"):
+    """An NCCL communicator of ``size`` ranks on GPU ``device``, or :class:`TacclError`
+    within ``timeout`` seconds.
 
+    ``store`` is a c10d-style store (``set``, blocking ``get``, ``wait(keys, timedelta)``,
+    ``check(keys)``). Every rank first announces itself and its device there, so a missing
+    rank or two ranks of one host on one GPU is reported by name before NCCL starts; the
+    unique id then travels through the store. CuPy offers only the blocking
+    ``ncclCommInitRank``, so it runs on a helper thread that is given up after the deadline.
+    """
+    import datetime
+    import socket
+    import threading
 
-def communicator_from_store(store, rank: int, size: int, key: str = "taccl/nccl_id"):
-    """A ``NcclCommunicator`` over ``size`` ranks; the unique id travels through ``store``
-    (a c10d-style store: ``set(key, bytes)``, blocking ``get(key)``)."""
     from cupy.cuda import nccl
+
+    cupy = _cupy()
+    me = f"{socket.gethostname()}:{device}"
+    store.set(f"{key}/dev/{rank}", me.encode())
+    keys = [f"{key}/dev/{r}" for r in range(size)]
+    try:
+        store.wait(keys, datetime.timedelta(seconds=timeout))
+    except Exception:  # noqa: BLE001 - the store's own timeout error
+        missing = [r for r, k in enumerate(keys) if not store.check([k])]
+        raise TacclError(f"rank {rank}: NCCL setup: rank(s) {missing} did not join within "
+                         f"{timeout:g} s") from None
+    owners: dict[str, int] = {}
+    for r, k in enumerate(keys):
+        where = store.get(k).decode()
+        if where in owners:
+            host, dev = where.rsplit(":", 1)
+            raise TacclError(f"ranks {owners[where]} and {r} both use cuda:{dev} on {host}: "
+                             f"give each rank its own GPU (torch.cuda.set_device(local_rank) "
+                             f"and tensors on that device)")
+        owners[where] = r
     if rank == 0:
-        uid = nccl.get_unique_id()
-        store.set(key, pickle.dumps(uid))
-    else:
-        uid = pickle.loads(store.get(key))
-    return nccl.NcclCommunicator(size, uid, rank)
+        store.set(f"{key}/uid", pickle.dumps(nccl.get_unique_id()))
+    uid = pickle.loads(store.get(f"{key}/uid"))
+    made: list = []
+
+    def init() -> None:
+        try:
+            with cupy.cuda.Device(device):
+                made.append(nccl.NcclCommunicator(size, uid, rank))
+        except Exception as exc:  # noqa: BLE001 - reported by the waiting thread
+            made.append(exc)
+
+    helper = threading.Thread(target=init, name=f"taccl-nccl-init-{rank}", daemon=True)
+    helper.start()
+    helper.join(timeout)
+    if not made:
+        raise TacclError(f"rank {rank}: NCCL communicator setup did not finish within "
+                         f"{timeout:g} s (a rank stopped, or the GPUs cannot reach each other)")
+    if isinstance(made[0], Exception):
+        raise TacclError(f"rank {rank}: NCCL communicator setup failed: {made[0]}")
+    return made[0]
 
 
 # -- NCCL, one rank per GPU -------------------------------------------------------------------
 
+@dataclass
+class InFlight:
+    """One enqueued run: an event after each round's group and one at the end.
+
+    :meth:`stuck` names the first round whose group has not finished, with its peers."""
+
+    rank: int
+    what: str  # e.g. "plan ring-allreduce-4" or "broadcast from rank 0"
+    rounds: list[tuple[int, Round, Any]]  # (round index, round, event after its group)
+    total: int  # rounds in the plan
+    end: Any  # event after the run's last work
+    buffers: dict  # temporaries, kept until the run is over
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.end.done)
+
+    def stuck(self) -> str:
+        for k, rnd, event in self.rounds:
+            if not event.done:
+                parts = [f"receive of {m.cnt} chunk(s) from rank {m.peer} (channel {m.chan}, "
+                         f"message {m.seq})" for m in rnd.recvs[:3]]
+                parts += [f"send of {m.cnt} chunk(s) to rank {m.peer} (channel {m.chan}, "
+                          f"message {m.seq})" for m in rnd.sends[:3 - len(parts)]]
+                more = len(rnd.recvs) + len(rnd.sends) - len(parts)
+                extra = f" (+{more} more)" if more > 0 else ""
+                return f"round {k + 1} of {self.total}: {'; '.join(parts)}{extra}"
+        return "its work after the last message" if self.rounds else "its NCCL calls"
+
+
 class NcclPlanExecutor:
     """This rank's compiled part of ``plan`` for ``chunk_elems`` elements of ``dtype`` a chunk.
 
-    ``comm`` is a ``cupy.cuda.nccl.NcclCommunicator`` with ``plan.ngpus`` ranks. Reusable:
-    :meth:`run` may be called many times; runs on different streams must be ordered by the
-    caller.
+    ``comm`` is a ``cupy.cuda.nccl.NcclCommunicator`` with ``plan.ngpus`` ranks; all work runs
+    on its GPU. Reusable: :meth:`run` may be called many times.
     """
 
     def __init__(self, plan: Plan, comm, rank: int, chunk_elems: int, dtype,
@@ -84,9 +231,13 @@ class NcclPlanExecutor:
             raise TacclError(f"plan {plan.name} needs {plan.ngpus} NCCL ranks, the "
                              f"communicator has {comm.size()}")
         self.cp = _cupy()
+        from cupy.cuda import nccl
+
+        self.nccl, self.bytes_type = nccl, getattr(nccl, NCCL_BYTES)
         self.comm, self.rank, self.ce = comm, rank, int(chunk_elems)
+        self.device = comm.device_id()
         self.dtype = np.dtype(dtype)
-        self.nccl_dtype = nccl_dtype(self.dtype)
+        self.plan_name = plan.name
         sched = schedule or plan_rounds(plan)
         self.coll = sched.coll
         self.reduce = reducer(self.cp, redop or sched.redop)
@@ -94,36 +245,47 @@ class NcclPlanExecutor:
         self.out_buf = self.program.output_buffer
         self.copy_input = self.coll.inplace or "i" in self.program.written
 
-    def run(self, sendbuf, recvbuf, stream=None):
-        """Run the plan: ``sendbuf`` holds the input chunks, ``recvbuf`` gets the output
-        chunks (contiguous cupy arrays of ``dtype``; they may alias for in-place plans).
-        Work is enqueued on ``stream`` (default: the current stream); returns ``recvbuf``."""
-        from cupy.cuda import nccl
+    def run(self, sendbuf, recvbuf, stream=None) -> InFlight:
+        """Enqueue the plan on ``stream`` (default: this thread's current stream on the
+        communicator's GPU): ``sendbuf`` holds the input chunks, ``recvbuf`` gets the output
+        chunks (contiguous arrays of ``dtype`` on that GPU; they may alias for in-place
+        plans). Returns the run's :class:`InFlight` (its events tell when it is done)."""
         cp, ce, prog = self.cp, self.ce, self.program
-        stream = stream if stream is not None else cp.cuda.get_current_stream()
-        with stream:
-            bufs = self._setup(sendbuf, recvbuf)
-            for rnd in prog.rounds:
-                for op in rnd.pack:
-                    apply_local(op, bufs, ce, self.reduce)
-                if rnd.sends or rnd.recvs:
-                    nccl.groupStart()
-                    try:
-                        for m in rnd.recvs:
-                            self.comm.recv(self._ptr(bufs, m), m.cnt * ce, self.nccl_dtype,
-                                           m.peer, stream.ptr)
-                        for m in rnd.sends:
-                            self.comm.send(self._ptr(bufs, m), m.cnt * ce, self.nccl_dtype,
-                                           m.peer, stream.ptr)
-                    finally:
-                        nccl.groupEnd()
-                for op in rnd.local:
-                    apply_local(op, bufs, ce, self.reduce)
-            if self.out_buf is None:
-                recv = recvbuf.reshape(-1)
-                for j, (b, o) in enumerate(prog.out_locs):
-                    recv[j * ce:(j + 1) * ce] = bufs[b][o * ce:(o + 1) * ce]
-        return recvbuf
+        with cp.cuda.Device(self.device):
+            stream = stream if stream is not None else cp.cuda.get_current_stream()
+            marks: list[tuple[int, Round, Any]] = []
+            with stream:
+                bufs = self._setup(sendbuf, recvbuf)
+                for k, rnd in enumerate(prog.rounds):
+                    for op in rnd.pack:
+                        apply_local(op, bufs, ce, self.reduce)
+                    if rnd.sends or rnd.recvs:
+                        self._group(bufs, rnd, stream)
+                        event = cp.cuda.Event(disable_timing=True)
+                        event.record(stream)
+                        marks.append((k, rnd, event))
+                    for op in rnd.local:
+                        apply_local(op, bufs, ce, self.reduce)
+                if self.out_buf is None:
+                    recv = recvbuf.reshape(-1)
+                    for j, (b, o) in enumerate(prog.out_locs):
+                        recv[j * ce:(j + 1) * ce] = bufs[b][o * ce:(o + 1) * ce]
+                end = cp.cuda.Event(disable_timing=True)
+                end.record(stream)
+        return InFlight(self.rank, f"plan {self.plan_name}", marks, len(prog.rounds), end, bufs)
+
+    def _group(self, bufs, rnd: Round, stream) -> None:
+        nccl, size = self.nccl, self.ce * self.dtype.itemsize
+        nccl.groupStart()
+        try:
+            for m in rnd.recvs:
+                self.comm.recv(self._ptr(bufs, m), m.cnt * size, self.bytes_type, m.peer,
+                               stream.ptr)
+            for m in rnd.sends:
+                self.comm.send(self._ptr(bufs, m), m.cnt * size, self.bytes_type, m.peer,
+                               stream.ptr)
+        finally:
+            nccl.groupEnd()
 
     def _ptr(self, bufs, m: Msg) -> int:
         return bufs[m.buf].data.ptr + m.off * self.ce * self.dtype.itemsize
@@ -136,6 +298,9 @@ class NcclPlanExecutor:
                 raise TacclError(f"rank {self.rank}: {name} buffer must be a contiguous "
                                  f"{self.dtype} array of {chunks * ce} elements, got "
                                  f"{buf.dtype} x {buf.size}")
+            if buf.device.id != self.device:
+                raise TacclError(f"rank {self.rank}: {name} buffer is on cuda:{buf.device.id}, "
+                                 f"the NCCL communicator on cuda:{self.device}")
         send, recv = sendbuf.reshape(-1), recvbuf.reshape(-1)
         bufs: dict[str, Any] = {self.out_buf: recv} if self.out_buf else {}
         for name, chunks in prog.sizes.items():
@@ -149,6 +314,91 @@ class NcclPlanExecutor:
                 if target.data.ptr != source.data.ptr:  # in place: already there
                     target[...] = source
         return bufs
+
+
+class Watchdog:
+    """Watches one communicator's runs in flight. A run not done within ``timeout`` seconds,
+    or an asynchronous NCCL error, aborts the communicator (``ncclCommAbort``, so that the
+    GPU work of every collective on it ends) and keeps a :class:`TacclError` naming the rank,
+    the plan and the round and peers it was stuck on; :meth:`check` raises it from then on.
+    """
+
+    def __init__(self, comm, rank: int, timeout: float) -> None:
+        import threading
+
+        self.comm, self.rank, self.timeout = comm, rank, timeout
+        self.error: TacclError | None = None
+        self._runs: deque[InFlight] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name=f"taccl-watchdog-{rank}",
+                                        daemon=True)
+        self._thread.start()
+
+    def watch(self, run: InFlight) -> None:
+        """Start watching ``run`` (raises first if the communicator already failed)."""
+        self.check()
+        with self._lock:
+            self._runs.append(run)
+        self._wake.set()
+
+    def check(self) -> None:
+        """Raise the failure, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def wait(self, run: InFlight) -> None:
+        """Block until ``run`` is done, or raise its failure (within the timeout)."""
+        while not run.done:
+            self.check()
+            time.sleep(POLL_S)
+        self.check()
+
+    def close(self) -> None:
+        """Stop watching (the communicator stays as it is)."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop and self.error is None:
+            with self._lock:
+                while self._runs and self._runs[0].done:
+                    self._runs.popleft()
+                oldest = self._runs[0] if self._runs else None
+            if oldest is None:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            why = self._async_error()
+            if why is None and time.monotonic() - oldest.started > self.timeout:
+                why = f"not done within {self.timeout:g} s"
+            if why is not None:
+                self._fail(oldest, why)
+            else:
+                time.sleep(POLL_S)
+
+    def _async_error(self) -> str | None:
+        try:
+            self.comm.check_async_error()
+        except Exception as exc:  # noqa: BLE001 - NCCL's asynchronous error
+            return f"NCCL error {exc}"
+        return None
+
+    def abort(self, why: str) -> None:
+        """Fail now: abort the communicator and keep ``why`` as the error."""
+        if self.error is None:
+            self.error = TacclError(f"rank {self.rank}: {why}; the NCCL communicator was "
+                                    f"aborted")
+            try:
+                self.comm.abort()
+            except Exception:  # noqa: BLE001 - aborting is best effort; the error stands
+                pass
+        self._wake.set()
+
+    def _fail(self, run: InFlight, why: str) -> None:
+        self.abort(f"{run.what} {why}; stuck at {run.stuck()}")
 
 
 # -- all ranks on one device ------------------------------------------------------------------

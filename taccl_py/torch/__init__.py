@@ -2,8 +2,9 @@
 
 ``dist.init_process_group("taccl", ...)`` then serves all_gather_into_tensor, all_gather,
 all_to_all_single, all_to_all, reduce_scatter_tensor, reduce_scatter, all_reduce, barrier,
-broadcast, send/recv (sync or ``async_op=True``) on CPU tensors, and on CUDA tensors through
-CuPy's NCCL, with Gloo's results for tensors of any layout and, on CPU, Gloo's dtypes. Plans
+broadcast, reduce, gather, scatter, send/recv (sync or ``async_op=True``) on CPU tensors, with
+Gloo's results for tensors of any layout and Gloo's dtypes, and on CUDA tensors through
+CuPy's NCCL on the tensors' GPU and the caller's stream (:mod:`taccl_py.torch.cuda`). Plans
 come from ``$TACCL_PLAN_DIR`` (or :func:`configure`; each is verified when loaded, and an
 invalid one is refused), else fallback plans (ring; direct for all-to-all) synthesized once
 and cached under ``$TACCL_CACHE_DIR`` (default ``~/.cache/taccl_py``). With ``TACCL_LOG=1``
@@ -26,9 +27,15 @@ __all__ = ["TacclProcessGroup", "PlanLibrary", "configure", "PLAN_DIR_ENV", "CAC
 _options: dict = {}
 
 
-def configure(plan_dir=None, cache_dir=None) -> None:
-    """Plan and cache directories for groups created from now on (overrides the env vars)."""
-    _options.update(plan_dir=plan_dir, cache_dir=cache_dir)
+def configure(plan_dir=None, cache_dir=None, blocking_wait: bool | None = None) -> None:
+    """Options for groups created from now on (each overrides its environment variable):
+    plan and cache directories, and whether ``Work.wait()`` of CUDA collectives waits on the
+    host (``TACCL_BLOCKING_WAIT``).
+
+    >>> import taccl_py.torch
+    >>> taccl_py.torch.configure(plan_dir="plans/")  # doctest: +SKIP
+    """
+    _options.update(plan_dir=plan_dir, cache_dir=cache_dir, blocking_wait=blocking_wait)
 
 
 def _create(store, rank, size, timeout):

@@ -14,6 +14,7 @@ are Gloo's (:data:`GLOO_DTYPES`).
 from __future__ import annotations
 
 import atexit
+import os
 import concurrent.futures as cf
 import datetime
 import weakref
@@ -25,16 +26,14 @@ import torch.distributed as dist
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER
 from ..errors import TacclError
 from ..runtime.executor import PlanExecutor
+from .checks import _R, REDUCE, as_real, check_list, check_output, check_pair, reduce_op
 from .gloo_transport import GlooTransport
 from .library import PlanLibrary
 
-_R = dist.ReduceOp.RedOpType
-REDUCE = {_R.SUM: "sum", _R.AVG: "sum", _R.PRODUCT: "prod", _R.MIN: "min", _R.MAX: "max"}
-#: the dtypes Gloo serves on CPU, in the order of torch's dtype list; the others are refused
-GLOO_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
-               torch.uint8, torch.int32, torch.int64, torch.bool)
 #: executors kept per group (each holds its compiled program and receive temporaries)
 EXECUTOR_CACHE = 32
+#: set to 1 to make ``Work.wait()`` of CUDA collectives wait on the host (and raise a failure)
+BLOCKING_WAIT_ENV = "TACCL_BLOCKING_WAIT"
 #: groups not yet shut down; those left at exit are shut down before the interpreter ends
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -62,7 +61,7 @@ class TacclProcessGroup(dist.ProcessGroup):
     """A process group whose collectives run synthesized (or fallback) plans."""
 
     def __init__(self, store, rank: int, size: int, timeout: datetime.timedelta,
-                 plan_dir=None, cache_dir=None) -> None:
+                 plan_dir=None, cache_dir=None, blocking_wait: bool | None = None) -> None:
         super().__init__(rank, size)
         self._store, self._timeout = store, timeout.total_seconds()
         self._library = PlanLibrary(plan_dir, cache_dir)
@@ -77,6 +76,7 @@ class TacclProcessGroup(dist.ProcessGroup):
         self._worker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="taccl-coll")
         self._executors: dict[tuple, PlanExecutor] = {}
         self._cuda = None  # taccl_py.torch.cuda.CudaRunner, made on the first CUDA call
+        self._blocking = _env_flag(BLOCKING_WAIT_ENV) if blocking_wait is None else blocking_wait
         self._name = ""
         _LIVE.add(self)
 
@@ -101,6 +101,8 @@ class TacclProcessGroup(dist.ProcessGroup):
         reference to a tensor then aborts the process)."""
         _LIVE.discard(self)
         self._worker.shutdown(wait=True)
+        if self._cuda is not None:
+            self._cuda.close()
         if self._transport is not None:
             self._transport.close()
         self._executors.clear()
@@ -126,7 +128,7 @@ class TacclProcessGroup(dist.ProcessGroup):
                 outs = _map(lambda t: _stand_in(t, written), outputs)
                 ins = _map(lambda t: t.detach().contiguous(), inputs)
                 if op is not None:
-                    outs, ins = _map(lambda t: _as_real(t, op), (outs, ins))
+                    outs, ins = _map(lambda t: as_real(t, op), (outs, ins))
                 fn(outs, ins)
                 for tensor, staged in written:
                     tensor.copy_(staged)
@@ -166,14 +168,11 @@ class TacclProcessGroup(dist.ProcessGroup):
                     op=_R.SUM) -> None:
         """``output`` ← the ``kind`` collective of every rank's ``input`` (contiguous tensors,
         taken as flat arrays); ``op`` is one of :data:`REDUCE`."""
-        _check(kind, output, input, op, self.size())
+        check_pair(kind, output, input, op, self.size())
         if input.numel() == 0:
             return
         output, input = output.view(-1), input.view(-1)
-        if output.is_cuda:
-            self._cuda_runner().run(kind, output, input, REDUCE[op])
-        else:
-            self._cpu(kind, output, input, REDUCE[op])
+        self._cpu(kind, output, input, REDUCE[op])
         if op == _R.AVG:
             output.div_(self.size())
 
@@ -212,31 +211,48 @@ class TacclProcessGroup(dist.ProcessGroup):
         ce = send.size // coll.i_chunks
         self._executor(plan, ce, send.dtype, red).run(send, recv, self._timeout)
 
-    def _cuda_runner(self):
-        if self._cuda is None:
-            from .cuda import CudaRunner
+    def _gpu(self, *tensors):
+        """The CUDA runner when ``tensors`` (nested lists) are CUDA tensors, else None."""
+        self._check_live()
+        from . import cuda
 
-            self._cuda = CudaRunner(self._store, self.rank(), self.size(), self._library)
+        flat = cuda.flatten(tensors)
+        on_gpu = [cuda.BRIDGE.is_cuda(t) for t in flat]
+        if not any(on_gpu):
+            return None
+        if not all(on_gpu):
+            raise TacclError("a call's tensors must all be CUDA tensors or all CPU tensors")
+        if self._cuda is None:
+            self._cuda = cuda.CudaRunner(self._store, self.rank(), self.size(), self._library,
+                                         self._timeout, self._blocking)
         return self._cuda
 
     # -- collectives (both the torch <= 2.12 and the 2.13 method names) ------------------
     def allreduce(self, tensors, opts=None):
-        op = _op(opts)
+        op = reduce_op(opts)
+        if gpu := self._gpu(tensors):
+            return gpu.reduction(ALLREDUCE, [(t, t) for t in tensors], op)
         if op not in REDUCE:
             return self._delegate(lambda ts, _: self._gloo.allreduce(ts, opts), tensors, op=op)
         return self._submit(lambda ts, _: self._each(ALLREDUCE, op)(ts, ts), tensors, op=op)
 
     def allreduce_coalesced(self, tensors, opts=None):
-        op = _op(opts)
+        op = reduce_op(opts)
+        if gpu := self._gpu(tensors):
+            return gpu.reduction(ALLREDUCE, [(t, t) for t in tensors], op)
         if op not in REDUCE:
             return self._delegate(lambda ts, _: self._gloo.allreduce_coalesced(ts, opts),
                                   tensors, op=op)
         return self._submit(lambda ts, _: self._each(ALLREDUCE, op)(ts, ts), tensors, op=op)
 
     def allgather(self, output_tensors, input_tensors, opts=None):
+        if gpu := self._gpu(output_tensors, input_tensors):
+            (parts,), (t,) = output_tensors, input_tensors
+            return gpu.allgather_list(parts, t)
+
         def run(outs, ins):
             (parts,), (t,) = outs, ins
-            _check_list("all_gather", parts, t, self.size())
+            check_list("all_gather", parts, t, self.size())
             flat = torch.empty(self.size(), t.numel(), dtype=t.dtype, device=t.device)
             self._collective(ALLGATHER, flat, t)
             for part, row in zip(parts, flat):
@@ -245,15 +261,24 @@ class TacclProcessGroup(dist.ProcessGroup):
         return self._submit(run, output_tensors, input_tensors)
 
     def all_gather_single(self, output, input, opts=None):
+        if gpu := self._gpu(output, input):
+            return gpu.moves(ALLGATHER, [(output, input)])
         return self._submit(self._each(ALLGATHER), [output], [input])
 
     _allgather_base = all_gather_single
 
     def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
+        if gpu := self._gpu(outputs, inputs):
+            return gpu.moves(ALLGATHER, list(zip(outputs, inputs)))
         return self._submit(self._each(ALLGATHER), outputs, inputs)
 
     def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes,
                           opts=None):
+        if gpu := self._gpu(output, input):
+            if not output_split_sizes and not input_split_sizes and input.dim() \
+                    and input.shape[0] % self.size() == 0:
+                return gpu.moves(ALLTOALL, [(output, input)])
+            return gpu.alltoall_split(output, input, output_split_sizes, input_split_sizes)
         # split sizes are Gloo's: only all of them tell whether the blocks are even, and
         # every rank must choose the same way
         if not output_split_sizes and not input_split_sizes and input.dim() \
@@ -267,6 +292,9 @@ class TacclProcessGroup(dist.ProcessGroup):
     def alltoall(self, output_tensors, input_tensors, opts=None):
         """Gloo's all-to-all with split sizes (whether another rank's tensors differ in size
         is unknown here), which unlike Gloo's own list version takes uneven tensors."""
+        if gpu := self._gpu(output_tensors, input_tensors):
+            return gpu.alltoall_list(output_tensors, input_tensors)
+
         def run(outs, ins):
             sizes = [t.numel() for t in outs]
             flat = torch.empty(sum(sizes), dtype=outs[0].dtype, device=outs[0].device)
@@ -278,14 +306,17 @@ class TacclProcessGroup(dist.ProcessGroup):
         return self._submit(run, output_tensors, input_tensors)
 
     def reduce_scatter(self, output_tensors, input_tensors, opts=None):
-        op = _op(opts)
+        op = reduce_op(opts)
+        if gpu := self._gpu(output_tensors, input_tensors):
+            (out,), (parts,) = output_tensors, input_tensors
+            return gpu.reduce_scatter_list(out, parts, op)
         if op not in REDUCE:
             return self._delegate(lambda o, i: self._gloo.reduce_scatter(
                 _map(_flat, o), _map(_flat, i), opts), output_tensors, input_tensors, op)
 
         def run(outs, ins):
             (out,), (parts,) = outs, ins
-            _check_list("reduce_scatter", parts, out, self.size())
+            check_list("reduce_scatter", parts, out, self.size())
             self._collective(REDUCESCATTER, out, torch.cat([t.reshape(-1) for t in parts]),
                              op)
 
@@ -297,7 +328,9 @@ class TacclProcessGroup(dist.ProcessGroup):
     _reduce_scatter_base = reduce_scatter_single
 
     def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
-        op = _op(opts)
+        op = reduce_op(opts)
+        if gpu := self._gpu(outputs, inputs):
+            return gpu.reduction(REDUCESCATTER, list(zip(outputs, inputs)), op)
         if op in REDUCE:
             return self._submit(self._each(REDUCESCATTER, op), outputs, inputs, op)
 
@@ -312,36 +345,44 @@ class TacclProcessGroup(dist.ProcessGroup):
         return self._delegate(lambda *_: self._gloo.barrier(), [])
 
     def broadcast(self, tensors, opts):
+        if gpu := self._gpu(tensors):
+            return gpu.broadcast(tensors, opts.rootRank)
         return self._delegate(lambda ts, _: self._gloo.broadcast(ts, opts), tensors)
 
     def reduce(self, tensors, opts):
-        return self._delegate(lambda ts, _: self._gloo.reduce(ts, opts), tensors, op=_op(opts))
+        if gpu := self._gpu(tensors):
+            return gpu.reduce(tensors, opts.rootRank, reduce_op(opts))
+        return self._delegate(lambda ts, _: self._gloo.reduce(ts, opts), tensors, op=reduce_op(opts))
 
     def gather(self, output_tensors, input_tensors, opts):
+        if gpu := self._gpu(output_tensors, input_tensors):
+            return gpu.gather(output_tensors[0] if output_tensors else [], input_tensors[0],
+                              opts.rootRank)
         return self._delegate(lambda o, i: self._gloo.gather(o, i, opts), output_tensors,
                               input_tensors)
 
     def scatter(self, output_tensors, input_tensors, opts):
+        if gpu := self._gpu(output_tensors, input_tensors):
+            return gpu.scatter(output_tensors[0], input_tensors[0] if input_tensors else [],
+                               opts.rootRank)
         return self._delegate(lambda o, i: self._gloo.scatter(o, i, opts), output_tensors,
                               input_tensors)
 
     def send(self, tensors, dstRank, tag):  # noqa: N803 - torch's keyword names
-        self._check_live()
+        if gpu := self._gpu(tensors):
+            return gpu.send(tensors, dstRank)
         return self._gloo.send(tensors, dstRank, tag)
 
     def recv(self, tensors, srcRank, tag):  # noqa: N803
-        self._check_live()
+        if gpu := self._gpu(tensors):
+            return gpu.recv(tensors, srcRank)
         return self._gloo.recv(tensors, srcRank, tag)
 
     def recv_anysource(self, tensors, tag):
-        self._check_live()
+        if self._gpu(tensors):
+            raise TacclError("recv from any source is not supported on CUDA tensors (NCCL "
+                             "point-to-point names its peer)")
         return self._gloo.recv_anysource(tensors, tag)
-
-
-def _op(opts):
-    """The reduce operation of ``opts`` (SUM without options)."""
-    op = getattr(opts, "reduceOp", None)
-    return _R.SUM if op is None else getattr(op, "op", op)  # torch < 2.13: a plain enum
 
 
 def _map(fn, tensors):
@@ -349,16 +390,6 @@ def _map(fn, tensors):
     if isinstance(tensors, (list, tuple)):
         return [_map(fn, t) for t in tensors]
     return fn(tensors)
-
-
-def _as_real(tensor: torch.Tensor, op) -> torch.Tensor:
-    """A complex tensor as its real view, for sums and averages (which act on each part, as
-    in torch's own conversion); other reductions of complex tensors are refused."""
-    if not tensor.is_complex():
-        return tensor
-    if op not in (_R.SUM, _R.AVG):
-        raise TacclError(f"reduce op {op} is not supported on complex tensors")
-    return torch.view_as_real(tensor)
 
 
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
@@ -372,40 +403,17 @@ def _stand_in(tensor: torch.Tensor, written: list) -> torch.Tensor:
     tensor = tensor.detach()
     if tensor.is_contiguous():
         return tensor
-    if any(s == 0 and k > 1 for s, k in zip(tensor.stride(), tensor.shape)):
-        raise TacclError(f"an output of shape {tuple(tensor.shape)} has elements that share "
-                         f"memory (an expanded view): clone() it first")
+    check_output(tensor)
     staged = tensor.contiguous()
     written.append((tensor, staged))
     return staged
-
-
-def _check(kind: str, output: torch.Tensor, input: torch.Tensor, op, n: int) -> None:
-    """Refuse, before any message, what the ``kind`` collective cannot serve."""
-    if output.device != input.device or output.dtype != input.dtype:
-        raise TacclError(f"{kind}: input and output must share device and dtype, got "
-                         f"{input.device}/{input.dtype} and {output.device}/{output.dtype}")
-    if not output.is_cuda and output.dtype not in GLOO_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in GLOO_DTYPES)
-        raise TacclError(f"{kind}: {output.dtype} is not supported on CPU, as by Gloo "
-                         f"(supported: {names})")
-    expect = {ALLGATHER: input.numel() * n, REDUCESCATTER: input.numel() // n}
-    if output.numel() != expect.get(kind, input.numel()) or (
-            kind == REDUCESCATTER and input.numel() % n):
-        raise TacclError(f"{kind} on {n} ranks: output has {output.numel()} elements for "
-                         f"an input of {input.numel()}")
-    if op == _R.AVG and not output.is_floating_point():
-        raise TacclError(f"ReduceOp.AVG needs a floating-point tensor, got {output.dtype}")
-
-
-def _check_list(name: str, parts: list, tensor: torch.Tensor, n: int) -> None:
-    """A list argument of ``name`` must hold ``n`` tensors the size of ``tensor``."""
-    if len(parts) != n or any(p.numel() != tensor.numel() for p in parts):
-        raise TacclError(f"{name} on {n} ranks needs {n} tensors of {tensor.numel()} "
-                         f"elements, got {[p.numel() for p in parts]}")
 
 
 @atexit.register
 def _shutdown_live_groups() -> None:
     for group in list(_LIVE):
         group.shutdown()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0")

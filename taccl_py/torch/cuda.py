@@ -1,69 +1,451 @@
 """CUDA tensors in the taccl backend: plans run with NCCL point-to-point through CuPy.
 
-The NCCL communicator is made on the first CUDA collective (unique id through the group's
-store); every plan step is enqueued on the caller's current torch stream, so the backend is
-stream-ordered like NCCL's own collectives.
+Everything runs in the calling thread, on the GPU of the tensors and on the caller's
+current torch stream there, like NCCL's own collectives are stream-ordered: the work is
+enqueued and the call returns. The tensors are recorded on that stream
+(``record_stream``), so the caching allocator keeps them for the work enqueued there.
+``Work.wait()`` makes the waiting thread's current stream wait for the collective (with
+``blocking_wait``: the host waits, and raises on a failure).
+
+The NCCL communicator is made on the first CUDA call (its unique id through the group's
+store, with a deadline). A :class:`~taccl_py.runtime.cuda_exec.Watchdog` aborts it when a
+collective is not done within the group's timeout, or NCCL reports an error; every later
+call on the group then raises that error, naming the round and the peers it was stuck on.
+
+Plan traffic moves bytes, so every dtype is exact for gathers and all-to-all; reductions
+run as CuPy kernels in the tensor's dtype (bfloat16: in float32, rounded back once, as on
+CPU). Rooted and point-to-point operations use NCCL's own type-agnostic broadcast and
+send/recv, and Reduce runs the AllReduce plan; no CUDA tensor is handed to Gloo.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any, Callable
+
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER
 from ..errors import TacclError
+from ..runtime.cuda_exec import (InFlight, NcclPlanExecutor, Watchdog, communicator_from_store,
+                                 external_stream, require_cuda)
+from .checks import _R, REDUCE, as_real, check_list, check_output, check_pair
 from .library import PlanLibrary
 
-class CudaRunner:
-    """Runs collectives on CUDA tensors of one device for one process group."""
+#: executors kept per group (each holds a compiled program)
+EXECUTOR_CACHE = 32
 
-    def __init__(self, store, rank: int, size: int, library: PlanLibrary) -> None:
-        try:
-            import cupy  # noqa: F401
-        except ImportError:
-            raise TacclError("CUDA tensors need CuPy: pip install 'taccl_py[cuda]'") from None
-        from ..runtime.cuda_exec import communicator_from_store
 
-        self.rank, self.size, self.library = rank, size, library
-        self.comm = communicator_from_store(store, rank, size, key="taccl-nccl-id")
-        self.executors: dict[tuple, object] = {}
+class TorchCuda:
+    """What the CUDA route needs from torch; tests substitute a fake over CPU tensors."""
 
-    def run(self, kind: str, output: torch.Tensor, input: torch.Tensor, red: str) -> None:
-        """``output`` ← the ``kind`` collective of every rank's ``input`` (flat, contiguous)."""
+    def is_cuda(self, tensor: torch.Tensor) -> bool:
+        return tensor.is_cuda
+
+    def device(self, tensor: torch.Tensor) -> int:
+        return tensor.device.index
+
+    def stream(self, device: int) -> int:
+        """The calling thread's current stream on ``device`` (a ``cudaStream_t``)."""
+        return torch.cuda.current_stream(device).cuda_stream
+
+    def array(self, tensor: torch.Tensor):
+        """A CuPy view of ``tensor``'s memory (bfloat16 as its int16 bits)."""
         import cupy
 
-        from ..runtime.cuda_exec import NcclPlanExecutor
+        return cupy.asarray(as_cupy_dtype(tensor.detach()))
 
-        if output.dtype in (torch.bfloat16, torch.complex64, torch.complex128) \
-                or output.dtype.is_floating_point and output.element_size() == 1:
-            raise TacclError(f"CUDA tensors of {output.dtype} are not supported yet")
-        with cupy.cuda.Device(output.device.index):
-            stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(output.device)
-                                              .cuda_stream)
-            send, recv = cupy.asarray(input), cupy.asarray(output)
-            elems = max(send.size, recv.size)
-            inplace = kind == "allreduce" and output.data_ptr() == input.data_ptr()
-            plan = self.library.choose(kind, self.size, elems * send.itemsize, elems, inplace)
-            chunks = plan.nchunksperloop
-            if elems % chunks:  # only AllReduce reaches here: pad to whole chunks
-                if kind != "allreduce":
-                    raise TacclError(f"{kind} of {elems} elements does not split into the "
-                                     f"plan's {chunks} chunks")
-                with stream:
-                    pad = cupy.zeros(chunks - elems % chunks, send.dtype)
-                    send = cupy.concatenate([send, pad])
-                    target = cupy.empty_like(send)
-            else:
-                if not plan.inplace and send.data.ptr == recv.data.ptr:
-                    with stream:
-                        send = send.copy()
-                target = recv
-            ce = send.size // plan.collective().i_chunks
-            key = (id(plan), ce, np.dtype(send.dtype).str, red)
-            ex = self.executors.get(key)
-            if ex is None:
-                ex = self.executors[key] = NcclPlanExecutor(plan, self.comm, self.rank, ce,
-                                                            send.dtype, redop=red)
-            ex.run(send, target, stream)
+    def record_stream(self, tensor: torch.Tensor, device: int) -> None:
+        tensor.record_stream(torch.cuda.current_stream(device))
+
+
+def as_cupy_dtype(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself, or a view of its bits in a dtype CuPy has (bfloat16 as int16, the
+    one-byte floats as uint8)."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16)
+    if tensor.dtype.is_floating_point and tensor.element_size() == 1:
+        return tensor.view(torch.uint8)
+    return tensor
+
+
+#: the torch side used by new runners
+BRIDGE = TorchCuda()
+
+
+class CudaWork(dist.Work):
+    """A CUDA collective enqueued on the caller's stream; see the module docstring."""
+
+    def __init__(self, runner: CudaRunner, run: InFlight, outputs) -> None:
+        super().__init__()
+        self._runner, self._run = runner, run
+        self._fut = torch.futures.Future()
+        self._fut.set_result(outputs)
+
+    def wait(self, timeout=None) -> bool:
+        self._runner.wait(self._run)
+        return True
+
+    def is_completed(self) -> bool:
+        return self._run.done
+
+    def is_success(self) -> bool:
+        return self._run.done and self._runner.watchdog.error is None
+
+    def get_future(self) -> torch.futures.Future:
+        return self._fut
+
+
+class CudaRunner:
+    """Runs the collectives of one process group on CUDA tensors of one GPU."""
+
+    def __init__(self, store, rank: int, size: int, library: PlanLibrary, timeout: float,
+                 blocking_wait: bool = False, bridge: TorchCuda | None = None) -> None:
+        self.cp = require_cuda()
+        self.store, self.rank, self.size, self.library = store, rank, size, library
+        self.timeout, self.blocking = timeout, blocking_wait
+        self.bridge = bridge or BRIDGE
+        self.device: int | None = None
+        self.comm: Any = None
+        self.watchdog: Watchdog | None = None
+        self.executors: OrderedDict[tuple, NcclPlanExecutor] = OrderedDict()
+        self.posted = 0  # NCCL calls (plan runs, groups, broadcasts) enqueued so far
+        self.runs: list[InFlight] = []  # the plan runs of the call being enqueued
+
+    # -- plumbing ------------------------------------------------------------------------
+    def owns(self, tensors) -> bool:
+        """Whether ``tensors`` (nested lists) are CUDA tensors (all or none)."""
+        flat = flatten(tensors)
+        cuda = [self.bridge.is_cuda(t) for t in flat]
+        if any(cuda) and not all(cuda):
+            raise TacclError("a collective's tensors must all be on CUDA or all on CPU")
+        return bool(flat) and all(cuda)
+
+    def call(self, body: Callable[[Any], str], outputs, inputs=()) -> CudaWork:
+        """Enqueue ``body(stream)`` on the caller's current stream of the tensors' GPU;
+        ``body`` returns what it does, for a stuck-collective error."""
+        tensors = flatten([outputs, inputs])
+        device = self._device_of(tensors)
+        cp = self.cp
+        with cp.cuda.Device(device):
+            stream = external_stream(cp, self.bridge.stream(device), device)
             with stream:
-                if target is not recv:
-                    recv[...] = target[:elems]
+                posted, self.runs = self.posted, []
+                try:
+                    what = body(stream)
+                except Exception as exc:
+                    if self.posted != posted:  # peers wait on what was posted: stop them
+                        self.watchdog.abort(f"failed after posting NCCL calls: {exc}")
+                    raise
+                end = cp.cuda.Event(disable_timing=True)
+                end.record(stream)
+        for t in tensors:
+            self.bridge.record_stream(t, device)
+        for plan_run in self.runs:
+            self.watchdog.watch(plan_run)
+        run = InFlight(self.rank, what, [], 0, end, {})
+        self.watchdog.watch(run)
+        return CudaWork(self, run, outputs)
+
+    def wait(self, run: InFlight) -> None:
+        """``Work.wait``: see the module docstring."""
+        self.watchdog.check()
+        if self.blocking:
+            self.watchdog.wait(run)
+            return
+        cp = self.cp
+        with cp.cuda.Device(self.device):
+            external_stream(cp, self.bridge.stream(self.device), self.device).wait_event(
+                run.end)
+
+    def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
+        self.executors.clear()
+
+    def _device_of(self, tensors) -> int:
+        devices = {self.bridge.device(t) for t in tensors}
+        if len(devices) != 1:
+            raise TacclError(f"a collective's tensors must be on one GPU, got "
+                             f"{sorted(f'cuda:{d}' for d in devices)}")
+        device = devices.pop()
+        if self.comm is None:
+            self.comm = communicator_from_store(self.store, self.rank, self.size, device,
+                                                self.timeout, key="taccl-nccl")
+            self.device = device
+            self.watchdog = Watchdog(self.comm, self.rank, self.timeout)
+        elif device != self.device:
+            raise TacclError(f"this group's NCCL communicator is on cuda:{self.device}, the "
+                             f"tensors are on cuda:{device} (one GPU per rank)")
+        self.watchdog.check()
+        return device
+
+    def array(self, tensor: torch.Tensor):
+        return self.bridge.array(tensor)
+
+    # -- the process group's operations ----------------------------------------------------
+    def reduction(self, kind: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], op):
+        """AllReduce / ReduceScatter of each (output, input) pair by plans."""
+        red = self._red(op)
+        pairs = [(as_real(o, op), as_real(i, op)) for o, i in pairs]
+        for o, i in pairs:
+            check_pair(kind, o, i, op, self.size, cuda=True)
+            check_output(o)
+        return self.call(lambda s: "; ".join(
+            self.collective(kind, self.array(o), self.array(i), red, op == _R.AVG,
+                            o.dtype == torch.bfloat16, s) for o, i in pairs),
+            [o for o, _ in pairs], [i for _, i in pairs])
+
+    def moves(self, kind: str, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
+        """AllGather or (even) AllToAll of each (output, input) pair by plans."""
+        for o, i in pairs:
+            check_pair(kind, o, i, None, self.size, cuda=True)
+            check_output(o)
+        return self.call(lambda s: "; ".join(
+            self.collective(kind, self.array(o), self.array(i), "sum", False, False, s)
+            for o, i in pairs), [o for o, _ in pairs], [i for _, i in pairs])
+
+    def allgather_list(self, parts: list[torch.Tensor], tensor: torch.Tensor):
+        """``all_gather`` into a list of tensors."""
+        check_list("all_gather", parts, tensor, self.size)
+        for p in parts:
+            check_output(p)
+
+        def body(stream) -> str:
+            numel = tensor.numel()
+            flat = self.cp.empty(numel * self.size, self.array(tensor).dtype)
+            what = self.collective(ALLGATHER, flat, self.array(tensor), "sum", False, False,
+                                   stream)
+            for r, part in enumerate(parts):
+                out = self.array(part)
+                out[...] = flat[r * numel:(r + 1) * numel].reshape(out.shape)
+            return what
+
+        return self.call(body, parts, [tensor])
+
+    def reduce_scatter_list(self, output: torch.Tensor, parts: list[torch.Tensor], op):
+        """``reduce_scatter`` from a list of tensors."""
+        red = self._red(op)
+        output, parts = as_real(output, op), [as_real(p, op) for p in parts]
+        check_list("reduce_scatter", parts, output, self.size)
+        check_output(output)
+
+        def body(stream) -> str:
+            cp = self.cp
+            flat = cp.concatenate([cp.ascontiguousarray(self.array(p)).reshape(-1)
+                                   for p in parts])
+            return self.collective(REDUCESCATTER, self.array(output), flat, red,
+                                   op == _R.AVG, output.dtype == torch.bfloat16, stream)
+
+        return self.call(body, [output], parts)
+
+    def alltoall_split(self, output: torch.Tensor, input: torch.Tensor,
+                       out_splits: list[int], in_splits: list[int]):
+        """``all_to_all_single`` with split sizes (rows of dim 0) as one NCCL group."""
+        check_output(output)
+        if output.dtype != input.dtype:
+            raise TacclError(f"all_to_all: input {input.dtype} and output {output.dtype}")
+        sends = _split_rows(input, in_splits, self.size, "input")
+        recvs = _split_rows(output, out_splits, self.size, "output")
+        return self.call(lambda s: self.exchange(list(enumerate(sends)),
+                                                 list(enumerate(recvs)), s), [output], [input])
+
+    def alltoall_list(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]):
+        """``all_to_all`` of tensor lists as one NCCL group."""
+        if len(outputs) != self.size or len(inputs) != self.size:
+            raise TacclError(f"all_to_all on {self.size} ranks needs {self.size} input and "
+                             f"output tensors, got {len(inputs)} and {len(outputs)}")
+        for o in outputs:
+            check_output(o)
+        return self.call(lambda s: self.exchange(list(enumerate(inputs)),
+                                                 list(enumerate(outputs)), s), outputs, inputs)
+
+    def broadcast(self, tensors: list[torch.Tensor], root: int):
+        for t in tensors:
+            check_output(t)
+        return self.call(lambda s: "; ".join(self.bcast(t, root, s) for t in tensors), tensors)
+
+    def reduce(self, tensors: list[torch.Tensor], root: int, op):
+        """Reduce to ``root`` by the AllReduce plan (other ranks' tensors stay as they are)."""
+        red = self._red(op)
+        tensors = [as_real(t, op) for t in tensors]
+        for t in tensors:
+            check_output(t)
+            check_pair(ALLREDUCE, t, t, op, self.size, cuda=True)
+
+        def body(stream) -> str:
+            whats = []
+            for t in tensors:
+                arr = self.array(t)
+                out = arr if self.rank == root else self.cp.empty(arr.shape, arr.dtype)
+                whats.append(self.collective(ALLREDUCE, out, arr, red, op == _R.AVG,
+                                             t.dtype == torch.bfloat16, stream))
+            return "; ".join(whats)
+
+        return self.call(body, tensors)
+
+    def gather(self, outputs: list[torch.Tensor], input: torch.Tensor, root: int):
+        if self.rank == root:
+            check_list("gather", outputs, input, self.size)
+            for o in outputs:
+                check_output(o)
+        recvs = list(enumerate(outputs)) if self.rank == root else []
+        return self.call(lambda s: self.exchange([(root, input)], recvs, s), outputs,
+                         [input])
+
+    def scatter(self, output: torch.Tensor, inputs: list[torch.Tensor], root: int):
+        check_output(output)
+        if self.rank == root:
+            check_list("scatter", inputs, output, self.size)
+        sends = list(enumerate(inputs)) if self.rank == root else []
+        return self.call(lambda s: self.exchange(sends, [(root, output)], s), [output],
+                         inputs)
+
+    def send(self, tensors: list[torch.Tensor], peer: int):
+        return self.call(lambda s: self.exchange([(peer, t) for t in tensors], [], s), [],
+                         tensors)
+
+    def recv(self, tensors: list[torch.Tensor], peer: int):
+        for t in tensors:
+            check_output(t)
+        return self.call(lambda s: self.exchange([], [(peer, t) for t in tensors], s),
+                         tensors)
+
+    def _red(self, op) -> str:
+        if op not in REDUCE:
+            raise TacclError(f"reduce op {op} is not supported on CUDA tensors (plans and "
+                             f"NCCL reduce by SUM, AVG, PRODUCT, MIN, MAX)")
+        return REDUCE[op]
+
+    # -- plans -----------------------------------------------------------------------------
+    def collective(self, kind: str, out, inp, red: str, avg: bool, bf16: bool, stream) -> str:
+        """Enqueue ``out`` ← the ``kind`` collective of every rank's ``inp`` (CuPy arrays of
+        any layout; bfloat16 as int16 bits when ``bf16``)."""
+        cp = self.cp
+        if bf16 and kind in (ALLREDUCE, REDUCESCATTER):
+            result = self._plan(kind, _bf16_to_float(cp, inp), red, stream)
+            if avg:
+                cp.true_divide(result, self.size, out=result)
+            out[...] = _float_to_bf16(cp, result).reshape(out.shape)
+        else:
+            result = self._plan(kind, inp, red, stream, out if out.flags.c_contiguous else None)
+            if avg:
+                cp.true_divide(result, self.size, out=result)
+            if result.data.ptr != out.data.ptr or not out.flags.c_contiguous:
+                out[...] = result.reshape(out.shape)
+        return f"{kind} of {inp.size} x {inp.dtype}"
+
+    def _plan(self, kind: str, inp, red: str, stream, out=None):
+        """The ``kind`` plan's output of ``inp`` as a flat array (``out`` flattened when it
+        is given and fits)."""
+        cp, n = self.cp, self.size
+        send = cp.ascontiguousarray(inp).reshape(-1)
+        elems = send.size
+        out_elems = {ALLGATHER: elems * n, REDUCESCATTER: elems // n}.get(kind, elems)
+        inplace = kind == ALLREDUCE and out is not None and out.data.ptr == send.data.ptr
+        plan = self.library.choose(kind, n, max(elems, out_elems) * send.itemsize,
+                                   max(elems, out_elems), inplace)
+        chunks = plan.nchunksperloop
+        target = out.reshape(-1) if out is not None else cp.empty(out_elems, send.dtype)
+        if elems % chunks:  # only AllReduce gets here: pad to whole chunks
+            if kind != ALLREDUCE:
+                raise TacclError(f"{kind} of {elems} elements does not split into the plan's "
+                                 f"{chunks} chunks")
+            send = cp.concatenate([send, cp.zeros(chunks - elems % chunks, send.dtype)])
+            padded = cp.empty_like(send)
+            self._execute(plan, send, padded, red, stream)
+            target[...] = padded[:elems]
+            return target
+        if not plan.inplace and send.data.ptr == target.data.ptr:
+            send = send.copy()
+        self._execute(plan, send, target, red, stream)
+        return target
+
+    def _execute(self, plan, send, recv, red: str, stream) -> None:
+        ce = send.size // plan.collective().i_chunks
+        key = (id(plan), ce, np.dtype(send.dtype).str, red)
+        ex = self.executors.pop(key, None)
+        if ex is None:
+            ex = NcclPlanExecutor(plan, self.comm, self.rank, ce, send.dtype, redop=red)
+            if len(self.executors) >= EXECUTOR_CACHE:
+                self.executors.popitem(last=False)
+        self.executors[key] = ex  # most recently used last
+        self.posted += 1
+        self.runs.append(ex.run(send, recv, stream))
+
+    # -- NCCL's own type-agnostic calls ------------------------------------------------------
+    def bcast(self, tensor: torch.Tensor, root: int, stream) -> str:
+        arr = self.array(tensor)
+        buf = self.cp.ascontiguousarray(arr)
+        self.posted += 1
+        self.comm.broadcast(buf.data.ptr, buf.data.ptr, buf.nbytes, _bytes(), root,
+                            stream.ptr)
+        if buf is not arr:
+            arr[...] = buf
+        return f"broadcast from rank {root}"
+
+    def exchange(self, sends: list[tuple[int, torch.Tensor]],
+                 recvs: list[tuple[int, torch.Tensor]], stream) -> str:
+        """One NCCL group: each (peer, tensor) of ``sends`` to that peer, each of ``recvs``
+        from it (tensors of any layout)."""
+        from cupy.cuda import nccl
+
+        cp = self.cp
+        out = [(peer, self.array(t)) for peer, t in recvs]
+        staged = [(peer, a, a if a.flags.c_contiguous else cp.empty(a.shape, a.dtype))
+                  for peer, a in out]
+        ins = [(peer, cp.ascontiguousarray(self.array(t))) for peer, t in sends]
+        self.posted += 1
+        nccl.groupStart()
+        try:
+            for peer, _, buf in staged:
+                self.comm.recv(buf.data.ptr, buf.nbytes, _bytes(), peer, stream.ptr)
+            for peer, buf in ins:
+                self.comm.send(buf.data.ptr, buf.nbytes, _bytes(), peer, stream.ptr)
+        finally:
+            nccl.groupEnd()
+        for _, arr, buf in staged:
+            if buf is not arr:
+                arr[...] = buf
+        peers = sorted({p for p, _ in sends} | {p for p, _ in recvs})
+        return f"point-to-point with rank(s) {peers}"
+
+
+def _bytes() -> int:
+    from cupy.cuda import nccl
+
+    return nccl.NCCL_UINT8
+
+
+def _bf16_to_float(cp, bits):
+    """bfloat16 bits (an int16 array) as float32 values."""
+    wide = cp.ascontiguousarray(bits).view(cp.uint16).astype(cp.uint32)
+    return cp.left_shift(wide, 16).view(cp.float32)
+
+
+def _float_to_bf16(cp, values):
+    """float32 values rounded to the nearest bfloat16, ties to even (NaN stays NaN), as
+    int16 bits."""
+    bits = cp.ascontiguousarray(values).view(cp.uint32)
+    odd = cp.bitwise_and(cp.right_shift(bits, 16), 1)
+    rounded = cp.right_shift(cp.add(cp.add(bits, 0x7FFF), odd), 16)
+    nan = cp.bitwise_or(cp.right_shift(bits, 16), 0x40)  # quiet NaN, sign kept
+    return cp.where(cp.isnan(values), nan, rounded).astype(cp.uint16).view(cp.int16)
+
+
+def flatten(tensors) -> list:
+    if isinstance(tensors, (list, tuple)):
+        return [t for x in tensors for t in flatten(x)]
+    return [tensors]
+
+
+def _split_rows(tensor: torch.Tensor, splits: list[int], n: int, name: str) -> list:
+    """``tensor`` cut along dim 0 into ``n`` parts of ``splits`` rows (even without)."""
+    rows = tensor.shape[0] if tensor.dim() else 1
+    splits = list(splits) or ([rows // n] * n if rows % n == 0 else [])
+    if len(splits) != n or sum(splits) != rows or min(splits) < 0:
+        raise TacclError(f"all_to_all on {n} ranks: {name} split sizes {list(splits)} do not "
+                         f"cut its {rows} rows")
+    return list(tensor.split(splits)) if tensor.dim() else [tensor]

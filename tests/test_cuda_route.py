@@ -1,0 +1,419 @@
+"""The GPU path on the CPU stand-in: the NCCL plan executor and the torch backend's CUDA route.
+
+Ranks are threads; each plays ``torch.cuda.set_device(rank)`` in its own thread, as under
+``torchrun``. The stand-in (:mod:`taccl_py.testing.fake_cuda`, :mod:`taccl_py.testing.fake_torch`)
+keeps CUDA's per-thread current device and stream, fills new memory with garbage, matches
+NCCL sends to receives FIFO, refuses two ranks on one GPU, and reports a hang instead of
+hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+
+import taccl_py.torch as tt  # noqa: E402
+from taccl_py.collectives import KINDS, Collective  # noqa: E402
+from taccl_py.errors import TacclError  # noqa: E402
+from taccl_py.pipeline import build_plan  # noqa: E402
+from taccl_py.runtime.cuda_exec import NcclPlanExecutor, StreamRef  # noqa: E402
+from taccl_py.runtime.reference import numpy_result  # noqa: E402
+from taccl_py.testing.fake_cuda import FakeCuda, FakeHang  # noqa: E402
+from taccl_py.testing.fake_torch import FakeTorch  # noqa: E402
+from taccl_py.topology.model import FULL_BISECTION, Link, Topology  # noqa: E402
+
+R = dist.ReduceOp
+
+
+@pytest.fixture
+def gpus():
+    """Four fake GPUs, installed as ``cupy`` and as torch's CUDA side."""
+    fake = FakeCuda(devices=4, hang_timeout=8.0)
+    ft = FakeTorch(fake)
+    with fake.installed(), ft.installed():
+        yield ft
+
+
+def ring(n: int) -> Topology:
+    links = [Link(a, b, 25e9, 0.7e-6) for a in range(n) for b in {(a + 1) % n, (a - 1) % n}]
+    return Topology(f"ring{n}", n, 1, tuple(links), (), (), FULL_BISECTION)
+
+
+def on_ranks(n: int, body, timeout: float = 30.0):
+    """``body(rank)`` on ``n`` threads; the first error is raised."""
+    results, errors = [None] * n, [None] * n
+
+    def one(r: int) -> None:
+        try:
+            results[r] = body(r)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors[r] = exc
+
+    threads = [threading.Thread(target=one, args=(r,), name=f"rank{r}") for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a rank hung"
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
+
+
+def groups(n: int, tmp_path, body, timeout_s: float = 20.0, **kw):
+    """``body(pg, rank)`` with a taccl process group per rank thread, each rank on its own
+    GPU (``torch.cuda.set_device(rank)`` in the rank's thread)."""
+    store = dist.HashStore()
+
+    def one(r: int):
+        torch.cuda.set_device(r)
+        pg = tt.TacclProcessGroup(dist.PrefixStore("t", store), r, n,
+                                  datetime.timedelta(seconds=timeout_s),
+                                  cache_dir=tmp_path / "cache", **kw)
+        try:
+            return body(pg, r)
+        finally:
+            pg.shutdown()
+
+    return on_ranks(n, one, timeout=timeout_s * 3)
+
+
+# -- the executor ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.int32, np.float64, np.int16, np.uint16, np.bool_])
+def test_executor_every_collective_and_dtype(gpus, n, kind, dtype):
+    if dtype == np.bool_ and kind in ("allreduce", "reducescatter"):
+        dtype = np.uint8
+    cp = gpus.fake.cupy
+    nccl = cp.cuda.nccl
+    plan = build_plan(ring(n), Collective(kind, n, 2), "ring").plan
+    coll = plan.collective()
+    ce = 33
+    rng = np.random.default_rng(n)
+    inputs = [rng.integers(0, 50, coll.i_chunks * ce).astype(dtype) for _ in range(n)]
+    uid = nccl.get_unique_id()
+
+    def rank(r: int):
+        with cp.cuda.Device(r):
+            comm = nccl.NcclCommunicator(n, uid, r)
+            ex = NcclPlanExecutor(plan, comm, r, ce, dtype)
+            send = cp.asarray(inputs[r])
+            recv = cp.empty(coll.o_chunks * ce, dtype)
+            ex.run(send, recv)
+            ex.run(send, recv)  # reusable
+            return cp.asnumpy(recv)
+
+    for got, want in zip(on_ranks(n, rank), numpy_result(coll, inputs)):
+        np.testing.assert_array_equal(got, want)
+
+
+# -- the torch route ---------------------------------------------------------------------------
+
+def _values(r: int, shape, dtype) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(r)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=gen).bool()
+    return torch.randint(-20, 20, shape, generator=gen).to(dtype)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_every_collective_on_each_ranks_gpu(gpus, tmp_path, n):
+    """Each rank's NCCL communicator is on its own GPU (set_device in the rank's thread),
+    and every torch collective gives the exact result."""
+    ft = gpus
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        x = ft.tensor(_values(r, (6, 4), torch.float32), dev)
+        out = {}
+        t = ft.tensor(x.as_subclass(torch.Tensor), dev)
+        pg.allreduce([t]).wait()
+        out["allreduce"] = ft.host(t)
+        t = ft.tensor(x.as_subclass(torch.Tensor), dev)
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = R.MAX
+        pg.allreduce([t], opts).wait()
+        out["max"] = ft.host(t)
+        t = ft.tensor(x.as_subclass(torch.Tensor), dev)
+        opts.reduceOp = R.AVG
+        pg.allreduce([t], opts).wait()
+        out["avg"] = ft.host(t)
+        g = ft.empty((n * 6, 4), torch.float32, dev)
+        pg._allgather_base(g, x).wait()
+        out["allgather"] = ft.host(g)
+        parts = [ft.empty((6, 4), torch.float32, dev) for _ in range(n)]
+        pg.allgather([parts], [x]).wait()
+        out["allgather_list"] = torch.stack([ft.host(p) for p in parts])
+        big = ft.tensor(_values(r, (n * 2, 4), torch.float32), dev)
+        rs = ft.empty((2, 4), torch.float32, dev)
+        pg._reduce_scatter_base(rs, big).wait()
+        out["reducescatter"] = ft.host(rs)
+        rs_list = ft.empty((2, 4), torch.float32, dev)
+        pg.reduce_scatter([rs_list], [[big[2 * q:2 * q + 2] for q in range(n)]]).wait()
+        out["reducescatter_list"] = ft.host(rs_list)
+        a2a = ft.empty((n * 2, 4), torch.float32, dev)
+        pg.alltoall_base(a2a, big, [], []).wait()
+        out["alltoall"] = ft.host(a2a)
+        splits = [q + 1 for q in range(n)]  # rank r sends q + 1 rows to rank q
+        src = ft.tensor(_values(r, (sum(splits), 3), torch.float32), dev)
+        dst = ft.empty(((r + 1) * n, 3), torch.float32, dev)
+        pg.alltoall_base(dst, src, [r + 1] * n, splits).wait()
+        out["alltoall_uneven"] = ft.host(dst)
+        b = ft.tensor(x.as_subclass(torch.Tensor), dev)
+        bopts = dist.BroadcastOptions()
+        bopts.rootRank = n - 1
+        pg.broadcast([b], bopts).wait()
+        out["broadcast"] = ft.host(b)
+        red = ft.tensor(x.as_subclass(torch.Tensor), dev)
+        ropts = dist.ReduceOptions()
+        ropts.rootRank = 1
+        pg.reduce([red], ropts).wait()
+        out["reduce"] = ft.host(red)
+        gathered = [ft.empty((6, 4), torch.float32, dev) for _ in range(n)] if r == 0 else []
+        gopts = dist.GatherOptions()
+        gopts.rootRank = 0
+        pg.gather([gathered] if r == 0 else [], [x], gopts).wait()
+        out["gather"] = [ft.host(t) for t in gathered]
+        sc = ft.empty((6, 4), torch.float32, dev)
+        sopts = dist.ScatterOptions()
+        sopts.rootRank = 0
+        pieces = [ft.tensor(_values(100 + q, (6, 4), torch.float32), dev) for q in range(n)]
+        pg.scatter([sc], [pieces] if r == 0 else [], sopts).wait()
+        out["scatter"] = ft.host(sc)
+        got = ft.empty((6, 4), torch.float32, dev)
+        # one NCCL stream: a send waits on the GPU until it is received, so even ranks
+        # send first (the order NCCL's own point-to-point needs)
+        calls = [lambda: pg.send([x], (r + 1) % n, 0), lambda: pg.recv([got], (r - 1) % n, 0)]
+        for call in calls if r % 2 == 0 else calls[::-1]:
+            call().wait()
+        out["sendrecv"] = ft.host(got)
+        return out
+
+    res = groups(n, tmp_path, body)
+    xs = [_values(r, (6, 4), torch.float32) for r in range(n)]
+    bigs = [_values(r, (n * 2, 4), torch.float32) for r in range(n)]
+    total = sum(xs)
+    for r, out in enumerate(res):
+        torch.testing.assert_close(out["allreduce"], total, rtol=0, atol=0)
+        torch.testing.assert_close(out["max"], torch.stack(xs).amax(0), rtol=0, atol=0)
+        torch.testing.assert_close(out["avg"], total / n)
+        torch.testing.assert_close(out["allgather"], torch.cat(xs), rtol=0, atol=0)
+        torch.testing.assert_close(out["allgather_list"], torch.stack(xs), rtol=0, atol=0)
+        torch.testing.assert_close(out["reducescatter"], sum(bigs)[2 * r:2 * r + 2])
+        torch.testing.assert_close(out["reducescatter_list"], sum(bigs)[2 * r:2 * r + 2])
+        torch.testing.assert_close(out["alltoall"],
+                                   torch.cat([b[2 * r:2 * r + 2] for b in bigs]))
+        srcs = [_values(q, (n * (n + 1) // 2, 3), torch.float32) for q in range(n)]
+        start = r * (r + 1) // 2
+        torch.testing.assert_close(out["alltoall_uneven"],
+                                   torch.cat([s[start:start + r + 1] for s in srcs]))
+        torch.testing.assert_close(out["broadcast"], xs[n - 1], rtol=0, atol=0)
+        torch.testing.assert_close(out["reduce"], total if r == 1 else xs[r], rtol=0, atol=0)
+        if r == 0:
+            assert all(torch.equal(a, b) for a, b in zip(out["gather"], xs))
+        torch.testing.assert_close(out["scatter"], _values(100 + r, (6, 4), torch.float32))
+        torch.testing.assert_close(out["sendrecv"], xs[(r - 1) % n], rtol=0, atol=0)
+
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
+          torch.int16, torch.uint16, torch.int8, torch.uint8, torch.bool, torch.complex64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_dtype_exact(gpus, tmp_path, dtype):
+    """AllReduce (sum; bool: or, as NCCL's) and AllGather of every dtype NCCL moves."""
+    ft, n = gpus, 3
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        x = ft.tensor(_values(r, (5, 3), dtype), dev)
+        g = ft.empty((n * 5, 3), dtype, dev)
+        pg._allgather_base(g, x).wait()
+        t = ft.tensor(_values(r, (5, 3), dtype), dev)
+        pg.allreduce([t]).wait()
+        return ft.host(g), ft.host(t)
+
+    res = groups(n, tmp_path, body)
+    xs = [_values(r, (5, 3), dtype) for r in range(n)]
+    if dtype == torch.bool:
+        want = xs[0] | xs[1] | xs[2]
+    elif dtype == torch.bfloat16:  # reduced in float32, rounded once
+        want = sum(x.float() for x in xs).bfloat16()
+    else:  # in NumPy: torch adds no uint16 on CPU
+        want = torch.from_numpy(xs[0].numpy() + xs[1].numpy() + xs[2].numpy())
+    for g, t in res:
+        assert torch.equal(g, torch.cat(xs))
+        assert torch.equal(t, want)
+
+
+LAYOUTS = {
+    "transposed": lambda t: t.t(),
+    "stepped": lambda t: t[::2, 1::2],
+    "channels_last": lambda t: t.view(2, 2, 3, 2).permute(0, 3, 1, 2),  # NHWC memory
+    "scalar": lambda t: t[0, 0],
+    "empty": lambda t: t[:0],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_any_layout_exact(gpus, tmp_path, layout):
+    """Non-contiguous outputs get the result (a copy that is not written back would leave
+    the tensor as it was)."""
+    ft, n = gpus, 2
+    view = LAYOUTS[layout]
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        base = ft.tensor(_values(r, (4, 6), torch.int32), dev)
+        t = view(base)
+        pg.allreduce([t]).wait()
+        return ft.host(base)
+
+    res = groups(n, tmp_path, body)
+    want = [_values(r, (4, 6), torch.int32) for r in range(n)]
+    total = [view(w) for w in want]
+    for r, got in enumerate(res):
+        expect = want[r].clone()
+        view(expect).copy_(total[0] + total[1])
+        assert torch.equal(got, expect)
+
+
+def test_work_runs_on_the_callers_stream(gpus, tmp_path):
+    """The caller's current stream carries every NCCL call and kernel, and the tensors are
+    recorded on it; input written on a side stream is what gets reduced."""
+    ft, n = gpus, 2
+    cp = ft.fake.cupy
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        side = ft.fake.external_stream(dev)
+        t = ft.empty((8,), torch.float32, dev)
+        with ft.use_stream(dev, side):
+            with cp.cuda.Stream.from_external(StreamRef(side)):
+                cp.asarray(t).fill(r + 1)  # a kernel on the side stream
+            pg.allreduce([t]).wait()
+            out = ft.host(t)
+        return side, out
+
+    before = len(ft.fake.log)
+    res = groups(n, tmp_path, body)
+    for side, out in res:
+        assert torch.equal(out, torch.full((8,), 3.0))
+    sides = {side for side, _ in res}
+    nccl_calls = [c for c in ft.fake.log[before:] if c.kind in ("send", "recv")]
+    assert nccl_calls and {c.stream for c in nccl_calls} <= sides
+    assert {s for _, _, s in ft.recorded} == sides
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_dead_rank_aborts_and_raises_within_the_timeout(gpus, tmp_path, blocking):
+    """Rank 2 never joins the AllReduce: ranks 0 and 1 abort their communicator and raise,
+    naming where they were stuck, within the timeout (blocking: from wait; else from the
+    next call)."""
+    ft, n, timeout = gpus, 3, 1.5
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        warm = ft.tensor(torch.ones(4), dev)
+        pg.allreduce([warm]).wait()
+        ft.host(warm)
+        if r == 2:
+            return None
+        t = ft.tensor(torch.ones(4), dev)
+        start = time.monotonic()
+        with pytest.raises(TacclError) as err:
+            pg.allreduce([t]).wait()
+            time.sleep(timeout + 1)
+            pg.allreduce([t]).wait()
+        return time.monotonic() - start, str(err.value)
+
+    res = groups(n, tmp_path, body, timeout_s=timeout, blocking_wait=blocking)
+    for elapsed, message in res[:2]:
+        assert elapsed < timeout + 2.5
+        assert "aborted" in message and "round" in message and "rank" in message
+
+
+def test_two_ranks_on_one_gpu_is_one_clear_error(gpus, tmp_path):
+    ft = gpus
+
+    def body(pg, r):
+        t = ft.tensor(torch.ones(4), 0)  # both ranks' tensors on cuda:0
+        pg.allreduce([t]).wait()
+
+    with pytest.raises(TacclError, match="both use cuda:0"):
+        groups(2, tmp_path, body)
+
+
+def test_no_cuda_tensor_reaches_gloo(gpus, tmp_path):
+    """Rooted, point-to-point and uneven calls on CUDA tensors go through NCCL, never Gloo."""
+    ft, n = gpus, 2
+
+    class NoTensors:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            def call(*args, **kw):
+                raise AssertionError(f"Gloo {name} called with CUDA tensors")
+            return call if name != "barrier" else getattr(self.inner, name)
+
+    def body(pg, r):
+        pg._gloo = NoTensors(pg._gloo)
+        dev = torch.cuda.current_device()
+        t = ft.tensor(torch.full((4,), float(r)), dev)
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        pg.broadcast([t], opts).wait()
+        ropts = dist.ReduceOptions()
+        ropts.rootRank = 0
+        pg.reduce([t], ropts).wait()
+        pg.send([t], 1 - r, 0).wait() if r == 0 else pg.recv([t], 0, 0).wait()
+        pg.barrier().wait()
+        return ft.host(t)
+
+    res = groups(n, tmp_path, body)
+    assert torch.equal(res[0], torch.zeros(4)) and torch.equal(res[1], torch.zeros(4))
+
+
+def test_executor_cache_is_bounded(gpus, tmp_path):
+    from taccl_py.torch import cuda as route
+
+    ft, n = gpus, 2
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        for size in range(1, route.EXECUTOR_CACHE + 9):
+            pg.allreduce([ft.tensor(torch.ones(size * 2), dev)]).wait()
+        return len(pg._cuda.executors)
+
+    assert groups(n, tmp_path, body) == [route.EXECUTOR_CACHE] * n
+
+
+def test_fake_hang_is_reported_not_hung(gpus):
+    """The stand-in itself: a receive nobody sends reports a hang."""
+    cp = gpus.fake.cupy
+    nccl = cp.cuda.nccl
+    gpus.fake.hang_timeout = 0.3
+    uid = nccl.get_unique_id()
+
+    def rank(r):
+        with cp.cuda.Device(r):
+            comm = nccl.NcclCommunicator(2, uid, r)
+            if r == 0:
+                buf = cp.empty(4, np.float32)
+                comm.recv(buf.data.ptr, 4, nccl.NCCL_FLOAT32, 1, 0)
+                with pytest.raises(FakeHang):
+                    cp.cuda.Device(r).synchronize()
+                comm.abort()
+
+    on_ranks(2, rank)
