@@ -23,13 +23,23 @@ import taccl_py.torch as tt  # noqa: E402
 from taccl_py.collectives import KINDS, Collective  # noqa: E402
 from taccl_py.errors import TacclError  # noqa: E402
 from taccl_py.pipeline import build_plan  # noqa: E402
-from taccl_py.runtime.cuda_exec import NcclPlanExecutor, StreamRef  # noqa: E402
+from taccl_py.runtime.cuda_exec import NcclPlanExecutor  # noqa: E402
 from taccl_py.runtime.reference import numpy_result  # noqa: E402
 from taccl_py.testing.fake_cuda import FakeCuda, FakeHang  # noqa: E402
 from taccl_py.testing.fake_torch import FakeTorch  # noqa: E402
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology  # noqa: E402
 
 R = dist.ReduceOp
+
+
+class StreamRef:
+    """A raw stream pointer in the CUDA stream protocol (``Stream.from_external``)."""
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.ptr)
 
 
 @pytest.fixture
