@@ -136,6 +136,9 @@ def test_array_api_is_stream_ordered_and_strict():
     np.testing.assert_array_equal(cp.asnumpy(a), want * 2)
     np.testing.assert_array_equal(a.T.copy().ravel().get(), (want * 2).T.ravel())
     assert cp.concatenate([a[0], a[2]]).get().tolist() == (want * 2)[[0, 2]].ravel().tolist()
+    assert bool(a[0, 1] == 2) and not bool(a[0, 1] != 2)  # a host sync, as in CuPy
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(a == 0)
     with pytest.raises(TypeError, match="Implicit conversion"):
         np.asarray(a)
     with pytest.raises(TypeError):

@@ -53,10 +53,10 @@ import numpy as np
 
 _DTYPES = frozenset(np.dtype(n) for n in ("bool", "int8", "int16", "int32", "int64", "uint8",
                                           "uint16", "uint32", "uint64", "float16", "float32",
-                                          "float64"))
+                                          "float64", "complex64", "complex128"))
 _ELEMENTWISE = ("add", "subtract", "multiply", "divide", "true_divide", "maximum", "minimum",
                 "logical_and", "logical_or", "bitwise_and", "bitwise_or", "bitwise_xor",
-                "left_shift", "right_shift", "isnan", "where")
+                "left_shift", "right_shift", "equal", "not_equal", "isnan", "where")
 _NCCL_CONSTANTS = {
     "NCCL_SUM": 0, "NCCL_PROD": 1, "NCCL_MAX": 2, "NCCL_MIN": 3, "NCCL_AVG": 4, "NCCL_INT8": 0,
     "NCCL_CHAR": 0, "NCCL_UINT8": 1, "NCCL_INT32": 2, "NCCL_INT": 2, "NCCL_UINT32": 3,
@@ -385,7 +385,18 @@ class _NDArray:
                         "`.get()` to construct a NumPy array explicitly.")
 
     def __bool__(self) -> bool:
-        raise TypeError("fake cupy: the truth value of a device array needs .get()")
+        if self.size != 1:
+            raise ValueError("The truth value of an array with more than one element is "
+                             "ambiguous. Use a.any() or a.all()")
+        return bool(self.get())  # a host synchronisation, as in CuPy
+
+    def __eq__(self, other: object) -> _NDArray:  # type: ignore[override]
+        return self._fc.cupy.equal(self, other)
+
+    def __ne__(self, other: object) -> _NDArray:  # type: ignore[override]
+        return self._fc.cupy.not_equal(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"<fake cupy.ndarray {self.shape} {self.dtype} on device {self._dev}>"
@@ -1202,7 +1213,7 @@ class FakeCuda:
             else np.asarray(a),
             **{n: getattr(np, n) for n in ("bool_", "int8", "int16", "int32", "int64", "uint8",
                                            "uint16", "uint32", "uint64", "float16", "float32",
-                                           "float64")},
+                                           "float64", "complex64", "complex128")},
             **{n: self._elementwise(getattr(np, n)) for n in _ELEMENTWISE})
         stream.null = stream(null=True)
         return cupy
