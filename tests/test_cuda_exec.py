@@ -80,8 +80,8 @@ def _nccl_run(plan, inputs: list[np.ndarray], ce: int) -> list[np.ndarray]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_nccl_matches_numpy(kind):
     n = min(cupy.cuda.runtime.getDeviceCount(), 4)
-    coll = Collective(kind, n, 2)
-    plan = build_plan(ring(n), coll, "ring").plan
+    plan = build_plan(ring(n), Collective(kind, n, 2), "ring").plan
+    coll = plan.collective()
     inputs = _inputs(coll, 257, np.int64)
     for got, want in zip(_nccl_run(plan, inputs, 257), numpy_result(coll, inputs)):
         np.testing.assert_array_equal(got, want)

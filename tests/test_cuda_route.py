@@ -78,16 +78,18 @@ def on_ranks(n: int, body, timeout: float = 30.0):
     return results
 
 
-def groups(n: int, tmp_path, body, timeout_s: float = 20.0, **kw):
+def groups(n: int, tmp_path, body, timeout_s: float = 20.0, rank_kw=None, **kw):
     """``body(pg, rank)`` with a taccl process group per rank thread, each rank on its own
-    GPU (``torch.cuda.set_device(rank)`` in the rank's thread)."""
+    GPU (``torch.cuda.set_device(rank)`` in the rank's thread); ``rank_kw(rank)`` adds
+    options of one rank's group."""
     store = dist.HashStore()
 
     def one(r: int):
         torch.cuda.set_device(r)
         pg = tt.TacclProcessGroup(dist.PrefixStore("t", store), r, n,
                                   datetime.timedelta(seconds=timeout_s),
-                                  cache_dir=tmp_path / "cache", **kw)
+                                  cache_dir=tmp_path / "cache", **kw,
+                                  **(rank_kw(r) if rank_kw else {}))
         try:
             return body(pg, r)
         finally:
@@ -347,10 +349,36 @@ def test_dead_rank_aborts_and_raises_within_the_timeout(gpus, tmp_path, blocking
             pg.allreduce([t]).wait()
         return time.monotonic() - start, str(err.value)
 
-    res = groups(n, tmp_path, body, timeout_s=timeout, blocking_wait=blocking)
+    res = groups(n, tmp_path, body, timeout_s=timeout,
+                 **({"blocking_wait": True} if blocking else {}))
     for elapsed, message in res[:2]:
         assert elapsed < timeout + 2.5
         assert "aborted" in message and "round" in message and "rank" in message
+
+
+def test_ranks_on_different_plans_fail_within_the_timeout(gpus, tmp_path):
+    """Rank 0 has a plan directory with a direct AllGather, rank 1 falls back to the ring:
+    their messages do not match, and both ranks raise within the timeout."""
+    from taccl_py.lowering.xml import write_plan
+
+    ft, n, timeout = gpus, 3, 1.5
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    write_plan(build_plan(ring(n), Collective("allgather", n), "direct").plan,
+               plans / "direct.xml")
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        x = ft.tensor(torch.full((6,), float(r)), dev)
+        g = ft.empty((6 * n,), torch.float32, dev)
+        start = time.monotonic()
+        with pytest.raises(TacclError, match="aborted") as err:
+            pg._allgather_base(g, x).wait()
+        return time.monotonic() - start, str(err.value)
+
+    res = groups(n, tmp_path, body, timeout_s=timeout, blocking_wait=True,
+                 rank_kw=lambda r: {"plan_dir": plans} if r == 0 else {})
+    assert all(elapsed < timeout + 2.5 for elapsed, _ in res)
 
 
 def test_two_ranks_on_one_gpu_is_one_clear_error(gpus, tmp_path):

@@ -593,10 +593,11 @@ class _NcclCommunicator:
 
     _fc: FakeCuda
 
-    def __init__(self, ndev: int, commId: tuple, rank: int) -> None:  # CuPy's names
+    def __init__(self, ndev: int, commId: bytes, rank: int,  # CuPy 14's names
+                 config: Any = None) -> None:
         ndev, rank = _c(ndev, "int"), _c(rank, "int")
-        if not isinstance(commId, tuple):
-            raise TypeError(f"Argument 'commId' has incorrect type (expected tuple, got "
+        if not isinstance(commId, bytes):
+            raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got "
                             f"{type(commId).__name__})")
         if len(commId) != 128:
             raise AssertionError(f"commId has {len(commId)} entries, not 128")
@@ -606,7 +607,7 @@ class _NcclCommunicator:
         self._last: _Op | None = None  # NCCL serialises a communicator's launches
         self._ncoll = 0
         self._seq: defaultdict[tuple[str, int], int] = defaultdict(int)
-        self._clique = self._fc._join(self, ndev, tuple(_c(b, "int") for b in commId))
+        self._clique = self._fc._join(self, ndev, tuple(commId))
 
     def _live(self) -> None:
         if self._closed:
@@ -1106,9 +1107,9 @@ class FakeCuda:
 
     # -- NCCL ---------------------------------------------------------------------------------
 
-    def _unique_id(self) -> tuple[int, ...]:
+    def _unique_id(self) -> bytes:
         with self._cv:
-            return tuple(int(b) for b in self._rng.integers(-128, 128, 128))
+            return bytes(int(b) for b in self._rng.integers(0, 256, 128))
 
     def _join(self, comm: _NcclCommunicator, n: int, uid: tuple) -> _Clique:
         """Add ``comm`` to the clique of ``uid`` and wait for all ``n`` ranks."""
