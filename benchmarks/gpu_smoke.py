@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,11 @@ def executor_part(cp, plans: dict, n: int, sizes, iters: int, warmup: int, timed
                         equal = bool((cp.asnumpy(ours) == cp.asnumpy(ref)).all())
                         t_ours = t_nccl = None
                         if timed:
-                            t_ours = _time(cp, stream, lambda: ex.run(send, ours, stream),
+                            t_ours = _time(cp, stream, partial(ex.run, send, ours, stream),
                                            iters, warmup, barrier)
-                            t_nccl = _time(cp, stream, lambda: nccl_reference(
-                                cp, nccl, comm, kind, send, ref, n, stream), iters, warmup,
-                                barrier)
+                            t_nccl = _time(cp, stream, partial(
+                                nccl_reference, cp, nccl, comm, kind, send, ref, n, stream),
+                                iters, warmup, barrier)
                         if r == 0:
                             rows[(kind, elems * 4)] = (t_ours, t_nccl, equal)
                         elif not equal:
@@ -239,8 +240,8 @@ def torch_checks(pg, ref, n: int, r: int, size: int, make, host, timed: bool, it
         t_taccl = t_nccl = None
         if timed and name in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all"):
             x = make(data(r, elems))
-            t_taccl = _torch_time(lambda: call(pg, x), iters)
-            t_nccl = _torch_time(lambda: call(ref, x), iters)
+            t_taccl = _torch_time(partial(call, pg, x), iters)
+            t_nccl = _torch_time(partial(call, ref, x), iters)
         rows.append((name, elems * 4, t_taccl, t_nccl, equal))
     return rows
 

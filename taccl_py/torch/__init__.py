@@ -17,7 +17,11 @@ from __future__ import annotations
 import logging
 import os
 
-import torch.distributed as dist
+try:
+    import torch.distributed as dist
+except ImportError as exc:  # say which extra brings it
+    raise ImportError(f"taccl_py.torch needs PyTorch ({exc}): pip install "
+                      f"'taccl_py[torch]'") from None
 
 from .backend import TacclProcessGroup
 from .library import CACHE_DIR_ENV, PLAN_DIR_ENV, PlanLibrary

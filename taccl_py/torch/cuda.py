@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER
+from ..collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER
 from ..errors import TacclError
 from ..runtime.cuda_exec import (InFlight, NcclPlanExecutor, Watchdog, communicator_from_store,
                                  external_stream, require_cuda)
