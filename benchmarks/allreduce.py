@@ -19,11 +19,11 @@ import time
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.pipeline import build_plan
-from taccl_py.report import evaluate
-from taccl_py.runtime.simulate import simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.report import evaluate
+from taccl_py.analysis.simulate import simulate
 from taccl_py.topology.loader import load_topology
-from taccl_py.units import format_size, parse_size
+from taccl_py.util.units import format_size, parse_size
 
 TOPOLOGIES = ("ndv2", "dgx2", "dgx-a100", "dgx-h100")
 

@@ -9,10 +9,10 @@ import argparse
 import time
 
 from taccl_py.collectives import KINDS, Collective
-from taccl_py.pipeline import build_plan
-from taccl_py.report import evaluate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.report import evaluate
 from taccl_py.topology.loader import builtin_names, load_topology
-from taccl_py.units import format_size, parse_size
+from taccl_py.util.units import format_size, parse_size
 
 
 def main() -> None:

@@ -44,11 +44,11 @@ import numpy as np
 
 from taccl_py.collectives import ALLGATHER, ALLREDUCE, ALLTOALL, KINDS, REDUCESCATTER, Collective
 from taccl_py.errors import TacclError
-from taccl_py.lowering.xml import write_plan
-from taccl_py.pipeline import build_plan
+from taccl_py.plan.xml import write_plan
+from taccl_py.build.pipeline import build_plan
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology
-from taccl_py.units import format_size, parse_size
+from taccl_py.util.units import format_size, parse_size
 
 #: nccl-tests' bus bandwidth factor of each collective on n ranks
 BUS = {ALLREDUCE: lambda n: 2 * (n - 1) / n, ALLGATHER: lambda n: (n - 1) / n,

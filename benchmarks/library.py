@@ -3,7 +3,7 @@
 For each case a library is built over the span (``taccl synthesize --sizes 1K-1G``: milp
 at the span's ends and middle, smt where small, the NCCL baselines, each protocol), and
 the table lists, at every power of 4, NCCL's best (algorithm/protocol and time, from
-:mod:`taccl_py.runtime.nccl_model`), what the library serves there and the ratio
+:mod:`taccl_py.analysis.nccl_model`), what the library serves there and the ratio
 (NCCL time / served time; 1.00 where NCCL serves). The build time is per case.
 
 Usage:
@@ -18,9 +18,9 @@ import time
 
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import TacclError
-from taccl_py.plan_library import LibraryOptions, build_library
+from taccl_py.build.library import LibraryOptions, build_library
 from taccl_py.topology.loader import builtin_names, load_topology
-from taccl_py.units import format_size, parse_size
+from taccl_py.util.units import format_size, parse_size
 
 
 def run_case(name: str, nodes: int, kind: str, lo: int, hi: int, time_limit: float) -> bool:

@@ -38,10 +38,10 @@ from pathlib import Path
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.lowering.xml import write_plan
-from taccl_py.pipeline import build_plan
+from taccl_py.plan.xml import write_plan
+from taccl_py.build.pipeline import build_plan
 from taccl_py.topology.model import FULL_BISECTION, Switch, Topology
-from taccl_py.units import format_size, parse_size
+from taccl_py.util.units import format_size, parse_size
 
 BIN = Path(sys.executable).parent
 #: (ranks, collective, size, max ratio): the MPI targets

@@ -21,10 +21,10 @@ import time
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.pipeline import build_plan
-from taccl_py.report import evaluate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.report import evaluate
 from taccl_py.topology.loader import load_topology
-from taccl_py.units import format_size, parse_size
+from taccl_py.util.units import format_size, parse_size
 
 #: topology -> node counts of the issue's grid
 GRID = {"dgx-a100": (4, 8, 16, 32), "dgx-h100": (4, 8, 16, 32), "ndv2": (4, 8)}

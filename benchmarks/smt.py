@@ -15,10 +15,10 @@ import time
 
 from taccl_py.collectives import Collective
 from taccl_py.lowering.lower import lower
-from taccl_py.runtime.simulate import simulate
-from taccl_py.runtime.verify import verify
+from taccl_py.analysis.simulate import simulate
+from taccl_py.plan.verify import verify
 from taccl_py.synth.smt import pareto
-from taccl_py.synth.staged import staged_algorithm
+from taccl_py.synth.milp.search import staged_algorithm
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import FULL_BISECTION, Link, Nic, Switch, Topology
 

@@ -17,11 +17,11 @@ import time
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.pipeline import build_plan
-from taccl_py.report import evaluate
-from taccl_py.synth.sketch import load_sketch
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.report import evaluate
+from taccl_py.synth.milp.sketch import load_sketch
 from taccl_py.topology.loader import builtin_names, load_topology
-from taccl_py.units import format_size, parse_size
+from taccl_py.util.units import format_size, parse_size
 
 #: (topology, nodes, collective, time limit s, sketch or None for the default, target)
 TARGETS = [

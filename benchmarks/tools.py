@@ -10,9 +10,9 @@ import time
 
 from taccl_py.collectives import Collective
 from taccl_py.lowering.lower import lower
-from taccl_py.runtime.simulate import simulate
-from taccl_py.runtime.verify import verify
-from taccl_py.synth.ring import ring_algorithm
+from taccl_py.analysis.simulate import simulate
+from taccl_py.plan.verify import verify
+from taccl_py.synth.baselines.ring import ring_algorithm
 from taccl_py.topology.loader import load_topology
 
 

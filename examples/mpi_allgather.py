@@ -14,11 +14,11 @@ import numpy as np
 from mpi4py import MPI
 
 from taccl_py.collectives import Collective
-from taccl_py.lowering.xml import parse_plan, plan_to_xml
-from taccl_py.pipeline import build_plan
+from taccl_py.plan.xml import parse_plan, plan_to_xml
+from taccl_py.build.pipeline import build_plan
 from taccl_py.runtime.mpi_exec import mpi_executor
 from taccl_py.topology.model import FULL_BISECTION, Switch, Topology
-from taccl_py.units import format_size, parse_size
+from taccl_py.util.units import format_size, parse_size
 
 
 def synthesize(n: int, size: int) -> str:

@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 
 from .errors import TacclError
-from .fileio import display_path
-from .lowering.runtimes import DEFAULT_RUNTIME, RUNTIMES
+from .util.fileio import display_path
+from .plan.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from .topology.loader import MAX_RANKS
-from .units import format_size, parse_size
+from .util.units import format_size, parse_size
 
 
 def _in_finalizer(frame) -> bool:
@@ -203,13 +203,13 @@ def topology_list() -> None:
               help="Also draw the topology to this PNG file.")
 def topology_show(name: str, nodes: int, png: Path | None) -> None:
     """Describe a built-in topology or a YAML file."""
-    from .fileio import check_outputs, write_outputs
+    from .util.fileio import check_outputs, write_outputs
     from .topology.loader import describe, load_topology
 
     check_outputs([png])
     topo = load_topology(name, nodes)
     if png:  # drawn and written first: a failure prints nothing on stdout
-        from .topology_plot import topology_png
+        from .viz.topology import topology_png
 
         write_outputs([(png, topology_png(topo))])
     click.echo(describe(topo))
@@ -271,7 +271,7 @@ def topology_import(fmt, file, nics_spec, name, nvlink_bw, pcie_bw, nic_bw, pcie
       the same nearest GPUs split them; --nic-bw each, alpha 2 us, full-bisection
       network
     """
-    from .fileio import atomic_write_text
+    from .util.fileio import atomic_write_text
     from .topology.nvsmi import import_nvidia_smi, read_matrix
 
     data, source = read_matrix(file)
@@ -427,7 +427,7 @@ class _SynthOptions:
 
 
 def _candidate_options(o: _SynthOptions, sizes: tuple[int, ...], sketch):
-    from .candidates import CandidateOptions
+    from .build.candidates import CandidateOptions
 
     return CandidateOptions(sizes=sizes, time_limit=o.time_limit, runtime=o.runtime,
                             max_steps=o.max_steps, instances=o.instances, sketch=sketch,
@@ -438,11 +438,11 @@ def _synthesize_auto(o: _SynthOptions, topo, coll, size: int, sketch) -> None:
     """Every candidate, the fastest kept: its plan, selected where it beats NCCL."""
     import dataclasses
 
-    from .candidates import PROTOCOLS, build_candidates
-    from .fileio import check_outputs, write_outputs
-    from .lowering.runtimes import RUNTIMES, check_runtime, selection_bytes
-    from .lowering.xml import plan_to_xml
-    from .plan_library import pick_plan
+    from .build.candidates import PROTOCOLS, build_candidates
+    from .util.fileio import check_outputs, write_outputs
+    from .plan.runtimes import RUNTIMES, check_runtime, selection_bytes
+    from .plan.xml import plan_to_xml
+    from .build.library import pick_plan
 
     output = o.output if o.output is not None else f"{topo.label}-{coll.kind}.xml"
     check_outputs([output, o.ir_path])
@@ -492,10 +492,10 @@ def _synthesize_auto(o: _SynthOptions, topo, coll, size: int, sketch) -> None:
 def _synthesize_method(o: _SynthOptions, topo, coll, size: int, sketch, smt: dict) -> None:
     """One named method's plan (Simple unless --proto), selected for every size unless
     --min-bytes/--max-bytes say otherwise."""
-    from .fileio import check_outputs, write_outputs
-    from .lowering.runtimes import RUNTIMES, check_runtime, selection_bytes
-    from .lowering.xml import plan_to_xml
-    from .pipeline import build_plan
+    from .util.fileio import check_outputs, write_outputs
+    from .plan.runtimes import RUNTIMES, check_runtime, selection_bytes
+    from .plan.xml import plan_to_xml
+    from .build.pipeline import build_plan
 
     output = o.output if o.output is not None else f"{topo.label}-{coll.kind}-{o.method}.xml"
     check_outputs([output, o.ir_path])
@@ -535,7 +535,7 @@ def _synthesize_method(o: _SynthOptions, topo, coll, size: int, sketch, smt: dic
 
 
 def _print_evaluation(plan, topo, size: int) -> None:
-    from .report import evaluate, format_table
+    from .analysis.report import evaluate, format_table
 
     sizes = sorted({1 << 10, 1 << 20, size, 1 << 30})
     click.echo(format_table(evaluate(plan, topo, sizes)))
@@ -543,8 +543,8 @@ def _print_evaluation(plan, topo, size: int) -> None:
 
 def _write_library(o: _SynthOptions, topo, coll, sketch) -> None:
     """A plan library over the span: its summary table and the lines to deploy it."""
-    from .lowering.runtimes import deploy_lines
-    from .plan_library import (
+    from .plan.runtimes import deploy_lines
+    from .build.library import (
         LibraryOptions,
         build_library,
         format_library,
@@ -580,7 +580,7 @@ def _write_library(o: _SynthOptions, topo, coll, sketch) -> None:
 
 
 def _load_sketch(name: str, topo):
-    from .synth.sketch import default_sketch, load_sketch
+    from .synth.milp.sketch import default_sketch, load_sketch
 
     return default_sketch(topo) if name == "default" else load_sketch(name, topo)
 
@@ -610,7 +610,7 @@ def _sketch_topology(fn):
 def sketch_validate(file: Path, topology_name: str, nodes: int) -> None:
     """Check a sketch file (or built-in sketch name) against a topology; list every problem."""
     from .errors import SketchError
-    from .synth.sketch import default_sketch, load_sketch
+    from .synth.milp.sketch import default_sketch, load_sketch
     from .topology.loader import load_topology
 
     topo = load_topology(topology_name, nodes)
@@ -635,8 +635,8 @@ def sketch_validate(file: Path, topology_name: str, nodes: int) -> None:
               help="write the template here instead of printing it")
 def sketch_init(topology_name: str, nodes: int, output: Path | None) -> None:
     """Write a commented sketch template holding the topology's default hints."""
-    from .fileio import atomic_write_text
-    from .synth.sketch import sketch_template
+    from .util.fileio import atomic_write_text
+    from .synth.milp.sketch import sketch_template
     from .topology.loader import load_topology
 
     text = sketch_template(load_topology(topology_name, nodes))
@@ -664,15 +664,15 @@ def verify_cmd(plan_paths: tuple[Path, ...], reference: bool, runtime: str | Non
                max_steps: int | None) -> None:
     """Check that MSCCL XML plans implement their collective (and, with --runtime, that the
     runtime loads and selects them: each broken rule one line on stderr, exit 1)."""
-    from .lowering.runtimes import (
+    from .plan.runtimes import (
         check_library,
         check_runtime,
         runtime_rules,
         size_range,
     )
-    from .lowering.xml import parse_plan
+    from .plan.xml import parse_plan
     from .runtime.reference import check_reference
-    from .runtime.verify import verify
+    from .plan.verify import verify
 
     if max_steps is not None and runtime is None:
         raise TacclError("--max-steps applies with --runtime only")
@@ -720,8 +720,8 @@ def _sim_options(fn):
 
 def _load_plan_and_topology(plan_path: Path, topology_name: str, nodes: int):
     """The plan (verified: an invalid plan is refused with the verifier's reason) and topology."""
-    from .lowering.xml import parse_plan
-    from .runtime.verify import verify
+    from .plan.xml import parse_plan
+    from .plan.verify import verify
     from .topology.loader import load_topology
 
     plan = parse_plan(plan_path)
@@ -739,7 +739,7 @@ def _load_plan_and_topology(plan_path: Path, topology_name: str, nodes: int):
 @click.option("--json", "as_json", is_flag=True, help="print JSON rows instead of a table")
 def simulate(plan_path, topology_name, nodes, sizes, as_json) -> None:
     """Simulate a plan: time, algbw, lower bound, % of bound, NCCL ring, speed-up."""
-    from .report import evaluate, format_table, to_json
+    from .analysis.report import evaluate, format_table, to_json
 
     plan, topo = _load_plan_and_topology(plan_path, topology_name, nodes)
     rows = evaluate(plan, topo, sizes)
@@ -757,11 +757,11 @@ def simulate(plan_path, topology_name, nodes, sizes, as_json) -> None:
               help="buffer size for the timeline")
 def plot(plan_path, topology_name, nodes, sizes, algbw_png, timeline_png, size) -> None:
     """Draw PNG plots of a plan's simulated performance."""
-    from .fileio import check_outputs, write_outputs
-    from .plot import algbw_png as draw_algbw
-    from .plot import timeline_png as draw_timeline
-    from .report import evaluate
-    from .runtime.simulate import simulate as run_sim
+    from .util.fileio import check_outputs, write_outputs
+    from .viz.plot import algbw_png as draw_algbw
+    from .viz.plot import timeline_png as draw_timeline
+    from .analysis.report import evaluate
+    from .analysis.simulate import simulate as run_sim
 
     if not (algbw_png or timeline_png):
         raise TacclError("nothing to draw: give --algbw FILE and/or --timeline FILE")
@@ -795,8 +795,8 @@ def pareto(topology_name, nodes, collective, max_chunks, max_steps, time_limit) 
     """Exact (SMT) latency/bandwidth Pareto frontier of synchronous algorithms."""
     deadline = time.perf_counter() + time_limit
     from .lowering.lower import lower
-    from .runtime.simulate import simulate as run_sim
-    from .runtime.verify import verify
+    from .analysis.simulate import simulate as run_sim
+    from .plan.verify import verify
     from .synth.smt import pareto as smt_pareto
     from .topology.loader import load_topology
 
@@ -869,7 +869,7 @@ def run_cmd(plan_path, size, dtype, check, iters, warmup, timeout) -> None:
 def profile_cmd(output, update_path, sizes, iters, warmup, transport, device,
                 gpus_per_node) -> None:
     """Measure alpha and bandwidth of every rank pair (under mpiexec or torchrun)."""
-    from .profile import profile_command
+    from .topology.profile import profile_command
 
     profile_command(output, update_path, sizes, iters, warmup, transport, device,
                     gpus_per_node)

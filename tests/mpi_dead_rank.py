@@ -13,7 +13,7 @@ import numpy as np
 from mpi4py import MPI
 
 from taccl_py.errors import TacclError
-from taccl_py.lowering.xml import parse_plan
+from taccl_py.plan.xml import parse_plan
 from taccl_py.runtime.mpi_exec import run_plan
 
 plan = parse_plan(sys.argv[1])

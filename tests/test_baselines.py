@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from taccl_py.collectives import ALLGATHER, ALLREDUCE, ALLTOALL, KINDS, REDUCESCATTER, Collective
 from taccl_py.errors import CollectiveError, TopologyError
-from taccl_py.synth.direct import direct_algorithm
-from taccl_py.synth.ring import check_ring, find_ring, ring_algorithm, ring_bottleneck
+from taccl_py.synth.baselines.direct import direct_algorithm
+from taccl_py.synth.baselines.ring import check_ring, find_ring, ring_algorithm, ring_bottleneck
 from taccl_py.synth.routes import route_tree
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import FULL_BISECTION, RAIL_ONLY, Link, Nic, Switch, Topology

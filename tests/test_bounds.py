@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taccl_py.collectives import Collective
-from taccl_py.synth import bounds
-from taccl_py.synth.bounds import (
+from taccl_py.analysis import bounds
+from taccl_py.analysis.bounds import (
     allgather_bandwidth_bound,
     allgather_rate,
     allreduce_bandwidth_bound,

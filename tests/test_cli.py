@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from taccl_py.cli import main
 from taccl_py.collectives import KINDS
-from taccl_py.lowering.xml import parse_plan, plan_to_xml
+from taccl_py.plan.xml import parse_plan, plan_to_xml
 from taccl_py.topology.loader import builtin_names
 
 TACCL = Path(sys.executable).with_name("taccl")
@@ -103,7 +103,7 @@ def test_malformed_topology_file_is_one_line(tmp_path):
 
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
-    from taccl_py import pipeline
+    from taccl_py.build import pipeline
     from taccl_py.errors import VerificationError
 
     def broken(plan):
@@ -161,7 +161,7 @@ def test_bad_sketch_is_one_clean_line(tmp_path):
 
 
 def test_sketch_init_validate_round_trip(tmp_path):
-    from taccl_py.synth.sketch import default_sketch, load_sketch
+    from taccl_py.synth.milp.sketch import default_sketch, load_sketch
     from taccl_py.topology.loader import load_topology
 
     out = tmp_path / "s.yaml"

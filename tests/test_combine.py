@@ -15,12 +15,12 @@ from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError, VerificationError
 from taccl_py.lowering.lower import lower
-from taccl_py.lowering.plan import RECV_TYPES, SEND_TYPES, Plan
+from taccl_py.plan.model import RECV_TYPES, SEND_TYPES, Plan
 from taccl_py.runtime.reference import check_reference
-from taccl_py.runtime.simulate import simulate
-from taccl_py.runtime.verify import verify
-from taccl_py.synth.combine import allreduce_from, combine, reduce_scatter_from
-from taccl_py.synth.staged import staged_algorithm
+from taccl_py.analysis.simulate import simulate
+from taccl_py.plan.verify import verify
+from taccl_py.synth.milp.combine import allreduce_from, combine, reduce_scatter_from
+from taccl_py.synth.milp.search import staged_algorithm
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Topology
 

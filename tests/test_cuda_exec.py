@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from taccl_py.collectives import KINDS, Collective
-from taccl_py.pipeline import build_plan
+from taccl_py.build.pipeline import build_plan
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor, run_single_device
 from taccl_py.runtime.reference import numpy_result
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology

@@ -22,7 +22,7 @@ dist = pytest.importorskip("torch.distributed")
 import taccl_py.torch as tt  # noqa: E402
 from taccl_py.collectives import KINDS, Collective  # noqa: E402
 from taccl_py.errors import TacclError  # noqa: E402
-from taccl_py.pipeline import build_plan  # noqa: E402
+from taccl_py.build.pipeline import build_plan  # noqa: E402
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor  # noqa: E402
 from taccl_py.runtime.reference import numpy_result  # noqa: E402
 from taccl_py.testing.fake_cuda import FakeCuda, FakeHang  # noqa: E402
@@ -359,7 +359,7 @@ def test_dead_rank_aborts_and_raises_within_the_timeout(gpus, tmp_path, blocking
 def test_ranks_on_different_plans_fail_within_the_timeout(gpus, tmp_path):
     """Rank 0 has a plan directory with a direct AllGather, rank 1 falls back to the ring:
     their messages do not match, and both ranks raise within the timeout."""
-    from taccl_py.lowering.xml import write_plan
+    from taccl_py.plan.xml import write_plan
 
     ft, n, timeout = gpus, 3, 1.5
     plans = tmp_path / "plans"

@@ -8,15 +8,15 @@ import pytest
 
 from taccl_py.collectives import ALLGATHER, Collective
 from taccl_py.lowering.lower import lower
-from taccl_py.report import ring_plan
-from taccl_py.runtime.simulate import simulate
-from taccl_py.runtime.verify import verify
-from taccl_py.synth.decompose import bundle_sizes, decompose, fanouts, node_trees, relays
-from taccl_py.synth.ir import Algorithm
-from taccl_py.synth.ordering import order
-from taccl_py.synth.schedule import schedule
-from taccl_py.synth.sketch import default_sketch
-from taccl_py.synth.staged import decomposed_algorithm
+from taccl_py.analysis.report import ring_plan
+from taccl_py.analysis.simulate import simulate
+from taccl_py.plan.verify import verify
+from taccl_py.synth.milp.decompose import bundle_sizes, decompose, fanouts, node_trees, relays
+from taccl_py.ir.algorithm import Algorithm
+from taccl_py.synth.milp.ordering import order
+from taccl_py.synth.milp.schedule import schedule
+from taccl_py.synth.milp.sketch import default_sketch
+from taccl_py.synth.milp.search import decomposed_algorithm
 from taccl_py.topology.loader import load_topology
 
 GIB = 1 << 30
@@ -129,7 +129,7 @@ def test_bundled_schedule_is_the_simulated_time(fanout):
 
 
 def test_equal_fanouts_collapse_only_when_the_schedule_is_exact():
-    from taccl_py.synth.staged import kept_fanouts
+    from taccl_py.synth.milp.search import kept_fanouts
 
     best = {7: 1.0, 4: 1.0, 2: 1.005, 1: 1.2}
     assert kept_fanouts([7, 4, 2, 1], best, exact=True) == [7, 2]

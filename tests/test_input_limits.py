@@ -19,20 +19,20 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taccl_py import fileio
+from taccl_py.util import fileio
 from taccl_py.cli import main
 from taccl_py.errors import PlanError, SketchError, TacclError, TopologyError
-from taccl_py.fileio import read_input
-from taccl_py.lowering import xml as plan_xml
-from taccl_py.lowering.xml import MAX_CHUNKS, MAX_GPUS, MAX_TOTAL_CHUNKS, parse_plan, plan_to_xml
-from taccl_py.profile import _prepare
-from taccl_py.runtime.verify import verify
-from taccl_py.synth.sketch import MAX_ROTATIONS, load_sketch, parse_sketch
+from taccl_py.util.fileio import read_input
+from taccl_py.plan import xml as plan_xml
+from taccl_py.plan.xml import MAX_CHUNKS, MAX_GPUS, MAX_TOTAL_CHUNKS, parse_plan, plan_to_xml
+from taccl_py.topology.profile import _prepare
+from taccl_py.plan.verify import verify
+from taccl_py.synth.milp.sketch import MAX_ROTATIONS, load_sketch, parse_sketch
 from taccl_py.topology import loader
 from taccl_py.topology.loader import (MAX_FILE_BYTES, MAX_YAML_NODES, load_topology,
                                       validate_file)
 from taccl_py.topology.schema import MAX_LISTED
-from taccl_py.units import MAX_SIZE
+from taccl_py.util.units import MAX_SIZE
 
 from .test_xml import two_rank_allgather
 

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from taccl_py.cli import main
-from taccl_py.lowering.xml import parse_plan
-from taccl_py.runtime.verify import verify
+from taccl_py.plan.xml import parse_plan
+from taccl_py.plan.verify import verify
 from taccl_py.synth import smt
 
 MAIN = "from taccl_py.cli import main; main()"

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import AlgorithmError, PlanError
 from taccl_py.lowering.lower import lower
-from taccl_py.lowering.plan import Plan
-from taccl_py.lowering.xml import parse_plan, plan_to_xml
+from taccl_py.plan.model import Plan
+from taccl_py.plan.xml import parse_plan, plan_to_xml
 from taccl_py.runtime.reference import check_reference
-from taccl_py.runtime.verify import WRITES_DST, verify
-from taccl_py.synth.ir import Algorithm, Transfer
+from taccl_py.plan.verify import WRITES_DST, verify
+from taccl_py.ir.algorithm import Algorithm, Transfer
 
 # -- helpers --------------------------------------------------------------------------------
 

@@ -8,13 +8,13 @@ import pytest
 
 from taccl_py.collectives import Collective
 from taccl_py.lowering.lower import lower
-from taccl_py.runtime.simulate import simulate
-from taccl_py.runtime.verify import verify
-from taccl_py.synth.ordering import descendants, make_sends, order
-from taccl_py.synth.routing import route
-from taccl_py.synth.schedule import schedule
-from taccl_py.synth.sketch import default_sketch
-from taccl_py.synth.staged import _algorithm
+from taccl_py.analysis.simulate import simulate
+from taccl_py.plan.verify import verify
+from taccl_py.synth.milp.ordering import descendants, make_sends, order
+from taccl_py.synth.milp.routing import route
+from taccl_py.synth.milp.schedule import schedule
+from taccl_py.synth.milp.sketch import default_sketch
+from taccl_py.synth.milp.search import _algorithm
 from taccl_py.topology.loader import load_topology
 
 from .test_staged import two_by_four
@@ -82,9 +82,9 @@ def test_merging_on_network_links_pays_alpha_once():
 def test_milp_plan_is_byte_identical_when_the_solver_finishes():
     from dataclasses import replace
 
-    from taccl_py.lowering.xml import plan_to_xml
-    from taccl_py.pipeline import build_plan
-    from taccl_py.synth.sketch import default_sketch
+    from taccl_py.plan.xml import plan_to_xml
+    from taccl_py.build.pipeline import build_plan
+    from taccl_py.synth.milp.sketch import default_sketch
 
     topo = two_by_four()
     sketch = replace(default_sketch(topo), chunkup=(1, 2))

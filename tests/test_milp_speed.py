@@ -11,16 +11,16 @@ import pytest
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.lowering.lower import lower
-from taccl_py.pipeline import build_plan
-from taccl_py.runtime.simulate import simulate
-from taccl_py.runtime.verify import verify
-from taccl_py.synth.bounds import lower_bound
-from taccl_py.synth.decompose import nic_relays, node_trees, relays
-from taccl_py.synth.ordering import TimeUp, make_sends, order
-from taccl_py.synth.routing import GAP, floor_us, route
-from taccl_py.synth.schedule import schedule
-from taccl_py.synth.sketch import default_sketch, parse_sketch
-from taccl_py.synth.staged import _algorithm, staged_algorithm
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.simulate import simulate
+from taccl_py.plan.verify import verify
+from taccl_py.analysis.bounds import lower_bound
+from taccl_py.synth.milp.decompose import nic_relays, node_trees, relays
+from taccl_py.synth.milp.ordering import TimeUp, make_sends, order
+from taccl_py.synth.milp.routing import GAP, floor_us, route
+from taccl_py.synth.milp.schedule import schedule
+from taccl_py.synth.milp.sketch import default_sketch, parse_sketch
+from taccl_py.synth.milp.search import _algorithm, staged_algorithm
 from taccl_py.topology.loader import load_topology
 
 GB = 1 << 30

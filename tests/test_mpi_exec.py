@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from taccl_py.collectives import Collective
-from taccl_py.lowering.xml import parse_plan, write_plan
-from taccl_py.pipeline import build_plan
+from taccl_py.plan.xml import parse_plan, write_plan
+from taccl_py.build.pipeline import build_plan
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology
 
 pytest.importorskip("mpi4py")

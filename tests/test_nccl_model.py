@@ -8,10 +8,10 @@ import pytest
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.pipeline import build_plan
-from taccl_py.runtime import nccl_model as M
-from taccl_py.runtime import protocols as P
-from taccl_py.runtime.simulate import simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis import nccl_model as M
+from taccl_py.analysis import protocols as P
+from taccl_py.analysis.simulate import simulate
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Link, Nic, Topology
 

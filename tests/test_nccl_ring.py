@@ -8,10 +8,10 @@ import pytest
 
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import TopologyError
-from taccl_py.pipeline import build_plan
-from taccl_py.runtime.simulate import simulate
-from taccl_py.synth import ring as ring_module
-from taccl_py.synth.ring import MAX_RINGS, find_ring, find_rings, ring_algorithm
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.simulate import simulate
+from taccl_py.synth.baselines import ring as ring_module
+from taccl_py.synth.baselines.ring import MAX_RINGS, find_ring, find_rings, ring_algorithm
 from taccl_py.topology.loader import load_topology
 
 from .test_baselines import build

@@ -7,11 +7,11 @@ import doctest
 import pytest
 
 from taccl_py.collectives import Collective
-from taccl_py.pipeline import build_plan
-from taccl_py.runtime.simulate import simulate
-from taccl_py.synth import trees as trees_module
-from taccl_py.synth.ring import find_rings
-from taccl_py.synth.trees import btree_parent, dtree, tree_algorithm
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.simulate import simulate
+from taccl_py.synth.baselines import trees as trees_module
+from taccl_py.synth.baselines.ring import find_rings
+from taccl_py.synth.baselines.trees import btree_parent, dtree, tree_algorithm
 from taccl_py.topology.loader import load_topology
 
 BUILTINS = ["dgx-a100", "dgx-h100", "dgx1", "ndv2", "dgx2", "mi300x"]

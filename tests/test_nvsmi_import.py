@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import TopologyError
-from taccl_py.pipeline import build_plan
+from taccl_py.build.pipeline import build_plan
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.nvsmi import convert, import_nvidia_smi, parse
 

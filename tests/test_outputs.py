@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from taccl_py.cli import main
 from taccl_py.errors import TacclError
-from taccl_py.fileio import check_outputs, write_outputs
-from taccl_py.lowering.xml import parse_plan
-from taccl_py.units import MAX_SIZE, parse_size
+from taccl_py.util.fileio import check_outputs, write_outputs
+from taccl_py.plan.xml import parse_plan
+from taccl_py.util.units import MAX_SIZE, parse_size
 
 TACCL = Path(sys.executable).with_name("taccl")
 SYNTH = ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather"]

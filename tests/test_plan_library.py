@@ -8,18 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taccl_py.candidates import CandidateOptions, build_candidates, is_nccl_algorithm
+from taccl_py.build.candidates import CandidateOptions, build_candidates, is_nccl_algorithm
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.lowering.runtimes import RUNTIMES, check_runtime, selects
-from taccl_py.lowering.xml import parse_plan
-from taccl_py.plan_library import (
+from taccl_py.plan.runtimes import RUNTIMES, check_runtime, selects
+from taccl_py.plan.xml import parse_plan
+from taccl_py.build.library import (
     LibraryOptions,
     build_library,
     span_sizes,
     write_library,
 )
-from taccl_py.runtime.verify import verify
+from taccl_py.plan.verify import verify
 from taccl_py.topology.loader import load_topology
 
 FAST = ("smt", "ring", "tree", "direct")  # no milp: seconds, not minutes

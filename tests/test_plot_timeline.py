@@ -6,11 +6,11 @@ import doctest
 
 import pytest
 
-from taccl_py import plot
+from taccl_py.viz import plot
 from taccl_py.collectives import Collective
-from taccl_py.pipeline import build_plan
-from taccl_py.plot import natural_key, resource_kind, timeline_figure, timeline_png
-from taccl_py.runtime.simulate import SimResult, simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.viz.plot import natural_key, resource_kind, timeline_figure, timeline_png
+from taccl_py.analysis.simulate import SimResult, simulate
 from taccl_py.topology.loader import load_topology
 
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from taccl_py.cli import main
 from taccl_py.errors import TacclError
-from taccl_py.profile import (NEED_RANKS, Fit, PairResult, build_topology, detect_transport,
+from taccl_py.topology.profile import (NEED_RANKS, Fit, PairResult, build_topology, detect_transport,
                               fit_alpha_bandwidth, group_nodes, to_yaml, update_topology)
 from taccl_py.topology.loader import load_topology, validate_file
 
@@ -183,7 +183,7 @@ class _FakeComm:
 def test_update_on_the_command_line_checks_the_file_first(monkeypatch, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("gpus_per_node: 0\n")
-    monkeypatch.setattr("taccl_py.profile.open_comm", lambda transport, device: _FakeComm())
+    monkeypatch.setattr("taccl_py.topology.profile.open_comm", lambda transport, device: _FakeComm())
     res = CliRunner().invoke(main, ["profile", "--update", str(bad)])
     assert res.exit_code == 2
     assert res.output.strip().startswith(f"taccl: error: {bad}: gpus_per_node")

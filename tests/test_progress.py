@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from taccl_py.cli import main
 from taccl_py.collectives import ALLGATHER, Collective
-from taccl_py.synth import routing, solvers
+from taccl_py.synth import solvers
+from taccl_py.synth.milp import routing
 from taccl_py.topology.loader import load_topology
 
 

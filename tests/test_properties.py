@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import PlanError, TopologyError, VerificationError
-from taccl_py.lowering.plan import LOCAL_TYPES, Plan
-from taccl_py.pipeline import build_plan
+from taccl_py.plan.model import LOCAL_TYPES, Plan
+from taccl_py.build.pipeline import build_plan
 from taccl_py.runtime.reference import check_reference
-from taccl_py.runtime.verify import verify
+from taccl_py.plan.verify import verify
 
 from .strategies import topologies
 

@@ -9,8 +9,8 @@ import pytest
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import VerificationError
-from taccl_py.lowering.plan import Plan
-from taccl_py.lowering.xml import parse_plan
+from taccl_py.plan.model import Plan
+from taccl_py.plan.xml import parse_plan
 from taccl_py.runtime.reference import check_reference, numpy_result, run_reference
 
 EXTERNAL = Path(__file__).parent / "fixtures" / "external"

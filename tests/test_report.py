@@ -11,8 +11,8 @@ from matplotlib.image import imread
 
 from taccl_py.cli import main
 from taccl_py.collectives import KINDS, Collective
-from taccl_py.pipeline import build_plan
-from taccl_py.report import evaluate, format_table
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.report import evaluate, format_table
 from taccl_py.topology.loader import builtin_names, load_topology
 
 SIZES = [1 << 10, 1 << 20, 1 << 30]
@@ -88,8 +88,8 @@ def test_plot_needs_an_output(tmp_path):
 
 def test_timeline_of_a_plan_without_traffic_is_a_clear_error(tmp_path):
     from taccl_py.errors import TacclError
-    from taccl_py.plot import timeline_png
-    from taccl_py.runtime.simulate import SimResult
+    from taccl_py.viz.plot import timeline_png
+    from taccl_py.analysis.simulate import SimResult
 
     with pytest.raises(TacclError, match="moves no data"):
         timeline_png(SimResult(0, 0.0, [0.0], {}, {}))

@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import TacclError, TopologyError, VerificationError
-from taccl_py.lowering.plan import SEND_TYPES, GpuPlan, Plan, Step, Threadblock
-from taccl_py.pipeline import build_plan
+from taccl_py.plan.model import SEND_TYPES, GpuPlan, Plan, Step, Threadblock
+from taccl_py.build.pipeline import build_plan
 from taccl_py.runtime.cuda_exec import HostDevice, run_single_device
 from taccl_py.runtime.reference import numpy_result
 from taccl_py.runtime.rounds import plan_rounds, run_rounds
-from taccl_py.runtime.verify import verify
+from taccl_py.plan.verify import verify
 from taccl_py.topology.loader import load_topology
 
 from .strategies import topologies

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import PlanError
-from taccl_py.lowering import runtimes
+from taccl_py.plan import runtimes
 from taccl_py.lowering.lower import lower
-from taccl_py.lowering.plan import Plan, Step, Threadblock
-from taccl_py.lowering.runtimes import (
+from taccl_py.plan.model import Plan, Step, Threadblock
+from taccl_py.plan.runtimes import (
     DEFAULT_RUNTIME,
     MSCCL_OPEN_TOP,
     RUNTIMES,
@@ -29,9 +29,9 @@ from taccl_py.lowering.runtimes import (
     selects,
     size_range,
 )
-from taccl_py.lowering.xml import parse_plan, plan_to_xml, write_plan
-from taccl_py.runtime.verify import verify
-from taccl_py.synth.ir import Algorithm, Transfer
+from taccl_py.plan.xml import parse_plan, plan_to_xml, write_plan
+from taccl_py.plan.verify import verify
+from taccl_py.ir.algorithm import Algorithm, Transfer
 from taccl_py.synth.methods import synthesize
 from taccl_py.topology.loader import load_topology
 

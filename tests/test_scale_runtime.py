@@ -11,9 +11,9 @@ import pytest
 from taccl_py.collectives import Collective
 from taccl_py.errors import AlgorithmError, TacclError
 from taccl_py.lowering.lower import lower
-from taccl_py.runtime.verify import Interpreter, verify
-from taccl_py.synth.combine import combine
-from taccl_py.synth.ir import Algorithm, Transfer
+from taccl_py.plan.verify import Interpreter, verify
+from taccl_py.synth.milp.combine import combine
+from taccl_py.ir.algorithm import Algorithm, Transfer
 from taccl_py.synth.methods import synthesize
 from taccl_py.topology.loader import load_topology
 

@@ -9,10 +9,10 @@ import pytest
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.lowering.plan import GpuPlan, Plan, Step, Threadblock
-from taccl_py.lowering.xml import parse_plan
-from taccl_py.runtime.simulate import simulate
-from taccl_py.runtime.verify import verify
+from taccl_py.plan.model import GpuPlan, Plan, Step, Threadblock
+from taccl_py.plan.xml import parse_plan
+from taccl_py.analysis.simulate import simulate
+from taccl_py.plan.verify import verify
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Link, Nic, Switch, Topology
 
@@ -207,7 +207,7 @@ def test_deadlock_on_dependency_cycle():
 # -- plans from the pipeline and from other tools ---------------------------------------------
 
 def test_pipeline_ring_allgather_on_dgx2():
-    from taccl_py.pipeline import build_plan
+    from taccl_py.build.pipeline import build_plan
 
     topo = load_topology("dgx2")
     plan = build_plan(topo, Collective("allgather", 16), "ring").plan

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
 from taccl_py.errors import SketchError
-from taccl_py.synth.sketch import (builtin_sketch_names, default_sketch, load_sketch,
+from taccl_py.synth.milp.sketch import (builtin_sketch_names, default_sketch, load_sketch,
                                    parse_sketch, sketch_template)
-from taccl_py.synth.symmetry import automorphism_error, detect_symmetry, orbit_representatives
+from taccl_py.synth.milp.symmetry import automorphism_error, detect_symmetry, orbit_representatives
 from taccl_py.topology.loader import builtin_names, load_topology
 
 BUILTINS = ["dgx-a100", "dgx-h100", "dgx1", "dgx2", "mi300x", "ndv2"]
@@ -238,9 +238,9 @@ def test_fuzzed_sketches_fail_cleanly(doc):
 from dataclasses import replace  # noqa: E402
 
 from taccl_py.collectives import Collective  # noqa: E402
-from taccl_py.synth.ordering import Send, order  # noqa: E402
-from taccl_py.synth.routing import candidates, route  # noqa: E402
-from taccl_py.synth.staged import staged_algorithm  # noqa: E402
+from taccl_py.synth.milp.ordering import Send, order  # noqa: E402
+from taccl_py.synth.milp.routing import candidates, route  # noqa: E402
+from taccl_py.synth.milp.search import staged_algorithm  # noqa: E402
 
 EVEN_RELAYS = ("inter_node: {connections: rail, relays: {0: [0, 1], 2: [2, 3], "
                "4: [4, 5], 6: [6, 7]}}\nsymmetry: none\n")
@@ -274,7 +274,7 @@ def test_routes_obey_inter_node_and_relays(kind, text):
 
 @pytest.mark.parametrize("kind", ["allgather", "alltoall"])
 def test_symmetric_sketch_routes_are_images(kind):
-    from taccl_py.synth.routing import _act_chunk
+    from taccl_py.synth.milp.routing import _act_chunk
 
     topo = load_topology("dgx1", 2)
     s = load_sketch("dgx1", topo)

@@ -11,9 +11,9 @@ from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.lowering.lower import lower
-from taccl_py.lowering.xml import parse_plan
-from taccl_py.runtime.simulate import simulate
-from taccl_py.runtime.verify import verify
+from taccl_py.plan.xml import parse_plan
+from taccl_py.analysis.simulate import simulate
+from taccl_py.plan.verify import verify
 from taccl_py.synth import smt
 from taccl_py.synth.methods import synthesize
 from taccl_py.topology.loader import load_topology

@@ -8,15 +8,15 @@ import pytest
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.pipeline import build_plan
-from taccl_py.report import evaluate
-from taccl_py.runtime.simulate import simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.analysis.report import evaluate
+from taccl_py.analysis.simulate import simulate
 from taccl_py.synth import methods
 from taccl_py.synth.methods import synthesize
-from taccl_py.synth.ordering import make_sends, order
-from taccl_py.synth.routing import route
-from taccl_py.synth.schedule import schedule
-from taccl_py.synth.staged import staged_algorithm
+from taccl_py.synth.milp.ordering import make_sends, order
+from taccl_py.synth.milp.routing import route
+from taccl_py.synth.milp.schedule import schedule
+from taccl_py.synth.milp.search import staged_algorithm
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import FULL_BISECTION, Link, Nic, Topology
 

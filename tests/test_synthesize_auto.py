@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.cli import _span, main
-from taccl_py.lowering.runtimes import RUNTIMES, selects, size_range
-from taccl_py.lowering.xml import parse_plan
-from taccl_py.runtime.nccl_model import nccl_best
-from taccl_py.runtime.simulate import simulate
+from taccl_py.plan.runtimes import RUNTIMES, selects, size_range
+from taccl_py.plan.xml import parse_plan
+from taccl_py.analysis.nccl_model import nccl_best
+from taccl_py.analysis.simulate import simulate
 from taccl_py.topology.loader import load_topology
-from taccl_py.units import parse_size
+from taccl_py.util.units import parse_size
 
 
 def run(*args):

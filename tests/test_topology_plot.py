@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from taccl_py.cli import main
 from taccl_py.topology.loader import builtin_names, load_topology
-from taccl_py.topology_plot import MAX_NODES, MAX_WIDTH, topology_graph, topology_png
+from taccl_py.viz.topology import MAX_NODES, MAX_WIDTH, topology_graph, topology_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

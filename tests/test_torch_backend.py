@@ -22,8 +22,8 @@ import taccl_py.torch as tt  # noqa: E402
 from taccl_py.torch import backend  # noqa: E402
 from taccl_py.collectives import Collective  # noqa: E402
 from taccl_py.errors import PlanError, TacclError, VerificationError  # noqa: E402
-from taccl_py.lowering.xml import parse_plan, plan_to_xml, write_plan  # noqa: E402
-from taccl_py.pipeline import build_plan  # noqa: E402
+from taccl_py.plan.xml import parse_plan, plan_to_xml, write_plan  # noqa: E402
+from taccl_py.build.pipeline import build_plan  # noqa: E402
 from taccl_py.torch.library import PlanLibrary  # noqa: E402
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology  # noqa: E402
 

@@ -6,11 +6,11 @@ import pytest
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.pipeline import BASELINES, build_plan
+from taccl_py.build.pipeline import BASELINES, build_plan
 from taccl_py.runtime.reference import check_reference
-from taccl_py.runtime.simulate import simulate
+from taccl_py.analysis.simulate import simulate
 from taccl_py.synth.methods import METHODS, synthesize
-from taccl_py.synth.trees import btree_parent, dtree, tree_algorithm
+from taccl_py.synth.baselines.trees import btree_parent, dtree, tree_algorithm
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Link, Nic, Topology
 

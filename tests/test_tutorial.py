@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from taccl_py.lowering.xml import parse_plan
-from taccl_py.runtime.verify import verify
+from taccl_py.plan.xml import parse_plan
+from taccl_py.plan.verify import verify
 from taccl_py.topology import load_topology
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from taccl_py.errors import PlanError, VerificationError
-from taccl_py.lowering.plan import Plan, Step, Threadblock
-from taccl_py.lowering.xml import parse_plan
-from taccl_py.runtime.verify import check_limits, verify
+from taccl_py.plan.model import Plan, Step, Threadblock
+from taccl_py.plan.xml import parse_plan
+from taccl_py.plan.verify import check_limits, verify
 
 EXTERNAL = Path(__file__).parent / "fixtures" / "external"
 FIXTURES = sorted(EXTERNAL.glob("*.xml"))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from taccl_py.errors import PlanError
-from taccl_py.lowering.plan import GpuPlan, Plan, Step, Threadblock
-from taccl_py.lowering.xml import parse_plan, plan_to_xml, write_plan
+from taccl_py.plan.model import GpuPlan, Plan, Step, Threadblock
+from taccl_py.plan.xml import parse_plan, plan_to_xml, write_plan
 
 EXTERNAL = Path(__file__).parent / "fixtures" / "external"
 FIXTURES = sorted(EXTERNAL.glob("*.xml"))

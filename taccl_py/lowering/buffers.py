@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..collectives import Collective
-from ..synth.ir import Algorithm
+from ..ir.algorithm import Algorithm
 
 Loc = tuple[str, int]
 

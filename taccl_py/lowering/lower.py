@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, replace
 
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
 from ..errors import PlanError
-from ..synth.ir import Algorithm
+from ..ir.algorithm import Algorithm
 from ..topology.model import Topology
 from .buffers import Copy, Flow, Loc, place, value_flow
-from ..nogc import gc_paused
-from .plan import GpuPlan, Plan, Step, Threadblock
-from .runtimes import (DEFAULT_RUNTIME, PROTOCOLS, RESIDENT_TBS, RuntimeRules, check_runtime,
+from ..util.nogc import gc_paused
+from ..plan.model import GpuPlan, Plan, Step, Threadblock
+from ..plan.runtimes import (DEFAULT_RUNTIME, PROTOCOLS, RESIDENT_TBS, RuntimeRules, check_runtime,
                        runtime_rules)
 from .threadblocks import TB, Op, Threadblocks
 

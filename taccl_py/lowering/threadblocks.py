@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..synth.ir import Algorithm
+from ..ir.algorithm import Algorithm
 from .buffers import Flow, Loc
-from .runtimes import RESIDENT_TBS
+from ..plan.runtimes import RESIDENT_TBS
 
 Key = tuple[int, int, int]
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from ..errors import TacclError
-from ..lowering.plan import Plan
+from ..plan.model import Plan
 from .rounds import (Msg, RankProgram, Round, Schedule, StepOps, apply_local, chunk_elems,
                      plan_rounds, reducer)
 

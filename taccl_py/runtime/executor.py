@@ -1,9 +1,9 @@
 """Execute one rank's part of an MSCCL plan on NumPy buffers over a point-to-point transport.
 
-Semantics mirror :class:`~taccl_py.runtime.verify.Interpreter`: each threadblock runs its
+Semantics mirror :class:`~taccl_py.plan.verify.Interpreter`: each threadblock runs its
 steps in order, a step waits for its dependency (``depid``/``deps``, same rank), a connection
 (sender, receiver, channel) is a FIFO whose n-th send matches the n-th receive, and the
-buffer a step reads or writes is found with :func:`~taccl_py.runtime.verify.canonical_location`
+buffer a step reads or writes is found with :func:`~taccl_py.plan.verify.canonical_location`
 (in-place plans alias input and output).
 
 Execution model: all threadblocks of the rank are state machines advanced by one thread.
@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import TacclError
-from ..lowering.plan import RECV_TYPES, SEND_TYPES, Plan
-from .verify import READS_SRC, WRITES_DST, canonical_location, check_limits
+from ..plan.model import RECV_TYPES, SEND_TYPES, Plan
+from ..plan.verify import READS_SRC, WRITES_DST, canonical_location, check_limits
 
 REDOPS = {"sum": np.add, "nop": np.add, "prod": np.multiply, "max": np.maximum,
           "min": np.minimum}

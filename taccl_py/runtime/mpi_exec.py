@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..errors import TacclError
-from ..lowering.plan import Plan
+from ..plan.model import Plan
 from . import executor
 
 

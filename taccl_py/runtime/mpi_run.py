@@ -9,8 +9,8 @@ import numpy as np
 
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER
 from ..errors import TacclError
-from ..fileio import display_path
-from ..units import format_size, host_memory
+from ..util.fileio import display_path
+from ..util.units import format_size, host_memory
 
 BUSBW = {ALLGATHER: lambda n: (n - 1) / n, ALLTOALL: lambda n: (n - 1) / n,
          REDUCESCATTER: lambda n: (n - 1) / n, ALLREDUCE: lambda n: 2 * (n - 1) / n}
@@ -73,9 +73,9 @@ def run_command(plan_path, size: int, dtype: str, check: bool, iters: int, warmu
         from mpi4py import MPI
     except ImportError:
         raise TacclError("taccl run needs mpi4py (pip install mpi4py mpich)") from None
-    from ..lowering.xml import parse_plan
+    from ..plan.xml import parse_plan
     from .mpi_exec import mpi_executor
-    from .verify import verify
+    from ..plan.verify import verify
 
     comm = MPI.COMM_WORLD.Dup()  # the plan's messages never meet anyone else's
     rank, nprocs = comm.Get_rank(), comm.Get_size()

@@ -1,6 +1,6 @@
 """Numeric reference executor: run a plan on real arrays and compare with NumPy's answer.
 
-Uses the verifier's :class:`~taccl_py.runtime.verify.Interpreter` (same scheduling, FIFO
+Uses the verifier's :class:`~taccl_py.plan.verify.Interpreter` (same scheduling, FIFO
 matching, race and deadlock checks); a chunk's value is an array of ``chunk_elems``
 elements and a reduction is a sum.
 """
@@ -13,9 +13,9 @@ import numpy as np
 
 from ..collectives import ALLGATHER, ALLTOALL, REDUCESCATTER, Collective
 from ..errors import VerificationError
-from ..nogc import gc_paused
-from ..lowering.plan import Plan
-from .verify import Interpreter, check_limits
+from ..util.nogc import gc_paused
+from ..plan.model import Plan
+from ..plan.verify import Interpreter, check_limits
 
 
 @gc_paused()

@@ -6,7 +6,7 @@ Every rank computes the same :class:`Schedule` from the plan. In round k each ra
 2. posts all its receives and sends of round k (one NCCL ``groupStart``/``groupEnd``),
 3. runs its local work: copies/reductions of received data, ``cpy``/``re`` steps.
 
-Rules, which make the rounds compute what :class:`~taccl_py.runtime.verify.Interpreter`
+Rules, which make the rounds compute what :class:`~taccl_py.plan.verify.Interpreter`
 computes (threadblocks in order, dependencies, FIFO connections):
 
 * A message moves in the round its sending step runs; the receiver posts the matching
@@ -36,8 +36,8 @@ import numpy as np
 
 from ..collectives import Collective
 from ..errors import TacclError, VerificationError
-from ..lowering.plan import RECV_TYPES, REDUCE_TYPES, SEND_TYPES, GpuPlan, Plan, Step, Threadblock
-from .verify import READS_SRC, WRITES_DST, canonical_location, check_limits
+from ..plan.model import RECV_TYPES, REDUCE_TYPES, SEND_TYPES, GpuPlan, Plan, Step, Threadblock
+from ..plan.verify import READS_SRC, WRITES_DST, canonical_location, check_limits
 
 Loc = tuple[str, int]  # (physical buffer, chunk offset); buffers i, o, s and t (temporaries)
 Run = tuple[str, int, int]  # (physical buffer, first chunk, end chunk)

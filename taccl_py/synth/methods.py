@@ -5,11 +5,11 @@ from __future__ import annotations
 from ..collectives import Collective
 from ..errors import TacclError
 from ..topology import Topology
-from .direct import direct_algorithm
-from .ir import Algorithm
-from .ring import ring_algorithm
-from .staged import staged_algorithm
-from .trees import tree_algorithm
+from .baselines.direct import direct_algorithm
+from ..ir.algorithm import Algorithm
+from .baselines.ring import ring_algorithm
+from .milp.search import staged_algorithm
+from .baselines.trees import tree_algorithm
 
 METHODS = ("ring", "direct", "tree", "milp", "smt")
 
@@ -25,7 +25,7 @@ def synthesize(topology: Topology, collective: Collective, method: str = "ring",
     """Make an algorithm for ``collective`` on ``topology`` with the named method.
 
     ``size`` (bytes), ``sketch`` (a communication sketch, see
-    :mod:`taccl_py.synth.sketch`) and ``judge`` (scores a candidate algorithm, e.g. by
+    :mod:`taccl_py.synth.milp.sketch`) and ``judge`` (scores a candidate algorithm, e.g. by
     simulation) only matter to the ``milp`` method; a sketch with another method is a
     TacclError. ``steps``, ``rounds`` and ``chunks`` only matter to the ``smt`` method
     (see :func:`smt_method`). ``time_limit`` (s) bounds the milp and smt searches,

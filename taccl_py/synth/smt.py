@@ -28,7 +28,7 @@ Encoding (pure Boolean + cardinality, solved by z3's SAT core, ``QF_FD``):
 Static bounds start the search where solutions can exist: at least as many steps as
 the largest hop distance from a chunk's source to one of its destinations (the diameter
 for AllGather), and R/C at least the cut (or flow) bandwidth bound of
-:func:`~taccl_py.synth.bounds.bandwidth_bound` measured in rounds per chunk.
+:func:`~taccl_py.analysis.bounds.bandwidth_bound` measured in rounds per chunk.
 
 :func:`smt_algorithm` solves one (S, R, C); :func:`pareto` walks the latency/bandwidth
 Pareto frontier. Supports AllGather and AllToAll.
@@ -44,7 +44,7 @@ from fractions import Fraction
 from ..collectives import ALLGATHER, ALLTOALL, Collective, canonical_kind
 from ..errors import TacclError
 from ..topology.model import Topology
-from .ir import Algorithm, Transfer
+from ..ir.algorithm import Algorithm, Transfer
 from .solvers import interruptible
 
 SUPPORTED = (ALLGATHER, ALLTOALL)
@@ -120,7 +120,7 @@ def least_steps(topology: Topology, collective_kind: str) -> int:
 
 def least_rounds_per_chunk(topology: Topology, collective_kind: str) -> float:
     """The bandwidth lower bound in rounds per chunk (R/C can be no smaller)."""
-    from .bounds import bandwidth_bound
+    from ..analysis.bounds import bandwidth_bound
 
     kind = _check_kind(collective_kind)
     n = topology.num_ranks

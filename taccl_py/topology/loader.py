@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import TopologyError
-from ..fileio import display_path, read_input
+from ..util.fileio import display_path, read_input
 from .model import Link, Nic, Switch, Topology
 from .schema import MAX_RANKS, check_document, expand_gpus
 

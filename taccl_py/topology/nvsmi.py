@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TopologyError
-from ..fileio import display_path, read_input
+from ..util.fileio import display_path, read_input
 from .model import Topology
 
 NIC_BW = 25.0  # GB/s: 200 Gb/s, when there is no NVLink generation to go by

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 from ..errors import TacclError, TopologyError
-from ..units import MAX_SIZE
+from ..util.units import MAX_SIZE
 
 MAX_GPUS_PER_NODE = 1024
 #: most ranks a topology may have over all its nodes (the MSCCL loader's bound too)

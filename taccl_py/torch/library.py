@@ -20,10 +20,10 @@ from pathlib import Path
 
 from ..collectives import Collective
 from ..errors import TacclError
-from ..fileio import atomic_write_text
-from ..lowering.plan import Plan
-from ..lowering.xml import parse_plan, plan_to_xml
-from ..runtime.verify import verify
+from ..util.fileio import atomic_write_text
+from ..plan.model import Plan
+from ..plan.xml import parse_plan, plan_to_xml
+from ..plan.verify import verify
 from ..topology.model import FULL_BISECTION, Switch, Topology
 
 log = logging.getLogger("taccl_py.torch")
@@ -113,7 +113,7 @@ def load_verified(path: Path) -> Plan:
 
 
 def _synthesize(kind: str, nranks: int, inplace: bool, method: str) -> Plan:
-    from ..pipeline import build_plan
+    from ..build.pipeline import build_plan
 
     ranks = tuple(range(nranks))
     host = Topology(f"host{nranks}", nranks, 1, (), (Switch("host", 0, ranks, 1e10, 1e-6),),

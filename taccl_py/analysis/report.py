@@ -1,0 +1,80 @@
+"""How good is a plan: simulated time, the lower bound, and NCCL, per buffer size.
+
+"NCCL" is the best (algorithm, protocol) of NCCL's model at each size
+(:func:`taccl_py.analysis.nccl_model.nccl_best`: NCCL's ring and tree as plans in the same
+simulator, NVLS by NCCL's own tuning formula), not a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from ..collectives import Collective
+from ..errors import TacclError
+from ..plan.model import Plan
+from .simulate import simulate
+from .bounds import lower_bound
+from ..topology import Topology
+from ..util.units import format_size
+
+
+@dataclass
+class Row:
+    size: int
+    time: float  # seconds
+    algbw: float  # bytes/s
+    bound_time: float
+    bound_kind: str  # "cut", "flow" or "latency"
+    bound_detail: str  # what makes the bound tight
+    pct_of_bound: float  # 100 * bound_time / time
+    nccl_time: float
+    nccl_choice: str  # NCCL's best algorithm/protocol at this size, e.g. "ring/LL"
+    speedup_vs_nccl: float
+
+
+def ring_plan(topology: Topology, kind: str) -> Plan | None:
+    """The NCCL-like ring baseline plan, or None where the topology has no ring."""
+    from ..build.pipeline import build_plan
+
+    try:
+        return build_plan(topology, Collective(kind, topology.num_ranks), "ring").plan
+    except TacclError:
+        return None
+
+
+def evaluate(plan: Plan, topology: Topology, sizes: list[int]) -> list[Row]:
+    """Simulate ``plan`` at each size; compare with the lower bound and NCCL's best."""
+    from .nccl_model import nccl_best
+
+    kind = plan.collective().kind
+    rows = []
+    for size in sizes:
+        t = simulate(plan, topology, size).call_time  # as NCCL's: with the base latency
+        bound = lower_bound(topology, kind, size)
+        nccl = nccl_best(topology, kind, size)
+        rows.append(Row(size, t, size / t if t else float("inf"), bound.time, bound.kind,
+                        bound.detail, 100.0 * bound.time / t if t else 100.0, nccl.time,
+                        f"{nccl.algorithm}/{nccl.protocol}",
+                        nccl.time / t if t else float("inf")))
+    return rows
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}"
+
+
+def format_table(rows: list[Row]) -> str:
+    """A fixed-width table: size, time, algbw, bound, % of bound, NCCL's best, speed-up."""
+    head = (f"{'size':>8} {'time(us)':>12} {'algbw(GB/s)':>12} {'bound(us)':>12} "
+            f"{'%bound':>7} {'NCCL(us)':>12} {'NCCL algo':<14} {'vs NCCL':>8}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{format_size(r.size):>8} {_us(r.time):>12} {r.algbw / 1e9:>12.2f} "
+                     f"{_us(r.bound_time):>12} {r.pct_of_bound:>6.1f}% {_us(r.nccl_time):>12} "
+                     f"{r.nccl_choice:<14} {r.speedup_vs_nccl:>7.2f}x")
+    return "\n".join(lines)
+
+
+def to_json(rows: list[Row]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=1)

@@ -1,0 +1,1 @@
+"""Building plans: synthesize, lower and verify; candidates; plan libraries."""

@@ -1,0 +1,1 @@
+"""The algorithm IR: transfers between ranks, their checks, JSON both ways."""

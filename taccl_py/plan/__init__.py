@@ -1,0 +1,1 @@
+"""The MSCCL plan: model, step semantics, runtime limits, XML, the verifier."""

@@ -1,0 +1,1 @@
+"""NCCL's algorithms as baselines: multi-channel rings, double binary trees, direct point-to-point."""

@@ -1,0 +1,53 @@
+"""All-pairs (direct) baseline: every chunk goes straight to where it is needed.
+
+Pairs without a connection are relayed over the best shortest-hop route
+(:func:`~taccl_py.synth.routes.route_tree`). Steps follow the hop counts of the routes, so
+a relay always forwards at a later step than it received.
+"""
+
+from __future__ import annotations
+
+from ...collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
+from ...topology.model import Topology
+from ...ir.algorithm import Algorithm, Transfer
+from ..routes import require_ranks, route_tree
+
+
+def direct_algorithm(topology: Topology, collective: Collective) -> Algorithm:
+    """The all-pairs algorithm of ``collective`` on ``topology``.
+
+    * AllGather: each block is broadcast from its owner over a shortest-route out-tree.
+    * AllToAll: chunk (s, d) follows the route from s to d.
+    * ReduceScatter: each rank's contribution to block b flows up an in-tree to b; a relay
+      reduces what it receives into its own contribution and forwards the partial sum once,
+      after all its subtree has arrived, so every contribution is counted exactly once.
+    * AllReduce: that ReduceScatter, then that AllGather of the reduced blocks.
+    """
+    require_ranks(topology, collective)
+    n, k, kind = collective.num_ranks, collective.chunkup, collective.kind
+    transfers: list[Transfer] = []
+    offset = 0
+    if kind in (REDUCESCATTER, ALLREDUCE):
+        trees = {b: route_tree(topology, b, toward=True) for b in range(n)}
+        offset = max(len(route) - 1 for tree in trees.values() for route in tree.values())
+        for b, tree in trees.items():
+            for route in tree.values():
+                if len(route) > 1:
+                    step = offset - (len(route) - 1)
+                    transfers += [Transfer(step, 0.0, route[0], route[1], b * k + j, True)
+                                  for j in range(k)]
+    if kind in (ALLGATHER, ALLREDUCE):
+        for b in range(n):
+            for route in route_tree(topology, b).values():
+                if len(route) > 1:
+                    step = offset + len(route) - 2
+                    transfers += [Transfer(step, 0.0, route[-2], route[-1], b * k + j)
+                                  for j in range(k)]
+    if kind == ALLTOALL:  # in NCCL's point-to-point order: round i, rank s sends to s + i
+        for s in range(n):
+            for d, route in route_tree(topology, s).items():
+                rnd = float((d - s) % n)
+                for hop in range(len(route) - 1):
+                    transfers += [Transfer(hop, rnd, route[hop], route[hop + 1],
+                                           (s * n + d) * k + j) for j in range(k)]
+    return Algorithm("direct", collective, transfers, topology.label)

@@ -1,0 +1,293 @@
+"""Decomposed AllGather for many nodes: solve one node, compose, replicate by node shifts.
+
+A chunk of source ``s`` (local GPU ``k``) travels in three phases:
+
+1. ``k``'s intra-node out-tree on its own node (which reaches its relay ``r``);
+2. the network, from the relay ``r`` of a node to the receiving GPU ``q`` of others,
+   along a node-level tree of fan-out ``f`` over node offsets (``f = nodes - 1``: every
+   node directly, ``f = 1``: a ring), with ``r`` forwarding on intermediate nodes;
+3. ``q``'s intra-node out-tree on every other node.
+
+The intra-node trees come from the routing MILP (:func:`.routing.route`, with its
+warm starts) solved once on a single node; the relays and receivers from the sketch
+(rail ``r -> r`` where allowed; or one relay per shared NIC, :func:`nic_relays`); the
+fan-out from a search (see :func:`.staged.decomposed_algorithm`). Routes are built for
+node 0's sources only: every other node's are node 0's shifted. The schedule is found on the
+*quotient* by node shifts, the sends whose sender is on node 0, with every receiving
+resource renamed to its node-0 image: a node-symmetric schedule of the cluster is exactly
+a schedule of the quotient, so ordering works on ``1 / nodes`` of the sends and the MILP
+does not grow with the nodes at all. Early network hops carry several chunks at once
+(:func:`bundle_sizes`): each transfer of a rank on its NIC pays α.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, replace
+
+from ...collectives import ALLGATHER, Collective
+from ...errors import TacclError
+from ...topology.model import Topology
+from ...ir.algorithm import Transfer
+from .ordering import Send
+from .routing import Edge, Routes, relaxed_makespan, route
+from .schedule import Schedule
+from .sketch import Sketch, default_sketch
+
+NETWORK_CHANNEL = 1  # network sends get a channel of their own: more peers per rank fit
+
+
+def node_topology(topology: Topology) -> Topology:
+    """Node 0 of ``topology`` alone (no network)."""
+    g = topology.gpus_per_node
+    return replace(topology, nodes=1,
+                   links=tuple(x for x in topology.links if x.src < g),
+                   switches=tuple(s for s in topology.switches if s.node == 0),
+                   nics=tuple(n for n in topology.nics if n.node == 0))
+
+
+def node_trees(topology: Topology, chunk_bytes: float, *,
+               time_limit: float) -> tuple[dict[int, list[Edge]], bool]:
+    """Local GPU -> its intra-node out-tree (local ids), from the routing MILP on one node,
+    and whether that MILP was solved to optimality.
+
+    Every local GPU fans out ``nodes`` chunks per source (its own and the relayed ones),
+    so the model is solved for chunks of ``nodes * chunk_bytes``.
+    """
+    node = node_topology(topology)
+    g = topology.gpus_per_node
+    if g == 1:
+        return {0: []}, True
+    coll = Collective(ALLGATHER, g)
+    routes = route(node, coll, chunk_bytes * topology.nodes, time_limit=time_limit,
+                   sketch=default_sketch(node))
+    return {k: routes.edges[k] for k in range(g)}, routes.optimal
+
+
+def fanouts(nodes: int) -> list[int]:
+    """The node-level patterns searched: direct (fan-out ``nodes - 1``), trees, ring."""
+    return sorted({nodes - 1, *(f for f in (4, 2, 1) if f < nodes - 1)}, reverse=True)
+
+
+def _depths(tree: list[Edge], root: int) -> dict[int, int]:
+    """Hops from ``root`` to every rank its out-``tree`` reaches."""
+    depth = {root: 0}
+    for _ in tree:
+        for u, v in tree:
+            if u in depth:
+                depth[v] = depth[u] + 1
+    return depth
+
+
+def _receiver(topology: Topology, sketch: Sketch, r: int) -> int:
+    """Relay ``r``'s receiver on the other nodes: its rail peer where the sketch allows it,
+    else its first allowed peer."""
+    peers = [b for a, b in sketch.connections if a == r]
+    if not peers:
+        raise TacclError(f"{topology.label}: relay GPU {r} has no inter-node connection")
+    return r if r in peers else peers[0]
+
+
+def relays(topology: Topology, sketch: Sketch,
+           trees: dict[int, list[Edge]]) -> dict[int, tuple[int, int]]:
+    """Local source -> (relay that sends its data across, receiver on the other nodes).
+
+    The relay is a sketch-allowed carrier nearest the source in its tree (itself if it
+    may), least used on ties; the receiver, see :func:`_receiver`.
+    """
+    g = topology.gpus_per_node
+    used: dict[int, int] = defaultdict(int)
+    out = {}
+    for k in range(g):
+        depth = _depths(trees[k], k)
+        allowed = [r for r in range(g) if k in sketch.relays.get(r, ()) and r in depth]
+        if not allowed:
+            raise TacclError(f"{topology.label}: no relay carries local GPU {k}'s data")
+        r = min(allowed, key=lambda r: (depth[r], used[r], r))
+        used[r] += 1
+        out[k] = (r, _receiver(topology, sketch, r))
+    return out
+
+
+def nic_relays(topology: Topology, sketch: Sketch, trees: dict[int, list[Edge]],
+               carriers: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]] | None:
+    """``carriers`` with the data of every NIC shared by several relays carried by one of
+    them (the one the sketch allows for all that data, nearest its sources), so that
+    one GPU sends on the NIC and one receives: the runtime shares a NIC first-ready, which
+    can undo the schedule's order of several GPUs' sends. None if nothing changes."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, (r, _) in carriers.items():
+        nic = topology.nic_of(r)
+        if nic is not None:
+            groups[nic.name].append(k)
+    out = dict(carriers)
+    for sources in groups.values():
+        if len({carriers[k][0] for k in sources}) < 2:
+            continue
+        depths = [_depths(trees[k], k) for k in sources]
+        allowed = [r for r in sorted({carriers[k][0] for k in sources})
+                   if all(k in sketch.relays.get(r, ()) and r in d
+                          for k, d in zip(sources, depths))]
+        if allowed:
+            r = min(allowed, key=lambda r: (sum(d[r] for d in depths), r))
+            out.update((k, (r, _receiver(topology, sketch, r))) for k in sources)
+    return None if out == carriers else out
+
+
+@dataclass
+class Decomposition:
+    """Node 0's routes of a decomposed AllGather; every other node's are shifts of them."""
+
+    topology: Topology
+    collective: Collective
+    chunk_bytes: float
+    fanout: int
+    routes: dict[int, list[Edge]]  # chunk of a node-0 source -> its out-tree
+    bundles: tuple[int, ...] = ()  # chunks per network transfer into node 1, 2, ... (1)
+
+    def shift(self, rank: int, by: int) -> int:
+        """``rank`` moved ``by`` nodes on (modulo the nodes)."""
+        g, n = self.topology.gpus_per_node, self.topology.nodes
+        return (rank // g + by) % n * g + rank % g
+
+    def shift_chunk(self, chunk: int, by: int) -> int:
+        c = self.collective.chunkup
+        return self.shift(chunk // c, by) * c + chunk % c
+
+    def lead(self, chunk: int, u: int, v: int) -> tuple[int, int]:
+        """The first chunk of the transfer that carries node 0's ``chunk`` over ``u -> v``,
+        and how many chunks it carries."""
+        g, cu = self.topology.gpus_per_node, self.collective.chunkup
+        o = v // g
+        size = self.bundles[o - 1] if u // g != o and o <= len(self.bundles) else 1
+        first = chunk - chunk % cu
+        lead = first + (chunk - first) // size * size
+        return lead, min(size, first + cu - lead)
+
+    def full_routes(self) -> Routes:
+        """The routes of every chunk (``nodes`` shifted copies of node 0's)."""
+        edges = {self.shift_chunk(c, a): sorted((self.shift(u, a), self.shift(v, a))
+                                                for u, v in es)
+                 for a in range(self.topology.nodes) for c, es in self.routes.items()}
+        return Routes(self.collective, self.chunk_bytes, edges,
+                      relaxed_makespan(self.topology, self.collective, self.chunk_bytes,
+                                       edges), None, False, 0.0, 0)
+
+    def sends(self) -> list[Send]:
+        """The quotient's sends (sender on node 0), parents before children; a network
+        hop of several chunks (see ``bundles``) is one send, by its first chunk."""
+        topo, g = self.topology, self.topology.gpus_per_node
+        conns = topo.connections
+        items = []  # (depth, chunk, src, dst, pred key, chunks carried)
+        for c, es in self.routes.items():
+            src = self.collective.precondition(c)[0]
+            parent = {v: u for u, v in es}
+            depth = {src: 0}
+            todo = deque([src])
+            child = defaultdict(list)
+            for u, v in es:
+                child[u].append(v)
+            while todo:
+                u = todo.popleft()
+                for v in sorted(child[u]):
+                    depth[v] = depth[u] + 1
+                    todo.append(v)
+            for u, v in es:
+                lead, count = self.lead(c, u, v)
+                if lead != c:
+                    continue
+                by = -(u // g)
+                pred = None
+                if u != src:
+                    w = parent[u]
+                    back = -(w // g)
+                    pred = (self.shift_chunk(self.lead(c, w, u)[0], back),
+                            self.shift(w, back), self.shift(u, back))
+                items.append((depth[v], self.shift_chunk(c, by), self.shift(u, by),
+                              self.shift(v, by), pred, count))
+        items.sort(key=lambda it: it[:4])
+        index = {it[1:4]: i for i, it in enumerate(items)}
+        out = []
+        for _, c, u, v, pred, count in items:
+            conn = conns[(u, v)]
+            res = conn.resources
+            if conn.kind == "network":  # the receiving NIC, renamed to its node-0 image
+                home = conns[(self.shift(u, -(v // g)), v % g)]
+                res = tuple(x for x in res if not x.startswith("nicin:")) + tuple(
+                    x for x in home.resources if x.startswith("nicin:"))
+            out.append(Send(c, u, v, None if pred is None else index[pred],
+                            (*res, f"conn:{u}->{v}"),
+                            count * self.chunk_bytes / topo.bandwidth(conn), conn.alpha,
+                            count))
+        return out
+
+    def transfers(self, sched: Schedule) -> list[Transfer]:
+        """The quotient schedule's transfers replicated on every node shift."""
+        conns = self.topology.connections
+        out = []
+        for t in sched.transfers():
+            ch = NETWORK_CHANNEL if conns[(t.src, t.dst)].kind == "network" else 0
+            out += [Transfer(t.step, t.start, self.shift(t.src, a), self.shift(t.dst, a),
+                             self.shift_chunk(t.chunk, a), end=t.end, channel=ch)
+                    for a in range(self.topology.nodes)]
+        return out
+
+
+def bundle_sizes(topology: Topology, chunkup: int, chunk_bytes: float,
+                 trees: dict[int, list[Edge]], carriers: dict[int, tuple[int, int]]
+                 ) -> tuple[int, ...]:
+    """Chunks per network transfer into node offset 1, 2, ... (see :func:`decompose`).
+
+    Every network transfer after the first of a rank costs its α (the lowering makes it
+    wait for the previous one's arrival), so early ones carry several chunks; but a
+    receiver fans each transfer out in its node, and only after it has arrived, so the
+    sizes shrink to one chunk at the end. Going back from the last offset (one chunk),
+    each offset gets the largest size (the whole chunk-up or a multiple of the next
+    offset's, so transfers nest along a route) whose fan-outs still finish before the
+    receiver's next transfer arrives, the slack carried over.
+    """
+    g, n = topology.gpus_per_node, topology.nodes
+    conns = topology.connections
+    net = [conns[(r, g + q)] for r, q in carriers.values()]
+    step = max(chunk_bytes / topology.bandwidth(c) for c in net)  # network time per chunk
+    alpha = max(c.alpha for c in net)
+    fan = max((sum(chunk_bytes / topology.bandwidth(conns[e]) + conns[e].alpha
+                   for e in trees[q] if e[0] == u) for _, q in carriers.values()
+               for u in range(g)), default=0.0)  # busiest fan-out per chunk received
+    sizes = [1]
+    slack = (chunkup - 1) * (step + alpha - fan)  # left by the last offset's transfers
+    after = [1] * chunkup  # the later offset's transfer sizes
+    for _ in range(n - 2):
+        for size in [chunkup, *range((chunkup - 1) // sizes[0] * sizes[0], 0, -sizes[0])]:
+            parts = [min(size, chunkup - i) for i in range(0, chunkup, size)]
+            left, nxt, fits = slack, after[0], True
+            for b in reversed(parts):
+                left += step * nxt + alpha - fan * b
+                nxt, fits = b, fits and left >= 0
+            if fits or size == sizes[0]:
+                break
+        sizes.insert(0, size)
+        slack, after = left, parts
+    return tuple(sizes)
+
+
+def decompose(topology: Topology, collective: Collective, chunk_bytes: float,
+              trees: dict[int, list[Edge]], carriers: dict[int, tuple[int, int]],
+              fanout: int, bundles: tuple[int, ...] = ()) -> Decomposition:
+    """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
+    (``carriers``, see :func:`relays`) and a node-level tree of ``fanout``; a network hop
+    into node ``o`` carries ``bundles[o - 1]`` chunks of a source at once (default 1)."""
+    if collective.kind != ALLGATHER or topology.nodes < 2:
+        raise TacclError("decomposition is for AllGather over several nodes")
+    g, n = topology.gpus_per_node, topology.nodes
+    pattern = [((o - 1) // fanout, o) for o in range(1, n)]
+    routes = {}
+    for k in range(g):
+        r, q = carriers[k]
+        edges = list(trees[k])
+        for po, o in pattern:
+            edges.append((po * g + r, o * g + q))
+            edges += [(o * g + u, o * g + v) for u, v in trees[q]]
+        for j in range(collective.chunkup):
+            routes[k * collective.chunkup + j] = sorted(edges)
+    return Decomposition(topology, collective, chunk_bytes, fanout, routes, bundles)

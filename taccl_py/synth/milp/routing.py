@@ -1,0 +1,604 @@
+"""Stage 1 of the staged synthesizer: route every chunk with a MILP.
+
+Each chunk gets an out-tree from its source to every rank (AllGather) or a path to its
+destination (AllToAll), over candidate connections: those on fewest-hop routes plus one
+extra hop. Bandwidth is relaxed: every resource (and every connection, whose sends are
+serialised by one threadblock) must be busy for at most the makespan in total, but the
+sends on it are not ordered. Arrival times follow causality (a relay forwards only what
+it holds). The objective is the makespan. Times are in µs inside the model, seconds
+outside.
+
+An AllGather's makespan is bounded below by the cut bound (:mod:`.bounds`), which often
+closes the gap at once (a warm start that meets it is taken without a solve, unless a
+uc-min switch policy asks for fewer peers); a routing within ``GAP`` of the best possible
+is good enough, as ordering loses more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pulp
+
+from ...collectives import ALLGATHER, ALLTOALL, Collective
+from ...errors import SketchError, TacclError
+from ...topology.model import Topology
+from ..highs import HiGHS
+from ..routes import route_tree
+from ..solvers import live_report
+
+if TYPE_CHECKING:
+    from .sketch import Sketch
+
+_US = 1e6
+GAP = 2e-3  # relative MIP gap at which a routing is taken
+Edge = tuple[int, int]
+
+
+@dataclass
+class Routes:
+    """The routes of every chunk; ``makespan`` (s) is the relaxed MILP objective."""
+
+    collective: Collective
+    chunk_bytes: float
+    edges: dict[int, list[Edge]]  # chunk -> connections it crosses (a tree or a path)
+    makespan: float
+    gap: float | None
+    optimal: bool
+    solve_time: float
+    num_binaries: int
+
+
+def hop_distances(topology: Topology) -> list[list[int]]:
+    """Fewest hops between every ordered rank pair (a large number where unreachable)."""
+    n = topology.num_ranks
+    adjacent = defaultdict(list)
+    for s, d in topology.connections:
+        adjacent[s].append(d)
+    far = 1 << 20
+    dist = []
+    for root in range(n):
+        row = [far] * n
+        row[root] = 0
+        todo = deque([root])
+        while todo:
+            u = todo.popleft()
+            for v in adjacent[u]:
+                if row[v] == far:
+                    row[v] = row[u] + 1
+                    todo.append(v)
+        dist.append(row)
+    return dist
+
+
+_FAR = 1 << 20
+CONNECTIONS, RELAYS = "inter_node.connections", "inter_node.relays"
+
+
+def _allowed(topology: Topology, sketch: "Sketch | None", src: int,
+             drop: frozenset[str] = frozenset()) -> list[Edge]:
+    """Connections that may carry ``src``'s data under ``sketch`` (rules in ``drop`` off).
+
+    Inside a node every connection may; across nodes (u, v) must be in
+    ``sketch.inter_node`` (rule inter_node.connections) and ``src`` in
+    ``sketch.relays[u]`` (rule inter_node.relays; u == src needs src in relays[src]).
+    """
+    if sketch is None:
+        return list(topology.connections)
+    out = []
+    for u, v in topology.connections:
+        if topology.node_of(u) != topology.node_of(v):
+            if CONNECTIONS not in drop and (u, v) not in sketch.inter_node:
+                continue
+            if RELAYS not in drop and src not in sketch.relays.get(u, ()):
+                continue
+        out.append((u, v))
+    return out
+
+
+def _bfs(n: int, edges: list[Edge], root: int, reverse: bool = False) -> list[int]:
+    """Fewest hops from ``root`` over ``edges`` (to ``root`` with ``reverse``)."""
+    adjacent = defaultdict(list)
+    for u, v in edges:
+        if reverse:
+            adjacent[v].append(u)
+        else:
+            adjacent[u].append(v)
+    row = [_FAR] * n
+    row[root] = 0
+    todo = deque([root])
+    while todo:
+        u = todo.popleft()
+        for v in adjacent[u]:
+            if row[v] == _FAR:
+                row[v] = row[u] + 1
+                todo.append(v)
+    return row
+
+
+def _carriers(topology: Topology, sketch: "Sketch | None", src: int) -> tuple:
+    """What decides which connections ``src``'s data may use (a cache key)."""
+    if sketch is None:
+        return ()
+    return tuple(sorted(u for u, data in sketch.relays.items() if src in data))
+
+
+def candidates(topology: Topology, collective: Collective,
+               sketch: "Sketch | None" = None) -> dict[int, list[Edge]]:
+    """Chunk -> connections it may use: fewest-hop routes plus one extra hop, counted
+    over the connections ``sketch`` allows the chunk's source data on (all without one)."""
+    n = topology.num_ranks
+    allowed: dict[tuple, list[Edge]] = {}
+    dist: dict[tuple, list[int]] = {}  # (carriers, root, reverse) -> hops
+
+    def hops(s: int, root: int, reverse: bool) -> list[int]:
+        key = _carriers(topology, sketch, s)
+        if key not in allowed:
+            allowed[key] = _allowed(topology, sketch, s)
+        if (key, root, reverse) not in dist:
+            dist[key, root, reverse] = _bfs(n, allowed[key], root, reverse)
+        return dist[key, root, reverse]
+
+    out: dict[int, list[Edge]] = {}
+    for c in range(collective.num_chunks):
+        s = collective.precondition(c)[0]
+        dests = [d for d in collective.postcondition(c) if d != s]
+        if not dests:
+            out[c] = []
+            continue
+        h = hops(s, s, False)
+        ok = []
+        if collective.kind == ALLGATHER:
+            for u, v in allowed[_carriers(topology, sketch, s)]:
+                if v != s and h[u] < _FAR and h[u] <= h[v]:
+                    ok.append((u, v))
+        else:
+            d = dests[0]
+            back = hops(s, d, True)
+            for u, v in allowed[_carriers(topology, sketch, s)]:
+                if v != s and u != d and h[u] + 1 + back[v] <= h[d] + 1 < _FAR:
+                    ok.append((u, v))
+        out[c] = ok
+    return out
+
+
+def check_sketch(topology: Topology, collective: Collective, sketch: "Sketch") -> None:
+    """Raise SketchError, naming the rule to blame, if ``sketch`` does not fit ``topology``
+    or leaves some chunk without a route to one of its destinations."""
+    where = f"sketch {sketch.name}"
+    if sketch.topology != topology.label:
+        raise SketchError(f"{where}: is for {sketch.topology}, not {topology.label}")
+    n = topology.num_ranks
+    for u, v in sorted(sketch.inter_node):
+        conn = topology.connections.get((u, v))
+        if conn is None or topology.node_of(u) == topology.node_of(v):
+            raise SketchError(f"{where}: {CONNECTIONS}: rank {u} -> rank {v} is not an "
+                              f"inter-node connection of {topology.label}")
+    for perm in sketch.symmetry:
+        if sorted(perm) != list(range(n)):
+            raise SketchError(f"{where}: symmetry: {perm} is not a permutation of the "
+                              f"{n} ranks of {topology.label}")
+    dests: dict[int, set[int]] = defaultdict(set)
+    for c in range(0, collective.num_chunks, collective.chunkup):
+        s = collective.precondition(c)[0]
+        dests[s].update(d for d in collective.postcondition(c) if d != s)
+    for s, ds in sorted(dests.items()):
+        hops = _bfs(n, _allowed(topology, sketch, s), s)
+        for d in sorted(ds):
+            if hops[d] < _FAR:
+                continue
+            blame = [rule for rule in (CONNECTIONS, RELAYS)
+                     if _bfs(n, _allowed(topology, sketch, s, frozenset([rule])), s)[d] < _FAR]
+            if not blame and _bfs(n, _allowed(topology, sketch, s,
+                                              frozenset([CONNECTIONS, RELAYS])), s)[d] < _FAR:
+                blame = [f"{CONNECTIONS} + {RELAYS}"]
+            if not blame:
+                raise TacclError(f"{topology.label}: rank {d} cannot be reached from rank "
+                                 f"{s} at all")
+            carriers = [u for u, data in sketch.relays.items() if s in data]
+            node = topology.node_of(d)
+            why = {CONNECTIONS: "no allowed inter-node connection leads there",
+                   RELAYS: "the ranks that may carry it across nodes ("
+                           + (", ".join(map(str, carriers)) or "none")
+                           + ") have no allowed connection toward it"}
+            raise SketchError(
+                f"{where}: {' and '.join(blame)}: no route for rank {s}'s data to rank {d} "
+                f"(node {node}): " + why.get(blame[0], "the two rules together block it")
+                + (" (dropping either rule would open one)" if len(blame) > 1 else ""))
+
+
+def _shortest_routes(topology: Topology, collective: Collective) -> dict[int, list[Edge]]:
+    """Fewest-hop routes (the baselines' trees): an incumbent for the big-M bound."""
+    trees = {s: route_tree(topology, s) for s in range(topology.num_ranks)}
+    out = {}
+    for c in range(collective.num_chunks):
+        s = collective.precondition(c)[0]
+        edges = set()
+        for d in collective.postcondition(c):
+            route = trees[s][d]
+            edges.update(zip(route, route[1:]))
+        out[c] = sorted(edges)
+    return out
+
+
+def _hierarchical_routes(topology: Topology, collective: Collective) -> dict[int, list[Edge]]:
+    """AllGather trees crossing the network once per node: to the source's counterpart
+    GPU on every other node, then down that GPU's fewest-hop tree inside its node."""
+    g = topology.gpus_per_node
+    trees = {s: route_tree(topology, s) for s in range(topology.num_ranks)}
+    out = {}
+    for c in range(collective.num_chunks):
+        s = collective.precondition(c)[0]
+        edges = set()
+        for node in range(topology.nodes):
+            head = node * g + topology.local(s)
+            if head != s:
+                edges.update(zip(trees[s][head], trees[s][head][1:]))
+            for d in range(node * g, node * g + g):
+                route = trees[head][d]
+                edges.update(zip(route, route[1:]))
+        out[c] = sorted(edges)
+    return out
+
+
+def relaxed_makespan(topology: Topology, collective: Collective, chunk_bytes: float,
+                     edges: dict[int, list[Edge]]) -> float:
+    """The routing model's objective (s) for given routes: arrival and load bounds."""
+    load: dict[str, float] = defaultdict(float)
+    worst = 0.0
+    for c, es in edges.items():
+        s = collective.precondition(c)[0]
+        arrive = {s: 0.0}
+        child = defaultdict(list)
+        for u, v in es:
+            child[u].append(v)
+        todo = [s]
+        while todo:
+            u = todo.pop()
+            for v in child[u]:
+                conn = topology.connections[(u, v)]
+                arrive[v] = arrive[u] + topology.cost(conn, chunk_bytes)
+                worst = max(worst, arrive[v])
+                todo.append(v)
+                dur = chunk_bytes / topology.bandwidth(conn)
+                for r in conn.resources:
+                    load[r] += dur
+                load[f"conn:{u}->{v}"] += dur + conn.alpha
+    return max(worst, max(load.values(), default=0.0))
+
+
+def _in_seconds(report):
+    """``report(incumbent, gap)`` with the incumbent given in µs (the model's unit)."""
+    def progress(value: float | None, gap: float | None) -> None:
+        report(None if value is None else value / _US, gap)
+    return progress
+
+
+def _solver(time_limit: float, makespan: pulp.LpVariable | None = None):
+    """HiGHS (CBC if it is missing), warm-started, stopping at gap ``GAP``; inside
+    :func:`.solvers.live_progress`, reporting ``makespan`` (s) and the gap as it runs."""
+    report = live_report()
+    progress = None if report is None else _in_seconds(report)
+    try:
+        solver = HiGHS(warm=True, timeLimit=max(1.0, time_limit), progress=progress,
+                       watch=makespan, gapRel=GAP)
+        if solver.available():
+            return solver
+    except pulp.PulpSolverError:
+        pass
+    return pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(time_limit)), warmStart=True,
+                             gapRel=GAP)
+
+
+def floor_us(topology: Topology, collective: Collective, chunk_bytes: float) -> float:
+    """A lower bound (µs) on the routing model's makespan: an AllGather's cut bound (every
+    routing is a fluid flow, and the model charges each resource at least its share);
+    0 for other collectives."""
+    if collective.kind != ALLGATHER:
+        return 0.0
+    from ...analysis.bounds import allgather_bandwidth_bound
+
+    return allgather_bandwidth_bound(topology, chunk_bytes * collective.nchunksperloop).time * _US
+
+
+def _act_chunk(collective: Collective, perm, c: int) -> int:
+    """The chunk that rank permutation ``perm`` maps chunk ``c`` to (sub-chunk kept)."""
+    block, j = divmod(c, collective.chunkup)
+    if collective.kind == ALLTOALL:
+        s, d = divmod(block, collective.num_ranks)
+        block = perm[s] * collective.num_ranks + perm[d]
+    else:
+        block = perm[block]
+    return block * collective.chunkup + j
+
+
+def _orbits(topology: Topology, collective: Collective, cand: dict[int, list[Edge]],
+            sketch: "Sketch | None") -> dict | None:
+    """Orbit representatives under ``sketch.symmetry`` of (chunk, edge) ("x"), chunks
+    ("chunk") and (chunk, rank) ("t"); None when
+    there is no symmetry to use: no generators, a generator that is not an automorphism
+    of ``topology``, or candidate sets that the generators do not map onto each other."""
+    from .symmetry import automorphism_error, orbit_representatives
+
+    gens = [p for p in (sketch.symmetry if sketch is not None else ())
+            if p != tuple(range(len(p)))]
+    if not gens or any(automorphism_error(topology, p) for p in gens):
+        return None
+    items = [(c, e) for c, es in cand.items() for e in es]
+    known = set(items)
+
+    def act(p, item):
+        c, (u, v) = item
+        return _act_chunk(collective, p, c), (p[u], p[v])
+
+    if any(act(p, item) not in known for p in gens for item in items):
+        return None
+    rep = orbit_representatives(gens, items, act)
+    chunks = orbit_representatives(gens, list(cand), lambda p, c: _act_chunk(collective, p, c))
+    arrivals = orbit_representatives(
+        gens, [(c, v) for c in cand for v in range(topology.num_ranks)],
+        lambda p, item: (_act_chunk(collective, p, item[0]), p[item[1]]))
+    return {"x": rep, "chunk": chunks, "t": arrivals, "gens": gens}
+
+
+def _symmetrized(collective: Collective, rep: dict,
+                 routes: dict[int, list[Edge]]) -> dict[int, list[Edge]]:
+    """``routes`` of every chunk-orbit representative carried to the rest of its orbit
+    (by one group element per chunk); symmetric when the stabilizers keep those routes."""
+    out: dict[int, list[Edge]] = {}
+    for r in sorted(set(rep["chunk"].values())):
+        if r not in routes:
+            return {}
+        moved = {r: tuple(range(collective.num_ranks))}
+        todo = [r]
+        while todo:
+            c = todo.pop()
+            for g in rep["gens"]:
+                d = _act_chunk(collective, g, c)
+                if d not in moved:
+                    moved[d] = tuple(g[y] for y in moved[c])
+                    todo.append(d)
+        for c, p in moved.items():
+            out[c] = sorted((p[u], p[v]) for u, v in routes[r])
+    return out
+
+
+def _bfs_routes(collective: Collective, cand: dict[int, list[Edge]]) -> dict[int, list[Edge]]:
+    """A fewest-hop tree (AllGather) or path (AllToAll) per chunk inside its candidates."""
+    out = {}
+    for c, es in cand.items():
+        s = collective.precondition(c)[0]
+        dests = [d for d in collective.postcondition(c) if d != s]
+        parent: dict[int, Edge | None] = {s: None}
+        todo = deque([s])
+        adjacent = defaultdict(list)
+        for u, v in es:
+            adjacent[u].append(v)
+        while todo:
+            u = todo.popleft()
+            for v in adjacent[u]:
+                if v not in parent:
+                    parent[v] = (u, v)
+                    todo.append(v)
+        if any(d not in parent for d in dests):
+            return {}
+        if collective.kind == ALLGATHER:
+            out[c] = sorted(e for e in parent.values() if e is not None)
+        else:
+            path, v = [], dests[0] if dests else s
+            while parent[v] is not None:
+                path.append(parent[v])
+                v = parent[v][0]
+            out[c] = sorted(path)
+    return out
+
+
+def _symmetric(rep: dict, routes: dict[int, list[Edge]]) -> bool:
+    """Whether ``routes`` give every (chunk, edge) of an orbit the same value."""
+    chosen = {(c, e) for c, es in routes.items() for e in es}
+    return all(((c, e) in chosen) == (r in chosen) for (c, e), r in rep.items())
+
+
+def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
+          time_limit: float = 60.0, sketch: "Sketch | None" = None) -> Routes:
+    """Solve the routing MILP; raise TacclError if no feasible routing is found in time.
+
+    A ``sketch`` (see :mod:`taccl_py.synth.milp.sketch`) narrows the model:
+
+    * ``inter_node``: a chunk crosses between nodes only on these (u, v) connections;
+    * ``relays``: rank u sends source s's chunk to another node only if s is in
+      ``relays[u]`` (so a source sends its own data across only if it relays itself);
+      both rules restrict the candidate connections, and the fewest-hop distances that
+      pick candidates are counted over the allowed connections only;
+    * ``switch_policy``: uc-min adds a binary "rank u uses switch connection (u, v)" per
+      switch connection (forced on by any chunk's send on it) with a small objective
+      penalty (0.1 % of that connection's hop cost), so each rank prefers few distinct
+      switch peers; uc-max (or none) adds no term: sends spread freely over peers;
+    * ``symmetry``: the generators map chunk c (block b, sub-chunk j) to chunk
+      (σ(b), j) and connection (u, v) to (σu, σv); every orbit of (chunk, connection)
+      shares one binary, so chunk σ(c)'s route is the image of chunk c's. Used only when
+      every generator is an automorphism of ``topology`` and maps the candidate sets
+      onto each other; should the symmetric model be infeasible (a chunk fixed by a
+      generator whose route cannot be invariant), it is solved again without it;
+    * ``own_data_first`` is not a routing rule (see :func:`ordering.order`).
+
+    A sketch that leaves some chunk no route raises SketchError naming the rule.
+    """
+    if collective.kind not in (ALLGATHER, ALLTOALL):
+        raise TacclError(f"the staged synthesizer handles allgather and alltoall, "
+                         f"not {collective.kind}")
+    began = time.monotonic()
+    if sketch is not None:
+        check_sketch(topology, collective, sketch)
+    cand = candidates(topology, collective, sketch)
+    rep = _orbits(topology, collective, cand, sketch)
+    result = _solve(topology, collective, chunk_bytes, cand, rep, sketch, began, time_limit)
+    if result is None:  # the symmetric model is infeasible
+        result = _solve(topology, collective, chunk_bytes, cand, None, sketch, began,
+                        time_limit)
+    return result
+
+
+def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
+           cand: dict[int, list[Edge]], rep: dict | None, sketch: "Sketch | None",
+           began: float, time_limit: float) -> Routes | None:
+    """Build and solve the routing MILP; None if it is infeasible with shared ``rep``."""
+    conns = topology.connections
+    occ = {e: chunk_bytes / topology.bandwidth(conns[e]) * _US for e in conns}
+    cost = {e: occ[e] + conns[e].alpha * _US for e in conns}
+
+    def fits(routes: dict[int, list[Edge]]) -> bool:
+        return bool(routes) and all(set(routes.get(c, ())) <= set(es)
+                                    for c, es in cand.items()) and \
+            (rep is None or _symmetric(rep["x"], routes))
+
+    starts = [_shortest_routes(topology, collective)]
+    if collective.kind == ALLGATHER and topology.nodes > 1:
+        hier = _hierarchical_routes(topology, collective)
+        if all(len(es) == topology.num_ranks - 1 for es in hier.values()):
+            starts.append(hier)
+    if sketch is not None:
+        starts.append(_bfs_routes(collective, cand))
+    if rep is not None:
+        starts += [_symmetrized(collective, rep, r) for r in starts if r]
+    starts = [r for r in starts if fits(r)]
+    start: dict[int, list[Edge]] = {}
+    if starts:
+        start = min(starts, key=lambda r: relaxed_makespan(topology, collective, chunk_bytes, r))
+        upper = relaxed_makespan(topology, collective, chunk_bytes, start) * _US
+    else:  # any routing's arrival and load bounds
+        busy: dict[str, float] = defaultdict(float)
+        for es in cand.values():
+            for e in es:
+                for r in conns[e].resources:
+                    busy[r] += occ[e]
+                busy[f"conn:{e[0]}->{e[1]}"] += cost[e]
+        upper = max([*busy.values(), *(sum(cost[e] for e in es) for es in cand.values())],
+                    default=0.0)
+    floor = min(floor_us(topology, collective, chunk_bytes), upper)
+    uc_min = sketch is not None and sketch.switch_policy == "uc-min"
+    if start and not uc_min and upper <= floor * (1 + GAP):  # good enough: no solve
+        return Routes(collective, chunk_bytes, start, upper / _US,
+                      1 - floor / upper if upper else 0.0, True,
+                      time.monotonic() - began, 0)
+    big_m = upper + max(cost.values(), default=0.0)
+
+    prob = pulp.LpProblem("routing", pulp.LpMinimize)
+    makespan = pulp.LpVariable("T", floor, upper * (1 + 1e-6) + 1e-6)
+    x: dict[tuple[int, Edge], pulp.LpVariable] = {}
+    shared: dict[tuple[int, Edge], pulp.LpVariable] = {}
+    load: dict[str, list] = defaultdict(list)
+    uses: dict[Edge, list] = defaultdict(list)  # switch connection -> its chunks' sends
+    arrive: dict[tuple[int, int], pulp.LpVariable] = {}
+    for c, es in cand.items():
+        s = collective.precondition(c)[0]
+        dests = [d for d in collective.postcondition(c) if d != s]
+        if not dests:
+            continue
+        into, out = defaultdict(list), defaultdict(list)
+        for e in es:
+            key = (c, e) if rep is None else rep["x"][c, e]
+            if key not in shared:
+                shared[key] = pulp.LpVariable(f"x_{key[0]}_{key[1][0]}_{key[1][1]}",
+                                              cat="Binary")
+            x[c, e] = var = shared[key]
+            into[e[1]].append(var)
+            out[e[0]].append(var)
+            for r in conns[e].resources:
+                load[r].append(occ[e] * var)
+            load[f"conn:{e[0]}->{e[1]}"].append(cost[e] * var)
+            if conns[e].kind == "switch":
+                uses[e].append(var)
+        if rep is not None and rep["chunk"][c] != c:
+            continue  # the constraints of its orbit's representative, renamed: the same
+        ranks = {v for e in es for v in e} - {s}
+        t = {}
+        for v in ranks:
+            key = (c, v) if rep is None else rep["t"][c, v]
+            if key not in arrive:
+                arrive[key] = pulp.LpVariable(f"t_{key[0]}_{key[1]}", 0, upper)
+            t[v] = arrive[key]
+        if collective.kind == ALLGATHER:
+            for v in ranks:
+                prob += pulp.lpSum(into[v]) == 1
+        else:
+            d = dests[0]
+            prob += pulp.lpSum(out[s]) == 1
+            prob += pulp.lpSum(into[d]) == 1
+            for v in ranks - {d}:
+                prob += pulp.lpSum(into[v]) == pulp.lpSum(out[v])
+                prob += pulp.lpSum(into[v]) <= 1
+        for u, v in es:
+            var = x[c, (u, v)]
+            if u == s:
+                prob += t[v] >= cost[u, v] * var
+            else:
+                prob += t[v] >= t[u] + cost[u, v] - big_m * (1 - var)
+        for v in (ranks if collective.kind == ALLGATHER else dests):
+            prob += makespan >= t[v]
+        if c in start:
+            _warm(start[c], s, cost, {e: x[c, e] for e in es}, t)
+    if start:
+        makespan.setInitialValue(upper)
+    for terms in load.values():
+        prob += pulp.lpSum(terms) <= makespan
+    # a tiny tie-break for fewer sends
+    objective = makespan + 1e-7 * upper * pulp.lpSum(x.values())
+    if uc_min and uses:
+        peers = []
+        for (u, v), terms in sorted(uses.items()):
+            y = pulp.LpVariable(f"y_{u}_{v}", cat="Binary")
+            prob += pulp.lpSum(terms) <= len(terms) * y
+            if start:
+                y.setInitialValue(int(any((u, v) in es for es in start.values())))
+            peers.append(1e-3 * cost[u, v] * y)
+        objective += pulp.lpSum(peers)
+    prob += objective
+
+    left = time_limit - (time.monotonic() - began)
+    if left <= 0:
+        raise TacclError(f"routing: time limit {time_limit:.1f}s spent building the model")
+    solver = _solver(left, makespan)
+    prob.solve(solver)
+    found = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if not found and rep is not None and prob.status == pulp.LpStatusInfeasible:
+        return None
+    if not found:
+        raise TacclError(
+            f"routing MILP for {collective.kind} (chunk-up {collective.chunkup}) on "
+            f"{topology.label}: no feasible routing within {time_limit:.1f}s "
+            f"({pulp.LpStatus[prob.status]}); raise the time limit")
+    edges = {c: sorted(e for e in es if (x[c, e].value() or 0) > 0.5)
+             for c, es in cand.items()}
+    value = relaxed_makespan(topology, collective, chunk_bytes, edges)
+    gap = _gap(prob)
+    return Routes(collective, chunk_bytes, edges, value, gap,
+                  prob.sol_status == pulp.LpSolutionOptimal, time.monotonic() - began,
+                  len(shared))
+
+
+def _warm(route: list[Edge], src: int, cost: dict[Edge, float],
+          x: dict[Edge, pulp.LpVariable], t: dict[int, pulp.LpVariable]) -> None:
+    """Set the initial values of one chunk's variables to ``route``."""
+    for e, var in x.items():
+        var.setInitialValue(1 if e in route else 0)
+    arrive = {src: 0.0}
+    for _ in route:
+        for u, v in route:
+            if u in arrive:
+                arrive[v] = arrive[u] + cost[u, v]
+    for v, var in t.items():  # clamped: the bound may round below the summed costs
+        value = arrive.get(v, 0.0)
+        var.setInitialValue(value if var.upBound is None else min(value, var.upBound))
+
+
+def _gap(prob: pulp.LpProblem) -> float | None:
+    """HiGHS's relative MIP gap where the solver reports one."""
+    model = getattr(prob, "solverModel", None)
+    try:
+        return float(model.getInfo().mip_gap)
+    except AttributeError:
+        return None

@@ -1,0 +1,353 @@
+"""The staged (TACCL-style) synthesizer: route (MILP), order (heuristic), schedule (exact).
+
+For a few chunk-ups the driver routes, orders and schedules, and keeps the schedule with
+the lowest makespan (lowering keeps a schedule's timing, so that is also the plan's
+simulated time). Stage 2 list-schedules under a few priority rules and keeps the best.
+Besides solving the routing MILP again for a finer chunk-up (when the model stays small
+enough and time is left), it also tries the coarser routes with every block's sub-chunks
+on their block's route, which only adds pipelining.
+
+A multi-node AllGather is also decomposed (:mod:`.decompose`: one node's MILP, a
+node-level pattern, replicated by node shifts); where the cluster-wide model would be too
+big (``MAX_SENDS`` / ``MAX_BINARIES``) the decomposition is the only candidate.
+
+``time_limit`` is a deadline for the whole search: ordering and merging stop at it
+(:class:`.ordering.TimeUp`), and the best candidate found by then is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Callable
+
+from ...collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER, Collective
+from ...errors import SketchError, TacclError
+from ...topology.model import Topology
+from .decompose import bundle_sizes, decompose, fanouts, nic_relays, node_trees, relays
+from ...ir.algorithm import Algorithm
+from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
+from ..routes import require_ranks
+from .routing import Routes, candidates, check_sketch, relaxed_makespan, route
+from .schedule import Schedule, schedule
+from .sketch import default_sketch
+from ..solvers import live_progress
+
+MAX_BINARIES = 20000  # skip the routing MILP of a chunk-up with more route variables
+MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
+MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
+MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
+JUDGED = 3  # decomposed candidates judged (the best by schedule makespan)
+
+Progress = Callable[[str, float, "float | None", "float | None"], None]
+
+
+def _refined(topology: Topology, routes: Routes, times: int, size: int) -> Routes:
+    """``routes`` with every chunk cut into ``times`` sub-chunks that share its route."""
+    coarse = routes.collective
+    coll = coarse.with_chunkup(coarse.chunkup * times)
+    edges = {coarse.refine(c, times, i): es for c, es in routes.edges.items()
+             for i in range(times)}
+    b = coll.chunk_bytes(size)
+    return Routes(coll, b, edges, relaxed_makespan(topology, coll, b, edges), routes.gap,
+                  routes.optimal, 0.0, 0)
+
+
+def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
+                     time_limit: float = 60.0, sketch=None,
+                     progress: Progress | None = None,
+                     judge: Callable[[Algorithm], float] | None = None) -> Algorithm:
+    """Synthesize ``collective`` on ``topology`` for ``size`` bytes (nccl-tests convention).
+
+    ReduceScatter and AllReduce are made from a synthesized AllGather (see
+    :mod:`.combine`), whose candidates are ranked by the combined algorithm.
+
+    ``sketch`` (a :class:`~taccl_py.synth.milp.sketch.Sketch`; default: the topology's
+    :func:`~taccl_py.synth.milp.sketch.default_sketch`) narrows routing (see :func:`route`),
+    sets the chunk-ups tried (its ``chunkup`` factors, multiplied onto
+    ``collective.chunkup``) and ``own_data_first`` of the ordering; a sketch that leaves a chunk no route raises SketchError. ``progress``
+    is called as ``progress(stage, elapsed_s, incumbent_makespan_s, gap)``. ``judge``
+    scores a candidate algorithm (lower is better; e.g. its simulated time), else the
+    schedule's makespan does. A multi-node AllGather also gets the decomposed candidates
+    (:func:`decomposed_algorithm`; 30 % of the time when the cluster-wide model fits, else
+    all of it). Raises TacclError if no routing is found within ``time_limit`` seconds.
+    """
+    require_ranks(topology, collective)
+    if collective.kind in (REDUCESCATTER, ALLREDUCE):
+        return _combined(topology, collective, size=size, time_limit=time_limit,
+                         sketch=sketch, progress=progress, judge=judge)
+    if size <= 0:
+        raise TacclError(f"method milp needs the target buffer size, got {size}")
+    dense = sketch is None  # the default sketch: the decomposition tries every chunk-up
+    if sketch is None:
+        sketch = default_sketch(topology)
+    else:
+        check_sketch(topology, collective, sketch)
+    chunkups = tuple(sorted(sketch.chunkup))
+    own_first = sketch is not None and sketch.own_data_first
+    began = time.monotonic()
+    deadline = began + time_limit
+
+    def report(stage: str, value: float | None = None, gap: float | None = None) -> None:
+        if progress is not None:
+            progress(stage, time.monotonic() - began, value, gap)
+
+    best: Algorithm | None = None
+    tried: dict[str, float] = {}
+    solved: Routes | None = None  # the last MILP routing, for the refined variants
+    failure: TacclError | None = None
+
+    def consider(label: str, routes: Routes) -> None:
+        nonlocal best
+        report(f"ordering ({label})", routes.makespan, routes.gap)
+        sends = make_sends(topology, routes)
+        for rule, prio, own in priorities(topology, sends, own_first):
+            try:
+                sched = schedule(topology, order(sends, own_data_first=own, prio=prio,
+                                                 deadline=deadline), deadline=deadline)
+            except TimeUp:
+                break
+            alg = _algorithm(topology, sched, routes, size)
+            alg.meta.update(variant=label, rule=rule)
+            try:
+                score = judge(alg) if judge is not None else sched.makespan
+            except TacclError:  # e.g. a plan the runtime's limits reject
+                continue
+            alg.meta["score"] = score
+            tried[f"{label}, {rule}"] = score
+            if best is None or score < best.meta["score"] * (1 - 1e-12):
+                best = alg
+            if time.monotonic() > deadline:
+                break
+        report(f"schedule ({label})", best.meta["score"] if best else None, routes.gap)
+
+    split = collective.kind == ALLGATHER and topology.nodes > 1
+    whole = not split or _whole_model_fits(topology, collective, sketch)
+    if split:
+        try:
+            best, scores = decomposed_algorithm(
+                topology, collective, size=size, sketch=sketch,
+                time_limit=time_limit * (0.3 if whole else 1.0), own_first=own_first,
+                judge=judge, report=report, dense=dense, deadline=deadline)
+            tried.update(scores)
+        except SketchError:
+            raise
+        except TacclError as exc:  # e.g. no single-node routing in time
+            failure = exc
+    for i, factor in enumerate(chunkups if whole or best is None else ()):
+        coll = collective.with_chunkup(collective.chunkup * factor)
+        sends_per_chunk = coll.num_ranks - 1 if coll.kind == ALLGATHER else 2
+        if coll.num_chunks * sends_per_chunk > MAX_SENDS and best is not None:
+            break
+        if time.monotonic() > deadline:
+            break
+        if solved is not None and coll.chunkup % solved.collective.chunkup == 0:
+            times = coll.chunkup // solved.collective.chunkup
+            consider(f"chunk-up {coll.chunkup}, routes of chunk-up "
+                     f"{solved.collective.chunkup}", _refined(topology, solved, times, size))
+        left = time_limit - (time.monotonic() - began)
+        share = left / (len(chunkups) - i)
+        if left <= 0.5 or (i > 0 and (share < 2.0 or sum(
+                map(len, candidates(topology, coll, sketch).values())) > MAX_BINARIES)):
+            continue
+        stage = f"routing (chunk-up {coll.chunkup})"
+        report(stage)
+        try:
+            with _live(report, stage):
+                routes = route(topology, coll, coll.chunk_bytes(size), sketch=sketch,
+                               time_limit=left * 0.6 if i == 0 else share * 0.8)
+        except SketchError:
+            raise
+        except TacclError as exc:
+            failure = failure or exc
+            continue
+        report(f"routing (chunk-up {coll.chunkup})", routes.makespan, routes.gap)
+        solved = routes
+        consider(f"chunk-up {coll.chunkup}", routes)
+    if best is None:
+        raise failure or TacclError(
+            f"method milp found no routing for {collective.kind} on {topology.label} "
+            f"within {time_limit:.1f}s")
+    best.meta.update(solve_time=time.monotonic() - began, tried=tried)
+    return best
+
+
+def _live(report: Callable[..., None], stage: str):
+    """Live progress of the routing MILP solved inside, as ``stage: solving`` lines."""
+    return live_progress(lambda value, gap: report(f"{stage}: solving", value, gap))
+
+
+def _whole_model_fits(topology: Topology, collective: Collective, sketch) -> bool:
+    """Whether the cluster-wide routing MILP and ordering stay within the size limits."""
+    if collective.num_chunks * max(collective.num_ranks - 1, 2) > MAX_SENDS:
+        return False
+    return sum(map(len, candidates(topology, collective, sketch).values())) <= MAX_BINARIES
+
+
+def decomposed_algorithm(topology: Topology, collective: Collective, *, size: int,
+                         sketch, time_limit: float, own_first: bool = False,
+                         judge: Callable[[Algorithm], float] | None = None,
+                         report: Callable[..., None] = lambda *a: None,
+                         dense: bool = True, deadline: float | None = None) -> tuple:
+    """The best decomposed AllGather (:mod:`.decompose`; None if the judge rejects every
+    candidate or none is found by ``deadline``) and every judged candidate's score.
+
+    Relays: the sketch's (:func:`.decompose.relays`) and, where a NIC is shared by
+    several of them, one relay per NIC (:func:`.decompose.nic_relays`). Chunk-ups: the
+    sketch's factors (``dense``: every factor up to its largest, then twice the largest
+    while the plan has at most ``MAX_SENDS`` transfers), ascending, while 60 % of the time
+    is left and the plan has at most ``MAX_TRANSFERS`` transfers. Node-level fan-outs
+    (per relay choice): all at first, then those within 1 % of the best makespan (with a
+    NIC per GPU, only the largest of those with equal makespans: most likely the same
+    plan). Network transfers carry :func:`.decompose.bundle_sizes` chunks. Every chunk-up
+    x relays x fan-out x priority rule is ordered and scheduled on the quotient by node
+    shifts; per relay choice the lowest makespans are judged (``JUDGED`` that the judge
+    accepts, time allowing; one per makespan and variant, as rules often agree). Ordering
+    stops at ``deadline`` (``time.monotonic()``), and no judgement starts after it.
+    """
+    began = time.monotonic()
+    deadline = began + time_limit if deadline is None else deadline
+    report("routing (one node)")
+    with _live(report, "routing (one node)"):
+        trees, optimal = node_trees(topology, collective.chunk_bytes(size),
+                                    time_limit=max(1.0, time_limit * 0.2))
+    carriers = relays(topology, sketch, trees)
+    shared = nic_relays(topology, sketch, trees, carriers)
+    variants = [("", carriers)] + ([(", one relay per NIC", shared)] if shared else [])
+    # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
+    # are most likely the same plan; a shared NIC is shared first-ready by the runtime
+    exact = all(len(nic.ranks) == 1 for nic in topology.nics)
+    ranked = []
+    factors = sorted(sketch.chunkup)
+    if dense:
+        factors = [*range(1, factors[-1] + 1), 2 * factors[-1]]
+    patterns = {name: fanouts(topology.nodes) for name, _ in variants}
+
+    def busy() -> bool:
+        now = time.monotonic()
+        return now > deadline or bool(ranked) and now - began > time_limit * 0.6
+
+    for factor in factors:
+        coll = collective.with_chunkup(collective.chunkup * factor)
+        transfers = coll.num_chunks * (coll.num_ranks - 1)
+        if ranked and (transfers > MAX_TRANSFERS or
+                       dense and factor > max(sketch.chunkup) and transfers > MAX_SENDS):
+            continue
+        for name, carry in variants:
+            if ranked:
+                first: dict[int, float] = {}
+                for makespan, _, _, _, dec, _, kind in ranked:
+                    if kind == name:
+                        first[dec.fanout] = min(first.get(dec.fanout, makespan), makespan)
+                patterns[name] = kept_fanouts(patterns[name], first, exact) if first \
+                    else patterns[name]
+            for fanout in patterns[name]:
+                if busy():
+                    break
+                dec = decompose(topology, coll, coll.chunk_bytes(size), trees, carry,
+                                fanout, bundle_sizes(topology, coll.chunkup,
+                                                     coll.chunk_bytes(size), trees, carry))
+                label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{name}"
+                report(f"ordering ({label})")
+                sends = dec.sends()
+                merge = len({s.conn for s in sends if topology.connections[
+                    s.src, s.dst].kind == "network"}) <= MAX_MERGED
+                for rule, prio, own in priorities(topology, sends, own_first):
+                    if busy():
+                        break
+                    try:
+                        sched = schedule(topology, order(sends, own_data_first=own,
+                                                         prio=prio, deadline=deadline),
+                                         merge, deadline)
+                    except TimeUp:
+                        break
+                    ranked.append((sched.makespan, len(ranked), label, rule, dec, sched,
+                                   name))
+    ranked.sort(key=lambda x: x[:2])
+    best, scores, seen, cost = None, {}, set(), 0.0
+    judged: dict[str, int] = defaultdict(int)  # per relay choice
+    for makespan, _, label, rule, dec, sched, name in ranked:
+        now = time.monotonic()
+        if now > deadline or best is not None and now - began + cost > time_limit:
+            break  # the last judgement's time predicts the next one's
+        if judged[name] >= JUDGED or (label, makespan) in seen:
+            continue  # the latter: most likely the same schedule again
+        seen.add((label, makespan))
+        coll = dec.collective
+        alg = Algorithm("milp", coll, dec.transfers(sched), topology.label, size, {
+            "method": "milp", "size": size, "chunkup": coll.chunkup, "makespan": makespan,
+            "decomposed": True, "node_fanout": dec.fanout, "variant": label, "rule": rule,
+            "routing_optimal": optimal,
+            "merged": sum(len(g) > 1 for g in sched.groups)})
+        try:
+            score = judge(alg) if judge is not None else makespan
+        except TacclError:  # e.g. more peers per rank than the runtime allows
+            continue
+        finally:
+            cost = time.monotonic() - now
+        judged[name] += 1
+        alg.meta["score"] = scores[f"{label}, {rule}"] = score
+        if best is None or score < best.meta["score"] * (1 - 1e-12):
+            best = alg
+        report(f"schedule ({label})", best.meta["score"])
+    return best, scores
+
+
+def kept_fanouts(patterns: list[int], best: dict[int, float], exact: bool) -> list[int]:
+    """The fan-outs (of ``patterns``, largest first) whose ``best`` makespan so far is
+    within 1 % of the lowest; if ``exact`` (schedule = simulated time), only the largest
+    of those with equal makespans."""
+    low = min(best.values())
+    kept: dict = {}
+    for f in patterns:
+        if best.get(f, float("inf")) <= 1.01 * low:
+            kept.setdefault(round(best[f] / low, 9) if exact else f, f)
+    return sorted(kept.values(), reverse=True)
+
+
+def _combined(topology: Topology, collective: Collective, *, size: int,
+              time_limit: float, sketch, progress: Progress | None,
+              judge: Callable[[Algorithm], float] | None) -> Algorithm:
+    """ReduceScatter / AllReduce from a synthesized AllGather (:mod:`.combine`).
+
+    The AllGather candidates are ranked by the combined algorithm's score (``judge`` of
+    it, else its makespan); the result keeps ``collective``'s in-place flag.
+    """
+    from .combine import combine
+
+    def make(ag: Algorithm) -> Algorithm:
+        return combine(ag, topology, collective.kind, inplace=collective.inplace)
+
+    ag_coll = Collective(ALLGATHER, collective.num_ranks, collective.chunkup, False)
+    ag = staged_algorithm(
+        topology, ag_coll, size=size, time_limit=time_limit, sketch=sketch,
+        progress=progress, judge=(lambda a: judge(make(a))) if judge is not None
+        else (lambda a: make(a).meta["makespan"]))
+    alg = make(ag)
+    alg.meta["score"] = ag.meta["score"]
+    alg.meta["tried"] = ag.meta.get("tried", {})
+    return alg
+
+
+def _algorithm(topology: Topology, sched: Schedule, routes: Routes, size: int) -> Algorithm:
+    meta = {"method": "milp", "size": size, "chunkup": routes.collective.chunkup,
+            "makespan": sched.makespan, "routing_makespan": routes.makespan,
+            "routing_optimal": routes.optimal, "gap": routes.gap,
+            "merged": sum(len(g) > 1 for g in sched.groups)}
+    return Algorithm("milp", routes.collective, sched.transfers(), topology.label, size, meta)
+
+
+def priorities(topology: Topology, sends: list[Send],
+               own_data_first: bool) -> list[tuple[str, list[float], bool]]:
+    """Stage 2's rules: (name, priority per send, own data first).
+
+    Critical path, descendants, rotation (a rank sends to the peer ``k`` GPUs after it
+    in its node before ``k + 1``, own data first: a round-robin that keeps shared switch
+    ports evenly loaded) and first-ready (all equal: how a runtime shares a resource).
+    """
+    g = topology.gpus_per_node
+    rotation = [-float((s.dst % g - s.src % g) % g) for s in sends]
+    return [("critical path", remaining(sends), own_data_first),
+            ("descendants", descendants(sends), own_data_first),
+            ("rotation", rotation, True),
+            ("first ready", [0.0] * len(sends), own_data_first)]

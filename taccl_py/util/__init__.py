@@ -1,0 +1,1 @@
+"""Shared utilities: sizes and units, safe file input/output, GC pauses."""

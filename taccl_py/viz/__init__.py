@@ -1,0 +1,1 @@
+"""Plots of plans and topologies."""
