@@ -6,7 +6,7 @@ import itertools
 
 import networkx as nx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.collectives import ALLGATHER, ALLREDUCE, ALLTOALL, KINDS, REDUCESCATTER, Collective
@@ -270,7 +270,7 @@ def random_topologies(draw):
                  nics, network, nic_bw=draw(BANDWIDTHS))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120)
 @given(topo=random_topologies(), kind=st.sampled_from(KINDS), chunkup=st.integers(1, 3))
 def test_random_topologies(topo, kind, chunkup):
     coll = Collective(kind, topo.num_ranks, chunkup)

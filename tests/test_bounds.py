@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import networkx as nx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.collectives import Collective
@@ -120,7 +120,7 @@ def test_single_rank_and_unreachable():
 
 # -- the capacity graph agrees with the connections --------------------------------
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40)
 @given(topologies(max_gpus=4, max_nodes=3))
 def test_flow_graph_matches_connections(topo):
     graph = flow_graph(topo)
@@ -182,7 +182,7 @@ def brute_force_rate(graph, ranks) -> Fraction:
     return best
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(capacity_graphs())
 def test_allgather_rate_equals_brute_force(case):
     graph, ranks = case
@@ -196,7 +196,7 @@ def test_allgather_rate_equals_brute_force(case):
 
 # -- node symmetry gives the same answers --------------------------------------------
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25)
 @given(topologies(max_gpus=3, max_nodes=3))
 def test_symmetry_reductions_are_exact(topo):
     graph = flow_graph(topo)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.cli import main
@@ -242,7 +242,7 @@ def test_staged_makes_inplace_reduce_scatter():
 
 # -- random topologies -----------------------------------------------------------------------
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12)
 @given(topo=topologies(), inplace=st.booleans())
 def test_random_topologies_combine_correctly(topo, inplace):
     ag = staged_algorithm(topo, Collective("allgather", topo.num_ranks), size=MB,

@@ -218,7 +218,7 @@ def test_p2p_matches_fifo_across_groups():
     assert sum(c.kind == "send" for c in fc.log) == 18
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20)
 @given(st.lists(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 6)),
                          min_size=1, max_size=5), min_size=1, max_size=4))
 def test_p2p_random_rounds_arrive_exactly(rounds):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.util import fileio
@@ -615,7 +615,7 @@ XML_TOKENS = ("-1", "0", "1", "2", "3", "71", "72", "1000000000", str(2 ** 31), 
               '"', "<", "&amp;", "i", "o", "s", "x", "nop", "r", "rrc", "allreduce")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150)
 @given(mutated_text(TOPOLOGY_TEXTS, YAML_TOKENS))
 def test_mutated_topology_yaml(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("t") / "t.yaml"
@@ -626,7 +626,7 @@ def test_mutated_topology_yaml(tmp_path_factory, text):
         assert 0 < topo.num_ranks <= 1024
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150)
 @given(mutated_text(SKETCH_TEXTS, YAML_TOKENS))
 def test_mutated_sketch_yaml(text):
     topo = load_topology("dgx1", 2)
@@ -644,7 +644,7 @@ def test_mutated_sketch_yaml(text):
 PLAN_TEXT = plan_to_xml(two_rank_allgather())
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(mutated_text([PLAN_TEXT], XML_TOKENS))
 def test_mutated_plan_xml(text):
     plan = assert_result_or_one_line(parse_plan, text)

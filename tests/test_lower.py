@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.collectives import KINDS, Collective
@@ -351,7 +351,7 @@ def algorithms(draw) -> Algorithm:
     return Algorithm("random", coll, ts)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(alg=algorithms(), instances=st.integers(1, 2))
 def test_random_algorithms_lower_to_correct_plans(alg, instances):
     plan = _lowered(alg, instances=instances)

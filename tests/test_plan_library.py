@@ -25,7 +25,7 @@ from taccl_py.topology.loader import load_topology
 FAST = ("smt", "ring", "tree", "direct")  # no milp: seconds, not minutes
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.integers(1, 1 << 40), st.integers(0, 1 << 40))
 def test_span_sizes_cover_the_span_in_doublings(lo, extra):
     hi = lo + extra

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.collectives import KINDS, Collective
@@ -17,8 +17,7 @@ from taccl_py.plan.verify import verify
 
 from .strategies import topologies
 
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40)
 
 
 def _plan_or_none(topo, kind, chunkup, method, inplace=False):

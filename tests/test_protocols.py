@@ -129,7 +129,7 @@ def dgx1_ring():
     return topo, {p: dataclasses.replace(plan, proto=p) for p in P.PROTOCOLS}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(a=st.integers(0, 1 << 31), b=st.integers(0, 1 << 31), proto=st.sampled_from(P.PROTOCOLS))
 def test_time_is_monotone_in_size(dgx1_ring, a, b, proto):
     topo, plans = dgx1_ring
@@ -137,7 +137,7 @@ def test_time_is_monotone_in_size(dgx1_ring, a, b, proto):
     assert simulate(plans[proto], topo, lo).time <= simulate(plans[proto], topo, hi).time
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(size=st.integers(1 << 24, 1 << 34))
 def test_ll_is_slower_than_simple_and_ll128_at_large_sizes(dgx1_ring, size):
     topo, plans = dgx1_ring

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.collectives import KINDS, Collective
@@ -159,7 +159,7 @@ def test_host_device_catches_missing_synchronisation(plans):
     assert wrong > 0
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25)
 @given(topo=topologies(), kind=st.sampled_from(KINDS), chunkup=st.integers(1, 2),
        method=st.sampled_from(("ring", "direct")), inplace=st.booleans(),
        seed=st.integers(0, 3))

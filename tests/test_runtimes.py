@@ -225,7 +225,7 @@ def test_no_selectable_size():
 
 # -- size selection -------------------------------------------------------------------------
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(lo=st.integers(0, 1 << 40), span=st.integers(1, 1 << 40),
        runtime=st.sampled_from(sorted(RUNTIMES)), kind=st.sampled_from(["allgather", "allreduce"]),
        picks=st.lists(st.integers(0, 1 << 41), max_size=8))

@@ -218,7 +218,7 @@ def test_unknown_sketch_name():
         load_sketch("nope", load_topology("dgx1"))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.recursive(st.none() | st.booleans() | st.integers(-3, 20) | st.text(max_size=5),
                     lambda c: st.lists(c, max_size=3) | st.dictionaries(
                         st.sampled_from(["inter_node", "connections", "relays", "symmetry",

@@ -76,7 +76,7 @@ def test_library_and_auto_refuse_bad_combinations(tmp_path, args, needle):
     assert not (tmp_path / "x").exists()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.text(alphabet="0123456789KMGTBix-. ", min_size=0, max_size=14))
 def test_span_parser_returns_a_span_or_one_clear_error(text):
     try:

@@ -1,0 +1,19 @@
+"""Shared test settings: hypothesis profiles.
+
+* ``taccl`` (the default): no per-example deadline (solvers and subprocesses vary with the
+  machine's load), slow data generation allowed, and derandomized, so that a CI run is
+  reproducible; each property test sets only its ``max_examples``.
+* ``explore`` (``HYPOTHESIS_PROFILE=explore``): random seeds and the example database, to
+  search beyond the fixed examples on a developer's machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("taccl", derandomize=True, database=None, **_COMMON)
+settings.register_profile("explore", **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "taccl"))
