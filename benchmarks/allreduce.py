@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from taccl_py.collectives import Collective
-from taccl_py.errors import TacclError
-from taccl_py.build.pipeline import build_plan
 from taccl_py.analysis.report import evaluate
 from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.collectives import Collective
+from taccl_py.errors import TacclError
 from taccl_py.topology.loader import load_topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -57,26 +57,35 @@ def run_case(name: str, nodes: int, sizes: list[int], time_limit: float) -> None
         chosen = meta.get("chosen", result.algorithm.name)
         if chosen == "milp" and "chunkup" in meta:
             chosen += f" (chunk-up {meta['chunkup']}, {meta.get('rule', '?')})"
-        print(f"{topo.label:<12} {format_size(size):>5} {solve:>8.1f} {_us(row.time):>12} "
-              f"{row.algbw / 1e9:>9.2f} {row.pct_of_bound:>7.1f}% {_us(row.ring_time):>12} "
-              f"{_x(row.speedup_vs_ring):>8} {_us(tree_t):>12} "
-              f"{_x(tree_t / row.time if tree_t and row.time else None):>8}  {chosen}",
-              flush=True)
+        print(
+            f"{topo.label:<12} {format_size(size):>5} {solve:>8.1f} {_us(row.time):>12} "
+            f"{row.algbw / 1e9:>9.2f} {row.pct_of_bound:>7.1f}% {_us(row.ring_time):>12} "
+            f"{_x(row.speedup_vs_ring):>8} {_us(tree_t):>12} "
+            f"{_x(tree_t / row.time if tree_t and row.time else None):>8}  {chosen}",
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--topologies", default=",".join(TOPOLOGIES),
-                    help="comma-separated built-in topology names")
+    ap.add_argument(
+        "--topologies", default=",".join(TOPOLOGIES), help="comma-separated built-in topology names"
+    )
     ap.add_argument("--nodes", default="2", help="comma-separated node counts")
     ap.add_argument("--sizes", default="1K,1M,1G")
-    ap.add_argument("--time-limit", type=float, default=20.0,
-                    help="seconds for the milp method's solver per case")
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=20.0,
+        help="seconds for the milp method's solver per case",
+    )
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    print(f"{'topology':<12} {'size':>5} {'solve(s)':>8} {'time(us)':>12} {'algbw':>9} "
-          f"{'%bound':>8} {'ring(us)':>12} {'vs ring':>8} {'tree(us)':>12} {'vs tree':>8}"
-          "  chosen")
+    print(
+        f"{'topology':<12} {'size':>5} {'solve(s)':>8} {'time(us)':>12} {'algbw':>9} "
+        f"{'%bound':>8} {'ring(us)':>12} {'vs ring':>8} {'tree(us)':>12} {'vs tree':>8}"
+        "  chosen"
+    )
     start = time.perf_counter()
     for name in args.topologies.split(","):
         for nodes in args.nodes.split(","):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from taccl_py.collectives import KINDS, Collective
-from taccl_py.build.pipeline import build_plan
 from taccl_py.analysis.report import evaluate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.collectives import KINDS, Collective
 from taccl_py.topology.loader import builtin_names, load_topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -23,8 +23,10 @@ def main() -> None:
     nodes = [int(n) for n in args.nodes.split(",")]
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     cols = " ".join(f"{format_size(s) + ' %bnd':>10}" for s in sizes)
-    print(f"{'topology':<12} {'collective':<14} {'ranks':>5} {cols} {'1G algbw':>10} "
-          f"{'bound algbw':>12}  tight at 1G")
+    print(
+        f"{'topology':<12} {'collective':<14} {'ranks':>5} {cols} {'1G algbw':>10} "
+        f"{'bound algbw':>12}  tight at 1G"
+    )
     start = time.perf_counter()
     for name in builtin_names():
         for k in nodes:
@@ -34,9 +36,11 @@ def main() -> None:
                 rows = evaluate(plan, topo, sizes, baseline=plan)
                 pcts = " ".join(f"{r.pct_of_bound:>9.1f}%" for r in rows)
                 last = rows[-1]
-                print(f"{topo.label:<12} {kind:<14} {topo.num_ranks:>5} {pcts} "
-                      f"{last.algbw / 1e9:>9.1f}G {last.size / last.bound_time / 1e9:>11.1f}G "
-                      f"{last.bound_kind}: {last.bound_detail}")
+                print(
+                    f"{topo.label:<12} {kind:<14} {topo.num_ranks:>5} {pcts} "
+                    f"{last.algbw / 1e9:>9.1f}G {last.size / last.bound_time / 1e9:>11.1f}G "
+                    f"{last.bound_kind}: {last.bound_detail}"
+                )
     print(f"# total {time.perf_counter() - start:.1f} s")
 
 

@@ -42,21 +42,29 @@ from pathlib import Path
 
 import numpy as np
 
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import ALLGATHER, ALLREDUCE, ALLTOALL, KINDS, REDUCESCATTER, Collective
 from taccl_py.errors import TacclError
 from taccl_py.plan.xml import write_plan
-from taccl_py.build.pipeline import build_plan
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology
 from taccl_py.util.units import format_size, parse_size
 
 #: nccl-tests' bus bandwidth factor of each collective on n ranks
-BUS = {ALLREDUCE: lambda n: 2 * (n - 1) / n, ALLGATHER: lambda n: (n - 1) / n,
-       REDUCESCATTER: lambda n: (n - 1) / n, ALLTOALL: lambda n: (n - 1) / n}
+BUS = {
+    ALLREDUCE: lambda n: 2 * (n - 1) / n,
+    ALLGATHER: lambda n: (n - 1) / n,
+    REDUCESCATTER: lambda n: (n - 1) / n,
+    ALLTOALL: lambda n: (n - 1) / n,
+}
 DRY_SIZES = (4096, 65536)
 #: the torch part's names of the collectives that have a bus bandwidth
-TORCH_KINDS = {"all_reduce": ALLREDUCE, "all_gather": ALLGATHER,
-               "reduce_scatter": REDUCESCATTER, "all_to_all": ALLTOALL}
+TORCH_KINDS = {
+    "all_reduce": ALLREDUCE,
+    "all_gather": ALLGATHER,
+    "reduce_scatter": REDUCESCATTER,
+    "all_to_all": ALLTOALL,
+}
 
 
 # -- plans --------------------------------------------------------------------------------
@@ -66,14 +74,14 @@ def local_topology(n: int, dry: bool) -> Topology:
         from taccl_py.topology.nvsmi import import_nvidia_smi
 
         try:
-            text = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True,
-                                  timeout=30, check=True).stdout
+            text = subprocess.run(
+                ["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout
             topo = import_nvidia_smi(text, "nvidia-smi-topo.txt", name="local")[1]
             if topo.num_ranks == n:
                 return topo
         except (subprocess.SubprocessError, OSError, TacclError) as exc:
-            print(f"nvidia-smi topo -m not usable ({exc}); assuming a full mesh",
-                  file=sys.stderr)
+            print(f"nvidia-smi topo -m not usable ({exc}); assuming a full mesh", file=sys.stderr)
     links = [Link(a, b, 100e9, 1e-6) for a in range(n) for b in range(n) if a != b]
     return Topology(f"mesh{n}", n, 1, tuple(links), (), (), FULL_BISECTION)
 
@@ -83,8 +91,9 @@ def make_plans(topo: Topology, n: int) -> dict:
     plans = {}
     for kind in KINDS:
         try:
-            plans[kind] = build_plan(topo, Collective(kind, n), "milp", size=1 << 26,
-                                     time_limit=30).plan
+            plans[kind] = build_plan(
+                topo, Collective(kind, n), "milp", size=1 << 26, time_limit=30
+            ).plan
         except TacclError as exc:
             print(f"{kind}: milp failed ({exc}); using the ring", file=sys.stderr)
             plans[kind] = build_plan(topo, Collective(kind, n), "ring").plan
@@ -143,11 +152,22 @@ def executor_part(cp, plans: dict, n: int, sizes, iters: int, warmup: int, timed
                         equal = bool((cp.asnumpy(ours) == cp.asnumpy(ref)).all())
                         t_ours = t_nccl = None
                         if timed:
-                            t_ours = _time(cp, stream, partial(ex.run, send, ours, stream),
-                                           iters, warmup, barrier)
-                            t_nccl = _time(cp, stream, partial(
-                                nccl_reference, cp, nccl, comm, kind, send, ref, n, stream),
-                                iters, warmup, barrier)
+                            t_ours = _time(
+                                cp,
+                                stream,
+                                partial(ex.run, send, ours, stream),
+                                iters,
+                                warmup,
+                                barrier,
+                            )
+                            t_nccl = _time(
+                                cp,
+                                stream,
+                                partial(nccl_reference, cp, nccl, comm, kind, send, ref, n, stream),
+                                iters,
+                                warmup,
+                                barrier,
+                            )
                         if r == 0:
                             rows[(kind, elems * 4)] = (t_ours, t_nccl, equal)
                         elif not equal:
@@ -186,8 +206,10 @@ def _time(cp, stream, fn, iters: int, warmup: int, barrier) -> float:
 def print_table(title: str, rows, n: int) -> bool:
     """An nccl-tests-style table; False if some result differs from NCCL's."""
     print(f"\n# {title} ({n} GPUs, float32)")
-    print(f"{'collective':<14}{'size':>9}{'count':>12}  {'ours us':>9} {'busbw':>7}  "
-          f"{'nccl us':>9} {'busbw':>7}  {'speedup':>7}  check")
+    print(
+        f"{'collective':<14}{'size':>9}{'count':>12}  {'ours us':>9} {'busbw':>7}  "
+        f"{'nccl us':>9} {'busbw':>7}  {'speedup':>7}  check"
+    )
     ok = True
     for kind, nbytes, t_ours, t_nccl, equal in rows:
         ok &= equal
@@ -196,10 +218,13 @@ def print_table(title: str, rows, n: int) -> bool:
             if t is None:
                 cells.append(f"{'-':>9} {'-':>7}")
             else:
-                cells.append(f"{t * 1e6:>9.1f} {nbytes / t * BUS[TORCH_KINDS.get(kind, kind)](n) / 1e9:>7.2f}")
+                busbw = nbytes / t * BUS[TORCH_KINDS.get(kind, kind)](n) / 1e9
+                cells.append(f"{t * 1e6:>9.1f} {busbw:>7.2f}")
         speed = f"{t_nccl / t_ours:>6.2f}x" if t_ours and t_nccl else f"{'-':>7}"
-        print(f"{kind:<14}{format_size(nbytes):>9}{nbytes // 4:>12}  {cells[0]}  {cells[1]}  "
-              f"{speed}  {'ok' if equal else 'WRONG'}")
+        print(
+            f"{kind:<14}{format_size(nbytes):>9}{nbytes // 4:>12}  {cells[0]}  {cells[1]}  "
+            f"{speed}  {'ok' if equal else 'WRONG'}"
+        )
     return ok
 
 
@@ -220,11 +245,11 @@ def torch_checks(pg, ref, n: int, r: int, size: int, make, host, timed: bool, it
     cases = {
         "all_reduce": lambda g, x: _fill(lambda out, _: g.allreduce([out]), x, None),
         "all_gather": lambda g, x: _fill(g._allgather_base, make(torch.zeros(elems * n)), x),
-        "reduce_scatter": lambda g, x: _fill(g._reduce_scatter_base,
-                                             make(torch.zeros(elems // n)), x),
+        "reduce_scatter": lambda g, x: _fill(
+            g._reduce_scatter_base, make(torch.zeros(elems // n)), x
+        ),
         "all_to_all": lambda g, x: _a2a(g, make(torch.zeros(elems)), x),
-        "broadcast": lambda g, x: _rooted(g.broadcast, [x], dist.BroadcastOptions(), n - 1)
-        or x,
+        "broadcast": lambda g, x: _rooted(g.broadcast, [x], dist.BroadcastOptions(), n - 1) or x,
         "reduce": lambda g, x: _rooted(g.reduce, [x], dist.ReduceOptions(), 0) or x,
     }
     rows = []
@@ -266,10 +291,14 @@ def _expected(name: str, xs, r: int, n: int):
 
     total = sum(xs)
     block = xs[0].numel() // n
-    return {"all_reduce": total, "all_gather": torch.cat(xs),
-            "reduce_scatter": total[r * block:(r + 1) * block],
-            "all_to_all": torch.cat([x[r * block:(r + 1) * block] for x in xs]),
-            "broadcast": xs[n - 1], "reduce": total}[name]
+    return {
+        "all_reduce": total,
+        "all_gather": torch.cat(xs),
+        "reduce_scatter": total[r * block : (r + 1) * block],
+        "all_to_all": torch.cat([x[r * block : (r + 1) * block] for x in xs]),
+        "broadcast": xs[n - 1],
+        "reduce": total,
+    }[name]
 
 
 def _torch_time(fn, iters: int) -> float:
@@ -302,8 +331,9 @@ def torch_worker(args) -> None:
     ref = dist.group.WORLD._get_backend(torch.device("cuda"))
     rows = []
     for size in args.sizes:
-        rows += torch_checks(pg, ref, n, r, size, lambda t: t.cuda(), lambda t: t.cpu(),
-                             True, args.iters)
+        rows += torch_checks(
+            pg, ref, n, r, size, lambda t: t.cuda(), lambda t: t.cpu(), True, args.iters
+        )
     flags = torch.tensor([float(row[4]) for row in rows], device="cuda")
     dist.all_reduce(flags, op=dist.ReduceOp.MIN)  # equal on every rank
     rows = [(*row[:4], bool(f)) for row, f in zip(rows, flags.tolist())]
@@ -315,9 +345,19 @@ def torch_worker(args) -> None:
 
 def torch_part_real(args, n: int, plan_dir: Path) -> int:
     env = {**os.environ, "TACCL_PLAN_DIR": str(plan_dir)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={n}", __file__, "--torch-worker", "--iters", str(args.iters),
-           "--sizes", args.sizes_text]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        __file__,
+        "--torch-worker",
+        "--iters",
+        str(args.iters),
+        "--sizes",
+        args.sizes_text,
+    ]
     return subprocess.run(cmd, env=env, timeout=540).returncode
 
 
@@ -336,13 +376,19 @@ def torch_part_dry(ft, n: int, plan_dir: Path, sizes) -> list:
     def rank(r: int) -> None:
         try:
             torch.cuda.set_device(r)
-            pg = tt.TacclProcessGroup(dist.PrefixStore("smoke", store), r, n,
-                                      datetime.timedelta(seconds=60), plan_dir=plan_dir,
-                                      cache_dir=plan_dir / "cache")
+            pg = tt.TacclProcessGroup(
+                dist.PrefixStore("smoke", store),
+                r,
+                n,
+                datetime.timedelta(seconds=60),
+                plan_dir=plan_dir,
+                cache_dir=plan_dir / "cache",
+            )
             rows = []
             for size in sizes:
-                rows += torch_checks(pg, None, n, r, size, lambda t: ft.tensor(t, r),
-                                     ft.host, False, 0)
+                rows += torch_checks(
+                    pg, None, n, r, size, lambda t: ft.tensor(t, r), ft.host, False, 0
+                )
             out[r] = rows
             pg.shutdown()
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -356,14 +402,19 @@ def torch_part_dry(ft, n: int, plan_dir: Path, sizes) -> list:
     if errors or any(t.is_alive() for t in threads):
         raise SystemExit("torch part failed: " + "; ".join(errors or ["a rank hung"]))
     # a row is equal only if it is on every rank
-    return [(name, b, None, None, all(rows[i][4] for rows in out))
-            for i, (name, b, *_ ) in enumerate(out[0])]
+    return [
+        (name, b, None, None, all(rows[i][4] for rows in out))
+        for i, (name, b, *_) in enumerate(out[0])
+    ]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dry-run", action="store_true",
-                    help="run every check on the CPU stand-in (4 fake GPUs), no timings")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run every check on the CPU stand-in (4 fake GPUs), no timings",
+    )
     ap.add_argument("--sizes", default="1K-64M", help="LO-HI (powers of 4) or a list")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
@@ -394,8 +445,7 @@ def main(argv=None) -> int:
             return 1
         n = cp.cuda.runtime.getDeviceCount()
         if n < 2:
-            print(f"gpu_smoke: {n} GPU visible; NCCL collectives need at least 2",
-                  file=sys.stderr)
+            print(f"gpu_smoke: {n} GPU visible; NCCL collectives need at least 2", file=sys.stderr)
             return 1
         topo = local_topology(n, args.dry_run)
         print(f"topology {topo.label}: {n} GPUs; synthesizing plans ...", flush=True)
@@ -406,13 +456,17 @@ def main(argv=None) -> int:
             for kind, plan in plans.items():
                 write_plan(plan, plan_dir / f"{kind}.xml")
             if args.part in ("all", "executor"):
-                rows = executor_part(cp, plans, n, args.sizes, args.iters, args.warmup,
-                                     not args.dry_run)
+                rows = executor_part(
+                    cp, plans, n, args.sizes, args.iters, args.warmup, not args.dry_run
+                )
                 ok &= print_table("executor: taccl plans vs NCCL", rows, n)
             if args.part in ("all", "torch"):
                 if args.dry_run:
-                    ok &= print_table("torch: taccl backend vs expected values",
-                                      torch_part_dry(ft, n, plan_dir, args.sizes), n)
+                    ok &= print_table(
+                        "torch: taccl backend vs expected values",
+                        torch_part_dry(ft, n, plan_dir, args.sizes),
+                        n,
+                    )
                 else:
                     ok &= torch_part_real(args, n, plan_dir) == 0
         print("\nsmoke:", "PASSED" if ok else "FAILED")

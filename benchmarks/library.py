@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from taccl_py.build.library import LibraryOptions, build_library
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import TacclError
-from taccl_py.build.library import LibraryOptions, build_library
 from taccl_py.topology.loader import builtin_names, load_topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -28,8 +28,11 @@ def run_case(name: str, nodes: int, kind: str, lo: int, hi: int, time_limit: flo
     topo = load_topology(name, nodes)
     start = time.perf_counter()
     try:
-        lib = build_library(topo, Collective(kind, topo.num_ranks),
-                            LibraryOptions(lo=lo, hi=hi, time_limit=time_limit))
+        lib = build_library(
+            topo,
+            Collective(kind, topo.num_ranks),
+            LibraryOptions(lo=lo, hi=hi, time_limit=time_limit),
+        )
     except TacclError as exc:
         print(f"{topo.label:<14} {kind:<13} error: {exc}", flush=True)
         return True
@@ -40,12 +43,18 @@ def run_case(name: str, nodes: int, kind: str, lo: int, hi: int, time_limit: flo
             continue  # powers of 4 from lo only
         served = row.served.label if row.served else "NCCL"
         ok &= row.served_time <= row.nccl.time * (1 + 1e-9)
-        print(f"{topo.label:<14} {kind:<13} {format_size(row.size):>5}  "
-              f"{row.nccl.algorithm + '/' + row.nccl.protocol:<14} "
-              f"{row.nccl.time * 1e6:>11,.1f}  {served:<22} {row.served_time * 1e6:>11,.1f}  "
-              f"{row.speedup:>5.2f}x", flush=True)
-    print(f"{topo.label:<14} {kind:<13} built in {took:.1f} s, {len(lib.entries)} plan(s); "
-          f"dropped: {'; '.join(m for m, _ in lib.dropped) or 'none'}", flush=True)
+        print(
+            f"{topo.label:<14} {kind:<13} {format_size(row.size):>5}  "
+            f"{row.nccl.algorithm + '/' + row.nccl.protocol:<14} "
+            f"{row.nccl.time * 1e6:>11,.1f}  {served:<22} {row.served_time * 1e6:>11,.1f}  "
+            f"{row.speedup:>5.2f}x",
+            flush=True,
+        )
+    print(
+        f"{topo.label:<14} {kind:<13} built in {took:.1f} s, {len(lib.entries)} plan(s); "
+        f"dropped: {'; '.join(m for m, _ in lib.dropped) or 'none'}",
+        flush=True,
+    )
     return ok
 
 
@@ -58,8 +67,10 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=20.0)
     args = ap.parse_args()
     lo, hi = (parse_size(s) for s in args.span.split("-"))
-    print(f"{'case':<14} {'collective':<13} {'size':>5}  {'NCCL best':<14} "
-          f"{'NCCL (us)':>11}  {'served by':<22} {'served (us)':>11}  {'ratio':>6}")
+    print(
+        f"{'case':<14} {'collective':<13} {'size':>5}  {'NCCL best':<14} "
+        f"{'NCCL (us)':>11}  {'served by':<22} {'served (us)':>11}  {'ratio':>6}"
+    )
     ok = True
     for name in args.topologies.split(","):
         for nodes in (int(n) for n in args.nodes.split(",")):

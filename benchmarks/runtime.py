@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.plan.xml import write_plan
-from taccl_py.build.pipeline import build_plan
 from taccl_py.topology.model import FULL_BISECTION, Switch, Topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -49,14 +49,14 @@ MPI_TARGETS = [(4, "allgather", 64 << 20, 1.3), (4, "allreduce", 64 << 20, 1.5)]
 #: (op, size, max ratio): the torch target, on TORCH_RANKS ranks
 TORCH_TARGETS = [("all_gather_into_tensor", 16 << 20, 1.5)]
 TORCH_RANKS = 4
-TORCH_OPS = ("all_gather_into_tensor", "all_reduce", "all_to_all_single",
-             "reduce_scatter_tensor")
+TORCH_OPS = ("all_gather_into_tensor", "all_reduce", "all_to_all_single", "reduce_scatter_tensor")
 
 
 def host(n: int) -> Topology:
     """n CPU ranks behind one switch."""
-    return Topology(f"host{n}", n, 1, (), (Switch("host", 0, tuple(range(n)), 1e10, 1e-6),),
-                    (), FULL_BISECTION)
+    return Topology(
+        f"host{n}", n, 1, (), (Switch("host", 0, tuple(range(n)), 1e10, 1e-6),), (), FULL_BISECTION
+    )
 
 
 def auto_iters(size: int) -> int:
@@ -75,12 +75,21 @@ def _ratio_cell(ratio: float, limit: float) -> str:
     return f"{ratio:.2f}x <= {limit}x: {'met' if ratio <= limit else 'NOT met'}"
 
 
-def mpi_table(ranks: list[int], kinds: list[str], sizes: list[int], repeats: int,
-              iters: int, warmup: int, workdir: Path) -> dict:
+def mpi_table(
+    ranks: list[int],
+    kinds: list[str],
+    sizes: list[int],
+    repeats: int,
+    iters: int,
+    warmup: int,
+    workdir: Path,
+) -> dict:
     """Print the MPI table; returns {(n, kind, size): median ratio}."""
     mpiexec, taccl = _tool("mpiexec"), _tool("taccl")
-    print("| ranks | collective | size | chosen | solve(s) | plan(us) | mpich(us) | ratio "
-          "| min | max |")
+    print(
+        "| ranks | collective | size | chosen | solve(s) | plan(us) | mpich(us) | ratio "
+        "| min | max |"
+    )
     print("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|")
     ratios = {}
     for n in ranks:
@@ -89,8 +98,9 @@ def mpi_table(ranks: list[int], kinds: list[str], sizes: list[int], repeats: int
                 cells = f"| {n} | {kind} | {format_size(size)} |"
                 began = time.perf_counter()
                 try:
-                    result = build_plan(host(n), Collective(kind, n), "milp", size=size,
-                                        time_limit=10)
+                    result = build_plan(
+                        host(n), Collective(kind, n), "milp", size=size, time_limit=10
+                    )
                 except TacclError as exc:
                     print(f"{cells} error: {exc} |", flush=True)
                     continue
@@ -98,30 +108,57 @@ def mpi_table(ranks: list[int], kinds: list[str], sizes: list[int], repeats: int
                 chosen = result.algorithm.meta.get("chosen", result.algorithm.name)
                 path = write_plan(result.plan, workdir / f"{kind}-{n}-{size}.xml")
                 its = iters or auto_iters(size)
-                cmd = [mpiexec, "-n", str(n), taccl, "run", str(path), "--size", str(size),
-                       "--iters", str(its), "--warmup", str(warmup or max(2, its // 10))]
+                cmd = [
+                    mpiexec,
+                    "-n",
+                    str(n),
+                    taccl,
+                    "run",
+                    str(path),
+                    "--size",
+                    str(size),
+                    "--iters",
+                    str(its),
+                    "--warmup",
+                    str(warmup or max(2, its // 10)),
+                ]
                 runs = []
                 for _ in range(repeats):
                     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                     if done.returncode:
                         err = (done.stderr.strip().splitlines() or ["?"])[-1]
-                        print(f"{cells} {chosen} | {solve:.1f} | error (exit "
-                              f"{done.returncode}): {err} |", flush=True)
+                        print(
+                            f"{cells} {chosen} | {solve:.1f} | error (exit "
+                            f"{done.returncode}): {err} |",
+                            flush=True,
+                        )
                         break
                     fields = done.stdout.strip().splitlines()[-1].split()
                     runs.append((float(fields[3]), float(fields[6]), float(fields[7])))
                 else:
-                    plan_us, mpi_us, ratio = (statistics.median(r[i] for r in runs)
-                                              for i in range(3))
+                    plan_us, mpi_us, ratio = (
+                        statistics.median(r[i] for r in runs) for i in range(3)
+                    )
                     ratios[n, kind, size] = ratio
-                    print(f"{cells} {chosen} | {solve:.1f} | {plan_us:,.1f} | {mpi_us:,.1f} | "
-                          f"{ratio:.2f} | {min(r[2] for r in runs):.2f} | "
-                          f"{max(r[2] for r in runs):.2f} |", flush=True)
+                    print(
+                        f"{cells} {chosen} | {solve:.1f} | {plan_us:,.1f} | {mpi_us:,.1f} | "
+                        f"{ratio:.2f} | {min(r[2] for r in runs):.2f} | "
+                        f"{max(r[2] for r in runs):.2f} |",
+                        flush=True,
+                    )
     return ratios
 
 
-def _torch_rank(rank: int, world: int, backend: str, init_file: str, sizes: list[int],
-                iters: int, warmup: int, out: str) -> None:
+def _torch_rank(
+    rank: int,
+    world: int,
+    backend: str,
+    init_file: str,
+    sizes: list[int],
+    iters: int,
+    warmup: int,
+    out: str,
+) -> None:
     """One spawned rank: time every TORCH_OPS op at every size; rank 0 writes the JSON."""
     import warnings
 
@@ -132,18 +169,18 @@ def _torch_rank(rank: int, world: int, backend: str, init_file: str, sizes: list
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # *_tensor renamed in torch 2.13
     torch.set_num_threads(1)
-    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world)
     times = {}
     for op in TORCH_OPS:
         for size in sizes:
             n = size // 4
             big, small = torch.zeros(n), torch.zeros(n // world)  # repeated sums stay finite
-            call = {"all_gather_into_tensor": lambda: dist.all_gather_into_tensor(big, small),
-                    "all_reduce": lambda: dist.all_reduce(big),
-                    "all_to_all_single": lambda: dist.all_to_all_single(small.new_empty(n), big),
-                    "reduce_scatter_tensor": lambda: dist.reduce_scatter_tensor(small, big),
-                    }[op]
+            call = {
+                "all_gather_into_tensor": lambda: dist.all_gather_into_tensor(big, small),
+                "all_reduce": lambda: dist.all_reduce(big),
+                "all_to_all_single": lambda: dist.all_to_all_single(small.new_empty(n), big),
+                "reduce_scatter_tensor": lambda: dist.reduce_scatter_tensor(small, big),
+            }[op]
             its = iters or auto_iters(size)
             for _ in range(warmup or max(2, its // 10)):
                 call()
@@ -168,9 +205,19 @@ def torch_table(sizes: list[int], iters: int, warmup: int, workdir: Path) -> dic
     times = {}
     for backend in ("taccl", "gloo"):
         out = workdir / f"torch-{backend}.json"
-        mp.spawn(_torch_rank, nprocs=TORCH_RANKS,
-                 args=(TORCH_RANKS, backend, str(workdir / f"store-{backend}"), sizes, iters,
-                       warmup, str(out)))
+        mp.spawn(
+            _torch_rank,
+            nprocs=TORCH_RANKS,
+            args=(
+                TORCH_RANKS,
+                backend,
+                str(workdir / f"store-{backend}"),
+                sizes,
+                iters,
+                warmup,
+                str(out),
+            ),
+        )
         times[backend] = json.loads(out.read_text())
     print("| ranks | op | size | taccl(us) | gloo(us) | taccl/gloo |")
     print("|---:|---|---:|---:|---:|---:|")
@@ -179,16 +226,22 @@ def torch_table(sizes: list[int], iters: int, warmup: int, workdir: Path) -> dic
         for size in sizes:
             t, g = (times[b][f"{op}:{size}"] for b in ("taccl", "gloo"))
             ratios[op, size] = t / g
-            print(f"| {TORCH_RANKS} | {op} | {format_size(size)} | {t * 1e6:,.1f} | "
-                  f"{g * 1e6:,.1f} | {t / g:.2f} |", flush=True)
+            print(
+                f"| {TORCH_RANKS} | {op} | {format_size(size)} | {t * 1e6:,.1f} | "
+                f"{g * 1e6:,.1f} | {t / g:.2f} |",
+                flush=True,
+            )
     return ratios
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ranks", default="4,8", help="MPI rank counts")
-    ap.add_argument("--collectives", default="allgather,alltoall,allreduce",
-                    help="MPI collectives ('' skips the MPI part)")
+    ap.add_argument(
+        "--collectives",
+        default="allgather,alltoall,allreduce",
+        help="MPI collectives ('' skips the MPI part)",
+    )
     ap.add_argument("--sizes", default="1K,64K,1M,16M,64M", help="MPI sizes")
     ap.add_argument("--repeats", type=int, default=3, help="mpiexec runs per cell")
     ap.add_argument("--iters", type=int, default=0, help="0: 256 MB worth, 5 to 100")
@@ -202,20 +255,35 @@ def main() -> None:
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="taccl-runtime-") as tmp:
         if args.collectives:
-            ratios = mpi_table([int(n) for n in args.ranks.split(",")],
-                               args.collectives.split(","),
-                               [parse_size(s) for s in args.sizes.split(",")],
-                               args.repeats, args.iters, args.warmup, Path(tmp))
-            verdicts += [f"MPI {kind} {format_size(size)} on {n} ranks vs MPICH: "
-                         + _ratio_cell(ratios[n, kind, size], limit)
-                         for n, kind, size, limit in MPI_TARGETS if (n, kind, size) in ratios]
+            ratios = mpi_table(
+                [int(n) for n in args.ranks.split(",")],
+                args.collectives.split(","),
+                [parse_size(s) for s in args.sizes.split(",")],
+                args.repeats,
+                args.iters,
+                args.warmup,
+                Path(tmp),
+            )
+            verdicts += [
+                f"MPI {kind} {format_size(size)} on {n} ranks vs MPICH: "
+                + _ratio_cell(ratios[n, kind, size], limit)
+                for n, kind, size, limit in MPI_TARGETS
+                if (n, kind, size) in ratios
+            ]
         if args.torch:
             print()
-            ratios = torch_table([parse_size(s) for s in args.torch_sizes.split(",")],
-                                 args.iters, args.warmup, Path(tmp))
-            verdicts += [f"torch {op} {format_size(size)} on {TORCH_RANKS} ranks vs gloo: "
-                         + _ratio_cell(ratios[op, size], limit)
-                         for op, size, limit in TORCH_TARGETS if (op, size) in ratios]
+            ratios = torch_table(
+                [parse_size(s) for s in args.torch_sizes.split(",")],
+                args.iters,
+                args.warmup,
+                Path(tmp),
+            )
+            verdicts += [
+                f"torch {op} {format_size(size)} on {TORCH_RANKS} ranks vs gloo: "
+                + _ratio_cell(ratios[op, size], limit)
+                for op, size, limit in TORCH_TARGETS
+                if (op, size) in ratios
+            ]
     if verdicts:
         print()
     for line in verdicts:

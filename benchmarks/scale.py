@@ -19,10 +19,10 @@ import shlex
 import sys
 import time
 
+from taccl_py.analysis.report import evaluate
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.build.pipeline import build_plan
-from taccl_py.analysis.report import evaluate
 from taccl_py.topology.loader import load_topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -30,16 +30,16 @@ from taccl_py.util.units import format_size, parse_size
 GRID = {"dgx-a100": (4, 8, 16, 32), "dgx-h100": (4, 8, 16, 32), "ndv2": (4, 8)}
 
 
-def run_case(name: str, nodes: int, kind: str, sizes: list[int],
-             time_limit: float) -> dict:
+def run_case(name: str, nodes: int, kind: str, sizes: list[int], time_limit: float) -> dict:
     """Solve time, % of bound and speed-up vs ring per size, and the peak RSS (bytes)."""
     topo = load_topology(name, nodes)
     out: dict = {"sizes": {}}
     for size in sizes:
         began = time.perf_counter()
         try:
-            result = build_plan(topo, Collective(kind, topo.num_ranks), "milp", size=size,
-                                time_limit=time_limit)
+            result = build_plan(
+                topo, Collective(kind, topo.num_ranks), "milp", size=size, time_limit=time_limit
+            )
         except TacclError as exc:
             out["sizes"][size] = {"error": str(exc)}
             continue
@@ -49,8 +49,12 @@ def run_case(name: str, nodes: int, kind: str, sizes: list[int],
         chosen = meta.get("chosen", result.algorithm.name)
         if chosen == "milp":
             chosen = meta.get("variant", f"chunk-up {meta['chunkup']}")
-        out["sizes"][size] = {"solve": solve, "pct": row.pct_of_bound,
-                              "ring": row.speedup_vs_ring, "chosen": chosen}
+        out["sizes"][size] = {
+            "solve": solve,
+            "pct": row.pct_of_bound,
+            "ring": row.speedup_vs_ring,
+            "chosen": chosen,
+        }
     out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out
 
@@ -63,23 +67,35 @@ def _cell(entry: dict, key: str, fmt: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--topologies", default=",".join(GRID))
-    ap.add_argument("--nodes", default=None,
-                    help="node counts for every topology (default: the issue's grid)")
+    ap.add_argument(
+        "--nodes", default=None, help="node counts for every topology (default: the issue's grid)"
+    )
     ap.add_argument("--collectives", default="allgather,allreduce")
     ap.add_argument("--sizes", default="1M,1G")
-    ap.add_argument("--time-limit", type=float, default=600.0,
-                    help="build_plan's time limit per plan (s)")
+    ap.add_argument(
+        "--time-limit", type=float, default=600.0, help="build_plan's time limit per plan (s)"
+    )
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    cases = [(name, int(k), kind) for name in args.topologies.split(",")
-             for k in (args.nodes.split(",") if args.nodes else GRID.get(name, (4, 8)))
-             for kind in args.collectives.split(",")]
+    cases = [
+        (name, int(k), kind)
+        for name in args.topologies.split(",")
+        for k in (args.nodes.split(",") if args.nodes else GRID.get(name, (4, 8)))
+        for kind in args.collectives.split(",")
+    ]
     print("`" + " ".join(["python", *map(shlex.quote, sys.argv)]) + "`\n")
     labels = [format_size(s) for s in sizes]
-    head = ["topology", "nodes", "GPUs", "collective",
-            *(f"solve {x} (s)" for x in labels), "peak RSS (MiB)",
-            *(f"% bound {x}" for x in labels), *(f"vs ring {x}" for x in labels),
-            f"chosen at {labels[-1]}"]
+    head = [
+        "topology",
+        "nodes",
+        "GPUs",
+        "collective",
+        *(f"solve {x} (s)" for x in labels),
+        "peak RSS (MiB)",
+        *(f"% bound {x}" for x in labels),
+        *(f"vs ring {x}" for x in labels),
+        f"chosen at {labels[-1]}",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head), flush=True)
     spawn = multiprocessing.get_context("spawn")
@@ -88,11 +104,17 @@ def main() -> None:
             res = pool.apply(run_case, (name, nodes, kind, sizes, args.time_limit))
         per = [res["sizes"][s] for s in sizes]
         last = per[-1]
-        cells = [name, str(nodes), str(nodes * load_topology(name).gpus_per_node), kind,
-                 *(_cell(e, "solve", "{:.1f}") for e in per), f"{res['rss'] / 2**20:,.0f}",
-                 *(_cell(e, "pct", "{:.1f}%") for e in per),
-                 *(_cell(e, "ring", "{:.2f}x") for e in per),
-                 last.get("error", last.get("chosen", ""))]
+        cells = [
+            name,
+            str(nodes),
+            str(nodes * load_topology(name).gpus_per_node),
+            kind,
+            *(_cell(e, "solve", "{:.1f}") for e in per),
+            f"{res['rss'] / 2**20:,.0f}",
+            *(_cell(e, "pct", "{:.1f}%") for e in per),
+            *(_cell(e, "ring", "{:.2f}x") for e in per),
+            last.get("error", last.get("chosen", "")),
+        ]
         print("| " + " | ".join(cells) + " |", flush=True)
 
 

@@ -52,8 +52,11 @@ def main() -> None:
         assert torch.equal(theirs, flat), f"rank {rank}: parameters differ from rank {q}'s"
     assert losses[-1] < losses[0], f"loss did not decrease: {losses[0]} -> {losses[-1]}"
     if rank == 0:
-        print(f"ddp ok: {world} ranks, {args.steps} steps, loss {losses[0]:.4f} -> "
-              f"{losses[-1]:.4f}, parameters identical on every rank", flush=True)
+        print(
+            f"ddp ok: {world} ranks, {args.steps} steps, loss {losses[0]:.4f} -> "
+            f"{losses[-1]:.4f}, parameters identical on every rank",
+            flush=True,
+        )
     dist.destroy_process_group()
 
 

@@ -13,9 +13,9 @@ import argparse
 import numpy as np
 from mpi4py import MPI
 
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.plan.xml import parse_plan, plan_to_xml
-from taccl_py.build.pipeline import build_plan
 from taccl_py.runtime.mpi_exec import mpi_executor
 from taccl_py.topology.model import FULL_BISECTION, Switch, Topology
 from taccl_py.util.units import format_size, parse_size
@@ -23,10 +23,12 @@ from taccl_py.util.units import format_size, parse_size
 
 def synthesize(n: int, size: int) -> str:
     """The XML of an AllGather plan for n CPU ranks behind one switch, made for ``size``."""
-    host = Topology(f"host{n}", n, 1, (), (Switch("host", 0, tuple(range(n)), 1e10, 1e-6),),
-                    (), FULL_BISECTION)
-    return plan_to_xml(build_plan(host, Collective("allgather", n), "milp", size=size,
-                                  time_limit=10).plan)
+    host = Topology(
+        f"host{n}", n, 1, (), (Switch("host", 0, tuple(range(n)), 1e10, 1e-6),), (), FULL_BISECTION
+    )
+    return plan_to_xml(
+        build_plan(host, Collective("allgather", n), "milp", size=size, time_limit=10).plan
+    )
 
 
 def timed(comm, fn, iters: int = 5) -> float:
@@ -53,9 +55,12 @@ def main() -> None:
     plan = parse_plan(comm.bcast(xml))
     coll = plan.collective()
     if coll.kind != "allgather" or plan.ngpus != n or size % (4 * coll.o_chunks):
-        raise SystemExit(f"{plan.name}: needs an AllGather plan for {n} ranks whose "
-                         f"{coll.o_chunks} output chunks divide {size} B of float32"
-                         if rank == 0 else 1)  # every rank exits, rank 0 says why
+        raise SystemExit(
+            f"{plan.name}: needs an AllGather plan for {n} ranks whose "
+            f"{coll.o_chunks} output chunks divide {size} B of float32"
+            if rank == 0
+            else 1
+        )  # every rank exits, rank 0 says why
     chunk = size // 4 // coll.o_chunks
     send = (np.arange(chunk * coll.i_chunks) % 997 + 1000 * rank).astype(np.float32)
     out, ref = np.empty(size // 4, np.float32), np.empty(size // 4, np.float32)
@@ -67,9 +72,12 @@ def main() -> None:
     t_plan = timed(comm, lambda: ex.run(send, out, 60.0))
     t_mpi = timed(comm, lambda: comm.Allgather(send, ref))
     if rank == 0:
-        print(f"allgather ok: {plan.name} on {n} ranks, {format_size(size)}: plan "
-              f"{t_plan * 1e3:.2f} ms, MPI_Allgather {t_mpi * 1e3:.2f} ms "
-              f"({t_plan / t_mpi:.2f}x)", flush=True)
+        print(
+            f"allgather ok: {plan.name} on {n} ranks, {format_size(size)}: plan "
+            f"{t_plan * 1e3:.2f} ms, MPI_Allgather {t_mpi * 1e3:.2f} ms "
+            f"({t_plan / t_mpi:.2f}x)",
+            flush=True,
+        )
     comm.Free()
 
 

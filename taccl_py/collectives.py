@@ -28,14 +28,26 @@ KINDS = (ALLGATHER, ALLTOALL, REDUCESCATTER, ALLREDUCE)
 
 #: accepted spellings -> canonical kind (MSCCL XML uses "reduce_scatter")
 _ALIASES = {
-    "allgather": ALLGATHER, "all_gather": ALLGATHER, "ag": ALLGATHER,
-    "alltoall": ALLTOALL, "all_to_all": ALLTOALL, "a2a": ALLTOALL,
-    "reducescatter": REDUCESCATTER, "reduce_scatter": REDUCESCATTER, "rs": REDUCESCATTER,
-    "allreduce": ALLREDUCE, "all_reduce": ALLREDUCE, "ar": ALLREDUCE,
+    "allgather": ALLGATHER,
+    "all_gather": ALLGATHER,
+    "ag": ALLGATHER,
+    "alltoall": ALLTOALL,
+    "all_to_all": ALLTOALL,
+    "a2a": ALLTOALL,
+    "reducescatter": REDUCESCATTER,
+    "reduce_scatter": REDUCESCATTER,
+    "rs": REDUCESCATTER,
+    "allreduce": ALLREDUCE,
+    "all_reduce": ALLREDUCE,
+    "ar": ALLREDUCE,
 }
 #: canonical kind -> the ``coll`` attribute MSCCL runtimes expect
-XML_NAMES = {ALLGATHER: "allgather", ALLTOALL: "alltoall",
-             REDUCESCATTER: "reduce_scatter", ALLREDUCE: "allreduce"}
+XML_NAMES = {
+    ALLGATHER: "allgather",
+    ALLTOALL: "alltoall",
+    REDUCESCATTER: "reduce_scatter",
+    ALLREDUCE: "allreduce",
+}
 
 Contribution = tuple[int, int]
 
@@ -44,8 +56,7 @@ def canonical_kind(name: str) -> str:
     """Map a user or XML spelling of a collective to its canonical kind."""
     kind = _ALIASES.get(name.strip().lower().replace("-", "_"))
     if kind is None:
-        raise CollectiveError(
-            f"unknown collective {name!r}; choose one of {', '.join(KINDS)}")
+        raise CollectiveError(f"unknown collective {name!r}; choose one of {', '.join(KINDS)}")
     return kind
 
 
@@ -71,7 +82,8 @@ class Collective:
         if self.num_chunks > MAX_CHUNKS:
             raise CollectiveError(
                 f"{self.kind} on {self.num_ranks} ranks with chunk-up {self.chunkup} has "
-                f"{self.num_chunks} chunks, more than the {MAX_CHUNKS} supported")
+                f"{self.num_chunks} chunks, more than the {MAX_CHUNKS} supported"
+            )
 
     # -- sizes ---------------------------------------------------------------
     @property
@@ -170,14 +182,20 @@ class Collective:
     @cached_property
     def output_map(self) -> dict[tuple[int, int], int]:
         """(rank, output index) -> chunk, for every postcondition."""
-        return {(r, self.output_index(r, c)): c
-                for c in range(self.num_chunks) for r in self.postcondition(c)}
+        return {
+            (r, self.output_index(r, c)): c
+            for c in range(self.num_chunks)
+            for r in self.postcondition(c)
+        }
 
     @cached_property
     def input_map(self) -> dict[tuple[int, int], int]:
         """(rank, input index) -> chunk, for every precondition."""
-        return {(r, self.input_index(r, c)): c
-                for c in range(self.num_chunks) for r in self.precondition(c)}
+        return {
+            (r, self.input_index(r, c)): c
+            for c in range(self.num_chunks)
+            for r in self.precondition(c)
+        }
 
     def inplace_output(self, rank: int, out_index: int) -> tuple[str, int]:
         """Where output chunk ``out_index`` lives when the collective runs in place."""
@@ -193,7 +211,7 @@ class Collective:
             return ("o", rank * self.chunkup + in_index)
         return ("i", in_index)
 
-    def with_chunkup(self, chunkup: int) -> "Collective":
+    def with_chunkup(self, chunkup: int) -> Collective:
         return Collective(self.kind, self.num_ranks, chunkup, self.inplace)
 
     def refine(self, chunk: int, instances: int, instance: int) -> int:

@@ -25,29 +25,159 @@ TOPOLOGY_FILES = sorted((REPO / "topologies").glob("*.yaml"))
 HUGE_DIGITS = "1" + "0" * 400
 #: tokens a user could type for a number (as option values and as file text)
 NUMBER_TOKENS = (
-    "nan", "NaN", "-nan", "inf", "-inf", "+inf", "Infinity", "1e400", "-1e400", "1e-400",
-    "1.0e+400", HUGE_DIGITS, "-" + HUGE_DIGITS, HUGE_DIGITS + ".5", str(2 ** 31),
-    str(2 ** 63 - 1), str(2 ** 63), str(2 ** 64), str(-2 ** 63 - 1), "1000000000", "100000",
-    "-1", "0", "-0", "0.0", "1", "2", "3", "0.5", "1.5", "1e3", "0x10", "0o17", "1_000", "+3",
-    " 3 ", "\u0663", "\uff11", "", " ", "abc", "1,2", "--", "-", "1K", "1M", "64M", "1G",
-    "1T", "1P", "0K", "-1K", "1.5K", "1.0001K", "nanK", "infM", "1e400K", "1KB", "1KiB",
-    "1 K", "K", "8E", "9223372036854775807", "9223372036854775808K",
+    "nan",
+    "NaN",
+    "-nan",
+    "inf",
+    "-inf",
+    "+inf",
+    "Infinity",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "1.0e+400",
+    HUGE_DIGITS,
+    "-" + HUGE_DIGITS,
+    HUGE_DIGITS + ".5",
+    str(2**31),
+    str(2**63 - 1),
+    str(2**63),
+    str(2**64),
+    str(-(2**63) - 1),
+    "1000000000",
+    "100000",
+    "-1",
+    "0",
+    "-0",
+    "0.0",
+    "1",
+    "2",
+    "3",
+    "0.5",
+    "1.5",
+    "1e3",
+    "0x10",
+    "0o17",
+    "1_000",
+    "+3",
+    " 3 ",
+    "\u0663",
+    "\uff11",
+    "",
+    " ",
+    "abc",
+    "1,2",
+    "--",
+    "-",
+    "1K",
+    "1M",
+    "64M",
+    "1G",
+    "1T",
+    "1P",
+    "0K",
+    "-1K",
+    "1.5K",
+    "1.0001K",
+    "nanK",
+    "infM",
+    "1e400K",
+    "1KB",
+    "1KiB",
+    "1 K",
+    "K",
+    "8E",
+    "9223372036854775807",
+    "9223372036854775808K",
 )
 SIZE_TOKENS = NUMBER_TOKENS + ("1K,1M", "1K,,2K", ",", "1K," * 50, "0,1K", "nan,1K")
 #: scalar values for YAML fields
 YAML_SCALARS = (
-    float("nan"), float("inf"), float("-inf"), -1, 0, 1, 2, -0.0, 0.5, 1e-300, 1e308, 10 ** 400,
-    2 ** 63, 2 ** 64, -2 ** 63 - 1, 2 ** 31, 10 ** 6, 10 ** 9, 100000, "", " ", "all", "none",
-    "rail", "0", "1e400", HUGE_DIGITS, "nan", "\u00e9\u00e8", "x" * 300, True, False, None,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    -1,
+    0,
+    1,
+    2,
+    -0.0,
+    0.5,
+    1e-300,
+    1e308,
+    10**400,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    2**31,
+    10**6,
+    10**9,
+    100000,
+    "",
+    " ",
+    "all",
+    "none",
+    "rail",
+    "0",
+    "1e400",
+    HUGE_DIGITS,
+    "nan",
+    "\u00e9\u00e8",
+    "x" * 300,
+    True,
+    False,
+    None,
 )
-YAML_CONTAINERS = ([], {}, [[]], [None], {"": None}, [0, 0], [[0, 1]], [[0, 0]], [[-1, 0]],
-                   [[0, 10 ** 6]], list(range(40)), {"0": "all"}, {0: [0]}, [[0, 1, 2]])
+YAML_CONTAINERS = (
+    [],
+    {},
+    [[]],
+    [None],
+    {"": None},
+    [0, 0],
+    [[0, 1]],
+    [[0, 0]],
+    [[-1, 0]],
+    [[0, 10**6]],
+    list(range(40)),
+    {"0": "all"},
+    {0: [0]},
+    [[0, 1, 2]],
+)
 #: raw YAML tokens substituted for numbers in the file text
 YAML_TOKENS = (
-    ".nan", ".inf", "-.inf", "1e400", "1.0e+400", "-1", "0", HUGE_DIGITS, "0x7fffffffffffffff",
-    "0o777", "1_000", "+12", ".5", "1e-400", "18446744073709551616", "~", "null", "''", "[]",
-    "{}", "*nope", "!!binary AAAA", "!!python/object/apply:os.getpid []", "!!float 1",
-    "2001-12-14", "yes", "no", "on", "1:20", "!!str 3", "&x 1", "'\\x00'", '"\\0"',
+    ".nan",
+    ".inf",
+    "-.inf",
+    "1e400",
+    "1.0e+400",
+    "-1",
+    "0",
+    HUGE_DIGITS,
+    "0x7fffffffffffffff",
+    "0o777",
+    "1_000",
+    "+12",
+    ".5",
+    "1e-400",
+    "18446744073709551616",
+    "~",
+    "null",
+    "''",
+    "[]",
+    "{}",
+    "*nope",
+    "!!binary AAAA",
+    "!!python/object/apply:os.getpid []",
+    "!!float 1",
+    "2001-12-14",
+    "yes",
+    "no",
+    "on",
+    "1:20",
+    "!!str 3",
+    "&x 1",
+    "'\\x00'",
+    '"\\0"',
 )
 
 
@@ -62,25 +192,49 @@ def yaml_bomb(levels: int = 9, width: int = 9) -> str:
 def yaml_bomb_in(doc_text: str, key: str) -> str:
     """The bomb's anchors first, then the document with ``key`` bound to the last alias."""
     bomb = yaml_bomb()
-    return bomb + re.sub(rf"^{key}:.*$", f"{key}: *l8", doc_text, count=1, flags=re.M) \
-        if re.search(rf"^{key}:", doc_text, re.M) else bomb + doc_text + f"{key}: *l8\n"
+    return (
+        bomb + re.sub(rf"^{key}:.*$", f"{key}: *l8", doc_text, count=1, flags=re.M)
+        if re.search(rf"^{key}:", doc_text, re.M)
+        else bomb + doc_text + f"{key}: *l8\n"
+    )
 
 
 YAML_SPECIALS = (
-    "", "\n", "# only a comment\n", "---\n", "--- 1\n--- 2\n", "null\n", "[]\n", "{}\n", "42\n",
-    "'just a string'\n", "[" * 5000 + "]" * 5000, "{a: " * 3000 + "1" + "}" * 3000,
-    "- " * 3000 + "x\n", "a: &a [*a]\n", "!!python/object/apply:os.system ['true']\n",
-    "\x00\x01\x02", "\t- tab\n", "a: b\na: c\n", "\ufeffname: bom\n", "key: [1, 2\n",
+    "",
+    "\n",
+    "# only a comment\n",
+    "---\n",
+    "--- 1\n--- 2\n",
+    "null\n",
+    "[]\n",
+    "{}\n",
+    "42\n",
+    "'just a string'\n",
+    "[" * 5000 + "]" * 5000,
+    "{a: " * 3000 + "1" + "}" * 3000,
+    "- " * 3000 + "x\n",
+    "a: &a [*a]\n",
+    "!!python/object/apply:os.system ['true']\n",
+    "\x00\x01\x02",
+    "\t- tab\n",
+    "a: b\na: c\n",
+    "\ufeffname: bom\n",
+    "key: [1, 2\n",
 )
-BINARY_SPECIALS = (b"\xff\xfe\x00garbage", b"\x89PNG\r\n\x1a\n\x00\x00", bytes(range(256)),
-                   b"name: \xe9\xe8\n", b"\x00" * 4096)
+BINARY_SPECIALS = (
+    b"\xff\xfe\x00garbage",
+    b"\x89PNG\r\n\x1a\n\x00\x00",
+    bytes(range(256)),
+    b"name: \xe9\xe8\n",
+    b"\x00" * 4096,
+)
 
 
 def numbers() -> st.SearchStrategy[str]:
     """Option-value text: the curated tokens, random ints and floats, random short text."""
     return st.one_of(
         st.sampled_from(NUMBER_TOKENS),
-        st.integers(-(2 ** 70), 2 ** 70).map(str),
+        st.integers(-(2**70), 2**70).map(str),
         st.integers(-3, 40).map(str),
         st.floats(allow_nan=True, allow_infinity=True).map(repr),
         st.text(max_size=6),
@@ -88,8 +242,11 @@ def numbers() -> st.SearchStrategy[str]:
 
 
 def sizes() -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(SIZE_TOKENS), numbers(),
-                     st.lists(st.sampled_from(SIZE_TOKENS), min_size=1, max_size=4).map(",".join))
+    return st.one_of(
+        st.sampled_from(SIZE_TOKENS),
+        numbers(),
+        st.lists(st.sampled_from(SIZE_TOKENS), min_size=1, max_size=4).map(",".join),
+    )
 
 
 # -- YAML documents -----------------------------------------------------------------------
@@ -115,7 +272,7 @@ def _yaml_values(doc, vocabulary):
     return st.one_of(
         st.sampled_from(YAML_SCALARS),
         st.sampled_from(YAML_CONTAINERS).map(copy.deepcopy),
-        st.integers(-(2 ** 70), 2 ** 70),
+        st.integers(-(2**70), 2**70),
         st.floats(allow_nan=True, allow_infinity=True),
         st.text(max_size=10),
         st.sampled_from(vocabulary),
@@ -132,11 +289,30 @@ def mutate_tree(draw, doc, vocabulary):
     for _ in range(draw(st.integers(1, 3))):
         paths = _paths(doc)
         path = draw(st.sampled_from(paths))
-        op = draw(st.sampled_from(["replace", "replace", "replace", "scale", "scale", "delete",
-                                   "add", "dup", "empty", "explode"]))
+        op = draw(
+            st.sampled_from(
+                [
+                    "replace",
+                    "replace",
+                    "replace",
+                    "scale",
+                    "scale",
+                    "delete",
+                    "add",
+                    "dup",
+                    "empty",
+                    "explode",
+                ]
+            )
+        )
         if op == "scale":  # a near-valid document: one number pushed to an extreme
-            nums = [p for p in paths if p and isinstance(_get(doc, p), (int, float))
-                    and not isinstance(_get(doc, p), bool)]
+            nums = [
+                p
+                for p in paths
+                if p
+                and isinstance(_get(doc, p), (int, float))
+                and not isinstance(_get(doc, p), bool)
+            ]
             if not nums:
                 op = "replace"
             else:
@@ -163,8 +339,9 @@ def mutate_tree(draw, doc, vocabulary):
         elif op == "add":
             node = _get(doc, path)
             if isinstance(node, dict):
-                node[draw(st.sampled_from(vocabulary + ("unknown_key", "", 0, None)))] = \
-                    draw(_yaml_values(doc, vocabulary))
+                node[draw(st.sampled_from(vocabulary + ("unknown_key", "", 0, None)))] = draw(
+                    _yaml_values(doc, vocabulary)
+                )
             elif isinstance(node, list):
                 node.append(draw(_yaml_values(doc, vocabulary)))
             else:
@@ -196,8 +373,11 @@ def mutate_text(draw, text: str, tokens=YAML_TOKENS, garbage=()):
     line, or drop a tab or a CR LF in."""
     ops = []
     for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["number", "number", "truncate", "insert", "delline",
-                                   "dupline", "crlf", "indent"]))
+        op = draw(
+            st.sampled_from(
+                ["number", "number", "truncate", "insert", "delline", "dupline", "crlf", "indent"]
+            )
+        )
         lines = text.splitlines(keepends=True)
         if op == "number" and re.search(r"\d+(\.\d+)?", text):
             spans = [m.span() for m in re.finditer(r"-?\d+(\.\d+)?", text)]
@@ -205,17 +385,39 @@ def mutate_text(draw, text: str, tokens=YAML_TOKENS, garbage=()):
             tok = draw(st.one_of(st.sampled_from(tokens), st.sampled_from(NUMBER_TOKENS)))
             text = text[:a] + tok + text[b:]
         elif op == "truncate":
-            text = text[:draw(st.integers(0, max(0, len(text) - 1)))]
+            text = text[: draw(st.integers(0, max(0, len(text) - 1)))]
         elif op == "insert":
             at = draw(st.integers(0, len(text)))
-            junk = draw(st.one_of(st.sampled_from(garbage or ("{{", "]]", ": :", "\t", "&a", "*a",
-                                                             "'", '"', "!!", "%", "@", "`", "\x00",
-                                                             "\ud7ff", "<", "&")),
-                                  st.text(max_size=8)))
+            junk = draw(
+                st.one_of(
+                    st.sampled_from(
+                        garbage
+                        or (
+                            "{{",
+                            "]]",
+                            ": :",
+                            "\t",
+                            "&a",
+                            "*a",
+                            "'",
+                            '"',
+                            "!!",
+                            "%",
+                            "@",
+                            "`",
+                            "\x00",
+                            "\ud7ff",
+                            "<",
+                            "&",
+                        )
+                    ),
+                    st.text(max_size=8),
+                )
+            )
             text = text[:at] + junk + text[at:]
         elif op in ("delline", "dupline") and lines:
             i = draw(st.integers(0, len(lines) - 1))
-            lines[i:i + 1] = [] if op == "delline" else [lines[i], lines[i]]
+            lines[i : i + 1] = [] if op == "delline" else [lines[i], lines[i]]
             text = "".join(lines)
         elif op == "crlf":
             text = text.replace("\n", "\r\n")
@@ -233,7 +435,10 @@ TOPOLOGY_EXTREMES = {
     "alpha": (0, 0.0, 1e-300, 1e-9, 999999.0, 1e6),
     "count": (1, 64),
 }
-SKETCH_EXTREMES = {"size": ("1", "8", "1T", "8E", "9223372036854775807", 1), "chunkup": ([64], [1, 64])}
+SKETCH_EXTREMES = {
+    "size": ("1", "8", "1T", "8E", "9223372036854775807", 1),
+    "chunkup": ([64], [1, 64]),
+}
 
 
 def _set_all(node, key, value):
@@ -254,8 +459,12 @@ def yaml_files(draw, bases: list[tuple[str, str]], vocabulary, bomb_keys, extrem
     four ways: a structural edit, a text edit, a whole-file special, or (``extremes``)
     every field of a name set to one extreme value the schema may still allow."""
     name, text = draw(st.sampled_from(bases))
-    how = draw(st.sampled_from(["tree", "tree", "tree", "text", "text", "special", "valid"]
-                               + (["extreme", "extreme"] if extremes else [])))
+    how = draw(
+        st.sampled_from(
+            ["tree", "tree", "tree", "text", "text", "special", "valid"]
+            + (["extreme", "extreme"] if extremes else [])
+        )
+    )
     if how == "valid":
         return f"{name} unchanged", text.encode()
     if how == "extreme":
@@ -288,12 +497,49 @@ def yaml_files(draw, bases: list[tuple[str, str]], vocabulary, bomb_keys, extrem
     return f"{name}: {key} x 20000", _dump(doc).encode()
 
 
-TOPOLOGY_VOCAB = ("name", "description", "gpus_per_node", "links", "switches", "nics", "network",
-                  "max_nodes", "pairs", "count", "bandwidth", "alpha", "kind", "directed", "gpus",
-                  "full-bisection", "rail-only", "nvlink", "pcie", "all")
-SKETCH_VOCAB = ("name", "inter_node", "connections", "relays", "own_data_first", "switch_policy",
-                "symmetry", "rotations", "node_swaps", "chunkup", "size", "uc-min", "uc-max",
-                "auto", "none", "rail", "all", "1G", "1K")
+TOPOLOGY_VOCAB = (
+    "name",
+    "description",
+    "gpus_per_node",
+    "links",
+    "switches",
+    "nics",
+    "network",
+    "max_nodes",
+    "pairs",
+    "count",
+    "bandwidth",
+    "alpha",
+    "kind",
+    "directed",
+    "gpus",
+    "full-bisection",
+    "rail-only",
+    "nvlink",
+    "pcie",
+    "all",
+)
+SKETCH_VOCAB = (
+    "name",
+    "inter_node",
+    "connections",
+    "relays",
+    "own_data_first",
+    "switch_policy",
+    "symmetry",
+    "rotations",
+    "node_swaps",
+    "chunkup",
+    "size",
+    "uc-min",
+    "uc-max",
+    "auto",
+    "none",
+    "rail",
+    "all",
+    "1G",
+    "1K",
+)
 
 
 def topology_bases() -> list[tuple[str, str]]:
@@ -302,26 +548,87 @@ def topology_bases() -> list[tuple[str, str]]:
 
 # -- plan XML ---------------------------------------------------------------------------------
 XML_ATTRS = {
-    "algo": ("name", "proto", "nchannels", "nchunksperloop", "ngpus", "coll", "inplace",
-             "outofplace", "minBytes", "maxBytes", "redop"),
+    "algo": (
+        "name",
+        "proto",
+        "nchannels",
+        "nchunksperloop",
+        "ngpus",
+        "coll",
+        "inplace",
+        "outofplace",
+        "minBytes",
+        "maxBytes",
+        "redop",
+    ),
     "gpu": ("id", "i_chunks", "o_chunks", "s_chunks"),
     "tb": ("id", "send", "recv", "chan"),
     "step": ("s", "type", "srcbuf", "srcoff", "dstbuf", "dstoff", "cnt", "depid", "deps", "hasdep"),
 }
 XML_VALUES = (
-    "-1", "0", "1", "2", "3", "7", "8", "9", "-2", "1000000000", str(2 ** 31), str(2 ** 63),
-    HUGE_DIGITS, "", " ", "nan", "inf", "1e3", "0x10", "1.5", "abc", "+3", " 3 ", "\u0663",
-    "1_0", "i", "o", "s", "x", "r", "rcs", "cpy", "re", "rrc", "rrs", "rrcs", "nop", "allgather",
-    "allreduce", "alltoall", "reduce_scatter", "reducescatter", "Simple", "LL", "LL128", "sum",
-    "prod", "max", "min", "\x01",
+    "-1",
+    "0",
+    "1",
+    "2",
+    "3",
+    "7",
+    "8",
+    "9",
+    "-2",
+    "1000000000",
+    str(2**31),
+    str(2**63),
+    HUGE_DIGITS,
+    "",
+    " ",
+    "nan",
+    "inf",
+    "1e3",
+    "0x10",
+    "1.5",
+    "abc",
+    "+3",
+    " 3 ",
+    "\u0663",
+    "1_0",
+    "i",
+    "o",
+    "s",
+    "x",
+    "r",
+    "rcs",
+    "cpy",
+    "re",
+    "rrc",
+    "rrs",
+    "rrcs",
+    "nop",
+    "allgather",
+    "allreduce",
+    "alltoall",
+    "reduce_scatter",
+    "reducescatter",
+    "Simple",
+    "LL",
+    "LL128",
+    "sum",
+    "prod",
+    "max",
+    "min",
+    "\x01",
 )
 XML_SPECIALS = (
-    "", "<", "<algo/>", "<algo>", "<notalgo/>", "<?xml version='1.0'?>",
+    "",
+    "<",
+    "<algo/>",
+    "<algo>",
+    "<notalgo/>",
+    "<?xml version='1.0'?>",
     "<algo ngpus='1000000000' coll='allgather' nchunksperloop='1000000000' nchannels='1'"
     " proto='Simple' name='big'/>",
     "<algo ngpus='2' coll='allgather' nchannels='1000000000' proto='Simple' name='c'/>",
-    '<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">' + "".join(
-        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
+    '<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+    + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
     + ']><algo name="&i;"/>',
     '<!DOCTYPE x [<!ENTITY z SYSTEM "file:///dev/zero">]><algo name="&z;"/>',
     '<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/hostname">]><algo name="&e;"/>',
@@ -331,8 +638,9 @@ XML_SPECIALS = (
 
 
 def _elements(root):
-    return [(el, parent) for parent in [None] for el in [root]] + \
-        [(child, parent) for parent in root.iter() for child in parent]
+    return [(el, parent) for parent in [None] for el in [root]] + [
+        (child, parent) for parent in root.iter() for child in parent
+    ]
 
 
 @st.composite
@@ -345,22 +653,49 @@ def mutate_xml_tree(draw, text: str):
     for _ in range(draw(st.integers(1, 3))):
         els = _elements(root)
         el, parent = els[draw(st.integers(0, len(els) - 1))]
-        op = draw(st.sampled_from(["set", "set", "set", "near", "near", "delattr", "newattr",
-                                   "del", "dup", "swap", "move", "child"]))
+        op = draw(
+            st.sampled_from(
+                [
+                    "set",
+                    "set",
+                    "set",
+                    "near",
+                    "near",
+                    "delattr",
+                    "newattr",
+                    "del",
+                    "dup",
+                    "swap",
+                    "move",
+                    "child",
+                ]
+            )
+        )
         names = XML_ATTRS.get(el.tag, tuple(el.attrib)) or ("x",)
         if op in ("del", "dup", "swap", "move") and parent is None:
             op = "set"
         if op == "set":
             name = draw(st.sampled_from(names))
-            el.set(name, draw(st.one_of(st.sampled_from(XML_VALUES), st.integers(-5, 70).map(str),
-                                        st.text(max_size=5))))
+            el.set(
+                name,
+                draw(
+                    st.one_of(
+                        st.sampled_from(XML_VALUES),
+                        st.integers(-5, 70).map(str),
+                        st.text(max_size=5),
+                    )
+                ),
+            )
             ops.append(f"set {el.tag}.{name}={el.get(name)!r}")
         elif op == "near":  # a plausible value: another element's, or off by one
             name = draw(st.sampled_from(names))
             same = [e.get(name) for e, _ in els if e.tag == el.tag and e.get(name) is not None]
             cur = el.get(name)
-            choices = same + ([str(int(cur) + 1), str(int(cur) - 1)]
-                              if cur is not None and re.fullmatch(r"-?\d+", cur) else [])
+            choices = same + (
+                [str(int(cur) + 1), str(int(cur) - 1)]
+                if cur is not None and re.fullmatch(r"-?\d+", cur)
+                else []
+            )
             if choices:
                 el.set(name, draw(st.sampled_from(choices)))
             ops.append(f"near {el.tag}.{name}={el.get(name)!r}")
@@ -408,9 +743,25 @@ def xml_files(draw, bases: list[tuple[str, str]]):
         new, ops = draw(mutate_xml_tree(text))
         return f"{name}: {'; '.join(ops)}", new.encode("utf-8", "surrogatepass")
     if how == "text":
-        new, ops = draw(mutate_text(text, tokens=XML_VALUES,
-                                    garbage=("<", ">", "&", "&amp", "<!--", "]]>", "'", '"',
-                                             "<step/>", "\x00", "<!DOCTYPE x>")))
+        new, ops = draw(
+            mutate_text(
+                text,
+                tokens=XML_VALUES,
+                garbage=(
+                    "<",
+                    ">",
+                    "&",
+                    "&amp",
+                    "<!--",
+                    "]]>",
+                    "'",
+                    '"',
+                    "<step/>",
+                    "\x00",
+                    "<!DOCTYPE x>",
+                ),
+            )
+        )
         return f"{name}: text {', '.join(ops)}", new.encode("utf-8", "surrogatepass")
     kind = draw(st.sampled_from(["special", "special", "binary", "encoding"]))
     if kind == "special":
@@ -424,14 +775,47 @@ def xml_files(draw, bases: list[tuple[str, str]]):
 
 # -- odd paths --------------------------------------------------------------------------------
 #: kinds of path given where a command writes a file
-OUTPUT_PATHS = ("new", "new", "existing", "directory", "missing-dir", "fifo", "devnull", "devfull",
-                "link-to-file", "dangling-link", "link-to-dir", "link-loop", "empty", "long-name",
-                "trailing-slash", "dash", "same-as-other")
+OUTPUT_PATHS = (
+    "new",
+    "new",
+    "existing",
+    "directory",
+    "missing-dir",
+    "fifo",
+    "devnull",
+    "devfull",
+    "link-to-file",
+    "dangling-link",
+    "link-to-dir",
+    "link-loop",
+    "empty",
+    "long-name",
+    "trailing-slash",
+    "dash",
+    "same-as-other",
+)
 #: kinds of path given where a command reads a file
-INPUT_PATHS = ("directory", "missing", "fifo", "devnull", "devzero", "dangling-link", "link-loop",
-               "empty", "empty-file", "binary", "link-to-valid", "sparse-huge", "long-name",
-               "/etc/passwd", "/proc/self/status", "/proc/self/mem", "/dev/urandom", "/dev/stdin",
-               "/proc/self/fd/0")
+INPUT_PATHS = (
+    "directory",
+    "missing",
+    "fifo",
+    "devnull",
+    "devzero",
+    "dangling-link",
+    "link-loop",
+    "empty",
+    "empty-file",
+    "binary",
+    "link-to-valid",
+    "sparse-huge",
+    "long-name",
+    "/etc/passwd",
+    "/proc/self/status",
+    "/proc/self/mem",
+    "/dev/urandom",
+    "/dev/stdin",
+    "/proc/self/fd/0",
+)
 
 
 def is_finite_number(text: str) -> bool:
@@ -443,18 +827,50 @@ def is_finite_number(text: str) -> bool:
 
 # -- nvidia-smi topo -m matrices ---------------------------------------------------------------------
 NVSMI_FILES = sorted((REPO / "tests" / "fixtures" / "nvsmi").glob("*.txt"))
-NVSMI_CELLS = ("X", " X ", "NV1", "NV2", "NV0", "NV-1", "NV99", "NV100000", "NV", "NVnan", "NV1.5",
-               "SYS", "PIX", "PXB", "PHB", "NODE", "SOC", "??", "", "N/A", "nv2", "NV" + HUGE_DIGITS)
-NVSMI_NAMES = ("GPU0", "GPU9", "GPU-1", "GPU", "GPU" + HUGE_DIGITS, "NIC0", "mlx5_0", "mlx5_0",
-               "CPU Affinity", "", "gpu1")
+NVSMI_CELLS = (
+    "X",
+    " X ",
+    "NV1",
+    "NV2",
+    "NV0",
+    "NV-1",
+    "NV99",
+    "NV100000",
+    "NV",
+    "NVnan",
+    "NV1.5",
+    "SYS",
+    "PIX",
+    "PXB",
+    "PHB",
+    "NODE",
+    "SOC",
+    "??",
+    "",
+    "N/A",
+    "nv2",
+    "NV" + HUGE_DIGITS,
+)
+NVSMI_NAMES = (
+    "GPU0",
+    "GPU9",
+    "GPU-1",
+    "GPU",
+    "GPU" + HUGE_DIGITS,
+    "NIC0",
+    "mlx5_0",
+    "mlx5_0",
+    "CPU Affinity",
+    "",
+    "gpu1",
+)
 
 
 def nvsmi_matrix(n: int, cell: str = "NV1") -> str:
     names = [f"GPU{i}" for i in range(n)]
     rows = ["\t" + "\t".join(names + ["CPU Affinity"])]
     for i in range(n):
-        rows.append("\t".join([names[i]] + [" X " if i == j else cell for j in range(n)]
-                              + ["0-1"]))
+        rows.append("\t".join([names[i]] + [" X " if i == j else cell for j in range(n)] + ["0-1"]))
     return "\n".join(rows) + "\n"
 
 
@@ -464,8 +880,11 @@ def nvsmi_files(draw):
     changed, or a whole-file special (huge matrices, empty, binary)."""
     path = draw(st.sampled_from(NVSMI_FILES))
     text = path.read_text()
-    how = draw(st.sampled_from(["cell", "cell", "cell", "row", "column", "name", "text",
-                                "special", "valid"]))
+    how = draw(
+        st.sampled_from(
+            ["cell", "cell", "cell", "row", "column", "name", "text", "special", "valid"]
+        )
+    )
     lines = text.split("\n")
     table = [i for i, ln in enumerate(lines) if "\t" in ln or re.match(r"^(GPU|NIC|mlx)", ln)]
     label = f"{path.stem}: {how}"
@@ -511,7 +930,7 @@ def nvsmi_files(draw):
     if s == "switch":
         return "matrix of 64 GPUs, NV18", nvsmi_matrix(64, "NV18")
     if s == "legend":
-        return "legend only", text[text.find("Legend"):] if "Legend" in text else "Legend:\n"
+        return "legend only", text[text.find("Legend") :] if "Legend" in text else "Legend:\n"
     if s == "binary":
         return "binary", bytes(range(256)).decode("latin-1")
     return "empty", ""

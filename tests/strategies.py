@@ -19,13 +19,13 @@ def topologies(draw, max_gpus: int = 4, max_nodes: int = 2) -> Topology:
     switches: list[Switch] = []
     if draw(st.booleans()):
         bw = draw(st.sampled_from(BANDWIDTHS))
-        switches = [Switch(f"n{n}.sw", n, tuple(range(n * g, n * g + g)), bw, alpha)
-                    for n in range(nodes)]
+        switches = [
+            Switch(f"n{n}.sw", n, tuple(range(n * g, n * g + g)), bw, alpha) for n in range(nodes)
+        ]
     else:
         perm = draw(st.permutations(range(g)))
         pairs = {tuple(sorted(p)) for p in zip(perm, perm[1:])}  # spanning path: connected
-        extra = draw(st.sets(st.tuples(st.integers(0, g - 1), st.integers(0, g - 1)),
-                             max_size=g))
+        extra = draw(st.sets(st.tuples(st.integers(0, g - 1), st.integers(0, g - 1)), max_size=g))
         pairs |= {tuple(sorted(p)) for p in extra if p[0] != p[1]}
         for a, b in sorted(pairs):
             bw = draw(st.sampled_from(BANDWIDTHS))
@@ -39,6 +39,5 @@ def topologies(draw, max_gpus: int = 4, max_nodes: int = 2) -> Topology:
         for n in range(nodes):
             o = n * g
             groups = [tuple(range(o, o + g))] if shared else [(o + i,) for i in range(g)]
-            nics += [Nic(f"n{n}.nic{i}", n, i, grp, nic_bw, 2e-6)
-                     for i, grp in enumerate(groups)]
+            nics += [Nic(f"n{n}.nic{i}", n, i, grp, nic_bw, 2e-6) for i, grp in enumerate(groups)]
     return Topology("random", g, nodes, tuple(links), tuple(switches), tuple(nics))

@@ -22,22 +22,25 @@ DGX1_50 = [(0, 1), (0, 4), (1, 3), (2, 3), (2, 6), (4, 5), (5, 7), (6, 7)]
 DGX1_25 = [(0, 2), (0, 3), (1, 2), (1, 5), (3, 7), (4, 6), (4, 7), (5, 6)]
 
 
-def build(name, g, nodes=1, pairs=(), switch=None, nics=(), network=FULL_BISECTION,
-          nic_bw=12.5):
+def build(name, g, nodes=1, pairs=(), switch=None, nics=(), network=FULL_BISECTION, nic_bw=12.5):
     """K identical nodes: undirected ``pairs`` (a, b, GB/s), an optional switch (GB/s) over
     all GPUs of a node, and ``nics`` as tuples of the local GPUs sharing each NIC."""
     links, switches, nic_objs = [], [], []
     for n in range(nodes):
         base = n * g
         for a, b, bw in pairs:
-            links += [Link(base + a, base + b, bw * GB, 0.7 * US),
-                      Link(base + b, base + a, bw * GB, 0.7 * US)]
+            links += [
+                Link(base + a, base + b, bw * GB, 0.7 * US),
+                Link(base + b, base + a, bw * GB, 0.7 * US),
+            ]
         if switch is not None:
-            switches.append(Switch(f"sw{n}", n, tuple(range(base, base + g)), switch * GB,
-                                   0.35 * US))
+            switches.append(
+                Switch(f"sw{n}", n, tuple(range(base, base + g)), switch * GB, 0.35 * US)
+            )
         for rail, local in enumerate(nics):
-            nic_objs.append(Nic(f"nic{n}.{rail}", n, rail, tuple(base + r for r in local),
-                                nic_bw * GB, 2 * US))
+            nic_objs.append(
+                Nic(f"nic{n}.{rail}", n, rail, tuple(base + r for r in local), nic_bw * GB, 2 * US)
+            )
     return Topology(name, g, nodes, tuple(links), tuple(switches), tuple(nic_objs), network)
 
 
@@ -50,8 +53,9 @@ TOPOLOGIES = {
     "dgx1": lambda: build("dgx1", 8, pairs=dgx1_pairs()),
     "pairnic2x4": lambda: build("pairnic", 4, 2, switch=100, nics=[(0, 1), (2, 3)]),
     "sharednic2x2": lambda: build("sharednic", 2, 2, pairs=[(0, 1, 50)], nics=[(0, 1)]),
-    "rail2x2": lambda: build("rail", 2, 2, pairs=[(0, 1, 50)], nics=[(0,), (1,)],
-                             network=RAIL_ONLY),
+    "rail2x2": lambda: build(
+        "rail", 2, 2, pairs=[(0, 1, 50)], nics=[(0,), (1,)], network=RAIL_ONLY
+    ),
 }
 
 
@@ -69,8 +73,12 @@ def hamiltonian_cycles(topology):
 
 def closed_form(kind, n, k, distance_sum):
     """Ring transfer counts; ``distance_sum`` is the sum of ring distances over all pairs."""
-    return {ALLGATHER: n * k * (n - 1), REDUCESCATTER: n * k * (n - 1),
-            ALLREDUCE: 2 * n * k * (n - 1), ALLTOALL: k * distance_sum}[kind]
+    return {
+        ALLGATHER: n * k * (n - 1),
+        REDUCESCATTER: n * k * (n - 1),
+        ALLREDUCE: 2 * n * k * (n - 1),
+        ALLTOALL: k * distance_sum,
+    }[kind]
 
 
 def assert_uses_connections(topology, alg):
@@ -99,8 +107,12 @@ def test_ring_and_direct_are_correct(name, kind, chunkup):
     rings = ring_alg.meta["rings"]  # one per channel; AllToAll splits blocks over them
     for i, ring in enumerate(rings):
         pos = {r: i for i, r in enumerate(ring)}
-        mine = [(s, d) for s in range(n) for d in range(n)
-                if kind != ALLTOALL or (s * n + d) % len(rings) == i]
+        mine = [
+            (s, d)
+            for s in range(n)
+            for d in range(n)
+            if kind != ALLTOALL or (s * n + d) % len(rings) == i
+        ]
         dist = sum((pos[d] - pos[s]) % n for s, d in mine)
         on_ring = sum(t.channel == i for t in ring_alg.transfers)
         assert on_ring == closed_form(kind, n, chunkup, dist)
@@ -116,13 +128,16 @@ def test_ring_and_direct_are_correct(name, kind, chunkup):
     assert len(direct.transfers) == closed_form(kind, n, chunkup, hops)
 
 
-@pytest.mark.parametrize("name, ring", [
-    ("switch4", [0, 1, 2, 3]),
-    ("dgx1", [0, 1, 3, 2, 6, 7, 5, 4]),
-    ("pairnic2x4", [0, 1, 2, 3, 4, 5, 6, 7]),  # enters on NIC 0, leaves on NIC 1
-    ("sharednic2x2", [0, 1, 2, 3]),
-    ("rail2x2", [0, 1, 3, 2]),  # rail-only: each node is crossed the other way round
-])
+@pytest.mark.parametrize(
+    "name, ring",
+    [
+        ("switch4", [0, 1, 2, 3]),
+        ("dgx1", [0, 1, 3, 2, 6, 7, 5, 4]),
+        ("pairnic2x4", [0, 1, 2, 3, 4, 5, 6, 7]),  # enters on NIC 0, leaves on NIC 1
+        ("sharednic2x2", [0, 1, 2, 3]),
+        ("rail2x2", [0, 1, 3, 2]),  # rail-only: each node is crossed the other way round
+    ],
+)
 def test_found_rings(name, ring):
     assert find_ring(TOPOLOGIES[name]()) == ring
 
@@ -140,8 +155,9 @@ def test_multinode_ring_keeps_fast_links_inside_nodes():
     ring = find_ring(topo)
     assert ring_bottleneck(topo, ring) == 12.5 * GB
     hops = list(zip(ring, ring[1:] + ring[:1]))
-    inside = [topo.bandwidth(topo.connection(a, b)) for a, b in hops
-              if topo.node_of(a) == topo.node_of(b)]
+    inside = [
+        topo.bandwidth(topo.connection(a, b)) for a, b in hops if topo.node_of(a) == topo.node_of(b)
+    ]
     assert len(inside) == 14 and min(inside) == 50 * GB
 
 
@@ -262,12 +278,23 @@ def random_topologies(draw):
     nics, network = (), FULL_BISECTION
     if nodes == 2:
         layout = draw(st.sampled_from(["shared", "per-gpu", "per-pair", "first-only"]))
-        nics = {"shared": [tuple(range(g))], "per-gpu": [(r,) for r in range(g)],
-                "per-pair": [tuple(range(r, min(r + 2, g))) for r in range(0, g, 2)],
-                "first-only": [(0,)]}[layout]
+        nics = {
+            "shared": [tuple(range(g))],
+            "per-gpu": [(r,) for r in range(g)],
+            "per-pair": [tuple(range(r, min(r + 2, g))) for r in range(0, g, 2)],
+            "first-only": [(0,)],
+        }[layout]
         network = draw(st.sampled_from([FULL_BISECTION, RAIL_ONLY]))
-    return build("rand", g, nodes, [(*sorted(p), bw) for p, bw in pairs.items()], switch,
-                 nics, network, nic_bw=draw(BANDWIDTHS))
+    return build(
+        "rand",
+        g,
+        nodes,
+        [(*sorted(p), bw) for p, bw in pairs.items()],
+        switch,
+        nics,
+        network,
+        nic_bw=draw(BANDWIDTHS),
+    )
 
 
 @settings(max_examples=120)
@@ -276,8 +303,11 @@ def test_random_topologies(topo, kind, chunkup):
     coll = Collective(kind, topo.num_ranks, chunkup)
     direct_algorithm(topo, coll).check()
     small = topo.num_ranks <= 6
-    best = max((ring_bottleneck(topo, c) for c in hamiltonian_cycles(topo)), default=None) \
-        if small else None
+    best = (
+        max((ring_bottleneck(topo, c) for c in hamiltonian_cycles(topo)), default=None)
+        if small
+        else None
+    )
     try:
         ring = find_ring(topo)
     except TopologyError:

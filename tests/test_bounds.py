@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taccl_py.collectives import Collective
 from taccl_py.analysis import bounds
 from taccl_py.analysis.bounds import (
     allgather_bandwidth_bound,
@@ -26,6 +25,7 @@ from taccl_py.analysis.bounds import (
     lower_bound,
     node_shift,
 )
+from taccl_py.collectives import Collective
 from taccl_py.topology import Link, Nic, Switch, Topology, load_topology
 
 from .strategies import topologies
@@ -40,39 +40,49 @@ def switch_topology(n: int, bw: float, alpha: float = 1e-6) -> Topology:
 
 def shared_nic_topology(nodes: int, g: int, intra: float, nic_bw: float) -> Topology:
     """``nodes`` nodes of ``g`` GPUs on a switch, one NIC per node shared by all its GPUs."""
-    switches = tuple(Switch(f"n{k}.sw", k, tuple(range(k * g, k * g + g)), intra, 1e-6)
-                     for k in range(nodes))
-    nics = tuple(Nic(f"n{k}.nic", k, 0, tuple(range(k * g, k * g + g)), nic_bw, 2e-6)
-                 for k in range(nodes))
+    switches = tuple(
+        Switch(f"n{k}.sw", k, tuple(range(k * g, k * g + g)), intra, 1e-6) for k in range(nodes)
+    )
+    nics = tuple(
+        Nic(f"n{k}.nic", k, 0, tuple(range(k * g, k * g + g)), nic_bw, 2e-6) for k in range(nodes)
+    )
     return Topology("shared", g, nodes, switches=switches, nics=nics)
 
 
 # -- worked values (specs/bounds.md) ---------------------------------------------------
 
-@pytest.mark.parametrize("name,nodes,kind,algbw_gbs", [
-    ("dgx1", 1, "allgather", 171.4),          # 8/7 · 150 (6 NVLinks of ingress)
-    ("ndv2", 2, "allgather", 25.0),           # node cut: 2 · 12.5
-    ("ndv2", 2, "alltoall", 3.125),           # node cut: 320 ms per GB per rank
-    ("dgx-a100", 2, "allgather", 346.7),      # 16/15 · (300 + 25), one GPU's ingress
-    ("dgx-a100", 4, "allgather", 266.7),      # node cut: 4/3 · 8 · 25
-    ("dgx-h100", 1, "allgather", 514.3),      # 8/7 · 450
-    ("dgx-h100", 2, "allgather", 533.3),      # 16/15 · (450 + 50)
-    ("dgx-h100", 8, "allgather", 457.1),      # node cut: 8/7 · 8 · 50
-    # specs/bounds.md says 129 = 32/31 · 125: a GPU's ingress without its NIC. In our model
-    # the NIC (shared by 2 GPUs) delivers over PCIe next to the NVSwitch port, so one GPU
-    # can take in 125 + 12.5 GB/s: 32/31 · 137.5 = 141.9.
-    ("dgx2", 2, "allgather", 141.94),
-])
+
+@pytest.mark.parametrize(
+    "name,nodes,kind,algbw_gbs",
+    [
+        ("dgx1", 1, "allgather", 171.4),  # 8/7 · 150 (6 NVLinks of ingress)
+        ("ndv2", 2, "allgather", 25.0),  # node cut: 2 · 12.5
+        ("ndv2", 2, "alltoall", 3.125),  # node cut: 320 ms per GB per rank
+        ("dgx-a100", 2, "allgather", 346.7),  # 16/15 · (300 + 25), one GPU's ingress
+        ("dgx-a100", 4, "allgather", 266.7),  # node cut: 4/3 · 8 · 25
+        ("dgx-h100", 1, "allgather", 514.3),  # 8/7 · 450
+        ("dgx-h100", 2, "allgather", 533.3),  # 16/15 · (450 + 50)
+        ("dgx-h100", 8, "allgather", 457.1),  # node cut: 8/7 · 8 · 50
+        # specs/bounds.md says 129 = 32/31 · 125: a GPU's ingress without its NIC. In our model
+        # the NIC (shared by 2 GPUs) delivers over PCIe next to the NVSwitch port, so one GPU
+        # can take in 125 + 12.5 GB/s: 32/31 · 137.5 = 141.9.
+        ("dgx2", 2, "allgather", 141.94),
+    ],
+)
 def test_worked_values(name, nodes, kind, algbw_gbs):
     bound = bandwidth_bound(load_topology(name, nodes), kind, SIZE)
     assert bound.algbw / GB == pytest.approx(algbw_gbs, rel=0.01)
 
 
 def test_tight_cuts_are_described():
-    assert allgather_bandwidth_bound(load_topology("dgx-h100", 8), SIZE).detail == \
-        "ingress of node 0: nic 400 GB/s"
-    assert allgather_bandwidth_bound(load_topology("dgx-h100", 2), SIZE).detail == \
-        "ingress of rank 0: nic 50 GB/s + switch 450 GB/s"
+    assert (
+        allgather_bandwidth_bound(load_topology("dgx-h100", 8), SIZE).detail
+        == "ingress of node 0: nic 400 GB/s"
+    )
+    assert (
+        allgather_bandwidth_bound(load_topology("dgx-h100", 2), SIZE).detail
+        == "ingress of rank 0: nic 50 GB/s + switch 450 GB/s"
+    )
     assert "bottleneck: nic" in alltoall_bandwidth_bound(load_topology("ndv2", 2), SIZE).detail
 
 
@@ -83,6 +93,7 @@ def test_dgx_h100_8_nodes_is_fast():
 
 
 # -- closed forms ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8])
 def test_single_switch(n):
@@ -120,6 +131,7 @@ def test_single_rank_and_unreachable():
 
 # -- the capacity graph agrees with the connections --------------------------------
 
+
 @settings(max_examples=40)
 @given(topologies(max_gpus=4, max_nodes=3))
 def test_flow_graph_matches_connections(topo):
@@ -138,20 +150,22 @@ def test_flow_graph_matches_connections(topo):
 def test_rail_only_network_stays_on_rail():
     graph = flow_graph(replace(load_topology("dgx-h100", 2), network="rail-only"))
     assert nx.has_path(graph, 0, 8) and not nx.has_path(
-        graph.subgraph(set(graph) - set(range(16)) | {0, 9}), 0, 9)
+        graph.subgraph(set(graph) - set(range(16)) | {0, 9}), 0, 9
+    )
 
 
 def test_no_intra_node_path_through_the_network():
     """One node's NICs are left out; in two nodes, no NIC path joins two GPUs of one node."""
-    assert not any(isinstance(v, str) and v.startswith("nic")
-                   for v in flow_graph(load_topology("dgx-h100", 1)))
+    assert not any(
+        isinstance(v, str) and v.startswith("nic") for v in flow_graph(load_topology("dgx-h100", 1))
+    )
     graph = flow_graph(load_topology("dgx-h100", 2))
-    no_switch = graph.subgraph(v for v in graph
-                               if not (isinstance(v, str) and v.startswith("sw:")))
+    no_switch = graph.subgraph(v for v in graph if not (isinstance(v, str) and v.startswith("sw:")))
     assert not nx.has_path(no_switch.subgraph(set(no_switch) - set(range(8, 16))), 0, 1)
 
 
 # -- the max-flow answer equals brute force ----------------------------------------
+
 
 @st.composite
 def capacity_graphs(draw):
@@ -175,8 +189,7 @@ def brute_force_rate(graph, ranks) -> Fraction:
             inside = sum(1 for r in ranks if r in side)
             if inside == 0 or inside == len(ranks):
                 continue
-            out = sum(graph[u][v]["capacity"] for u in side for v in graph[u]
-                      if v not in side)
+            out = sum(graph[u][v]["capacity"] for u in side for v in graph[u] if v not in side)
             ratio = Fraction(out, inside)
             best = ratio if best is None else min(best, ratio)
     return best
@@ -196,6 +209,7 @@ def test_allgather_rate_equals_brute_force(case):
 
 # -- node symmetry gives the same answers --------------------------------------------
 
+
 @settings(max_examples=25)
 @given(topologies(max_gpus=3, max_nodes=3))
 def test_symmetry_reductions_are_exact(topo):
@@ -208,7 +222,8 @@ def test_symmetry_reductions_are_exact(topo):
     full = allgather_rate(graph, ranks)[0]
     assert allgather_rate(graph, ranks, range(topo.gpus_per_node))[0] == full
     assert alltoall_rate(graph, ranks, shift)[0] == pytest.approx(
-        alltoall_rate(graph, ranks)[0], rel=1e-6)
+        alltoall_rate(graph, ranks)[0], rel=1e-6
+    )
 
 
 def test_asymmetric_nodes_have_no_shift():
@@ -221,12 +236,11 @@ def test_asymmetric_nodes_have_no_shift():
 
 # -- latency and the combined bound ------------------------------------------------
 
+
 def test_latency_is_the_alpha_diameter():
-    assert latency_bound(switch_topology(4, GB, alpha=0.5e-6), "allgather") == \
-        pytest.approx(0.5e-6)
+    assert latency_bound(switch_topology(4, GB, alpha=0.5e-6), "allgather") == pytest.approx(0.5e-6)
     # DGX-1: pairs without NVLink need two hops of 0.7 µs
-    assert latency_bound(load_topology("dgx1"), Collective("allgather", 8)) == \
-        pytest.approx(1.4e-6)
+    assert latency_bound(load_topology("dgx1"), Collective("allgather", 8)) == pytest.approx(1.4e-6)
     # two ranks exchange inputs at once and reduce locally: AllReduce is not doubled
     assert latency_bound(switch_topology(2, GB, alpha=1e-6), "allreduce") == pytest.approx(1e-6)
 
@@ -251,6 +265,7 @@ def test_one_solve_for_many_sizes(monkeypatch):
             lower_bound(topo, kind, 1 << p)
     assert len(calls) == 1
     assert allgather_bandwidth_bound(topo, 2 * SIZE).time == pytest.approx(
-        2 * allgather_bandwidth_bound(topo, SIZE).time)
+        2 * allgather_bandwidth_bound(topo, SIZE).time
+    )
     allgather_bandwidth_bound(load_topology("dgx-a100", 2), SIZE)  # another object
     assert len(calls) == 2

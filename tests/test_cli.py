@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from taccl_py.cli import main
 from taccl_py.collectives import KINDS
@@ -18,7 +18,7 @@ from taccl_py.topology.loader import builtin_names
 TACCL = Path(sys.executable).with_name("taccl")
 
 
-def run(*args: str) -> "click.testing.Result":
+def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
@@ -36,8 +36,19 @@ def assert_clean_error(result, *needles: str) -> None:
 def test_ring_synthesizes_and_verifies_everywhere(tmp_path, topo, nodes):
     for kind in KINDS:
         out = tmp_path / f"{topo}-{kind}.xml"
-        res = run("synthesize", "--topology", topo, "--nodes", str(nodes),
-                  "--collective", kind, "--method", "ring", "-o", str(out))
+        res = run(
+            "synthesize",
+            "--topology",
+            topo,
+            "--nodes",
+            str(nodes),
+            "--collective",
+            kind,
+            "--method",
+            "ring",
+            "-o",
+            str(out),
+        )
         assert res.exit_code == 0, res.output
         assert "verified" in res.output
         plan = parse_plan(out)
@@ -49,16 +60,40 @@ def test_ring_synthesizes_and_verifies_everywhere(tmp_path, topo, nodes):
 def test_same_inputs_give_byte_identical_xml(tmp_path):
     a, b = tmp_path / "a.xml", tmp_path / "b.xml"
     for out in (a, b):
-        res = run("synthesize", "-m", "ring", "-t", "dgx1", "-c", "allreduce", "--chunkup", "2",
-                  "--instances", "2", "-o", str(out))
+        res = run(
+            "synthesize",
+            "-m",
+            "ring",
+            "-t",
+            "dgx1",
+            "-c",
+            "allreduce",
+            "--chunkup",
+            "2",
+            "--instances",
+            "2",
+            "-o",
+            str(out),
+        )
         assert res.exit_code == 0, res.output
     assert a.read_bytes() == b.read_bytes()
 
 
 def test_ir_json_and_default_output_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    res = run("synthesize", "-t", "ndv2", "-n", "2", "-c", "alltoall", "--method", "direct",
-              "--ir", "alg.json")
+    res = run(
+        "synthesize",
+        "-t",
+        "ndv2",
+        "-n",
+        "2",
+        "-c",
+        "alltoall",
+        "--method",
+        "direct",
+        "--ir",
+        "alg.json",
+    )
     assert res.exit_code == 0, res.output
     written = re.search(r"wrote (\S+)", res.output).group(1)
     assert (tmp_path / written).is_file()
@@ -68,7 +103,10 @@ def test_ir_json_and_default_output_name(tmp_path, monkeypatch):
 
 def test_verify_rejects_a_wrong_offset_naming_rank_and_chunk(tmp_path):
     out = tmp_path / "ring.xml"
-    assert run("synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "-o", str(out)).exit_code == 0
+    assert (
+        run("synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "-o", str(out)).exit_code
+        == 0
+    )
     plan = parse_plan(out)
     step = next(st for tb in plan.gpus[3].tbs for st in tb.steps if st.type in ("r", "rcs"))
     step.dstoff = (step.dstoff + 1) % plan.gpus[3].o_chunks
@@ -78,16 +116,46 @@ def test_verify_rejects_a_wrong_offset_naming_rank_and_chunk(tmp_path):
     assert_clean_error(res, "rank", "chunk")
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["synthesize", "-m", "ring", "-t", "nosuch", "-c", "allgather"], ["nosuch", "dgx2"]),
-    (["synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "--size", "12Q"], ["12Q"]),
-    (["synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "--order", "0,1,x"], ["--order"]),
-    (["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "--order", "0,5,1,2,3,4,6,7"],
-     ["0", "5"]),
-    (["synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "-o", "/nonexistent/dir/p.xml"],
-     ["/nonexistent/dir"]),
-    (["verify", "/nonexistent/plan.xml"], ["plan.xml"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["synthesize", "-m", "ring", "-t", "nosuch", "-c", "allgather"], ["nosuch", "dgx2"]),
+        (["synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "--size", "12Q"], ["12Q"]),
+        (
+            ["synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "--order", "0,1,x"],
+            ["--order"],
+        ),
+        (
+            [
+                "synthesize",
+                "-m",
+                "ring",
+                "-t",
+                "dgx1",
+                "-c",
+                "allgather",
+                "--order",
+                "0,5,1,2,3,4,6,7",
+            ],
+            ["0", "5"],
+        ),
+        (
+            [
+                "synthesize",
+                "-m",
+                "ring",
+                "-t",
+                "dgx2",
+                "-c",
+                "allgather",
+                "-o",
+                "/nonexistent/dir/p.xml",
+            ],
+            ["/nonexistent/dir"],
+        ),
+        (["verify", "/nonexistent/plan.xml"], ["plan.xml"]),
+    ],
+)
 def test_bad_input_is_one_clean_line(args, needles):
     assert_clean_error(run(*args), *needles)
 
@@ -111,8 +179,9 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "verify", broken)
     out = tmp_path / "p.xml"
-    assert_clean_error(run("synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "-o", str(out)),
-                       "chunk 1")
+    assert_clean_error(
+        run("synthesize", "-m", "ring", "-t", "dgx2", "-c", "allgather", "-o", str(out)), "chunk 1"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -125,23 +194,67 @@ def test_topology_list_and_show():
 
 
 def test_console_script_is_installed(tmp_path):
-    proc = subprocess.run([str(TACCL), "synthesize", "--topology", "dgx2", "--collective",
-                           "allgather", "-o", str(tmp_path / "p.xml")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(TACCL),
+            "synthesize",
+            "--topology",
+            "dgx2",
+            "--collective",
+            "allgather",
+            "-o",
+            str(tmp_path / "p.xml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p.xml").read_text().startswith("<algo")
 
 
 def test_synthesize_with_builtin_and_default_sketch(tmp_path):
     out = tmp_path / "p.xml"
-    res = run("synthesize", "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "milp",
-              "--sketch", "ndv2", "--time-limit", "5", "-o", str(out))
+    res = run(
+        "synthesize",
+        "-t",
+        "ndv2",
+        "-n",
+        "2",
+        "-c",
+        "allgather",
+        "-m",
+        "milp",
+        "--sketch",
+        "ndv2",
+        "--time-limit",
+        "5",
+        "-o",
+        str(out),
+    )
     assert res.exit_code == 0, res.output
     assert "sketch ndv2-relay" in res.output and "verified" in res.output
     assert "target size 1G" in res.output  # the sketch's size, --size not given
     assert parse_plan(out).ngpus == 16
-    res = run("synthesize", "-t", "dgx-a100", "-n", "2", "-c", "allgather", "-m", "milp",
-              "--sketch", "default", "--size", "1M", "--time-limit", "3", "-o", str(out))
+    res = run(
+        "synthesize",
+        "-t",
+        "dgx-a100",
+        "-n",
+        "2",
+        "-c",
+        "allgather",
+        "-m",
+        "milp",
+        "--sketch",
+        "default",
+        "--size",
+        "1M",
+        "--time-limit",
+        "3",
+        "-o",
+        str(out),
+    )
     assert res.exit_code == 0, res.output
     assert "sketch dgx-a100-default" in res.output and "target size 1M" in res.output
 
@@ -149,14 +262,30 @@ def test_synthesize_with_builtin_and_default_sketch(tmp_path):
 def test_bad_sketch_is_one_clean_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("inter_node: {connections: [[0, 9]]}\n")
-    res = run("synthesize", "-t", "dgx1", "-n", "2", "-c", "allgather", "-m", "milp",
-              "--sketch", str(bad), "-o", str(tmp_path / "p.xml"))
+    res = run(
+        "synthesize",
+        "-t",
+        "dgx1",
+        "-n",
+        "2",
+        "-c",
+        "allgather",
+        "-m",
+        "milp",
+        "--sketch",
+        str(bad),
+        "-o",
+        str(tmp_path / "p.xml"),
+    )
     assert_clean_error(res, "bad.yaml", "inter_node.connections[0][1]", "out of range")
     assert len(res.stderr.strip().splitlines()) == 1
-    assert_clean_error(run("synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "--sketch", "dgx1"),
-                       "--sketch only applies to --method milp")
-    assert_clean_error(run("sketch", "validate", str(bad), "-t", "dgx1", "-n", "2"),
-                       "bad.yaml", "out of range")
+    assert_clean_error(
+        run("synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "--sketch", "dgx1"),
+        "--sketch only applies to --method milp",
+    )
+    assert_clean_error(
+        run("sketch", "validate", str(bad), "-t", "dgx1", "-n", "2"), "bad.yaml", "out of range"
+    )
     assert not (tmp_path / "p.xml").exists()
 
 
@@ -176,5 +305,6 @@ def test_sketch_init_validate_round_trip(tmp_path):
     assert len(res.output.strip().splitlines()) == 1
     topo = load_topology("dgx1", 2)
     assert load_sketch(out, topo) == default_sketch(topo)
-    assert_clean_error(run("sketch", "init", "-t", "dgx1", "-o", "/nonexistent/dir/s.yaml"),
-                       "/nonexistent/dir")
+    assert_clean_error(
+        run("sketch", "init", "-t", "dgx1", "-o", "/nonexistent/dir/s.yaml"), "/nonexistent/dir"
+    )

@@ -11,14 +11,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taccl_py.analysis.simulate import simulate
 from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError, VerificationError
 from taccl_py.lowering.lower import lower
 from taccl_py.plan.model import RECV_TYPES, SEND_TYPES, Plan
-from taccl_py.runtime.reference import check_reference
-from taccl_py.analysis.simulate import simulate
 from taccl_py.plan.verify import verify
+from taccl_py.runtime.reference import check_reference
 from taccl_py.synth.milp.combine import allreduce_from, combine, reduce_scatter_from
 from taccl_py.synth.milp.search import staged_algorithm
 from taccl_py.topology.loader import load_topology
@@ -40,8 +40,10 @@ def allgather(name: str):
     """(topology, timed AllGather at 1 MB), synthesized once per test session."""
     if name not in _CACHE:
         topo = topo_of(name)
-        _CACHE[name] = topo, staged_algorithm(topo, Collective("allgather", topo.num_ranks),
-                                              size=MB, time_limit=2)
+        _CACHE[name] = (
+            topo,
+            staged_algorithm(topo, Collective("allgather", topo.num_ranks), size=MB, time_limit=2),
+        )
     return _CACHE[name]
 
 
@@ -57,8 +59,9 @@ def test_reduce_scatter_is_the_allgather_reversed(name):
     rs.check()
     assert rs.collective == Collective("reducescatter", 8, ag.collective.chunkup)
     assert all(t.reduce for t in rs.transfers)
-    assert sorted((t.dst, t.src, t.chunk) for t in rs.transfers) == \
-        sorted((t.src, t.dst, t.chunk) for t in ag.transfers)
+    assert sorted((t.dst, t.src, t.chunk) for t in rs.transfers) == sorted(
+        (t.src, t.dst, t.chunk) for t in ag.transfers
+    )
     # symmetric links: the mirrored schedule is feasible and keeps the makespan
     assert rs.meta["mirror_feasible"]
     assert rs.meta["makespan"] == pytest.approx(ag.meta["makespan"], rel=1e-9)
@@ -119,8 +122,10 @@ def test_allreduce_seam_is_per_chunk():
     gather = [t for t in ar.transfers if not t.reduce]
     # chunks finish their reduction at different times, and some chunk's AllGather starts
     # before the last reduction of another chunk has arrived
-    done = {c: max(t.end for t in red if t.chunk == c and t.dst == root(c))
-            for c in range(ar.collective.num_chunks)}
+    done = {
+        c: max(t.end for t in red if t.chunk == c and t.dst == root(c))
+        for c in range(ar.collective.num_chunks)
+    }
     assert min(done.values()) < max(done.values())
     assert min(t.start for t in gather) < max(t.end for t in red)
     for t in gather:
@@ -133,9 +138,13 @@ def test_allreduce_seam_is_per_chunk():
 def test_asymmetric_links_are_retimed():
     """Reverse links slower than the AllGather's: the reversed order is re-timed."""
     topo, ag = allgather("dgx1")
-    slow = replace(topo, links=tuple(
-        replace(link, bandwidth=link.bandwidth / 2) if link.src > link.dst else link
-        for link in topo.links))
+    slow = replace(
+        topo,
+        links=tuple(
+            replace(link, bandwidth=link.bandwidth / 2) if link.src > link.dst else link
+            for link in topo.links
+        ),
+    )
     rs = reduce_scatter_from(ag, slow)
     assert not rs.meta["mirror_feasible"]
     assert rs.meta["makespan"] > ag.meta["makespan"]
@@ -159,12 +168,13 @@ def test_errors():
 
 # -- mutated plans ---------------------------------------------------------------------------
 
+
 def _accumulating_rrc(plan: Plan):
     """(gpu, tb index, step index) of a receive-reduce whose source is its destination."""
     for g in plan.gpus:
         for i, tb in enumerate(g.tbs):
-            for k, st in enumerate(tb.steps):
-                if st.type == "rrc" and (st.srcbuf, st.srcoff) == (st.dstbuf, st.dstoff):
+            for k, step in enumerate(tb.steps):
+                if step.type == "rrc" and (step.srcbuf, step.srcoff) == (step.dstbuf, step.dstoff):
                     return g, i, k
     raise AssertionError("no accumulating rrc step")
 
@@ -173,12 +183,12 @@ def _duplicate(gpu, tb_index: int, k: int) -> None:
     """Insert a copy of step ``k`` after it; what waited for step ``k`` waits for both."""
     tb = gpu.tbs[tb_index]
     tb.steps.insert(k + 1, copy.copy(tb.steps[k]))
-    for s, st in enumerate(tb.steps):
-        st.s = s
+    for s, step in enumerate(tb.steps):
+        step.s = s
     for other in gpu.tbs:
-        for j, st in enumerate(other.steps):
-            if st.depid == tb.id and st.deps >= k and not (other is tb and j == k + 1):
-                st.deps += 1
+        for j, step in enumerate(other.steps):
+            if step.depid == tb.id and step.deps >= k and not (other is tb and j == k + 1):
+                step.deps += 1
 
 
 @pytest.mark.parametrize("kind", ["reducescatter", "allreduce"])
@@ -190,8 +200,7 @@ def test_doubled_reduction_is_rejected_naming_the_step(kind):
     tb = g.tbs[i]
     n = sum(st.type in recv_types for st in tb.steps[:k])  # the n-th receive on it
     peer = plan.gpus[tb.recv]
-    j, sender = next((j, t) for j, t in enumerate(peer.tbs)
-                     if t.send == g.id and t.chan == tb.chan)
+    j, sender = next((j, t) for j, t in enumerate(peer.tbs) if t.send == g.id and t.chan == tb.chan)
     m = [s for s, st in enumerate(sender.steps) if st.type in send_types][n]
     assert sender.steps[m].type == "s"
     _duplicate(g, i, k)
@@ -219,10 +228,26 @@ def test_dropped_reduction_is_rejected(kind):
 
 # -- pipeline and CLI ------------------------------------------------------------------------
 
+
 def test_cli_synthesizes_allreduce_with_milp(tmp_path):
-    res = CliRunner().invoke(main, ["synthesize", "-t", "dgx1", "-c", "allreduce", "-m",
-                                    "milp", "--time-limit", "5", "--size", "1M", "-o",
-                                    str(tmp_path / "ar.xml")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-c",
+            "allreduce",
+            "-m",
+            "milp",
+            "--time-limit",
+            "5",
+            "--size",
+            "1M",
+            "-o",
+            str(tmp_path / "ar.xml"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "verified" in res.output and "allreduce" in res.output
     assert (tmp_path / "ar.xml").exists()
@@ -230,8 +255,9 @@ def test_cli_synthesizes_allreduce_with_milp(tmp_path):
 
 def test_staged_makes_inplace_reduce_scatter():
     topo = two_by_four()
-    alg = staged_algorithm(topo, Collective("reducescatter", 8, inplace=True), size=MB,
-                           time_limit=2)
+    alg = staged_algorithm(
+        topo, Collective("reducescatter", 8, inplace=True), size=MB, time_limit=2
+    )
     assert alg.collective.kind == "reducescatter" and alg.collective.inplace
     assert alg.meta["reversed_from"]["kind"] == "allgather"
     plan = lower(alg, topology=topo)
@@ -242,11 +268,11 @@ def test_staged_makes_inplace_reduce_scatter():
 
 # -- random topologies -----------------------------------------------------------------------
 
+
 @settings(max_examples=12)
 @given(topo=topologies(), inplace=st.booleans())
 def test_random_topologies_combine_correctly(topo, inplace):
-    ag = staged_algorithm(topo, Collective("allgather", topo.num_ranks), size=MB,
-                          time_limit=1)
+    ag = staged_algorithm(topo, Collective("allgather", topo.num_ranks), size=MB, time_limit=1)
     rs = reduce_scatter_from(ag, topo, inplace=inplace)
     ar = allreduce_from(ag, topo, inplace=inplace)
     assert rs.meta["mirror_feasible"]  # generated links are symmetric
@@ -268,8 +294,9 @@ def test_every_builtin_reduces_correctly(name, nodes):
     for kind in ("reducescatter", "allreduce"):
         # room to build the routing model of 32 ranks on a loaded CI machine
         limit = 2 if topo.num_ranks <= 8 else 4 if topo.num_ranks <= 16 else 10
-        alg = staged_algorithm(topo, Collective(kind, topo.num_ranks), size=1 << 20,
-                               time_limit=limit)
+        alg = staged_algorithm(
+            topo, Collective(kind, topo.num_ranks), size=1 << 20, time_limit=limit
+        )
         assert alg.collective.kind == kind
         plan = lower(alg, topology=topo)
         report = verify(plan)

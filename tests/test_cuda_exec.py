@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from taccl_py.collectives import KINDS, Collective
 from taccl_py.build.pipeline import build_plan
+from taccl_py.collectives import KINDS, Collective
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor, run_single_device
 from taccl_py.runtime.reference import numpy_result
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology
@@ -19,15 +19,15 @@ GB, US = 1e9, 1e-6
 
 
 def ring(n: int) -> Topology:
-    links = [Link(a, b, 25 * GB, 0.7 * US) for a in range(n)
-             for b in {(a + 1) % n, (a - 1) % n}]
+    links = [Link(a, b, 25 * GB, 0.7 * US) for a in range(n) for b in {(a + 1) % n, (a - 1) % n}]
     return Topology(f"ring{n}", n, 1, tuple(links), (), (), FULL_BISECTION)
 
 
 def _inputs(coll: Collective, ce: int, dtype) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
-    return [rng.integers(-1000, 1000, coll.i_chunks * ce).astype(dtype)
-            for _ in range(coll.num_ranks)]
+    return [
+        rng.integers(-1000, 1000, coll.i_chunks * ce).astype(dtype) for _ in range(coll.num_ranks)
+    ]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -75,8 +75,9 @@ def _nccl_run(plan, inputs: list[np.ndarray], ce: int) -> list[np.ndarray]:
     return results
 
 
-@pytest.mark.skipif(not cupy.cuda.is_available() or cupy.cuda.runtime.getDeviceCount() < 2,
-                    reason="needs >= 2 GPUs")
+@pytest.mark.skipif(
+    not cupy.cuda.is_available() or cupy.cuda.runtime.getDeviceCount() < 2, reason="needs >= 2 GPUs"
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_nccl_matches_numpy(kind):
     n = min(cupy.cuda.runtime.getDeviceCount(), 4)

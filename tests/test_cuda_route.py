@@ -20,9 +20,9 @@ torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
 import taccl_py.torch as tt  # noqa: E402
+from taccl_py.build.pipeline import build_plan  # noqa: E402
 from taccl_py.collectives import KINDS, Collective  # noqa: E402
 from taccl_py.errors import TacclError  # noqa: E402
-from taccl_py.build.pipeline import build_plan  # noqa: E402
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor  # noqa: E402
 from taccl_py.runtime.reference import numpy_result  # noqa: E402
 from taccl_py.testing.fake_cuda import FakeCuda, FakeHang  # noqa: E402
@@ -86,10 +86,15 @@ def groups(n: int, tmp_path, body, timeout_s: float = 20.0, rank_kw=None, **kw):
 
     def one(r: int):
         torch.cuda.set_device(r)
-        pg = tt.TacclProcessGroup(dist.PrefixStore("t", store), r, n,
-                                  datetime.timedelta(seconds=timeout_s),
-                                  cache_dir=tmp_path / "cache", **kw,
-                                  **(rank_kw(r) if rank_kw else {}))
+        pg = tt.TacclProcessGroup(
+            dist.PrefixStore("t", store),
+            r,
+            n,
+            datetime.timedelta(seconds=timeout_s),
+            cache_dir=tmp_path / "cache",
+            **kw,
+            **(rank_kw(r) if rank_kw else {}),
+        )
         try:
             return body(pg, r)
         finally:
@@ -99,6 +104,7 @@ def groups(n: int, tmp_path, body, timeout_s: float = 20.0, rank_kw=None, **kw):
 
 
 # -- the executor ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [2, 3, 4])
 @pytest.mark.parametrize("kind", KINDS)
@@ -130,6 +136,7 @@ def test_executor_every_collective_and_dtype(gpus, n, kind, dtype):
 
 
 # -- the torch route ---------------------------------------------------------------------------
+
 
 def _values(r: int, shape, dtype) -> torch.Tensor:
     gen = torch.Generator().manual_seed(r)
@@ -171,7 +178,7 @@ def test_every_collective_on_each_ranks_gpu(gpus, tmp_path, n):
         pg._reduce_scatter_base(rs, big).wait()
         out["reducescatter"] = ft.host(rs)
         rs_list = ft.empty((2, 4), torch.float32, dev)
-        pg.reduce_scatter([rs_list], [[big[2 * q:2 * q + 2] for q in range(n)]]).wait()
+        pg.reduce_scatter([rs_list], [[big[2 * q : 2 * q + 2] for q in range(n)]]).wait()
         out["reducescatter_list"] = ft.host(rs_list)
         a2a = ft.empty((n * 2, 4), torch.float32, dev)
         pg.alltoall_base(a2a, big, [], []).wait()
@@ -221,14 +228,14 @@ def test_every_collective_on_each_ranks_gpu(gpus, tmp_path, n):
         torch.testing.assert_close(out["avg"], total / n)
         torch.testing.assert_close(out["allgather"], torch.cat(xs), rtol=0, atol=0)
         torch.testing.assert_close(out["allgather_list"], torch.stack(xs), rtol=0, atol=0)
-        torch.testing.assert_close(out["reducescatter"], sum(bigs)[2 * r:2 * r + 2])
-        torch.testing.assert_close(out["reducescatter_list"], sum(bigs)[2 * r:2 * r + 2])
-        torch.testing.assert_close(out["alltoall"],
-                                   torch.cat([b[2 * r:2 * r + 2] for b in bigs]))
+        torch.testing.assert_close(out["reducescatter"], sum(bigs)[2 * r : 2 * r + 2])
+        torch.testing.assert_close(out["reducescatter_list"], sum(bigs)[2 * r : 2 * r + 2])
+        torch.testing.assert_close(out["alltoall"], torch.cat([b[2 * r : 2 * r + 2] for b in bigs]))
         srcs = [_values(q, (n * (n + 1) // 2, 3), torch.float32) for q in range(n)]
         start = r * (r + 1) // 2
-        torch.testing.assert_close(out["alltoall_uneven"],
-                                   torch.cat([s[start:start + r + 1] for s in srcs]))
+        torch.testing.assert_close(
+            out["alltoall_uneven"], torch.cat([s[start : start + r + 1] for s in srcs])
+        )
         torch.testing.assert_close(out["broadcast"], xs[n - 1], rtol=0, atol=0)
         torch.testing.assert_close(out["reduce"], total if r == 1 else xs[r], rtol=0, atol=0)
         if r == 0:
@@ -237,8 +244,19 @@ def test_every_collective_on_each_ranks_gpu(gpus, tmp_path, n):
         torch.testing.assert_close(out["sendrecv"], xs[(r - 1) % n], rtol=0, atol=0)
 
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
-          torch.int16, torch.uint16, torch.int8, torch.uint8, torch.bool, torch.complex64]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int16,
+    torch.uint16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -319,7 +337,7 @@ def test_work_runs_on_the_callers_stream(gpus, tmp_path):
 
     before = len(ft.fake.log)
     res = groups(n, tmp_path, body)
-    for side, out in res:
+    for _, out in res:
         assert torch.equal(out, torch.full((8,), 3.0))
     sides = {side for side, _ in res}
     nccl_calls = [c for c in ft.fake.log[before:] if c.kind in ("send", "recv")]
@@ -349,8 +367,9 @@ def test_dead_rank_aborts_and_raises_within_the_timeout(gpus, tmp_path, blocking
             pg.allreduce([t]).wait()
         return time.monotonic() - start, str(err.value)
 
-    res = groups(n, tmp_path, body, timeout_s=timeout,
-                 **({"blocking_wait": True} if blocking else {}))
+    res = groups(
+        n, tmp_path, body, timeout_s=timeout, **({"blocking_wait": True} if blocking else {})
+    )
     for elapsed, message in res[:2]:
         assert elapsed < timeout + 2.5
         assert "aborted" in message and "round" in message and "rank" in message
@@ -364,8 +383,7 @@ def test_ranks_on_different_plans_fail_within_the_timeout(gpus, tmp_path):
     ft, n, timeout = gpus, 3, 1.5
     plans = tmp_path / "plans"
     plans.mkdir()
-    write_plan(build_plan(ring(n), Collective("allgather", n), "direct").plan,
-               plans / "direct.xml")
+    write_plan(build_plan(ring(n), Collective("allgather", n), "direct").plan, plans / "direct.xml")
 
     def body(pg, r):
         dev = torch.cuda.current_device()
@@ -376,8 +394,14 @@ def test_ranks_on_different_plans_fail_within_the_timeout(gpus, tmp_path):
             pg._allgather_base(g, x).wait()
         return time.monotonic() - start, str(err.value)
 
-    res = groups(n, tmp_path, body, timeout_s=timeout, blocking_wait=True,
-                 rank_kw=lambda r: {"plan_dir": plans} if r == 0 else {})
+    res = groups(
+        n,
+        tmp_path,
+        body,
+        timeout_s=timeout,
+        blocking_wait=True,
+        rank_kw=lambda r: {"plan_dir": plans} if r == 0 else {},
+    )
     assert all(elapsed < timeout + 2.5 for elapsed, _ in res)
 
 
@@ -403,6 +427,7 @@ def test_no_cuda_tensor_reaches_gloo(gpus, tmp_path):
         def __getattr__(self, name):
             def call(*args, **kw):
                 raise AssertionError(f"Gloo {name} called with CUDA tensors")
+
             return call if name != "barrier" else getattr(self.inner, name)
 
     def body(pg, r):

@@ -6,17 +6,17 @@ from dataclasses import replace
 
 import pytest
 
-from taccl_py.collectives import ALLGATHER, Collective
-from taccl_py.lowering.lower import lower
 from taccl_py.analysis.report import ring_plan
 from taccl_py.analysis.simulate import simulate
+from taccl_py.collectives import ALLGATHER, Collective
+from taccl_py.ir.algorithm import Algorithm
+from taccl_py.lowering.lower import lower
 from taccl_py.plan.verify import verify
 from taccl_py.synth.milp.decompose import bundle_sizes, decompose, fanouts, node_trees, relays
-from taccl_py.ir.algorithm import Algorithm
 from taccl_py.synth.milp.ordering import order
 from taccl_py.synth.milp.schedule import schedule
-from taccl_py.synth.milp.sketch import default_sketch
 from taccl_py.synth.milp.search import decomposed_algorithm
+from taccl_py.synth.milp.sketch import default_sketch
 from taccl_py.topology.loader import load_topology
 
 GIB = 1 << 30
@@ -29,8 +29,9 @@ def _decompositions(name: str, nodes: int, chunkup: int = 1):
     trees, optimal = node_trees(topo, coll.chunk_bytes(GIB), time_limit=5)
     assert optimal
     carriers = relays(topo, default_sketch(topo), trees)
-    return topo, [decompose(topo, coll, coll.chunk_bytes(GIB), trees, carriers, f)
-                  for f in fanouts(nodes)]
+    return topo, [
+        decompose(topo, coll, coll.chunk_bytes(GIB), trees, carriers, f) for f in fanouts(nodes)
+    ]
 
 
 @pytest.mark.parametrize("name,nodes", CASES)
@@ -62,8 +63,10 @@ def test_routes_are_node_shifts_of_node_zero(name, nodes):
         edges = dec.full_routes().edges
         for k in range(1, nodes):
             for c in range(g):
-                moved = sorted(((u + k * g) % topo.num_ranks, (v + k * g) % topo.num_ranks)
-                               for u, v in edges[c])
+                moved = sorted(
+                    ((u + k * g) % topo.num_ranks, (v + k * g) % topo.num_ranks)
+                    for u, v in edges[c]
+                )
                 assert edges[c + k * g] == moved
 
 
@@ -84,8 +87,14 @@ def test_decomposed_plan_verifies_and_beats_ring(name, nodes):
     def judge(alg):
         return simulate(lower(alg, topology=topo), topo, GIB).time
 
-    alg, scores = decomposed_algorithm(topo, Collective(ALLGATHER, topo.num_ranks),
-                                       size=GIB, sketch=sketch, time_limit=10, judge=judge)
+    alg, scores = decomposed_algorithm(
+        topo,
+        Collective(ALLGATHER, topo.num_ranks),
+        size=GIB,
+        sketch=sketch,
+        time_limit=10,
+        judge=judge,
+    )
     assert alg is not None and scores
     plan = lower(alg, topology=topo)
     verify(plan)
@@ -99,8 +108,9 @@ def test_bundle_sizes_shrink_to_one_chunk_and_nest():
     trees, _ = node_trees(topo, coll.chunk_bytes(GIB), time_limit=5)
     carriers = relays(topo, default_sketch(topo), trees)
     for chunkup in range(1, 7):
-        sizes = bundle_sizes(topo, chunkup, coll.with_chunkup(chunkup).chunk_bytes(GIB),
-                             trees, carriers)
+        sizes = bundle_sizes(
+            topo, chunkup, coll.with_chunkup(chunkup).chunk_bytes(GIB), trees, carriers
+        )
         assert len(sizes) == topo.nodes - 1 and sizes[-1] == 1
         for a, b in zip(sizes, sizes[1:]):  # a route's later hops split its earlier ones
             assert a == chunkup or (a >= b and a % b == 0)
@@ -122,7 +132,8 @@ def test_bundled_schedule_is_the_simulated_time(fanout):
     sched = schedule(topo, order(sends))
     transfers = dec.transfers(sched)
     assert sorted((t.chunk, t.src, t.dst) for t in transfers) == sorted(
-        (c, u, v) for c, es in dec.full_routes().edges.items() for u, v in es)
+        (c, u, v) for c, es in dec.full_routes().edges.items() for u, v in es
+    )
     plan = lower(Algorithm("milp", coll, transfers, topo.label, GIB, {}), topology=topo)
     verify(plan)
     assert simulate(plan, topo, GIB).time == pytest.approx(sched.makespan, rel=1e-9)

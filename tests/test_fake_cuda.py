@@ -53,9 +53,14 @@ class CudaTensor:
 
     @property
     def __cuda_array_interface__(self) -> dict:
-        return {"version": 3, "data": (self.host.ctypes.data, False), "shape": self.host.shape,
-                "strides": self.host.strides, "typestr": self.host.dtype.str,
-                "stream": self.stream}
+        return {
+            "version": 3,
+            "data": (self.host.ctypes.data, False),
+            "shape": self.host.shape,
+            "strides": self.host.strides,
+            "typestr": self.host.dtype.str,
+            "stream": self.stream,
+        }
 
 
 class TorchStream:
@@ -67,6 +72,7 @@ class TorchStream:
 
 
 # -- memory, devices, streams -----------------------------------------------------------------
+
 
 def test_empty_is_seeded_garbage():
     a, b = (FakeCuda(seed=3).cupy.empty(4096, np.uint8).get() for _ in range(2))
@@ -117,8 +123,12 @@ def test_kernel_touching_another_device_raises():
     with cp.cuda.Device(1):
         a = cp.zeros(4, np.int32)
     b = cp.zeros(4, np.int32)
-    for launch in (lambda: a.fill(1), lambda: b.__setitem__(slice(None), a),
-                   lambda: cp.add(b, a, out=b), lambda: a.copy()):
+    for launch in (
+        lambda: a.fill(1),
+        lambda: b.__setitem__(slice(None), a),
+        lambda: cp.add(b, a, out=b),
+        lambda: a.copy(),
+    ):
         with pytest.raises(ValueError, match="array device = 1 while current = 0"):
             launch()
     np.testing.assert_array_equal(a.get(), 0)  # reading back needs no current device
@@ -191,6 +201,7 @@ def test_stream_order_and_event_order():
 
 # -- NCCL -------------------------------------------------------------------------------------
 
+
 def test_p2p_matches_fifo_across_groups():
     fc = FakeCuda()
     cp, nccl = fc.cupy, fc.cupy.cuda.nccl
@@ -219,8 +230,17 @@ def test_p2p_matches_fifo_across_groups():
 
 
 @settings(max_examples=20)
-@given(st.lists(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 6)),
-                         min_size=1, max_size=5), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 6)),
+            min_size=1,
+            max_size=5,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_p2p_random_rounds_arrive_exactly(rounds):
     """Each round is one group per rank; messages between a pair match in posting order."""
     fc = FakeCuda(devices=3, hang_timeout=5)
@@ -328,9 +348,17 @@ def test_collectives_are_exact_on_four_ranks(dtype, code):
 
     def rank(r: int, comm: Any) -> dict:
         x = cp.asarray(inputs[r])
-        out = {k: cp.zeros(size, dtype) for k, size in
-               (("sum", n * c), ("max", n * c), ("gather", n * n * c), ("scatter", c),
-                ("bcast", n * c), ("reduce", n * c))}
+        out = {
+            k: cp.zeros(size, dtype)
+            for k, size in (
+                ("sum", n * c),
+                ("max", n * c),
+                ("gather", n * n * c),
+                ("scatter", c),
+                ("bcast", n * c),
+                ("reduce", n * c),
+            )
+        }
         p = x.data.ptr
         comm.allReduce(p, out["sum"].data.ptr, n * c, dt, nccl.NCCL_SUM, 0)
         comm.allReduce(p, out["max"].data.ptr, n * c, dt, nccl.NCCL_MAX, 0)
@@ -346,7 +374,7 @@ def test_collectives_are_exact_on_four_ranks(dtype, code):
         np.testing.assert_array_equal(got["sum"], total)
         np.testing.assert_array_equal(got["max"], np.maximum.reduce(inputs))
         np.testing.assert_array_equal(got["gather"], np.concatenate(inputs))
-        np.testing.assert_array_equal(got["scatter"], total[r * c:(r + 1) * c])
+        np.testing.assert_array_equal(got["scatter"], total[r * c : (r + 1) * c])
         np.testing.assert_array_equal(got["bcast"], inputs[1])
         want = np.multiply.reduce(inputs) if r == 2 else np.zeros(n * c)
         np.testing.assert_array_equal(got["reduce"], want)
@@ -362,8 +390,11 @@ def test_dead_rank_makes_synchronize_raise_fakehang():
         buf = cp.empty(4, np.int32)
         comm.recv(buf.data.ptr, 4, cp.cuda.nccl.NCCL_INT32, 1, 0)
         start = time.monotonic()
-        with pytest.raises(FakeHang, match=r"device 0 stream 0x0: recv of 16 B from rank 1 "
-                                           r"of comm \w+ never posted"):
+        with pytest.raises(
+            FakeHang,
+            match=r"device 0 stream 0x0: recv of 16 B from rank 1 "
+            r"of comm \w+ never posted",
+        ):
             cp.cuda.get_current_stream().synchronize()
         return time.monotonic() - start
 
@@ -400,6 +431,7 @@ def test_abort_unblocks_the_stream():
 
 
 # -- interoperability -------------------------------------------------------------------------
+
 
 def test_cuda_array_interface_round_trip_with_strides():
     fc = FakeCuda()

@@ -86,7 +86,6 @@ for _mod in ("matplotlib.pyplot", "z3", "highspy", "pulp"):
         pass
 from taccl_py.cli import main as taccl_main
 
-
 #: development aid: scale every test's example count (TACCL_FUZZ_SCALE=0.2 for a quick look)
 SCALE = float(os.environ.get("TACCL_FUZZ_SCALE", "1"))
 
@@ -94,9 +93,15 @@ SCALE = float(os.environ.get("TACCL_FUZZ_SCALE", "1"))
 def fuzz_settings(n: int, long: int | None = None):
     """``n`` examples in CI, ``long`` (default 8n) in the long profile."""
     examples = (long or 8 * n) if LONG else n
-    return settings(max_examples=max(1, round(examples * SCALE)), derandomize=not LONG,
-                    database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
-                    print_blob=False, suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=max(1, round(examples * SCALE)),
+        derandomize=not LONG,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # -- running one case -------------------------------------------------------------------------
@@ -125,12 +130,19 @@ class Outcome:
     limit: float = CASE_TIMEOUT
 
     def show(self) -> str:
-        what = ("timed out" if self.timed_out else f"signal {self.signal}" if self.signal
-                else f"exit {self.code}")
+        what = (
+            "timed out"
+            if self.timed_out
+            else f"signal {self.signal}"
+            if self.signal
+            else f"exit {self.code}"
+        )
         tb = f"\n{self.traceback.strip()}" if self.traceback else ""
-        return (f"taccl {' '.join(_short(a) for a in self.args)} -> {what} in "
-                f"{self.seconds:.2f} s; stdout {self.stdout[:160]!r}; "
-                f"stderr {self.stderr[:300]!r}{tb[-1500:]}")
+        return (
+            f"taccl {' '.join(_short(a) for a in self.args)} -> {what} in "
+            f"{self.seconds:.2f} s; stdout {self.stdout[:160]!r}; "
+            f"stderr {self.stderr[:300]!r}{tb[-1500:]}"
+        )
 
 
 def _short(arg: str) -> str:
@@ -156,7 +168,7 @@ def _child(args, cwd, stdin_path, out_path, err_path, res_path, fsize=None, pipe
         else:
             os.dup2(os.open(out_path, os.O_WRONLY), 1)
             os.dup2(os.open(err_path, os.O_WRONLY), 2)
-        sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
+        sys.stdin = open(0, encoding="utf-8", closefd=False)
         # strict, as under a UTF-8 locale such as en_US.UTF-8 (C.UTF-8 and the C locale
         # escape surrogates instead): a name from non-UTF-8 argv bytes must still print
         sys.stdout = open(1, "w", encoding="utf-8", errors="strict", closefd=False)
@@ -175,8 +187,9 @@ def _child(args, cwd, stdin_path, out_path, err_path, res_path, fsize=None, pipe
         for cat in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
             warnings.simplefilter("ignore", cat)
         warnings.showwarning = _showwarning
-        warnings._showwarnmsg_impl = lambda m: _showwarning(m.message, m.category, m.filename,
-                                                            m.lineno, m.file, m.line)
+        warnings._showwarnmsg_impl = lambda m: _showwarning(
+            m.message, m.category, m.filename, m.lineno, m.file, m.line
+        )
         try:
             taccl_main.main(args=args, prog_name="taccl", standalone_mode=True)
             code = 0
@@ -234,8 +247,15 @@ class _Drain:
         return self.data.decode("utf-8", errors="replace")
 
 
-def invoke(args, cwd, *, stdin: bytes | None = None, timeout: float = CASE_TIMEOUT,
-           stats=None, fsize: int | None = None) -> Outcome:
+def invoke(
+    args,
+    cwd,
+    *,
+    stdin: bytes | None = None,
+    timeout: float = CASE_TIMEOUT,
+    stats=None,
+    fsize: int | None = None,
+) -> Outcome:
     """Run ``taccl ARGS`` in a fork of this process, in ``cwd``; ``fsize``: a full disk
     after that many bytes per file."""
     args = [str(a) for a in args]
@@ -253,8 +273,16 @@ def invoke(args, cwd, *, stdin: bytes | None = None, timeout: float = CASE_TIMEO
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            _child(args, str(cwd), in_path, out_path, err_path, res_path, fsize,
-                   [d.w for d in drains] if drains else None)
+            _child(
+                args,
+                str(cwd),
+                in_path,
+                out_path,
+                err_path,
+                res_path,
+                fsize,
+                [d.w for d in drains] if drains else None,
+            )
         for d in drains or ():
             os.close(d.w)
         outcome = Outcome(args, limit=timeout)
@@ -294,8 +322,14 @@ def shell(args, cwd, *, timeout: float = CASE_TIMEOUT, **kw) -> Outcome:
     start = time.monotonic()
     outcome = Outcome([str(a) for a in args], limit=timeout)
     try:
-        proc = subprocess.run([str(TACCL), *outcome.args], cwd=cwd, capture_output=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+        proc = subprocess.run(
+            [str(TACCL), *outcome.args],
+            cwd=cwd,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kw,
+        )
     except subprocess.TimeoutExpired as exc:
         outcome.timed_out = True
         outcome.stdout = (exc.stdout or b"").decode(errors="replace")
@@ -324,7 +358,9 @@ def stderr_lines(text: str) -> list[str]:
     return [ln for ln in text.split("\n") if ln.strip() and not PROGRESS.match(ln)]
 
 
-def problems(out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None = None) -> list[str]:
+def problems(
+    out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None = None
+) -> list[str]:
     """What is wrong with ``out`` whatever the command: hangs, signals, tracebacks, exit
     statuses other than 0 and ``err_codes``, stray output, errors of more than one line.
     ``many_lines``: the command may list one error per line (each naming ``name``)."""
@@ -340,11 +376,14 @@ def problems(out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None
     if out.code == 0:
         stray = [ln for ln in lines if not ln.startswith(("taccl: note", "note:"))]
         bad_numbers = NON_NUMBERS.findall(out.stdout) + HUGE_NUMBERS.findall(out.stdout)[:1]
-        return ([f"stray stderr on success: {stray[0][:160]}"] if stray else []) + \
-            ([f"'{bad_numbers[0][:40]}' in the output"] if bad_numbers else [])
+        return ([f"stray stderr on success: {stray[0][:160]}"] if stray else []) + (
+            [f"'{bad_numbers[0][:40]}' in the output"] if bad_numbers else []
+        )
     if out.code not in err_codes:
-        return [f"exit {out.code} (expected 0 or {'/'.join(map(str, err_codes))}): "
-                f"{(lines or [''])[0][:160]}"]
+        return [
+            f"exit {out.code} (expected 0 or {'/'.join(map(str, err_codes))}): "
+            f"{(lines or [''])[0][:160]}"
+        ]
     found = []
     if out.stdout.strip():
         found.append(f"stdout on failure: {out.stdout.strip().splitlines()[0][:120]}")
@@ -358,7 +397,9 @@ def problems(out: Outcome, *, err_codes=(2,), many_lines=False, name: str | None
     if any(len(ln) > 1000 for ln in lines):
         found.append("an error line longer than 1000 characters")
     if any(CONTROL.search(ln) for ln in lines):
-        found.append(f"a control character in the error line: {next(ln for ln in lines if CONTROL.search(ln))[:160]!r}")
+        found.append(
+            f"a control character in the error line: {next(ln for ln in lines if CONTROL.search(ln))[:160]!r}"
+        )
     return found
 
 
@@ -384,20 +425,32 @@ class Collector:
     current_input: bytes = b""  # the fuzzed file of the running example, for the log
     mpi_runs: int = 0
 
-    def check(self, command: str, case: str, found: list[str], out: Outcome | None = None,
-              count_hangs: bool = True):
+    def check(
+        self,
+        command: str,
+        case: str,
+        found: list[str],
+        out: Outcome | None = None,
+        count_hangs: bool = True,
+    ):
         if out is not None:
             key = f"{command}: {'hang' if out.timed_out else out.code}"
             self.exits[key] = self.exits.get(key, 0) + 1
-            self.slowest = sorted(self.slowest + [(round(out.seconds, 2), command, case[:80])],
-                                  reverse=True)[:5]
+            self.slowest = sorted(
+                self.slowest + [(round(out.seconds, 2), command, case[:80])], reverse=True
+            )[:5]
         for p in found:
             if p.startswith("hang") and count_hangs:
                 self.hangs += 1
             key = (command, _norm(p))
             if key not in self.failures:
-                self.failures[key] = [0, p, case, out.show() if out else "",
-                                      self.current_input[:20000].decode("utf-8", "backslashreplace")]
+                self.failures[key] = [
+                    0,
+                    p,
+                    case,
+                    out.show() if out else "",
+                    self.current_input[:20000].decode("utf-8", "backslashreplace"),
+                ]
             self.failures[key][0] += 1
 
     @property
@@ -409,18 +462,37 @@ class Collector:
         log = os.environ.get("TACCL_FUZZ_LOG")
         if log:
             with open(log, "a") as fh:
-                fh.write(json.dumps({"test": self.test, "profile": PROFILE,
-                                     "examples": self.examples, "runs": self.runs,
-                                     "seconds": round(seconds, 1), "exits": self.exits,
-                                     "slowest": self.slowest,
-                                     "failures": [{"command": c, "problem": v[1], "count": v[0],
-                                                   "case": v[2], "detail": v[3], "input": v[4]}
-                                                  for (c, _), v in self.failures.items()]})
-                         + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "test": self.test,
+                            "profile": PROFILE,
+                            "examples": self.examples,
+                            "runs": self.runs,
+                            "seconds": round(seconds, 1),
+                            "exits": self.exits,
+                            "slowest": self.slowest,
+                            "failures": [
+                                {
+                                    "command": c,
+                                    "problem": v[1],
+                                    "count": v[0],
+                                    "case": v[2],
+                                    "detail": v[3],
+                                    "input": v[4],
+                                }
+                                for (c, _), v in self.failures.items()
+                            ],
+                        }
+                    )
+                    + "\n"
+                )
         if self.failures:
-            lines = [f"{len(self.failures)} distinct failure(s) in {self.examples} examples "
-                     f"({self.runs} CLI runs, {seconds:.0f} s)"
-                     + (f"; stopped after {self.hangs} hangs" if self.stopped else "")]
+            lines = [
+                f"{len(self.failures)} distinct failure(s) in {self.examples} examples "
+                f"({self.runs} CLI runs, {seconds:.0f} s)"
+                + (f"; stopped after {self.hangs} hangs" if self.stopped else "")
+            ]
             for (command, _), (count, p, case, detail, _) in self.failures.items():
                 lines.append(f"- {command}: {p}  [{count}x; first: {case}]\n    {detail}")
             pytest.fail("\n".join(lines), pytrace=False)
@@ -438,8 +510,11 @@ def snapshot(*dirs: Path) -> dict:
                 if stat.S_ISLNK(st_.st_mode):
                     snap[str(p)] = ("link", os.readlink(p))
                 elif stat.S_ISREG(st_.st_mode):
-                    digest = (hashlib.sha1(p.read_bytes()).hexdigest() if st_.st_size < 1 << 24
-                              else (st_.st_size, st_.st_mtime_ns))  # the huge sparse input
+                    digest = (
+                        hashlib.sha1(p.read_bytes()).hexdigest()
+                        if st_.st_size < 1 << 24
+                        else (st_.st_size, st_.st_mtime_ns)
+                    )  # the huge sparse input
                     snap[str(p)] = ("file", stat.S_IMODE(st_.st_mode), digest)
                 else:
                     snap[str(p)] = (stat.S_IFMT(st_.st_mode), stat.S_IMODE(st_.st_mode))
@@ -455,8 +530,9 @@ def diff(before: dict, after: dict) -> list[str]:
 
 def partial_files(before: dict, after: dict, allowed=()) -> list[str]:
     """After a failure nothing may change; after a success only ``allowed`` paths may."""
-    bad = [c for c in diff(before, after)
-           if not any(c.endswith(" " + Path(a).name) for a in allowed)]
+    bad = [
+        c for c in diff(before, after) if not any(c.endswith(" " + Path(a).name) for a in allowed)
+    ]
     return [f"left files behind: {', '.join(sorted(bad))[:200]}"] if bad else []
 
 
@@ -476,8 +552,12 @@ PLAN_BASES = [
     ("dgx1-allreduce-tree", "dgx1", 1, ["-c", "allreduce", "-m", "tree"]),
     ("dgx1-reducescatter-ring-c2", "dgx1", 1, ["-c", "reducescatter", "--chunkup", "2"]),
     ("dgx1-alltoall-direct", "dgx1", 1, ["-c", "alltoall", "-m", "direct"]),
-    ("dgx1-allgather-inplace-2inst-LL", "dgx1", 1,
-     ["-c", "allgather", "--inplace", "--instances", "2", "--proto", "LL"]),
+    (
+        "dgx1-allgather-inplace-2inst-LL",
+        "dgx1",
+        1,
+        ["-c", "allgather", "--inplace", "--instances", "2", "--proto", "LL"],
+    ),
     ("ndv2x2-allreduce-ring", "ndv2", 2, ["-c", "allreduce"]),
 ]
 EXTERNAL = sorted((REPO / "tests" / "fixtures" / "external").glob("*_8*.xml"))
@@ -489,7 +569,9 @@ def plan_bases() -> list[tuple[str, str]]:
         bases = []
         for label, topo, nodes, opts in PLAN_BASES:
             path = _BASE_DIR / f"{label}.xml"
-            out = invoke(["synthesize", "-m", "ring", "-t", topo, "-n", nodes, *opts, "-o", path], _BASE_DIR)
+            out = invoke(
+                ["synthesize", "-m", "ring", "-t", topo, "-n", nodes, *opts, "-o", path], _BASE_DIR
+            )
             assert out.code == 0 and path.exists(), out.show()
             bases.append((label, path.read_text()))
         bases += [(f"external {p.stem}", p.read_text()) for p in EXTERNAL]
@@ -527,7 +609,8 @@ def sketch_bases() -> list[tuple[str, str]]:
 # sizes of the strategies' sampled lists must be known when the tests are defined
 N_PLAN_BASES = len(PLAN_BASES) + len(EXTERNAL)
 N_SKETCH_BASES = len(SKETCH_TARGETS) + sum(
-    (REPO / "topologies" / "sketches" / f"{t}.yaml").exists() for t, _ in SKETCH_TARGETS)
+    (REPO / "topologies" / "sketches" / f"{t}.yaml").exists() for t, _ in SKETCH_TARGETS
+)
 
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
@@ -547,9 +630,14 @@ def mpi_run(args: list, cwd: Path, timeout: float = 90) -> Outcome:
     out = Outcome([str(a) for a in args], limit=timeout)
     start = time.monotonic()
     try:
-        proc = subprocess.run([str(MPIEXEC), *out.args], cwd=cwd, capture_output=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL,
-                              preexec_fn=_limit_memory)
+        proc = subprocess.run(
+            [str(MPIEXEC), *out.args],
+            cwd=cwd,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_limit_memory,
+        )
         out.code = proc.returncode
         out.stdout = proc.stdout.decode(errors="replace")
         out.stderr = "\n".join(dict.fromkeys(proc.stderr.decode(errors="replace").splitlines()))
@@ -566,16 +654,40 @@ def mpi_check(plan: Path, ngpus: int, cwd: Path) -> Outcome:
     loop = re.search(rb'nchunksperloop="(\d+)"', plan.read_bytes())
     unit = 4 * int(loop[1]) if loop and int(loop[1]) > 0 else 4
     size = -(-(64 << 10) // unit) * unit
-    return mpi_run(["-n", ngpus, TACCL, "run", plan, "--size", str(size), "--check",
-                    "--iters", "1", "--warmup", "0", "--timeout", "20"], cwd)
+    return mpi_run(
+        [
+            "-n",
+            ngpus,
+            TACCL,
+            "run",
+            plan,
+            "--size",
+            str(size),
+            "--check",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--timeout",
+            "20",
+        ],
+        cwd,
+    )
 
 
 def verify_plan(path: Path, cwd: Path, col: Collector, command: str, case: str) -> None:
     """A plan a command wrote must pass `taccl verify`."""
     out = invoke(["verify", path], cwd, stats=col)
     if out.code != 0:
-        col.check(command, case, [f"wrote a plan that verify rejects: "
-                                  f"{(stderr_lines(out.stderr) or [out.show()])[0][:200]}"], out)
+        col.check(
+            command,
+            case,
+            [
+                f"wrote a plan that verify rejects: "
+                f"{(stderr_lines(out.stderr) or [out.show()])[0][:200]}"
+            ],
+            out,
+        )
 
 
 def row_problems(stdout: str, nsizes: int | None = None) -> list[str]:
@@ -593,8 +705,10 @@ def row_problems(stdout: str, nsizes: int | None = None) -> list[str]:
         if not all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in (t, b, size)):
             return [f"non-positive or non-finite time/bound in {row}"[:200]]
         if t < b * (1 - 1e-9):
-            return [f"simulated time {t:.4g} s beats the lower bound {b:.4g} s "
-                    f"({row.get('bound_kind')}) at {size} B"]
+            return [
+                f"simulated time {t:.4g} s beats the lower bound {b:.4g} s "
+                f"({row.get('bound_kind')}) at {size} B"
+            ]
         algbw = row.get("algbw")
         if not isinstance(algbw, (int, float)) or abs(algbw * t - size) > 1e-6 * size:
             return [f"algbw {algbw} is not size / time at {size} B"]
@@ -623,13 +737,25 @@ def test_fuzzed_topology_files():
     bases = fz.topology_bases()
 
     @fuzz_settings(50, long=480)
-    @given(case=fz.yaml_files(bases, fz.TOPOLOGY_VOCAB,
-                              ("links", "nics", "description", "gpus_per_node", "switches"),
-                              fz.TOPOLOGY_EXTREMES),
-           nodes=st.sampled_from([1, 2]),
-           method=st.sampled_from([("allgather", "ring"), ("allgather", "direct"),
-                                   ("allreduce", "ring"), ("allreduce", "tree"),
-                                   ("alltoall", "direct"), ("reducescatter", "ring")]))
+    @given(
+        case=fz.yaml_files(
+            bases,
+            fz.TOPOLOGY_VOCAB,
+            ("links", "nics", "description", "gpus_per_node", "switches"),
+            fz.TOPOLOGY_EXTREMES,
+        ),
+        nodes=st.sampled_from([1, 2]),
+        method=st.sampled_from(
+            [
+                ("allgather", "ring"),
+                ("allgather", "direct"),
+                ("allreduce", "ring"),
+                ("allreduce", "tree"),
+                ("alltoall", "direct"),
+                ("reducescatter", "ring"),
+            ]
+        ),
+    )
     def run(case, nodes, method):
         if col.stopped:
             return
@@ -642,17 +768,36 @@ def test_fuzzed_topology_files():
             col.current_input = data
             before = snapshot(work, outd)
             v = invoke(["topology", "validate", topo], work, stats=col)
-            col.check("topology validate", label,
-                      problems(v, err_codes=(1,), many_lines=True, name=str(topo))
-                      + partial_files(before, snapshot(work, outd)), v)
+            col.check(
+                "topology validate",
+                label,
+                problems(v, err_codes=(1,), many_lines=True, name=str(topo))
+                + partial_files(before, snapshot(work, outd)),
+                v,
+            )
             if v.code == 0 and v.stdout.strip() != f"{topo}: ok":
                 col.check("topology validate", label, [f"odd success output {v.stdout[:80]!r}"], v)
             s = invoke(["topology", "show", topo, "-n", nodes], work, stats=col)
             col.check("topology show", label, problems(s), s)
             out_xml = outd / "x.xml"
             before = snapshot(work, outd)
-            y = invoke(["synthesize", "-t", topo, "-n", nodes, "-c", method[0], "-m", method[1],
-                        "-o", out_xml], work, stats=col)
+            y = invoke(
+                [
+                    "synthesize",
+                    "-t",
+                    topo,
+                    "-n",
+                    nodes,
+                    "-c",
+                    method[0],
+                    "-m",
+                    method[1],
+                    "-o",
+                    out_xml,
+                ],
+                work,
+                stats=col,
+            )
             found = problems(y)
             after = snapshot(work, outd)
             if y.code == 0:
@@ -666,8 +811,9 @@ def test_fuzzed_topology_files():
             col.check("synthesize -t FILE", label, found, y)
             if y.code == 0 and not found:
                 verify_plan(out_xml, work, col, "synthesize -t FILE", label)
-                sim = invoke(["simulate", out_xml, "-t", topo, "-n", nodes, "--json"], work,
-                             stats=col)
+                sim = invoke(
+                    ["simulate", out_xml, "-t", topo, "-n", nodes, "--json"], work, stats=col
+                )
                 found = problems(sim)
                 if sim.code != 0:
                     found.append("simulate refuses a plan synthesized for the same topology")
@@ -688,10 +834,15 @@ def test_fuzzed_sketches():
     bases = sketch_bases()
 
     @fuzz_settings(50)
-    @given(case=fz.yaml_files(bases, fz.SKETCH_VOCAB,
-                              ("inter_node", "chunkup", "symmetry", "name", "size"),
-                              fz.SKETCH_EXTREMES),
-           solve=st.integers(0, 3))
+    @given(
+        case=fz.yaml_files(
+            bases,
+            fz.SKETCH_VOCAB,
+            ("inter_node", "chunkup", "symmetry", "name", "size"),
+            fz.SKETCH_EXTREMES,
+        ),
+        solve=st.integers(0, 3),
+    )
     def run(case, solve):
         if col.stopped:
             return
@@ -706,16 +857,36 @@ def test_fuzzed_sketches():
             before = snapshot(work, outd)
             v = invoke(["sketch", "validate", sk, "-t", topo_name, "-n", nodes], work, stats=col)
             found = problems(v, many_lines=True, name=str(sk)) + partial_files(
-                before, snapshot(work, outd))
+                before, snapshot(work, outd)
+            )
             if v.code == 0 and ": ok:" not in v.stdout:
                 found.append(f"odd success output {v.stdout[:80]!r}")
             col.check("sketch validate", label, found, v)
             if LONG and solve == 0 and v.code == 0 and not found and col.mpi_runs < 10:
                 col.mpi_runs += 1  # (counts milp runs here) a few: milp is slow
                 out_xml = outd / "x.xml"
-                y = invoke(["synthesize", "-t", topo_name, "-n", nodes, "-c", "allgather",
-                            "-m", "milp", "--sketch", sk, "--time-limit", "3", "-o", out_xml],
-                           work, timeout=60, stats=col)
+                y = invoke(
+                    [
+                        "synthesize",
+                        "-t",
+                        topo_name,
+                        "-n",
+                        nodes,
+                        "-c",
+                        "allgather",
+                        "-m",
+                        "milp",
+                        "--sketch",
+                        sk,
+                        "--time-limit",
+                        "3",
+                        "-o",
+                        out_xml,
+                    ],
+                    work,
+                    timeout=60,
+                    stats=col,
+                )
                 found = problems(y)
                 if y.code != 0:
                     found += partial_files(before, snapshot(work, outd))
@@ -762,8 +933,10 @@ def test_fuzzed_plans():
             if nr.code == 2 and v.code == 0:
                 found.append("verify --no-reference rejects a plan verify accepts")
             if nr.code == 0 and v.code == 2:
-                found.append(f"the verifier accepts a plan the reference executor rejects: "
-                             f"{(stderr_lines(v.stderr) or [''])[0][:160]}")
+                found.append(
+                    f"the verifier accepts a plan the reference executor rejects: "
+                    f"{(stderr_lines(v.stderr) or [''])[0][:160]}"
+                )
             col.check("verify --no-reference", label, found, nr)
             s = invoke(["simulate", plan, "-t", topo, "-n", nodes, "--json"], work, stats=col)
             found = problems(s)
@@ -773,22 +946,43 @@ def test_fuzzed_plans():
                     found.append("simulate times a plan that verify rejects")
             col.check("simulate --json", label, found, s)
             ngpus = re.search(rb'ngpus="(\d+)"', data)
-            if v.code == 0 and "unchanged" not in label and col.mpi_runs < MPI_RUNS and \
-                    ngpus and int(ngpus[1]) <= 16:
+            if (
+                v.code == 0
+                and "unchanged" not in label
+                and col.mpi_runs < MPI_RUNS
+                and ngpus
+                and int(ngpus[1]) <= 16
+            ):
                 col.mpi_runs += 1
                 m = mpi_check(plan, int(ngpus[1]), work)
                 found = problems(m)
                 if m.code == 0 and "check ok" not in m.stdout:
                     found.append(f"no 'check ok' from the MPI run: {m.stdout[:120]!r}")
                 if m.code == 2:
-                    found.append(f"verify accepts a plan whose MPI run fails its check: "
-                                 f"{(stderr_lines(m.stderr) or [''])[0][:160]}")
+                    found.append(
+                        f"verify accepts a plan whose MPI run fails its check: "
+                        f"{(stderr_lines(m.stderr) or [''])[0][:160]}"
+                    )
                 col.check("mpiexec taccl run --check", label, found, m)
             if LONG:
                 pngs = [outd / "a.png", outd / "t.png"]
                 before = snapshot(work, outd)
-                p = invoke(["plot", plan, "-t", topo, "-n", nodes, "--algbw", pngs[0],
-                            "--timeline", pngs[1]], work, stats=col)
+                p = invoke(
+                    [
+                        "plot",
+                        plan,
+                        "-t",
+                        topo,
+                        "-n",
+                        nodes,
+                        "--algbw",
+                        pngs[0],
+                        "--timeline",
+                        pngs[1],
+                    ],
+                    work,
+                    stats=col,
+                )
                 found = problems(p)
                 after = snapshot(work, outd)
                 if p.code == 0:
@@ -839,6 +1033,7 @@ def must_reject_size(text: str, zero_ok: bool = False) -> bool:
             return True
         scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m[2].lower()]
         from fractions import Fraction
+
         v = Fraction(m[1]) * scale
         if v.denominator != 1 or v >= 1 << 63 or (v < 1 and not (zero_ok and v == 0)):
             return True
@@ -848,100 +1043,240 @@ def must_reject_size(text: str, zero_ok: bool = False) -> bool:
 
 #: option -> (value strategy, must-reject predicate or None); about half the values are
 #: good ones, so the success path (a plan that verifies) is walked as often as the errors
-BAD_INTS = st.one_of(st.sampled_from(fz.NUMBER_TOKENS), st.integers(-3, 0).map(str),
-                     st.sampled_from(["100000", "1000000", str(2 ** 31), str(2 ** 63)]),
-                     st.text(max_size=4))
+BAD_INTS = st.one_of(
+    st.sampled_from(fz.NUMBER_TOKENS),
+    st.integers(-3, 0).map(str),
+    st.sampled_from(["100000", "1000000", str(2**31), str(2**63)]),
+    st.text(max_size=4),
+)
 INTS = st.one_of(st.sampled_from(["1", "2", "3", "4", " 2", "+2", "02"]), BAD_INTS)
-GOOD_SIZES = st.sampled_from(["1", "4", "1K", "1k", "64M", "1G", "4096", "1.5K", "1MB", "1MiB",
-                              "2T", "8589934592"])
+GOOD_SIZES = st.sampled_from(
+    ["1", "4", "1K", "1k", "64M", "1G", "4096", "1.5K", "1MB", "1MiB", "2T", "8589934592"]
+)
 SIZES = st.one_of(GOOD_SIZES, fz.sizes())
 SECONDS = st.one_of(st.sampled_from(["1", "2.5", "60", "1e2", "3600"]), fz.numbers())
 SIZE_LISTS = st.one_of(st.lists(GOOD_SIZES, min_size=1, max_size=5).map(",".join), fz.sizes())
 TEMPLATES = {
     # name: (base args, {option: (values, must_reject(text) -> bool)}, writes plan?)
-    "synthesize": (["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "OUT/x.xml"], {
-        "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
-        "--chunkup": (INTS, lambda t: must_reject_number(t, 1)),
-        "--instances": (INTS, lambda t: must_reject_number(t, 1, 32)),
-        "--time-limit": (SECONDS, lambda t: must_reject_number(t, 1, 7 * 24 * 3600)),
-        "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
-        "--min-bytes": (SIZES, lambda t: "," in t or must_reject_size(t, zero_ok=True)),
-        "--max-bytes": (SIZES, lambda t: "," in t or must_reject_size(t, zero_ok=True)),
-        "--order": (st.one_of(st.sampled_from(["0,1,2,3,4,5,6,7", "7,6,5,4,3,2,1,0", "0,1",
-                                               "0,0,1,2,3,4,5,6", "0,1,2,3,4,5,6,8",
-                                               ",".join(["0"] * 10000), "-1,0,1,2,3,4,5,6",
-                                               "", ",", "0,,1"]),
-                              st.lists(fz.numbers(), max_size=9).map(",".join)), None),
-        "--steps": (INTS, lambda t: True), "--rounds": (INTS, lambda t: True),
-        "--chunks": (INTS, lambda t: True),
-    }, True),
-    "synthesize-direct": (["synthesize", "-t", "dgx1", "-c", "alltoall", "-m", "direct",
-                           "-o", "OUT/x.xml"], {
-        "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
-        "--chunkup": (INTS, lambda t: must_reject_number(t, 1)),
-        "--instances": (INTS, lambda t: must_reject_number(t, 1, 32)),
-        "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
-    }, True),
-    "synthesize-milp": (["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "milp",
-                         "-o", "OUT/x.xml"], {
-        # bad values only: good ones start a solve
-        "--time-limit": (st.sampled_from(["nan", "inf", "-inf", "1e400", "-1", "0", "0.5",
-                                          fz.HUGE_DIGITS, "", "abc", "1e9", str(2 ** 63)]),
-                         lambda t: must_reject_number(t, 1, 7 * 24 * 3600)),
-        "--nodes": (st.sampled_from(["0", "-1", "nan", "100000", str(2 ** 63), fz.HUGE_DIGITS]),
-                    lambda t: must_reject_number(t, 1, 1024)),
-    }, True),
-    "synthesize-smt": (["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "smt",
-                        "-o", "OUT/x.xml"], {
-        opt: (st.sampled_from(["0", "-1", "nan", "inf", "1e400", fz.HUGE_DIGITS, str(2 ** 63),
-                               "1000000", "", "x"]), lambda t: must_reject_number(t, 1, 256))
-        for opt in ("--steps", "--rounds", "--chunks", "--time-limit")
-    }, True),
-    "simulate": (["simulate", "PLAN", "-t", "dgx1", "--json"], {
-        "--sizes": (SIZE_LISTS, lambda t: all(must_reject_size(p) for p in t.split(","))),
-        "--nodes": (INTS, lambda t: _int(t) != 1),
-    }, False),
-    "plot": (["plot", "PLAN", "-t", "dgx1", "--timeline", "OUT/t.png"], {
-        "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
-    }, False),
-    "plot-algbw": (["plot", "PLAN", "-t", "dgx1", "--algbw", "OUT/a.png"], {
-        "--sizes": (SIZE_LISTS, lambda t: all(must_reject_size(p) for p in t.split(","))),
-    }, False),
-    "pareto": (["pareto", "-t", "dgx1", "-c", "allgather"], {
-        "--max-chunks": (st.sampled_from(["0", "-1", "65", "nan", "inf", fz.HUGE_DIGITS, "",
-                                          str(2 ** 63)]), lambda t: True),
-        "--max-steps": (st.sampled_from(["0", "-1", "nan", "inf", fz.HUGE_DIGITS, "1e3", "",
-                                         str(2 ** 63), "100000"]), lambda t: True),
-        "--time-limit": (st.sampled_from(["0", "-1", "nan", "inf", "1e400", fz.HUGE_DIGITS, "",
-                                          "0.1", str(2 ** 63)]), lambda t: True),
-        "--nodes": (st.sampled_from(["0", "-1", "100000", fz.HUGE_DIGITS]), lambda t: True),
-    }, False),
-    "topology show": (["topology", "show", "dgx1"], {
-        "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
-    }, False),
-    "sketch init": (["sketch", "init", "-t", "ndv2"], {
-        "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
-    }, False),
-    "sketch validate": (["sketch", "validate", "ndv2", "-t", "ndv2"], {
-        "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
-    }, False),
-    "topology import": (["topology", "import", "nvidia-smi", str(NVSMI), "-o", "OUT/t.yaml"], {
-        opt: (st.one_of(st.sampled_from(["1", "12.5", "25", "400", "0.001"]), fz.numbers()),
-              lambda t: must_reject_number(t, 5e-324, 1e6))
-        for opt in ("--nvlink-bw", "--pcie-bw", "--nic-bw")
-    }, False),
-    "run": (["run", "PLAN"], {
-        "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
-        "--iters": (INTS, None), "--warmup": (INTS, None),
-        "--timeout": (SECONDS, None),
-        "--dtype": (st.sampled_from(["float32", "float16", "bfloat16", "float128", "complex64",
-                                     "int8", "bool", "object", "U10", "V8", "datetime64", "",
-                                     "nan", "float32,float32", "f" * 300]), None),
-    }, False),
-    "profile": (["profile"], {
-        "--iters": (INTS, None), "--warmup": (INTS, None), "--sizes": (fz.sizes(), None),
-        "--gpus-per-node": (INTS, None),
-    }, False),
+    "synthesize": (
+        ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "OUT/x.xml"],
+        {
+            "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
+            "--chunkup": (INTS, lambda t: must_reject_number(t, 1)),
+            "--instances": (INTS, lambda t: must_reject_number(t, 1, 32)),
+            "--time-limit": (SECONDS, lambda t: must_reject_number(t, 1, 7 * 24 * 3600)),
+            "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
+            "--min-bytes": (SIZES, lambda t: "," in t or must_reject_size(t, zero_ok=True)),
+            "--max-bytes": (SIZES, lambda t: "," in t or must_reject_size(t, zero_ok=True)),
+            "--order": (
+                st.one_of(
+                    st.sampled_from(
+                        [
+                            "0,1,2,3,4,5,6,7",
+                            "7,6,5,4,3,2,1,0",
+                            "0,1",
+                            "0,0,1,2,3,4,5,6",
+                            "0,1,2,3,4,5,6,8",
+                            ",".join(["0"] * 10000),
+                            "-1,0,1,2,3,4,5,6",
+                            "",
+                            ",",
+                            "0,,1",
+                        ]
+                    ),
+                    st.lists(fz.numbers(), max_size=9).map(",".join),
+                ),
+                None,
+            ),
+            "--steps": (INTS, lambda t: True),
+            "--rounds": (INTS, lambda t: True),
+            "--chunks": (INTS, lambda t: True),
+        },
+        True,
+    ),
+    "synthesize-direct": (
+        ["synthesize", "-t", "dgx1", "-c", "alltoall", "-m", "direct", "-o", "OUT/x.xml"],
+        {
+            "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
+            "--chunkup": (INTS, lambda t: must_reject_number(t, 1)),
+            "--instances": (INTS, lambda t: must_reject_number(t, 1, 32)),
+            "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
+        },
+        True,
+    ),
+    "synthesize-milp": (
+        ["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "milp", "-o", "OUT/x.xml"],
+        {
+            # bad values only: good ones start a solve
+            "--time-limit": (
+                st.sampled_from(
+                    [
+                        "nan",
+                        "inf",
+                        "-inf",
+                        "1e400",
+                        "-1",
+                        "0",
+                        "0.5",
+                        fz.HUGE_DIGITS,
+                        "",
+                        "abc",
+                        "1e9",
+                        str(2**63),
+                    ]
+                ),
+                lambda t: must_reject_number(t, 1, 7 * 24 * 3600),
+            ),
+            "--nodes": (
+                st.sampled_from(["0", "-1", "nan", "100000", str(2**63), fz.HUGE_DIGITS]),
+                lambda t: must_reject_number(t, 1, 1024),
+            ),
+        },
+        True,
+    ),
+    "synthesize-smt": (
+        ["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "smt", "-o", "OUT/x.xml"],
+        {
+            opt: (
+                st.sampled_from(
+                    [
+                        "0",
+                        "-1",
+                        "nan",
+                        "inf",
+                        "1e400",
+                        fz.HUGE_DIGITS,
+                        str(2**63),
+                        "1000000",
+                        "",
+                        "x",
+                    ]
+                ),
+                lambda t: must_reject_number(t, 1, 256),
+            )
+            for opt in ("--steps", "--rounds", "--chunks", "--time-limit")
+        },
+        True,
+    ),
+    "simulate": (
+        ["simulate", "PLAN", "-t", "dgx1", "--json"],
+        {
+            "--sizes": (SIZE_LISTS, lambda t: all(must_reject_size(p) for p in t.split(","))),
+            "--nodes": (INTS, lambda t: _int(t) != 1),
+        },
+        False,
+    ),
+    "plot": (
+        ["plot", "PLAN", "-t", "dgx1", "--timeline", "OUT/t.png"],
+        {
+            "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
+        },
+        False,
+    ),
+    "plot-algbw": (
+        ["plot", "PLAN", "-t", "dgx1", "--algbw", "OUT/a.png"],
+        {
+            "--sizes": (SIZE_LISTS, lambda t: all(must_reject_size(p) for p in t.split(","))),
+        },
+        False,
+    ),
+    "pareto": (
+        ["pareto", "-t", "dgx1", "-c", "allgather"],
+        {
+            "--max-chunks": (
+                st.sampled_from(["0", "-1", "65", "nan", "inf", fz.HUGE_DIGITS, "", str(2**63)]),
+                lambda t: True,
+            ),
+            "--max-steps": (
+                st.sampled_from(
+                    ["0", "-1", "nan", "inf", fz.HUGE_DIGITS, "1e3", "", str(2**63), "100000"]
+                ),
+                lambda t: True,
+            ),
+            "--time-limit": (
+                st.sampled_from(
+                    ["0", "-1", "nan", "inf", "1e400", fz.HUGE_DIGITS, "", "0.1", str(2**63)]
+                ),
+                lambda t: True,
+            ),
+            "--nodes": (st.sampled_from(["0", "-1", "100000", fz.HUGE_DIGITS]), lambda t: True),
+        },
+        False,
+    ),
+    "topology show": (
+        ["topology", "show", "dgx1"],
+        {
+            "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
+        },
+        False,
+    ),
+    "sketch init": (
+        ["sketch", "init", "-t", "ndv2"],
+        {
+            "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
+        },
+        False,
+    ),
+    "sketch validate": (
+        ["sketch", "validate", "ndv2", "-t", "ndv2"],
+        {
+            "--nodes": (INTS, lambda t: must_reject_number(t, 1)),
+        },
+        False,
+    ),
+    "topology import": (
+        ["topology", "import", "nvidia-smi", str(NVSMI), "-o", "OUT/t.yaml"],
+        {
+            opt: (
+                st.one_of(st.sampled_from(["1", "12.5", "25", "400", "0.001"]), fz.numbers()),
+                lambda t: must_reject_number(t, 5e-324, 1e6),
+            )
+            for opt in ("--nvlink-bw", "--pcie-bw", "--nic-bw")
+        },
+        False,
+    ),
+    "run": (
+        ["run", "PLAN"],
+        {
+            "--size": (SIZES, lambda t: "," in t or must_reject_size(t)),
+            "--iters": (INTS, None),
+            "--warmup": (INTS, None),
+            "--timeout": (SECONDS, None),
+            "--dtype": (
+                st.sampled_from(
+                    [
+                        "float32",
+                        "float16",
+                        "bfloat16",
+                        "float128",
+                        "complex64",
+                        "int8",
+                        "bool",
+                        "object",
+                        "U10",
+                        "V8",
+                        "datetime64",
+                        "",
+                        "nan",
+                        "float32,float32",
+                        "f" * 300,
+                    ]
+                ),
+                None,
+            ),
+        },
+        False,
+    ),
+    "profile": (
+        ["profile"],
+        {
+            "--iters": (INTS, None),
+            "--warmup": (INTS, None),
+            "--sizes": (fz.sizes(), None),
+            "--gpus-per-node": (INTS, None),
+        },
+        False,
+    ),
 }
 
 
@@ -981,8 +1316,9 @@ def test_fuzzed_option_values():
             found = problems(out)
             after = snapshot(work, outd)
             if out.code == 0:
-                rejected = [o for o, v in values.items()
-                            if opts[o][1] is not None and opts[o][1](v)]
+                rejected = [
+                    o for o, v in values.items() if opts[o][1] is not None and opts[o][1](v)
+                ]
                 if rejected:
                     found.append(f"accepted a bad value for {', '.join(rejected)}")
                 expected = [a for a in args if a.startswith(str(outd))]
@@ -994,18 +1330,31 @@ def test_fuzzed_option_values():
                         found.append(f"--json output is not JSON: {out.stdout[:80]!r}")
             else:
                 found += partial_files(before, after)
-                if out.code == 2 and stderr_lines(out.stderr) and not any(
-                        _named(o, v, stderr_lines(out.stderr)[0]) for o, v in values.items()):
-                    found.append(f"error names no fuzzed option: "
-                                 f"{stderr_lines(out.stderr)[0][:160]}")
+                if (
+                    out.code == 2
+                    and stderr_lines(out.stderr)
+                    and not any(
+                        _named(o, v, stderr_lines(out.stderr)[0]) for o, v in values.items()
+                    )
+                ):
+                    found.append(
+                        f"error names no fuzzed option: {stderr_lines(out.stderr)[0][:160]}"
+                    )
             col.check(name, label, found, out)
             if out.code == 0 and writes_plan and not found:
                 verify_plan(outd / "x.xml", work, col, name, label)
             if out.code == 0 and name == "topology import" and not found:
                 v = invoke(["topology", "validate", outd / "t.yaml"], work, stats=col)
                 if v.code != 0:
-                    col.check(name, label, [f"wrote a topology that validate rejects: "
-                                            f"{(stderr_lines(v.stderr) or [''])[0][:160]}"], v)
+                    col.check(
+                        name,
+                        label,
+                        [
+                            f"wrote a topology that validate rejects: "
+                            f"{(stderr_lines(v.stderr) or [''])[0][:160]}"
+                        ],
+                        v,
+                    )
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -1016,12 +1365,33 @@ def test_fuzzed_option_values():
 def _named(option: str, value: str, line: str) -> bool:
     """Does an error line point at the option (its name, its value, or a consequence of it:
     a rank or node count, a size, an order)?"""
-    words = {option, option.lstrip("-"), option.lstrip("-").replace("-", " "),
-             option.lstrip("-").replace("-", "_")}
+    words = {
+        option,
+        option.lstrip("-"),
+        option.lstrip("-").replace("-", " "),
+        option.lstrip("-").replace("-", "_"),
+    }
     if value.strip() and len(value) < 60:
         words.add(value.strip())
-    words |= {"rank", "node", "size", "order", "byte", "smt", "MPI", "mpi", "mpiexec", "torchrun",
-              "chunk", "instance", "sketch", "step", "round", "dtype", "limit"}
+    words |= {
+        "rank",
+        "node",
+        "size",
+        "order",
+        "byte",
+        "smt",
+        "MPI",
+        "mpi",
+        "mpiexec",
+        "torchrun",
+        "chunk",
+        "instance",
+        "sketch",
+        "step",
+        "round",
+        "dtype",
+        "limit",
+    }
     return any(w in line for w in words)
 
 
@@ -1141,21 +1511,46 @@ class _FifoReader:
 
 #: command -> (args with {P} and {Q} for the output paths, extensions, content check)
 WRITERS = {
-    "synthesize -o --ir": (["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "{P}",
-                            "--ir", "{Q}"], (".xml", ".json")),
-    "synthesize -o": (["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allreduce", "-o", "{P}"], (".xml",)),
+    "synthesize -o --ir": (
+        ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "{P}", "--ir", "{Q}"],
+        (".xml", ".json"),
+    ),
+    "synthesize -o": (
+        ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allreduce", "-o", "{P}"],
+        (".xml",),
+    ),
     "sketch init -o": (["sketch", "init", "-t", "ndv2", "-n", "2", "-o", "{P}"], (".yaml",)),
-    "topology import -o": (["topology", "import", "nvidia-smi", str(NVSMI), "-o", "{P}"],
-                           (".yaml",)),
+    "topology import -o": (
+        ["topology", "import", "nvidia-smi", str(NVSMI), "-o", "{P}"],
+        (".yaml",),
+    ),
     "topology show --png": (["topology", "show", "dgx1", "--png", "{P}"], (".png",)),
-    "plot --algbw --timeline": (["plot", "PLAN", "-t", "dgx1", "--algbw", "{P}", "--timeline",
-                                 "{Q}"], (".png", ".png")),
+    "plot --algbw --timeline": (
+        ["plot", "PLAN", "-t", "dgx1", "--algbw", "{P}", "--timeline", "{Q}"],
+        (".png", ".png"),
+    ),
 }
-OUTPUT_KINDS = fz.OUTPUT_PATHS + ("fifo-no-reader", "stdout-link", "dot-slash-same", "odd-name",
-                                  "disk-full")
+OUTPUT_KINDS = fz.OUTPUT_PATHS + (
+    "fifo-no-reader",
+    "stdout-link",
+    "dot-slash-same",
+    "odd-name",
+    "disk-full",
+)
 #: kinds after which the command must fail
-MUST_FAIL = {"directory", "missing-dir", "devfull", "link-to-dir", "link-loop", "empty",
-             "long-name", "trailing-slash", "same-as-other", "dot-slash-same", "disk-full"}
+MUST_FAIL = {
+    "directory",
+    "missing-dir",
+    "devfull",
+    "link-to-dir",
+    "link-loop",
+    "empty",
+    "long-name",
+    "trailing-slash",
+    "same-as-other",
+    "dot-slash-same",
+    "disk-full",
+}
 
 
 def _content_ok(ext: str, data: bytes) -> bool:
@@ -1176,8 +1571,13 @@ def _content_ok(ext: str, data: bytes) -> bool:
 def output_cases(draw):
     command = draw(st.sampled_from(sorted(WRITERS)))
     args, exts = WRITERS[command]
-    kinds = [draw(st.sampled_from([k for k in OUTPUT_KINDS
-                                   if k not in ("same-as-other", "dot-slash-same")]))]
+    kinds = [
+        draw(
+            st.sampled_from(
+                [k for k in OUTPUT_KINDS if k not in ("same-as-other", "dot-slash-same")]
+            )
+        )
+    ]
     if len(exts) == 2:
         kinds.append(draw(st.sampled_from(OUTPUT_KINDS)))
         if draw(st.booleans()):
@@ -1211,8 +1611,10 @@ def test_fuzzed_output_paths():
                 paths.append(p)
                 if reader:
                     readers.append((p, reader))
-            full = [a.replace("{P}", paths[0]).replace("{Q}", paths[-1]) if a != "PLAN"
-                    else str(plan) for a in args]
+            full = [
+                a.replace("{P}", paths[0]).replace("{Q}", paths[-1]) if a != "PLAN" else str(plan)
+                for a in args
+            ]
             label = " + ".join(kinds)
             before = snapshot(work, outd)
             out = invoke(full, work, stats=col, fsize=256 if "disk-full" in kinds else None)
@@ -1226,14 +1628,27 @@ def test_fuzzed_output_paths():
                     found.append(f"exit 0 writing to {', '.join(bad)}")
                 for kind, p, ext in zip(kinds, paths, exts):
                     found += _check_written(kind, p, ext, out, drained, before, after, work)
-                changed = {Path(p).name for p in paths} | \
-                    {f"{w}{i}{e}" for i, e in enumerate(exts) for w in ("target", "nowhere")}
+                changed = {Path(p).name for p in paths} | {
+                    f"{w}{i}{e}" for i, e in enumerate(exts) for w in ("target", "nowhere")
+                }
                 found += partial_files(before, after, allowed=changed)
             else:
                 found += partial_files(before, after)
-                ok = [k for k in kinds if k in ("new", "existing", "devnull", "fifo",
-                                                 "stdout-link", "link-to-file", "dash",
-                                                 "odd-name")]
+                ok = [
+                    k
+                    for k in kinds
+                    if k
+                    in (
+                        "new",
+                        "existing",
+                        "devnull",
+                        "fifo",
+                        "stdout-link",
+                        "link-to-file",
+                        "dash",
+                        "odd-name",
+                    )
+                ]
                 same_stream = len(kinds) == 2 and kinds[0] == kinds[1] in ("stdout-link", "dash")
                 if out.code == 2 and len(ok) == len(kinds) and not same_stream:
                     found.append(f"refused a writable output ({label})")
@@ -1252,8 +1667,9 @@ def _check_written(kind, p, ext, out, drained, before, after, work) -> list[str]
     path = work / p
     if kind in ("new", "existing", "dash", "odd-name"):
         if kind == "dash" and not path.exists():
-            return [] if ("<algo" if ext == ".xml" else "") in out.stdout else \
-                ["'-' written nowhere"]
+            return (
+                [] if ("<algo" if ext == ".xml" else "") in out.stdout else ["'-' written nowhere"]
+            )
         if not path.is_file() or not _content_ok(ext, path.read_bytes()):
             return [f"{kind}: no valid {ext} written"]
         if kind == "existing" and stat.S_IMODE(path.stat().st_mode) != 0o640:
@@ -1266,9 +1682,11 @@ def _check_written(kind, p, ext, out, drained, before, after, work) -> list[str]
     elif kind in ("devnull", "stdout-link", "link-to-file", "dangling-link"):
         if not path.is_symlink() and before.get(str(path)) != after.get(str(path)):
             return [f"{kind}: the {'device' if kind == 'devnull' else 'link'} was replaced"]
-        if kind == "stdout-link" and not (_content_ok(ext, out.stdout.encode()) or (
-                ext.endswith(".png") and "PNG" in out.stdout[:8]) or (
-                ext.endswith(".json") and out.stdout.lstrip().startswith("{"))):
+        if kind == "stdout-link" and not (
+            _content_ok(ext, out.stdout.encode())
+            or (ext.endswith(".png") and "PNG" in out.stdout[:8])
+            or (ext.endswith(".json") and out.stdout.lstrip().startswith("{"))
+        ):
             return ["nothing valid written to the link to stdout"]
         if kind in ("link-to-file", "dangling-link"):
             target = path.parent / os.readlink(path)
@@ -1283,8 +1701,11 @@ READERS = {
     "simulate": (["simulate", "{P}", "-t", "dgx1", "--json"], "plan", (2,)),
     "topology validate": (["topology", "validate", "{P}"], "topology", (1,)),
     "topology show": (["topology", "show", "{P}"], "topology", (2,)),
-    "synthesize -t": (["synthesize", "-m", "ring", "-t", "{P}", "-c", "allgather", "-o", "OUT/x.xml"],
-                      "topology", (2,)),
+    "synthesize -t": (
+        ["synthesize", "-m", "ring", "-t", "{P}", "-c", "allgather", "-o", "OUT/x.xml"],
+        "topology",
+        (2,),
+    ),
     "sketch validate": (["sketch", "validate", "{P}", "-t", "ndv2", "-n", "2"], "sketch", (2,)),
     "topology import": (["topology", "import", "nvidia-smi", "{P}"], "nvsmi", (2,)),
     "run": (["run", "{P}", "--iters", "1"], "plan", (2,)),
@@ -1377,11 +1798,16 @@ def test_fuzzed_input_paths():
             if out.code == 0 and not valid:
                 found.append(f"exit 0 reading a {kind} input")
             if out.code != 0 and valid:
-                found.append(f"refused a valid input: {(stderr_lines(out.stderr) or [''])[0][:120]}")
-            found += partial_files(before, after,
-                                   allowed=[outd / "x.xml"] if out.code == 0 else [])
-            if not found and out.code != 0 and kind in ("sparse-huge", "devzero", "fifo") \
-                    and out.seconds > 5:
+                found.append(
+                    f"refused a valid input: {(stderr_lines(out.stderr) or [''])[0][:120]}"
+                )
+            found += partial_files(before, after, allowed=[outd / "x.xml"] if out.code == 0 else [])
+            if (
+                not found
+                and out.code != 0
+                and kind in ("sparse-huge", "devzero", "fifo")
+                and out.seconds > 5
+            ):
                 found.append(f"took {out.seconds:.1f} s to refuse a {kind} input")
             col.check(command, kind, found, out)
         finally:
@@ -1394,10 +1820,28 @@ def test_fuzzed_input_paths():
 
 
 # -- fuzzed nvidia-smi matrices --------------------------------------------------------------------------------
-NAMES = st.one_of(st.none(), st.sampled_from(["x", "", "a/b", "x" * 300, "two\nlines",
-                                              "name: evil\nlinks: []", "'", "#", "&a", "-"]))
-NICS = st.one_of(st.none(), st.sampled_from(["none", "mlx5_0", "mlx5_9", "NIC0", "NIC9", "", ",",
-                                             "mlx5_0,mlx5_0", "mlx5_0,mlx5_1,mlx5_2,mlx5_3"]))
+NAMES = st.one_of(
+    st.none(),
+    st.sampled_from(
+        ["x", "", "a/b", "x" * 300, "two\nlines", "name: evil\nlinks: []", "'", "#", "&a", "-"]
+    ),
+)
+NICS = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "none",
+            "mlx5_0",
+            "mlx5_9",
+            "NIC0",
+            "NIC9",
+            "",
+            ",",
+            "mlx5_0,mlx5_0",
+            "mlx5_0,mlx5_1,mlx5_2,mlx5_3",
+        ]
+    ),
+)
 
 
 def test_fuzzed_nvidia_smi_imports():
@@ -1432,14 +1876,30 @@ def test_fuzzed_nvidia_smi_imports():
                 return
             v = invoke(["topology", "validate", out_yaml], work, stats=col)
             if v.code != 0:
-                col.check("topology import", label, [f"wrote a topology validate rejects: "
-                                                     f"{(stderr_lines(v.stderr) or [''])[0][:160]}"], v)
+                col.check(
+                    "topology import",
+                    label,
+                    [
+                        f"wrote a topology validate rejects: "
+                        f"{(stderr_lines(v.stderr) or [''])[0][:160]}"
+                    ],
+                    v,
+                )
                 return
             doc = yaml.safe_load(out_yaml.read_text())
             if name is not None and name.strip() and doc.get("name") != name:
-                col.check("topology import", label, [f"--name {name!r} came out as {doc.get('name')!r}"], v)
+                col.check(
+                    "topology import",
+                    label,
+                    [f"--name {name!r} came out as {doc.get('name')!r}"],
+                    v,
+                )
             x = outd / "x.xml"
-            y = invoke(["synthesize", "-m", "ring", "-t", out_yaml, "-c", "allgather", "-o", x], work, stats=col)
+            y = invoke(
+                ["synthesize", "-m", "ring", "-t", out_yaml, "-c", "allgather", "-o", x],
+                work,
+                stats=col,
+            )
             col.check("synthesize -t imported", label, problems(y), y)
             if y.code == 0:
                 verify_plan(x, work, col, "synthesize -t imported", label)
@@ -1457,10 +1917,22 @@ gpus_per_node: 2
 links:
   - {pairs: [[0, 1]], bandwidth: 25, alpha: 0.7, kind: nvlink}
 """
-SMALL_INTS = st.one_of(st.sampled_from(["1", "2", "0"]), BAD_INTS.filter(
-    lambda t: not (t.strip().isdigit() and int(t) > 4)))  # good but large values run for ages
-PROFILE_OUTPUTS = ("none", "new", "existing", "directory", "missing-dir", "devfull",
-                   "link-to-file", "trailing-slash", "odd-name", "fifo-no-reader")
+SMALL_INTS = st.one_of(
+    st.sampled_from(["1", "2", "0"]),
+    BAD_INTS.filter(lambda t: not (t.strip().isdigit() and int(t) > 4)),
+)  # good but large values run for ages
+PROFILE_OUTPUTS = (
+    "none",
+    "new",
+    "existing",
+    "directory",
+    "missing-dir",
+    "devfull",
+    "link-to-file",
+    "trailing-slash",
+    "odd-name",
+    "fifo-no-reader",
+)
 
 
 def test_fuzzed_profile_runs():
@@ -1469,13 +1941,19 @@ def test_fuzzed_profile_runs():
     col = Collector("profile")
 
     @fuzz_settings(10)
-    @given(values=st.dictionaries(st.sampled_from(["--sizes", "--iters", "--warmup",
-                                                   "--gpus-per-node"]),
-                                  st.just(None), max_size=2),
-           sizes=SIZE_LISTS, ints=st.lists(SMALL_INTS, min_size=3, max_size=3),
-           output=st.sampled_from(PROFILE_OUTPUTS),
-           update=st.one_of(st.none(), fz.yaml_files([("two", TWO_GPUS)], fz.TOPOLOGY_VOCAB,
-                                                      ("links",))))
+    @given(
+        values=st.dictionaries(
+            st.sampled_from(["--sizes", "--iters", "--warmup", "--gpus-per-node"]),
+            st.just(None),
+            max_size=2,
+        ),
+        sizes=SIZE_LISTS,
+        ints=st.lists(SMALL_INTS, min_size=3, max_size=3),
+        output=st.sampled_from(PROFILE_OUTPUTS),
+        update=st.one_of(
+            st.none(), fz.yaml_files([("two", TWO_GPUS)], fz.TOPOLOGY_VOCAB, ("links",))
+        ),
+    )
     def run(values, sizes, ints, output, update):
         if col.stopped:
             return
@@ -1497,8 +1975,11 @@ def test_fuzzed_profile_runs():
                 (work / "two.yaml").write_bytes(update[1])
                 col.current_input = update[1]
                 args += ["--update", work / "two.yaml"]
-            label = (" ".join(f"{o} {picked[o]!r}" for o in values) + f" -o {output}"
-                     + (f" --update [{update[0]}]" if update else ""))
+            label = (
+                " ".join(f"{o} {picked[o]!r}" for o in values)
+                + f" -o {output}"
+                + (f" --update [{update[0]}]" if update else "")
+            )
             before = snapshot(work, outd)
             out = mpi_run(args, work, timeout=60)
             col.runs += 1
@@ -1512,8 +1993,10 @@ def test_fuzzed_profile_runs():
                 elif written is not None and Path(written).is_file():
                     v = invoke(["topology", "validate", written], work, stats=col)
                     if v.code != 0:
-                        found.append(f"wrote a topology validate rejects: "
-                                     f"{(stderr_lines(v.stderr) or [''])[0][:160]}")
+                        found.append(
+                            f"wrote a topology validate rejects: "
+                            f"{(stderr_lines(v.stderr) or [''])[0][:160]}"
+                        )
             else:
                 found += partial_files(before, after)
             col.check("mpiexec -n 2 taccl profile", label, found, out)
@@ -1537,23 +2020,68 @@ def _commands(group=taccl_main, prefix=()):
 COMMANDS = dict(_commands())
 #: commands whose good arguments may legitimately run for minutes
 SLOW = {("pareto",), ("profile",), ("run",)}
-ARGV_VALUES = ("dgx1", "ndv2", "dgx2", "allgather", "allreduce", "alltoall", "ring", "direct",
-               "tree", "1", "2", "0", "-1", "nan", "inf", "1e400", fz.HUGE_DIGITS, "", "-", "--",
-               "-h", "--help", "--version", "1K", "64M", "Simple", "LL", "x", "PLAN", "TOPO",
-               "OUT/o.xml", "OUT/o.png", "OUT/", "/dev/null", "--bogus", "-Z")
+ARGV_VALUES = (
+    "dgx1",
+    "ndv2",
+    "dgx2",
+    "allgather",
+    "allreduce",
+    "alltoall",
+    "ring",
+    "direct",
+    "tree",
+    "1",
+    "2",
+    "0",
+    "-1",
+    "nan",
+    "inf",
+    "1e400",
+    fz.HUGE_DIGITS,
+    "",
+    "-",
+    "--",
+    "-h",
+    "--help",
+    "--version",
+    "1K",
+    "64M",
+    "Simple",
+    "LL",
+    "x",
+    "PLAN",
+    "TOPO",
+    "OUT/o.xml",
+    "OUT/o.png",
+    "OUT/",
+    "/dev/null",
+    "--bogus",
+    "-Z",
+)
 
 
 @st.composite
 def command_lines(draw):
     path = draw(st.sampled_from(sorted(p for p in COMMANDS if p not in SLOW)))
     cmd = COMMANDS[path]
-    opts = [o for prm in cmd.params if isinstance(prm, click.Option) for o in prm.opts
-            + list(prm.secondary_opts)]
-    choices = [c for prm in cmd.params if isinstance(prm.type, click.Choice)
-               for c in prm.type.choices if c not in ("milp", "smt")]
-    pool = st.one_of(st.sampled_from(sorted(opts) or ["--help"]),
-                     st.sampled_from(ARGV_VALUES + tuple(choices)),
-                     st.text(max_size=4).filter(lambda t: "\x00" not in t))  # argv has no NUL
+    opts = [
+        o
+        for prm in cmd.params
+        if isinstance(prm, click.Option)
+        for o in prm.opts + list(prm.secondary_opts)
+    ]
+    choices = [
+        c
+        for prm in cmd.params
+        if isinstance(prm.type, click.Choice)
+        for c in prm.type.choices
+        if c not in ("milp", "smt")
+    ]
+    pool = st.one_of(
+        st.sampled_from(sorted(opts) or ["--help"]),
+        st.sampled_from(ARGV_VALUES + tuple(choices)),
+        st.text(max_size=4).filter(lambda t: "\x00" not in t),
+    )  # argv has no NUL
     tokens = draw(st.lists(pool, max_size=6))
     if ("-m", "milp") in zip(tokens, tokens[1:]) or "smt" in tokens:
         tokens = [t for t in tokens if t not in ("milp", "smt")]
@@ -1622,50 +2150,220 @@ def _two_error_sketch() -> str:
 
 #: (id, files to create {name: text}, args, expected exit, extra check name, max seconds)
 ISSUE_CASES = [
-    ("simulate-cnt0", {"p.xml": lambda: _plan_text(cnt0=True)},
-     ["simulate", "p.xml", "-t", "dgx1"], 2, "as verify", 10),
-    ("plot-cnt0", {"p.xml": lambda: _plan_text(cnt0=True)},
-     ["plot", "p.xml", "-t", "dgx1", "--timeline", "OUT/t.png"], 2, "as verify", 10),
+    (
+        "simulate-cnt0",
+        {"p.xml": lambda: _plan_text(cnt0=True)},
+        ["simulate", "p.xml", "-t", "dgx1"],
+        2,
+        "as verify",
+        10,
+    ),
+    (
+        "plot-cnt0",
+        {"p.xml": lambda: _plan_text(cnt0=True)},
+        ["plot", "p.xml", "-t", "dgx1", "--timeline", "OUT/t.png"],
+        2,
+        "as verify",
+        10,
+    ),
     ("run-cnt0", {"p.xml": lambda: _plan_text(cnt0=True)}, ["run", "p.xml"], 2, "as verify", 10),
-    ("missing-dir-leaves-no-ir", {},
-     ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "OUT/missing/a.xml", "--ir",
-      "OUT/ir.json"], 2, None, 10),
-    ("same-o-and-ir", {}, ["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "OUT/x",
-                           "--ir", "OUT/x"], 2, None, 10),
-    ("time-limit-nan", {}, ["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "milp",
-                            "--time-limit", "nan", "-o", "OUT/x.xml"], 2, "names --time-limit", 10),
-    ("size-1e400-digits", {}, ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "--size",
-                               fz.HUGE_DIGITS, "-o", "OUT/x.xml"], 2, "names --size", 10),
-    ("verify-ngpus-1e9", {"p.xml": lambda: _plan_text(ngpus=1000000000)},
-     ["verify", "p.xml"], 2, None, 5),
-    ("simulate-ngpus-1e9", {"p.xml": lambda: _plan_text(ngpus=1000000000)},
-     ["simulate", "p.xml", "-t", "dgx1"], 2, None, 5),
+    (
+        "missing-dir-leaves-no-ir",
+        {},
+        [
+            "synthesize",
+            "-m",
+            "ring",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "-o",
+            "OUT/missing/a.xml",
+            "--ir",
+            "OUT/ir.json",
+        ],
+        2,
+        None,
+        10,
+    ),
+    (
+        "same-o-and-ir",
+        {},
+        ["synthesize", "-t", "dgx1", "-c", "allgather", "-o", "OUT/x", "--ir", "OUT/x"],
+        2,
+        None,
+        10,
+    ),
+    (
+        "time-limit-nan",
+        {},
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "-m",
+            "milp",
+            "--time-limit",
+            "nan",
+            "-o",
+            "OUT/x.xml",
+        ],
+        2,
+        "names --time-limit",
+        10,
+    ),
+    (
+        "size-1e400-digits",
+        {},
+        [
+            "synthesize",
+            "-m",
+            "ring",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "--size",
+            fz.HUGE_DIGITS,
+            "-o",
+            "OUT/x.xml",
+        ],
+        2,
+        "names --size",
+        10,
+    ),
+    (
+        "verify-ngpus-1e9",
+        {"p.xml": lambda: _plan_text(ngpus=1000000000)},
+        ["verify", "p.xml"],
+        2,
+        None,
+        5,
+    ),
+    (
+        "simulate-ngpus-1e9",
+        {"p.xml": lambda: _plan_text(ngpus=1000000000)},
+        ["simulate", "p.xml", "-t", "dgx1"],
+        2,
+        None,
+        5,
+    ),
     ("verify-dev-zero", {}, ["verify", "/dev/zero"], 2, None, 5),
-    ("topology-anchor-bomb", {"t.yaml": lambda: fz.yaml_bomb_in(
-        (REPO / "topologies" / "dgx1.yaml").read_text(), "links")},
-     ["topology", "validate", "t.yaml"], 1, None, 2),
-    ("sketch-anchor-bomb", {"s.yaml": lambda: fz.yaml_bomb_in(sketch_bases()[0][1], "chunkup")},
-     ["sketch", "validate", "s.yaml", "-t", "ndv2", "-n", "2"], 2, None, 2),
-    ("nodes-100000", {}, ["synthesize", "-m", "ring", "-t", "dgx1", "-n", "100000", "-c", "allgather",
-                          "-o", "OUT/x.xml"], 2, None, 5),
-    ("chunkup-100000", {}, ["synthesize", "-m", "ring", "-t", "dgx1", "--chunkup", "100000", "-c",
-                            "allgather", "-o", "OUT/x.xml"], 2, None, 5),
+    (
+        "topology-anchor-bomb",
+        {
+            "t.yaml": lambda: fz.yaml_bomb_in(
+                (REPO / "topologies" / "dgx1.yaml").read_text(), "links"
+            )
+        },
+        ["topology", "validate", "t.yaml"],
+        1,
+        None,
+        2,
+    ),
+    (
+        "sketch-anchor-bomb",
+        {"s.yaml": lambda: fz.yaml_bomb_in(sketch_bases()[0][1], "chunkup")},
+        ["sketch", "validate", "s.yaml", "-t", "ndv2", "-n", "2"],
+        2,
+        None,
+        2,
+    ),
+    (
+        "nodes-100000",
+        {},
+        [
+            "synthesize",
+            "-m",
+            "ring",
+            "-t",
+            "dgx1",
+            "-n",
+            "100000",
+            "-c",
+            "allgather",
+            "-o",
+            "OUT/x.xml",
+        ],
+        2,
+        None,
+        5,
+    ),
+    (
+        "chunkup-100000",
+        {},
+        [
+            "synthesize",
+            "-m",
+            "ring",
+            "-t",
+            "dgx1",
+            "--chunkup",
+            "100000",
+            "-c",
+            "allgather",
+            "-o",
+            "OUT/x.xml",
+        ],
+        2,
+        None,
+        5,
+    ),
     ("topology-show-nodes-100000", {}, ["topology", "show", "dgx1", "-n", "100000"], 2, None, 5),
-    ("topology-validate-all-errors", {"t.yaml": _two_error_topology},
-     ["topology", "validate", "t.yaml"], 1, "3 lines", 5),
-    ("sketch-validate-all-errors", {"s.yaml": _two_error_sketch},
-     ["sketch", "validate", "s.yaml", "-t", "ndv2", "-n", "2"], 2, "3 lines", 5),
+    (
+        "topology-validate-all-errors",
+        {"t.yaml": _two_error_topology},
+        ["topology", "validate", "t.yaml"],
+        1,
+        "3 lines",
+        5,
+    ),
+    (
+        "sketch-validate-all-errors",
+        {"s.yaml": _two_error_sketch},
+        ["sketch", "validate", "s.yaml", "-t", "ndv2", "-n", "2"],
+        2,
+        "3 lines",
+        5,
+    ),
     ("topology-validate-fifo", {"FIFO": None}, ["topology", "validate", "fifo"], 1, None, 5),
     ("verify-directory", {}, ["verify", "."], 2, None, 5),
-    ("import-tiny-pcie-bw", {}, ["topology", "import", "nvidia-smi", str(NVSMI), "--pcie-bw",
-                                 "1e-9"], 2, "names --pcie-bw", 5),
+    (
+        "import-tiny-pcie-bw",
+        {},
+        ["topology", "import", "nvidia-smi", str(NVSMI), "--pcie-bw", "1e-9"],
+        2,
+        "names --pcie-bw",
+        5,
+    ),
     # (click drops ANSI sequences itself when stderr is no terminal; a bell or SI is kept)
-    ("usage-error-escapes-control-chars", {}, ["topology", "show", "dgx1", "x\x07y\x0fz"], 2,
-     None, 5),
-    ("bad-value-escapes-control-chars", {}, ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather",
-                                             "--nodes", "2\x07\x14"], 2, None, 5),
-    ("simulate-json-is-json", {"p.xml": lambda: dict(plan_bases())["ndv2x2-allreduce-ring"]},
-     ["simulate", "p.xml", "-t", "ndv2", "-n", "2", "--json"], 0, "json", 15),
+    (
+        "usage-error-escapes-control-chars",
+        {},
+        ["topology", "show", "dgx1", "x\x07y\x0fz"],
+        2,
+        None,
+        5,
+    ),
+    (
+        "bad-value-escapes-control-chars",
+        {},
+        ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "--nodes", "2\x07\x14"],
+        2,
+        None,
+        5,
+    ),
+    (
+        "simulate-json-is-json",
+        {"p.xml": lambda: dict(plan_bases())["ndv2x2-allreduce-ring"]},
+        ["simulate", "p.xml", "-t", "ndv2", "-n", "2", "--json"],
+        0,
+        "json",
+        15,
+    ),
 ]
 
 
@@ -1678,8 +2376,12 @@ def test_full_disk_is_one_line(command, tmp_path):
     work.mkdir()
     outd.mkdir()
     (work / "plan.xml").write_text(plan_bases()[0][1])
-    full = [a.replace("{P}", str(outd / f"a{exts[0]}")).replace("{Q}", str(outd / f"b{exts[-1]}"))
-            if a != "PLAN" else str(work / "plan.xml") for a in args]
+    full = [
+        a.replace("{P}", str(outd / f"a{exts[0]}")).replace("{Q}", str(outd / f"b{exts[-1]}"))
+        if a != "PLAN"
+        else str(work / "plan.xml")
+        for a in args
+    ]
     before = snapshot(work, outd)
     out = invoke(full, work, fsize=256)
     found = problems(out) + partial_files(before, snapshot(work, outd))
@@ -1688,12 +2390,15 @@ def test_full_disk_is_one_line(command, tmp_path):
     assert not found, f"{found}\n{out.show()}"
 
 
-@pytest.mark.parametrize("sizes", ["8,1T", "8,8E", "8," + str(2 ** 40)])
+@pytest.mark.parametrize("sizes", ["8,1T", "8,8E", "8," + str(2**40)])
 def test_profile_refuses_buffers_beyond_memory(sizes, tmp_path):
     """`mpiexec -n 2 taccl profile --sizes 8,1T`: one line (as `taccl run --size` gives), not
     an allocation traceback (each process may map at most 4 GiB here)."""
-    out = mpi_run(["-n", "2", TACCL, "profile", "--sizes", sizes, "--iters", "1", "-o", "p.yaml"],
-                  tmp_path, timeout=60)
+    out = mpi_run(
+        ["-n", "2", TACCL, "profile", "--sizes", sizes, "--iters", "1", "-o", "p.yaml"],
+        tmp_path,
+        timeout=60,
+    )
     found = problems(out) + ([] if out.code == 2 else [f"exit {out.code}, expected 2"])
     assert not found and not list(tmp_path.iterdir()), f"{found}\n{out.show()}"
 
@@ -1713,8 +2418,9 @@ def test_issue_examples(case):
         full = [a.replace("OUT/", f"{outd}/") for a in args]
         before = snapshot(work, outd)
         out = invoke(full, work)
-        found = problems(out, err_codes=(expect,) if expect else (2,),
-                         many_lines=extra == "3 lines")
+        found = problems(
+            out, err_codes=(expect,) if expect else (2,), many_lines=extra == "3 lines"
+        )
         found += partial_files(before, snapshot(work, outd))
         if out.code != expect:
             found.append(f"expected exit {expect}, got {out.code}")
@@ -1757,14 +2463,54 @@ def _wait_for(proc: subprocess.Popen, err: list[bytes], pattern: bytes, seconds:
 
 
 INTERRUPTS = [
-    ("milp-sigint", ["synthesize", "-t", "dgx1", "-n", "2", "-c", "allgather", "-m", "milp",
-                     "--time-limit", "60"], signal.SIGINT, b"routing (chunk-up 1)"),
-    ("milp-sigterm", ["synthesize", "-t", "dgx1", "-n", "2", "-c", "allgather", "-m", "milp",
-                      "--time-limit", "60"], signal.SIGTERM, b"routing (chunk-up 1)"),
-    ("smt-sigint", ["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "smt",
-                    "--time-limit", "60"], signal.SIGINT, None),
-    ("pareto-sigterm", ["pareto", "-t", "dgx1", "-c", "allgather", "--time-limit", "60"],
-     signal.SIGTERM, None),
+    (
+        "milp-sigint",
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-n",
+            "2",
+            "-c",
+            "allgather",
+            "-m",
+            "milp",
+            "--time-limit",
+            "60",
+        ],
+        signal.SIGINT,
+        b"routing (chunk-up 1)",
+    ),
+    (
+        "milp-sigterm",
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-n",
+            "2",
+            "-c",
+            "allgather",
+            "-m",
+            "milp",
+            "--time-limit",
+            "60",
+        ],
+        signal.SIGTERM,
+        b"routing (chunk-up 1)",
+    ),
+    (
+        "smt-sigint",
+        ["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "smt", "--time-limit", "60"],
+        signal.SIGINT,
+        None,
+    ),
+    (
+        "pareto-sigterm",
+        ["pareto", "-t", "dgx1", "-c", "allgather", "--time-limit", "60"],
+        signal.SIGTERM,
+        None,
+    ),
 ]
 
 
@@ -1772,10 +2518,18 @@ INTERRUPTS = [
 def test_interrupt_during_solve(case, tmp_path):
     """Ctrl-C or SIGTERM mid-solve: exit 130 within 2 s, no traceback, no files."""
     name, args, sig, marker = case
-    args = args + ["-o", str(tmp_path / "x.xml"), "--ir", str(tmp_path / "x.json")] \
-        if args[0] == "synthesize" else args
-    proc = subprocess.Popen([str(TACCL), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    args = (
+        args + ["-o", str(tmp_path / "x.xml"), "--ir", str(tmp_path / "x.json")]
+        if args[0] == "synthesize"
+        else args
+    )
+    proc = subprocess.Popen(
+        [str(TACCL), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     err: list[bytes] = []
     try:
         if marker is not None:
@@ -1817,8 +2571,23 @@ def test_interrupt_during_solve(case, tmp_path):
 
 
 DEADLINES = [
-    ("smt", ["synthesize", "-t", "dgx1", "-c", "allgather", "-m", "smt", "--time-limit", "3",
-             "-o", "x.xml"], 3),
+    (
+        "smt",
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "-m",
+            "smt",
+            "--time-limit",
+            "3",
+            "-o",
+            "x.xml",
+        ],
+        3,
+    ),
     ("pareto", ["pareto", "-t", "dgx1", "-c", "allgather", "--time-limit", "2"], 2),
 ]
 
@@ -1841,8 +2610,25 @@ def test_time_limit_bounds_the_command(case, tmp_path):
 
 def test_milp_stdout_is_only_the_report(tmp_path):
     """A milp run (HiGHS in-process): a verified plan; no solver banner on stdout or stderr."""
-    out = shell(["synthesize", "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "milp",
-                 "--time-limit", "3", "-o", "x.xml"], tmp_path, timeout=120)
+    out = shell(
+        [
+            "synthesize",
+            "-t",
+            "ndv2",
+            "-n",
+            "2",
+            "-c",
+            "allgather",
+            "-m",
+            "milp",
+            "--time-limit",
+            "3",
+            "-o",
+            "x.xml",
+        ],
+        tmp_path,
+        timeout=120,
+    )
     found = problems(out)
     for stream in (out.stdout, out.stderr):
         if "HiGHS" in stream or "Running" in stream:
@@ -1858,7 +2644,9 @@ def test_real_stdout_and_fifo_outputs(tmp_path):
     """Through the real executable: -o /dev/stdout's equivalent (a link to
     /proc/self/fd/1) and a FIFO with a reader are written into, and stay what they were."""
     os.symlink("/proc/self/fd/1", tmp_path / "stdout")
-    out = shell(["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "stdout"], tmp_path)
+    out = shell(
+        ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather", "-o", "stdout"], tmp_path
+    )
     found = problems(out)
     if out.code == 0 and "<algo" not in out.stdout:
         found.append("the plan did not reach stdout")
@@ -1878,8 +2666,10 @@ def test_real_stdout_and_fifo_outputs(tmp_path):
 
 def test_harness_matches_the_real_executable(tmp_path):
     """The forked runner sees what the real `taccl` prints, for a success and an error."""
-    for args in (["verify", str(REPO / "tests" / "fixtures" / "external" / "ring_allgather_8.xml")],
-                 ["topology", "show", "nonexistent-topology"]):
+    for args in (
+        ["verify", str(REPO / "tests" / "fixtures" / "external" / "ring_allgather_8.xml")],
+        ["topology", "show", "nonexistent-topology"],
+    ):
         a, b = invoke(args, tmp_path), shell(args, tmp_path)
         assert (a.code, a.stdout, a.stderr) == (b.code, b.stdout, b.stderr), (a.show(), b.show())
 
@@ -1893,10 +2683,30 @@ def test_interrupt_anywhere_in_the_pipeline(delay, tmp_path):
     """Ctrl-C at any point of routing, ordering, scheduling, lowering, verifying or writing:
     exit 130 within 2 s, one line, no files; or, if the run had finished, exit 0 with a plan
     and IR that verify."""
-    args = ["synthesize", "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "milp",
-            "--time-limit", "10", "-o", "x.xml", "--ir", "x.json"]
-    proc = subprocess.Popen([str(TACCL), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    args = [
+        "synthesize",
+        "-t",
+        "ndv2",
+        "-n",
+        "2",
+        "-c",
+        "allgather",
+        "-m",
+        "milp",
+        "--time-limit",
+        "10",
+        "-o",
+        "x.xml",
+        "--ir",
+        "x.json",
+    ]
+    proc = subprocess.Popen(
+        [str(TACCL), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     err: list[bytes] = []
     try:
         assert _wait_for(proc, err, b"s]", 60), f"no progress: {b''.join(err)[-300:]!r}"
@@ -1939,9 +2749,15 @@ def test_interrupt_anywhere_in_the_pipeline(delay, tmp_path):
 
 def test_concurrent_writers_leave_one_whole_file(tmp_path):
     """Two runs writing the same -o at once: both succeed and the file is one whole plan."""
-    procs = [subprocess.Popen([str(TACCL), "synthesize", "-m", "ring", "-t", "dgx1", "-c", coll, "-o", "same.xml"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for coll in ("allgather", "allreduce", "reducescatter")]
+    procs = [
+        subprocess.Popen(
+            [str(TACCL), "synthesize", "-m", "ring", "-t", "dgx1", "-c", coll, "-o", "same.xml"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for coll in ("allgather", "allreduce", "reducescatter")
+    ]
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same.xml"]

@@ -44,69 +44,153 @@ DIFF_LINES = 40  # the most diff lines shown on a mismatch
 # A report is JSON (`--json`, stored as <name>.json) or the text table (<name>.txt).
 CASES: list[tuple[str, list[str], list[str]]] = [
     # NCCL's rings
-    ("ring-dgx1-allgather",
-     ["-t", "dgx1", "-c", "allgather", "-m", "ring"],
-     ["-t", "dgx1", "--sizes", SIZES, "--json"]),
-    ("ring-dgx2-allreduce",
-     ["-t", "dgx2", "-c", "allreduce", "-m", "ring"],
-     ["-t", "dgx2", "--sizes", SIZES, "--json"]),
-    ("ring-dgx-a100-reducescatter-msccl",
-     ["-t", "dgx-a100", "-c", "reducescatter", "-m", "ring", "--runtime", "msccl"],
-     ["-t", "dgx-a100", "--sizes", SIZES, "--json"]),
-    ("ring-ndv2-2n-alltoall",
-     ["-t", "ndv2", "-n", "2", "-c", "alltoall", "-m", "ring"],
-     ["-t", "ndv2", "-n", "2", "--sizes", SIZES, "--json"]),
-    ("ring-dgx1-allreduce-ll-chunkup2-instances2",
-     ["-t", "dgx1", "-c", "allreduce", "-m", "ring", "--chunkup", "2", "--instances", "2",
-      "--proto", "LL"],
-     ["-t", "dgx1", "--sizes", SIZES]),
+    (
+        "ring-dgx1-allgather",
+        ["-t", "dgx1", "-c", "allgather", "-m", "ring"],
+        ["-t", "dgx1", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "ring-dgx2-allreduce",
+        ["-t", "dgx2", "-c", "allreduce", "-m", "ring"],
+        ["-t", "dgx2", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "ring-dgx-a100-reducescatter-msccl",
+        ["-t", "dgx-a100", "-c", "reducescatter", "-m", "ring", "--runtime", "msccl"],
+        ["-t", "dgx-a100", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "ring-ndv2-2n-alltoall",
+        ["-t", "ndv2", "-n", "2", "-c", "alltoall", "-m", "ring"],
+        ["-t", "ndv2", "-n", "2", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "ring-dgx1-allreduce-ll-chunkup2-instances2",
+        [
+            "-t",
+            "dgx1",
+            "-c",
+            "allreduce",
+            "-m",
+            "ring",
+            "--chunkup",
+            "2",
+            "--instances",
+            "2",
+            "--proto",
+            "LL",
+        ],
+        ["-t", "dgx1", "--sizes", SIZES],
+    ),
     # NCCL's double binary tree (AllReduce only)
-    ("tree-dgx1-allreduce",
-     ["-t", "dgx1", "-c", "allreduce", "-m", "tree"],
-     ["-t", "dgx1", "--sizes", SIZES]),
-    ("tree-ndv2-2n-allreduce",
-     ["-t", "ndv2", "-n", "2", "-c", "allreduce", "-m", "tree"],
-     ["-t", "ndv2", "-n", "2", "--sizes", SIZES, "--json"]),
+    (
+        "tree-dgx1-allreduce",
+        ["-t", "dgx1", "-c", "allreduce", "-m", "tree"],
+        ["-t", "dgx1", "--sizes", SIZES],
+    ),
+    (
+        "tree-ndv2-2n-allreduce",
+        ["-t", "ndv2", "-n", "2", "-c", "allreduce", "-m", "tree"],
+        ["-t", "ndv2", "-n", "2", "--sizes", SIZES, "--json"],
+    ),
     # every chunk straight to its destination
-    ("direct-mi300x-alltoall",
-     ["-t", "mi300x", "-c", "alltoall", "-m", "direct"],
-     ["-t", "mi300x", "--sizes", SIZES, "--json"]),
-    ("direct-ndv2-2n-alltoall",
-     ["-t", "ndv2", "-n", "2", "-c", "alltoall", "-m", "direct"],
-     ["-t", "ndv2", "-n", "2", "--sizes", SIZES, "--json"]),
-    ("direct-dgx2-reducescatter",
-     ["-t", "dgx2", "-c", "reducescatter", "-m", "direct"],
-     ["-t", "dgx2", "--sizes", SIZES, "--json"]),
+    (
+        "direct-mi300x-alltoall",
+        ["-t", "mi300x", "-c", "alltoall", "-m", "direct"],
+        ["-t", "mi300x", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "direct-ndv2-2n-alltoall",
+        ["-t", "ndv2", "-n", "2", "-c", "alltoall", "-m", "direct"],
+        ["-t", "ndv2", "-n", "2", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "direct-dgx2-reducescatter",
+        ["-t", "dgx2", "-c", "reducescatter", "-m", "direct"],
+        ["-t", "dgx2", "--sizes", SIZES, "--json"],
+    ),
     # exact synthesis at a fixed (steps, rounds, chunks): one query, no search
-    ("smt-dgx1-allgather-s2-r4-c2",
-     ["-t", "dgx1", "-c", "allgather", "-m", "smt", "--steps", "2", "--rounds", "4",
-      "--chunks", "2"],
-     ["-t", "dgx1", "--sizes", SIZES, "--json"]),
-    ("smt-dgx1-alltoall-s3-r3-c1",
-     ["-t", "dgx1", "-c", "alltoall", "-m", "smt", "--steps", "3", "--rounds", "3",
-      "--chunks", "1"],
-     ["-t", "dgx1", "--sizes", SIZES, "--json"]),
-    ("smt-mi300x-alltoall-s1-r1-c1",
-     ["-t", "mi300x", "-c", "alltoall", "-m", "smt", "--steps", "1", "--rounds", "1",
-      "--chunks", "1"],
-     ["-t", "mi300x", "--sizes", SIZES, "--json"]),
+    (
+        "smt-dgx1-allgather-s2-r4-c2",
+        [
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "-m",
+            "smt",
+            "--steps",
+            "2",
+            "--rounds",
+            "4",
+            "--chunks",
+            "2",
+        ],
+        ["-t", "dgx1", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "smt-dgx1-alltoall-s3-r3-c1",
+        [
+            "-t",
+            "dgx1",
+            "-c",
+            "alltoall",
+            "-m",
+            "smt",
+            "--steps",
+            "3",
+            "--rounds",
+            "3",
+            "--chunks",
+            "1",
+        ],
+        ["-t", "dgx1", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "smt-mi300x-alltoall-s1-r1-c1",
+        [
+            "-t",
+            "mi300x",
+            "-c",
+            "alltoall",
+            "-m",
+            "smt",
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--chunks",
+            "1",
+        ],
+        ["-t", "mi300x", "--sizes", SIZES, "--json"],
+    ),
     # staged (TACCL-style) synthesis: every routing MILP at 0 % gap at once, far from
     # the time limit
-    ("milp-mi300x-allgather",
-     ["-t", "mi300x", "-c", "allgather", "-m", "milp", "--time-limit", "600"],
-     ["-t", "mi300x", "--sizes", SIZES, "--json"]),
-    ("milp-mi300x-reducescatter",
-     ["-t", "mi300x", "-c", "reducescatter", "-m", "milp", "--time-limit", "600"],
-     ["-t", "mi300x", "--sizes", SIZES, "--json"]),
-    ("milp-dgx-h100-allreduce",
-     ["-t", "dgx-h100", "-c", "allreduce", "-m", "milp", "--time-limit", "600"],
-     ["-t", "dgx-h100", "--sizes", SIZES, "--json"]),
-    ("milp-dgx-a100-alltoall",
-     ["-t", "dgx-a100", "-c", "alltoall", "-m", "milp", "--time-limit", "600"],
-     ["-t", "dgx-a100", "--sizes", SIZES, "--json"]),
-    ("milp-mi300x-2n-allgather",  # the multi-node AllGather decomposition, too
-     ["-t", "mi300x", "-n", "2", "-c", "allgather", "-m", "milp", "--time-limit", "600"],
-     ["-t", "mi300x", "-n", "2", "--sizes", SIZES, "--json"]),
+    (
+        "milp-mi300x-allgather",
+        ["-t", "mi300x", "-c", "allgather", "-m", "milp", "--time-limit", "600"],
+        ["-t", "mi300x", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "milp-mi300x-reducescatter",
+        ["-t", "mi300x", "-c", "reducescatter", "-m", "milp", "--time-limit", "600"],
+        ["-t", "mi300x", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "milp-dgx-h100-allreduce",
+        ["-t", "dgx-h100", "-c", "allreduce", "-m", "milp", "--time-limit", "600"],
+        ["-t", "dgx-h100", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "milp-dgx-a100-alltoall",
+        ["-t", "dgx-a100", "-c", "alltoall", "-m", "milp", "--time-limit", "600"],
+        ["-t", "dgx-a100", "--sizes", SIZES, "--json"],
+    ),
+    (
+        "milp-mi300x-2n-allgather",  # the multi-node AllGather decomposition, too
+        ["-t", "mi300x", "-n", "2", "-c", "allgather", "-m", "milp", "--time-limit", "600"],
+        ["-t", "mi300x", "-n", "2", "--sizes", SIZES, "--json"],
+    ),
 ]
 
 
@@ -124,18 +208,29 @@ def _compare(golden: Path, got: bytes) -> None:
     if UPDATE:
         golden.write_bytes(got)
         return
-    assert golden.is_file(), (f"{golden} is missing: regenerate with "
-                              f"TACCL_GOLDEN_UPDATE=1 (deliberate changes only)")
+    assert golden.is_file(), (
+        f"{golden} is missing: regenerate with TACCL_GOLDEN_UPDATE=1 (deliberate changes only)"
+    )
     want = golden.read_bytes()
     if got == want:
         return
-    diff = list(difflib.unified_diff(
-        want.decode(errors="replace").splitlines(), got.decode(errors="replace").splitlines(),
-        f"golden/{golden.name}", "now", n=2, lineterm=""))
+    diff = list(
+        difflib.unified_diff(
+            want.decode(errors="replace").splitlines(),
+            got.decode(errors="replace").splitlines(),
+            f"golden/{golden.name}",
+            "now",
+            n=2,
+            lineterm="",
+        )
+    )
     more = len(diff) - DIFF_LINES
     shown = "\n".join(diff[:DIFF_LINES]) + (f"\n... {more} more diff lines" if more > 0 else "")
-    pytest.fail(f"{golden.name} differs from the golden file "
-                f"({len(want)} bytes stored, {len(got)} now):\n{shown}", pytrace=False)
+    pytest.fail(
+        f"{golden.name} differs from the golden file "
+        f"({len(want)} bytes stored, {len(got)} now):\n{shown}",
+        pytrace=False,
+    )
 
 
 @pytest.mark.parametrize(("name", "synth_args", "sim_args"), CASES, ids=[c[0] for c in CASES])

@@ -19,19 +19,18 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taccl_py.util import fileio
 from taccl_py.cli import main
 from taccl_py.errors import PlanError, SketchError, TacclError, TopologyError
-from taccl_py.util.fileio import read_input
 from taccl_py.plan import xml as plan_xml
-from taccl_py.plan.xml import MAX_CHUNKS, MAX_GPUS, MAX_TOTAL_CHUNKS, parse_plan, plan_to_xml
-from taccl_py.topology.profile import _prepare
 from taccl_py.plan.verify import verify
+from taccl_py.plan.xml import MAX_CHUNKS, MAX_GPUS, MAX_TOTAL_CHUNKS, parse_plan, plan_to_xml
 from taccl_py.synth.milp.sketch import MAX_ROTATIONS, load_sketch, parse_sketch
 from taccl_py.topology import loader
-from taccl_py.topology.loader import (MAX_FILE_BYTES, MAX_YAML_NODES, load_topology,
-                                      validate_file)
+from taccl_py.topology.loader import MAX_FILE_BYTES, MAX_YAML_NODES, load_topology, validate_file
+from taccl_py.topology.profile import _prepare
 from taccl_py.topology.schema import MAX_LISTED
+from taccl_py.util import fileio
+from taccl_py.util.fileio import read_input
 from taccl_py.util.units import MAX_SIZE
 
 from .test_xml import two_rank_allgather
@@ -39,9 +38,30 @@ from .test_xml import two_rank_allgather
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "gpus_per_node: 2\nlinks: [{pairs: [[0, 1]], bandwidth: 25, alpha: 0.7}]\n"
 #: the largest valid attribute values of a plan, and one past them
-NUMBER_TOKENS = (".nan", ".NaN", "-.nan", ".inf", "-.inf", "+.inf", "1e400", "-1e400", "true",
-                 "false", "1" + "0" * 400, "1" + "0" * 5000, "-1", "0", str(2 ** 63), "~",
-                 "0x7fffffff", "0o17", "1_000", "1:20:30", "'3'", "2.5")
+NUMBER_TOKENS = (
+    ".nan",
+    ".NaN",
+    "-.nan",
+    ".inf",
+    "-.inf",
+    "+.inf",
+    "1e400",
+    "-1e400",
+    "true",
+    "false",
+    "1" + "0" * 400,
+    "1" + "0" * 5000,
+    "-1",
+    "0",
+    str(2**63),
+    "~",
+    "0x7fffffff",
+    "0o17",
+    "1_000",
+    "1:20:30",
+    "'3'",
+    "2.5",
+)
 
 
 def one_line(exc: pytest.ExceptionInfo, *fragments: str) -> str:
@@ -82,9 +102,14 @@ def specials(tmp_path):
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(sock_path))
     (tmp_path / "dir.yaml").mkdir()
-    yield [(fifo, "a FIFO"), (sock_path, "a socket"), (tmp_path / "dir.yaml", "a directory"),
-           (Path("/dev/zero"), "a character device"),
-           (Path("/dev/urandom"), "a character device"), (Path("/dev/null"), "a character device")]
+    yield [
+        (fifo, "a FIFO"),
+        (sock_path, "a socket"),
+        (tmp_path / "dir.yaml", "a directory"),
+        (Path("/dev/zero"), "a character device"),
+        (Path("/dev/urandom"), "a character device"),
+        (Path("/dev/null"), "a character device"),
+    ]
     sock.close()
 
 
@@ -147,13 +172,17 @@ def test_read_input_never_reads_more_than_limit_plus_one(tmp_path, monkeypatch):
     assert asked == [11]
 
 
-@pytest.mark.parametrize("read, error", [
-    (lambda p: load_topology(str(p)), TopologyError),
-    (validate_file, TopologyError),
-    (lambda p: load_sketch(p, load_topology("dgx1")), SketchError),
-    (parse_plan, PlanError),
-    (lambda p: _prepare(["h"] * 2, 2, [1, 2], None, p), TopologyError),
-], ids=["load_topology", "validate_file", "load_sketch", "parse_plan", "profile_update"])
+@pytest.mark.parametrize(
+    "read, error",
+    [
+        (lambda p: load_topology(str(p)), TopologyError),
+        (validate_file, TopologyError),
+        (lambda p: load_sketch(p, load_topology("dgx1")), SketchError),
+        (parse_plan, PlanError),
+        (lambda p: _prepare(["h"] * 2, 2, [1, 2], None, p), TopologyError),
+    ],
+    ids=["load_topology", "validate_file", "load_sketch", "parse_plan", "profile_update"],
+)
 def test_every_reader_refuses_special_files(specials, read, error):
     for path, kind in specials:
         with pytest.raises(error) as exc:
@@ -161,23 +190,26 @@ def test_every_reader_refuses_special_files(specials, read, error):
         one_line(exc, f"{path}: is {kind}, not a ")
 
 
-@pytest.mark.parametrize("path, kind", [("/dev/zero", "a character device"),
-                                        (".", "a directory")])
+@pytest.mark.parametrize("path, kind", [("/dev/zero", "a character device"), (".", "a directory")])
 def test_topology_import_refuses_special_files(path, kind):
     res = CliRunner().invoke(main, ["topology", "import", "nvidia-smi", path])
     assert res.exit_code == 2
-    assert res.output.strip() == (f"taccl: error: {path}: is {kind}, not a topology matrix "
-                                  "(nvidia-smi topo -m)")
+    assert res.output.strip() == (
+        f"taccl: error: {path}: is {kind}, not a topology matrix (nvidia-smi topo -m)"
+    )
 
 
 def test_topology_import_reads_at_most_limit_of_stdin():
     from taccl_py.topology.nvsmi import MAX_INPUT_BYTES
 
-    res = CliRunner().invoke(main, ["topology", "import", "nvidia-smi", "-"],
-                             input=b"GPU0 " * (MAX_INPUT_BYTES // 4))
+    res = CliRunner().invoke(
+        main, ["topology", "import", "nvidia-smi", "-"], input=b"GPU0 " * (MAX_INPUT_BYTES // 4)
+    )
     assert res.exit_code == 2
-    assert f"<stdin>: too large for a topology matrix (nvidia-smi topo -m): over the limit " \
-           f"of {MAX_INPUT_BYTES} bytes" in res.output
+    assert (
+        f"<stdin>: too large for a topology matrix (nvidia-smi topo -m): over the limit "
+        f"of {MAX_INPUT_BYTES} bytes" in res.output
+    )
 
 
 def test_oversize_files_are_refused(tmp_path, monkeypatch):
@@ -215,10 +247,18 @@ def merge_bomb(levels: int = 8) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("text", [
-    laughs(), laughs(field="links"), laughs(field="description"), laughs(6, 30, "measured"),
-    merge_bomb(), "gpus_per_node: 2\nx: &a [*a, *a]\n" + laughs(field="name")[17:],
-], ids=["network", "links", "description", "wide", "merge", "mixed"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        laughs(),
+        laughs(field="links"),
+        laughs(field="description"),
+        laughs(6, 30, "measured"),
+        merge_bomb(),
+        "gpus_per_node: 2\nx: &a [*a, *a]\n" + laughs(field="name")[17:],
+    ],
+    ids=["network", "links", "description", "wide", "merge", "mixed"],
+)
 def test_alias_bomb_refused_fast(tmp_path, text):
     assert len(text) < 1500
     path = tmp_path / "bomb.yaml"
@@ -226,16 +266,23 @@ def test_alias_bomb_refused_fast(tmp_path, text):
     with pytest.raises(TopologyError) as exc:
         within(1, validate_file, path)
     message = one_line(exc, str(path))
-    assert f"YAML nodes once aliases are expanded, more than the limit of {MAX_YAML_NODES}" \
-        in message or "a YAML alias refers to a node that contains it" in message
+    assert (
+        f"YAML nodes once aliases are expanded, more than the limit of {MAX_YAML_NODES}" in message
+        or "a YAML alias refers to a node that contains it" in message
+    )
     with pytest.raises(SketchError, match="aliases are expanded|contains it"):
         within(1, parse_sketch, text.replace("gpus_per_node: 2\n", ""), load_topology("dgx1"))
     res = within(5, CliRunner().invoke, main, ["topology", "validate", str(path)])[0]
     assert res.exit_code == 1 and res.output.count("\n") == 1
 
 
-@pytest.mark.parametrize("text", ["gpus_per_node: 2\ndescription: &a [*a]\n",
-                                  "gpus_per_node: 2\nmeasured: &m {date: '1', x: *m}\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "gpus_per_node: 2\ndescription: &a [*a]\n",
+        "gpus_per_node: 2\nmeasured: &m {date: '1', x: *m}\n",
+    ],
+)
 def test_recursive_alias_refused(tmp_path, text):
     path = tmp_path / "loop.yaml"
     path.write_text(text)
@@ -246,23 +293,29 @@ def test_recursive_alias_refused(tmp_path, text):
 
 def test_modest_aliases_still_load(tmp_path):
     path = tmp_path / "anchors.yaml"
-    path.write_text("gpus_per_node: 3\nlinks:\n"
-                    "- {pairs: [[0, 1]], bandwidth: &bw 25, alpha: &a 0.7}\n"
-                    "- {pairs: [[1, 2]], bandwidth: *bw, alpha: *a}\n")
+    path.write_text(
+        "gpus_per_node: 3\nlinks:\n"
+        "- {pairs: [[0, 1]], bandwidth: &bw 25, alpha: &a 0.7}\n"
+        "- {pairs: [[1, 2]], bandwidth: *bw, alpha: *a}\n"
+    )
     topo = load_topology(str(path))
     assert {lk.bandwidth for lk in topo.links} == {25e9}
 
 
 def test_alias_limit_counts_expanded_nodes(tmp_path, monkeypatch):
     path = tmp_path / "fan.yaml"
-    path.write_text("gpus_per_node: 2\ndescription: &d x\nmeasured: {date: '1', hosts: ["
-                    + ", ".join(["*d"] * 50) + "]}\n")
+    path.write_text(
+        "gpus_per_node: 2\ndescription: &d x\nmeasured: {date: '1', hosts: ["
+        + ", ".join(["*d"] * 50)
+        + "]}\n"
+    )
     validate_file(path)  # 61 nodes once expanded: 11 written, 50 aliases
     monkeypatch.setattr(loader, "MAX_YAML_NODES", 61)
     validate_file(path)
     monkeypatch.setattr(loader, "MAX_YAML_NODES", 60)
-    with pytest.raises(TopologyError, match="61 YAML nodes once aliases are expanded, more "
-                                            "than the limit of 60"):
+    with pytest.raises(
+        TopologyError, match="61 YAML nodes once aliases are expanded, more than the limit of 60"
+    ):
         validate_file(path)
 
 
@@ -277,12 +330,20 @@ def test_overlong_integer_literal(tmp_path, literal):
 
 # -- numbers in topology and sketch files ---------------------------------------------------
 def topology_doc() -> dict:
-    return {"gpus_per_node": 4, "max_nodes": 8,
-            "links": [{"pairs": [[0, 1], [2, 3]], "count": 2, "bandwidth": 25, "alpha": 0.7}],
-            "switches": [{"gpus": [0, 1, 2, 3], "bandwidth": 100, "alpha": 0.3}],
-            "nics": [{"gpus": "all", "bandwidth": 12.5, "alpha": 2.6}],
-            "measured": {"date": "2025-01-31", "ranks": 8, "sizes": [1024, 2048], "iters": 5,
-                         "fits": [{"pair": [0, 4], "alpha": 2.6, "bandwidth": 12, "r2": 0.9}]}}
+    return {
+        "gpus_per_node": 4,
+        "max_nodes": 8,
+        "links": [{"pairs": [[0, 1], [2, 3]], "count": 2, "bandwidth": 25, "alpha": 0.7}],
+        "switches": [{"gpus": [0, 1, 2, 3], "bandwidth": 100, "alpha": 0.3}],
+        "nics": [{"gpus": "all", "bandwidth": 12.5, "alpha": 2.6}],
+        "measured": {
+            "date": "2025-01-31",
+            "ranks": 8,
+            "sizes": [1024, 2048],
+            "iters": 5,
+            "fits": [{"pair": [0, 4], "alpha": 2.6, "bandwidth": 12, "r2": 0.9}],
+        },
+    }
 
 
 def _set(doc: dict, path: tuple, value) -> None:
@@ -292,18 +353,18 @@ def _set(doc: dict, path: tuple, value) -> None:
 
 
 TOPOLOGY_NUMBERS = [
-    (("gpus_per_node",), [float("nan"), float("inf"), True, 0, 1025, 2.0, 10 ** 30]),
+    (("gpus_per_node",), [float("nan"), float("inf"), True, 0, 1025, 2.0, 10**30]),
     (("max_nodes",), [float("-inf"), False, 0, 1025]),
     (("links", 0, "bandwidth"), [float("nan"), float("inf"), -float("inf"), True, 0, 1e7]),
     (("links", 0, "alpha"), [float("nan"), float("inf"), False, -1, 1e7]),
     (("links", 0, "count"), [float("nan"), True, 0, 65, 1.5]),
-    (("links", 0, "pairs", 0, 1), [float("nan"), True, -1, 4, 1024, 10 ** 20]),
+    (("links", 0, "pairs", 0, 1), [float("nan"), True, -1, 4, 1024, 10**20]),
     (("switches", 0, "bandwidth"), [float("nan"), float("inf"), True, 0]),
-    (("switches", 0, "gpus", 0), [float("nan"), True, -1, 4, 10 ** 20]),
+    (("switches", 0, "gpus", 0), [float("nan"), True, -1, 4, 10**20]),
     (("nics", 0, "alpha"), [float("nan"), float("-inf"), True, -0.5]),
     (("measured", "ranks"), [float("nan"), True, 1, 1025]),
     (("measured", "sizes", 0), [float("inf"), True, 0, MAX_SIZE + 1]),
-    (("measured", "iters"), [float("nan"), True, 0, 2 ** 31]),
+    (("measured", "iters"), [float("nan"), True, 0, 2**31]),
     (("measured", "fits", 0, "r2"), [float("nan"), float("inf"), True, 1.5]),
     (("measured", "fits", 0, "alpha"), [float("nan"), -1]),
     (("measured", "fits", 0, "pair", 1), [float("nan"), True, -1, 1024]),
@@ -316,8 +377,9 @@ def _field(path: tuple) -> str:
     return field_path(path)
 
 
-@pytest.mark.parametrize("path, bad", [(p, v) for p, values in TOPOLOGY_NUMBERS
-                                       for v in values], ids=str)
+@pytest.mark.parametrize(
+    "path, bad", [(p, v) for p, values in TOPOLOGY_NUMBERS for v in values], ids=str
+)
 def test_topology_numbers_rejected_naming_the_field(tmp_path, path, bad):
     doc = topology_doc()
     load = tmp_path / "ok.yaml"
@@ -346,21 +408,48 @@ def test_topology_number_tokens_one_line(tmp_path, token):
 
 
 SKETCH_NUMBERS = [
-    ("size", [".nan", ".inf", "-.inf", "true", "0", "-1", str(2 ** 63), "2.5",
-              "'9223372036854775808'", "'1e400'"]),
+    (
+        "size",
+        [
+            ".nan",
+            ".inf",
+            "-.inf",
+            "true",
+            "0",
+            "-1",
+            str(2**63),
+            "2.5",
+            "'9223372036854775808'",
+            "'1e400'",
+        ],
+    ),
     ("chunkup", [".nan", ".inf", "true", "0", "65", "[1, .nan]", "[1, true]", "[2, 2]"]),
-    ("inter_node", ["{connections: [[true, 0]]}", "{connections: [[.nan, 0]]}",
-                    "{connections: [[-1, 0]]}", "{connections: [[0, 1024]]}",
-                    "{connections: rail, relays: {true: [0]}}",
-                    "{connections: rail, relays: {0: [.inf]}}"]),
-    ("symmetry", ["{rotations: [[.nan]]}", "{rotations: [[true, 0]]}",
-                  "{rotations: [" + ", ".join(["[0, 1, 2, 3, 4, 5, 6, 7]"] * 17) + "]}",
-                  "{node_swaps: 1}"]),
+    (
+        "inter_node",
+        [
+            "{connections: [[true, 0]]}",
+            "{connections: [[.nan, 0]]}",
+            "{connections: [[-1, 0]]}",
+            "{connections: [[0, 1024]]}",
+            "{connections: rail, relays: {true: [0]}}",
+            "{connections: rail, relays: {0: [.inf]}}",
+        ],
+    ),
+    (
+        "symmetry",
+        [
+            "{rotations: [[.nan]]}",
+            "{rotations: [[true, 0]]}",
+            "{rotations: [" + ", ".join(["[0, 1, 2, 3, 4, 5, 6, 7]"] * 17) + "]}",
+            "{node_swaps: 1}",
+        ],
+    ),
 ]
 
 
-@pytest.mark.parametrize("field, value", [(f, v) for f, values in SKETCH_NUMBERS
-                                          for v in values], ids=str)
+@pytest.mark.parametrize(
+    "field, value", [(f, v) for f, values in SKETCH_NUMBERS for v in values], ids=str
+)
 def test_sketch_numbers_rejected_naming_the_field(field, value):
     with pytest.raises(SketchError) as exc:
         parse_sketch(f"{field}: {value}\n", load_topology("dgx1", 2), "sk.yaml")
@@ -384,38 +473,49 @@ def _plan(algo: dict) -> str:
     return text
 
 
-@pytest.mark.parametrize("edit, fragments", [
-    ({"ngpus": "1000000000"}, [f"algo: attribute 'ngpus' is '1000000000', over the limit of "
-                               f"{MAX_GPUS}"]),
-    ({"nchunksperloop": str(MAX_CHUNKS + 1)}, ["'nchunksperloop'", f"limit of {MAX_CHUNKS}"]),
-    ({"ngpus": "1024", "nchunksperloop": "65536"},
-     [f"ngpus x nchunksperloop = 67108864 chunks, over the limit of {MAX_TOTAL_CHUNKS}"]),
-    ({"nchannels": str(2 ** 31)}, ["'nchannels' is '2147483648', over the limit of 2147483647"]),
-    ({"minBytes": str(2 ** 63)}, ["'minBytes'", "over the limit of 9223372036854775807"]),
-    ({"maxBytes": "-" + "9" * 400}, ["'maxBytes' is '-99999999999999999999999...', under"]),
-    ({"ngpus": "nan"}, ["attribute 'ngpus' must be an integer, got 'nan'"]),
-    ({"ngpus": "inf"}, ["must be an integer, got 'inf'"]),
-    ({"ngpus": "1e3"}, ["must be an integer, got '1e3'"]),
-    ({"ngpus": "true"}, ["must be an integer, got 'true'"]),
-    ({"ngpus": "0x10"}, ["must be an integer, got '0x10'"]),
-    ({"ngpus": "1_0"}, ["must be an integer, got '1_0'"]),
-    ({"ngpus": "\u0663"}, ["must be an integer, got '\u0663'"]),
-    ({"ngpus": "2.0"}, ["must be an integer, got '2.0'"]),
-], ids=str)
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (
+            {"ngpus": "1000000000"},
+            [f"algo: attribute 'ngpus' is '1000000000', over the limit of {MAX_GPUS}"],
+        ),
+        ({"nchunksperloop": str(MAX_CHUNKS + 1)}, ["'nchunksperloop'", f"limit of {MAX_CHUNKS}"]),
+        (
+            {"ngpus": "1024", "nchunksperloop": "65536"},
+            [f"ngpus x nchunksperloop = 67108864 chunks, over the limit of {MAX_TOTAL_CHUNKS}"],
+        ),
+        ({"nchannels": str(2**31)}, ["'nchannels' is '2147483648', over the limit of 2147483647"]),
+        ({"minBytes": str(2**63)}, ["'minBytes'", "over the limit of 9223372036854775807"]),
+        ({"maxBytes": "-" + "9" * 400}, ["'maxBytes' is '-99999999999999999999999...', under"]),
+        ({"ngpus": "nan"}, ["attribute 'ngpus' must be an integer, got 'nan'"]),
+        ({"ngpus": "inf"}, ["must be an integer, got 'inf'"]),
+        ({"ngpus": "1e3"}, ["must be an integer, got '1e3'"]),
+        ({"ngpus": "true"}, ["must be an integer, got 'true'"]),
+        ({"ngpus": "0x10"}, ["must be an integer, got '0x10'"]),
+        ({"ngpus": "1_0"}, ["must be an integer, got '1_0'"]),
+        ({"ngpus": "\u0663"}, ["must be an integer, got '\u0663'"]),
+        ({"ngpus": "2.0"}, ["must be an integer, got '2.0'"]),
+    ],
+    ids=str,
+)
 def test_plan_attribute_limits(edit, fragments):
     with pytest.raises(PlanError) as exc:
         parse_plan(_plan(edit))
     one_line(exc, "<xml text>: ", *fragments)
 
 
-@pytest.mark.parametrize("old, new, fragment", [
-    ('cnt="1"', f'cnt="{MAX_CHUNKS + 1}"', f"'cnt' is '65537', over the limit of {MAX_CHUNKS}"),
-    ('o_chunks="2"', 'o_chunks="99999999999999999999"', "'o_chunks'"),
-    ('i_chunks="1"', 'i_chunks="-2147483649"', "under the limit of -2147483648"),
-    ('srcoff="0"', 'srcoff="4294967296"', "'srcoff' is '4294967296', over the limit"),
-    ('chan="0"', 'chan="nan"', "'chan' must be an integer, got 'nan'"),
-    ('depid="-1"', 'depid="-inf"', "'depid' must be an integer, got '-inf'"),
-])
+@pytest.mark.parametrize(
+    "old, new, fragment",
+    [
+        ('cnt="1"', f'cnt="{MAX_CHUNKS + 1}"', f"'cnt' is '65537', over the limit of {MAX_CHUNKS}"),
+        ('o_chunks="2"', 'o_chunks="99999999999999999999"', "'o_chunks'"),
+        ('i_chunks="1"', 'i_chunks="-2147483649"', "under the limit of -2147483648"),
+        ('srcoff="0"', 'srcoff="4294967296"', "'srcoff' is '4294967296', over the limit"),
+        ('chan="0"', 'chan="nan"', "'chan' must be an integer, got 'nan'"),
+        ('depid="-1"', 'depid="-inf"', "'depid' must be an integer, got '-inf'"),
+    ],
+)
 def test_plan_element_attribute_limits(old, new, fragment):
     with pytest.raises(PlanError) as exc:
         parse_plan(plan_to_xml(two_rank_allgather()).replace(old, new, 1))
@@ -439,13 +539,23 @@ def test_plan_with_millions_of_elements_is_stopped_early():
         within(30, parse_plan, text)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ('<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">' + "".join(
-        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
-     + ']><algo name="&i;"/>', "amplification"),
-    ('<!DOCTYPE x [<!ENTITY z SYSTEM "file:///dev/zero">]><algo name="&z;"/>',
-     "external entity"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (
+            '<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+            + "".join(
+                f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8)
+            )
+            + ']><algo name="&i;"/>',
+            "amplification",
+        ),
+        (
+            '<!DOCTYPE x [<!ENTITY z SYSTEM "file:///dev/zero">]><algo name="&z;"/>',
+            "external entity",
+        ),
+    ],
+)
 def test_xml_entity_bombs(text, fragment):
     with pytest.raises(PlanError) as exc:
         within(2, parse_plan, text)
@@ -455,8 +565,11 @@ def test_xml_entity_bombs(text, fragment):
 def test_plan_file_not_utf8(tmp_path):
     path = tmp_path / "bin.xml"
     path.write_bytes(b"<algo name='\xff'/>")
-    with pytest.raises(PlanError, match=r"bin.xml: not a UTF-8 text file \(bad byte at offset "
-                                        r"12\)"):
+    with pytest.raises(
+        PlanError,
+        match=r"bin.xml: not a UTF-8 text file \(bad byte at offset "
+        r"12\)",
+    ):
         parse_plan(path)
 
 
@@ -512,8 +625,7 @@ def test_problem_list_is_capped(tmp_path):
         validate_file(path)
     lines = str(exc.value).splitlines()
     assert len(lines) == MAX_LISTED + 1
-    assert lines[0] == f"{path}: links[0].pairs[1]: duplicate link 0->1 (also at " \
-                       "links[0].pairs[0])"
+    assert lines[0] == f"{path}: links[0].pairs[1]: duplicate link 0->1 (also at links[0].pairs[0])"
     assert lines[-1] == f"{path}: and 29 more problems"
 
 
@@ -559,7 +671,8 @@ def test_sketch_relay_problems_listed_together():
         "sk.yaml: inter_node.relays[0]: a GPU listed twice",
         "sk.yaml: inter_node.relays[1]: GPU 1 relays data but sends nothing across nodes "
         "(not a sender in inter_node.connections)",
-        "sk.yaml: inter_node.relays[9]: GPU 9 out of range 0..7"]
+        "sk.yaml: inter_node.relays[9]: GPU 9 out of range 0..7",
+    ]
 
 
 # -- property tests: mutated files give a result or one TacclError line ----------------------
@@ -604,15 +717,58 @@ def assert_result_or_one_line(fn, *args):
 
 
 TOPOLOGY_TEXTS = [p.read_text() for p in sorted((REPO / "topologies").glob("*.yaml"))]
-SKETCH_TEXTS = [(REPO / "topologies" / "sketches" / "dgx1.yaml").read_text(),
-                "inter_node: {connections: [[0, 0], [1, 1]], relays: {0: [0, 2], 1: [1, 3]}}\n"
-                "symmetry: {rotations: [[1, 0, 3, 2, 5, 4, 7, 6]]}\nchunkup: [1, 2]\n"
-                "size: 64M\n"]
-YAML_TOKENS = NUMBER_TOKENS + ("*x", "&x 1", "!!binary AAAA", "!!python/object:os.system",
-                               "[]", "{}", "null", "all", "rail", "2001-12-14", "'\\x00'")
-XML_TOKENS = ("-1", "0", "1", "2", "3", "71", "72", "1000000000", str(2 ** 31), str(2 ** 63),
-              "1" + "0" * 400, "nan", "inf", "1e3", "0x10", "+3", " 3 ", "\u0663", "1_0", "",
-              '"', "<", "&amp;", "i", "o", "s", "x", "nop", "r", "rrc", "allreduce")
+SKETCH_TEXTS = [
+    (REPO / "topologies" / "sketches" / "dgx1.yaml").read_text(),
+    "inter_node: {connections: [[0, 0], [1, 1]], relays: {0: [0, 2], 1: [1, 3]}}\n"
+    "symmetry: {rotations: [[1, 0, 3, 2, 5, 4, 7, 6]]}\nchunkup: [1, 2]\n"
+    "size: 64M\n",
+]
+YAML_TOKENS = NUMBER_TOKENS + (
+    "*x",
+    "&x 1",
+    "!!binary AAAA",
+    "!!python/object:os.system",
+    "[]",
+    "{}",
+    "null",
+    "all",
+    "rail",
+    "2001-12-14",
+    "'\\x00'",
+)
+XML_TOKENS = (
+    "-1",
+    "0",
+    "1",
+    "2",
+    "3",
+    "71",
+    "72",
+    "1000000000",
+    str(2**31),
+    str(2**63),
+    "1" + "0" * 400,
+    "nan",
+    "inf",
+    "1e3",
+    "0x10",
+    "+3",
+    " 3 ",
+    "\u0663",
+    "1_0",
+    "",
+    '"',
+    "<",
+    "&amp;",
+    "i",
+    "o",
+    "s",
+    "x",
+    "nop",
+    "r",
+    "rrc",
+    "allreduce",
+)
 
 
 @settings(max_examples=150)
@@ -657,8 +813,11 @@ def test_odd_file_names_stay_on_one_line(tmp_path):
     path = tmp_path / "a\nb\x1b[2J.yaml"
     path.write_text("gpus_per_node: 0\n")
     shown = str(path).replace("\n", "\\n").replace("\x1b", "\\x1b")
-    for read, error in [(validate_file, TopologyError), (parse_plan, PlanError),
-                        (lambda p: load_sketch(p, load_topology("dgx1")), SketchError)]:
+    for read, error in [
+        (validate_file, TopologyError),
+        (parse_plan, PlanError),
+        (lambda p: load_sketch(p, load_topology("dgx1")), SketchError),
+    ]:
         with pytest.raises(error) as exc:
             read(path)
         assert one_line(exc).startswith(f"{shown}: ")

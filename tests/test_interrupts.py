@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from taccl_py.cli import main
-from taccl_py.plan.xml import parse_plan
 from taccl_py.plan.verify import verify
+from taccl_py.plan.xml import parse_plan
 from taccl_py.synth import smt
 
 MAIN = "from taccl_py.cli import main; main()"
@@ -27,9 +27,13 @@ class Taccl:
     they come."""
 
     def __init__(self, args: list[str], cwd, prelude: str = ""):
-        self.proc = subprocess.Popen([sys.executable, "-c", prelude + MAIN, *args], cwd=cwd,
-                                     text=True, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", prelude + MAIN, *args],
+            cwd=cwd,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -70,14 +74,52 @@ class Taccl:
 SOLVES = {  # command, a stderr line printed as a long solve starts
     # two DGX-1s: the warm start misses the cut bound by 33 %, so HiGHS runs (ndv2 x2's
     # warm start meets it: no solve at all)
-    "milp": (["synthesize", "-t", "dgx1", "-n", "2", "-c", "allgather", "--method", "milp",
-              "--time-limit", "120", "-o", "plan.xml", "--ir", "ir.json"],
-             "routing (chunk-up 1): solving  makespan"),  # live progress
-    "smt": (["synthesize", "-t", "dgx1", "-c", "allgather", "--method", "smt", "--steps", "3",
-             "--rounds", "7", "--chunks", "6", "--time-limit", "120", "-o", "plan.xml"],
-            "smt (S 3, R 7, C 6)"),
-    "pareto": (["pareto", "-t", "dgx1", "-c", "allgather", "--max-chunks", "6",
-                "--time-limit", "120"], "smt (S 3, R 7, C 6)"),
+    "milp": (
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-n",
+            "2",
+            "-c",
+            "allgather",
+            "--method",
+            "milp",
+            "--time-limit",
+            "120",
+            "-o",
+            "plan.xml",
+            "--ir",
+            "ir.json",
+        ],
+        "routing (chunk-up 1): solving  makespan",
+    ),  # live progress
+    "smt": (
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "--method",
+            "smt",
+            "--steps",
+            "3",
+            "--rounds",
+            "7",
+            "--chunks",
+            "6",
+            "--time-limit",
+            "120",
+            "-o",
+            "plan.xml",
+        ],
+        "smt (S 3, R 7, C 6)",
+    ),
+    "pareto": (
+        ["pareto", "-t", "dgx1", "-c", "allgather", "--max-chunks", "6", "--time-limit", "120"],
+        "smt (S 3, R 7, C 6)",
+    ),
 }
 
 
@@ -117,11 +159,18 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_simulate_json_is_json_and_solver_logs_need_verbose(tmp_path):
     plan = tmp_path / "a2a.xml"
-    assert _run("synthesize", "-m", "ring", "-t", "dgx1", "-c", "alltoall", "-o", str(plan)).returncode == 0
+    assert (
+        _run("synthesize", "-m", "ring", "-t", "dgx1", "-c", "alltoall", "-o", str(plan)).returncode
+        == 0
+    )
     quiet = _run("simulate", str(plan), "-t", "dgx1", "--json")  # bound: a HiGHS LP
     assert quiet.returncode == 0, quiet.stderr
-    assert [row["size"] for row in json.loads(quiet.stdout)] == [1 << 10, 1 << 20, 64 << 20,
-                                                                 1 << 30]
+    assert [row["size"] for row in json.loads(quiet.stdout)] == [
+        1 << 10,
+        1 << 20,
+        64 << 20,
+        1 << 30,
+    ]
     assert quiet.stderr == ""
     loud = _run("--verbose", "simulate", str(plan), "-t", "dgx1", "--json")
     assert json.loads(loud.stdout) == json.loads(quiet.stdout)
@@ -130,12 +179,15 @@ def test_simulate_json_is_json_and_solver_logs_need_verbose(tmp_path):
 
 def test_pareto_time_limit_bounds_the_whole_search():
     began = time.monotonic()
-    res = _run("pareto", "-t", "dgx1", "-c", "allgather", "--max-chunks", "8",
-               "--time-limit", "1")  # the first point takes ~2 s of unsat proofs first
+    res = _run(
+        "pareto", "-t", "dgx1", "-c", "allgather", "--max-chunks", "8", "--time-limit", "1"
+    )  # the first point takes ~2 s of unsat proofs first
     assert time.monotonic() - began < 10
     assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.splitlines()[-1] == ("taccl: error: no synchronous allgather algorithm "
-                                           "on dgx1 found within the time limit of 1 s")
+    assert res.stderr.splitlines()[-1] == (
+        "taccl: error: no synchronous allgather algorithm "
+        "on dgx1 found within the time limit of 1 s"
+    )
 
 
 @pytest.fixture
@@ -156,24 +208,43 @@ def slow_three_steps(monkeypatch):
 
 
 def test_pareto_deadline_keeps_the_points_found_so_far(slow_three_steps):
-    res = CliRunner().invoke(main, ["pareto", "-t", "dgx1", "-c", "allgather",
-                                    "--max-chunks", "6", "--time-limit", "1"])
+    res = CliRunner().invoke(
+        main, ["pareto", "-t", "dgx1", "-c", "allgather", "--max-chunks", "6", "--time-limit", "1"]
+    )
     assert res.exit_code == 0, res.output
     rows = [line.split()[:3] for line in res.stdout.splitlines()[2:]]
     assert rows == [["2", "3", "2"]]
-    assert ("taccl: note: time limit of 1 s reached; the frontier below is only the points "
-            "found so far") in res.stderr
+    assert (
+        "taccl: note: time limit of 1 s reached; the frontier below is only the points found so far"
+    ) in res.stderr
     assert "smt (S 3, R 7, C 6): unknown in" in res.stderr
 
 
 def test_smt_deadline_writes_the_best_point_so_far(tmp_path, slow_three_steps):
     out = tmp_path / "smt.xml"
-    res = CliRunner().invoke(main, ["synthesize", "-t", "dgx1", "-c", "allgather", "-m",
-                                    "smt", "--chunks", "6", "--time-limit", "1",
-                                    "-o", str(out)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "-m",
+            "smt",
+            "--chunks",
+            "6",
+            "--time-limit",
+            "1",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert ("time limit of 1 s reached: keeping the best point found so far, S 2, R 3, C 2"
-            in res.stderr)
+    assert (
+        "time limit of 1 s reached: keeping the best point found so far, S 2, R 3, C 2"
+        in res.stderr
+    )
     assert "chunk-up 2" in res.stdout and "  2 steps," in res.stdout
     verify(parse_plan(out))
 
@@ -184,9 +255,24 @@ def test_smt_deadline_without_a_point_is_one_line(tmp_path, monkeypatch):
         return "unknown", None
 
     monkeypatch.setattr(smt, "_solve", slow)
-    res = CliRunner().invoke(main, ["synthesize", "-t", "dgx1", "-c", "allgather", "-m",
-                                    "smt", "--time-limit", "1", "-o", str(tmp_path / "x.xml")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "-m",
+            "smt",
+            "--time-limit",
+            "1",
+            "-o",
+            str(tmp_path / "x.xml"),
+        ],
+    )
     assert res.exit_code == 2
-    assert res.stderr.splitlines()[-1] == ("taccl: error: smt: no synchronous allgather "
-                                           "algorithm on dgx1 within the time limit of 1 s")
+    assert res.stderr.splitlines()[-1] == (
+        "taccl: error: smt: no synchronous allgather algorithm on dgx1 within the time limit of 1 s"
+    )
     assert list(tmp_path.iterdir()) == []

@@ -11,14 +11,15 @@ from hypothesis import strategies as st
 
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import AlgorithmError, PlanError
+from taccl_py.ir.algorithm import Algorithm, Transfer
 from taccl_py.lowering.lower import lower
 from taccl_py.plan.model import Plan
+from taccl_py.plan.verify import WRITES_DST, verify
 from taccl_py.plan.xml import parse_plan, plan_to_xml
 from taccl_py.runtime.reference import check_reference
-from taccl_py.plan.verify import WRITES_DST, verify
-from taccl_py.ir.algorithm import Algorithm, Transfer
 
 # -- helpers --------------------------------------------------------------------------------
+
 
 def _steps(plan: Plan):
     for g in plan.gpus:
@@ -67,8 +68,12 @@ def _lowered(alg: Algorithm, **kwargs) -> Plan:
 
 def _ring_allgather(n: int, chunkup: int = 1, inplace: bool = False) -> Algorithm:
     coll = Collective("allgather", n, chunkup, inplace)
-    ts = [Transfer(s, float(s), (b + s) % n, (b + s + 1) % n, b * chunkup + j)
-          for b in range(n) for s in range(n - 1) for j in range(chunkup)]
+    ts = [
+        Transfer(s, float(s), (b + s) % n, (b + s + 1) % n, b * chunkup + j)
+        for b in range(n)
+        for s in range(n - 1)
+        for j in range(chunkup)
+    ]
     return Algorithm("ring-ag", coll, ts)
 
 
@@ -86,6 +91,7 @@ def _ring_allreduce(n: int, inplace: bool = False) -> Algorithm:
 
 # -- hand-built algorithms -------------------------------------------------------------------
 
+
 def test_ring_allgather_chunkup2_fuses_and_merges():
     plan = _lowered(_ring_allgather(4, chunkup=2))
     assert plan.coll == "allgather" and plan.nchunksperloop == 8 and plan.redop == "nop"
@@ -94,19 +100,31 @@ def test_ring_allgather_chunkup2_fuses_and_merges():
         (tb,) = g.tbs
         assert (tb.send, tb.recv) == ((g.id + 1) % 4, (g.id - 1) % 4)
         assert [(s.type, s.cnt) for s in tb.steps] == [
-            ("cpy", 2), ("s", 2), ("rcs", 2), ("rcs", 2), ("r", 2)]
-        assert (tb.steps[0].srcbuf, tb.steps[0].dstbuf, tb.steps[0].dstoff) == ("i", "o",
-                                                                                  2 * g.id)
+            ("cpy", 2),
+            ("s", 2),
+            ("rcs", 2),
+            ("rcs", 2),
+            ("r", 2),
+        ]
+        assert (tb.steps[0].srcbuf, tb.steps[0].dstbuf, tb.steps[0].dstoff) == ("i", "o", 2 * g.id)
         assert all(s.depid == -1 for s in tb.steps)
 
 
 def test_relay_alltoall_uses_scratch_only_on_the_relay():
     # ranks 0..3; rank 0's data for 2 and 3 goes through relay 1, everything else is direct
     coll = Collective("alltoall", 4, 1)
-    ts = [Transfer(0, 0.0, 0, 1, 0 * 4 + 2), Transfer(1, 1.0, 1, 2, 0 * 4 + 2),
-          Transfer(0, 0.0, 0, 1, 0 * 4 + 3), Transfer(1, 1.0, 1, 3, 0 * 4 + 3)]
-    ts += [Transfer(0, 0.0, s, d, s * 4 + d) for s in range(4) for d in range(4)
-           if s != d and not (s == 0 and d in (2, 3))]
+    ts = [
+        Transfer(0, 0.0, 0, 1, 0 * 4 + 2),
+        Transfer(1, 1.0, 1, 2, 0 * 4 + 2),
+        Transfer(0, 0.0, 0, 1, 0 * 4 + 3),
+        Transfer(1, 1.0, 1, 3, 0 * 4 + 3),
+    ]
+    ts += [
+        Transfer(0, 0.0, s, d, s * 4 + d)
+        for s in range(4)
+        for d in range(4)
+        if s != d and not (s == 0 and d in (2, 3))
+    ]
     plan = _lowered(Algorithm("relay-a2a", coll, ts))
     assert [g.s_chunks for g in plan.gpus] == [0, 2, 0, 0]
     relay = plan.gpus[1]
@@ -122,12 +140,15 @@ def test_ring_alltoall_relays_share_one_scratch_sink():
     # relay of a rank stores into the same scratch chunk of its single threadblock
     n = 5
     coll = Collective("alltoall", n, 1)
-    ts = [Transfer(h, float(h), (s + h) % n, (s + h + 1) % n, s * n + d)
-          for s in range(n) for d in range(n) for h in range((d - s) % n)]
+    ts = [
+        Transfer(h, float(h), (s + h) % n, (s + h + 1) % n, s * n + d)
+        for s in range(n)
+        for d in range(n)
+        for h in range((d - s) % n)
+    ]
     plan = _lowered(Algorithm("ring-a2a", coll, ts))
     assert all(g.s_chunks == 1 and len(g.tbs) == 1 for g in plan.gpus)
-    assert _types(plan)["rcs"] == sum((d - s) % n - 1 for s in range(n) for d in range(n)
-                                      if s != d)
+    assert _types(plan)["rcs"] == sum((d - s) % n - 1 for s in range(n) for d in range(n) if s != d)
 
 
 def test_tree_reducescatter_reduces_two_children_and_sends_on():
@@ -136,8 +157,11 @@ def test_tree_reducescatter_reduces_two_children_and_sends_on():
     ts = []
     for b in range(n):  # leaves b+1, b+2 -> middle b+3 -> root b
         leaf1, leaf2, mid = (b + 1) % n, (b + 2) % n, (b + 3) % n
-        ts += [Transfer(0, 0.0, leaf1, mid, b, True), Transfer(0, 0.5, leaf2, mid, b, True),
-               Transfer(1, 1.0, mid, b, b, True)]
+        ts += [
+            Transfer(0, 0.0, leaf1, mid, b, True),
+            Transfer(0, 0.5, leaf2, mid, b, True),
+            Transfer(1, 1.0, mid, b, b, True),
+        ]
     plan = _lowered(Algorithm("tree-rs", coll, ts))
     kinds = _types(plan)
     assert kinds["rrs"] == n  # the middle's second reduction is only sent on
@@ -166,8 +190,9 @@ def test_ring_allreduce(inplace):
         assert len(g.tbs) == 1
         assert (g.i_chunks, g.o_chunks) == ((4, 0) if inplace else (4, 4))
         if inplace:
-            assert all(s.srcbuf in (None, "i") and s.dstbuf in (None, "i")
-                       for _, _, s in _steps(plan))
+            assert all(
+                s.srcbuf in (None, "i") and s.dstbuf in (None, "i") for _, _, s in _steps(plan)
+            )
 
 
 def test_inplace_allgather_needs_no_copies():
@@ -181,8 +206,13 @@ def test_inplace_allgather_needs_no_copies():
 def test_inplace_override_and_header():
     alg = _ring_allgather(3)
     plan = _lowered(alg, inplace=True, proto="LL", min_bytes=1, max_bytes=1 << 20, name="x")
-    assert (plan.name, plan.proto, plan.inplace, plan.min_bytes, plan.max_bytes) == \
-        ("x", "LL", True, 1, 1 << 20)
+    assert (plan.name, plan.proto, plan.inplace, plan.min_bytes, plan.max_bytes) == (
+        "x",
+        "LL",
+        True,
+        1,
+        1 << 20,
+    )
     assert lower(alg).name == "ring-ag"
 
 
@@ -202,7 +232,8 @@ def test_replicate_two_instances_uses_two_channels():
     assert plan.nchannels == 2 and plan.nchunksperloop == 8
     for g in plan.gpus:
         assert sorted((tb.chan, tb.send, tb.recv) for tb in g.tbs) == [
-            (c, (g.id + 1) % 4, (g.id - 1) % 4) for c in (0, 1)]
+            (c, (g.id + 1) % 4, (g.id - 1) % 4) for c in (0, 1)
+        ]
         assert (g.i_chunks, g.o_chunks) == (2, 8)
 
 
@@ -212,8 +243,12 @@ def test_extra_dependencies_become_nops():
     # for both sends, and neither send waits for the other
     n = 4
     coll = Collective("allgather", n, 1)
-    ts = [Transfer(0, 0.0, 0, 1, 0, channel=1), Transfer(1, 1.0, 1, 2, 0),
-          Transfer(1, 1.0, 1, 3, 0), Transfer(2, 2.0, 3, 1, 0)]
+    ts = [
+        Transfer(0, 0.0, 0, 1, 0, channel=1),
+        Transfer(1, 1.0, 1, 2, 0),
+        Transfer(1, 1.0, 1, 3, 0),
+        Transfer(2, 2.0, 3, 1, 0),
+    ]
     ts += [Transfer(0, 0.0, s, d, s) for s in (1, 2, 3) for d in range(n) if d != s]
     plan = _lowered(Algorithm("nops", coll, ts))
     g = plan.gpus[1]
@@ -236,20 +271,22 @@ def test_threadblocks_share_peers_when_over_the_limit():
 
 def _unmergeable(k: int) -> list[Transfer]:
     """AllGather on 2 ranks, chunk-up k, one chunk per step in an order never contiguous."""
-    return [Transfer(j, float(j), b, 1 - b, b * k + (j * 7) % k)
-            for b in range(2) for j in range(k)]
+    return [
+        Transfer(j, float(j), b, 1 - b, b * k + (j * 7) % k) for b in range(2) for j in range(k)
+    ]
 
 
-@pytest.mark.parametrize("runtime, limit, channels", [("msccl", 256, 2),
-                                                        ("msccl-executor", 64, 5)])
+@pytest.mark.parametrize("runtime, limit, channels", [("msccl", 256, 2), ("msccl-executor", 64, 5)])
 def test_long_threadblocks_spread_over_more_channels(runtime, limit, channels):
-    plan = _lowered(Algorithm("long", Collective("allgather", 2, 300), _unmergeable(300)),
-                    runtime=runtime)
+    plan = _lowered(
+        Algorithm("long", Collective("allgather", 2, 300), _unmergeable(300)), runtime=runtime
+    )
     assert plan.nchannels == channels
     assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= limit
     for g in plan.gpus:
         assert sorted((tb.chan, tb.send, tb.recv) for tb in g.tbs) == [
-            (c, *peers) for c in range(channels) for peers in ((-1, 1 - g.id), (1 - g.id, -1))]
+            (c, *peers) for c in range(channels) for peers in ((-1, 1 - g.id), (1 - g.id, -1))
+        ]
 
 
 def test_counts_are_capped_at_71():
@@ -258,7 +295,13 @@ def test_counts_are_capped_at_71():
     plan = _lowered(Algorithm("big", coll, ts))
     for g in plan.gpus:
         assert sorted((s.type, s.cnt) for tb in g.tbs for s in tb.steps) == [
-            ("cpy", 9), ("cpy", 71), ("r", 9), ("r", 71), ("s", 9), ("s", 71)]
+            ("cpy", 9),
+            ("cpy", 71),
+            ("r", 9),
+            ("r", 71),
+            ("s", 9),
+            ("s", 71),
+        ]
 
 
 def test_same_algorithm_same_plan():
@@ -280,8 +323,9 @@ def test_errors():
     # too many steps per threadblock, and no channels left to spread them over
     ts = _unmergeable(300)
     ts[0] = replace(ts[0], channel=31)
-    with pytest.raises(PlanError, match="msccl allows 256 per threadblock.*with 32 "
-                                        "channel.*a smaller chunk-up"):
+    with pytest.raises(
+        PlanError, match="msccl allows 256 per threadblock.*with 32 channel.*a smaller chunk-up"
+    ):
         lower(Algorithm("long", Collective("allgather", 2, 300), ts), runtime="msccl")
     ts[0] = replace(ts[0], channel=32)  # channels 0..31
     with pytest.raises(PlanError, match="33 channels"):
@@ -289,6 +333,7 @@ def test_errors():
 
 
 # -- random algorithms -------------------------------------------------------------------------
+
 
 @st.composite
 def algorithms(draw) -> Algorithm:
@@ -301,8 +346,11 @@ def algorithms(draw) -> Algorithm:
     holders: list[tuple[int, int, int]] = []  # (rank, chunk, time) that may resend
 
     def send(t: int, src: int, dst: int, c: int, reduce: bool = False) -> None:
-        ts.append(Transfer(t // 2, float(t), src, dst, c, reduce, float(t + 1),
-                           draw(st.integers(0, nch - 1))))
+        ts.append(
+            Transfer(
+                t // 2, float(t), src, dst, c, reduce, float(t + 1), draw(st.integers(0, nch - 1))
+            )
+        )
 
     def spread(c: int, root: int, t0: int) -> None:
         have = {root: t0}
@@ -330,8 +378,9 @@ def algorithms(draw) -> Algorithm:
             spread(c, block, 0)
         elif kind == "alltoall" and block // n != block % n:
             others = [r for r in range(n) if r not in (block // n, block % n)]
-            relays = draw(st.lists(st.sampled_from(others), max_size=2, unique=True)) \
-                if others else []
+            relays = (
+                draw(st.lists(st.sampled_from(others), max_size=2, unique=True)) if others else []
+            )
             path = [block // n, *relays, block % n]
             t = 0
             for a, b in zip(path, path[1:]):
@@ -346,8 +395,12 @@ def algorithms(draw) -> Algorithm:
             spread(c, root, gather(c, root))
     for _ in range(draw(st.integers(0, 3)) if holders else 0):
         r, c, t = draw(st.sampled_from(holders))
-        send(t + draw(st.integers(0, 3)), r, draw(st.sampled_from([x for x in range(n)
-                                                                     if x != r])), c)
+        send(
+            t + draw(st.integers(0, 3)),
+            r,
+            draw(st.sampled_from([x for x in range(n) if x != r])),
+            c,
+        )
     return Algorithm("random", coll, ts)
 
 
@@ -369,7 +422,12 @@ def test_too_many_peers_fail_before_building():
     # 28 peers on each of 8 channels: fits per channel, 224 > 216 threadblocks per rank
     n = 29
     coll = Collective("allgather", n, 8)
-    ts = [Transfer(0, 0.0, s, d, s * 8 + j, channel=j)
-          for s in range(n) for d in range(n) if d != s for j in range(8)]
+    ts = [
+        Transfer(0, 0.0, s, d, s * 8 + j, channel=j)
+        for s in range(n)
+        for d in range(n)
+        if d != s
+        for j in range(8)
+    ]
     with pytest.raises(PlanError, match="rank 0 needs 224 threadblocks, MSCCL allows 216"):
         lower(Algorithm("wide", coll, ts))

@@ -6,15 +6,15 @@ from dataclasses import replace
 
 import pytest
 
+from taccl_py.analysis.simulate import simulate
 from taccl_py.collectives import Collective
 from taccl_py.lowering.lower import lower
-from taccl_py.analysis.simulate import simulate
 from taccl_py.plan.verify import verify
 from taccl_py.synth.milp.ordering import descendants, make_sends, order
 from taccl_py.synth.milp.routing import route
 from taccl_py.synth.milp.schedule import schedule
-from taccl_py.synth.milp.sketch import default_sketch
 from taccl_py.synth.milp.search import _algorithm
+from taccl_py.synth.milp.sketch import default_sketch
 from taccl_py.topology.loader import load_topology
 
 from .test_staged import two_by_four
@@ -30,10 +30,16 @@ def scheduled(topo, kind: str, chunkup: int, by_descendants: bool):
     return _algorithm(topo, sched, routes, SIZE)
 
 
-@pytest.mark.parametrize("name,kind,chunkup,by_desc", [
-    ("dgx1", "allgather", 2, False), ("dgx1", "allgather", 2, True),
-    ("dgx1", "alltoall", 1, False), ("2x4", "allgather", 2, False),
-    ("2x4", "alltoall", 2, True)])
+@pytest.mark.parametrize(
+    "name,kind,chunkup,by_desc",
+    [
+        ("dgx1", "allgather", 2, False),
+        ("dgx1", "allgather", 2, True),
+        ("dgx1", "alltoall", 1, False),
+        ("2x4", "allgather", 2, False),
+        ("2x4", "alltoall", 2, True),
+    ],
+)
 def test_plan_simulates_at_schedule_makespan(name, kind, chunkup, by_desc):
     topo = two_by_four() if name == "2x4" else load_topology(name)
     alg = scheduled(topo, kind, chunkup, by_desc)
@@ -60,8 +66,11 @@ def test_merging_on_network_links_pays_alpha_once():
     # the routing depends on how far HiGHS gets in its time limit: the bound-tightened
     # MILP can find (on a fast machine, within 5 s) a routing that spreads a rank's
     # chunks over several peers, where no two consecutive chunks share a connection.
-    sketch = replace(default_sketch(topo), relays={u: (u,) for u in range(8)},
-                     inter_node=frozenset((u, (u + 4) % 8) for u in range(8)))
+    sketch = replace(
+        default_sketch(topo),
+        relays={u: (u,) for u in range(8)},
+        inter_node=frozenset((u, (u + 4) % 8) for u in range(8)),
+    )
     routes = route(topo, coll, coll.chunk_bytes(size), time_limit=5, sketch=sketch)
     assert routes.optimal  # solved, not cut off: the same routing on any machine
     o = order(make_sends(topo, routes))
@@ -82,14 +91,15 @@ def test_merging_on_network_links_pays_alpha_once():
 def test_milp_plan_is_byte_identical_when_the_solver_finishes():
     from dataclasses import replace
 
-    from taccl_py.plan.xml import plan_to_xml
     from taccl_py.build.pipeline import build_plan
+    from taccl_py.plan.xml import plan_to_xml
     from taccl_py.synth.milp.sketch import default_sketch
 
     topo = two_by_four()
     sketch = replace(default_sketch(topo), chunkup=(1, 2))
     coll = Collective("allgather", topo.num_ranks)
-    plans = [build_plan(topo, coll, "milp", size=1 << 20, time_limit=20, sketch=sketch)
-             for _ in range(2)]
+    plans = [
+        build_plan(topo, coll, "milp", size=1 << 20, time_limit=20, sketch=sketch) for _ in range(2)
+    ]
     assert all(p.algorithm.meta["routing_optimal"] for p in plans)
     assert plan_to_xml(plans[0].plan) == plan_to_xml(plans[1].plan)

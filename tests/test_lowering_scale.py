@@ -40,9 +40,20 @@ def _fresh(alg, apart):
 
 def _signature(flow, tbs, send_ops, recv_ops):
     return (
-        [[(tb.id, tb.rank, tb.chan, tb.send, tb.recv,
-           [[(op.kind, op.transfer, op.key) for op in unit] for unit in tb.units])
-          for tb in rank_tbs] for rank_tbs in tbs],
+        [
+            [
+                (
+                    tb.id,
+                    tb.rank,
+                    tb.chan,
+                    tb.send,
+                    tb.recv,
+                    [[(op.kind, op.transfer, op.key) for op in unit] for unit in tb.units],
+                )
+                for tb in rank_tbs
+            ]
+            for rank_tbs in tbs
+        ],
         [(op.tb.rank, op.tb.id, op.key) for op in send_ops],
         [(op.tb.rank, op.tb.id, op.key) for op in recv_ops],
         [(v.stored, v.sink) for v in flow.made],
@@ -54,22 +65,24 @@ def _cases():
     for kind in ("allgather", "allreduce", "reducescatter", "alltoall"):
         for method in ("ring", "direct"):
             yield f"dgx1-{kind}-{method}", synthesize(dgx1, Collective(kind, 8, 2), method), False
-    for kind, chunkup, by_desc in (("allgather", 2, False), ("allgather", 2, True),
-                                   ("alltoall", 1, False)):
+    for kind, chunkup, by_desc in (
+        ("allgather", 2, False),
+        ("allgather", 2, True),
+        ("alltoall", 1, False),
+    ):
         yield f"dgx1-{kind}-scheduled", scheduled(dgx1, kind, chunkup, by_desc), True
 
 
-@pytest.mark.parametrize("label,alg,sched", list(_cases()),
-                         ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "label,alg,sched", list(_cases()), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_incremental_passes_match_one_fresh_pass(label, alg, sched):
     *got, apart = _incremental(alg, sched)
     assert bool(apart) == sched  # the scheduled cases do split pairs
     assert _signature(*got) == _signature(*_fresh(alg, apart))
     flow, tbs, send_ops, recv_ops = got
-    assert all(op is not None and op.tb.rank == t.src
-               for op, t in zip(send_ops, alg.transfers))
-    assert all(op is not None and op.tb.rank == t.dst
-               for op, t in zip(recv_ops, alg.transfers))
+    assert all(op is not None and op.tb.rank == t.src for op, t in zip(send_ops, alg.transfers))
+    assert all(op is not None and op.tb.rank == t.dst for op, t in zip(recv_ops, alg.transfers))
 
 
 def test_finish_breaks_cycles_of_discarded_threadblocks():
@@ -96,8 +109,11 @@ def test_star_matching_is_a_maximum_weight_matching(seed):
         center, *leaves = rng.sample(range(300), k + 1)
         leaves.sort()
         weights = [rng.choice([1, 2, 2, 3, 3, 3]) for _ in range(k)]
-        edges = ([(center, b, w) for b, w in zip(leaves, weights)] if recv_center
-                 else [(a, center, w) for a, w in zip(leaves, weights)])
+        edges = (
+            [(center, b, w) for b, w in zip(leaves, weights)]
+            if recv_center
+            else [(a, center, w) for a, w in zip(leaves, weights)]
+        )
         graph = nx.Graph()
         graph.add_weighted_edges_from((a, n + b, w) for a, b, w in edges)
         best = sum(graph[u][v]["weight"] for u, v in nx.max_weight_matching(graph))

@@ -8,19 +8,19 @@ import time
 
 import pytest
 
+from taccl_py.analysis.bounds import lower_bound
+from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.lowering.lower import lower
-from taccl_py.build.pipeline import build_plan
-from taccl_py.analysis.simulate import simulate
 from taccl_py.plan.verify import verify
-from taccl_py.analysis.bounds import lower_bound
 from taccl_py.synth.milp.decompose import nic_relays, node_trees, relays
 from taccl_py.synth.milp.ordering import TimeUp, make_sends, order
 from taccl_py.synth.milp.routing import GAP, floor_us, route
 from taccl_py.synth.milp.schedule import schedule
-from taccl_py.synth.milp.sketch import default_sketch, parse_sketch
 from taccl_py.synth.milp.search import _algorithm, staged_algorithm
+from taccl_py.synth.milp.sketch import default_sketch, parse_sketch
 from taccl_py.topology.loader import load_topology
 
 GB = 1 << 30
@@ -41,8 +41,7 @@ def test_bound_met_warm_start_is_taken_without_a_solve_and_verifies():
 def test_routing_stops_at_the_gap():
     topo = load_topology("dgx1")
     coll = Collective("allgather", 8, 6)
-    routes = route(topo, coll, coll.chunk_bytes(GB), time_limit=60,
-                   sketch=default_sketch(topo))
+    routes = route(topo, coll, coll.chunk_bytes(GB), time_limit=60, sketch=default_sketch(topo))
     assert routes.optimal and routes.gap is not None and routes.gap <= GAP
 
 
@@ -63,8 +62,7 @@ def test_one_relay_per_shared_nic():
 def test_ordering_raises_past_its_deadline():
     topo = load_topology("ndv2", 2)
     coll = Collective("allgather", topo.num_ranks, 2)
-    routes = route(topo, coll, coll.chunk_bytes(GB), time_limit=10,
-                   sketch=default_sketch(topo))
+    routes = route(topo, coll, coll.chunk_bytes(GB), time_limit=10, sketch=default_sketch(topo))
     with pytest.raises(TimeUp):
         order(make_sends(topo, routes), deadline=time.monotonic() - 1)
 
@@ -74,8 +72,9 @@ def test_time_limit_bounds_a_search_that_would_run_long():
     topo = load_topology("dgx2", 2)
     sketch = parse_sketch("chunkup: [64]", topo)
     began = time.monotonic()
-    result = build_plan(topo, Collective("allgather", topo.num_ranks), "milp", size=GB,
-                        time_limit=2, sketch=sketch)
+    result = build_plan(
+        topo, Collective("allgather", topo.num_ranks), "milp", size=GB, time_limit=2, sketch=sketch
+    )
     assert time.monotonic() - began < 2 + 20  # + baselines, lowering, verification
     assert result.report.sends > 0  # a verified plan (the best baseline here)
 
@@ -85,8 +84,9 @@ def test_staged_search_keeps_its_deadline():
     sketch = parse_sketch("chunkup: [16]", topo)
     began = time.monotonic()
     try:
-        staged_algorithm(topo, Collective("allgather", topo.num_ranks), size=GB,
-                         time_limit=3, sketch=sketch)
+        staged_algorithm(
+            topo, Collective("allgather", topo.num_ranks), size=GB, time_limit=3, sketch=sketch
+        )
     except TacclError as exc:  # nothing found in time is allowed, overrunning is not
         assert "no routing" in str(exc)
     assert time.monotonic() - began < 3 + 5

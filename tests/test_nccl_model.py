@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from taccl_py.collectives import Collective
-from taccl_py.errors import TacclError
-from taccl_py.build.pipeline import build_plan
 from taccl_py.analysis import nccl_model as M
 from taccl_py.analysis import protocols as P
 from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.collectives import Collective
+from taccl_py.errors import TacclError
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Link, Nic, Topology
 
@@ -21,14 +21,21 @@ US = 1e-6
 
 def ring_of(n: int, kind: str) -> Topology:
     """n GPUs on a ring of links: GPUs 3 hops apart when n >= 6."""
-    links = tuple(Link(a, b, 50 * GB, 1 * US, kind=kind)
-                  for i in range(n) for a, b in ((i, (i + 1) % n), ((i + 1) % n, i)))
+    links = tuple(
+        Link(a, b, 50 * GB, 1 * US, kind=kind)
+        for i in range(n)
+        for a, b in ((i, (i + 1) % n), ((i + 1) % n, i))
+    )
     return Topology(f"ring{n}", n, 1, links=links)
 
 
 def one_gpu_nodes(nodes: int) -> Topology:
-    return Topology("solo", 1, nodes,
-                    nics=tuple(Nic(f"n{k}", k, 0, (k,), 25 * GB, 2 * US) for k in range(nodes)))
+    return Topology(
+        "solo",
+        1,
+        nodes,
+        nics=tuple(Nic(f"n{k}", k, 0, (k,), 25 * GB, 2 * US) for k in range(nodes)),
+    )
 
 
 @pytest.mark.parametrize("name", ["dgx1", "dgx2", "dgx-a100", "dgx-h100"])
@@ -36,8 +43,9 @@ def test_ll128_offered_on_nvlink_machines(name):
     assert ("ring", "LL128") in M.nccl_candidates(load_topology(name), "allgather")
 
 
-@pytest.mark.parametrize("topo", [ring_of(4, "pcie"), ring_of(6, "nvlink")],
-                         ids=["pcie", "nvlink-3-hops"])
+@pytest.mark.parametrize(
+    "topo", [ring_of(4, "pcie"), ring_of(6, "nvlink")], ids=["pcie", "nvlink-3-hops"]
+)
 def test_ll128_not_offered_where_tuning_cc_disables_it(topo):
     assert M.ll128_enabled(topo) is False
     cands = M.nccl_candidates(topo, "allreduce")
@@ -60,22 +68,35 @@ def test_nvls_on_third_generation_nvswitch_only():
 
 def test_candidates_per_collective():
     dgx1 = load_topology("dgx1")
-    assert M.nccl_candidates(dgx1, "allgather") == [("ring", "LL"), ("ring", "LL128"),
-                                                    ("ring", "Simple")]
+    assert M.nccl_candidates(dgx1, "allgather") == [
+        ("ring", "LL"),
+        ("ring", "LL128"),
+        ("ring", "Simple"),
+    ]
     assert {a for a, _ in M.nccl_candidates(dgx1, "allreduce")} == {"ring", "tree"}
     assert M.nccl_candidates(dgx1, "alltoall") == [("p2p", "LL"), ("p2p", "Simple")]
     assert ("pat", "Simple") in M.nccl_candidates(one_gpu_nodes(4), "reducescatter")
     assert ("pat", "Simple") not in M.nccl_candidates(one_gpu_nodes(4), "allreduce")
     assert ("pat", "Simple") not in M.nccl_candidates(dgx1, "allgather")
-    assert not any(a.startswith("collnet") for name in ("dgx-h100", "dgx-a100")
-                   for a, _ in M.nccl_candidates(load_topology(name, 2), "allreduce"))
+    assert not any(
+        a.startswith("collnet")
+        for name in ("dgx-h100", "dgx-a100")
+        for a, _ in M.nccl_candidates(load_topology(name, 2), "allreduce")
+    )
 
 
 def test_generations():
-    gens = {name: M.gpu_generation(load_topology(name))
-            for name in ("dgx1", "ndv2", "dgx2", "dgx-a100", "dgx-h100")}
-    assert gens == {"dgx1": "volta", "ndv2": "volta", "dgx2": "volta", "dgx-a100": "ampere",
-                    "dgx-h100": "hopper"}
+    gens = {
+        name: M.gpu_generation(load_topology(name))
+        for name in ("dgx1", "ndv2", "dgx2", "dgx-a100", "dgx-h100")
+    }
+    assert gens == {
+        "dgx1": "volta",
+        "ndv2": "volta",
+        "dgx2": "volta",
+        "dgx-a100": "ampere",
+        "dgx-h100": "hopper",
+    }
 
 
 def test_nccl_best_ring_allgather_dgx1_picks_ll_small_and_simple_large():
@@ -115,8 +136,9 @@ def test_nvls_formula_by_hand_on_dgx_h100():
     bus = 8 * min(50.0 * 0.85 * 7 / 8 * 2, 60.0)  # tuning.cc: AllReduce pipelines two ops
     alg = bus * 8 / 14  # nRanks / nsteps
     want = (25.0 + size / (1000 * alg)) * US  # NVLS latency: hwLat[NVLINK][NVLS][SIMPLE]
-    assert M.nccl_formula_time(topo, "allreduce", size, "nvls", "Simple") == \
-        pytest.approx(want, rel=1e-12)
+    assert M.nccl_formula_time(topo, "allreduce", size, "nvls", "Simple") == pytest.approx(
+        want, rel=1e-12
+    )
     best = M.nccl_best(topo, "allreduce", size)
     assert (best.algorithm, best.how) == ("nvls", M.FORMULA)
 
@@ -135,7 +157,8 @@ def test_formula_refuses_what_nccl_would_not_run():
 def test_formula_ring_and_tree_grow_with_size(algorithm):
     topo = load_topology("dgx-a100", 2)
     for proto in ("LL", "LL128", "Simple"):
-        times = [M.nccl_formula_time(topo, "allreduce", 1 << k, algorithm, proto)
-                 for k in (10, 20, 30)]
+        times = [
+            M.nccl_formula_time(topo, "allreduce", 1 << k, algorithm, proto) for k in (10, 20, 30)
+        ]
         assert times == sorted(times) and times[0] > 0
     assert M.nccl_formula_time(one_gpu_nodes(4), "allgather", 1 << 20, "pat", "Simple") > 0

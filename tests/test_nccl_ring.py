@@ -6,10 +6,10 @@ import doctest
 
 import pytest
 
+from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import TopologyError
-from taccl_py.build.pipeline import build_plan
-from taccl_py.analysis.simulate import simulate
 from taccl_py.synth.baselines import ring as ring_module
 from taccl_py.synth.baselines.ring import MAX_RINGS, find_ring, find_rings, ring_algorithm
 from taccl_py.topology.loader import load_topology
@@ -21,8 +21,11 @@ BUILTINS = ["dgx-a100", "dgx-h100", "dgx1", "ndv2", "dgx2", "mi300x"]
 
 
 def nic_busy(result, topo):
-    return {name: result.resource_busy.get(name, 0.0)
-            for nic in topo.nics for name in (f"nicout:{nic.name}", f"nicin:{nic.name}")}
+    return {
+        name: result.resource_busy.get(name, 0.0)
+        for nic in topo.nics
+        for name in (f"nicout:{nic.name}", f"nicin:{nic.name}")
+    }
 
 
 def test_dgx_a100_allreduce_uses_all_8_nics_evenly_at_about_10_ms():
@@ -49,8 +52,9 @@ def test_rings_enter_and_leave_every_nic_once(name, nodes):
     for node in range(nodes):
         entries = [topo.nic_of(r[node * g]).name for r in rings]
         exits = [topo.nic_of(r[node * g + g - 1]).name for r in rings]
-        assert sorted(entries) == sorted(exits) == sorted(
-            n.name for n in topo.nics if n.node == node)
+        assert (
+            sorted(entries) == sorted(exits) == sorted(n.name for n in topo.nics if n.node == node)
+        )
     for ring in rings:
         assert ring_module.check_ring(topo, ring) == ring
         if nodes % 2 == 0:  # every network hop stays on its rail
@@ -82,8 +86,12 @@ def test_dgx1_rings_use_every_nvlink():
     links = [v for k, v in sim.resource_busy.items() if k.startswith("link:")]
     assert len(links) == len(topo.links)
     two = load_topology("dgx1", 2)
-    assert all(v > 0 for v in nic_busy(simulate(
-        build_plan(two, Collective("allreduce", 16), "ring").plan, two, GB), two).values())
+    assert all(
+        v > 0
+        for v in nic_busy(
+            simulate(build_plan(two, Collective("allreduce", 16), "ring").plan, two, GB), two
+        ).values()
+    )
 
 
 def test_one_ring_on_one_nvswitch_node():

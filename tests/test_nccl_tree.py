@@ -6,9 +6,9 @@ import doctest
 
 import pytest
 
-from taccl_py.collectives import Collective
-from taccl_py.build.pipeline import build_plan
 from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.collectives import Collective
 from taccl_py.synth.baselines import trees as trees_module
 from taccl_py.synth.baselines.ring import find_rings
 from taccl_py.synth.baselines.trees import btree_parent, dtree, tree_algorithm
@@ -19,8 +19,22 @@ BUILTINS = ["dgx-a100", "dgx-h100", "dgx1", "ndv2", "dgx2", "mi300x"]
 
 def test_btree_is_ncclgetbtree():
     # the illustration in NCCL's src/graph/trees.cc, 14 ranks
-    want = {1: 2, 3: 2, 5: 6, 7: 6, 9: 10, 11: 10, 2: 4, 6: 4, 10: 12, 13: 12, 4: 8, 12: 8,
-            8: 0, 0: -1}
+    want = {
+        1: 2,
+        3: 2,
+        5: 6,
+        7: 6,
+        9: 10,
+        11: 10,
+        2: 4,
+        6: 4,
+        10: 12,
+        13: 12,
+        4: 8,
+        12: 8,
+        8: 0,
+        0: -1,
+    }
     assert {p: btree_parent(14, p) for p in range(14)} == want
 
 
@@ -50,8 +64,9 @@ def test_two_nodes_of_dgx_a100():
         assert parent[child * 8 + chain[0]] == root * 8 + chain[0]
     # every NIC carries tree traffic, and each tree channel an equal share
     sim = simulate(build_plan(topo, Collective("allreduce", 16), "tree").plan, topo, 1 << 30)
-    assert all(sim.resource_busy.get(f"nic{d}:{n.name}", 0) > 0
-               for n in topo.nics for d in ("in", "out"))
+    assert all(
+        sim.resource_busy.get(f"nic{d}:{n.name}", 0) > 0 for n in topo.nics for d in ("in", "out")
+    )
     counts = {sum(t.channel == ch for t in alg.transfers) for ch in range(16)}
     assert len(counts) == 1
 

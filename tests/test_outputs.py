@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from taccl_py.cli import main
 from taccl_py.errors import TacclError
-from taccl_py.util.fileio import check_outputs, write_outputs
 from taccl_py.plan.xml import parse_plan
+from taccl_py.util.fileio import check_outputs, write_outputs
 from taccl_py.util.units import MAX_SIZE, parse_size
 
 TACCL = Path(sys.executable).with_name("taccl")
@@ -36,8 +36,7 @@ def one_line_error(result, needle: str) -> None:
 
 
 def shell(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(TACCL), *args], capture_output=True, text=True, timeout=120,
-                          **kw)
+    return subprocess.run([str(TACCL), *args], capture_output=True, text=True, timeout=120, **kw)
 
 
 # -- fileio ------------------------------------------------------------------------------
@@ -138,8 +137,13 @@ def test_directory_and_missing_device_are_errors(tmp_path):
 def test_dev_stdout_is_written_into_in_order(tmp_path):
     out = tmp_path / "out.txt"
     with open(out, "w") as fh:
-        r = subprocess.run([str(TACCL), *SYNTH, "-o", "/dev/stdout"], stdout=fh,
-                           stderr=subprocess.PIPE, text=True, timeout=120)
+        r = subprocess.run(
+            [str(TACCL), *SYNTH, "-o", "/dev/stdout"],
+            stdout=fh,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert text.startswith("<algo ") and "</algo>\n" in text  # the plan, then the summary
@@ -153,8 +157,7 @@ def test_dev_stdout_through_a_pipe():
 
 
 def test_same_path_for_plan_and_ir_is_refused_before_synthesis(tmp_path):
-    one_line_error(run(*SYNTH, "-o", str(tmp_path / "x"), "--ir", str(tmp_path / "x")),
-                   "same file")
+    one_line_error(run(*SYNTH, "-o", str(tmp_path / "x"), "--ir", str(tmp_path / "x")), "same file")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -167,24 +170,49 @@ def test_missing_directory_leaves_no_ir(tmp_path):
 def test_plot_outputs_are_all_or_nothing(tmp_path):
     plan = tmp_path / "p.xml"
     assert run(*SYNTH, "-o", str(plan)).exit_code == 0
-    r = run("plot", str(plan), "-t", "dgx1", "--algbw", str(tmp_path / "a.png"),
-            "--timeline", str(tmp_path / "no" / "t.png"))
+    r = run(
+        "plot",
+        str(plan),
+        "-t",
+        "dgx1",
+        "--algbw",
+        str(tmp_path / "a.png"),
+        "--timeline",
+        str(tmp_path / "no" / "t.png"),
+    )
     one_line_error(r, "does not exist")
     assert [p.name for p in tmp_path.iterdir()] == ["p.xml"]
-    r = run("plot", str(plan), "-t", "dgx1", "--algbw", str(tmp_path / "a.png"),
-            "--timeline", str(tmp_path / "a.png"))
+    r = run(
+        "plot",
+        str(plan),
+        "-t",
+        "dgx1",
+        "--algbw",
+        str(tmp_path / "a.png"),
+        "--timeline",
+        str(tmp_path / "a.png"),
+    )
     one_line_error(r, "same file")
 
 
 # -- numbers and limits --------------------------------------------------------------------
-@pytest.mark.parametrize("option,value,needle", [
-    ("--time-limit", "nan", "--time-limit"), ("--time-limit", "inf", "--time-limit"),
-    ("--time-limit", "-inf", "--time-limit"), ("--time-limit", "1e400", "--time-limit"),
-    ("--size", "1" + "0" * 400, "2^63"), ("--size", "9223372036854775808", "2^63"),
-    ("--size", "8E", "--size"), ("--nodes", "100000", "--nodes"),
-    ("--chunkup", "100000", "--chunkup"), ("--instances", "0", "--instances"),
-    ("--max-bytes", "nan", "--max-bytes"), ("--steps", "99999999999999999999", "--steps"),
-])
+@pytest.mark.parametrize(
+    "option,value,needle",
+    [
+        ("--time-limit", "nan", "--time-limit"),
+        ("--time-limit", "inf", "--time-limit"),
+        ("--time-limit", "-inf", "--time-limit"),
+        ("--time-limit", "1e400", "--time-limit"),
+        ("--size", "1" + "0" * 400, "2^63"),
+        ("--size", "9223372036854775808", "2^63"),
+        ("--size", "8E", "--size"),
+        ("--nodes", "100000", "--nodes"),
+        ("--chunkup", "100000", "--chunkup"),
+        ("--instances", "0", "--instances"),
+        ("--max-bytes", "nan", "--max-bytes"),
+        ("--steps", "99999999999999999999", "--steps"),
+    ],
+)
 def test_bad_numbers_are_one_line(option, value, needle):
     one_line_error(run(*SYNTH, option, value), needle)
 
@@ -195,8 +223,7 @@ def test_too_many_ranks_for_a_file_topology(tmp_path):
 
 def test_import_bandwidths_must_be_finite(tmp_path):
     for value in ("nan", "inf", "-1", "1e300"):
-        one_line_error(run("topology", "import", "nvidia-smi", "-", "--nic-bw", value),
-                       "--nic-bw")
+        one_line_error(run("topology", "import", "nvidia-smi", "-", "--nic-bw", value), "--nic-bw")
 
 
 @given(st.integers(1, MAX_SIZE))
@@ -230,11 +257,14 @@ def broken_plan(tmp_path_factory) -> Path:
     return d / "bad.xml"
 
 
-@pytest.mark.parametrize("args", [
-    ["simulate", "{plan}", "-t", "dgx1"],
-    ["simulate", "{plan}", "-t", "dgx1", "--json"],
-    ["plot", "{plan}", "-t", "dgx1", "--algbw", "{dir}/a.png"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "{plan}", "-t", "dgx1"],
+        ["simulate", "{plan}", "-t", "dgx1", "--json"],
+        ["plot", "{plan}", "-t", "dgx1", "--algbw", "{dir}/a.png"],
+    ],
+)
 def test_simulate_and_plot_refuse_a_plan_verify_rejects(broken_plan, args, tmp_path):
     r = run(*[a.format(plan=broken_plan, dir=tmp_path) for a in args])
     verify = run("verify", str(broken_plan))
@@ -264,9 +294,15 @@ def test_undecodable_file_name_is_shown_escaped(tmp_path):
 
 def test_usage_error_under_mpiexec_is_said_once(tmp_path):
     mpiexec = Path(sys.executable).with_name("mpiexec")
-    r = subprocess.run([str(mpiexec), "-n", "3", str(TACCL), "run", "p.xml", "--iters", "nan"],
-                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    r = subprocess.run(
+        [str(mpiexec), "-n", "3", str(TACCL), "run", "p.xml", "--iters", "nan"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "taccl: error: Invalid value for '--iters': 'nan' is not a valid integer range. "
-        "(see 'taccl run -h')"]
+        "(see 'taccl run -h')"
+    ]

@@ -9,17 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taccl_py.build.candidates import CandidateOptions, build_candidates, is_nccl_algorithm
-from taccl_py.collectives import Collective
-from taccl_py.errors import TacclError
-from taccl_py.plan.runtimes import RUNTIMES, check_runtime, selects
-from taccl_py.plan.xml import parse_plan
 from taccl_py.build.library import (
     LibraryOptions,
     build_library,
     span_sizes,
     write_library,
 )
+from taccl_py.collectives import Collective
+from taccl_py.errors import TacclError
+from taccl_py.plan.runtimes import RUNTIMES, check_runtime, selects
 from taccl_py.plan.verify import verify
+from taccl_py.plan.xml import parse_plan
 from taccl_py.topology.loader import load_topology
 
 FAST = ("smt", "ring", "tree", "direct")  # no milp: seconds, not minutes
@@ -46,8 +46,11 @@ def test_span_sizes_refuse_empty_spans():
 
 def test_candidates_are_verified_and_name_nccl_algorithms():
     topo = load_topology("dgx1")
-    found = build_candidates(topo, Collective("allreduce", 8),
-                             CandidateOptions(methods=("smt", "ring", "tree", "direct")))
+    found = build_candidates(
+        topo,
+        Collective("allreduce", 8),
+        CandidateOptions(methods=("smt", "ring", "tree", "direct")),
+    )
     methods = [c.method for c in found.candidates]
     assert methods == ["ring", "tree", "direct"]  # smt does no AllReduce: not attempted
     for c in found.candidates:
@@ -60,8 +63,9 @@ def test_candidates_are_verified_and_name_nccl_algorithms():
 @pytest.fixture(scope="module")
 def dgx1_allgather():
     topo = load_topology("dgx1")
-    return build_library(topo, Collective("allgather", 8),
-                         LibraryOptions(lo=1 << 10, hi=1 << 30, methods=FAST))
+    return build_library(
+        topo, Collective("allgather", 8), LibraryOptions(lo=1 << 10, hi=1 << 30, methods=FAST)
+    )
 
 
 def test_library_ranges_are_contiguous_disjoint_and_beat_nccl(dgx1_allgather):
@@ -85,9 +89,11 @@ def test_library_ranges_are_contiguous_disjoint_and_beat_nccl(dgx1_allgather):
 
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 def test_written_library_is_selected_exactly_on_its_ranges(tmp_path, dgx1_allgather, runtime):
-    lib = build_library(dgx1_allgather.topology, dgx1_allgather.collective,
-                        LibraryOptions(lo=1 << 10, hi=1 << 30, methods=FAST,
-                                       runtime=runtime))
+    lib = build_library(
+        dgx1_allgather.topology,
+        dgx1_allgather.collective,
+        LibraryOptions(lo=1 << 10, hi=1 << 30, methods=FAST, runtime=runtime),
+    )
     files = write_library(lib, tmp_path / "lib")
     assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == sorted(p.name for p in files)
     limit = RUNTIMES[runtime].max_files

@@ -6,31 +6,40 @@ import doctest
 
 import pytest
 
-from taccl_py.viz import plot
-from taccl_py.collectives import Collective
-from taccl_py.build.pipeline import build_plan
-from taccl_py.viz.plot import natural_key, resource_kind, timeline_figure, timeline_png
 from taccl_py.analysis.simulate import SimResult, simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.collectives import Collective
 from taccl_py.topology.loader import load_topology
+from taccl_py.viz import plot
+from taccl_py.viz.plot import natural_key, resource_kind, timeline_figure, timeline_png
 
 
 def test_natural_order():
     names = ["link:15->2", "link:9->2", "link:9->10", "link:9->3", "swout:10", "swout:2"]
     assert sorted(names, key=natural_key) == [
-        "link:9->2", "link:9->3", "link:9->10", "link:15->2", "swout:2", "swout:10"]
+        "link:9->2",
+        "link:9->3",
+        "link:9->10",
+        "link:15->2",
+        "swout:2",
+        "swout:10",
+    ]
     assert sorted(["nicin:n10.nic0", "nicin:n2.nic1", "nicin:n2.nic0"], key=natural_key) == [
-        "nicin:n2.nic0", "nicin:n2.nic1", "nicin:n10.nic0"]
+        "nicin:n2.nic0",
+        "nicin:n2.nic1",
+        "nicin:n10.nic0",
+    ]
 
 
 def test_kinds():
-    assert [resource_kind(n) for n in ("link:0->1", "swout:3", "swin:3", "nicout:a",
-                                       "nicin:a", "pcie:0")] == [
-        "link", "switch port", "switch port", "NIC", "NIC", "pcie"]
+    assert [
+        resource_kind(n)
+        for n in ("link:0->1", "swout:3", "swin:3", "nicout:a", "nicin:a", "pcie:0")
+    ] == ["link", "switch port", "switch port", "NIC", "NIC", "pcie"]
 
 
 def fake(names):
-    return SimResult(1, 1e-6, [1e-6], {n: 1e-7 for n in names},
-                     {n: [(0.0, 1e-7)] for n in names})
+    return SimResult(1, 1e-6, [1e-6], {n: 1e-7 for n in names}, {n: [(0.0, 1e-7)] for n in names})
 
 
 def labels(fig):

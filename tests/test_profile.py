@@ -16,17 +16,44 @@ from click.testing import CliRunner
 
 from taccl_py.cli import main
 from taccl_py.errors import TacclError
-from taccl_py.topology.profile import (NEED_RANKS, Fit, PairResult, build_topology, detect_transport,
-                              fit_alpha_bandwidth, group_nodes, to_yaml, update_topology)
 from taccl_py.topology.loader import load_topology, validate_file
+from taccl_py.topology.profile import (
+    NEED_RANKS,
+    Fit,
+    PairResult,
+    build_topology,
+    detect_transport,
+    fit_alpha_bandwidth,
+    group_nodes,
+    to_yaml,
+    update_topology,
+)
 
 BIN = Path(sys.executable).parent
 SIZES = [8, 64, 512, 4096, 32768, 262144, 2097152, 16777216]
-META = {"date": "2025-01-31T12:00:00+00:00", "launcher": "mpiexec", "transport": "mpi",
-        "device": "cpu", "hosts": ["h0"], "ranks": 4, "sizes": SIZES, "iters": 3}
-_LAUNCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK",
-               "PMI_SIZE", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK",
-               "MV2_COMM_WORLD_SIZE")
+META = {
+    "date": "2025-01-31T12:00:00+00:00",
+    "launcher": "mpiexec",
+    "transport": "mpi",
+    "device": "cpu",
+    "hosts": ["h0"],
+    "ranks": 4,
+    "sizes": SIZES,
+    "iters": 3,
+}
+_LAUNCH_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LOCAL_RANK",
+    "PMI_SIZE",
+    "PMI_RANK",
+    "PMI_FD",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMIX_RANK",
+    "MV2_COMM_WORLD_SIZE",
+)
 
 
 def _times(alpha, bw, sizes=SIZES):
@@ -70,8 +97,7 @@ def test_fit_survives_times_that_shrink_with_size():
     assert fit.alpha == 0.0 and fit.bandwidth > 0
 
 
-@pytest.mark.parametrize("sizes,times", [([1024, 1024], [1e-5, 1e-5]),
-                                         ([1, 2], [1e-5, 0.0])])
+@pytest.mark.parametrize("sizes,times", [([1024, 1024], [1e-5, 1e-5]), ([1, 2], [1e-5, 0.0])])
 def test_fit_rejects_bad_input(sizes, times):
     with pytest.raises(TacclError):
         fit_alpha_bandwidth(sizes, times)
@@ -105,8 +131,11 @@ def test_profile_without_a_launcher_is_a_one_line_error(monkeypatch):
 
 # -- YAML ------------------------------------------------------------------------------------
 def test_build_topology_loads_with_the_given_values(tmp_path):
-    results = [_result(a, b, (1 + a + b) * 1e-6, (a + b + 1) * 1e9)
-               for a in range(4) for b in range(a + 1, 4)]
+    results = [
+        _result(a, b, (1 + a + b) * 1e-6, (a + b + 1) * 1e9)
+        for a in range(4)
+        for b in range(a + 1, 4)
+    ]
     doc = build_topology(results, [[0, 1, 2, 3]], META)
     path = tmp_path / "m.yaml"
     path.write_text(to_yaml(doc))
@@ -125,8 +154,11 @@ def test_build_topology_loads_with_the_given_values(tmp_path):
 
 def test_build_topology_over_two_hosts_has_one_nic_per_node(tmp_path):
     fast, slow = (1e-6, 20e9), (10e-6, 1e9)
-    results = [_result(a, b, *(fast if a // 2 == b // 2 else slow))
-               for a in range(4) for b in range(a + 1, 4)]
+    results = [
+        _result(a, b, *(fast if a // 2 == b // 2 else slow))
+        for a in range(4)
+        for b in range(a + 1, 4)
+    ]
     doc = build_topology(results, [[0, 1], [2, 3]], {**META, "hosts": ["h0", "h1"]})
     assert doc["gpus_per_node"] == 2 and len(doc["links"]) == 1
     assert doc["nics"] == [{"name": "nic0", "gpus": "all", "bandwidth": 1.0, "alpha": 10.0}]
@@ -139,23 +171,31 @@ def test_build_topology_over_two_hosts_has_one_nic_per_node(tmp_path):
 
 def test_update_changes_only_the_measured_pairs(tmp_path):
     original = {
-        "name": "box", "description": "my box", "gpus_per_node": 4, "max_nodes": 4,
-        "links": [{"pairs": [[0, 1], [2, 3]], "count": 2, "bandwidth": 25, "alpha": 0.7,
-                   "kind": "nvlink"}],
+        "name": "box",
+        "description": "my box",
+        "gpus_per_node": 4,
+        "max_nodes": 4,
+        "links": [
+            {"pairs": [[0, 1], [2, 3]], "count": 2, "bandwidth": 25, "alpha": 0.7, "kind": "nvlink"}
+        ],
         "switches": [{"name": "sw", "gpus": [0, 2], "bandwidth": 10, "alpha": 1}],
         "nics": [{"name": "nic0", "gpus": "all", "bandwidth": 12.5, "alpha": 2}],
     }
     results = [_result(0, 1, 2e-6, 40e9), _result(0, 2, 3e-6, 8e9), _result(1, 3, 9e-6, 1e9)]
-    doc, notes = update_topology(yaml.safe_load(yaml.safe_dump(original)), results,
-                                 [[0, 1, 2, 3]], META)
+    doc, notes = update_topology(
+        yaml.safe_load(yaml.safe_dump(original)), results, [[0, 1, 2, 3]], META
+    )
     assert {k: doc[k] for k in ("name", "description", "max_nodes", "nics")} == {
-        k: original[k] for k in ("name", "description", "max_nodes", "nics")}
+        k: original[k] for k in ("name", "description", "max_nodes", "nics")
+    }
     assert doc["links"] == [
         {"pairs": [[2, 3]], "count": 2, "bandwidth": 25, "alpha": 0.7, "kind": "nvlink"},
-        {"pairs": [[0, 1]], "count": 2, "bandwidth": 20.0, "alpha": 2.0, "kind": "nvlink"}]
+        {"pairs": [[0, 1]], "count": 2, "bandwidth": 20.0, "alpha": 2.0, "kind": "nvlink"},
+    ]
     assert doc["switches"] == [{"name": "sw", "gpus": [0, 2], "bandwidth": 8.0, "alpha": 3.0}]
-    assert notes == ["pair 1-3 has no link or switch in the topology; its numbers are only "
-                     "in measured.fits"]
+    assert notes == [
+        "pair 1-3 has no link or switch in the topology; its numbers are only in measured.fits"
+    ]
     assert doc["measured"]["date"] == META["date"]
     path = tmp_path / "box.yaml"
     path.write_text(to_yaml(doc))
@@ -183,7 +223,9 @@ class _FakeComm:
 def test_update_on_the_command_line_checks_the_file_first(monkeypatch, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("gpus_per_node: 0\n")
-    monkeypatch.setattr("taccl_py.topology.profile.open_comm", lambda transport, device: _FakeComm())
+    monkeypatch.setattr(
+        "taccl_py.topology.profile.open_comm", lambda transport, device: _FakeComm()
+    )
     res = CliRunner().invoke(main, ["profile", "--update", str(bad)])
     assert res.exit_code == 2
     assert res.output.strip().startswith(f"taccl: error: {bad}: gpus_per_node")
@@ -205,15 +247,42 @@ def _check_measured(path: Path, ranks: int) -> None:
 def test_profile_under_mpiexec_writes_a_topology_that_loads(tmp_path):
     out = tmp_path / "measured.yaml"
     proc = subprocess.run(
-        [str(BIN / "mpiexec"), "-n", "4", str(BIN / "taccl"), "profile", "-o", str(out),
-         "--sizes", "1K,64K,1M", "--iters", "3"],
-        capture_output=True, text=True, timeout=120, env=_clean_env())
+        [
+            str(BIN / "mpiexec"),
+            "-n",
+            "4",
+            str(BIN / "taccl"),
+            "profile",
+            "-o",
+            str(out),
+            "--sizes",
+            "1K,64K,1M",
+            "--iters",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_clean_env(),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "alpha(us)" in proc.stdout and proc.stdout.count(f"wrote {out}") == 1
     _check_measured(out, 4)
     assert yaml.safe_load(out.read_text())["measured"]["launcher"] == "mpiexec"
-    res = CliRunner().invoke(main, ["synthesize", "-m", "ring", "-t", str(out), "-c", "allgather",
-                                    "-o", str(tmp_path / "ag.xml")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "synthesize",
+            "-m",
+            "ring",
+            "-t",
+            str(out),
+            "-c",
+            "allgather",
+            "-o",
+            str(tmp_path / "ag.xml"),
+        ],
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -224,10 +293,28 @@ def test_profile_under_torchrun_writes_a_topology_that_loads(tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "torch.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(port), str(BIN / "taccl"), "profile", "-o", str(out),
-         "--sizes", "1K,64K,1M", "--iters", "3"],
-        capture_output=True, text=True, timeout=180, env=_clean_env())
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(BIN / "taccl"),
+            "profile",
+            "-o",
+            str(out),
+            "--sizes",
+            "1K,64K,1M",
+            "--iters",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_clean_env(),
+    )
     assert proc.returncode == 0, proc.stderr
     _check_measured(out, 2)
     assert yaml.safe_load(out.read_text())["measured"]["transport"] == "torch-gloo"

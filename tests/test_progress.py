@@ -39,13 +39,29 @@ def test_routing_reports_its_incumbent_and_a_heartbeat_while_it_runs(monkeypatch
 
 
 def test_cli_prints_live_routing_lines_on_stderr_only(tmp_path):
-    res = CliRunner().invoke(main, ["synthesize", "-t", "dgx1", "-n", "2", "-c",
-                                    "allgather", "--method", "milp", "--time-limit", "3",
-                                    "-o", str(tmp_path / "plan.xml")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-n",
+            "2",
+            "-c",
+            "allgather",
+            "--method",
+            "milp",
+            "--time-limit",
+            "3",
+            "-o",
+            str(tmp_path / "plan.xml"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = res.stderr.splitlines()
-    live = [i for i, line in enumerate(lines)
-            if "] routing (chunk-up 1): solving  makespan " in line]
+    live = [
+        i for i, line in enumerate(lines) if "] routing (chunk-up 1): solving  makespan " in line
+    ]
     done = [i for i, line in enumerate(lines) if "] routing (chunk-up 1)  makespan " in line]
     assert live and done and live[0] < done[0], res.stderr
     assert "routing (" not in res.stdout

@@ -8,12 +8,12 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import PlanError, TopologyError, VerificationError
 from taccl_py.plan.model import LOCAL_TYPES, Plan
-from taccl_py.build.pipeline import build_plan
-from taccl_py.runtime.reference import check_reference
 from taccl_py.plan.verify import verify
+from taccl_py.runtime.reference import check_reference
 
 from .strategies import topologies
 
@@ -30,8 +30,13 @@ def _plan_or_none(topo, kind, chunkup, method, inplace=False):
 
 
 @SETTINGS
-@given(topo=topologies(), kind=st.sampled_from(KINDS), chunkup=st.integers(1, 3),
-       method=st.sampled_from(("ring", "direct")), inplace=st.booleans())
+@given(
+    topo=topologies(),
+    kind=st.sampled_from(KINDS),
+    chunkup=st.integers(1, 3),
+    method=st.sampled_from(("ring", "direct")),
+    inplace=st.booleans(),
+)
 def test_generated_plans_verify_and_match_numpy(topo, kind, chunkup, method, inplace):
     plan = _plan_or_none(topo, kind, chunkup, method, inplace)
     if plan is None:
@@ -42,21 +47,31 @@ def test_generated_plans_verify_and_match_numpy(topo, kind, chunkup, method, inp
 
 
 def _data_steps(plan: Plan):
-    return [(gi, ti, si) for gi, g in enumerate(plan.gpus) for ti, tb in enumerate(g.tbs)
-            for si, step in enumerate(tb.steps) if step.type not in LOCAL_TYPES or
-            step.type == "cpy"]
+    return [
+        (gi, ti, si)
+        for gi, g in enumerate(plan.gpus)
+        for ti, tb in enumerate(g.tbs)
+        for si, step in enumerate(tb.steps)
+        if step.type not in LOCAL_TYPES or step.type == "cpy"
+    ]
 
 
 def _dead_store(plan: Plan, gpu: int, buf: str, off: int) -> bool:
     """True if no step of ``gpu`` reads ``buf[off]`` (only scratch can hold such stores)."""
     return buf == "s" and not any(
         st.srcbuf == buf and st.srcoff <= off < st.srcoff + st.cnt
-        for tb in plan.gpus[gpu].tbs for st in tb.steps)
+        for tb in plan.gpus[gpu].tbs
+        for st in tb.steps
+    )
 
 
 @SETTINGS
-@given(topo=topologies(), kind=st.sampled_from(KINDS), method=st.sampled_from(("ring", "direct")),
-       data=st.data())
+@given(
+    topo=topologies(),
+    kind=st.sampled_from(KINDS),
+    method=st.sampled_from(("ring", "direct")),
+    data=st.data(),
+)
 def test_mutated_offsets_are_caught(topo, kind, method, data):
     plan = _plan_or_none(topo, kind, 1, method)
     if plan is None:
@@ -64,8 +79,11 @@ def test_mutated_offsets_are_caught(topo, kind, method, data):
     gi, ti, si = data.draw(st.sampled_from(_data_steps(plan)))
     bad = copy.deepcopy(plan)
     step = bad.gpus[gi].tbs[ti].steps[si]
-    field = "dstoff" if step.dstbuf is not None and (step.srcbuf is None or data.draw(
-        st.booleans())) else "srcoff"
+    field = (
+        "dstoff"
+        if step.dstbuf is not None and (step.srcbuf is None or data.draw(st.booleans()))
+        else "srcoff"
+    )
     delta = data.draw(st.sampled_from((-1, 1)))
     if field == "dstoff" and _dead_store(plan, gi, step.dstbuf, step.dstoff):
         return  # a relay's rcs store that nothing reads: moving it changes nothing
@@ -78,8 +96,12 @@ def test_mutated_offsets_are_caught(topo, kind, method, data):
 
 
 @SETTINGS
-@given(topo=topologies(), kind=st.sampled_from(KINDS), method=st.sampled_from(("ring", "direct")),
-       data=st.data())
+@given(
+    topo=topologies(),
+    kind=st.sampled_from(KINDS),
+    method=st.sampled_from(("ring", "direct")),
+    data=st.data(),
+)
 def test_dropped_steps_are_caught(topo, kind, method, data):
     plan = _plan_or_none(topo, kind, 1, method)
     if plan is None:

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taccl_py.analysis import protocols as P
+from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.plan.model import GpuPlan, Plan, Step, Threadblock
-from taccl_py.build.pipeline import build_plan
-from taccl_py.analysis import protocols as P
-from taccl_py.analysis.simulate import simulate
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Link, Nic, Switch, Topology
 
@@ -23,14 +23,23 @@ US = 1e-6
 
 def one_send(proto: str) -> Plan:
     """Rank 0 sends its one chunk to rank 1."""
-    return Plan("one", "alltoall", 2, 1, proto=proto, gpus=[
-        GpuPlan(0, 1, 1, tbs=[Threadblock(0, send=1, steps=[Step(0, "s")])]),
-        GpuPlan(1, 1, 1, tbs=[Threadblock(0, recv=0, steps=[Step(0, "r")])])])
+    return Plan(
+        "one",
+        "alltoall",
+        2,
+        1,
+        proto=proto,
+        gpus=[
+            GpuPlan(0, 1, 1, tbs=[Threadblock(0, send=1, steps=[Step(0, "s")])]),
+            GpuPlan(1, 1, 1, tbs=[Threadblock(0, recv=0, steps=[Step(0, "r")])]),
+        ],
+    )
 
 
 def link_pair(kind: str = "nvlink", bw: float = 50 * GB, alpha: float = 1 * US) -> Topology:
-    return Topology("pair", 2, 1, links=(Link(0, 1, bw, alpha, kind=kind),
-                                         Link(1, 0, bw, alpha, kind=kind)))
+    return Topology(
+        "pair", 2, 1, links=(Link(0, 1, bw, alpha, kind=kind), Link(1, 0, bw, alpha, kind=kind))
+    )
 
 
 def switch_pair(alpha: float = 1 * US) -> Topology:
@@ -38,8 +47,12 @@ def switch_pair(alpha: float = 1 * US) -> Topology:
 
 
 def net_pair(alpha: float = 2 * US) -> Topology:
-    return Topology("net", 1, 2, nics=(Nic("n0", 0, 0, (0,), 25 * GB, alpha),
-                                       Nic("n1", 1, 0, (1,), 25 * GB, alpha)))
+    return Topology(
+        "net",
+        1,
+        2,
+        nics=(Nic("n0", 0, 0, (0,), 25 * GB, alpha), Nic("n1", 1, 0, (1,), 25 * GB, alpha)),
+    )
 
 
 def test_ll_has_half_the_bandwidth_of_simple_for_a_large_transfer():
@@ -54,8 +67,7 @@ def test_ll_has_half_the_bandwidth_of_simple_for_a_large_transfer():
 def test_ll128_carries_120_of_128_bytes():
     topo, size = link_pair(), 1 << 30
     ll128 = simulate(one_send("LL128"), topo, size)
-    assert ll128.time == pytest.approx(1 * US * 1.9 / 3.4 + size * 128 / 120 / (50 * GB),
-                                       rel=1e-12)
+    assert ll128.time == pytest.approx(1 * US * 1.9 / 3.4 + size * 128 / 120 / (50 * GB), rel=1e-12)
 
 
 def test_ll_beats_simple_for_a_tiny_message_on_one_link():
@@ -67,9 +79,16 @@ def test_ll_beats_simple_for_a_tiny_message_on_one_link():
     assert ll.call_time == pytest.approx(ll.time + 6.6 * US)
 
 
-@pytest.mark.parametrize("topo,hw", [(link_pair("nvlink"), "nvlink"), (link_pair("xgmi"), "nvlink"),
-                                     (link_pair("pcie"), "pci"), (switch_pair(), "nvlink"),
-                                     (net_pair(), "net")])
+@pytest.mark.parametrize(
+    "topo,hw",
+    [
+        (link_pair("nvlink"), "nvlink"),
+        (link_pair("xgmi"), "nvlink"),
+        (link_pair("pcie"), "pci"),
+        (switch_pair(), "nvlink"),
+        (net_pair(), "net"),
+    ],
+)
 @pytest.mark.parametrize("proto", P.PROTOCOLS)
 def test_hop_latency_is_alpha_scaled_by_the_ring_hw_latency_ratio(topo, hw, proto):
     alpha = next(iter(topo.connections.values())).alpha
@@ -93,20 +112,30 @@ def test_unknown_protocol_is_refused():
 def test_tuning_constants_match_nccl_2_30_7():
     assert (P.NCCL_VERSION, P.NCCL_COMMIT[:12]) == ("2.30.7", "5067397c2676")
     table = {  # (table, algorithm, protocol): value read from tuning.cc
-        ("base", "tree", "LL"): 6.8, ("base", "tree", "LL128"): 14.0,
-        ("base", "tree", "Simple"): 8.4, ("base", "ring", "LL"): 6.6,
-        ("base", "ring", "LL128"): 14.0, ("base", "ring", "Simple"): 8.4,
-        ("base", "pat", "Simple"): 8.0, ("base", "nvls", "Simple"): 0,
+        ("base", "tree", "LL"): 6.8,
+        ("base", "tree", "LL128"): 14.0,
+        ("base", "tree", "Simple"): 8.4,
+        ("base", "ring", "LL"): 6.6,
+        ("base", "ring", "LL128"): 14.0,
+        ("base", "ring", "Simple"): 8.4,
+        ("base", "pat", "Simple"): 8.0,
+        ("base", "nvls", "Simple"): 0,
     }
     for (_, algo, proto), value in table.items():
         assert P.BASE_LATENCY_US[algo][proto] == value
     hw = {
-        ("nvlink", "tree"): (0.6, 1.25, 4.0), ("nvlink", "ring"): (0.6, 1.9, 3.4),
-        ("nvlink", "nvls"): (0, 0, 25), ("nvlink", "nvls_tree"): (0, 0, 25),
-        ("pci", "tree"): (1.0, 1.9, 4.0), ("pci", "ring"): (1.0, 2.5, 5.7),
-        ("net", "tree"): (5.0, 8.5, 14), ("net", "ring"): (2.7, 4.0, 14.0),
-        ("net", "nvls"): (0, 0, 18), ("net", "nvls_tree"): (0, 0, 20.9),
-        ("net", "collnet_direct"): (0, 0, 31), ("net", "pat"): (0, 0, 14),
+        ("nvlink", "tree"): (0.6, 1.25, 4.0),
+        ("nvlink", "ring"): (0.6, 1.9, 3.4),
+        ("nvlink", "nvls"): (0, 0, 25),
+        ("nvlink", "nvls_tree"): (0, 0, 25),
+        ("pci", "tree"): (1.0, 1.9, 4.0),
+        ("pci", "ring"): (1.0, 2.5, 5.7),
+        ("net", "tree"): (5.0, 8.5, 14),
+        ("net", "ring"): (2.7, 4.0, 14.0),
+        ("net", "nvls"): (0, 0, 18),
+        ("net", "nvls_tree"): (0, 0, 20.9),
+        ("net", "collnet_direct"): (0, 0, 31),
+        ("net", "pat"): (0, 0, 14),
     }
     for (h, algo), (ll, ll128, simple) in hw.items():
         assert P.HW_LATENCY_US[h][algo] == {"LL": ll, "LL128": ll128, "Simple": simple}
@@ -114,8 +143,7 @@ def test_tuning_constants_match_nccl_2_30_7():
     assert P.PER_CH_MAX_RING_LL128_BW["hopper"][0] == 36.7
     assert P.PER_CH_MAX_TREE_BW["ampere"] == (24.0, 23.6, 17.8)
     assert P.PER_CH_MAX_NVLS_TREE_BW["hopper"] == (0.0, 57.7, 45.5)
-    assert P.NVLS_EFFICIENCY == {"volta": 0.0, "ampere": 0.0, "hopper": 0.85,
-                                 "blackwell": 0.74}
+    assert P.NVLS_EFFICIENCY == {"volta": 0.0, "ampere": 0.0, "hopper": 0.85, "blackwell": 0.74}
     assert (P.RING_LL_FACTOR, P.RING_LL128_FACTOR, P.TREE_LL_FACTOR) == (0.5, 0.92, 1 / 3.8)
     assert P.LINE_EFFICIENCY == {"Simple": 1.0, "LL": 0.5, "LL128": 0.9375}
     assert P.P2P_LL_THRESHOLD == 16384

@@ -33,8 +33,15 @@ def test_external_fixtures_match_numpy(path: Path):
     assert [o.shape for o in outputs] == [(coll.o_chunks * 4,)] * plan.ngpus
 
 
-@pytest.mark.parametrize("name", ["ring_allreduce_8_inplace", "hierarchical_allreduce_2x4",
-                                  "ring_reducescatter_8", "two_step_alltoall_2x4"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ring_allreduce_8_inplace",
+        "hierarchical_allreduce_2x4",
+        "ring_reducescatter_8",
+        "two_step_alltoall_2x4",
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.int64])
 def test_other_dtypes(name: str, dtype):
     outputs = check_reference(load(name), chunk_elems=3, dtype=dtype, seed=7)
@@ -100,11 +107,14 @@ def test_race_is_reported_by_the_shared_interpreter():
         check_reference(plan)
 
 
-@pytest.mark.parametrize("inputs", [
-    [np.zeros(8)] * 7,
-    [np.zeros(7)] * 8,
-    [np.zeros(8)] * 7 + [np.zeros(16)],
-])
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        [np.zeros(8)] * 7,
+        [np.zeros(7)] * 8,
+        [np.zeros(8)] * 7 + [np.zeros(16)],
+    ],
+)
 def test_bad_inputs(inputs):
     with pytest.raises(ValueError):
         run_reference(load("allpairs_alltoall_8"), inputs)

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
 
+from taccl_py.analysis.report import evaluate, format_table
+from taccl_py.build.pipeline import build_plan
 from taccl_py.cli import main
 from taccl_py.collectives import KINDS, Collective
-from taccl_py.build.pipeline import build_plan
-from taccl_py.analysis.report import evaluate, format_table
 from taccl_py.topology.loader import builtin_names, load_topology
 
 SIZES = [1 << 10, 1 << 20, 1 << 30]
@@ -54,8 +54,9 @@ def _write_plan(tmp_path, *args):
 
 def test_simulate_command_json_and_errors(tmp_path):
     plan = _write_plan(tmp_path, "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "direct")
-    res = CliRunner().invoke(main, ["simulate", str(plan), "-t", "ndv2", "-n", "2",
-                                    "--sizes", "1K,1G", "--json"])
+    res = CliRunner().invoke(
+        main, ["simulate", str(plan), "-t", "ndv2", "-n", "2", "--sizes", "1K,1G", "--json"]
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert [r["size"] for r in rows] == [1024, 1 << 30]
@@ -68,8 +69,21 @@ def test_simulate_command_json_and_errors(tmp_path):
 def test_plots_are_real_pngs(tmp_path):
     plan = _write_plan(tmp_path, "-t", "dgx1", "-c", "allreduce")
     algbw, timeline = tmp_path / "algbw.png", tmp_path / "timeline.png"
-    res = CliRunner().invoke(main, ["plot", str(plan), "-t", "dgx1", "--algbw", str(algbw),
-                                    "--timeline", str(timeline), "--size", "1M"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "plot",
+            str(plan),
+            "-t",
+            "dgx1",
+            "--algbw",
+            str(algbw),
+            "--timeline",
+            str(timeline),
+            "--size",
+            "1M",
+        ],
+    )
     assert res.exit_code == 0, res.output
     img = imread(algbw)
     assert img.shape[:2] == (500, 800)
@@ -87,9 +101,9 @@ def test_plot_needs_an_output(tmp_path):
 
 
 def test_timeline_of_a_plan_without_traffic_is_a_clear_error(tmp_path):
+    from taccl_py.analysis.simulate import SimResult
     from taccl_py.errors import TacclError
     from taccl_py.viz.plot import timeline_png
-    from taccl_py.analysis.simulate import SimResult
 
     with pytest.raises(TacclError, match="moves no data"):
         timeline_png(SimResult(0, 0.0, [0.0], {}, {}))

@@ -8,28 +8,33 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import TacclError, TopologyError, VerificationError
 from taccl_py.plan.model import SEND_TYPES, GpuPlan, Plan, Step, Threadblock
-from taccl_py.build.pipeline import build_plan
+from taccl_py.plan.verify import verify
 from taccl_py.runtime.cuda_exec import HostDevice, run_single_device
 from taccl_py.runtime.reference import numpy_result
 from taccl_py.runtime.rounds import plan_rounds, run_rounds
-from taccl_py.plan.verify import verify
 from taccl_py.topology.loader import load_topology
 
 from .strategies import topologies
 from .test_mpi_exec import ring4
 
-CASES = [(kind, method, inplace) for kind in KINDS for method in ("ring", "direct")
-         for inplace in (False, True)] + [("allreduce", "tree", False),
-                                          ("allreduce", "tree", True)]
+CASES = [
+    (kind, method, inplace)
+    for kind in KINDS
+    for method in ("ring", "direct")
+    for inplace in (False, True)
+] + [("allreduce", "tree", False), ("allreduce", "tree", True)]
 
 
 def _inputs(plan: Plan, ce: int = 3, dtype=np.int64, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [rng.integers(-1000, 1000, plan.collective().i_chunks * ce).astype(dtype)
-            for _ in range(plan.ngpus)]
+    return [
+        rng.integers(-1000, 1000, plan.collective().i_chunks * ce).astype(dtype)
+        for _ in range(plan.ngpus)
+    ]
 
 
 def _assert_exact(plan: Plan, outputs, inputs) -> None:
@@ -40,11 +45,9 @@ def _assert_exact(plan: Plan, outputs, inputs) -> None:
 @pytest.fixture(scope="module")
 def plans() -> dict:
     topo = load_topology("dgx1")
-    made = {(k, m, ip): build_plan(ring4(), Collective(k, 4, 2, ip), m).plan
-            for k, m, ip in CASES}
+    made = {(k, m, ip): build_plan(ring4(), Collective(k, 4, 2, ip), m).plan for k, m, ip in CASES}
     made["dgx1"] = build_plan(topo, Collective("allreduce", 8, 1), "ring").plan
-    made["milp"] = build_plan(topo, Collective("allgather", 8, 1), "milp",
-                              time_limit=2).plan
+    made["milp"] = build_plan(topo, Collective("allgather", 8, 1), "milp", time_limit=2).plan
     return made
 
 
@@ -74,10 +77,12 @@ def _check_structure(plan: Plan, sched) -> None:
         if kind in SEND_TYPES and kind != "s":  # fused: forwards strictly after receipt
             assert t.start[0] < t.sent == t.done[0]
     for k in range(sched.nrounds):  # a group's sends and receives match pair by pair
-        sends = sorted((p.rank, m.peer, m.chan, m.seq, m.cnt)
-                       for p in sched.ranks for m in p.rounds[k].sends)
-        recvs = sorted((m.peer, p.rank, m.chan, m.seq, m.cnt)
-                       for p in sched.ranks for m in p.rounds[k].recvs)
+        sends = sorted(
+            (p.rank, m.peer, m.chan, m.seq, m.cnt) for p in sched.ranks for m in p.rounds[k].sends
+        )
+        recvs = sorted(
+            (m.peer, p.rank, m.chan, m.seq, m.cnt) for p in sched.ranks for m in p.rounds[k].recvs
+        )
         assert sends == recvs
 
 
@@ -88,8 +93,9 @@ def test_schedule_is_deterministic(plans):
     assert [p.rounds for p in a.ranks] == [p.rounds for p in b.ranks]
 
 
-@pytest.mark.parametrize("redop,fold", [("max", np.maximum), ("min", np.minimum),
-                                        ("prod", np.multiply)])
+@pytest.mark.parametrize(
+    "redop,fold", [("max", np.maximum), ("min", np.minimum), ("prod", np.multiply)]
+)
 def test_other_redops(plans, redop, fold):
     plan = plans[("allreduce", "ring", False)]
     plan = Plan(**{**plan.__dict__, "redop": redop})
@@ -160,9 +166,14 @@ def test_host_device_catches_missing_synchronisation(plans):
 
 
 @settings(max_examples=25)
-@given(topo=topologies(), kind=st.sampled_from(KINDS), chunkup=st.integers(1, 2),
-       method=st.sampled_from(("ring", "direct")), inplace=st.booleans(),
-       seed=st.integers(0, 3))
+@given(
+    topo=topologies(),
+    kind=st.sampled_from(KINDS),
+    chunkup=st.integers(1, 2),
+    method=st.sampled_from(("ring", "direct")),
+    inplace=st.booleans(),
+    seed=st.integers(0, 3),
+)
 def test_random_plans(topo, kind, chunkup, method, inplace, seed):
     try:
         plan = build_plan(topo, Collective(kind, topo.num_ranks, chunkup, inplace), method).plan

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import PlanError
-from taccl_py.plan import runtimes
+from taccl_py.ir.algorithm import Algorithm, Transfer
 from taccl_py.lowering.lower import lower
+from taccl_py.plan import runtimes
 from taccl_py.plan.model import Plan, Step, Threadblock
 from taccl_py.plan.runtimes import (
     DEFAULT_RUNTIME,
@@ -29,9 +30,8 @@ from taccl_py.plan.runtimes import (
     selects,
     size_range,
 )
-from taccl_py.plan.xml import parse_plan, plan_to_xml, write_plan
 from taccl_py.plan.verify import verify
-from taccl_py.ir.algorithm import Algorithm, Transfer
+from taccl_py.plan.xml import parse_plan, plan_to_xml, write_plan
 from taccl_py.synth.methods import synthesize
 from taccl_py.topology.loader import load_topology
 
@@ -71,14 +71,16 @@ def test_default_runtime_is_the_executor():
 
 # -- each rule broken once ---------------------------------------------------------------------
 
+
 def test_coll_spelling():
     text = plan_to_xml(sized(ring("reducescatter"), "msccl"), "msccl")
     assert 'coll="reduce_scatter"' in text
     plan = parse_plan(text)  # the parser reads both spellings
     assert plan.coll == "reducescatter" and check_runtime(plan, "msccl") == []
     (line,) = check_runtime(plan, "msccl-executor")
-    assert line.startswith('coll="reduce_scatter": msccl-executor reads reducescatter only as '
-                           'coll="reducescatter"')
+    assert line.startswith(
+        'coll="reduce_scatter": msccl-executor reads reducescatter only as coll="reducescatter"'
+    )
     back = parse_plan(plan_to_xml(plan))
     assert (back.source.coll, check_runtime(back)) == ("reducescatter", [])
     assert check_runtime(back, "msccl")[0].startswith('coll="reducescatter": msccl reads')
@@ -87,7 +89,7 @@ def test_coll_spelling():
 def test_missing_attribute():
     text = plan_to_xml(sized(ring(), "msccl-executor"))
     start = text.index(' maxBytes="')
-    no_max = text[:start] + text[text.index('"', start + 11) + 1:]
+    no_max = text[:start] + text[text.index('"', start + 11) + 1 :]
     (line,) = check_runtime(parse_plan(no_max), "msccl-executor")
     assert line.startswith("missing attribute maxBytes: msccl-executor requires it")
     # msccl reads a missing maxBytes as 128 MiB
@@ -104,7 +106,8 @@ def test_max_bytes_zero_under_msccl():
     assert line.startswith("maxBytes=0: msccl never selects it")
     assert check_runtime(plan, "msccl-executor") == []  # 0 = no upper end
     assert check_runtime(replace(plan, min_bytes=10, max_bytes=5), "msccl")[0].startswith(
-        "minBytes=10 > maxBytes=5: msccl skips the plan")
+        "minBytes=10 > maxBytes=5: msccl skips the plan"
+    )
     assert "selects no size" in check_runtime(replace(plan, min_bytes=10, max_bytes=5))[0]
 
 
@@ -113,8 +116,10 @@ def test_overlapping_ranges_for_the_executor():
     a = sized(plan, "msccl-executor", 1024, 1 << 20)
     b = sized(plan, "msccl-executor", 1 << 19, None)
     (line,) = check_library([("b.xml", b), ("a.xml", a)], "msccl-executor")
-    assert line.startswith("a.xml and b.xml both select allgather on 8 ranks (out-of-place) "
-                           "for sizes 524304..1048575: msccl-executor takes a.xml")
+    assert line.startswith(
+        "a.xml and b.xml both select allgather on 8 ranks (out-of-place) "
+        "for sizes 524304..1048575: msccl-executor takes a.xml"
+    )
     (line,) = check_library([("a.xml", b), ("b.xml", b)], "msccl-executor")
     assert "for sizes 524304 and up" in line  # the first multiple of 48 (nchunksperloop)
     after = sized(plan, "msccl-executor", 1 << 20, None)
@@ -127,11 +132,11 @@ def test_more_than_four_files_under_msccl():
     plan = Plan("p", "allgather", 8, 8)
     plans = [(f"{i}.xml", sized(plan, "msccl", 1024 << i, 2048 << i)) for i in range(5)]
     (line,) = check_library(plans, "msccl")
-    assert line == "5 plan files: msccl loads at most 4 (MSCCL_XML_FILES) and ignores the " \
-                   "rest (4.xml)"
+    assert (
+        line == "5 plan files: msccl loads at most 4 (MSCCL_XML_FILES) and ignores the rest (4.xml)"
+    )
     assert check_library(plans[:4], "msccl") == []
-    spread = [(f"{i}.xml", sized(plan, "msccl-executor", 1024 << i, 2048 << i))
-              for i in range(5)]
+    spread = [(f"{i}.xml", sized(plan, "msccl-executor", 1024 << i, 2048 << i)) for i in range(5)]
     assert check_library(spread, "msccl-executor") == []
 
 
@@ -140,8 +145,9 @@ def test_steps_per_threadblock():
     assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) == 65
     (line,) = check_runtime(plan)
     assert line.startswith("gpu 0 tb ") and "has 65 steps" in line
-    assert "msccl-executor allows 64 per threadblock; a build with make MSCCL_MAX_NUM_STEPS=N" \
-           in line
+    assert (
+        "msccl-executor allows 64 per threadblock; a build with make MSCCL_MAX_NUM_STEPS=N" in line
+    )
     assert check_runtime(plan, max_steps=256) == []
     assert check_runtime(plan, max_steps=65) == []
     with pytest.raises(PlanError, match="max_steps=2000 outside 1..1024"):
@@ -154,8 +160,10 @@ def test_depid_over_127():
     gpu.tbs += [Threadblock(i) for i in range(len(gpu.tbs), 130)]
     gpu.tbs[0].steps[0] = replace(gpu.tbs[0].steps[0], depid=129, deps=0)
     (line,) = check_runtime(plan, selection=False)
-    assert line == ("gpu 0 tb 0 step 0 depends on tb 129: depid is stored as int8, so "
-                    "msccl-executor would wait on the wrong threadblock (ids above 127)")
+    assert line == (
+        "gpu 0 tb 0 step 0 depends on tb 129: depid is stored as int8, so "
+        "msccl-executor would wait on the wrong threadblock (ids above 127)"
+    )
 
 
 def test_more_than_1024_children():
@@ -163,8 +171,9 @@ def test_more_than_1024_children():
     plan.gpus[0].tbs += [Threadblock(i) for i in range(len(plan.gpus[0].tbs), 1025)]
     lines = check_runtime(plan, selection=False)
     assert "gpu 0 has 1025 threadblocks: msccl-executor allows 1024 per gpu" in lines
-    assert "gpu 0 has 1025 <tb> children: the loader keeps at most 1024 children per element" \
-           in lines
+    assert (
+        "gpu 0 has 1025 <tb> children: the loader keeps at most 1024 children per element" in lines
+    )
 
 
 def test_more_than_4095_elements_per_rank():
@@ -172,13 +181,17 @@ def test_more_than_4095_elements_per_rank():
     gpu = plan.gpus[3]
     extra = 4095 - (1 + 8 + len(gpu.tbs) + sum(len(tb.steps) for tb in gpu.tbs))
     sizes = [50] * (extra // 51) + ([extra % 51 - 1] if extra % 51 else [])
-    gpu.tbs += [Threadblock(len(gpu.tbs) + i, steps=[Step(s, "nop") for s in range(k)])
-                for i, k in enumerate(sizes)]  # a <tb> and its k <step>s each
+    gpu.tbs += [
+        Threadblock(len(gpu.tbs) + i, steps=[Step(s, "nop") for s in range(k)])
+        for i, k in enumerate(sizes)
+    ]  # a <tb> and its k <step>s each
     assert check_runtime(plan, selection=False) == []  # exactly 4095
     gpu.tbs.append(Threadblock(len(gpu.tbs)))
     (line,) = check_runtime(plan, selection=False)
-    assert line.startswith("rank 3 needs 4096 XML elements (1 <algo>, every <gpu>, its own "
-                           "<tb> and <step>): the loader keeps at most 4095")
+    assert line.startswith(
+        "rank 3 needs 4096 XML elements (1 <algo>, every <gpu>, its own "
+        "<tb> and <step>): the loader keeps at most 4095"
+    )
 
 
 def test_channel_32():
@@ -186,8 +199,10 @@ def test_channel_32():
     plan.nchannels = 33
     plan.gpus[2].tbs[0].chan = 32
     lines = check_runtime(plan, "msccl", selection=False)
-    assert lines == ["nchannels=33: msccl has 32 channels",
-                     "gpu 2 tb 0 is on channel 32: msccl has channels 0..31"]
+    assert lines == [
+        "nchannels=33: msccl has 32 channels",
+        "gpu 2 tb 0 is on channel 32: msccl has channels 0..31",
+    ]
 
 
 def test_threadblocks_per_channel():
@@ -195,8 +210,9 @@ def test_threadblocks_per_channel():
     gpu = plan.gpus[0]
     gpu.tbs += [Threadblock(len(gpu.tbs) + i, send=1) for i in range(32)]
     (line,) = check_runtime(plan, selection=False)
-    assert line == ("gpu 0 has more than 32 threadblocks that send on channel 0: "
-                    "msccl-executor allows 32")
+    assert line == (
+        "gpu 0 has more than 32 threadblocks that send on channel 0: msccl-executor allows 32"
+    )
 
 
 def test_threadblocks_per_gpu_under_msccl():
@@ -204,31 +220,37 @@ def test_threadblocks_per_gpu_under_msccl():
     gpu = plan.gpus[0]
     gpu.tbs += [Threadblock(i, chan=1) for i in range(len(gpu.tbs), 217)]
     assert check_runtime(plan, "msccl", selection=False) == [
-        "gpu 0 has 217 threadblocks: msccl allows 216 per gpu"]
+        "gpu 0 has 217 threadblocks: msccl allows 216 per gpu"
+    ]
     assert check_runtime(plan, selection=False) == []
 
 
 def test_names_the_reader_cannot_read():
     plan = replace(ring(), name='a "b"')
     assert check_runtime(plan, selection=False)[0].startswith("<algo name>: has '\"'")
-    assert "256 characters long" in check_runtime(replace(plan, name="x" * 256),
-                                                  selection=False)[0]
+    assert "256 characters long" in check_runtime(replace(plan, name="x" * 256), selection=False)[0]
 
 
 def test_no_selectable_size():
     plan = replace(ring(), nchunksperloop=48)  # sizes must be multiples of 48
-    assert check_runtime(replace(plan, min_bytes=1, max_bytes=47), selection=True)[-1] \
-        .endswith("no size in that range divides into nchunksperloop=48 chunks, so "
-                  "msccl-executor never selects it")
+    assert check_runtime(replace(plan, min_bytes=1, max_bytes=47), selection=True)[-1].endswith(
+        "no size in that range divides into nchunksperloop=48 chunks, so "
+        "msccl-executor never selects it"
+    )
     assert check_runtime(replace(plan, min_bytes=1, max_bytes=48)) == []
 
 
 # -- size selection -------------------------------------------------------------------------
 
+
 @settings(max_examples=300)
-@given(lo=st.integers(0, 1 << 40), span=st.integers(1, 1 << 40),
-       runtime=st.sampled_from(sorted(RUNTIMES)), kind=st.sampled_from(["allgather", "allreduce"]),
-       picks=st.lists(st.integers(0, 1 << 41), max_size=8))
+@given(
+    lo=st.integers(0, 1 << 40),
+    span=st.integers(1, 1 << 40),
+    runtime=st.sampled_from(sorted(RUNTIMES)),
+    kind=st.sampled_from(["allgather", "allreduce"]),
+    picks=st.lists(st.integers(0, 1 << 41), max_size=8),
+)
 def test_selection_bytes_selects_exactly_the_range(lo, span, runtime, kind, picks):
     hi = lo + span
     if hi <= 1:
@@ -271,11 +293,14 @@ def test_selection_needs_divisible_sizes():
 
 # -- deployment -------------------------------------------------------------------------------
 
+
 def test_deploy_lines(tmp_path):
     lib = tmp_path / "my plans"
     assert deploy_lines("msccl-executor", lib, ["a.xml"]) == [f"MSCCL_ALGO_DIR='{lib}'"]
     assert deploy_lines("msccl", lib, ["a.xml", "b.xml"]) == [
-        f"MSCCL_XML_FILES='{lib}/a.xml:{lib}/b.xml'", "NCCL_ALGO=MSCCL,Tree,Ring,CollNet"]
+        f"MSCCL_XML_FILES='{lib}/a.xml:{lib}/b.xml'",
+        "NCCL_ALGO=MSCCL,Tree,Ring,CollNet",
+    ]
     with pytest.raises(PlanError, match="5 plan files: msccl loads at most 4"):
         deploy_lines("msccl", lib, [f"{i}.xml" for i in range(5)])
     with pytest.raises(PlanError, match="holds ':'"):
@@ -285,6 +310,7 @@ def test_deploy_lines(tmp_path):
 
 
 # -- lowering fits the runtime -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["ring", "milp"])
 def test_ndv2_2x8_allreduce_fits_the_executor(method):
@@ -302,8 +328,10 @@ def test_ndv2_2x8_allreduce_fits_the_executor(method):
 def test_lowering_raises_where_no_channels_are_left():
     alg = unmergeable(300)
     alg.transfers[0] = replace(alg.transfers[0], channel=31)
-    with pytest.raises(PlanError, match="has 304 steps.*allows 64 per threadblock.*with 32 "
-                                        "channel.*a smaller chunk-up"):
+    with pytest.raises(
+        PlanError,
+        match="has 304 steps.*allows 64 per threadblock.*with 32 channel.*a smaller chunk-up",
+    ):
         lower(alg)
     assert lower(alg, max_steps=1024).nchannels == 32
 
@@ -315,16 +343,18 @@ def _relays(relayed: set[int]) -> Algorithm:
     n, k = 6, 32
     ts = []
     for s in range(n):
-        nxt = next((d for d in range(n) if d not in (1, s) and d > s), 0) \
-            if s in relayed else None
+        nxt = next((d for d in range(n) if d not in (1, s) and d > s), 0) if s in relayed else None
         for j in range(k):
             for d in range(n):
                 if d not in (s, nxt):
                     chan = 31 if relayed == {s} and d == 1 else j
                     ts.append(Transfer(0, 0.0, s, d, s * k + j, channel=chan))
             if nxt is not None:
-                ts.append(Transfer(1, 1.0, 1, nxt, s * k + j,
-                                   channel=0 if relayed == {s} else (j + 1) % k))
+                ts.append(
+                    Transfer(
+                        1, 1.0, 1, nxt, s * k + j, channel=0 if relayed == {s} else (j + 1) % k
+                    )
+                )
     return Algorithm("relays", Collective("allgather", n, k), ts)
 
 
@@ -337,12 +367,16 @@ def test_waited_for_threadblocks_get_ids_below_128():
     assert waited == 0 and (gpu.tbs[0].recv, gpu.tbs[0].chan) == (0, 31)
     full = lower(_relays({0, 2, 3, 4}))  # 128 waited-for threadblocks on rank 1: ids 0..127
     assert max(st.depid for g in full.gpus for tb in g.tbs for st in tb.steps) == 127
-    with pytest.raises(PlanError, match="rank 1: steps wait for 160 threadblocks, but a step's "
-                                        r"depid is stored as int8 \(ids 0..127\)"):
+    with pytest.raises(
+        PlanError,
+        match="rank 1: steps wait for 160 threadblocks, but a step's "
+        r"depid is stored as int8 \(ids 0..127\)",
+    ):
         lower(_relays({0, 2, 3, 4, 5}))
 
 
 # -- taccl verify --runtime ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 @pytest.mark.parametrize("kind", ["allgather", "reducescatter", "allreduce"])
@@ -366,8 +400,9 @@ def test_verify_lists_each_broken_rule(tmp_path):
     assert len(lines) == 3 and all(line.startswith("taccl: error: ") for line in lines)
     assert "a.xml: gpu 0 tb " in lines[0] and "has 65 steps" in lines[0]
     assert lines[2].startswith(f"taccl: error: {a} and {b} both select allgather on 2 ranks")
-    ok = run("verify", str(a), "--runtime", "msccl-executor", "--max-steps", "256",
-             "--no-reference")
+    ok = run(
+        "verify", str(a), "--runtime", "msccl-executor", "--max-steps", "256", "--no-reference"
+    )
     assert ok.exit_code == 0, ok.output
     assert run("verify", str(a), "--no-reference").exit_code == 0  # data level only
     res = run("verify", str(a), "--max-steps", "256")

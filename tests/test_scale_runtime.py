@@ -10,16 +10,17 @@ import pytest
 
 from taccl_py.collectives import Collective
 from taccl_py.errors import AlgorithmError, TacclError
+from taccl_py.ir.algorithm import Algorithm, Transfer
 from taccl_py.lowering.lower import lower
 from taccl_py.plan.verify import Interpreter, verify
-from taccl_py.synth.milp.combine import combine
-from taccl_py.ir.algorithm import Algorithm, Transfer
 from taccl_py.synth.methods import synthesize
+from taccl_py.synth.milp.combine import combine
 from taccl_py.topology.loader import load_topology
 
 from .test_combine import allgather
 
 # -- Algorithm.check ---------------------------------------------------------------------
+
 
 def reference_check(alg: Algorithm) -> None:
     """The original check: values as frozensets of contributions."""
@@ -38,17 +39,20 @@ def reference_check(alg: Algorithm) -> None:
         if sent is None:
             raise AlgorithmError(
                 f"transfer {i} (step {t.step}): rank {t.src} sends chunk {t.chunk} "
-                "before it holds it")
+                "before it holds it"
+            )
         if t.reduce:
             mine = value.get((t.dst, t.chunk))
             if mine is None:
                 raise AlgorithmError(
                     f"transfer {i} (step {t.step}): rank {t.dst} reduces chunk {t.chunk} "
-                    "into nothing")
+                    "into nothing"
+                )
             if mine & sent:
                 raise AlgorithmError(
                     f"transfer {i} (step {t.step}): rank {t.dst} reduces chunk {t.chunk} "
-                    f"twice with contributions {sorted(mine & sent)}")
+                    f"twice with contributions {sorted(mine & sent)}"
+                )
             value[(t.dst, t.chunk)] = mine | sent
         else:
             value[(t.dst, t.chunk)] = sent
@@ -60,7 +64,8 @@ def reference_check(alg: Algorithm) -> None:
                 missing = sorted(want - (got or frozenset()))
                 raise AlgorithmError(
                     f"{alg.name}: rank {r} ends without chunk {c} complete "
-                    f"(missing contributions {missing[:4]}{'...' if len(missing) > 4 else ''})")
+                    f"(missing contributions {missing[:4]}{'...' if len(missing) > 4 else ''})"
+                )
 
 
 def check_outcome(check, alg):
@@ -113,15 +118,26 @@ def test_check_matches_reference(kind, method):
 
 def test_transfers_sorted_as_the_dataclass_orders_them():
     rng = random.Random(1)
-    ts = [Transfer(rng.randrange(3), rng.choice([0.0, 1.5, -0.0]), rng.randrange(3),
-                   rng.randrange(3), rng.randrange(3), rng.random() < 0.5,
-                   rng.choice([0.0, 2.0]), rng.randrange(2)) for _ in range(300)]
+    ts = [
+        Transfer(
+            rng.randrange(3),
+            rng.choice([0.0, 1.5, -0.0]),
+            rng.randrange(3),
+            rng.randrange(3),
+            rng.randrange(3),
+            rng.random() < 0.5,
+            rng.choice([0.0, 2.0]),
+            rng.randrange(2),
+        )
+        for _ in range(300)
+    ]
     alg = Algorithm("x", Collective("allgather", 3), ts)
     assert alg.transfers == sorted(ts)
     assert [id(t) for t in alg.transfers] == [id(t) for t in sorted(ts)]
 
 
 # -- the verifier --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["allreduce", "reducescatter"])
 def test_verifier_frees_dependency_snapshots(kind):
@@ -136,8 +152,9 @@ def test_verifier_frees_dependency_snapshots(kind):
 
 def test_verify_report_counts_every_step():
     topo = load_topology("dgx1")
-    plan = lower(synthesize(topo, Collective("allreduce", topo.num_ranks, 2), "ring"),
-                 topology=topo)
+    plan = lower(
+        synthesize(topo, Collective("allreduce", topo.num_ranks, 2), "ring"), topology=topo
+    )
     steps = [st for g in plan.gpus for tb in g.tbs for st in tb.steps]
     rep = verify(plan)
     assert rep.steps == len(steps)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from taccl_py.analysis.simulate import simulate
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.plan.model import GpuPlan, Plan, Step, Threadblock
-from taccl_py.plan.xml import parse_plan
-from taccl_py.analysis.simulate import simulate
 from taccl_py.plan.verify import verify
+from taccl_py.plan.xml import parse_plan
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Link, Nic, Switch, Topology
 
@@ -23,9 +23,14 @@ US = 1e-6
 
 # -- builders --------------------------------------------------------------------------------
 
+
 def switch_topology(n: int, bandwidth: float = 100 * GB, alpha: float = 1 * US) -> Topology:
-    return Topology("sw", gpus_per_node=n, nodes=1,
-                    switches=(Switch("n0.sw", 0, tuple(range(n)), bandwidth, alpha),))
+    return Topology(
+        "sw",
+        gpus_per_node=n,
+        nodes=1,
+        switches=(Switch("n0.sw", 0, tuple(range(n)), bandwidth, alpha),),
+    )
 
 
 def step(i: int, typ: str, **kw) -> Step:
@@ -42,31 +47,55 @@ def ring_plan(n: int, kind: str) -> Plan:
     gpus = []
     for r in range(n):
         if kind == "allgather":  # send own chunk, then forward chunk r-j
-            plan = [("s", r)] + [("rcs", (r - j) % n) for j in range(1, n - 1)] \
-                + [("r", (r + 1) % n)]
+            plan = (
+                [("s", r)] + [("rcs", (r - j) % n) for j in range(1, n - 1)] + [("r", (r + 1) % n)]
+            )
         else:  # reduce chunk r-1-j on its way round; rank r finishes chunk r
             plan = [("s", (r - 1) % n)] + [("rrs", (r - 1 - j) % n) for j in range(1, n - 1)]
             if kind == "reducescatter":
                 plan.append(("rrc", r))
             else:
-                plan += [("rrcs", r)] + [("rcs", (r - j) % n) for j in range(1, n - 1)] \
+                plan += (
+                    [("rrcs", r)]
+                    + [("rcs", (r - j) % n) for j in range(1, n - 1)]
                     + [("r", (r + 1) % n)]
-        steps = [step(i, t, srcbuf=buf, srcoff=c, dstbuf=buf, dstoff=c)
-                 for i, (t, c) in enumerate(plan)]
+                )
+        steps = [
+            step(i, t, srcbuf=buf, srcoff=c, dstbuf=buf, dstoff=c) for i, (t, c) in enumerate(plan)
+        ]
         if kind == "reducescatter":
             steps[-1].dstbuf, steps[-1].dstoff = "o", 0
-        i_chunks, o_chunks = {"allgather": (0, n), "reducescatter": (n, 1),
-                              "allreduce": (n, 0)}[kind]
-        gpus.append(GpuPlan(r, i_chunks, o_chunks,
-                            tbs=[Threadblock(0, send=(r + 1) % n, recv=(r - 1) % n,
-                                             steps=steps)]))
-    return Plan(f"ring-{kind}-{n}", kind, n, n, inplace=inplace, outofplace=not inplace,
-                redop="nop" if kind == "allgather" else "sum", gpus=gpus)
+        i_chunks, o_chunks = {"allgather": (0, n), "reducescatter": (n, 1), "allreduce": (n, 0)}[
+            kind
+        ]
+        gpus.append(
+            GpuPlan(
+                r,
+                i_chunks,
+                o_chunks,
+                tbs=[Threadblock(0, send=(r + 1) % n, recv=(r - 1) % n, steps=steps)],
+            )
+        )
+    return Plan(
+        f"ring-{kind}-{n}",
+        kind,
+        n,
+        n,
+        inplace=inplace,
+        outofplace=not inplace,
+        redop="nop" if kind == "allgather" else "sum",
+        gpus=gpus,
+    )
 
 
 def plan_of(n: int, tbs: dict[int, list[Threadblock]], nchunks: int = 1) -> Plan:
-    return Plan("hand", "alltoall", n, nchunks,
-                gpus=[GpuPlan(r, nchunks, nchunks, tbs=tbs.get(r, [])) for r in range(n)])
+    return Plan(
+        "hand",
+        "alltoall",
+        n,
+        nchunks,
+        gpus=[GpuPlan(r, nchunks, nchunks, tbs=tbs.get(r, [])) for r in range(n)],
+    )
 
 
 def sender(peer: int, cnt: int = 1, chan: int = 0, tid: int = 0) -> Threadblock:
@@ -78,6 +107,7 @@ def receiver(peer: int, cnt: int = 1, chan: int = 0, tid: int = 0) -> Threadbloc
 
 
 # -- closed forms ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [2, 3, 4, 8, 16])
 @pytest.mark.parametrize("size", [1024, 1 << 20, 1 << 30])
@@ -97,8 +127,7 @@ def test_ring_allgather_and_reducescatter(n, size, alpha, kind):
 def test_ring_allreduce(n, alpha):
     size, bw = 1 << 28, 125 * GB
     res = simulate(ring_plan(n, "allreduce"), switch_topology(n, bw, alpha), size)
-    assert res.time == pytest.approx(2 * (n - 1) * alpha + 2 * (n - 1) / n * size / bw,
-                                     rel=1e-12)
+    assert res.time == pytest.approx(2 * (n - 1) * alpha + 2 * (n - 1) / n * size / bw, rel=1e-12)
 
 
 def test_chunk_bytes_follow_nchunksperloop():
@@ -114,16 +143,17 @@ def test_resource_busy_sums_bytes_over_bandwidth():
     per_port = 2 * (n - 1) * (size / n) / bw
     assert set(res.resource_busy) == {f"sw{d}:{r}" for d in ("out", "in") for r in range(n)}
     assert all(b == pytest.approx(per_port) for b in res.resource_busy.values())
-    assert sum(e - s for iv in res.intervals.values() for s, e in iv) == \
-        pytest.approx(sum(res.resource_busy.values()))
+    assert sum(e - s for iv in res.intervals.values() for s, e in iv) == pytest.approx(
+        sum(res.resource_busy.values())
+    )
 
 
 # -- contention ------------------------------------------------------------------------------
 
+
 def test_two_senders_serialize_on_switch_in_port():
     alpha, bw, size = 2 * US, 10 * GB, 1 << 20
-    plan = plan_of(3, {0: [sender(2)], 1: [sender(2)],
-                       2: [receiver(0, tid=0), receiver(1, tid=1)]})
+    plan = plan_of(3, {0: [sender(2)], 1: [sender(2)], 2: [receiver(0, tid=0), receiver(1, tid=1)]})
     res = simulate(plan, switch_topology(3, bw, alpha), size)
     assert res.time == pytest.approx(alpha + 2 * size / bw)
     b = size / bw
@@ -132,8 +162,9 @@ def test_two_senders_serialize_on_switch_in_port():
 
 def test_sends_on_different_links_run_in_parallel():
     alpha, bw, size = 2 * US, 10 * GB, 1 << 20
-    topo = Topology("pairs", gpus_per_node=4, nodes=1,
-                    links=(Link(0, 1, bw, alpha), Link(2, 3, bw, alpha)))
+    topo = Topology(
+        "pairs", gpus_per_node=4, nodes=1, links=(Link(0, 1, bw, alpha), Link(2, 3, bw, alpha))
+    )
     plan = plan_of(4, {0: [sender(1)], 1: [receiver(0)], 2: [sender(3)], 3: [receiver(2)]})
     assert simulate(plan, topo, size).time == pytest.approx(alpha + size / bw)
 
@@ -142,16 +173,24 @@ def test_alpha_is_latency_not_occupancy():
     """Two channels on one link: α once each, bandwidth back to back."""
     alpha, bw, size = 3 * US, 10 * GB, 1 << 20
     topo = Topology("one", gpus_per_node=2, nodes=1, links=(Link(0, 1, bw, alpha),))
-    plan = plan_of(2, {0: [sender(1, chan=0, tid=0), sender(1, chan=1, tid=1)],
-                       1: [receiver(0, chan=0, tid=0), receiver(0, chan=1, tid=1)]})
+    plan = plan_of(
+        2,
+        {
+            0: [sender(1, chan=0, tid=0), sender(1, chan=1, tid=1)],
+            1: [receiver(0, chan=0, tid=0), receiver(0, chan=1, tid=1)],
+        },
+    )
     assert simulate(plan, topo, size).time == pytest.approx(alpha + 2 * size / bw)
 
 
 def test_shared_nic_serializes_inter_node_sends():
     alpha, bw, size = 5 * US, 12.5 * GB, 1 << 22
-    topo = Topology("nic", gpus_per_node=2, nodes=2,
-                    nics=(Nic("n0.nic0", 0, 0, (0, 1), bw, alpha),
-                          Nic("n1.nic0", 1, 0, (2, 3), bw, alpha)))
+    topo = Topology(
+        "nic",
+        gpus_per_node=2,
+        nodes=2,
+        nics=(Nic("n0.nic0", 0, 0, (0, 1), bw, alpha), Nic("n1.nic0", 1, 0, (2, 3), bw, alpha)),
+    )
     plan = plan_of(4, {0: [sender(2)], 1: [sender(3)], 2: [receiver(0)], 3: [receiver(1)]})
     res = simulate(plan, topo, size)
     assert res.time == pytest.approx(alpha + 2 * size / bw)
@@ -165,8 +204,7 @@ def test_rank_finish_asymmetric_with_dependency():
     forward = Threadblock(1, send=2, steps=[step(0, "s", cnt=2, depid=0, deps=0)])
     plan = plan_of(4, {0: [sender(1)], 1: [receiver(0), forward], 2: [receiver(1, cnt=2)]})
     res = simulate(plan, switch_topology(4, bw, alpha), size, trace=True)
-    assert res.rank_finish == pytest.approx([alpha + b, 2 * alpha + 3 * b,
-                                             2 * alpha + 3 * b, 0.0])
+    assert res.rank_finish == pytest.approx([alpha + b, 2 * alpha + 3 * b, 2 * alpha + 3 * b, 0.0])
     assert res.time == pytest.approx(2 * alpha + 3 * b)
     fwd = next(e for e in res.trace if e.rank == 1 and e.tb == 1)
     assert (fwd.type, fwd.peer, fwd.resources) == ("s", 2, ("swout:1", "swin:2"))
@@ -174,6 +212,7 @@ def test_rank_finish_asymmetric_with_dependency():
 
 
 # -- errors ----------------------------------------------------------------------------------
+
 
 def test_missing_connection_is_one_line_error():
     topo = Topology("oneway", gpus_per_node=2, nodes=1, links=(Link(0, 1, GB, US),))
@@ -189,22 +228,30 @@ def test_rank_count_mismatch():
 
 
 def test_deadlock_names_stuck_step():
-    both_wait = [Threadblock(0, send=1 - r, recv=1 - r, steps=[step(0, "r"), step(1, "s")])
-                 for r in range(2)]
+    both_wait = [
+        Threadblock(0, send=1 - r, recv=1 - r, steps=[step(0, "r"), step(1, "s")]) for r in range(2)
+    ]
     plan = plan_of(2, {0: [both_wait[0]], 1: [both_wait[1]]})
-    with pytest.raises(TacclError, match=r"deadlock: rank 0 tb 0 step 0 \(r\) waits for "
-                                         r"receive #0 from rank 1"):
+    with pytest.raises(
+        TacclError,
+        match=r"deadlock: rank 0 tb 0 step 0 \(r\) waits for "
+        r"receive #0 from rank 1",
+    ):
         simulate(plan, switch_topology(2), 1024)
 
 
 def test_deadlock_on_dependency_cycle():
     cycle = [Threadblock(t, steps=[step(0, "nop", depid=1 - t, deps=0)]) for t in range(2)]
-    with pytest.raises(TacclError, match=r"rank 0 tb 0 step 0 \(nop\) waits for its "
-                                         r"dependency tb 1 step 0"):
+    with pytest.raises(
+        TacclError,
+        match=r"rank 0 tb 0 step 0 \(nop\) waits for its "
+        r"dependency tb 1 step 0",
+    ):
         simulate(plan_of(2, {0: cycle}), switch_topology(2), 1024)
 
 
 # -- plans from the pipeline and from other tools ---------------------------------------------
+
 
 def test_pipeline_ring_allgather_on_dgx2():
     from taccl_py.build.pipeline import build_plan
@@ -214,8 +261,9 @@ def test_pipeline_ring_allgather_on_dgx2():
     conn = topo.connection(0, 1)
     size = 1 << 30
     res = simulate(plan, topo, size)
-    assert res.time == pytest.approx(15 * conn.alpha + 15 / 16 * size / topo.bandwidth(conn),
-                                     rel=1e-12)
+    assert res.time == pytest.approx(
+        15 * conn.alpha + 15 / 16 * size / topo.bandwidth(conn), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("path", sorted(EXTERNAL.glob("*.xml")), ids=lambda p: p.stem)

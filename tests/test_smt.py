@@ -7,13 +7,13 @@ from fractions import Fraction
 import pytest
 from click.testing import CliRunner
 
+from taccl_py.analysis.simulate import simulate
 from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.lowering.lower import lower
-from taccl_py.plan.xml import parse_plan
-from taccl_py.analysis.simulate import simulate
 from taccl_py.plan.verify import verify
+from taccl_py.plan.xml import parse_plan
 from taccl_py.synth import smt
 from taccl_py.synth.methods import synthesize
 from taccl_py.topology.loader import load_topology
@@ -25,8 +25,7 @@ SIZES = (1 << 10, 1 << 20, 1 << 30)
 
 def ring4() -> Topology:
     """4 GPUs in a bidirectional ring of single 25 GB/s links."""
-    links = [Link(a, b, 25 * GB, 0.7 * US) for a in range(4)
-             for b in ((a + 1) % 4, (a - 1) % 4)]
+    links = [Link(a, b, 25 * GB, 0.7 * US) for a in range(4) for b in ((a + 1) % 4, (a - 1) % 4)]
     return Topology("ring4", 4, 1, tuple(links), (), (), FULL_BISECTION)
 
 
@@ -68,8 +67,7 @@ def test_dgx1_allgather_frontier(dgx1):
 
 
 def test_dgx1_known_unsat(dgx1):
-    with pytest.raises(TacclError, match="unsat: no algorithm with 2 steps, 4 rounds, "
-                                         "3 chunks"):
+    with pytest.raises(TacclError, match="unsat: no algorithm with 2 steps, 4 rounds, 3 chunks"):
         smt.smt_algorithm(dgx1, "allgather", 2, 4, 3, time_limit=60)
 
 
@@ -95,16 +93,15 @@ def test_ring_frontier_both_collectives():
 
 def switch4() -> Topology:
     """4 GPUs on one switch, 25 GB/s ports (shared in- and out-ports)."""
-    return Topology("switch4", 4, 1, (), (Switch("sw", 0, (0, 1, 2, 3), 25 * GB, 1 * US),),
-                    (), FULL_BISECTION)
+    return Topology(
+        "switch4", 4, 1, (), (Switch("sw", 0, (0, 1, 2, 3), 25 * GB, 1 * US),), (), FULL_BISECTION
+    )
 
 
 def two_by_two() -> Topology:
     """2 nodes of 2 NVLinked GPUs, one 12.5 GB/s NIC per node (half a round's unit)."""
-    links = [Link(2 * n + a, 2 * n + 1 - a, 25 * GB, 0.7 * US) for n in range(2)
-             for a in range(2)]
-    nics = tuple(Nic(f"nic{n}", n, 0, (2 * n, 2 * n + 1), 12.5 * GB, 2 * US)
-                 for n in range(2))
+    links = [Link(2 * n + a, 2 * n + 1 - a, 25 * GB, 0.7 * US) for n in range(2) for a in range(2)]
+    nics = tuple(Nic(f"nic{n}", n, 0, (2 * n, 2 * n + 1), 12.5 * GB, 2 * US) for n in range(2))
     return Topology("twobytwo", 2, 2, tuple(links), (), nics, FULL_BISECTION)
 
 
@@ -158,18 +155,64 @@ def test_cli_pareto_prints_frontier():
 
 def test_cli_synthesize_smt_writes_verified_plan(tmp_path):
     out = tmp_path / "smt.xml"
-    res = run("synthesize", "-t", "dgx1", "-c", "allgather", "-m", "smt", "--steps", "2",
-              "--rounds", "3", "--chunks", "2", "-o", str(out))
+    res = run(
+        "synthesize",
+        "-t",
+        "dgx1",
+        "-c",
+        "allgather",
+        "-m",
+        "smt",
+        "--steps",
+        "2",
+        "--rounds",
+        "3",
+        "--chunks",
+        "2",
+        "-o",
+        str(out),
+    )
     assert res.exit_code == 0, res.output
     assert "method smt" in res.output and "chunk-up 2" in res.output
     verify(parse_plan(out))
-    res = CliRunner().invoke(main, ["synthesize", "-t", "dgx1", "-c", "allgather", "-m",
-                                    "smt", "--steps", "2", "--rounds", "4", "--chunks", "3",
-                                    "-o", str(tmp_path / "no.xml")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "synthesize",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "-m",
+            "smt",
+            "--steps",
+            "2",
+            "--rounds",
+            "4",
+            "--chunks",
+            "3",
+            "-o",
+            str(tmp_path / "no.xml"),
+        ],
+    )
     assert res.exit_code == 2
     assert "unsat: no algorithm with 2 steps, 4 rounds, 3 chunks" in res.stderr
-    res = CliRunner().invoke(main, ["synthesize", "-m", "ring", "-t", "dgx1", "-c", "allgather",
-                                    "--steps", "2", "-o", str(tmp_path / "x.xml")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "synthesize",
+            "-m",
+            "ring",
+            "-t",
+            "dgx1",
+            "-c",
+            "allgather",
+            "--steps",
+            "2",
+            "-o",
+            str(tmp_path / "x.xml"),
+        ],
+    )
     assert res.exit_code == 2 and "only apply to --method smt" in res.stderr
 
 

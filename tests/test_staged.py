@@ -6,11 +6,11 @@ from collections import defaultdict
 
 import pytest
 
-from taccl_py.collectives import Collective
-from taccl_py.errors import TacclError
-from taccl_py.build.pipeline import build_plan
 from taccl_py.analysis.report import evaluate
 from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.collectives import Collective
+from taccl_py.errors import TacclError
 from taccl_py.synth import methods
 from taccl_py.synth.methods import synthesize
 from taccl_py.synth.milp.ordering import make_sends, order
@@ -28,14 +28,17 @@ def two_by_four() -> Topology:
     links, nics = [], []
     for n in range(2):
         base = n * 4
-        links += [Link(base + a, base + b, 50 * GB, 0.7 * US)
-                  for a in range(4) for b in range(4) if a != b]
+        links += [
+            Link(base + a, base + b, 50 * GB, 0.7 * US)
+            for a in range(4)
+            for b in range(4)
+            if a != b
+        ]
         nics.append(Nic(f"nic{n}", n, 0, tuple(range(base, base + 4)), 12.5 * GB, 2 * US))
     return Topology("twobyfour", 4, 2, tuple(links), (), tuple(nics), FULL_BISECTION)
 
 
-CASES = [("dgx1", "allgather"), ("dgx1", "alltoall"), ("2x4", "allgather"),
-         ("2x4", "alltoall")]
+CASES = [("dgx1", "allgather"), ("dgx1", "alltoall"), ("2x4", "allgather"), ("2x4", "alltoall")]
 
 
 def topo_of(name: str) -> Topology:
@@ -122,8 +125,11 @@ def test_plan_verifies(name, kind, monkeypatch):
     alg.check()
     assert alg.size == MB and alg.meta["score"] == alg.meta["makespan"] > 0
     # build_plan uses the default time limit; keep the test short
-    monkeypatch.setattr(methods, "staged_algorithm",
-                        lambda *a, time_limit, **k: staged_algorithm(*a, time_limit=5, **k))
+    monkeypatch.setattr(
+        methods,
+        "staged_algorithm",
+        lambda *a, time_limit, **k: staged_algorithm(*a, time_limit=5, **k),
+    )
     result = build_plan(topo, coll, "milp", size=MB)
     assert result.plan.ngpus == topo.num_ranks
     meta = result.algorithm.meta
@@ -139,8 +145,11 @@ def test_milp_never_slower_than_nccl_ring(name, size, monkeypatch):
     staged synthesizer's plan is slower, so its plan is never slower than that ring."""
     topo = topo_of(name)
     coll = Collective("allgather", topo.num_ranks)
-    monkeypatch.setattr(methods, "staged_algorithm",
-                        lambda *a, time_limit, **k: staged_algorithm(*a, time_limit=6, **k))
+    monkeypatch.setattr(
+        methods,
+        "staged_algorithm",
+        lambda *a, time_limit, **k: staged_algorithm(*a, time_limit=6, **k),
+    )
     kept = build_plan(topo, coll, "milp", size=size).plan
     ring = build_plan(topo, coll, "ring").plan
     [row] = evaluate(kept, topo, [size])
@@ -151,8 +160,9 @@ def test_milp_never_slower_than_nccl_ring(name, size, monkeypatch):
 def test_progress_and_errors():
     topo = two_by_four()
     seen = []
-    staged_algorithm(topo, Collective("allgather", 8), size=MB, time_limit=10,
-                     progress=lambda *a: seen.append(a))
+    staged_algorithm(
+        topo, Collective("allgather", 8), size=MB, time_limit=10, progress=lambda *a: seen.append(a)
+    )
     assert seen and {a[0].split()[0] for a in seen} == {"routing", "ordering", "schedule"}
     with pytest.raises(TacclError):
         staged_algorithm(topo, Collective("allreduce", 4), size=MB)

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taccl_py.analysis.nccl_model import nccl_best
+from taccl_py.analysis.simulate import simulate
 from taccl_py.cli import _span, main
 from taccl_py.plan.runtimes import RUNTIMES, selects, size_range
 from taccl_py.plan.xml import parse_plan
-from taccl_py.analysis.nccl_model import nccl_best
-from taccl_py.analysis.simulate import simulate
 from taccl_py.topology.loader import load_topology
 from taccl_py.util.units import parse_size
 
@@ -45,8 +45,19 @@ def test_default_method_synthesizes_and_reports_against_nccl(tmp_path, monkeypat
 
 def test_library_command_writes_verified_selectable_plans(tmp_path):
     out = tmp_path / "lib"
-    res = run("synthesize", "-t", "dgx1", "-c", "allgather", "--sizes", "1K-16K",
-              "--runtime", "msccl", "-o", str(out))
+    res = run(
+        "synthesize",
+        "-t",
+        "dgx1",
+        "-c",
+        "allgather",
+        "--sizes",
+        "1K-16K",
+        "--runtime",
+        "msccl",
+        "-o",
+        str(out),
+    )
     assert res.exit_code == 0, res.output
     files = sorted(out.iterdir())
     assert files and len(files) <= 4
@@ -59,15 +70,18 @@ def test_library_command_writes_verified_selectable_plans(tmp_path):
         assert sum(selects(rules, p, size) for p in plans) <= 1
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--sizes", "1G-1K"], "need 0 < LOW < HIGH"),
-    (["--sizes", "1K"], "LOW-HIGH"),
-    (["--sizes", "1K-1M", "--method", "ring"], "--sizes builds a library"),
-    (["--sizes", "1K-1M", "--proto", "LL"], "--sizes builds a library"),
-    (["--method", "milp", "--order", "0,1,2,3,4,5,6,7"], "--order"),
-    (["--sizes", "1K-1M", "-o", ""], "output path is empty"),
-    (["-o", ""], "output path is empty"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--sizes", "1G-1K"], "need 0 < LOW < HIGH"),
+        (["--sizes", "1K"], "LOW-HIGH"),
+        (["--sizes", "1K-1M", "--method", "ring"], "--sizes builds a library"),
+        (["--sizes", "1K-1M", "--proto", "LL"], "--sizes builds a library"),
+        (["--method", "milp", "--order", "0,1,2,3,4,5,6,7"], "--order"),
+        (["--sizes", "1K-1M", "-o", ""], "output path is empty"),
+        (["-o", ""], "output path is empty"),
+    ],
+)
 def test_library_and_auto_refuse_bad_combinations(tmp_path, args, needle):
     res = run("synthesize", "-t", "dgx1", "-c", "allgather", "-o", str(tmp_path / "x"), *args)
     assert res.exit_code == 2, res.output

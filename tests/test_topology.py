@@ -120,9 +120,10 @@ def test_rail_only_restricts_cross_node(tmp_path):
 def test_user_file_by_path(tmp_path):
     doc = {
         "gpus_per_node": 4,
-        "links": [{"pairs": [[0, 1], [2, 3]], "count": 3, "bandwidth": 20, "alpha": 1,
-                   "kind": "pcie"},
-                  {"pairs": [[1, 2]], "directed": True, "bandwidth": 10, "alpha": 2}],
+        "links": [
+            {"pairs": [[0, 1], [2, 3]], "count": 3, "bandwidth": 20, "alpha": 1, "kind": "pcie"},
+            {"pairs": [[1, 2]], "directed": True, "bandwidth": 10, "alpha": 2},
+        ],
         "nics": [{"gpus": "all", "bandwidth": 5, "alpha": 3}],
         "max_nodes": 2,
     }
@@ -152,8 +153,14 @@ def test_describe():
 
 
 def test_nodes_errors(tmp_path):
-    path = write(tmp_path, {"name": "solo", "gpus_per_node": 2,
-                            "links": [{"pairs": [[0, 1]], "bandwidth": 1, "alpha": 1}]})
+    path = write(
+        tmp_path,
+        {
+            "name": "solo",
+            "gpus_per_node": 2,
+            "links": [{"pairs": [[0, 1]], "bandwidth": 1, "alpha": 1}],
+        },
+    )
     assert load_topology(path).num_ranks == 2
     with pytest.raises(TopologyError, match="solo: has no NICs, so it cannot span 2 nodes"):
         load_topology(path, 2)
@@ -168,27 +175,37 @@ def test_unknown_name_lists_builtins():
     assert all(name in str(exc.value) for name in BUILTINS)
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda d: d.pop("gpus_per_node"), "gpus_per_node: required"),
-    (lambda d: d["nics"][3].update(bandwidth=0), "nics[3].bandwidth: must be >= 0.001"),
-    (lambda d: d["switches"][0].update(alpha=-1), "switches[0].alpha: must be >= 0"),
-    (lambda d: d["nics"][0].update(gpus=[0, 1, 9]),
-     "nics[0].gpus[2]: GPU 9 out of range 0..7"),
-    (lambda d: d.update(network="mesh"), "network: must be one of full-bisection, rail-only"),
-    (lambda d: d["nics"][1].update(bandwith=3), "nics[1].bandwith: unknown field 'bandwith'"),
-    (lambda d: d.update(gpus_per_node="8"), "gpus_per_node: must be an integer, got '8'"),
-    (lambda d: d["nics"][2].update(name="nic0"), "nics[2].name: duplicate name 'nic0'"),
-    (lambda d: d["nics"][2].update(gpus=[1]), "nics[2].gpus[0]: GPU 1 is already on nics[1]"),
-    (lambda d: d.update(links=[{"pairs": [[1, 1]], "bandwidth": 1, "alpha": 0}]),
-     "links[0].pairs[0]: self-link 1-1"),
-    (lambda d: d.update(links=[{"pairs": [[1, 2], [2, 1]], "bandwidth": 1, "alpha": 0}]),
-     "links[0].pairs[1]: duplicate link 2->1"),
-    (lambda d: d.update(links=[{"pairs": [[1, 2, 3]], "bandwidth": 1, "alpha": 0}]),
-     "links[0].pairs[0]: must be a pair of GPU ids"),
-    (lambda d: d["switches"][0].update(gpus="most"), 'switches[0].gpus: must be "all" or'),
-    (lambda d: d["nics"][0].update(bandwidth=float("nan")),
-     "nics[0].bandwidth: must be a finite number, got nan"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda d: d.pop("gpus_per_node"), "gpus_per_node: required"),
+        (lambda d: d["nics"][3].update(bandwidth=0), "nics[3].bandwidth: must be >= 0.001"),
+        (lambda d: d["switches"][0].update(alpha=-1), "switches[0].alpha: must be >= 0"),
+        (lambda d: d["nics"][0].update(gpus=[0, 1, 9]), "nics[0].gpus[2]: GPU 9 out of range 0..7"),
+        (lambda d: d.update(network="mesh"), "network: must be one of full-bisection, rail-only"),
+        (lambda d: d["nics"][1].update(bandwith=3), "nics[1].bandwith: unknown field 'bandwith'"),
+        (lambda d: d.update(gpus_per_node="8"), "gpus_per_node: must be an integer, got '8'"),
+        (lambda d: d["nics"][2].update(name="nic0"), "nics[2].name: duplicate name 'nic0'"),
+        (lambda d: d["nics"][2].update(gpus=[1]), "nics[2].gpus[0]: GPU 1 is already on nics[1]"),
+        (
+            lambda d: d.update(links=[{"pairs": [[1, 1]], "bandwidth": 1, "alpha": 0}]),
+            "links[0].pairs[0]: self-link 1-1",
+        ),
+        (
+            lambda d: d.update(links=[{"pairs": [[1, 2], [2, 1]], "bandwidth": 1, "alpha": 0}]),
+            "links[0].pairs[1]: duplicate link 2->1",
+        ),
+        (
+            lambda d: d.update(links=[{"pairs": [[1, 2, 3]], "bandwidth": 1, "alpha": 0}]),
+            "links[0].pairs[0]: must be a pair of GPU ids",
+        ),
+        (lambda d: d["switches"][0].update(gpus="most"), 'switches[0].gpus: must be "all" or'),
+        (
+            lambda d: d["nics"][0].update(bandwidth=float("nan")),
+            "nics[0].bandwidth: must be a finite number, got nan",
+        ),
+    ],
+)
 def test_errors_name_file_and_field(tmp_path, change, expected):
     doc = a100_doc()
     change(doc)
@@ -203,17 +220,20 @@ def test_errors_name_file_and_field(tmp_path, change, expected):
     assert str(again.value).splitlines()[0] == message
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("", "empty file"),
-    ("# nothing\n", "empty file"),
-    ("- 1\n- 2\n", "top level: must be a mapping of fields, got a list"),
-    ("gpus_per_node: [8\n", "line 2, column 1: invalid YAML"),
-    ("gpus_per_node: 8\ngpus_per_node: 4\n", "line 2, column 1: invalid YAML: duplicate key"),
-    ("gpus_per_node: 8\n\tnics: []\n", "line 2, column 1: invalid YAML"),
-    ("name: a\x00b\n", "line 1: invalid YAML: unacceptable character #x0000"),
-    ("[" * 3000, "line 1: brackets nested more than 64 deep"),
-    ("- " * 2000 + "x\n", "YAML nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "empty file"),
+        ("# nothing\n", "empty file"),
+        ("- 1\n- 2\n", "top level: must be a mapping of fields, got a list"),
+        ("gpus_per_node: [8\n", "line 2, column 1: invalid YAML"),
+        ("gpus_per_node: 8\ngpus_per_node: 4\n", "line 2, column 1: invalid YAML: duplicate key"),
+        ("gpus_per_node: 8\n\tnics: []\n", "line 2, column 1: invalid YAML"),
+        ("name: a\x00b\n", "line 1: invalid YAML: unacceptable character #x0000"),
+        ("[" * 3000, "line 1: brackets nested more than 64 deep"),
+        ("- " * 2000 + "x\n", "YAML nested too deeply"),
+    ],
+)
 def test_malformed_yaml(tmp_path, text, expected):
     path = write(tmp_path, text)
     with pytest.raises(TopologyError) as exc:
@@ -237,7 +257,8 @@ def test_packaged_dir_preferred(tmp_path, monkeypatch):
     package = tmp_path / "taccl_py"
     shutil.copytree(REPO_TOPOLOGIES, package / "_data" / "topologies")
     (package / "_data" / "topologies" / "extra.yaml").write_text(
-        "gpus_per_node: 2\ndescription: packaged only\n")
+        "gpus_per_node: 2\ndescription: packaged only\n"
+    )
     monkeypatch.setattr(loader.resources, "files", lambda pkg: package)
     assert "extra" in builtin_names()
     assert load_topology("extra").description == "packaged only"

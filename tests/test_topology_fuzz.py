@@ -29,15 +29,20 @@ SMALL = {
         {"pairs": [[1, 2]], "directed": True, "bandwidth": 10, "alpha": 1.5, "kind": "pcie"},
     ],
     "switches": [{"name": "sw", "gpus": "all", "bandwidth": 100, "alpha": 0.3}],
-    "nics": [{"name": "nicA", "gpus": [0, 1], "bandwidth": 12.5, "alpha": 2.6},
-             {"name": "nicB", "gpus": [2, 3], "bandwidth": 12.5, "alpha": 2.6}],
+    "nics": [
+        {"name": "nicA", "gpus": [0, 1], "bandwidth": 12.5, "alpha": 2.6},
+        {"name": "nicB", "gpus": [2, 3], "bandwidth": 12.5, "alpha": 2.6},
+    ],
     "network": "rail-only",
     "max_nodes": 4,
 }
 BASES = [SMALL] + [yaml.safe_load(p.read_text()) for p in sorted(REPO_TOPOLOGIES.glob("*.yaml"))]
 
-REQUIRED = {"links": ["pairs", "bandwidth", "alpha"], "switches": ["gpus", "bandwidth", "alpha"],
-            "nics": ["gpus", "bandwidth", "alpha"]}
+REQUIRED = {
+    "links": ["pairs", "bandwidth", "alpha"],
+    "switches": ["gpus", "bandwidth", "alpha"],
+    "nics": ["gpus", "bandwidth", "alpha"],
+}
 # field -> values of a wrong type for it
 WRONG = {
     "name": [5, [], {"a": 1}, True],
@@ -56,11 +61,27 @@ WRONG = {
     "directed": ["yes", 1, None, []],
     "gpus": [0, "some", [], [0, "1"], {"0": 1}, None, [[0]]],
 }
-BAD_NUMBERS = {"bandwidth": [0, -1, -12.5, 0.0, 1e9, float("inf"), float("nan")],
-               "alpha": [-0.1, -5, 1e12, float("-inf"), float("nan")],
-               "count": [0, -2, 1000], "gpus_per_node": [0, -8, 100000], "max_nodes": [0, -1]}
-GARBAGE = ["{{", "]]", ": : :", "\t- x", "'unterminated", '"bad \\q escape"', "*undefined_alias",
-           "!!python/object:os.system ls", "? [a]: b", "key: [1, 2", "@reserved", "%TAG ! !x"]
+BAD_NUMBERS = {
+    "bandwidth": [0, -1, -12.5, 0.0, 1e9, float("inf"), float("nan")],
+    "alpha": [-0.1, -5, 1e12, float("-inf"), float("nan")],
+    "count": [0, -2, 1000],
+    "gpus_per_node": [0, -8, 100000],
+    "max_nodes": [0, -1],
+}
+GARBAGE = [
+    "{{",
+    "]]",
+    ": : :",
+    "\t- x",
+    "'unterminated",
+    '"bad \\q escape"',
+    "*undefined_alias",
+    "!!python/object:os.system ls",
+    "? [a]: b",
+    "key: [1, 2",
+    "@reserved",
+    "%TAG ! !x",
+]
 
 
 def _sections(doc: dict) -> list[tuple[str, dict]]:
@@ -93,10 +114,17 @@ def _bad_number(rng, doc):
 def _bad_gpu(rng, doc):
     n = doc["gpus_per_node"]
     bad = rng.choice([n, n + rng.randrange(1, 100), -1, -rng.randrange(2, 50)])
-    targets = [(e["pairs"][j], rng.randrange(2)) for _, e in _sections(doc) if "pairs" in e
-               for j in range(len(e["pairs"]))]
-    targets += [(e["gpus"], rng.randrange(len(e["gpus"]))) for _, e in _sections(doc)
-                if isinstance(e.get("gpus"), list)]
+    targets = [
+        (e["pairs"][j], rng.randrange(2))
+        for _, e in _sections(doc)
+        if "pairs" in e
+        for j in range(len(e["pairs"]))
+    ]
+    targets += [
+        (e["gpus"], rng.randrange(len(e["gpus"])))
+        for _, e in _sections(doc)
+        if isinstance(e.get("gpus"), list)
+    ]
     if not targets:
         doc["nics"] = [{"gpus": [bad], "bandwidth": 1, "alpha": 1}]
         return
@@ -117,14 +145,21 @@ def _semantic(rng, doc):
     if choice == 0:
         doc.setdefault("links", []).append({"pairs": [[g, g]], "bandwidth": 1, "alpha": 0})
     elif choice == 1:
-        doc.setdefault("links", []).append(
-            {"pairs": [[g, h], [h, g]], "bandwidth": 1, "alpha": 0})
+        doc.setdefault("links", []).append({"pairs": [[g, h], [h, g]], "bandwidth": 1, "alpha": 0})
     elif choice == 2:
-        doc.setdefault("nics", []).extend([{"name": "dup", "gpus": [g], "bandwidth": 1, "alpha": 0},
-                                           {"name": "dup", "gpus": [h], "bandwidth": 1, "alpha": 0}])
+        doc.setdefault("nics", []).extend(
+            [
+                {"name": "dup", "gpus": [g], "bandwidth": 1, "alpha": 0},
+                {"name": "dup", "gpus": [h], "bandwidth": 1, "alpha": 0},
+            ]
+        )
     else:
-        doc.setdefault("switches", []).extend([{"gpus": [g, h], "bandwidth": 1, "alpha": 0},
-                                               {"gpus": [h], "bandwidth": 1, "alpha": 0}])
+        doc.setdefault("switches", []).extend(
+            [
+                {"gpus": [g, h], "bandwidth": 1, "alpha": 0},
+                {"gpus": [h], "bandwidth": 1, "alpha": 0},
+            ]
+        )
 
 
 STRUCTURAL = [_delete_required, _wrong_type, _bad_number, _bad_gpu, _unknown_key, _semantic]
@@ -157,8 +192,20 @@ def _random_bytes(rng, doc) -> bytes:
 
 
 def _not_a_mapping(rng, doc) -> bytes:
-    return rng.choice([b"", b"   \n", b"# only a comment\n", b"- a\n- b\n", b"42\n", b"~\n",
-                       b"just text\n", b"[1, 2, 3]\n", b"\xef\xbb\xbf", b"'quoted'\n"])
+    return rng.choice(
+        [
+            b"",
+            b"   \n",
+            b"# only a comment\n",
+            b"- a\n- b\n",
+            b"42\n",
+            b"~\n",
+            b"just text\n",
+            b"[1, 2, 3]\n",
+            b"\xef\xbb\xbf",
+            b"'quoted'\n",
+        ]
+    )
 
 
 TEXTUAL = [_truncated, _garbage, _random_bytes, _not_a_mapping]

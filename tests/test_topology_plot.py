@@ -119,8 +119,9 @@ def test_missing_directory_is_a_clean_error(tmp_path):
 
 def test_target_is_a_directory_is_a_clean_error(tmp_path):
     (tmp_path / "d").mkdir()
-    assert_clean_error(run("topology", "show", "dgx1", "--png", str(tmp_path / "d")),
-                       "cannot write")
+    assert_clean_error(
+        run("topology", "show", "dgx1", "--png", str(tmp_path / "d")), "cannot write"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
     assert list((tmp_path / "d").iterdir()) == []
 
@@ -141,7 +142,14 @@ def test_failed_drawing_leaves_the_old_file(tmp_path, monkeypatch):
 def test_too_many_nodes_is_a_clean_error(tmp_path):
     path = tmp_path / "custom.yaml"
     path.write_text(CUSTOM)
-    res = run("topology", "show", str(path), "--nodes", str(MAX_NODES + 1),
-              "--png", str(tmp_path / "t.png"))
+    res = run(
+        "topology",
+        "show",
+        str(path),
+        "--nodes",
+        str(MAX_NODES + 1),
+        "--png",
+        str(tmp_path / "t.png"),
+    )
     assert_clean_error(res, "too many nodes to draw")
     assert not (tmp_path / "t.png").exists()

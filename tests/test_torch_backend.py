@@ -19,13 +19,13 @@ if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with Gloo is needed", allow_module_level=True)
 
 import taccl_py.torch as tt  # noqa: E402
-from taccl_py.torch import backend  # noqa: E402
+from taccl_py.build.pipeline import build_plan  # noqa: E402
 from taccl_py.collectives import Collective  # noqa: E402
 from taccl_py.errors import PlanError, TacclError, VerificationError  # noqa: E402
 from taccl_py.plan.xml import parse_plan, plan_to_xml, write_plan  # noqa: E402
-from taccl_py.build.pipeline import build_plan  # noqa: E402
-from taccl_py.torch.library import PlanLibrary  # noqa: E402
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology  # noqa: E402
+from taccl_py.torch import backend  # noqa: E402
+from taccl_py.torch.library import PlanLibrary  # noqa: E402
 
 WORKER = Path(__file__).with_name("torch_worker.py")
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,9 +44,14 @@ def in_threads(n: int, body, tmp_path, timeout_s: float = 30.0, **kw) -> list:
 
     def one(r: int) -> None:
         try:
-            pg = tt.TacclProcessGroup(dist.PrefixStore("t", store), r, n,
-                                      datetime.timedelta(seconds=timeout_s),
-                                      cache_dir=tmp_path / "cache", **kw)
+            pg = tt.TacclProcessGroup(
+                dist.PrefixStore("t", store),
+                r,
+                n,
+                datetime.timedelta(seconds=timeout_s),
+                cache_dir=tmp_path / "cache",
+                **kw,
+            )
             results[r] = body(pg, r)
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors[r] = exc
@@ -92,13 +97,14 @@ def test_every_collective_exact(tmp_path, n, dtype):
         assert torch.equal(ag, gathered) and torch.equal(ag_list, gathered)
         want_a2a = torch.tensor([2 * r + k + 3 * q for q in range(n) for k in range(2)])
         assert torch.equal(a2a, want_a2a.to(dtype))
-        assert torch.equal(rs.double(), sums_rs[3 * r:3 * r + 3])
+        assert torch.equal(rs.double(), sums_rs[3 * r : 3 * r + 3])
         assert torch.equal(ar.double(), sum_ar)
 
 
 def test_pre_2_13_method_names(tmp_path):
     """torch <= 2.12 calls _allgather_base / alltoall_base / _reduce_scatter_base; reduce ops
     without a plan (BXOR) are Gloo's."""
+
     def body(pg, r):
         ag, a2a, rs = torch.empty(4), torch.empty(2), torch.empty(1)
         pg._allgather_base(ag, torch.tensor([r, r + 0.5])).wait()
@@ -115,12 +121,14 @@ def test_pre_2_13_method_names(tmp_path):
 
 def test_reduce_ops_async_and_noncontiguous(tmp_path):
     def body(pg, r):
-        m = torch.tensor([float(r), -float(r), 2.0 ** r])
+        m = torch.tensor([float(r), -float(r), 2.0**r])
         mx, mn, pr, av = m.clone(), m.clone(), m.clone(), m.clone()
-        works = [pg.allreduce([mx], _opts(dist.ReduceOp.MAX)),
-                 pg.allreduce([mn], _opts(dist.ReduceOp.MIN)),
-                 pg.allreduce([pr], _opts(dist.ReduceOp.PRODUCT)),
-                 pg.allreduce([av], _opts(dist.ReduceOp.AVG))]
+        works = [
+            pg.allreduce([mx], _opts(dist.ReduceOp.MAX)),
+            pg.allreduce([mn], _opts(dist.ReduceOp.MIN)),
+            pg.allreduce([pr], _opts(dist.ReduceOp.PRODUCT)),
+            pg.allreduce([av], _opts(dist.ReduceOp.AVG)),
+        ]
         for w in works:  # issued asynchronously, completed in order
             w.wait()
         grid = torch.arange(12, dtype=torch.float32).reshape(3, 4) * (r + 1)
@@ -142,12 +150,15 @@ def test_reduce_ops_async_and_noncontiguous(tmp_path):
 def test_any_layout_and_clear_refusals(tmp_path):
     """Issue 16: a transposed tensor is reduced in place (it came back as zeros); dtypes Gloo
     refuses, expanded outputs and complex products are refused up front, on every rank."""
+
     def body(pg, r):
         x = torch.ones(4, 6).t()
         pg.allreduce([x]).wait()
-        for bad, reason in [(torch.ones(3, dtype=torch.int16), "int16 is not supported on CPU"),
-                            (torch.ones(1).expand(3), "share memory"),
-                            (torch.ones(2, dtype=torch.complex64), "PRODUCT is not supported")]:
+        for bad, reason in [
+            (torch.ones(3, dtype=torch.int16), "int16 is not supported on CPU"),
+            (torch.ones(1).expand(3), "share memory"),
+            (torch.ones(2, dtype=torch.complex64), "PRODUCT is not supported"),
+        ]:
             with pytest.raises(TacclError, match=reason):
                 pg.allreduce([bad], _opts(dist.ReduceOp.PRODUCT)).wait()
         return x
@@ -238,8 +249,7 @@ def test_plan_directory_choice_and_ring_cache(tmp_path):
     plans.mkdir()
     coll = Collective("allgather", 4, 1, False)
     small = build_plan(ring4(), coll, "direct", max_bytes=1 << 16).plan
-    big = build_plan(ring4(), Collective("allgather", 4, 2, False), "ring",
-                     min_bytes=1 << 16).plan
+    big = build_plan(ring4(), Collective("allgather", 4, 2, False), "ring", min_bytes=1 << 16).plan
     write_plan(small, plans / "small.xml")
     write_plan(big, plans / "big.xml")
     lib = PlanLibrary(plans, tmp_path / "cache")
@@ -260,19 +270,26 @@ def test_plan_directory_choice_and_ring_cache(tmp_path):
     ar = build_plan(ring4(), Collective("allreduce", 4, 2, False), "ring").plan
     write_plan(ar, plans / "ar.xml")
     # 8 chunks do not divide 1001 elements, but AllReduce buffers are padded
-    assert PlanLibrary(plans, tmp_path / "cache").choose("allreduce", 4, 4004, 1001).name \
-        == ar.name
+    assert PlanLibrary(plans, tmp_path / "cache").choose("allreduce", 4, 4004, 1001).name == ar.name
     a2a = PlanLibrary(None, tmp_path / "cache").choose("alltoall", 4, 1024, 256)
     assert "direct" in a2a.name and (tmp_path / "cache" / "direct-alltoall-4.xml").exists()
     with pytest.raises(TacclError, match="does not exist"):
         PlanLibrary(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("old, new, error, reason", [
-    ('cnt="1"', 'cnt="0"', PlanError, r"gpu 0 tb 0 step 0 \(cpy\): cnt=0 outside 1\.\.71"),
-    ('type="cpy"', 'type="nop"', VerificationError,
-     r"rank 0 o\[0\] \(chunk 0\): expected \{\(0,0\)\}, got nothing \(never written\)"),
-], ids=["cnt0", "never-written"])
+@pytest.mark.parametrize(
+    "old, new, error, reason",
+    [
+        ('cnt="1"', 'cnt="0"', PlanError, r"gpu 0 tb 0 step 0 \(cpy\): cnt=0 outside 1\.\.71"),
+        (
+            'type="cpy"',
+            'type="nop"',
+            VerificationError,
+            r"rank 0 o\[0\] \(chunk 0\): expected \{\(0,0\)\}, got nothing \(never written\)",
+        ),
+    ],
+    ids=["cnt0", "never-written"],
+)
 def test_plan_directory_refuses_invalid_plan(tmp_path, old, new, error, reason):
     """A plan that fails verification stops the group's creation with the verifier's one-line
     reason (never a silent fallback); an invalid cached fallback is rebuilt instead."""
@@ -283,8 +300,14 @@ def test_plan_directory_refuses_invalid_plan(tmp_path, old, new, error, reason):
     assert bad != xml
     (plans / "ag.xml").write_text(bad)
     with pytest.raises(error, match=f"^{re.escape(str(plans / 'ag.xml'))}: {reason}$"):
-        tt.TacclProcessGroup(dist.HashStore(), 0, 1, datetime.timedelta(seconds=5),
-                             plan_dir=plans, cache_dir=tmp_path / "cache")
+        tt.TacclProcessGroup(
+            dist.HashStore(),
+            0,
+            1,
+            datetime.timedelta(seconds=5),
+            plan_dir=plans,
+            cache_dir=tmp_path / "cache",
+        )
     cached = tmp_path / "cache" / "ring-allgather-4.xml"
     cached.parent.mkdir()
     cached.write_text(bad)
@@ -296,8 +319,9 @@ def test_plans_from_directory_run(tmp_path):
     """A 4-rank direct AllGather from the plan directory serves the call, exactly."""
     plans = tmp_path / "plans"
     plans.mkdir()
-    write_plan(build_plan(ring4(), Collective("allgather", 4, 1, False), "direct").plan,
-               plans / "ag.xml")
+    write_plan(
+        build_plan(ring4(), Collective("allgather", 4, 1, False), "direct").plan, plans / "ag.xml"
+    )
 
     def body(pg, r):
         out = torch.empty(12, dtype=torch.int32)
@@ -312,14 +336,25 @@ def test_plans_from_directory_run(tmp_path):
 def run_ranks(mode: str, tmp_path, n: int = 4, timeout: float = 120, env_extra=None):
     """Start ``n`` worker processes; return the exit codes and outputs of those that are
     expected to end (all of them, or all but rank n-1 when it dies or stalls)."""
-    env = dict(os.environ, TACCL_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PYTHONWARNINGS="ignore", **(env_extra or {}))
+    env = dict(
+        os.environ,
+        TACCL_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        PYTHONWARNINGS="ignore",
+        **(env_extra or {}),
+    )
     init = tmp_path / "init"
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(n), str(init), mode],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env) for r in range(n)]
-    watched = procs if mode == "all" else procs[:n - 1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(r), str(n), str(init), mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for r in range(n)
+    ]
+    watched = procs if mode == "all" else procs[: n - 1]
     try:
         outs = [p.communicate(timeout=timeout)[0] for p in watched]
     finally:
@@ -344,8 +379,7 @@ def test_dead_or_silent_rank_fails_cleanly(tmp_path, mode):
     assert codes == [1, 1, 1], "\n".join(outs)
     joined = "\n".join(outs)
     for r, out in enumerate(outs):
-        line = next((x for x in out.splitlines() if x.startswith(f"rank {r} error after")),
-                    None)
+        line = next((x for x in out.splitlines() if x.startswith(f"rank {r} error after")), None)
         assert line is not None, out
         assert float(line.split("after ")[1].split(" s")[0]) < 10
         assert "Traceback" not in out

@@ -29,12 +29,22 @@ EXAMPLES = {2: 300, 4: 200}
 
 @pytest.mark.parametrize("n", sorted(EXAMPLES))
 def test_any_layout_and_dtype_matches_gloo(tmp_path, n):
-    env = dict(os.environ, TACCL_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(n),
-                               str(tmp_path / "init"), str(EXAMPLES[n])],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env) for r in range(n)]
+    env = dict(
+        os.environ,
+        TACCL_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(r), str(n), str(tmp_path / "init"), str(EXAMPLES[n])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for r in range(n)
+    ]
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
@@ -43,6 +53,8 @@ def test_any_layout_and_dtype_matches_gloo(tmp_path, n):
             p.wait()
     assert [p.returncode for p in procs] == [0] * n, "\n".join(
         f"rank {r} (exit {p.returncode}): {out[-3000:]}"
-        for r, (p, out) in enumerate(zip(procs, outs)) if p.returncode)
+        for r, (p, out) in enumerate(zip(procs, outs))
+        if p.returncode
+    )
     ran = re.search(r"rank 0: (\d+) cases", outs[0])
     assert ran and int(ran[1]) > EXAMPLES[n], outs[0][-3000:]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import BASELINES, build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
-from taccl_py.build.pipeline import BASELINES, build_plan
 from taccl_py.runtime.reference import check_reference
-from taccl_py.analysis.simulate import simulate
-from taccl_py.synth.methods import METHODS, synthesize
 from taccl_py.synth.baselines.trees import btree_parent, dtree, tree_algorithm
+from taccl_py.synth.methods import METHODS, synthesize
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Link, Nic, Topology
 
@@ -21,8 +21,11 @@ GB, US = 1e9, 1e-6
 
 def cycle(n: int) -> Topology:
     """One node of ``n`` GPUs linked in a bidirectional ring only: trees need relays."""
-    links = [Link(a, b, 50 * GB, 0.7 * US) for r in range(n)
-             for a, b in ((r, (r + 1) % n), ((r + 1) % n, r))]
+    links = [
+        Link(a, b, 50 * GB, 0.7 * US)
+        for r in range(n)
+        for a, b in ((r, (r + 1) % n), ((r + 1) % n, r))
+    ]
     return Topology(f"cycle{n}", n, 1, tuple(links))
 
 
@@ -84,8 +87,9 @@ def test_tree_edges_are_direct_where_the_topology_allows():
 def test_relays_where_a_tree_edge_has_no_connection():
     # two nodes of two GPUs, a NIC on GPU 1 only: the node heads (GPU 0) relay via GPU 1
     g = 2
-    links = [Link(n * g + a, n * g + b, 50 * GB, 0.7 * US)
-             for n in range(2) for a, b in ((0, 1), (1, 0))]
+    links = [
+        Link(n * g + a, n * g + b, 50 * GB, 0.7 * US) for n in range(2) for a, b in ((0, 1), (1, 0))
+    ]
     nics = tuple(Nic(f"nic{n}", n, 0, (n * g + 1,), 12.5 * GB, 2 * US) for n in range(2))
     topo = Topology("second-only", g, 2, tuple(links), (), nics)
     alg = tree_algorithm(topo, Collective("allreduce", 4, 2))

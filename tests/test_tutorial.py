@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from taccl_py.plan.xml import parse_plan
 from taccl_py.plan.verify import verify
+from taccl_py.plan.xml import parse_plan
 from taccl_py.topology import load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +22,10 @@ BIN = Path(sys.executable).parent
 
 pytest.importorskip("torch")
 pytest.importorskip("mpi4py")
-pytestmark = pytest.mark.skipif(not (BIN / "mpiexec").exists() or not (BIN / "torchrun").exists(),
-                                reason="the tutorial needs the venv's mpiexec and torchrun")
+pytestmark = pytest.mark.skipif(
+    not (BIN / "mpiexec").exists() or not (BIN / "torchrun").exists(),
+    reason="the tutorial needs the venv's mpiexec and torchrun",
+)
 
 
 def commands() -> list[str]:
@@ -33,21 +35,33 @@ def commands() -> list[str]:
 
 def test_tutorial_lists_the_whole_path():
     cmds = commands()
-    for step in ("topology import nvidia-smi", "topology show", "sketch init", "synthesize",
-                 "taccl profile", "taccl run", "TACCL_PLAN_DIR=plans"):
+    for step in (
+        "topology import nvidia-smi",
+        "topology show",
+        "sketch init",
+        "synthesize",
+        "taccl profile",
+        "taccl run",
+        "TACCL_PLAN_DIR=plans",
+    ):
         assert any(step in c for c in cmds), step
 
 
 def test_every_command_runs(tmp_path):
     shutil.copy(ROOT / "docs" / "new-cluster" / "topo.txt", tmp_path)
     shutil.copy(ROOT / "examples" / "ddp_train.py", tmp_path)
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-               TACCL_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        TACCL_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONWARNINGS="ignore",
+    )
     env.pop("TACCL_PLAN_DIR", None)
     outputs = {}
     for cmd in commands():
-        proc = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, f"$ {cmd}\n{proc.stdout}\n{proc.stderr}"
         outputs[cmd] = proc.stdout + proc.stderr
     cluster = load_topology(str(tmp_path / "my-cluster.yaml"), 2)

@@ -10,8 +10,8 @@ import pytest
 
 from taccl_py.errors import PlanError, VerificationError
 from taccl_py.plan.model import Plan, Step, Threadblock
-from taccl_py.plan.xml import parse_plan
 from taccl_py.plan.verify import check_limits, verify
+from taccl_py.plan.xml import parse_plan
 
 EXTERNAL = Path(__file__).parent / "fixtures" / "external"
 FIXTURES = sorted(EXTERNAL.glob("*.xml"))
@@ -57,9 +57,17 @@ def test_external_fixtures_verify(path: Path):
 
 def test_report_counts_ring_allgather():
     report = verify(load("ring_allgather_8"))
-    assert (report.threadblocks, report.steps, report.sends, report.receives, report.copies,
-            report.reductions, report.chunks_sent, report.connections, report.depth) == \
-        (16, 72, 56, 56, 8, 0, 56, 8, 8)
+    assert (
+        report.threadblocks,
+        report.steps,
+        report.sends,
+        report.receives,
+        report.copies,
+        report.reductions,
+        report.chunks_sent,
+        report.connections,
+        report.depth,
+    ) == (16, 72, 56, 56, 8, 0, 56, 8, 8)
 
 
 def test_report_counts_hierarchical_allreduce():
@@ -68,6 +76,7 @@ def test_report_counts_hierarchical_allreduce():
 
 
 # -- mutated plans ---------------------------------------------------------------------------
+
 
 def wrong_offset(p: Plan) -> None:
     last = ring_tb(p, 3).steps[-1]  # receives chunk 4 on rank 3
@@ -145,26 +154,39 @@ MUTATIONS = [
     ("ring_allgather_8", wrong_offset, ["rank 3", "chunk 4", "expected {(4,0)}"]),
     ("ring_allgather_8", dropped_step, ["deadlock", "rank 1", "waits for a send from rank 0"]),
     ("recursive_doubling_allgather_8_inplace", dropped_dependency_rd, ["race", "rank 0"]),
-    ("hierarchical_allreduce_2x4", dropped_dependency_hier_send,
-     ["race on rank 2 s[0]", "tb 1 step 0 (s)", "tb 0 step 3 (rrc)"]),
+    (
+        "hierarchical_allreduce_2x4",
+        dropped_dependency_hier_send,
+        ["race on rank 2 s[0]", "tb 1 step 0 (s)", "tb 0 step 3 (rrc)"],
+    ),
     ("hierarchical_allreduce_2x4", dropped_dependency_hier_nop, ["race on rank 2 o[4]"]),
     ("two_step_alltoall_2x4", dropped_dependency_alltoall_nop, ["race on rank 0 s["]),
     ("ring_allreduce_8_inplace", doubled_reduction, ["rank 0", "(0,1) twice"]),
-    ("ring_allgather_8", swapped_receives,
-     ["rank 2 o[0] (chunk 0)", "expected {(0,0)}, got {(1,0)}"]),
-    ("allpairs_alltoall_8", receive_without_send,
-     ["deadlock", "rank 5 tb", "(r) waits for a send from rank 2"]),
+    (
+        "ring_allgather_8",
+        swapped_receives,
+        ["rank 2 o[0] (chunk 0)", "expected {(0,0)}, got {(1,0)}"],
+    ),
+    (
+        "allpairs_alltoall_8",
+        receive_without_send,
+        ["deadlock", "rank 5 tb", "(r) waits for a send from rank 2"],
+    ),
     ("allpairs_alltoall_8", send_without_receive, ["unmatched send", "rank 5", "to rank 2"]),
-    ("allpairs_alltoall_8", dependency_cycle,
-     ["deadlock", "rank 1 tb 1 step 0", "rank 1 tb 2 step 0"]),
+    (
+        "allpairs_alltoall_8",
+        dependency_cycle,
+        ["deadlock", "rank 1 tb 1 step 0", "rank 1 tb 2 step 0"],
+    ),
     ("allpairs_allgather_8", uninitialised_read, ["uninitialised rank 1 o[1]"]),
     ("allpairs_alltoall_8", count_mismatch, ["cnt=1", "cnt=2"]),
     ("allpairs_allgather_8", write_write_race, ["race on rank 0 o[1]", "writes it"]),
 ]
 
 
-@pytest.mark.parametrize("fixture, mutate, fragments", MUTATIONS,
-                         ids=[m[1].__name__ for m in MUTATIONS])
+@pytest.mark.parametrize(
+    "fixture, mutate, fragments", MUTATIONS, ids=[m[1].__name__ for m in MUTATIONS]
+)
 def test_mutated_plan_is_rejected_by_name(fixture: str, mutate, fragments: list[str]):
     plan = load(fixture)
     verify(plan)
@@ -179,14 +201,17 @@ def test_mutated_plan_is_rejected_by_name(fixture: str, mutate, fragments: list[
 
 # -- runtime limits --------------------------------------------------------------------------
 
+
 def set_attr(path: str, value):
     """Mutation setting an attribute reached by a dotted path from the plan."""
+
     def mutate(p: Plan) -> None:
         *parts, last = path.split(".")
         obj = p
         for part in parts:
             obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
         setattr(obj, last, value)
+
     mutate.__name__ = f"{path}={value}"
     return mutate
 
@@ -223,10 +248,16 @@ LIMITS = [
     ("ring_allgather_8", set_attr("gpus.3.tbs.1.recv", 8), "gpu 3 tb 1: recv peer 8"),
     ("ring_allgather_8", set_attr("gpus.0.tbs.1.chan", 1), "chan 1 outside"),
     ("ring_allgather_8", set_attr("gpus.0.tbs.1.steps.2.dstoff", 8), "outside buffer 'o'"),
-    ("ring_allgather_8", set_attr("gpus.0.tbs.0.steps.0.type", "s"),
-     "sends but its threadblock has no send peer"),
-    ("ring_allgather_8", set_attr("gpus.0.tbs.0.steps.0.type", "r"),
-     "receives but its threadblock has no recv peer"),
+    (
+        "ring_allgather_8",
+        set_attr("gpus.0.tbs.0.steps.0.type", "s"),
+        "sends but its threadblock has no send peer",
+    ),
+    (
+        "ring_allgather_8",
+        set_attr("gpus.0.tbs.0.steps.0.type", "r"),
+        "receives but its threadblock has no recv peer",
+    ),
     ("ring_allgather_8", set_attr("gpus.0.tbs.0.steps.0.type", "put"), "unknown step type 'put'"),
     ("ring_allgather_8", set_attr("gpus.0.tbs.0.steps.0.srcbuf", None), "needs a src buffer"),
     ("ring_allgather_8", set_attr("gpus.0.tbs.0.steps.0.hasdep", 2), "hasdep=2"),
@@ -240,8 +271,11 @@ LIMITS = [
     ("ring_allgather_8", set_attr("max_bytes", -1), "maxBytes=-1"),
     ("ring_allgather_8", too_many_steps, "1025 steps"),  # no runtime loads more
     ("ring_allgather_8", too_many_tbs, "1025 threadblocks"),
-    ("allpairs_allgather_8", set_attr("gpus.0.tbs.2.send", 1),
-     "already sends to rank 1 on channel 0"),
+    (
+        "allpairs_allgather_8",
+        set_attr("gpus.0.tbs.2.send", 1),
+        "already sends to rank 1 on channel 0",
+    ),
     ("allpairs_allgather_8", set_attr("gpus.0.tbs.2.recv", 1), "already receives from rank 1"),
     ("ring_allreduce_8_inplace", set_attr("redop", "nop"), "redop 'nop'"),
     ("hierarchical_allreduce_2x4", set_attr("gpus.0.tbs.0.steps.3.hasdep", 0), "whose hasdep=0"),
@@ -252,8 +286,9 @@ LIMITS = [
 ]
 
 
-@pytest.mark.parametrize("fixture, mutate, fragment", LIMITS,
-                         ids=[getattr(m[1], "__name__", "?") for m in LIMITS])
+@pytest.mark.parametrize(
+    "fixture, mutate, fragment", LIMITS, ids=[getattr(m[1], "__name__", "?") for m in LIMITS]
+)
 def test_runtime_limits(fixture: str, mutate, fragment: str | None):
     plan = load(fixture)
     mutate(plan)
@@ -272,6 +307,7 @@ def test_at_most_32_sending_threadblocks_per_channel():
 
 
 # -- scale -----------------------------------------------------------------------------------
+
 
 def test_64_rank_ring_allgather_is_fast():
     plan = parse_plan(make_external().ring_allgather(64))

@@ -19,13 +19,26 @@ def two_rank_allgather(**kw) -> Plan:
     """A minimal hand-written 2-rank AllGather plan."""
     gpus = []
     for r in range(2):
-        gpus.append(GpuPlan(r, 1, 2, 0, [
-            Threadblock(0, steps=[Step(0, "cpy", "i", 0, "o", r)]),
-            Threadblock(1, send=1 - r, recv=1 - r, steps=[
-                Step(0, "s", "i", 0, "o", r), Step(1, "r", None, -1, "o", 1 - r)]),
-        ]))
-    return Plan(name=kw.pop("name", "ag2"), coll="allgather", ngpus=2, nchunksperloop=2,
-                gpus=gpus, **kw)
+        gpus.append(
+            GpuPlan(
+                r,
+                1,
+                2,
+                0,
+                [
+                    Threadblock(0, steps=[Step(0, "cpy", "i", 0, "o", r)]),
+                    Threadblock(
+                        1,
+                        send=1 - r,
+                        recv=1 - r,
+                        steps=[Step(0, "s", "i", 0, "o", r), Step(1, "r", None, -1, "o", 1 - r)],
+                    ),
+                ],
+            )
+        )
+    return Plan(
+        name=kw.pop("name", "ag2"), coll="allgather", ngpus=2, nchunksperloop=2, gpus=gpus, **kw
+    )
 
 
 EXPECTED_AG2 = """\
@@ -91,8 +104,13 @@ def test_parse_older_format_defaults():
       <gpu id="1" i_chunks="4" o_chunks="2"/>
     </algo>"""
     plan = parse_plan(text)
-    assert (plan.coll, plan.proto, plan.nchannels, plan.inplace, plan.outofplace) == \
-        ("reducescatter", "Simple", 2, False, True)
+    assert (plan.coll, plan.proto, plan.nchannels, plan.inplace, plan.outofplace) == (
+        "reducescatter",
+        "Simple",
+        2,
+        False,
+        True,
+    )
     assert (plan.min_bytes, plan.max_bytes, plan.redop) == (0, 0, "sum")
     assert plan.gpus[0].s_chunks == 0
     send, rrc, nop = plan.gpus[0].tbs[0].steps
@@ -101,9 +119,16 @@ def test_parse_older_format_defaults():
     assert (nop.srcbuf, nop.dstbuf, nop.cnt) == (None, None, 0)
 
 
-@pytest.mark.parametrize("coll, kind", [
-    ("allgather", "allgather"), ("allreduce", "allreduce"), ("alltoall", "alltoall"),
-    ("reduce_scatter", "reducescatter"), ("reducescatter", "reducescatter")])
+@pytest.mark.parametrize(
+    "coll, kind",
+    [
+        ("allgather", "allgather"),
+        ("allreduce", "allreduce"),
+        ("alltoall", "alltoall"),
+        ("reduce_scatter", "reducescatter"),
+        ("reducescatter", "reducescatter"),
+    ],
+)
 def test_parse_collective_names(coll: str, kind: str):
     text = plan_to_xml(two_rank_allgather()).replace('coll="allgather"', f'coll="{coll}"')
     assert parse_plan(text).coll == kind
@@ -115,27 +140,51 @@ def test_inplace_defaults_outofplace():
     assert plan.inplace and not plan.outofplace
 
 
-@pytest.mark.parametrize("edit, fragments", [
-    (lambda t: t.replace("</algo>", "</alg>"), ["malformed XML"]),
-    (lambda t: t.replace(' ngpus="2"', ""), ["algo", "'ngpus'"]),
-    (lambda t: t.replace('coll="allgather"', 'coll="broadcast"'), ["algo", "'coll'", "broadcast"]),
-    (lambda t: t.replace('inplace="0"', 'inplace="no"'), ["algo", "'inplace'", "'no'"]),
-    (lambda t: t.replace('<gpu id="1" i_chunks="1"', '<gpu id="1"'), ["gpu 1", "'i_chunks'"]),
-    (lambda t: t.replace('<tb id="1" send="0" recv="0"', '<tb id="1" recv="0"'),
-     ["gpu 1 tb 1", "'send'"]),
-    (lambda t: t.replace('cnt="1" depid="-1" deps="-1" hasdep="0"/>\n    </tb>\n  </gpu>\n</algo>',
-                         'cnt="x" depid="-1" deps="-1" hasdep="0"/>\n    </tb>\n  </gpu>\n</algo>'),
-     ["gpu 1 tb 1 step 1", "'cnt'", "'x'"]),
-    (lambda t: t.replace('srcbuf="i" srcoff="0" dstbuf="o" dstoff="0"',
-                         'srcbuf="q" srcoff="0" dstbuf="o" dstoff="0"', 1),
-     ["gpu 0 tb 0 step 0", "'srcbuf'", "'q'"]),
-    (lambda t: t.replace('<step s="1" type="r"', '<step type="r"', 1),
-     ["gpu 0 tb 1 step #1", "'s'"]),
-    (lambda t: t.replace("<step ", "<op ", 1).replace("/>", "></op>", 1), ["<op>", "gpu 0 tb 0"]),
-    (lambda t: t.replace(' ngpus="2"', ' ngpus="1000000000"'),
-     ["algo", "'ngpus' is '1000000000', over the limit of 1024"]),
-    (lambda t: t.replace('cnt="1"', 'cnt="nan"', 1), ["gpu 0 tb 0 step 0", "'cnt'", "'nan'"]),
-])
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (lambda t: t.replace("</algo>", "</alg>"), ["malformed XML"]),
+        (lambda t: t.replace(' ngpus="2"', ""), ["algo", "'ngpus'"]),
+        (
+            lambda t: t.replace('coll="allgather"', 'coll="broadcast"'),
+            ["algo", "'coll'", "broadcast"],
+        ),
+        (lambda t: t.replace('inplace="0"', 'inplace="no"'), ["algo", "'inplace'", "'no'"]),
+        (lambda t: t.replace('<gpu id="1" i_chunks="1"', '<gpu id="1"'), ["gpu 1", "'i_chunks'"]),
+        (
+            lambda t: t.replace('<tb id="1" send="0" recv="0"', '<tb id="1" recv="0"'),
+            ["gpu 1 tb 1", "'send'"],
+        ),
+        (
+            lambda t: t.replace(
+                'cnt="1" depid="-1" deps="-1" hasdep="0"/>\n    </tb>\n  </gpu>\n</algo>',
+                'cnt="x" depid="-1" deps="-1" hasdep="0"/>\n    </tb>\n  </gpu>\n</algo>',
+            ),
+            ["gpu 1 tb 1 step 1", "'cnt'", "'x'"],
+        ),
+        (
+            lambda t: t.replace(
+                'srcbuf="i" srcoff="0" dstbuf="o" dstoff="0"',
+                'srcbuf="q" srcoff="0" dstbuf="o" dstoff="0"',
+                1,
+            ),
+            ["gpu 0 tb 0 step 0", "'srcbuf'", "'q'"],
+        ),
+        (
+            lambda t: t.replace('<step s="1" type="r"', '<step type="r"', 1),
+            ["gpu 0 tb 1 step #1", "'s'"],
+        ),
+        (
+            lambda t: t.replace("<step ", "<op ", 1).replace("/>", "></op>", 1),
+            ["<op>", "gpu 0 tb 0"],
+        ),
+        (
+            lambda t: t.replace(' ngpus="2"', ' ngpus="1000000000"'),
+            ["algo", "'ngpus' is '1000000000', over the limit of 1024"],
+        ),
+        (lambda t: t.replace('cnt="1"', 'cnt="nan"', 1), ["gpu 0 tb 0 step 0", "'cnt'", "'nan'"]),
+    ],
+)
 def test_parse_errors_name_file_element_and_attribute(tmp_path: Path, edit, fragments):
     bad = tmp_path / "bad.xml"
     bad.write_text(edit(plan_to_xml(two_rank_allgather())))

@@ -23,20 +23,52 @@ from hypothesis import strategies as st
 import taccl_py.torch  # noqa: F401 - registers "taccl"
 from taccl_py.errors import TacclError
 
-SUPPORTED = ("float16", "bfloat16", "float32", "float64", "int8", "uint8", "int32", "int64",
-             "bool", "complex64")
+SUPPORTED = (
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "int8",
+    "uint8",
+    "int32",
+    "int64",
+    "bool",
+    "complex64",
+)
 REFUSED = ("int16", "uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2")
-LAYOUTS = ("contiguous", "offset", "transposed", "narrowed", "stepped", "channels_last",
-           "expanded", "parameter")
+LAYOUTS = (
+    "contiguous",
+    "offset",
+    "transposed",
+    "narrowed",
+    "stepped",
+    "channels_last",
+    "expanded",
+    "parameter",
+)
 OPS = ("SUM", "AVG", "PRODUCT", "MIN", "MAX", "BAND", "BOR", "BXOR")
 REDUCING = ("all_reduce", "reduce_scatter_tensor", "reduce_scatter", "reduce")
-VARIANTS = {"all_reduce": ("plain", "coalesced"),
-            "all_gather_into_tensor": ("plain", "inplace", "stacked", "coalesced"),
-            "reduce_scatter_tensor": ("plain", "inplace", "stacked", "coalesced"),
-            "all_to_all_single": ("even", "uneven"), "all_to_all": ("even", "uneven")}
-COLLECTIVES = ("all_reduce", "all_gather_into_tensor", "all_gather", "reduce_scatter_tensor",
-               "reduce_scatter", "all_to_all_single", "all_to_all", "broadcast", "reduce",
-               "gather", "scatter", "barrier")
+VARIANTS = {
+    "all_reduce": ("plain", "coalesced"),
+    "all_gather_into_tensor": ("plain", "inplace", "stacked", "coalesced"),
+    "reduce_scatter_tensor": ("plain", "inplace", "stacked", "coalesced"),
+    "all_to_all_single": ("even", "uneven"),
+    "all_to_all": ("even", "uneven"),
+}
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather_into_tensor",
+    "all_gather",
+    "reduce_scatter_tensor",
+    "reduce_scatter",
+    "all_to_all_single",
+    "all_to_all",
+    "broadcast",
+    "reduce",
+    "gather",
+    "scatter",
+    "barrier",
+)
 
 
 @st.composite
@@ -56,11 +88,13 @@ def cases(draw, n: int) -> dict:
         # refused dtypes drawn about one time in six
         "dtype": draw(st.sampled_from(SUPPORTED * 3 + REFUSED)),
         "shape": tuple(shape),
-        "out": draw(st.sampled_from(outs)), "in": draw(st.sampled_from(LAYOUTS)),
+        "out": draw(st.sampled_from(outs)),
+        "in": draw(st.sampled_from(LAYOUTS)),
         "op": draw(st.sampled_from(OPS)) if coll in REDUCING else "SUM",
         "variant": variant,
         "rows": draw(st.lists(st.integers(0, 2), min_size=n * n, max_size=n * n)),
-        "root": draw(st.integers(0, n - 1)), "async": draw(st.booleans()),
+        "root": draw(st.integers(0, n - 1)),
+        "async": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
     }
 
@@ -73,7 +107,7 @@ def layout(name: str, shape: tuple) -> tuple:
     if name == "transposed" and d >= 2:
         return shape[::-1], lambda b: b.permute(*reversed(range(d)))
     if name == "narrowed" and d >= 1:  # columns of a wider tensor
-        return (*shape[:-1], shape[-1] + 2), lambda b: b[..., 1:shape[-1] + 1]
+        return (*shape[:-1], shape[-1] + 2), lambda b: b[..., 1 : shape[-1] + 1]
     if name == "stepped":
         if d == 0:
             return (3,), lambda b: b[1]
@@ -98,8 +132,11 @@ class Placed:
         elif values is not None and not expanded:
             self.view(base).copy_(values)
         self.before = base.clone()
-        self.base = torch.nn.Parameter(base, requires_grad=dtype.is_floating_point) \
-            if name == "parameter" else base
+        self.base = (
+            torch.nn.Parameter(base, requires_grad=dtype.is_floating_point)
+            if name == "parameter"
+            else base
+        )
         self.tensor = self.view(self.base)
         self.part = lambda t: t  # the part of the tensor an operation writes
 
@@ -128,10 +165,10 @@ class Run:
         """This rank's next values: small integers, exact under any order of reduction."""
         self.salt += 1
         g = torch.Generator().manual_seed(self.case["seed"] * 7919 + self.rank * 131 + self.salt)
-        unsigned = self.dtype in (torch.bool, torch.uint8, torch.uint16, torch.uint32,
-                                  torch.uint64)
+        unsigned = self.dtype in (torch.bool, torch.uint8, torch.uint16, torch.uint32, torch.uint64)
         hi = 2 if self.case["op"] == "PRODUCT" else 8 if self.case["coll"] in REDUCING else 100
         lo = 0 if unsigned else -hi
+
         def draw():  # the same values for any shape of as many elements
             return torch.randint(lo, hi + 1, (math.prod(shape),), generator=g).view(shape)
 
@@ -178,8 +215,11 @@ class Run:
             variant = "plain"  # the reference: separate tensors
         if variant == "coalesced":
             outs = []
-            manager = dist._coalescing_manager(group=self.group) if self.layouts else \
-                contextlib.nullcontext()
+            manager = (
+                dist._coalescing_manager(group=self.group)
+                if self.layouts
+                else contextlib.nullcontext()
+            )
             try:
                 with manager:
                     for _ in range(2):
@@ -195,7 +235,7 @@ class Run:
     def one(self, coll, shape, variant, root, call=None) -> list:
         call, n, r, op = call or self.call, self.n, self.rank, self.op
         a2a_block = shape or (1,)
-        rows = [self.case["rows"][q * n:(q + 1) * n] for q in range(n)]  # rows[q][p]: q to p
+        rows = [self.case["rows"][q * n : (q + 1) * n] for q in range(n)]  # rows[q][p]: q to p
         if coll == "all_reduce":
             t = self.out(shape, self.values(shape))
             call(dist.all_reduce, t.tensor, op=op)
@@ -204,6 +244,7 @@ class Run:
             gather = coll == "all_gather_into_tensor"
             big = self.cat_shape(shape, variant == "stacked")
             if variant == "inplace":  # this rank's block of the big tensor is the small one
+
                 def block(t):
                     return t.narrow(0, r * shape[0], shape[0]) if shape else t[r]
 
@@ -219,8 +260,7 @@ class Run:
                     self.written.append(block(whole.tensor))
                     call(dist.reduce_scatter_tensor, block(whole.tensor), whole.tensor, op=op)
                 return [whole]
-            o, i = (self.out(big), self.inp(shape)) if gather else \
-                (self.out(shape), self.inp(big))
+            o, i = (self.out(big), self.inp(shape)) if gather else (self.out(shape), self.inp(big))
             ot, it = o.tensor, i.tensor
             if not self.layouts:  # Gloo takes blocks of 1 dimension at least, concatenated
                 one = shape or (1,)
@@ -258,10 +298,14 @@ class Run:
             if even or self.layouts:
                 call(dist.all_to_all, [o.tensor for o in outs], [i.tensor for i in ins])
             else:  # Gloo's all_to_all refuses uneven lists: its all_to_all_single serves
-                recv = torch.empty(sum(o.tensor.shape[0] for o in outs), *rest,
-                                   dtype=self.dtype)
-                call(dist.all_to_all_single, recv, torch.cat([i.tensor for i in ins]),
-                     [rows[q][r] for q in range(n)], rows[r])
+                recv = torch.empty(sum(o.tensor.shape[0] for o in outs), *rest, dtype=self.dtype)
+                call(
+                    dist.all_to_all_single,
+                    recv,
+                    torch.cat([i.tensor for i in ins]),
+                    [rows[q][r] for q in range(n)],
+                    rows[r],
+                )
                 for o, part in zip(outs, recv.split([rows[q][r] for q in range(n)])):
                     o.tensor.copy_(part)
             return outs
@@ -342,11 +386,16 @@ def follow(rank: int, n: int, taccl) -> None:
 
 
 def main() -> None:
-    rank, n, initfile, examples = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
-                                   int(sys.argv[4]))
+    rank, n, initfile, examples = (
+        int(sys.argv[1]),
+        int(sys.argv[2]),
+        sys.argv[3],
+        int(sys.argv[4]),
+    )
     timeout = datetime.timedelta(seconds=20)
-    dist.init_process_group("gloo", init_method=f"file://{initfile}", rank=rank, world_size=n,
-                            timeout=timeout)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{initfile}", rank=rank, world_size=n, timeout=timeout
+    )
     taccl = dist.new_group(backend="taccl", timeout=timeout)
 
     if rank != 0:
@@ -363,19 +412,37 @@ def main() -> None:
 
     count = 0
 
-    @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck),
-              phases=(Phase.explicit, Phase.generate, Phase.shrink))
+    @settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+    )
     @given(cases(n))
-    @example({"coll": "all_reduce", "dtype": "float32", "shape": (6, 4),  # issue 16's case
-              "out": "transposed", "in": "contiguous", "op": "SUM", "variant": "plain",
-              "rows": [0] * (n * n), "root": 0, "async": False, "seed": 1})
+    @example(
+        {
+            "coll": "all_reduce",
+            "dtype": "float32",
+            "shape": (6, 4),  # issue 16's case
+            "out": "transposed",
+            "in": "contiguous",
+            "op": "SUM",
+            "variant": "plain",
+            "rows": [0] * (n * n),
+            "root": 0,
+            "async": False,
+            "seed": 1,
+        }
+    )
     def matches_gloo(case):
         nonlocal count
         count += 1
         verdicts = everywhere(case)
         assert verdicts == [None] * n, f"{case}: " + "; ".join(
-            f"rank {q}: {v}" for q, v in enumerate(verdicts) if v)
+            f"rank {q}: {v}" for q, v in enumerate(verdicts) if v
+        )
 
     try:
         matches_gloo()

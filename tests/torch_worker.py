@@ -18,8 +18,9 @@ import taccl_py.torch  # noqa: F401 - registers "taccl"
 
 def check(name, got, want):
     if not torch.equal(got, want):
-        raise SystemExit(f"rank {dist.get_rank()}: {name}: got {got.tolist()}, "
-                         f"want {want.tolist()}")
+        raise SystemExit(
+            f"rank {dist.get_rank()}: {name}: got {got.tolist()}, want {want.tolist()}"
+        )
 
 
 def every_collective(r: int, n: int) -> None:
@@ -32,8 +33,11 @@ def every_collective(r: int, n: int) -> None:
     check("all_gather", torch.cat(outs), out)
     a2a = torch.empty(2 * n, dtype=torch.int64)
     dist.all_to_all_single(a2a, torch.arange(2 * n, dtype=torch.int64) + 10 * r)
-    check("all_to_all_single", a2a,
-          torch.tensor([10 * q + 2 * r + k for q in range(n) for k in range(2)]))
+    check(
+        "all_to_all_single",
+        a2a,
+        torch.tensor([10 * q + 2 * r + k for q in range(n) for k in range(2)]),
+    )
     rs = torch.empty(3, dtype=torch.int64)
     dist.reduce_scatter_tensor(rs, torch.arange(3 * n, dtype=torch.int64) * (r + 1))
     check("reduce_scatter_tensor", rs, (torch.arange(3) + 3 * r) * sum(range(1, n + 1)))
@@ -75,9 +79,13 @@ def ddp_steps(r: int, n: int) -> None:
 
 def main() -> None:
     r, n, initfile, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    dist.init_process_group("taccl", init_method=f"file://{initfile}", rank=r, world_size=n,
-                            timeout=datetime.timedelta(seconds=float(os.environ.get(
-                                "TACCL_TEST_TIMEOUT", "60"))))
+    dist.init_process_group(
+        "taccl",
+        init_method=f"file://{initfile}",
+        rank=r,
+        world_size=n,
+        timeout=datetime.timedelta(seconds=float(os.environ.get("TACCL_TEST_TIMEOUT", "60"))),
+    )
     if mode == "all":
         every_collective(r, n)
         ddp_steps(r, n)

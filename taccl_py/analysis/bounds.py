@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import weakref
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from collections.abc import Callable, Hashable, Iterable
 
 import networkx as nx
 import numpy as np
@@ -52,6 +52,7 @@ def _bound(time: float, size: float, kind: str, detail: str) -> Bound:
 
 # -- the capacity graph -------------------------------------------------------------
 
+
 def flow_graph(topology: Topology) -> nx.DiGraph:
     """The capacity graph of ``topology``; edges carry ``capacity`` (bytes/s) and ``kind``.
 
@@ -69,8 +70,7 @@ def flow_graph(topology: Topology) -> nx.DiGraph:
     g.add_nodes_from(range(topology.num_ranks))
     bw = topology.resource_bandwidth
     for link in topology.links:
-        g.add_edge(link.src, link.dst, capacity=bw[f"link:{link.src}->{link.dst}"],
-                   kind="link")
+        g.add_edge(link.src, link.dst, capacity=bw[f"link:{link.src}->{link.dst}"], kind="link")
     for sw in topology.switches:
         port = f"sw:{sw.name}"
         for r in sw.ranks:
@@ -102,10 +102,12 @@ def flow_graph(topology: Topology) -> nx.DiGraph:
         for r in users[nic_name]:
             g.add_edge(r, f"nicout:{nic_name}", capacity=_INF, kind="pcie")
             g.add_edge(f"nicin:{nic_name}", r, capacity=_INF, kind="pcie")
-        g.add_edge(f"nicout:{nic_name}", f"netout:{name(a)}",
-                   capacity=bw[f"nicout:{nic_name}"], kind="nic")
-        g.add_edge(f"netin:{name(a)}", f"nicin:{nic_name}",
-                   capacity=bw[f"nicin:{nic_name}"], kind="nic")
+        g.add_edge(
+            f"nicout:{nic_name}", f"netout:{name(a)}", capacity=bw[f"nicout:{nic_name}"], kind="nic"
+        )
+        g.add_edge(
+            f"netin:{name(a)}", f"nicin:{nic_name}", capacity=bw[f"nicin:{nic_name}"], kind="nic"
+        )
     for a in groups:
         for b in reach[a]:
             g.add_edge(f"netout:{name(a)}", f"netin:{name(b)}", capacity=_INF, kind="network")
@@ -114,8 +116,10 @@ def flow_graph(topology: Topology) -> nx.DiGraph:
 
 # -- AllGather: exact cut bound by max-flow ----------------------------------------
 
-def allgather_rate(graph: nx.DiGraph, ranks: Iterable[Hashable],
-                   sinks: Iterable[Hashable] | None = None) -> tuple[float, frozenset]:
+
+def allgather_rate(
+    graph: nx.DiGraph, ranks: Iterable[Hashable], sinks: Iterable[Hashable] | None = None
+) -> tuple[float, frozenset]:
     """The largest per-rank AllGather rate x on ``graph``, and the set S that limits it.
 
     x = min over vertex sets S with a rank inside and a rank outside of
@@ -133,8 +137,9 @@ def allgather_rate(graph: nx.DiGraph, ranks: Iterable[Hashable],
     n = len(ranks)
     if n < 2:
         return _INF, frozenset()
-    exact = {(u, v): Fraction(c) for u, v, c in graph.edges(data="capacity", default=_INF)
-             if c != _INF}
+    exact = {
+        (u, v): Fraction(c) for u, v, c in graph.edges(data="capacity", default=_INF) if c != _INF
+    }
     scale = math.lcm(*(f.denominator for f in exact.values())) if exact else 1
     ints = {e: int(f * scale) for e, f in exact.items()}
     p, q = sum(ints.values()) + 1, 1  # x = p / (q · scale), above every cut ratio
@@ -142,8 +147,9 @@ def allgather_rate(graph: nx.DiGraph, ranks: Iterable[Hashable],
     while True:
         h = nx.DiGraph()
         h.add_nodes_from(graph)
-        h.add_edges_from((u, v, {"capacity": ints[(u, v)] * q} if (u, v) in ints else {})
-                         for u, v in graph.edges)
+        h.add_edges_from(
+            (u, v, {"capacity": ints[(u, v)] * q} if (u, v) in ints else {}) for u, v in graph.edges
+        )
         h.add_edges_from((_SOURCE, u, {"capacity": p}) for u in ranks)
         worst, cut = 0, None
         for v in sinks:
@@ -194,8 +200,10 @@ def node_shift(topology: Topology, graph: nx.DiGraph) -> dict | None:
     if len(set(shift.values())) != len(shift):
         return None
     for u, v, c in graph.edges(data="capacity", default=_INF):
-        if not graph.has_edge(shift[u], shift[v]) or graph[shift[u]][shift[v]].get(
-                "capacity", _INF) != c:
+        if (
+            not graph.has_edge(shift[u], shift[v])
+            or graph[shift[u]][shift[v]].get("capacity", _INF) != c
+        ):
             return None
     return shift
 
@@ -222,6 +230,7 @@ def _describe_cut(topology: Topology, graph: nx.DiGraph, side: frozenset) -> str
 
 # -- AllToAll: max-concurrent multicommodity flow ----------------------------------
 
+
 def _lp_solver():
     from ..synth.highs import HiGHS
 
@@ -229,8 +238,9 @@ def _lp_solver():
     return highs if highs.available() else pulp.PULP_CBC_CMD(msg=False)
 
 
-def alltoall_rate(graph: nx.DiGraph, ranks: Iterable[Hashable],
-                  shift: dict | None = None) -> tuple[float, str]:
+def alltoall_rate(
+    graph: nx.DiGraph, ranks: Iterable[Hashable], shift: dict | None = None
+) -> tuple[float, str]:
     """The largest λ such that every ordered rank pair can carry λ at once, and the edge
     kinds with a positive dual price (the bottleneck).
 
@@ -267,8 +277,11 @@ def alltoall_rate(graph: nx.DiGraph, ranks: Iterable[Hashable],
     prob = pulp.LpProblem("alltoall", pulp.LpMaximize)
     lam = pulp.LpVariable("lam", lowBound=0)
     prob += lam
-    flow = {(i, j): pulp.LpVariable(f"f_{i}_{j}", lowBound=0)
-            for i in range(len(sources)) for j in range(len(edges))}
+    flow = {
+        (i, j): pulp.LpVariable(f"f_{i}_{j}", lowBound=0)
+        for i in range(len(sources))
+        for j in range(len(edges))
+    }
     into: dict[Hashable, list[int]] = defaultdict(list)
     out: dict[Hashable, list[int]] = defaultdict(list)
     for j, (u, v, _) in enumerate(edges):
@@ -276,26 +289,32 @@ def alltoall_rate(graph: nx.DiGraph, ranks: Iterable[Hashable],
         into[v].append(j)
     for i, (s, _) in enumerate(sources):
         for w in graph:
-            net = (pulp.lpSum(flow[i, j] for j in into[w])
-                   - pulp.lpSum(flow[i, j] for j in out[w]))
+            net = pulp.lpSum(flow[i, j] for j in into[w]) - pulp.lpSum(flow[i, j] for j in out[w])
             prob += net == (-(n - 1) * lam if w == s else lam if w in rank_set else 0)
     caps: dict[tuple, tuple[int, pulp.LpConstraint]] = {}
     for j, (_, _, c) in enumerate(edges):
         if c != _INF:
-            terms = tuple(sorted((i, preimage[k][j]) for i, (_, m) in enumerate(sources)
-                                 for k in range(m)))
+            terms = tuple(
+                sorted((i, preimage[k][j]) for i, (_, m) in enumerate(sources) for k in range(m))
+            )
             if terms not in caps:
                 caps[terms] = (j, pulp.lpSum(flow[t] for t in terms) <= c / unit)
                 prob += caps[terms][1]
     prob.solve(_lp_solver())
     if pulp.LpStatus[prob.status] != "Optimal":
         raise RuntimeError(f"AllToAll flow LP: {pulp.LpStatus[prob.status]}")
-    priced = sorted({graph[edges[j][0]][edges[j][1]]["kind"]
-                     for j, cons in caps.values() if abs(cons.pi or 0) > 1e-9})
+    priced = sorted(
+        {
+            graph[edges[j][0]][edges[j][1]]["kind"]
+            for j, cons in caps.values()
+            if abs(cons.pi or 0) > 1e-9
+        }
+    )
     return lam.value() * unit, " + ".join(priced)
 
 
 # -- latency -------------------------------------------------------------------------
+
 
 def _alpha_distances(topology: Topology) -> np.ndarray:
     """Least total α from every rank to every rank over the connections (Floyd–Warshall)."""
@@ -305,7 +324,7 @@ def _alpha_distances(topology: Topology) -> np.ndarray:
     for (s, t), c in topology.connections.items():
         d[s, t] = min(d[s, t], c.alpha)
     for k in range(n):
-        np.minimum(d, d[:, k:k + 1] + d[k:k + 1, :], out=d)
+        np.minimum(d, d[:, k : k + 1] + d[k : k + 1, :], out=d)
     return d
 
 
@@ -318,6 +337,7 @@ def _latency(topology: Topology) -> tuple[float, str]:
         if d[s, t] == _INF:
             return _INF, f"no path from rank {s} to rank {t}"
         return float(d[s, t]), f"least-α path from rank {s} to rank {t}"
+
     return _cached(topology, "latency", compute)
 
 
@@ -352,6 +372,7 @@ def _cached(topology: Topology, key: str, compute: Callable[[], tuple]) -> tuple
 
 def _allgather_coefficient(topology: Topology) -> tuple[float, str]:
     """(seconds per byte of AllGather size, tight cut)."""
+
     def compute() -> tuple[float, str]:
         n = topology.num_ranks
         if n < 2:
@@ -362,6 +383,7 @@ def _allgather_coefficient(topology: Topology) -> tuple[float, str]:
         if x == 0:
             return _INF, _describe_cut(topology, graph, side) + " (unreachable)"
         return 1 / (n * x), _describe_cut(topology, graph, side)
+
     return _cached(topology, ALLGATHER, compute)
 
 
@@ -379,6 +401,7 @@ def allreduce_bandwidth_bound(topology: Topology, size: float) -> Bound:
 
 def alltoall_bandwidth_bound(topology: Topology, size: float) -> Bound:
     """The fluid optimum of AllToAll with ``size`` bytes per rank (size/N per pair)."""
+
     def compute() -> tuple[float, str]:
         n = topology.num_ranks
         if n < 2:
@@ -387,8 +410,11 @@ def alltoall_bandwidth_bound(topology: Topology, size: float) -> Bound:
         lam, priced = alltoall_rate(graph, range(n), node_shift(topology, graph))
         if lam <= 0:
             return _INF, "some pair is unreachable"
-        return 1 / (n * lam), (f"multicommodity flow, {lam / _GB:.4g} GB/s per pair"
-                               + (f"; bottleneck: {priced}" if priced else ""))
+        return 1 / (n * lam), (
+            f"multicommodity flow, {lam / _GB:.4g} GB/s per pair"
+            + (f"; bottleneck: {priced}" if priced else "")
+        )
+
     per_byte, detail = _cached(topology, ALLTOALL, compute)
     return _bound(per_byte * size, size, "flow", detail)
 

@@ -100,15 +100,21 @@ class Graph(NamedTuple):
 
 # -- hardware, from the topology -----------------------------------------------------------
 
+
 def _node_connections(topology: Topology):
-    return [c for (s, d), c in topology.connections.items()
-            if s < topology.gpus_per_node and d < topology.gpus_per_node]
+    return [
+        c
+        for (s, d), c in topology.connections.items()
+        if s < topology.gpus_per_node and d < topology.gpus_per_node
+    ]
 
 
 def _intra_hws(topology: Topology) -> dict[tuple[int, int], str]:
     kinds = {(link.src, link.dst): link.kind for link in topology.links}
-    return {(c.src, c.dst): P.connection_hw(c, kinds.get((c.src, c.dst)))
-            for c in _node_connections(topology)}
+    return {
+        (c.src, c.dst): P.connection_hw(c, kinds.get((c.src, c.dst)))
+        for c in _node_connections(topology)
+    }
 
 
 def gpu_bandwidth(topology: Topology) -> float:
@@ -136,8 +142,7 @@ def gpu_generation(topology: Topology) -> str:
     ('hopper', 'volta')
     """
     bw = gpu_bandwidth(topology)
-    return (BLACKWELL if bw >= 900e9 else HOPPER if bw >= 450e9 else
-            AMPERE if bw >= 300e9 else VOLTA)
+    return BLACKWELL if bw >= 900e9 else HOPPER if bw >= 450e9 else AMPERE if bw >= 300e9 else VOLTA
 
 
 def nvls_supported(topology: Topology) -> bool:
@@ -151,7 +156,8 @@ def nvls_supported(topology: Topology) -> bool:
     node = set(range(topology.gpus_per_node))
     return topology.gpus_per_node >= 2 and any(
         sw.node == 0 and node <= set(sw.ranks) and sw.bandwidth >= NVLS_MIN_SWITCH_BW
-        for sw in topology.switches)
+        for sw in topology.switches
+    )
 
 
 def ll128_enabled(topology: Topology) -> bool:
@@ -165,11 +171,16 @@ def ll128_enabled(topology: Topology) -> bool:
     n = topology.gpus_per_node
     nv = {pair for pair, hw in _intra_hws(topology).items() if hw == NVLINK}
     out = {a: {b for (s, b) in nv if s == a} for a in range(n)}
-    return all(b in out[a] or any(b in out[m] for m in out[a])
-               for a in range(n) for b in range(n) if a != b)
+    return all(
+        b in out[a] or any(b in out[m] for m in out[a])
+        for a in range(n)
+        for b in range(n)
+        if a != b
+    )
 
 
 # -- candidates ------------------------------------------------------------------------------
+
 
 def nccl_candidates(topology: Topology, kind: str) -> list[tuple[str, str]]:
     """(algorithm, protocol) pairs NCCL would consider for ``kind`` on ``topology``.
@@ -210,6 +221,7 @@ def p2p_protocol(topology: Topology, size: int) -> str:
 
 # -- tuning.cc formula -----------------------------------------------------------------------
 
+
 def _speed(speeds: tuple[float, ...], limit: float, total: float, channels: int) -> float:
     """search.cc: the first per-channel speed within one path's bandwidth and the total."""
     return next((s for s in speeds if s <= limit and s * channels <= total), speeds[-1])
@@ -229,8 +241,7 @@ def nccl_graph(topology: Topology, algorithm: str) -> Graph:
     gen = gpu_generation(topology)
     one = topology.gpus_per_node == 1  # no intra-node hop: the NICs bound everything
     intra = math.inf if one else gpu_bandwidth(topology) / _GB
-    path = max((topology.bandwidth(c) / _GB for c in _node_connections(topology)),
-               default=math.inf)
+    path = max((topology.bandwidth(c) / _GB for c in _node_connections(topology)), default=math.inf)
     nics = [nic.bandwidth / _GB for nic in topology.nics if nic.node == 0]
     if topology.nodes > 1:
         if not nics:
@@ -239,8 +250,11 @@ def nccl_graph(topology: Topology, algorithm: str) -> Graph:
     else:
         speeds, total = P.SPEED_INTRA[gen], intra
     if algorithm in (NVLS, NVLS_TREE):
-        heads = min(P.NCCL_MAX_NVLS_ARITY, topology.gpus_per_node,
-                    len(nics) if topology.nodes > 1 else topology.gpus_per_node)
+        heads = min(
+            P.NCCL_MAX_NVLS_ARITY,
+            topology.gpus_per_node,
+            len(nics) if topology.nodes > 1 else topology.gpus_per_node,
+        )
         s = _speed(speeds, path, total, heads)  # pass 2 then raises bwInter up to 2 bwIntra
         return Graph(heads, s, max(v for v in speeds if v <= max(s, min(path, 2 * s))))
     s = _speed(speeds, path, total, 1)
@@ -262,8 +276,9 @@ def _calibrated(topology: Topology, hw: str, proto: str, algorithm: str) -> floa
     return P.hop_latency(max(alphas, default=0.0), hw, proto, algorithm) * 1e6
 
 
-def nccl_formula_time(topology: Topology, kind: str, size: int, algorithm: str,
-                      protocol: str) -> float:
+def nccl_formula_time(
+    topology: Topology, kind: str, size: int, algorithm: str, protocol: str
+) -> float:
     """tuning.cc's time (seconds) of one call: latency + size / bandwidth, with its
     bus-bandwidth factors and channel counts (:func:`nccl_graph`); raises where NCCL would
     not run (algorithm, protocol) for ``kind``.
@@ -275,9 +290,10 @@ def nccl_formula_time(topology: Topology, kind: str, size: int, algorithm: str,
     """
     kind = canonical_kind(kind)
     if (algorithm, protocol) not in nccl_candidates(topology, kind) or algorithm == P2P:
-        raise TacclError(f"NCCL does not run {kind} with {algorithm}/{protocol} on "
-                         f"{topology.label}" + (" (p2p has no tuning.cc formula)"
-                                                if algorithm == P2P else ""))
+        raise TacclError(
+            f"NCCL does not run {kind} with {algorithm}/{protocol} on "
+            f"{topology.label}" + (" (p2p has no tuning.cc formula)" if algorithm == P2P else "")
+        )
     n, nodes, ppn = topology.num_ranks, topology.nodes, topology.gpus_per_node
     gen = gpu_generation(topology)
     i2 = min(nodes, 3) - 1
@@ -289,8 +305,11 @@ def nccl_formula_time(topology: Topology, kind: str, size: int, algorithm: str,
         intra_bw = g.bw_intra * P.NVLS_EFFICIENCY[gen] * (g.n_channels - 1) / g.n_channels
         intra_bw *= 2.0 if kind == ALLREDUCE else (ppn - 1) / ppn
         inter_bw = g.bw_inter * (2 if nodes <= 2 and algorithm == NVLS_TREE else 1)
-        bw = min(intra_bw, inter_bw,
-                 P.PER_CH_MAX_NVLS_TREE_BW[gen][i2] if algorithm == NVLS_TREE else math.inf)
+        bw = min(
+            intra_bw,
+            inter_bw,
+            P.PER_CH_MAX_NVLS_TREE_BW[gen][i2] if algorithm == NVLS_TREE else math.inf,
+        )
     bus = g.n_channels * bw
     if algorithm == RING and protocol == LL:
         bus = min(ll_max, bus * P.RING_LL_FACTOR)
@@ -301,22 +320,23 @@ def nccl_formula_time(topology: Topology, kind: str, size: int, algorithm: str,
         if protocol == LL:
             bus = min(bus * P.TREE_LL_FACTOR, ll_max)
         if protocol == LL128:
-            bus = min(bus * (P.TREE_LL128_FACTOR_ONE_NODE if nodes == 1 else
-                             P.TREE_LL128_FACTOR),
-                      g.n_channels * P.PER_CH_MAX_TREE_LL128_BW[gen][i2])
+            bus = min(
+                bus * (P.TREE_LL128_FACTOR_ONE_NODE if nodes == 1 else P.TREE_LL128_FACTOR),
+                g.n_channels * P.PER_CH_MAX_TREE_LL128_BW[gen][i2],
+            )
     if algorithm == PAT:
         bus *= P.PAT_FACTOR
     if algorithm == RING or kind == ALLREDUCE:  # bus bandwidth -> algorithm bandwidth
         bus *= n / nsteps if algorithm in (RING, NVLS, NVLS_TREE) else 0.5
     if bus <= 0:
-        raise TacclError(f"tuning.cc gives {algorithm}/{protocol} no bandwidth on "
-                         f"{topology.label}")
+        raise TacclError(f"tuning.cc gives {algorithm}/{protocol} no bandwidth on {topology.label}")
 
     hws = set(_intra_hws(topology).values())
     intra_hw = NVLINK if hws <= {NVLINK} else PCI
     intra_lat = _calibrated(topology, intra_hw, protocol, algorithm) if ppn > 1 else 0.0
-    inter_lat = _calibrated(topology, NET, protocol, TREE if ppn == 1 else algorithm) \
-        if nodes > 1 else 0.0
+    inter_lat = (
+        _calibrated(topology, NET, protocol, TREE if ppn == 1 else algorithm) if nodes > 1 else 0.0
+    )
     log_nodes = nodes.bit_length() - 1
     lat = P.BASE_LATENCY_US[algorithm][protocol]
     if algorithm == RING:
@@ -332,8 +352,11 @@ def nccl_formula_time(topology: Topology, kind: str, size: int, algorithm: str,
         net_scale = _calibrated(topology, NET, SIMPLE, RING) / P.HW_LATENCY_US[NET][RING][SIMPLE]
         lat += log_nodes * inter_lat / 3.5 + n * 2.8 * net_scale
     log_size = (size >> 6).bit_length() - 1
-    if kind == ALLREDUCE and 0 <= log_size < 23 and (
-            algorithm == TREE or (algorithm == NVLS_TREE and gen == BLACKWELL)):
+    if (
+        kind == ALLREDUCE
+        and 0 <= log_size < 23
+        and (algorithm == TREE or (algorithm == NVLS_TREE and gen == BLACKWELL))
+    ):
         bus *= P.TREE_CORRECTION[protocol][log_size]
     return (lat + size / (1000 * bus)) * 1e-6
 
@@ -345,8 +368,19 @@ _PLAN_CACHE_SIZE = 64
 
 
 def _fingerprint(topology: Topology) -> tuple:
-    return (topology.label, hash((topology.gpus_per_node, topology.nodes, topology.links,
-                                  topology.switches, topology.nics, topology.network)))
+    return (
+        topology.label,
+        hash(
+            (
+                topology.gpus_per_node,
+                topology.nodes,
+                topology.links,
+                topology.switches,
+                topology.nics,
+                topology.network,
+            )
+        ),
+    )
 
 
 def nccl_plan(topology: Topology, kind: str, algorithm: str, protocol: str) -> Plan | None:
@@ -365,8 +399,9 @@ def nccl_plan(topology: Topology, kind: str, algorithm: str, protocol: str) -> P
         _PLANS.move_to_end(key)
     else:
         try:
-            plan = build_plan(topology, Collective(kind, topology.num_ranks),
-                              PLAN_METHODS[algorithm]).plan
+            plan = build_plan(
+                topology, Collective(kind, topology.num_ranks), PLAN_METHODS[algorithm]
+            ).plan
         except TacclError:
             plan = None
         _PLANS[key] = plan
@@ -391,8 +426,9 @@ def fluid_time(result, topology: Topology) -> float:
     return max(result.resource_busy.values(), default=0.0) + alpha + result.base_latency
 
 
-def nccl_best(topology: Topology, kind: str, size: int,
-              plans: dict[tuple[str, str], Plan] | None = None) -> NcclChoice:
+def nccl_best(
+    topology: Topology, kind: str, size: int, plans: dict[tuple[str, str], Plan] | None = None
+) -> NcclChoice:
     """NCCL's fastest (algorithm, protocol) at ``size`` bytes in this model, timed by the
     simulator's ``call_time`` (ring, tree, p2p) or tuning.cc's formula (nvls, nvls_tree,
     pat). ``plans`` maps (algorithm, protocol) to an already built plan to time instead.
@@ -407,8 +443,9 @@ def nccl_best(topology: Topology, kind: str, size: int,
         if algorithm == P2P and protocol != p2p_protocol(topology, size):
             continue
         if algorithm in PLAN_METHODS:
-            plan = (plans or {}).get((algorithm, protocol)) or \
-                nccl_plan(topology, kind, algorithm, protocol)
+            plan = (plans or {}).get((algorithm, protocol)) or nccl_plan(
+                topology, kind, algorithm, protocol
+            )
             if plan is None:
                 continue
             result = simulate(plan, topology, size)
@@ -417,9 +454,13 @@ def nccl_best(topology: Topology, kind: str, size: int,
                 time = min(time, fluid_time(result, topology))
             choice = NcclChoice(algorithm, protocol, time, SIMULATED, size)
         else:
-            choice = NcclChoice(algorithm, protocol,
-                                nccl_formula_time(topology, kind, size, algorithm, protocol),
-                                FORMULA, size)
+            choice = NcclChoice(
+                algorithm,
+                protocol,
+                nccl_formula_time(topology, kind, size, algorithm, protocol),
+                FORMULA,
+                size,
+            )
         if best is None or choice.time < best.time:
             best = choice
     if best is None:

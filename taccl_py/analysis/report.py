@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 from ..collectives import Collective
 from ..errors import TacclError
 from ..plan.model import Plan
-from .simulate import simulate
-from .bounds import lower_bound
 from ..topology import Topology
 from ..util.units import format_size
+from .bounds import lower_bound
+from .simulate import simulate
 
 
 @dataclass
@@ -53,10 +53,20 @@ def evaluate(plan: Plan, topology: Topology, sizes: list[int]) -> list[Row]:
         t = simulate(plan, topology, size).call_time  # as NCCL's: with the base latency
         bound = lower_bound(topology, kind, size)
         nccl = nccl_best(topology, kind, size)
-        rows.append(Row(size, t, size / t if t else float("inf"), bound.time, bound.kind,
-                        bound.detail, 100.0 * bound.time / t if t else 100.0, nccl.time,
-                        f"{nccl.algorithm}/{nccl.protocol}",
-                        nccl.time / t if t else float("inf")))
+        rows.append(
+            Row(
+                size,
+                t,
+                size / t if t else float("inf"),
+                bound.time,
+                bound.kind,
+                bound.detail,
+                100.0 * bound.time / t if t else 100.0,
+                nccl.time,
+                f"{nccl.algorithm}/{nccl.protocol}",
+                nccl.time / t if t else float("inf"),
+            )
+        )
     return rows
 
 
@@ -66,13 +76,17 @@ def _us(seconds: float) -> str:
 
 def format_table(rows: list[Row]) -> str:
     """A fixed-width table: size, time, algbw, bound, % of bound, NCCL's best, speed-up."""
-    head = (f"{'size':>8} {'time(us)':>12} {'algbw(GB/s)':>12} {'bound(us)':>12} "
-            f"{'%bound':>7} {'NCCL(us)':>12} {'NCCL algo':<14} {'vs NCCL':>8}")
+    head = (
+        f"{'size':>8} {'time(us)':>12} {'algbw(GB/s)':>12} {'bound(us)':>12} "
+        f"{'%bound':>7} {'NCCL(us)':>12} {'NCCL algo':<14} {'vs NCCL':>8}"
+    )
     lines = [head]
     for r in rows:
-        lines.append(f"{format_size(r.size):>8} {_us(r.time):>12} {r.algbw / 1e9:>12.2f} "
-                     f"{_us(r.bound_time):>12} {r.pct_of_bound:>6.1f}% {_us(r.nccl_time):>12} "
-                     f"{r.nccl_choice:<14} {r.speedup_vs_nccl:>7.2f}x")
+        lines.append(
+            f"{format_size(r.size):>8} {_us(r.time):>12} {r.algbw / 1e9:>12.2f} "
+            f"{_us(r.bound_time):>12} {r.pct_of_bound:>6.1f}% {_us(r.nccl_time):>12} "
+            f"{r.nccl_choice:<14} {r.speedup_vs_nccl:>7.2f}x"
+        )
     return "\n".join(lines)
 
 

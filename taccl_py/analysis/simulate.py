@@ -47,8 +47,8 @@ from typing import NamedTuple
 
 from ..errors import TacclError
 from ..plan.model import RECV_TYPES, SEND_TYPES, Plan
-from ..util.nogc import gc_paused
 from ..topology.model import Topology
+from ..util.nogc import gc_paused
 from .protocols import LINE_EFFICIENCY, base_latency, connection_hw, hop_latency
 
 _START, _SEND = 0, 1
@@ -109,17 +109,18 @@ class _Tb:
     alpha: float = 0.0
 
 
-def _prepare(plan: Plan, topology: Topology
-             ) -> tuple[list[_Tb], dict[tuple[int, int], int], list[str]]:
+def _prepare(
+    plan: Plan, topology: Topology
+) -> tuple[list[_Tb], dict[tuple[int, int], int], list[str]]:
     if plan.ngpus != topology.num_ranks:
-        raise TacclError(f"plan is for {plan.ngpus} ranks but {topology.label} has "
-                         f"{topology.num_ranks}")
+        raise TacclError(
+            f"plan is for {plan.ngpus} ranks but {topology.label} has {topology.num_ranks}"
+        )
     if plan.nchunksperloop < 1:
         raise TacclError(f"plan has nchunksperloop={plan.nchunksperloop}, needs >= 1")
     efficiency = LINE_EFFICIENCY.get(plan.proto)
     if efficiency is None:
-        raise TacclError(f"plan has proto {plan.proto!r}, not one of "
-                         f"{', '.join(LINE_EFFICIENCY)}")
+        raise TacclError(f"plan has proto {plan.proto!r}, not one of {', '.join(LINE_EFFICIENCY)}")
     link_kinds = {(link.src, link.dst): link.kind for link in topology.links}
     bad = sorted(g.id for g in plan.gpus if not 0 <= g.id < plan.ngpus)
     if bad:
@@ -136,18 +137,20 @@ def _prepare(plan: Plan, topology: Topology
                     raise TacclError(f"rank {gpu.id} tb {tb.id} has send steps but no send peer")
                 conn = topology.connections.get((gpu.id, tb.send))
                 if conn is None:
-                    raise TacclError(f"plan sends {gpu.id} -> {tb.send} but {topology.label} "
-                                     f"has no direct connection")
+                    raise TacclError(
+                        f"plan sends {gpu.id} -> {tb.send} but {topology.label} "
+                        f"has no direct connection"
+                    )
                 t.send_key = (gpu.id, tb.send, tb.chan)
                 t.resources = conn.resources
                 t.rids = tuple(rid.setdefault(r, len(rid)) for r in conn.resources)
                 t.bandwidth = topology.bandwidth(conn) * efficiency
-                t.alpha = hop_latency(conn.alpha, connection_hw(
-                    conn, link_kinds.get((gpu.id, tb.send))), plan.proto)
+                t.alpha = hop_latency(
+                    conn.alpha, connection_hw(conn, link_kinds.get((gpu.id, tb.send))), plan.proto
+                )
             if types & RECV_TYPES:
                 if tb.recv < 0:
-                    raise TacclError(f"rank {gpu.id} tb {tb.id} has receive steps but no "
-                                     f"recv peer")
+                    raise TacclError(f"rank {gpu.id} tb {tb.id} has receive steps but no recv peer")
                 t.recv_key = (tb.recv, gpu.id, tb.chan)
             index[(gpu.id, tb.id)] = len(tbs)
             tbs.append(t)
@@ -156,8 +159,10 @@ def _prepare(plan: Plan, topology: Topology
             if st.depid >= 0:
                 d = index.get((t.gpu, st.depid))
                 if d is None or not 0 <= st.deps < len(tbs[d].steps):
-                    raise TacclError(f"rank {t.gpu} tb {t.id} step {i} depends on tb "
-                                     f"{st.depid} step {st.deps}, which does not exist")
+                    raise TacclError(
+                        f"rank {t.gpu} tb {t.id} step {i} depends on tb "
+                        f"{st.depid} step {st.deps}, which does not exist"
+                    )
     return tbs, index, list(rid)
 
 
@@ -215,9 +220,19 @@ def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) 
             t, st = tbs[k], tbs[k].steps[i]
             sends = st.type in SEND_TYPES
             peer = t.send_key[1] if sends else t.recv_key[0] if st.type in RECV_TYPES else -1
-            events.append(TraceEvent(t.gpu, t.id, i, st.type, peer,
-                                     0.0 if st.type == "nop" else st.cnt * chunk,
-                                     started[k][i], end, t.resources if sends else ()))
+            events.append(
+                TraceEvent(
+                    t.gpu,
+                    t.id,
+                    i,
+                    st.type,
+                    peer,
+                    0.0 if st.type == "nop" else st.cnt * chunk,
+                    started[k][i],
+                    end,
+                    t.resources if sends else (),
+                )
+            )
         try_start(k)
         for w in dep_waiters.pop((k, i), ()):
             try_start(w)
@@ -285,12 +300,21 @@ def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) 
             finish[t.gpu] = max(finish[t.gpu], prev_end[k])
     if trace:
         events.sort(key=lambda e: (e.start, e.rank, e.tb, e.step))
-    return SimResult(size, max(finish, default=0.0), finish, dict(zip(names, busy)),
-                     dict(zip(names, intervals)), events, plan.proto, base_latency(plan.proto))
+    return SimResult(
+        size,
+        max(finish, default=0.0),
+        finish,
+        dict(zip(names, busy)),
+        dict(zip(names, intervals)),
+        events,
+        plan.proto,
+        base_latency(plan.proto),
+    )
 
 
-def _deadlock(tbs: list[_Tb], stuck: list[int], pos: list[int],
-              recv_wait_of: dict[int, tuple[tuple, int]]) -> str:
+def _deadlock(
+    tbs: list[_Tb], stuck: list[int], pos: list[int], recv_wait_of: dict[int, tuple[tuple, int]]
+) -> str:
     k = stuck[0]
     t = tbs[k]
     st = t.steps[pos[k]]
@@ -300,5 +324,7 @@ def _deadlock(tbs: list[_Tb], stuck: list[int], pos: list[int],
     else:
         why = f"its dependency tb {st.depid} step {st.deps}, which never completes"
     left = sum(len(tbs[j].steps) - pos[j] for j in stuck)
-    return (f"deadlock: rank {t.gpu} tb {t.id} step {pos[k]} ({st.type}) waits for {why} "
-            f"({left} steps never complete)")
+    return (
+        f"deadlock: rank {t.gpu} tb {t.id} step {pos[k]} ({st.type}) waits for {why} "
+        f"({left} steps never complete)"
+    )

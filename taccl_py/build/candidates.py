@@ -27,14 +27,14 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..analysis.simulate import simulate
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
 from ..errors import SketchError, TacclError
+from ..ir.algorithm import Algorithm
 from ..lowering.lower import lower
 from ..plan.model import Plan
 from ..plan.runtimes import DEFAULT_RUNTIME, RUNTIMES, check_runtime
-from ..analysis.simulate import simulate
 from ..plan.verify import VerifyReport, verify
-from ..ir.algorithm import Algorithm
 from ..synth.methods import synthesize
 from ..topology import Topology
 
@@ -90,8 +90,7 @@ class Candidate:
 
     def with_proto(self, proto: str) -> Plan:
         """The same plan under another protocol (what it computes does not change)."""
-        return dataclasses.replace(self.plan, proto=proto,
-                                   name=f"{self.plan.name}-{proto}")
+        return dataclasses.replace(self.plan, proto=proto, name=f"{self.plan.name}-{proto}")
 
     def time(self, topology: Topology, size: int, proto: str) -> float:
         """Simulated seconds of one call at ``size`` bytes under ``proto`` (the protocol's
@@ -107,12 +106,14 @@ class Candidates:
     dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def build_candidates(topology: Topology, collective: Collective,
-                     options: CandidateOptions = CandidateOptions()) -> Candidates:
+def build_candidates(
+    topology: Topology, collective: Collective, options: CandidateOptions = CandidateOptions()
+) -> Candidates:
     """Every applicable method's verified plan for ``collective`` on ``topology``."""
     if options.runtime not in RUNTIMES:
-        raise TacclError(f"unknown runtime {options.runtime!r}; choose one of "
-                         f"{', '.join(RUNTIMES)}")
+        raise TacclError(
+            f"unknown runtime {options.runtime!r}; choose one of {', '.join(RUNTIMES)}"
+        )
     found = Candidates()
     for method in options.methods:
         for label, make in _makers(topology, collective, method, options):
@@ -129,46 +130,72 @@ def build_candidates(topology: Topology, collective: Collective,
 def _makers(topology: Topology, coll: Collective, method: str, options: CandidateOptions):
     """(label, thunk making the algorithm) for each algorithm ``method`` contributes."""
     if method == "milp":
-        return [(f"milp@{_fmt(size)}", lambda size=size: _milp(topology, coll, size, options))
-                for size in sorted(set(options.sizes))]
+        return [
+            (f"milp@{_fmt(size)}", lambda size=size: _milp(topology, coll, size, options))
+            for size in sorted(set(options.sizes))
+        ]
     if method == "smt":
-        if coll.kind not in (ALLGATHER, ALLTOALL) or topology.num_ranks > SMT_MAX_RANKS \
-                or topology.nodes > 1:
+        if (
+            coll.kind not in (ALLGATHER, ALLTOALL)
+            or topology.num_ranks > SMT_MAX_RANKS
+            or topology.nodes > 1
+        ):
             return []
-        return [("smt", lambda: synthesize(
-            topology, coll, "smt", time_limit=min(options.time_limit, SMT_TIME_LIMIT),
-            progress=options.progress))]
+        return [
+            (
+                "smt",
+                lambda: synthesize(
+                    topology,
+                    coll,
+                    "smt",
+                    time_limit=min(options.time_limit, SMT_TIME_LIMIT),
+                    progress=options.progress,
+                ),
+            )
+        ]
     if method == "tree" and coll.kind != ALLREDUCE:
         return []
     return [(method, lambda: synthesize(topology, coll, method))]
 
 
-def _milp(topology: Topology, coll: Collective, size: int,
-          options: CandidateOptions) -> Algorithm:
+def _milp(topology: Topology, coll: Collective, size: int, options: CandidateOptions) -> Algorithm:
     """The staged synthesizer's algorithm for ``size``, its inner candidates judged by the
     simulated time of their lowered plans (Simple protocol)."""
+
     def judge(alg: Algorithm) -> float:
         return simulate(_lower(alg, topology, options, "milp"), topology, size).time
 
-    alg = synthesize(topology, coll, "milp", size=size, time_limit=options.time_limit,
-                     progress=options.progress, sketch=options.sketch, judge=judge)
+    alg = synthesize(
+        topology,
+        coll,
+        "milp",
+        size=size,
+        time_limit=options.time_limit,
+        progress=options.progress,
+        sketch=options.sketch,
+        judge=judge,
+    )
     alg.size = size
     return alg
 
 
-def _lower(alg: Algorithm, topology: Topology, options: CandidateOptions,
-           label: str) -> Plan:
-    return lower(alg, instances=options.instances, topology=topology,
-                 name=f"{topology.label}-{alg.collective.kind}-{label}",
-                 runtime=options.runtime, max_steps=options.max_steps)
+def _lower(alg: Algorithm, topology: Topology, options: CandidateOptions, label: str) -> Plan:
+    return lower(
+        alg,
+        instances=options.instances,
+        topology=topology,
+        name=f"{topology.label}-{alg.collective.kind}-{label}",
+        runtime=options.runtime,
+        max_steps=options.max_steps,
+    )
 
 
-def _candidate(method: str, label: str, alg: Algorithm, topology: Topology,
-               options: CandidateOptions) -> Candidate:
+def _candidate(
+    method: str, label: str, alg: Algorithm, topology: Topology, options: CandidateOptions
+) -> Candidate:
     plan = _lower(alg, topology, options, label)
     # sizes are chosen later (a library sets minBytes/maxBytes per range)
-    problems = check_runtime(plan, options.runtime, max_steps=options.max_steps,
-                             selection=False)
+    problems = check_runtime(plan, options.runtime, max_steps=options.max_steps, selection=False)
     if problems:
         raise TacclError(f"{options.runtime} would not load it: {problems[0]}")
     return Candidate(method, label, alg, plan, verify(plan))

@@ -35,6 +35,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.nccl_model import NcclChoice, nccl_best
+from ..collectives import Collective
+from ..errors import TacclError
+from ..plan.model import Plan
+from ..plan.runtimes import DEFAULT_RUNTIME, RUNTIMES, selection_bytes
+from ..plan.verify import verify
+from ..plan.xml import plan_to_xml
+from ..topology import Topology
+from ..util.fileio import display_path
+from ..util.units import format_size
 from .candidates import (
     ALL_METHODS,
     PROTOCOLS,
@@ -44,16 +54,6 @@ from .candidates import (
     build_candidates,
     is_nccl_algorithm,
 )
-from ..collectives import Collective
-from ..errors import TacclError
-from ..util.fileio import display_path
-from ..plan.model import Plan
-from ..plan.runtimes import DEFAULT_RUNTIME, RUNTIMES, selection_bytes
-from ..plan.xml import plan_to_xml
-from ..analysis.nccl_model import NcclChoice, nccl_best
-from ..plan.verify import verify
-from ..topology import Topology
-from ..util.units import format_size
 
 #: a plan must be at least this much faster than NCCL to be worth deploying
 MIN_GAIN = 0.01
@@ -114,8 +114,10 @@ class Entry:
     @property
     def filename(self) -> str:
         c = self.served.candidate
-        return (f"{c.plan.name.rsplit('-', 1)[0]}-{c.method}-{self.served.proto}-"
-                f"{format_size(self.lo)}-{format_size(self.hi)}.xml").replace("@", "-")
+        return (
+            f"{c.plan.name.rsplit('-', 1)[0]}-{c.method}-{self.served.proto}-"
+            f"{format_size(self.lo)}-{format_size(self.hi)}.xml"
+        ).replace("@", "-")
 
 
 @dataclass
@@ -148,17 +150,27 @@ def span_sizes(lo: int, hi: int) -> list[int]:
     return sizes
 
 
-def build_library(topology: Topology, collective: Collective,
-                  options: LibraryOptions) -> Library:
+def build_library(topology: Topology, collective: Collective, options: LibraryOptions) -> Library:
     """The plan library of ``collective`` on ``topology`` over ``[options.lo, options.hi]``."""
     sizes = span_sizes(options.lo, options.hi)
-    found = build_candidates(topology, collective, CandidateOptions(
-        sizes=_milp_sizes(sizes), methods=options.methods, time_limit=options.time_limit,
-        runtime=options.runtime, max_steps=options.max_steps, instances=options.instances,
-        progress=options.progress))
+    found = build_candidates(
+        topology,
+        collective,
+        CandidateOptions(
+            sizes=_milp_sizes(sizes),
+            methods=options.methods,
+            time_limit=options.time_limit,
+            runtime=options.runtime,
+            max_steps=options.max_steps,
+            instances=options.instances,
+            progress=options.progress,
+        ),
+    )
     if not found.candidates:
-        raise TacclError(f"no candidate plan for {collective.kind} on {topology.label}: "
-                         + "; ".join(f"{m}: {why}" for m, why in found.dropped))
+        raise TacclError(
+            f"no candidate plan for {collective.kind} on {topology.label}: "
+            + "; ".join(f"{m}: {why}" for m, why in found.dropped)
+        )
     timer = _Timer(topology, collective.kind, found)
     # each range [a, b) is checked at a, its geometric middle and just below b
     bounds = sizes[1:] + [sizes[-1] + 1]
@@ -167,8 +179,16 @@ def build_library(topology: Topology, collective: Collective,
     for size, points in zip(sizes, checks):
         best, best_t = timer.fastest(size, ours_only=False)
         served = timer.beats_nccl(points)
-        rows.append(Row(size, timer.nccl(size), best, best_t, served,
-                        timer.time(served, size) if served else timer.nccl(size).time))
+        rows.append(
+            Row(
+                size,
+                timer.nccl(size),
+                best,
+                best_t,
+                served,
+                timer.time(served, size) if served else timer.nccl(size).time,
+            )
+        )
     lib = Library(topology, collective, options, rows, [], list(found.dropped))
     lib.entries = _entries(lib, bounds)
     _fit_file_limit(lib, timer)
@@ -188,8 +208,13 @@ def _mid(a: int, b: int) -> int:
 class _Timer:
     """Simulated times of every (candidate, protocol) and NCCL's best, per size, cached."""
 
-    def __init__(self, topology: Topology, kind: str, found: Candidates,
-                 protocols: tuple[str, ...] = PROTOCOLS) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        kind: str,
+        found: Candidates,
+        protocols: tuple[str, ...] = PROTOCOLS,
+    ) -> None:
         self.topology, self.kind = topology, kind
         self.options = [Served(c, p) for c in found.candidates for p in protocols]
         self._times: dict[tuple[int, int], float] = {}
@@ -207,8 +232,11 @@ class _Timer:
         return self._nccl[size]
 
     def fastest(self, size: int, ours_only: bool) -> tuple[Served, float]:
-        opts = [s for s in self.options
-                if not ours_only or not is_nccl_algorithm(s.candidate.method, self.kind)]
+        opts = [
+            s
+            for s in self.options
+            if not ours_only or not is_nccl_algorithm(s.candidate.method, self.kind)
+        ]
         best = min(opts, key=lambda s: (self.time(s, size), s.label))
         return best, self.time(best, size)
 
@@ -218,8 +246,10 @@ class _Timer:
         ours = [s for s in self.options if not is_nccl_algorithm(s.candidate.method, self.kind)]
         if not ours:
             return None
+
         def worst(s: Served) -> float:
             return max(self.time(s, p) / self.nccl(p).time for p in points)
+
         best = min(ours, key=lambda s: (worst(s), s.label))
         return best if worst(best) <= 1 - MIN_GAIN else None
 
@@ -254,18 +284,25 @@ def _fit_file_limit(lib: Library, timer: _Timer) -> None:
     limit = RUNTIMES[lib.options.runtime].max_files
     if limit is None or len(lib.entries) <= limit:
         return
+
     def saving(e: Entry) -> float:
         return sum(r.nccl.time - r.served_time for r in lib.rows if e.lo <= r.size < e.hi)
+
     keep = sorted(sorted(lib.entries, key=saving, reverse=True)[:limit], key=lambda e: e.lo)
     for e in lib.entries:
         if e not in keep:
-            lib.notes.append(f"{format_size(e.lo)}-{format_size(e.hi)}: left to NCCL "
-                             f"({lib.options.runtime} loads at most {limit} plan files)")
+            lib.notes.append(
+                f"{format_size(e.lo)}-{format_size(e.hi)}: left to NCCL "
+                f"({lib.options.runtime} loads at most {limit} plan files)"
+            )
     lib.entries = keep
     kept = [(e.lo, e.hi) for e in keep]
-    lib.rows = [r if r.served is None or any(a <= r.size < b for a, b in kept)
-                else Row(r.size, r.nccl, r.best, r.best_time, None, r.nccl.time)
-                for r in lib.rows]
+    lib.rows = [
+        r
+        if r.served is None or any(a <= r.size < b for a, b in kept)
+        else Row(r.size, r.nccl, r.best, r.best_time, None, r.nccl.time)
+        for r in lib.rows
+    ]
 
 
 @dataclass
@@ -289,20 +326,29 @@ class Pick:
 PICK_REACH = 6
 
 
-def pick_plan(topology: Topology, collective: Collective, found: Candidates,
-              size: int, protocols: tuple[str, ...] = PROTOCOLS) -> Pick:
+def pick_plan(
+    topology: Topology,
+    collective: Collective,
+    found: Candidates,
+    size: int,
+    protocols: tuple[str, ...] = PROTOCOLS,
+) -> Pick:
     """The fastest of ``found`` at ``size`` under ``protocols``, and the widest run of
     doublings around ``size`` (up to :data:`PICK_REACH` each way) where it beats NCCL."""
     if not found.candidates:
-        raise TacclError(f"no candidate plan for {collective.kind} on {topology.label}: "
-                         + "; ".join(f"{m}: {why}" for m, why in found.dropped))
+        raise TacclError(
+            f"no candidate plan for {collective.kind} on {topology.label}: "
+            + "; ".join(f"{m}: {why}" for m, why in found.dropped)
+        )
     timer = _Timer(topology, collective.kind, found, protocols)
     best, t = timer.fastest(size, ours_only=False)
     times = {s.label: timer.time(s, size) for s in timer.options}
 
     def wins(a: int, b: int) -> bool:
-        return all(timer.time(best, p) <= timer.nccl(p).time * (1 - MIN_GAIN)
-                   for p in sorted({a, _mid(a, b), max(a, b - 1)}))
+        return all(
+            timer.time(best, p) <= timer.nccl(p).time * (1 - MIN_GAIN)
+            for p in sorted({a, _mid(a, b), max(a, b - 1)})
+        )
 
     selected = None
     if not is_nccl_algorithm(best.candidate.method, collective.kind) and wins(size, size + 1):
@@ -325,8 +371,10 @@ def write_library(lib: Library, directory: str | os.PathLike) -> list[Path]:
     """Verify every plan, then write them all into ``directory`` (new or empty) at once."""
     target = Path(directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise TacclError(f"{display_path(target)} exists and is not an empty directory; "
-                         "remove it or choose another -o")
+        raise TacclError(
+            f"{display_path(target)} exists and is not an empty directory; "
+            "remove it or choose another -o"
+        )
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise TacclError(f"{display_path(parent)}: no such directory")
@@ -349,14 +397,18 @@ def write_library(lib: Library, directory: str | os.PathLike) -> list[Path]:
 
 def format_library(lib: Library) -> str:
     """The summary table: per size NCCL's best, our fastest, what is served and the gain."""
-    head = (f"{'size':>6}  {'NCCL (model)':<16} {'NCCL us':>10}  {'fastest candidate':<22} "
-            f"{'its us':>10}  {'served by':<24} {'vs NCCL':>7}")
+    head = (
+        f"{'size':>6}  {'NCCL (model)':<16} {'NCCL us':>10}  {'fastest candidate':<22} "
+        f"{'its us':>10}  {'served by':<24} {'vs NCCL':>7}"
+    )
     lines = [head]
     for r in lib.rows:
         nccl = f"{r.nccl.algorithm}/{r.nccl.protocol}"
         best = r.best.label if r.best else "-"
         served = r.served.label if r.served else "NCCL"
-        lines.append(f"{format_size(r.size):>6}  {nccl:<16} {r.nccl.time * 1e6:>10,.1f}  "
-                     f"{best:<22} {r.best_time * 1e6:>10,.1f}  {served:<24} "
-                     f"{r.speedup:>6.2f}x")
+        lines.append(
+            f"{format_size(r.size):>6}  {nccl:<16} {r.nccl.time * 1e6:>10,.1f}  "
+            f"{best:<22} {r.best_time * 1e6:>10,.1f}  {served:<24} "
+            f"{r.speedup:>6.2f}x"
+        )
     return "\n".join(lines)

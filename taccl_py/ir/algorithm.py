@@ -57,7 +57,7 @@ class Algorithm:
     def nchannels(self) -> int:
         return 1 + max((t.channel for t in self.transfers), default=0)
 
-    def replicate(self, instances: int) -> "Algorithm":
+    def replicate(self, instances: int) -> Algorithm:
         """Split every chunk into ``instances`` sub-chunks, each instance on its own channel."""
         if instances < 1:
             raise AlgorithmError(f"instances must be >= 1, got {instances}")
@@ -66,11 +66,27 @@ class Algorithm:
         coll = self.collective
         nch = self.nchannels
         transfers = [
-            Transfer(t.step, t.start, t.src, t.dst, coll.refine(t.chunk, instances, i),
-                     t.reduce, t.end, t.channel + i * nch)
-            for t in self.transfers for i in range(instances)]
-        return Algorithm(self.name, coll.with_chunkup(coll.chunkup * instances), transfers,
-                         self.topology, self.size, dict(self.meta, instances=instances))
+            Transfer(
+                t.step,
+                t.start,
+                t.src,
+                t.dst,
+                coll.refine(t.chunk, instances, i),
+                t.reduce,
+                t.end,
+                t.channel + i * nch,
+            )
+            for t in self.transfers
+            for i in range(instances)
+        ]
+        return Algorithm(
+            self.name,
+            coll.with_chunkup(coll.chunkup * instances),
+            transfers,
+            self.topology,
+            self.size,
+            dict(self.meta, instances=instances),
+        )
 
     def check(self) -> None:
         """Run the IR symbolically; raise :class:`AlgorithmError` on the first fault."""
@@ -85,8 +101,7 @@ class Algorithm:
                 value[r * nchunks + c] = 1 << r
 
         def contribs(c: int, mask: int) -> list[Contribution]:
-            return [(r, coll.input_index(r, c)) for r in range(mask.bit_length())
-                    if mask >> r & 1]
+            return [(r, coll.input_index(r, c)) for r in range(mask.bit_length()) if mask >> r & 1]
 
         for i, t in enumerate(self.transfers):
             src, dst, c = t.src, t.dst, t.chunk
@@ -97,18 +112,19 @@ class Algorithm:
             sent = value[src * nchunks + c]
             if not sent:
                 raise AlgorithmError(
-                    f"transfer {i} (step {t.step}): rank {src} sends chunk {c} "
-                    "before it holds it")
+                    f"transfer {i} (step {t.step}): rank {src} sends chunk {c} before it holds it"
+                )
             if t.reduce:
                 mine = value[dst * nchunks + c]
                 if not mine:
                     raise AlgorithmError(
-                        f"transfer {i} (step {t.step}): rank {dst} reduces chunk {c} "
-                        "into nothing")
+                        f"transfer {i} (step {t.step}): rank {dst} reduces chunk {c} into nothing"
+                    )
                 if mine & sent:
                     raise AlgorithmError(
                         f"transfer {i} (step {t.step}): rank {dst} reduces chunk {c} "
-                        f"twice with contributions {contribs(c, mine & sent)}")
+                        f"twice with contributions {contribs(c, mine & sent)}"
+                    )
                 value[dst * nchunks + c] = mine | sent
             else:
                 value[dst * nchunks + c] = sent
@@ -122,27 +138,40 @@ class Algorithm:
                     missing = contribs(c, want & ~got)
                     raise AlgorithmError(
                         f"{self.name}: rank {r} ends without chunk {c} complete "
-                        f"(missing contributions {missing[:4]}{'...' if len(missing) > 4 else ''})")
+                        f"(missing contributions {missing[:4]}{'...' if len(missing) > 4 else ''})"
+                    )
 
     # -- serialisation -------------------------------------------------------
     def to_json(self) -> str:
         coll = self.collective
         doc = {
-            "name": self.name, "topology": self.topology, "size": self.size,
-            "collective": {"kind": coll.kind, "num_ranks": coll.num_ranks,
-                           "chunkup": coll.chunkup, "inplace": coll.inplace},
+            "name": self.name,
+            "topology": self.topology,
+            "size": self.size,
+            "collective": {
+                "kind": coll.kind,
+                "num_ranks": coll.num_ranks,
+                "chunkup": coll.chunkup,
+                "inplace": coll.inplace,
+            },
             "meta": self.meta,
             "transfers": [asdict(t) for t in self.transfers],
         }
         return json.dumps(doc, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Algorithm":
+    def from_json(cls, text: str) -> Algorithm:
         try:
             doc = json.loads(text)
             coll = Collective(**doc["collective"])
             transfers = [Transfer(**t) for t in doc["transfers"]]
-            return cls(doc["name"], coll, transfers, doc.get("topology", ""),
-                       doc.get("size", 0), doc.get("meta", {}))
+            return cls(
+                doc["name"],
+                coll,
+                transfers,
+                doc.get("topology", ""),
+                doc.get("size", 0),
+                doc.get("meta", {}),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise AlgorithmError(f"not an algorithm JSON document: {exc}") from None

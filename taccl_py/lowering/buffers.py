@@ -112,8 +112,11 @@ def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
         return ("s", slots[(rank, chunk)])
 
     def live(v: Version | None, chunk: int, k: int) -> bool:
-        return v is not None and v.chunk != chunk and (
-            v.final or (bool(v.readers) and v.readers[-1] > k))
+        return (
+            v is not None
+            and v.chunk != chunk
+            and (v.final or (bool(v.readers) and v.readers[-1] > k))
+        )
 
     dest = {(v.rank, v.chunk): output_loc(coll, v.rank, v.chunk) for v in flow.finals}
     for v in flow.inputs:

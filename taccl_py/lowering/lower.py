@@ -16,12 +16,18 @@ from dataclasses import dataclass, field, replace
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
 from ..errors import PlanError
 from ..ir.algorithm import Algorithm
-from ..topology.model import Topology
-from .buffers import Copy, Flow, Loc, place, value_flow
-from ..util.nogc import gc_paused
 from ..plan.model import GpuPlan, Plan, Step, Threadblock
-from ..plan.runtimes import (DEFAULT_RUNTIME, PROTOCOLS, RESIDENT_TBS, RuntimeRules, check_runtime,
-                       runtime_rules)
+from ..plan.runtimes import (
+    DEFAULT_RUNTIME,
+    PROTOCOLS,
+    RESIDENT_TBS,
+    RuntimeRules,
+    check_runtime,
+    runtime_rules,
+)
+from ..topology.model import Topology
+from ..util.nogc import gc_paused
+from .buffers import Copy, Flow, Loc, place, value_flow
 from .threadblocks import TB, Op, Threadblocks
 
 
@@ -46,10 +52,19 @@ class _Step:
 
 
 @gc_paused()
-def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
-          instances: int = 1, min_bytes: int = 0, max_bytes: int = 0,
-          name: str | None = None, topology: Topology | None = None,
-          runtime: str = DEFAULT_RUNTIME, max_steps: int | None = None) -> Plan:
+def lower(
+    alg: Algorithm,
+    *,
+    inplace: bool | None = None,
+    proto: str = "Simple",
+    instances: int = 1,
+    min_bytes: int = 0,
+    max_bytes: int = 0,
+    name: str | None = None,
+    topology: Topology | None = None,
+    runtime: str = DEFAULT_RUNTIME,
+    max_steps: int | None = None,
+) -> Plan:
     """Lower ``alg`` to a plan ``runtime`` loads; ``instances`` replicates it onto more
     channels first.
 
@@ -70,25 +85,38 @@ def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
     if proto not in PROTOCOLS:
         raise PlanError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
     if min_bytes < 0 or max_bytes < 0 or 0 < max_bytes < min_bytes:
-        raise PlanError(f"min_bytes={min_bytes} / max_bytes={max_bytes}: both must be >= 0 "
-                        "and min <= max (max 0 = unbounded)")
+        raise PlanError(
+            f"min_bytes={min_bytes} / max_bytes={max_bytes}: both must be >= 0 "
+            "and min <= max (max 0 = unbounded)"
+        )
     coll = alg.collective
     if inplace is not None and inplace != coll.inplace:
-        alg = replace(alg, collective=Collective(coll.kind, coll.num_ranks, coll.chunkup,
-                                                 inplace))
+        alg = replace(alg, collective=Collective(coll.kind, coll.num_ranks, coll.chunkup, inplace))
     alg.check()
     alg = alg.replicate(instances)
     fewer = "use fewer instances" if instances > 1 else "use fewer channels"
     _check_peers(alg, rules, fewer)
     if alg.nchannels > rules.channels:
-        raise PlanError(f"the plan needs {alg.nchannels} channels (the algorithm's channels x "
-                        f"{instances} instance(s)); {rules.name} has channels "
-                        f"0..{rules.channels - 1}: "
-                        + ("use fewer instances" if instances > 1 else
-                           "use an algorithm with fewer channels"))
-    plan = _build(alg, Plan(alg.name if name is None else name, alg.collective.kind,
-                            alg.num_ranks, alg.collective.nchunksperloop, proto=proto,
-                            min_bytes=min_bytes, max_bytes=max_bytes), topology, rules)
+        raise PlanError(
+            f"the plan needs {alg.nchannels} channels (the algorithm's channels x "
+            f"{instances} instance(s)); {rules.name} has channels "
+            f"0..{rules.channels - 1}: "
+            + ("use fewer instances" if instances > 1 else "use an algorithm with fewer channels")
+        )
+    plan = _build(
+        alg,
+        Plan(
+            alg.name if name is None else name,
+            alg.collective.kind,
+            alg.num_ranks,
+            alg.collective.nchunksperloop,
+            proto=proto,
+            min_bytes=min_bytes,
+            max_bytes=max_bytes,
+        ),
+        topology,
+        rules,
+    )
     spread, most = 1, rules.channels // alg.nchannels
     while (longest := _longest_tb(plan)) > rules.max_steps and spread < most:
         spread = min(most, max(spread + 1, -(-spread * longest // rules.max_steps)))
@@ -96,8 +124,10 @@ def lower(alg: Algorithm, *, inplace: bool | None = None, proto: str = "Simple",
     problems = check_runtime(plan, runtime, max_steps, selection=False)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise PlanError(f"{problems[0]}{more}; with {plan.nchannels} channel(s): {fewer}, a "
-                        "smaller chunk-up or an algorithm with fewer peers or steps per rank")
+        raise PlanError(
+            f"{problems[0]}{more}; with {plan.nchannels} channel(s): {fewer}, a "
+            "smaller chunk-up or an algorithm with fewer peers or steps per rank"
+        )
     return plan
 
 
@@ -121,8 +151,7 @@ def _longest_tb(plan: Plan) -> int:
     return max((len(tb.steps) for g in plan.gpus for tb in g.tbs), default=0)
 
 
-def _build(alg: Algorithm, header: Plan, topology: Topology | None,
-           rules: RuntimeRules) -> Plan:
+def _build(alg: Algorithm, header: Plan, topology: Topology | None, rules: RuntimeRules) -> Plan:
     """The plan of (checked) ``alg``, with the header fields of ``header``."""
     coll = alg.collective
     flow = value_flow(alg)
@@ -150,11 +179,22 @@ def _build(alg: Algorithm, header: Plan, topology: Topology | None,
     no_input = coll.inplace and coll.kind == ALLGATHER
     no_output = coll.inplace and coll.kind in (ALLREDUCE, ALLTOALL)
     plan = replace(
-        header, nchannels=alg.nchannels, inplace=coll.inplace, outofplace=not coll.inplace,
+        header,
+        nchannels=alg.nchannels,
+        inplace=coll.inplace,
+        outofplace=not coll.inplace,
         redop="sum" if coll.reducing else "nop",
-        gpus=[GpuPlan(r, 0 if no_input else coll.i_chunks, 0 if no_output else coll.o_chunks,
-                      s_chunks[r], [_emit(tb) for tb in tbs[r]])
-              for r in range(coll.num_ranks)])
+        gpus=[
+            GpuPlan(
+                r,
+                0 if no_input else coll.i_chunks,
+                0 if no_output else coll.o_chunks,
+                s_chunks[r],
+                [_emit(tb) for tb in tbs[r]],
+            )
+            for r in range(coll.num_ranks)
+        ],
+    )
     _fill_steps(plan, tbs)
     _release(tbs)
     return plan
@@ -180,8 +220,9 @@ def _set_accesses(flow: Flow, send_ops: list[Op], recv_ops: list[Op]) -> None:
         r.writes = (w.loc,) if w.stored else ()
 
 
-def _add_copies(alg: Algorithm, copies: list[Copy], tbs: list[list[TB]],
-                send_ops: list[Op], recv_ops: list[Op]) -> None:
+def _add_copies(
+    alg: Algorithm, copies: list[Copy], tbs: list[list[TB]], send_ops: list[Op], recv_ops: list[Op]
+) -> None:
     """Copy ops go to the threadblock that made (else first used) the value.
 
     A copy's key puts it right after transfer ``after`` (before any op hoisted past it).
@@ -198,16 +239,16 @@ def _add_copies(alg: Algorithm, copies: list[Copy], tbs: list[list[TB]],
         else:
             tb = TB(v.rank, -1, -1, 0, id=0)
             tbs[v.rank].append(tb)
-        op = Op("c", v.rank, (cp.after, 0, i + 1),
-                reads=(v.loc,), writes=(cp.dst,), tb=tb)
+        op = Op("c", v.rank, (cp.after, 0, i + 1), reads=(v.loc,), writes=(cp.dst,), tb=tb)
         tb.units.insert(bisect_right(tb.units, op.key, key=lambda u: u[0].key), [op])
 
 
 def _find_conflicts(tbs: list[list[TB]]) -> None:
     """Set each op's deps: the ops of other threadblocks it must follow, in IR order."""
     for rank_tbs in tbs:
-        ops = sorted((op for tb in rank_tbs for unit in tb.units for op in unit),
-                     key=lambda op: op.order)
+        ops = sorted(
+            (op for tb in rank_tbs for unit in tb.units for op in unit), key=lambda op: op.order
+        )
         writer: dict[Loc, Op] = {}
         readers: dict[Loc, list[Op]] = {}
         for op in ops:
@@ -270,8 +311,10 @@ def _unit_step(unit: list[Op], flow: Flow, tb: TB) -> _Step:
 
 # -- merging ------------------------------------------------------------------------------
 
-def _merge(alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: list[Op],
-           max_cnt: int) -> None:
+
+def _merge(
+    alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: list[Op], max_cnt: int
+) -> None:
     """Merge runs of consecutive like steps into one step with 1 < cnt <= ``max_cnt``.
 
     A pair of neighbours merges only if the steps at the other end of each of their
@@ -279,13 +322,14 @@ def _merge(alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: li
     waits for a step keyed after the run's first step (so the merged step cannot deadlock).
     """
     all_tbs = [tb for rank_tbs in tbs for tb in rank_tbs]
-    nxt = {a: b for tb in all_tbs for a, b in zip(tb.steps, tb.steps[1:])
-           if _mergeable(alg, a, b)}
+    nxt = {a: b for tb in all_tbs for a, b in zip(tb.steps, tb.steps[1:]) if _mergeable(alg, a, b)}
 
     def partners(a: _Step, b: _Step) -> list[tuple[_Step, _Step]]:
         ends = [send_ops if op.kind == "r" else recv_ops for op in a.ops if op.kind != "c"]
-        return [(end[op_a.transfer].step, end[op_b.transfer].step)
-                for end, op_a, op_b in zip(ends, a.ops, b.ops)]
+        return [
+            (end[op_a.transfer].step, end[op_b.transfer].step)
+            for end, op_a, op_b in zip(ends, a.ops, b.ops)
+        ]
 
     def drop(firsts: list[_Step]) -> None:  # a pair's partners need it: drop them too
         while firsts:
@@ -300,8 +344,11 @@ def _merge(alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: li
         for tb in all_tbs:
             for i, st in enumerate(tb.steps):
                 start[st] = start[tb.steps[i - 1]] if i and nxt.get(tb.steps[i - 1]) is st else st
-        late = [a for a, b in nxt.items()
-                if any(d.step.key >= start[a].key for op in b.ops for d in op.deps)]
+        late = [
+            a
+            for a, b in nxt.items()
+            if any(d.step.key >= start[a].key for op in b.ops for d in op.deps)
+        ]
         if not late:
             break
         drop(late)
@@ -323,11 +370,14 @@ def _merge(alg: Algorithm, tbs: list[list[TB]], send_ops: list[Op], recv_ops: li
 def _mergeable(alg: Algorithm, a: _Step, b: _Step) -> bool:
     if a.type != b.type:
         return False
-    if [alg.transfers[op.transfer].step for op in a.ops if op.transfer >= 0] != \
-            [alg.transfers[op.transfer].step for op in b.ops if op.transfer >= 0]:
+    if [alg.transfers[op.transfer].step for op in a.ops if op.transfer >= 0] != [
+        alg.transfers[op.transfer].step for op in b.ops if op.transfer >= 0
+    ]:
         return False
-    return all(x is None or (x[0] == y[0] and (x[0] == "sink" or y[1] == x[1] + 1))
-               for x, y in ((a.src, b.src), (a.dst, b.dst)))
+    return all(
+        x is None or (x[0] == y[0] and (x[0] == "sink" or y[1] == x[1] + 1))
+        for x, y in ((a.src, b.src), (a.dst, b.dst))
+    )
 
 
 def _place_sinks(tbs: list[list[TB]], s_chunks: list[int]) -> None:
@@ -343,6 +393,7 @@ def _place_sinks(tbs: list[list[TB]], s_chunks: list[int]) -> None:
 
 # -- dependencies and emission ---------------------------------------------------------------
 
+
 def _keep_needed_deps(tbs: list[list[TB]]) -> None:
     """Set ``wait``: per step, the dependencies not implied by program order or other waits.
 
@@ -350,8 +401,9 @@ def _keep_needed_deps(tbs: list[list[TB]]) -> None:
     threadblock ``t`` known to be finished once ``st`` is (-1: none).
     """
     for rank_tbs in tbs:
-        steps = sorted((st for tb in rank_tbs for st in tb.steps),
-                       key=lambda st: (st.key, st.tb.id, st.pos))
+        steps = sorted(
+            (st for tb in rank_tbs for st in tb.steps), key=lambda st: (st.key, st.tb.id, st.pos)
+        )
         none = [-1] * (max((tb.id for tb in rank_tbs), default=-1) + 1)
         done: dict[_Step, list[int]] = {}
         for st in steps:
@@ -365,8 +417,11 @@ def _keep_needed_deps(tbs: list[list[TB]]) -> None:
             wait = None
             if latest:
                 cands = [latest[i] for i in sorted(latest) if known[i] < latest[i].pos]
-                wait = [d for d in cands if not any(
-                    done[o][d.tb.id] >= d.pos for o in cands if o is not d)]
+                wait = [
+                    d
+                    for d in cands
+                    if not any(done[o][d.tb.id] >= d.pos for o in cands if o is not d)
+                ]
                 st.wait = wait
             if wait:
                 for d in wait:
@@ -386,9 +441,11 @@ def _waited_first(tbs: list[list[TB]], max_depid: int) -> None:
         if all(tb.id <= max_depid for tb in waited):
             continue
         if len(waited) > max_depid + 1:
-            raise PlanError(f"rank {rank}: steps wait for {len(waited)} threadblocks, but a "
-                            f"step's depid is stored as int8 (ids 0..{max_depid}); use fewer "
-                            "channels or instances, or an algorithm with fewer peers per rank")
+            raise PlanError(
+                f"rank {rank}: steps wait for {len(waited)} threadblocks, but a "
+                f"step's depid is stored as int8 (ids 0..{max_depid}); use fewer "
+                "channels or instances, or an algorithm with fewer peers per rank"
+            )
         rank_tbs.sort(key=lambda tb: tb not in waited)
         for i, tb in enumerate(rank_tbs):
             tb.id = i
@@ -412,11 +469,18 @@ def _fill_steps(plan: Plan, tbs: list[list[TB]]) -> None:
                 for d in st.wait[:-1]:
                     out.steps.append(Step(len(out.steps), "nop", depid=d.tb.id, deps=d.index))
                 last = st.wait[-1] if st.wait else None
-                out.steps.append(Step(
-                    len(out.steps), st.type,
-                    *(st.src if st.src else (None, -1)), *(st.dst if st.dst else (None, -1)),
-                    cnt=st.cnt, depid=last.tb.id if last else -1,
-                    deps=last.index if last else -1, hasdep=int(st.hasdep)))
+                out.steps.append(
+                    Step(
+                        len(out.steps),
+                        st.type,
+                        *(st.src if st.src else (None, -1)),
+                        *(st.dst if st.dst else (None, -1)),
+                        cnt=st.cnt,
+                        depid=last.tb.id if last else -1,
+                        deps=last.index if last else -1,
+                        hasdep=int(st.hasdep),
+                    )
+                )
 
 
 def _check_peers(alg: Algorithm, rules: RuntimeRules, fewer: str) -> None:
@@ -433,13 +497,16 @@ def _check_peers(alg: Algorithm, rules: RuntimeRules, fewer: str) -> None:
             raise PlanError(
                 f"rank {rank} has {len(ps)} threadblocks that {role} on channel {chan}, "
                 f"MSCCL allows {per_channel}: spread the rank's peers over more "
-                "channels or use an algorithm with fewer peers per rank")
+                "channels or use an algorithm with fewer peers per rank"
+            )
         if role == "send":
             least[rank] += max(len(ps), len(peers.get((rank, chan, "recv"), ())))
         elif (rank, chan, "send") not in peers:
             least[rank] += len(ps)
     for rank, count in enumerate(least):
         if count > most:
-            raise PlanError(f"rank {rank} needs {count} threadblocks, MSCCL allows {most} "
-                            f"(all resident at once): {fewer} or an algorithm with fewer "
-                            "peers per rank")
+            raise PlanError(
+                f"rank {rank} needs {count} threadblocks, MSCCL allows {most} "
+                f"(all resident at once): {fewer} or an algorithm with fewer "
+                "peers per rank"
+            )

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from ..ir.algorithm import Algorithm
-from .buffers import Flow, Loc
 from ..plan.runtimes import RESIDENT_TBS
+from .buffers import Flow, Loc
 
 Key = tuple[int, int, int]
 
@@ -114,8 +114,9 @@ class Threadblocks:
         key = (r, ch, apart)
         pair = self.matchings.get(key)
         if pair is None:
-            edges = [(a, b) for a, b, _ in self.edges.get((r, ch), ())
-                     if (r, ch, a, b) not in apart]
+            edges = [
+                (a, b) for a, b, _ in self.edges.get((r, ch), ()) if (r, ch, a, b) not in apart
+            ]
             recv_peers = {a for a, _ in edges}
             send_peers = {b for _, b in edges}
             if len(recv_peers) == len(send_peers) == len(edges):
@@ -125,14 +126,18 @@ class Threadblocks:
             if len(recv_peers) == 1 or len(send_peers) == 1:
                 pair = self.matchings[key] = _star_matching(
                     [e for e in self.edges[(r, ch)] if (r, ch, e[0], e[1]) not in apart],
-                    len(recv_peers) == 1)
+                    len(recv_peers) == 1,
+                )
                 return pair
             n = self.alg.num_ranks
             graph = nx.Graph()
             graph.add_nodes_from(self.recvs.get((r, ch), ()))
             graph.add_nodes_from(n + b for b in self.sends.get((r, ch), ()))
-            graph.add_weighted_edges_from((a, n + b, w) for a, b, w in self.edges.get((r, ch), ())
-                                          if (r, ch, a, b) not in apart)
+            graph.add_weighted_edges_from(
+                (a, n + b, w)
+                for a, b, w in self.edges.get((r, ch), ())
+                if (r, ch, a, b) not in apart
+            )
             pair = {}
             for u, v in nx.max_weight_matching(graph):
                 a, b = min(u, v), max(u, v) - n
@@ -152,9 +157,11 @@ class Threadblocks:
             free_s = [b for b in free_s if b not in pair.values()]
             pair.update(zip(free_r, free_s))
         paired = set(pair.values())
-        return ([(r, ch, a, b) for a, b in pair.items()]
-                + [(r, ch, a, -1) for a in recvs if a not in pair]
-                + [(r, ch, -1, b) for b in sends if b not in paired])
+        return (
+            [(r, ch, a, b) for a, b in pair.items()]
+            + [(r, ch, a, -1) for a in recvs if a not in pair]
+            + [(r, ch, -1, b) for b in sends if b not in paired]
+        )
 
     def assign(self, apart: frozenset[TbKey] = frozenset()) -> list[list[TB]]:
         """Threadblocks of every rank, sorted and numbered, with their units."""
@@ -166,9 +173,13 @@ class Threadblocks:
         for r in range(n):
             chans = self.chans[r]
             for compact in (False, True):
-                keys = [key for ch in chans
-                        for key in self._channel_keys(r, ch, frozenset(by_chan.get((r, ch), ())),
-                                                      compact)]
+                keys = [
+                    key
+                    for ch in chans
+                    for key in self._channel_keys(
+                        r, ch, frozenset(by_chan.get((r, ch), ())), compact
+                    )
+                ]
                 if len(keys) <= self.max_tbs:
                     break
             keys.sort(key=lambda q: (q[1], q[3] if q[3] >= 0 else n, q[2] if q[2] >= 0 else n))
@@ -185,8 +196,9 @@ class Threadblocks:
             tb = TB(r, b, a, ch)
             recv = self.ends.get((r, ch, "r", a), ()) if a >= 0 else ()
             send = self.ends.get((r, ch, "s", b), ()) if b >= 0 else ()
-            ops = ([Op("s", r, (k, 0, 0), k, tb=tb) for k in send]
-                   + [Op("r", r, (k, 0, 0), k, tb=tb) for k in recv])
+            ops = [Op("s", r, (k, 0, 0), k, tb=tb) for k in send] + [
+                Op("r", r, (k, 0, 0), k, tb=tb) for k in recv
+            ]
             ops.sort(key=lambda op: op.transfer)
             tb.units = _fuse_units(_hoist_keys(ops, self.flow), self.flow)
             self.cache[key] = tb
@@ -274,8 +286,9 @@ def _tb_late(alg: Algorithm, flow: Flow, tb: TB, slack: float) -> bool:
         if len(unit) == 2:
             r, s = unit
             end = ts[s.transfer].end
-            if any(ts[j].start + slack < end
-                   for j in flow.made[r.transfer].readers if j != s.transfer):
+            if any(
+                ts[j].start + slack < end for j in flow.made[r.transfer].readers if j != s.transfer
+            ):
                 return True
     return False
 

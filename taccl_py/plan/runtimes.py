@@ -32,12 +32,24 @@ from ..errors import PlanError
 from .model import Plan
 
 #: ``<gpu>``, ``<tb>`` and ``<step>`` attributes both loaders read without a default
-ELEMENT_REQUIRED: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "gpu": ("id", "i_chunks", "o_chunks", "s_chunks"),
-    "tb": ("id", "send", "recv", "chan"),
-    "step": ("s", "type", "srcbuf", "srcoff", "dstbuf", "dstoff", "cnt", "depid", "deps",
-             "hasdep"),
-})
+ELEMENT_REQUIRED: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "gpu": ("id", "i_chunks", "o_chunks", "s_chunks"),
+        "tb": ("id", "send", "recv", "chan"),
+        "step": (
+            "s",
+            "type",
+            "srcbuf",
+            "srcoff",
+            "dstbuf",
+            "dstoff",
+            "cnt",
+            "depid",
+            "deps",
+            "hasdep",
+        ),
+    }
+)
 #: the ``proto`` values both loaders read
 PROTOCOLS = ("Simple", "LL", "LL128")
 #: threadblocks per GPU lowering aims for at most: a plan's threadblocks spin-wait on each
@@ -106,32 +118,66 @@ class RuntimeRules:
         if max_steps is None:
             return self
         if not 1 <= max_steps <= self.max_children:
-            raise PlanError(f"max_steps={max_steps} outside 1..{self.max_children} (a "
-                            f"threadblock holds at most {self.max_children} steps)")
+            raise PlanError(
+                f"max_steps={max_steps} outside 1..{self.max_children} (a "
+                f"threadblock holds at most {self.max_children} steps)"
+            )
         return replace(self, max_steps=max_steps)
 
 
-RUNTIMES: Mapping[str, RuntimeRules] = MappingProxyType({
-    "msccl": RuntimeRules(
-        name="msccl",
-        coll=MappingProxyType({ALLGATHER: "allgather", ALLTOALL: "alltoall",
-                               REDUCESCATTER: "reduce_scatter", ALLREDUCE: "allreduce"}),
-        required=("name", "ngpus", "nchunksperloop", "nchannels", "proto", "coll",
-                  "inplace"),
-        max_steps=256, steps_setting="MSCCL_MAX_NUM_STEPS in src/include/msccl.h",
-        max_tbs=216, max_files=4, max_exclusive=True, absent_max_bytes=1 << 27,
-        rejects="skips the plan with a warning",
-        byte_counted=frozenset({ALLGATHER, ALLTOALL})),
-    "msccl-executor": RuntimeRules(
-        name="msccl-executor",
-        coll=MappingProxyType({ALLGATHER: "allgather", ALLTOALL: "alltoall",
-                               REDUCESCATTER: "reducescatter", ALLREDUCE: "allreduce"}),
-        required=("nchunksperloop", "nchannels", "ngpus", "proto", "coll", "minBytes",
-                  "maxBytes", "inplace", "outofplace"),
-        max_steps=64, steps_setting="make MSCCL_MAX_NUM_STEPS=N",
-        max_tbs=32 * 32, max_files=None, max_exclusive=False, absent_max_bytes=None,
-        rejects="fails to load it, which fails NCCL's initialization"),
-})
+RUNTIMES: Mapping[str, RuntimeRules] = MappingProxyType(
+    {
+        "msccl": RuntimeRules(
+            name="msccl",
+            coll=MappingProxyType(
+                {
+                    ALLGATHER: "allgather",
+                    ALLTOALL: "alltoall",
+                    REDUCESCATTER: "reduce_scatter",
+                    ALLREDUCE: "allreduce",
+                }
+            ),
+            required=("name", "ngpus", "nchunksperloop", "nchannels", "proto", "coll", "inplace"),
+            max_steps=256,
+            steps_setting="MSCCL_MAX_NUM_STEPS in src/include/msccl.h",
+            max_tbs=216,
+            max_files=4,
+            max_exclusive=True,
+            absent_max_bytes=1 << 27,
+            rejects="skips the plan with a warning",
+            byte_counted=frozenset({ALLGATHER, ALLTOALL}),
+        ),
+        "msccl-executor": RuntimeRules(
+            name="msccl-executor",
+            coll=MappingProxyType(
+                {
+                    ALLGATHER: "allgather",
+                    ALLTOALL: "alltoall",
+                    REDUCESCATTER: "reducescatter",
+                    ALLREDUCE: "allreduce",
+                }
+            ),
+            required=(
+                "nchunksperloop",
+                "nchannels",
+                "ngpus",
+                "proto",
+                "coll",
+                "minBytes",
+                "maxBytes",
+                "inplace",
+                "outofplace",
+            ),
+            max_steps=64,
+            steps_setting="make MSCCL_MAX_NUM_STEPS=N",
+            max_tbs=32 * 32,
+            max_files=None,
+            max_exclusive=False,
+            absent_max_bytes=None,
+            rejects="fails to load it, which fails NCCL's initialization",
+        ),
+    }
+)
 DEFAULT_RUNTIME = "msccl-executor"
 
 
@@ -148,6 +194,7 @@ def runtime_rules(runtime: str, max_steps: int | None = None) -> RuntimeRules:
 
 
 # -- size selection ---------------------------------------------------------------------------
+
 
 def selection_bytes(rules: RuntimeRules, lo: int, hi: int | None) -> tuple[int, int]:
     """``(minBytes, maxBytes)`` that make ``rules``' loader select a plan exactly for the
@@ -183,8 +230,11 @@ def size_range(rules: RuntimeRules, plan: Plan) -> tuple[int, int | None]:
     ((0, 0), (0, None))
     """
     top = plan.max_bytes
-    if plan.source is not None and "algo.maxBytes" in plan.source.absent \
-            and rules.absent_max_bytes is not None:
+    if (
+        plan.source is not None
+        and "algo.maxBytes" in plan.source.absent
+        and rules.absent_max_bytes is not None
+    ):
         top = rules.absent_max_bytes
     if rules.max_exclusive:
         return plan.min_bytes, top
@@ -230,6 +280,7 @@ def _first_multiple(step: int, lo: int, hi: int | None) -> int | None:
 
 # -- checking a plan ----------------------------------------------------------------------------
 
+
 class _Found:
     """Offenders of one rule: the first one's description and how many in all."""
 
@@ -250,8 +301,13 @@ class _Found:
         return self.first + (f" (and {more} more {noun})" if more else "")
 
 
-def check_runtime(plan: Plan, runtime: str = DEFAULT_RUNTIME, max_steps: int | None = None,
-                  *, selection: bool = True) -> list[str]:
+def check_runtime(
+    plan: Plan,
+    runtime: str = DEFAULT_RUNTIME,
+    max_steps: int | None = None,
+    *,
+    selection: bool = True,
+) -> list[str]:
     """Every rule of ``runtime``'s loader that ``plan`` breaks, one line each (empty: the
     runtime loads it and selects it for some size).
 
@@ -263,8 +319,9 @@ def check_runtime(plan: Plan, runtime: str = DEFAULT_RUNTIME, max_steps: int | N
     one built in memory is taken as :func:`~taccl_py.plan.xml.plan_to_xml` would
     write it for ``runtime``.
 
-    >>> check_runtime(Plan("p", "allgather", 2, 2, min_bytes=0, max_bytes=0), "msccl")
-    ['maxBytes=0: msccl never selects it (it selects minBytes <= n < maxBytes); set maxBytes to the first size it should not serve']
+    >>> problems = check_runtime(Plan("p", "allgather", 2, 2, min_bytes=0, max_bytes=0), "msccl")
+    >>> problems[0].split(";")[0]
+    'maxBytes=0: msccl never selects it (it selects minBytes <= n < maxBytes)'
     """
     rules = runtime_rules(runtime, max_steps)
     problems = _file_problems(rules, plan) + _structure_problems(rules, plan)
@@ -278,22 +335,32 @@ def _file_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     if plan.source is not None:
         want = rules.coll[plan.coll]
         if plan.source.coll != want:
-            out.append(f"coll=\"{plan.source.coll}\": {rules.name} reads {plan.coll} only as "
-                       f"coll=\"{want}\" and {rules.rejects}")
+            out.append(
+                f'coll="{plan.source.coll}": {rules.name} reads {plan.coll} only as '
+                f'coll="{want}" and {rules.rejects}'
+            )
         absent = [a for a in rules.required if f"algo.{a}" in plan.source.absent]
-        absent += [f"{tag}.{a}" for tag, attrs in ELEMENT_REQUIRED.items() for a in attrs
-                   if f"{tag}.{a}" in plan.source.absent]
+        absent += [
+            f"{tag}.{a}"
+            for tag, attrs in ELEMENT_REQUIRED.items()
+            for a in attrs
+            if f"{tag}.{a}" in plan.source.absent
+        ]
         if absent:
-            out.append(f"missing attribute{'s' * (len(absent) > 1)} {', '.join(absent)}: "
-                       f"{rules.name} requires {'them' if len(absent) > 1 else 'it'} and "
-                       f"{rules.rejects}")
+            out.append(
+                f"missing attribute{'s' * (len(absent) > 1)} {', '.join(absent)}: "
+                f"{rules.name} requires {'them' if len(absent) > 1 else 'it'} and "
+                f"{rules.rejects}"
+            )
     for attr in ("name", "redop"):
         value = getattr(plan, attr)
         bad = sorted({c for c in value if c in '"&<>' or ord(c) < 32})
         if bad or len(value) > rules.max_value_chars:
-            why = (f"has {', '.join(map(repr, bad))}, which the loader's XML reader does not "
-                   "decode" if bad else f"is {len(value)} characters long, over the "
-                   f"reader's {rules.max_value_chars}")
+            why = (
+                f"has {', '.join(map(repr, bad))}, which the loader's XML reader does not decode"
+                if bad
+                else f"is {len(value)} characters long, over the reader's {rules.max_value_chars}"
+            )
             out.append(f"<algo {attr}>: {why}; use a short plain name")
     return out
 
@@ -305,8 +372,10 @@ def _structure_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     if plan.nchannels > rules.channels:
         out.append(f"nchannels={plan.nchannels}: {n} has {rules.channels} channels")
     if len(plan.gpus) > rules.max_children:
-        out.append(f"{len(plan.gpus)} <gpu> elements: the loader keeps at most "
-                   f"{rules.max_children} children per element")
+        out.append(
+            f"{len(plan.gpus)} <gpu> elements: the loader keeps at most "
+            f"{rules.max_children} children per element"
+        )
     chan, tbs, per_chan, steps, children, nodes, depid, offset = (_Found() for _ in range(8))
     for gpu in plan.gpus:
         g = f"gpu {gpu.id}"
@@ -327,8 +396,10 @@ def _structure_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
                     key = (role, tb.chan)
                     users[key] = users.get(key, 0) + 1
                     if users[key] == rules.max_tbs_per_channel + 1:
-                        per_chan.add(f"{g} has more than {rules.max_tbs_per_channel} "
-                                     f"threadblocks that {role} on channel {tb.chan}")
+                        per_chan.add(
+                            f"{g} has more than {rules.max_tbs_per_channel} "
+                            f"threadblocks that {role} on channel {tb.chan}"
+                        )
             if len(tb.steps) > rules.max_steps:
                 steps.add(f"{t} has {len(tb.steps)} steps")
             if len(tb.steps) > rules.max_children:
@@ -345,21 +416,30 @@ def _structure_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     if per_chan:
         out.append(f"{per_chan.where('channels')}: {n} allows {rules.max_tbs_per_channel}")
     if steps:
-        out.append(f"{steps.where('threadblocks')}: {n} allows {rules.max_steps} per "
-                   f"threadblock; a build with {rules.steps_setting} takes more "
-                   "(--max-steps N)")
+        out.append(
+            f"{steps.where('threadblocks')}: {n} allows {rules.max_steps} per "
+            f"threadblock; a build with {rules.steps_setting} takes more "
+            "(--max-steps N)"
+        )
     if children:
-        out.append(f"{children.where('elements')}: the loader keeps at most "
-                   f"{rules.max_children} children per element")
+        out.append(
+            f"{children.where('elements')}: the loader keeps at most "
+            f"{rules.max_children} children per element"
+        )
     if nodes:
-        out.append(f"{nodes.where('ranks')} (1 <algo>, every <gpu>, its own <tb> and "
-                   f"<step>): the loader keeps at most {rules.max_nodes}")
+        out.append(
+            f"{nodes.where('ranks')} (1 <algo>, every <gpu>, its own <tb> and "
+            f"<step>): the loader keeps at most {rules.max_nodes}"
+        )
     if depid:
-        out.append(f"{depid.where('steps')}: depid is stored as int8, so {n} would wait on "
-                   f"the wrong threadblock (ids above {rules.max_depid})")
+        out.append(
+            f"{depid.where('steps')}: depid is stored as int8, so {n} would wait on "
+            f"the wrong threadblock (ids above {rules.max_depid})"
+        )
     if offset:
-        out.append(f"{offset.where('steps')}: offsets are stored as int16 (at most "
-                   f"{rules.max_offset})")
+        out.append(
+            f"{offset.where('steps')}: offsets are stored as int16 (at most {rules.max_offset})"
+        )
     return out
 
 
@@ -370,13 +450,21 @@ def _selection_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     if rules.max_exclusive and hi < lo:
         return [f"minBytes={lo} > maxBytes={hi}: {n} {rules.rejects}"]
     if rules.max_exclusive and hi == plan.max_bytes == 0:
-        return [(f"maxBytes=0: {n} never selects it (it selects minBytes <= n {how}); set "
-                 "maxBytes to the first size it should not serve")]
+        return [
+            (
+                f"maxBytes=0: {n} never selects it (it selects minBytes <= n {how}); set "
+                "maxBytes to the first size it should not serve"
+            )
+        ]
     if hi is not None and hi <= lo:
         return [f"{sizes}: {n} selects no size (it selects minBytes <= n {how})"]
     if _first_multiple(_granule(plan), lo, hi) is None:
-        return [(f"{sizes}: no size in that range divides into nchunksperloop="
-                 f"{plan.nchunksperloop} chunks, so {n} never selects it")]
+        return [
+            (
+                f"{sizes}: no size in that range divides into nchunksperloop="
+                f"{plan.nchunksperloop} chunks, so {n} never selects it"
+            )
+        ]
     return []
 
 
@@ -395,18 +483,22 @@ def check_library(plans: Sequence[tuple[str, Plan]], runtime: str = DEFAULT_RUNT
     rules = runtime_rules(runtime)
     out = []
     if rules.max_files is not None and len(plans) > rules.max_files:
-        ignored = ", ".join(name for name, _ in plans[rules.max_files:])
-        out.append(f"{len(plans)} plan files: {rules.name} loads at most {rules.max_files} "
-                   f"(MSCCL_XML_FILES) and ignores the rest ({ignored})")
+        ignored = ", ".join(name for name, _ in plans[rules.max_files :])
+        out.append(
+            f"{len(plans)} plan files: {rules.name} loads at most {rules.max_files} "
+            f"(MSCCL_XML_FILES) and ignores the rest ({ignored})"
+        )
     if rules.max_files is None:
         ordered = sorted(plans, key=lambda np: np[0])
         for i, (a, pa) in enumerate(ordered):
-            for b, pb in ordered[i + 1:]:
+            for b, pb in ordered[i + 1 :]:
                 shared = _shared_sizes(rules, pa, pb)
                 if shared is not None:
-                    out.append(f"{a} and {b} both select {pa.coll} on {pa.ngpus} ranks "
-                               f"({shared[0]}) for sizes {shared[1]}: {rules.name} takes "
-                               f"{a}, the first by file name; make the ranges disjoint")
+                    out.append(
+                        f"{a} and {b} both select {pa.coll} on {pa.ngpus} ranks "
+                        f"({shared[0]}) for sizes {shared[1]}: {rules.name} takes "
+                        f"{a}, the first by file name; make the ranges disjoint"
+                    )
     return out
 
 
@@ -414,8 +506,14 @@ def _shared_sizes(rules: RuntimeRules, a: Plan, b: Plan) -> tuple[str, str] | No
     """(placement, sizes) that plans ``a`` and ``b`` would both serve, or None."""
     if (a.coll, a.ngpus) != (b.coll, b.ngpus):
         return None
-    modes = [m for m, x, y in (("in-place", a.inplace, b.inplace),
-                               ("out-of-place", a.outofplace, b.outofplace)) if x and y]
+    modes = [
+        m
+        for m, x, y in (
+            ("in-place", a.inplace, b.inplace),
+            ("out-of-place", a.outofplace, b.outofplace),
+        )
+        if x and y
+    ]
     (alo, ahi), (blo, bhi) = size_range(rules, a), size_range(rules, b)
     lo = max(alo, blo)
     his = [h for h in (ahi, bhi) if h is not None]
@@ -428,6 +526,7 @@ def _shared_sizes(rules: RuntimeRules, a: Plan, b: Plan) -> tuple[str, str] | No
 
 
 # -- deployment ---------------------------------------------------------------------------------
+
 
 def deploy_lines(runtime: str, directory: str | os.PathLike, files: Iterable[str]) -> list[str]:
     """The environment settings that make ``runtime`` load the plans ``files`` written
@@ -451,9 +550,10 @@ def deploy_lines(runtime: str, directory: str | os.PathLike, files: Iterable[str
         return [f"MSCCL_ALGO_DIR={shlex.quote(where)}"]
     paths = [os.path.join(where, f) for f in files]
     if len(paths) > rules.max_files:
-        raise PlanError(f"{len(paths)} plan files: {rules.name} loads at most "
-                        f"{rules.max_files} from MSCCL_XML_FILES")
+        raise PlanError(
+            f"{len(paths)} plan files: {rules.name} loads at most "
+            f"{rules.max_files} from MSCCL_XML_FILES"
+        )
     if any(":" in p for p in paths):
         raise PlanError("a plan path holds ':', which MSCCL_XML_FILES uses to separate them")
-    return [f"MSCCL_XML_FILES={shlex.quote(':'.join(paths))}",
-            "NCCL_ALGO=MSCCL,Tree,Ring,CollNet"]
+    return [f"MSCCL_XML_FILES={shlex.quote(':'.join(paths))}", "NCCL_ALGO=MSCCL,Tree,Ring,CollNet"]

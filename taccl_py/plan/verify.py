@@ -20,16 +20,17 @@ are reported after the run, so a race that explains them is reported instead.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from ..collectives import ALLGATHER, REDUCESCATTER, Collective
 from ..errors import PlanError, VerificationError
+from ..util.nogc import gc_paused
 from .model import RECV_TYPES, REDUCE_TYPES, SEND_TYPES, STEP_TYPES, GpuPlan, Plan
 from .runtimes import PROTOCOLS, RUNTIMES
-from ..util.nogc import gc_paused
 from .xml import BUFFERS
 
 # what at least one runtime loads (lowering/runtimes.py); steps per threadblock: what a
@@ -66,13 +67,16 @@ class VerifyReport:
 
     def summary(self) -> str:
         """One line for humans."""
-        return (f"{self.steps} steps ({self.sends} sends, {self.reductions} reductions, "
-                f"{self.nops} nops) in {self.threadblocks} threadblocks (<= {self.max_tbs_per_gpu}"
-                f" per rank, <= {self.max_steps_per_tb} steps each), {self.connections} "
-                f"connections, critical path {self.depth} steps")
+        return (
+            f"{self.steps} steps ({self.sends} sends, {self.reductions} reductions, "
+            f"{self.nops} nops) in {self.threadblocks} threadblocks (<= {self.max_tbs_per_gpu}"
+            f" per rank, <= {self.max_steps_per_tb} steps each), {self.connections} "
+            f"connections, critical path {self.depth} steps"
+        )
 
 
 # -- format and runtime limits -------------------------------------------------------------
+
 
 def canonical_location(coll: Collective, rank: int, buf: str, off: int) -> tuple[str, int]:
     """Where ``buf[off]`` of ``rank`` really lives (in-place plans alias input and output)."""
@@ -93,19 +97,23 @@ def check_limits(plan: Plan) -> None:
     if ids != list(range(n)):
         raise PlanError(f"ngpus={n} but the gpu ids are {_short(ids)} (need 0..{n - 1} once each)")
     if plan.nchunksperloop < 1 or plan.nchunksperloop % n:
-        raise PlanError(f"nchunksperloop={plan.nchunksperloop} must be a positive multiple of "
-                        f"ngpus={n}")
+        raise PlanError(
+            f"nchunksperloop={plan.nchunksperloop} must be a positive multiple of ngpus={n}"
+        )
     if plan.proto not in PROTOCOLS:
         raise PlanError(f"proto {plan.proto!r} is not one of {', '.join(PROTOCOLS)}")
     if not 1 <= plan.nchannels <= CHANNELS:
         raise PlanError(f"nchannels={plan.nchannels} outside 1..{CHANNELS}")
     if plan.min_bytes < 0 or plan.max_bytes < 0 or 0 < plan.max_bytes < plan.min_bytes:
-        raise PlanError(f"minBytes={plan.min_bytes} / maxBytes={plan.max_bytes}: both must be "
-                        ">= 0 and min <= max (max 0 = unbounded)")
+        raise PlanError(
+            f"minBytes={plan.min_bytes} / maxBytes={plan.max_bytes}: both must be "
+            ">= 0 and min <= max (max 0 = unbounded)"
+        )
     coll = plan.collective()
     if coll.reducing and plan.redop not in REDOPS:
-        raise PlanError(f"redop {plan.redop!r} for a reducing collective; use one of "
-                        f"{', '.join(REDOPS)}")
+        raise PlanError(
+            f"redop {plan.redop!r} for a reducing collective; use one of {', '.join(REDOPS)}"
+        )
     for gpu in sorted(plan.gpus, key=lambda g: g.id):
         _check_gpu(plan, coll, gpu)
 
@@ -126,15 +134,20 @@ def _check_gpu(plan: Plan, coll: Collective, gpu: GpuPlan) -> None:
     for role, buf, count in (("input", "i", coll.i_chunks), ("output", "o", coll.o_chunks)):
         real, last = canonical_location(coll, gpu.id, buf, count - 1)
         if last >= plan.buffer_size(gpu, real):
-            raise PlanError(f"{where}: {real}_chunks={plan.buffer_size(gpu, real)} has no room "
-                            f"for the {role} of the {mode} {coll.kind} ({count} chunks)")
+            raise PlanError(
+                f"{where}: {real}_chunks={plan.buffer_size(gpu, real)} has no room "
+                f"for the {role} of the {mode} {coll.kind} ({count} chunks)"
+            )
     if len(gpu.tbs) > MAX_TBS:
-        raise PlanError(f"{where}: {len(gpu.tbs)} threadblocks, no MSCCL runtime loads more "
-                        f"than {MAX_TBS}")
+        raise PlanError(
+            f"{where}: {len(gpu.tbs)} threadblocks, no MSCCL runtime loads more than {MAX_TBS}"
+        )
     tids = sorted(tb.id for tb in gpu.tbs)
     if tids != list(range(len(gpu.tbs))):
-        raise PlanError(f"{where}: threadblock ids {_short(tids)} must be 0..{len(tids) - 1} "
-                        "without gaps or repeats")
+        raise PlanError(
+            f"{where}: threadblock ids {_short(tids)} must be 0..{len(tids) - 1} "
+            "without gaps or repeats"
+        )
     steps_of = {tb.id: tb.steps for tb in gpu.tbs}
     sizes = {buf: plan.buffer_size(gpu, buf) for buf in BUFFERS}
     owner: dict[tuple[str, int, int], int] = {}
@@ -143,35 +156,40 @@ def _check_gpu(plan: Plan, coll: Collective, gpu: GpuPlan) -> None:
         wtb = f"{where} tb {tb.id}"
         for role, peer in (("send", tb.send), ("recv", tb.recv)):
             if peer != -1 and (not 0 <= peer < n or peer == gpu.id):
-                raise PlanError(f"{wtb}: {role} peer {peer} must be -1 or another rank in "
-                                f"0..{n - 1}")
+                raise PlanError(
+                    f"{wtb}: {role} peer {peer} must be -1 or another rank in 0..{n - 1}"
+                )
             if peer == -1:
                 continue
             key = (role, tb.chan, peer)
             if key in owner:
                 verb = "sends to" if role == "send" else "receives from"
-                raise PlanError(f"{wtb}: tb {owner[key]} already {verb} rank {peer} on "
-                                f"channel {tb.chan}")
+                raise PlanError(
+                    f"{wtb}: tb {owner[key]} already {verb} rank {peer} on channel {tb.chan}"
+                )
             owner[key] = tb.id
             per_channel[(role, tb.chan)] += 1
             if per_channel[(role, tb.chan)] > MAX_TBS_PER_CHANNEL:
-                raise PlanError(f"{wtb}: more than {MAX_TBS_PER_CHANNEL} threadblocks {role} "
-                                f"on channel {tb.chan}")
+                raise PlanError(
+                    f"{wtb}: more than {MAX_TBS_PER_CHANNEL} threadblocks {role} "
+                    f"on channel {tb.chan}"
+                )
         if not 0 <= tb.chan < min(CHANNELS, plan.nchannels):
             top = min(CHANNELS, plan.nchannels) - 1
             raise PlanError(f"{wtb}: chan {tb.chan} outside 0..{top} (nchannels={plan.nchannels})")
         if len(tb.steps) > MAX_STEPS:
-            raise PlanError(f"{wtb}: {len(tb.steps)} steps, no MSCCL runtime loads more than "
-                            f"{MAX_STEPS}")
+            raise PlanError(
+                f"{wtb}: {len(tb.steps)} steps, no MSCCL runtime loads more than {MAX_STEPS}"
+            )
         for i, st in enumerate(tb.steps):
             if st.s != i:
-                raise PlanError(f"{wtb}: step #{i} has s={st.s}; steps must be numbered 0, 1, ... "
-                                "in order")
+                raise PlanError(
+                    f"{wtb}: step #{i} has s={st.s}; steps must be numbered 0, 1, ... in order"
+                )
             _check_step(gpu, sizes, tb, i, steps_of, wtb)
 
 
-def _check_step(gpu: GpuPlan, sizes: dict[str, int], tb, i: int, steps_of: dict,
-                wtb: str) -> None:
+def _check_step(gpu: GpuPlan, sizes: dict[str, int], tb, i: int, steps_of: dict, wtb: str) -> None:
     st = tb.steps[i]
     if st.type not in STEP_TYPES:
         raise PlanError(f"{wtb} step {i}: unknown step type {st.type!r}")
@@ -195,21 +213,29 @@ def _check_step(gpu: GpuPlan, sizes: dict[str, int], tb, i: int, steps_of: dict,
         if target is None:
             raise PlanError(f"{where}: depends on tb {st.depid}, which gpu {gpu.id} lacks")
         if not 0 <= st.deps < len(target):
-            raise PlanError(f"{where}: depends on tb {st.depid} step {st.deps}, which does not "
-                            f"exist ({len(target)} steps)")
+            raise PlanError(
+                f"{where}: depends on tb {st.depid} step {st.deps}, which does not "
+                f"exist ({len(target)} steps)"
+            )
         dep = target[st.deps]
         if dep.type == "nop":
-            raise PlanError(f"{where}: depends on tb {st.depid} step {st.deps}, a nop (the runtime "
-                            "never signals nops)")
+            raise PlanError(
+                f"{where}: depends on tb {st.depid} step {st.deps}, a nop (the runtime "
+                "never signals nops)"
+            )
         if dep.hasdep != 1:
-            raise PlanError(f"{where}: depends on tb {st.depid} step {st.deps}, whose hasdep=0 "
-                            "(the runtime would not signal it)")
+            raise PlanError(
+                f"{where}: depends on tb {st.depid} step {st.deps}, whose hasdep=0 "
+                "(the runtime would not signal it)"
+            )
         if st.type == "nop":
-            after = next((s for s in tb.steps[i + 1:] if s.type != "nop"), None)
+            after = next((s for s in tb.steps[i + 1 :] if s.type != "nop"), None)
             if after is not None and after.depid == -1:
-                raise PlanError(f"{where}: its dependency chain ends at step {after.s} "
-                                f"({after.type}), which has no dependency of its own (the "
-                                "runtime rejects this)")
+                raise PlanError(
+                    f"{where}: its dependency chain ends at step {after.s} "
+                    f"({after.type}), which has no dependency of its own (the "
+                    "runtime rejects this)"
+                )
 
 
 def _check_range(wtb: str, st, which: str, buf, off: int, sizes: dict[str, int]) -> None:
@@ -217,8 +243,10 @@ def _check_range(wtb: str, st, which: str, buf, off: int, sizes: dict[str, int])
         raise PlanError(f"{_at(wtb, st)}: needs a {which} buffer (i, o or s), got {buf!r}")
     size = sizes[buf]
     if off < 0 or off + st.cnt > size:
-        raise PlanError(f"{_at(wtb, st)}: {which} {buf}[{off}:{off + st.cnt}] is outside buffer "
-                        f"'{buf}' ({size} chunks)")
+        raise PlanError(
+            f"{_at(wtb, st)}: {which} {buf}[{off}:{off + st.cnt}] is outside buffer "
+            f"'{buf}' ({size} chunks)"
+        )
 
 
 def _at(wtb: str, st) -> str:
@@ -232,6 +260,7 @@ def _short(items: list, limit: int = 8) -> str:
 
 
 # -- the interpreter -----------------------------------------------------------------------
+
 
 class _Op:
     """A compiled step: location ids, dependency (tb index, step), connection ids."""
@@ -251,8 +280,9 @@ class Interpreter(Generic[V]):
     After :meth:`run`, :meth:`output` reads each rank's output chunks.
     """
 
-    def __init__(self, plan: Plan, initial: Callable[[int, int], V],
-                 reduce: Callable[[V, V], V]) -> None:
+    def __init__(
+        self, plan: Plan, initial: Callable[[int, int], V], reduce: Callable[[V, V], V]
+    ) -> None:
         self.plan = plan
         self.coll = coll = plan.collective()
         self.reduce = reduce
@@ -272,7 +302,7 @@ class Interpreter(Generic[V]):
         spans: dict[tuple[int, str, int, int], tuple[int, ...]] = {}
         self.ops: list[list[_Op]] = []
         deps = []
-        for g, (rank, tb) in enumerate(self.tbs):
+        for _g, (rank, tb) in enumerate(self.tbs):
             ops = []
             rconn = sconn = None
             for st in tb.steps:
@@ -297,8 +327,18 @@ class Interpreter(Generic[V]):
                     rconn = self._conn(tb.recv, rank, tb.chan)
                 if t in SEND_TYPES and sconn is None:
                     sconn = self._conn(rank, tb.send, tb.chan)
-                ops.append(_Op(t, src, dst, st.cnt, dep, rconn if t in RECV_TYPES else None,
-                               sconn if t in SEND_TYPES else None, False))
+                ops.append(
+                    _Op(
+                        t,
+                        src,
+                        dst,
+                        st.cnt,
+                        dep,
+                        rconn if t in RECV_TYPES else None,
+                        sconn if t in SEND_TYPES else None,
+                        False,
+                    )
+                )
             self.ops.append(ops)
         # steps others depend on -> how many depend on each (a snapshot of the step's
         # vector clock is kept until the last of them has used it)
@@ -343,7 +383,7 @@ class Interpreter(Generic[V]):
         return f"rank {rank} tb {tb.id} step {s} ({tb.steps[s].type})"
 
     # -- scheduling -----------------------------------------------------------------------
-    def run(self) -> "Interpreter[V]":
+    def run(self) -> Interpreter[V]:
         """Execute every threadblock to completion; raise VerificationError on a fault."""
         ntb = len(self.tbs)
         self.pc = pc = [0] * ntb
@@ -415,7 +455,8 @@ class Interpreter(Generic[V]):
                     if len(incoming) != op.cnt:
                         raise VerificationError(
                             f"{self._step_name(g, k)} receives cnt={op.cnt} but the matching "
-                            f"send {self._step_name(sg, ss)} has cnt={len(incoming)}")
+                            f"send {self._step_name(sg, ss)} has cnt={len(incoming)}"
+                        )
                     mine = vc[sg]
                     if sh:
                         vc, sh = maximum(vc, msg_vc), False
@@ -434,11 +475,12 @@ class Interpreter(Generic[V]):
                     elif t == "r" or t == "rcs":
                         out = incoming
                     elif t == "re":
-                        out = [combine(g, k, loc, read(g, k, clk, vc, loc), b)
-                               for loc, b in zip(op.dst, src)]
+                        out = [
+                            combine(g, k, loc, read(g, k, clk, vc, loc), b)
+                            for loc, b in zip(op.dst, src)
+                        ]
                     else:  # rrc, rrs, rrcs
-                        out = [combine(g, k, loc, a, b)
-                               for loc, a, b in zip(op.src, incoming, src)]
+                        out = [combine(g, k, loc, a, b) for loc, a, b in zip(op.src, incoming, src)]
                     for loc, value in zip(op.dst, out):
                         write(g, k, clk, vc, loc, value)
                     if op.sconn is not None:
@@ -510,15 +552,17 @@ class Interpreter(Generic[V]):
         self.wr[loc] = (g, clk)
         self.mem[loc] = value
 
-    def _race(self, loc: int, first: tuple[int, int], first_verb: str, g: int, k: int,
-              verb: str) -> None:
+    def _race(
+        self, loc: int, first: tuple[int, int], first_verb: str, g: int, k: int, verb: str
+    ) -> None:
         og, oclk = first
         _, otb = self.tbs[og]
         _, tb = self.tbs[g]
         raise VerificationError(
             f"race on {self._where(loc)}: tb {otb.id} step {oclk - 1} ({otb.steps[oclk - 1].type}) "
             f"{first_verb} it and tb {tb.id} step {k} ({tb.steps[k].type}) {verb} it with "
-            "nothing ordering them (missing dependency)")
+            "nothing ordering them (missing dependency)"
+        )
 
     def _check_finished(self) -> None:
         stuck = []
@@ -538,14 +582,19 @@ class Interpreter(Generic[V]):
         if pending:
             values, _, _, g, k = pending[0]
             rank, tb = self.tbs[g]
-            more = f" (+{len(pending) - 1} more connections with unmatched sends)" \
-                if len(pending) > 1 else ""
+            more = (
+                f" (+{len(pending) - 1} more connections with unmatched sends)"
+                if len(pending) > 1
+                else ""
+            )
             raise VerificationError(
                 f"unmatched send: {self._step_name(g, k)} sends {len(values)} chunk(s) to rank "
-                f"{tb.send} on channel {tb.chan} that no step receives{more}")
+                f"{tb.send} on channel {tb.chan} that no step receives{more}"
+            )
 
 
 # -- symbolic verification -----------------------------------------------------------------
+
 
 @gc_paused()
 def verify(plan: Plan) -> VerifyReport:
@@ -584,7 +633,8 @@ def verify(plan: Plan) -> VerifyReport:
                 f"rank {rank} {buf}[{off}] (chunk {chunk}): expected "
                 f"{_fmt(w, contribs)}, got "
                 f"{'nothing (never written)' if got is None else _fmt(m, contribs)}"
-                f"{_diff(w, m, contribs)}{_lost(run, w, m, contribs)}")
+                f"{_diff(w, m, contribs)}{_lost(run, w, m, contribs)}"
+            )
     return _report(plan, run.connections, run.depth)
 
 
@@ -601,8 +651,11 @@ def _fmt(mask: int, contribs: list, limit: int = 6) -> str:
 def _diff(want: int, got: int | None, contribs: list) -> str:
     if got is None or (want.bit_count() <= 6 and got.bit_count() <= 6):
         return ""
-    parts = [f"{label} {_fmt(mask, contribs)}"
-             for label, mask in (("missing", want & ~got), ("extra", got & ~want)) if mask]
+    parts = [
+        f"{label} {_fmt(mask, contribs)}"
+        for label, mask in (("missing", want & ~got), ("extra", got & ~want))
+        if mask
+    ]
     return f" ({', '.join(parts)})"
 
 
@@ -612,8 +665,10 @@ def _lost(run: Interpreter, want: int, got: int | None, contribs: list) -> str:
     for g, k, loc, value in run.unread:
         old = _mask(value)
         if old & missing:
-            return (f"; {run._step_name(g, k)} overwrote {run._where(loc)} holding "
-                    f"{_fmt(old & missing, contribs)} before anything read it")
+            return (
+                f"; {run._step_name(g, k)} overwrote {run._where(loc)} holding "
+                f"{_fmt(old & missing, contribs)} before anything read it"
+            )
     return ""
 
 
@@ -633,4 +688,5 @@ def _report(plan: Plan, connections: int, depth: int) -> VerifyReport:
         nops=types["nop"],
         chunks_sent=sum(st.cnt for tb in tbs for st in tb.steps if st.type in SEND_TYPES),
         connections=connections,
-        depth=depth)
+        depth=depth,
+    )

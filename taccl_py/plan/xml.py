@@ -51,27 +51,69 @@ def plan_to_xml(plan: Plan, runtime: str = DEFAULT_RUNTIME) -> str:
     (True, True)
     """
     coll = runtime_rules(runtime).coll[canonical_kind(plan.coll)]
-    lines = [_tag("algo", [
-        ("name", plan.name), ("proto", plan.proto), ("nchannels", plan.nchannels),
-        ("nchunksperloop", plan.nchunksperloop), ("ngpus", plan.ngpus),
-        ("coll", coll), ("inplace", int(plan.inplace)),
-        ("outofplace", int(plan.outofplace)), ("minBytes", plan.min_bytes),
-        ("maxBytes", plan.max_bytes), ("redop", plan.redop)], empty=not plan.gpus)]
+    lines = [
+        _tag(
+            "algo",
+            [
+                ("name", plan.name),
+                ("proto", plan.proto),
+                ("nchannels", plan.nchannels),
+                ("nchunksperloop", plan.nchunksperloop),
+                ("ngpus", plan.ngpus),
+                ("coll", coll),
+                ("inplace", int(plan.inplace)),
+                ("outofplace", int(plan.outofplace)),
+                ("minBytes", plan.min_bytes),
+                ("maxBytes", plan.max_bytes),
+                ("redop", plan.redop),
+            ],
+            empty=not plan.gpus,
+        )
+    ]
     for gpu in plan.gpus:
-        lines.append("  " + _tag("gpu", [
-            ("id", gpu.id), ("i_chunks", gpu.i_chunks), ("o_chunks", gpu.o_chunks),
-            ("s_chunks", gpu.s_chunks)], empty=not gpu.tbs))
+        lines.append(
+            "  "
+            + _tag(
+                "gpu",
+                [
+                    ("id", gpu.id),
+                    ("i_chunks", gpu.i_chunks),
+                    ("o_chunks", gpu.o_chunks),
+                    ("s_chunks", gpu.s_chunks),
+                ],
+                empty=not gpu.tbs,
+            )
+        )
         for tb in gpu.tbs:
-            lines.append("    " + _tag("tb", [
-                ("id", tb.id), ("send", tb.send), ("recv", tb.recv), ("chan", tb.chan)],
-                empty=not tb.steps))
+            lines.append(
+                "    "
+                + _tag(
+                    "tb",
+                    [("id", tb.id), ("send", tb.send), ("recv", tb.recv), ("chan", tb.chan)],
+                    empty=not tb.steps,
+                )
+            )
             for st in tb.steps:
                 # an unused operand is written as i/-1 or o/-1: the loader requires all four
-                lines.append("      " + _tag("step", [
-                    ("s", st.s), ("type", st.type), ("srcbuf", st.srcbuf or "i"),
-                    ("srcoff", st.srcoff), ("dstbuf", st.dstbuf or "o"), ("dstoff", st.dstoff),
-                    ("cnt", st.cnt),
-                    ("depid", st.depid), ("deps", st.deps), ("hasdep", st.hasdep)], empty=True))
+                lines.append(
+                    "      "
+                    + _tag(
+                        "step",
+                        [
+                            ("s", st.s),
+                            ("type", st.type),
+                            ("srcbuf", st.srcbuf or "i"),
+                            ("srcoff", st.srcoff),
+                            ("dstbuf", st.dstbuf or "o"),
+                            ("dstoff", st.dstoff),
+                            ("cnt", st.cnt),
+                            ("depid", st.depid),
+                            ("deps", st.deps),
+                            ("hasdep", st.hasdep),
+                        ],
+                        empty=True,
+                    )
+                )
             if tb.steps:
                 lines.append("    </tb>")
         if gpu.tbs:
@@ -94,6 +136,7 @@ def _tag(name: str, attrs: list[tuple[str, object]], empty: bool) -> str:
 
 # -- parsing ------------------------------------------------------------------------------
 
+
 def parse_plan(source: str | Path) -> Plan:
     """Load a plan from a path or from XML text; :class:`PlanError` names what is wrong.
 
@@ -106,8 +149,9 @@ def parse_plan(source: str | Path) -> Plan:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise PlanError(f"{where}: not a UTF-8 text file (bad byte at offset "
-                            f"{exc.start})") from None
+            raise PlanError(
+                f"{where}: not a UTF-8 text file (bad byte at offset {exc.start})"
+            ) from None
     else:
         where, text = "<xml text>", source
         default_name = "unnamed"
@@ -119,7 +163,7 @@ def _elements(text: str, where: str):
     parser = ET.XMLPullParser(events=("start",))
     try:
         for at in range(0, len(text), _FEED):
-            parser.feed(text[at: at + _FEED])
+            parser.feed(text[at : at + _FEED])
             yield from (el for _, el in parser.read_events())
         parser.close()
         yield from (el for _, el in parser.read_events())
@@ -130,8 +174,9 @@ def _elements(text: str, where: str):
 def _root(text: str, where: str) -> ET.Element:
     """The root element of XML ``text``; no more than :data:`MAX_ELEMENTS` are built."""
     if len(text) > MAX_PLAN_BYTES:
-        raise PlanError(f"{where}: too large for a plan: {len(text)} characters, the limit "
-                        f"is {MAX_PLAN_BYTES}")
+        raise PlanError(
+            f"{where}: too large for a plan: {len(text)} characters, the limit is {MAX_PLAN_BYTES}"
+        )
     root = None
     for count, el in enumerate(_elements(text, where), 1):
         if count > MAX_ELEMENTS:
@@ -150,8 +195,14 @@ class _Reader:
     def fail(self, element: str, message: str) -> PlanError:
         return PlanError(f"{self.where}: {element}: {message}")
 
-    def int_attr(self, el: ET.Element, element: str, name: str, default: int | None = None,
-                 bounds: tuple[int, int] = INT32) -> int:
+    def int_attr(
+        self,
+        el: ET.Element,
+        element: str,
+        name: str,
+        default: int | None = None,
+        bounds: tuple[int, int] = INT32,
+    ) -> int:
         """A decimal integer attribute within ``bounds`` (both included)."""
         raw = el.get(name)
         if raw is None:
@@ -165,11 +216,9 @@ class _Reader:
         long = len(raw.strip().lstrip("+-")) > len(str(INT64[1]))  # past every bound
         value = int(raw) if not long else lo - 1 if raw.strip().startswith("-") else hi + 1
         if value > hi:
-            raise self.fail(element, f"attribute '{name}' is {_show(raw)}, over the limit "
-                                     f"of {hi}")
+            raise self.fail(element, f"attribute '{name}' is {_show(raw)}, over the limit of {hi}")
         if value < lo:
-            raise self.fail(element, f"attribute '{name}' is {_show(raw)}, under the limit "
-                                     f"of {lo}")
+            raise self.fail(element, f"attribute '{name}' is {_show(raw)}, under the limit of {lo}")
         return value
 
     def str_attr(self, el: ET.Element, element: str, name: str, default: str | None = None) -> str:
@@ -184,8 +233,11 @@ class _Reader:
     def children(self, el: ET.Element, element: str, tag: str) -> list[ET.Element]:
         for child in el:
             if child.tag != tag:
-                raise self.fail(element, f"unexpected element <{child.tag}> (expected <{tag}>; "
-                                         "only the MSCCL 'old format' is read)")
+                raise self.fail(
+                    element,
+                    f"unexpected element <{child.tag}> (expected <{tag}>; "
+                    "only the MSCCL 'old format' is read)",
+                )
         return list(el)
 
     def algo(self, root: ET.Element) -> Plan:
@@ -201,8 +253,11 @@ class _Reader:
         ngpus = self.int_attr(root, el, "ngpus", bounds=(INT32[0], MAX_GPUS))
         per_loop = self.int_attr(root, el, "nchunksperloop", bounds=(INT32[0], MAX_CHUNKS))
         if ngpus * per_loop > MAX_TOTAL_CHUNKS:
-            raise self.fail(el, f"ngpus x nchunksperloop = {ngpus * per_loop} chunks, over "
-                                f"the limit of {MAX_TOTAL_CHUNKS}")
+            raise self.fail(
+                el,
+                f"ngpus x nchunksperloop = {ngpus * per_loop} chunks, over "
+                f"the limit of {MAX_TOTAL_CHUNKS}",
+            )
         gpus = [self.gpu(g) for g in self.children(root, el, "gpu")]
         reducing = coll in ("reducescatter", "allreduce")
         chans = [tb.chan for g in gpus for tb in g.tbs]
@@ -218,36 +273,52 @@ class _Reader:
             min_bytes=self.int_attr(root, el, "minBytes", 0, INT64),
             max_bytes=self.int_attr(root, el, "maxBytes", 0, INT64),
             redop=self.str_attr(root, el, "redop", "sum" if reducing else "nop"),
-            gpus=gpus, source=XmlSource(coll_name, frozenset(self.absent)))
+            gpus=gpus,
+            source=XmlSource(coll_name, frozenset(self.absent)),
+        )
 
     def gpu(self, el_: ET.Element) -> GpuPlan:
         gid = self.int_attr(el_, "gpu", "id")
         el = f"gpu {gid}"
         tbs = [self.tb(t, el) for t in self.children(el_, el, "tb")]
         chunks = (INT32[0], MAX_CHUNKS)
-        return GpuPlan(id=gid, i_chunks=self.int_attr(el_, el, "i_chunks", bounds=chunks),
-                       o_chunks=self.int_attr(el_, el, "o_chunks", bounds=chunks),
-                       s_chunks=self.int_attr(el_, el, "s_chunks", 0, chunks), tbs=tbs)
+        return GpuPlan(
+            id=gid,
+            i_chunks=self.int_attr(el_, el, "i_chunks", bounds=chunks),
+            o_chunks=self.int_attr(el_, el, "o_chunks", bounds=chunks),
+            s_chunks=self.int_attr(el_, el, "s_chunks", 0, chunks),
+            tbs=tbs,
+        )
 
     def tb(self, el_: ET.Element, parent: str) -> Threadblock:
         tid = self.int_attr(el_, f"{parent} tb", "id")
         el = f"{parent} tb {tid}"
         steps = [self.step(s, el, i) for i, s in enumerate(self.children(el_, el, "step"))]
-        return Threadblock(id=tid, send=self.int_attr(el_, el, "send"),
-                           recv=self.int_attr(el_, el, "recv"),
-                           chan=self.int_attr(el_, el, "chan", 0), steps=steps)
+        return Threadblock(
+            id=tid,
+            send=self.int_attr(el_, el, "send"),
+            recv=self.int_attr(el_, el, "recv"),
+            chan=self.int_attr(el_, el, "chan", 0),
+            steps=steps,
+        )
 
     def step(self, el_: ET.Element, parent: str, index: int) -> Step:
         s = self.int_attr(el_, f"{parent} step #{index}", "s")
         el = f"{parent} step {s}"
         srcbuf, srcoff = self.operand(el_, el, "src")
         dstbuf, dstoff = self.operand(el_, el, "dst")
-        return Step(s=s, type=self.str_attr(el_, el, "type"), srcbuf=srcbuf, srcoff=srcoff,
-                    dstbuf=dstbuf, dstoff=dstoff,
-                    cnt=self.int_attr(el_, el, "cnt", 1, (INT32[0], MAX_CHUNKS)),
-                    depid=self.int_attr(el_, el, "depid", -1),
-                    deps=self.int_attr(el_, el, "deps", -1),
-                    hasdep=self.int_attr(el_, el, "hasdep", 0))
+        return Step(
+            s=s,
+            type=self.str_attr(el_, el, "type"),
+            srcbuf=srcbuf,
+            srcoff=srcoff,
+            dstbuf=dstbuf,
+            dstoff=dstoff,
+            cnt=self.int_attr(el_, el, "cnt", 1, (INT32[0], MAX_CHUNKS)),
+            depid=self.int_attr(el_, el, "depid", -1),
+            deps=self.int_attr(el_, el, "deps", -1),
+            hasdep=self.int_attr(el_, el, "hasdep", 0),
+        )
 
     def operand(self, el_: ET.Element, el: str, which: str) -> tuple[str | None, int]:
         buf = el_.get(f"{which}buf")

@@ -29,16 +29,26 @@ import pickle
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import TacclError
 from ..plan.model import Plan
-from .rounds import (Msg, RankProgram, Round, Schedule, StepOps, apply_local, chunk_elems,
-                     plan_rounds, reducer)
+from .rounds import (
+    Msg,
+    RankProgram,
+    Round,
+    Schedule,
+    StepOps,
+    apply_local,
+    chunk_elems,
+    plan_rounds,
+    reducer,
+)
 
 #: NCCL's byte type: plan messages move raw bytes (point-to-point is type-agnostic), so every
 #: dtype that the array module can reduce is served; reductions run as array kernels
@@ -65,8 +75,9 @@ def require_cuda():
     except ImportError:
         raise TacclError(f"the CUDA route needs CuPy and NCCL: {INSTALL}") from None
     except Exception as exc:  # noqa: BLE001 - a broken CuPy install: say so in one line
-        raise TacclError(f"CuPy does not import ({type(exc).__name__}: {_line(exc)}); "
-                         f"reinstall: {INSTALL}") from None
+        raise TacclError(
+            f"CuPy does not import ({type(exc).__name__}: {_line(exc)}); reinstall: {INSTALL}"
+        ) from None
     with warnings.catch_warnings():  # CuPy warns over several lines when NCCL is missing
         warnings.simplefilter("ignore")
         try:
@@ -74,21 +85,25 @@ def require_cuda():
         except ImportError:
             nccl = None
     if nccl is None or not getattr(nccl, "available", False):
-        raise TacclError("CuPy finds no NCCL library: pip install 'nvidia-nccl-cu12>=2.18.1,<3' "
-                         "(part of 'taccl_py[cuda]')")
+        raise TacclError(
+            "CuPy finds no NCCL library: pip install 'nvidia-nccl-cu12>=2.18.1,<3' "
+            "(part of 'taccl_py[cuda]')"
+        )
     try:
         from cupy.cuda import nvrtc
 
         nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - DynamicLibNotFoundError / RuntimeError
-        raise TacclError(f"CuPy finds no NVRTC ({_line(exc)}): pip install "
-                         f"'nvidia-cuda-nvrtc-cu12>=12.2,<13' (part of 'taccl_py[cuda]')") \
-            from None
+        raise TacclError(
+            f"CuPy finds no NVRTC ({_line(exc)}): pip install "
+            f"'nvidia-cuda-nvrtc-cu12>=12.2,<13' (part of 'taccl_py[cuda]')"
+        ) from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # noqa: BLE001 - CUDARuntimeError without a driver or GPU
-        raise TacclError(f"no usable CUDA GPU: {_line(exc)} (an NVIDIA driver and a GPU are "
-                         f"needed)") from None
+        raise TacclError(
+            f"no usable CUDA GPU: {_line(exc)} (an NVIDIA driver and a GPU are needed)"
+        ) from None
     if count < 1:
         raise TacclError("no usable CUDA GPU: none is visible (check CUDA_VISIBLE_DEVICES)")
     return cupy
@@ -126,8 +141,9 @@ def _cupy():
     return cupy
 
 
-def communicator_from_store(store, rank: int, size: int, device: int, timeout: float,
-                            key: str = "taccl/nccl"):
+def communicator_from_store(
+    store, rank: int, size: int, device: int, timeout: float, key: str = "taccl/nccl"
+):
     """An NCCL communicator of ``size`` ranks on GPU ``device``, or :class:`TacclError`
     within ``timeout`` seconds.
 
@@ -151,16 +167,19 @@ def communicator_from_store(store, rank: int, size: int, device: int, timeout: f
         store.wait(keys, datetime.timedelta(seconds=timeout))
     except Exception:  # noqa: BLE001 - the store's own timeout error
         missing = [r for r, k in enumerate(keys) if not store.check([k])]
-        raise TacclError(f"rank {rank}: NCCL setup: rank(s) {missing} did not join within "
-                         f"{timeout:g} s") from None
+        raise TacclError(
+            f"rank {rank}: NCCL setup: rank(s) {missing} did not join within {timeout:g} s"
+        ) from None
     owners: dict[str, int] = {}
     for r, k in enumerate(keys):
         where = store.get(k).decode()
         if where in owners:
             host, dev = where.rsplit(":", 1)
-            raise TacclError(f"ranks {owners[where]} and {r} both use cuda:{dev} on {host}: "
-                             f"give each rank its own GPU (torch.cuda.set_device(local_rank) "
-                             f"and tensors on that device)")
+            raise TacclError(
+                f"ranks {owners[where]} and {r} both use cuda:{dev} on {host}: "
+                f"give each rank its own GPU (torch.cuda.set_device(local_rank) "
+                f"and tensors on that device)"
+            )
         owners[where] = r
     if rank == 0:
         store.set(f"{key}/uid", pickle.dumps(nccl.get_unique_id()))
@@ -178,14 +197,17 @@ def communicator_from_store(store, rank: int, size: int, device: int, timeout: f
     helper.start()
     helper.join(timeout)
     if not made:
-        raise TacclError(f"rank {rank}: NCCL communicator setup did not finish within "
-                         f"{timeout:g} s (a rank stopped, or the GPUs cannot reach each other)")
+        raise TacclError(
+            f"rank {rank}: NCCL communicator setup did not finish within "
+            f"{timeout:g} s (a rank stopped, or the GPUs cannot reach each other)"
+        )
     if isinstance(made[0], Exception):
         raise TacclError(f"rank {rank}: NCCL communicator setup failed: {made[0]}")
     return made[0]
 
 
 # -- NCCL, one rank per GPU -------------------------------------------------------------------
+
 
 @dataclass
 class InFlight:
@@ -208,10 +230,15 @@ class InFlight:
     def stuck(self) -> str:
         for k, rnd, event in self.rounds:
             if not event.done:
-                parts = [f"receive of {m.cnt} chunk(s) from rank {m.peer} (channel {m.chan}, "
-                         f"message {m.seq})" for m in rnd.recvs[:3]]
-                parts += [f"send of {m.cnt} chunk(s) to rank {m.peer} (channel {m.chan}, "
-                          f"message {m.seq})" for m in rnd.sends[:3 - len(parts)]]
+                parts = [
+                    f"receive of {m.cnt} chunk(s) from rank {m.peer} (channel {m.chan}, "
+                    f"message {m.seq})"
+                    for m in rnd.recvs[:3]
+                ]
+                parts += [
+                    f"send of {m.cnt} chunk(s) to rank {m.peer} (channel {m.chan}, message {m.seq})"
+                    for m in rnd.sends[: 3 - len(parts)]
+                ]
                 more = len(rnd.recvs) + len(rnd.sends) - len(parts)
                 extra = f" (+{more} more)" if more > 0 else ""
                 return f"round {k + 1} of {self.total}: {'; '.join(parts)}{extra}"
@@ -225,11 +252,21 @@ class NcclPlanExecutor:
     on its GPU. Reusable: :meth:`run` may be called many times.
     """
 
-    def __init__(self, plan: Plan, comm, rank: int, chunk_elems: int, dtype,
-                 schedule: Schedule | None = None, redop: str | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        comm,
+        rank: int,
+        chunk_elems: int,
+        dtype,
+        schedule: Schedule | None = None,
+        redop: str | None = None,
+    ) -> None:
         if comm.size() != plan.ngpus:
-            raise TacclError(f"plan {plan.name} needs {plan.ngpus} NCCL ranks, the "
-                             f"communicator has {comm.size()}")
+            raise TacclError(
+                f"plan {plan.name} needs {plan.ngpus} NCCL ranks, the "
+                f"communicator has {comm.size()}"
+            )
         self.cp = _cupy()
         from cupy.cuda import nccl
 
@@ -269,7 +306,7 @@ class NcclPlanExecutor:
                 if self.out_buf is None:
                     recv = recvbuf.reshape(-1)
                     for j, (b, o) in enumerate(prog.out_locs):
-                        recv[j * ce:(j + 1) * ce] = bufs[b][o * ce:(o + 1) * ce]
+                        recv[j * ce : (j + 1) * ce] = bufs[b][o * ce : (o + 1) * ce]
                 end = cp.cuda.Event(disable_timing=True)
                 end.record(stream)
         return InFlight(self.rank, f"plan {self.plan_name}", marks, len(prog.rounds), end, bufs)
@@ -279,11 +316,13 @@ class NcclPlanExecutor:
         nccl.groupStart()
         try:
             for m in rnd.recvs:
-                self.comm.recv(self._ptr(bufs, m), m.cnt * size, self.bytes_type, m.peer,
-                               stream.ptr)
+                self.comm.recv(
+                    self._ptr(bufs, m), m.cnt * size, self.bytes_type, m.peer, stream.ptr
+                )
             for m in rnd.sends:
-                self.comm.send(self._ptr(bufs, m), m.cnt * size, self.bytes_type, m.peer,
-                               stream.ptr)
+                self.comm.send(
+                    self._ptr(bufs, m), m.cnt * size, self.bytes_type, m.peer, stream.ptr
+                )
         finally:
             nccl.groupEnd()
 
@@ -292,25 +331,34 @@ class NcclPlanExecutor:
 
     def _setup(self, sendbuf, recvbuf) -> dict[str, Any]:
         cp, ce, coll, prog = self.cp, self.ce, self.coll, self.program
-        for name, buf, chunks in (("send", sendbuf, coll.i_chunks),
-                                  ("receive", recvbuf, coll.o_chunks)):
+        for name, buf, chunks in (
+            ("send", sendbuf, coll.i_chunks),
+            ("receive", recvbuf, coll.o_chunks),
+        ):
             if buf.dtype != self.dtype or buf.size != chunks * ce or not buf.flags.c_contiguous:
-                raise TacclError(f"rank {self.rank}: {name} buffer must be a contiguous "
-                                 f"{self.dtype} array of {chunks * ce} elements, got "
-                                 f"{buf.dtype} x {buf.size}")
+                raise TacclError(
+                    f"rank {self.rank}: {name} buffer must be a contiguous "
+                    f"{self.dtype} array of {chunks * ce} elements, got "
+                    f"{buf.dtype} x {buf.size}"
+                )
             if buf.device.id != self.device:
-                raise TacclError(f"rank {self.rank}: {name} buffer is on cuda:{buf.device.id}, "
-                                 f"the NCCL communicator on cuda:{self.device}")
+                raise TacclError(
+                    f"rank {self.rank}: {name} buffer is on cuda:{buf.device.id}, "
+                    f"the NCCL communicator on cuda:{self.device}"
+                )
         send, recv = sendbuf.reshape(-1), recvbuf.reshape(-1)
         bufs: dict[str, Any] = {self.out_buf: recv} if self.out_buf else {}
         for name, chunks in prog.sizes.items():
             if name in bufs or chunks == 0:
                 continue
-            bufs[name] = send if name == "i" and not self.copy_input else \
-                cp.empty(chunks * ce, dtype=self.dtype)
+            bufs[name] = (
+                send
+                if name == "i" and not self.copy_input
+                else cp.empty(chunks * ce, dtype=self.dtype)
+            )
         if self.copy_input:
             for j, (b, o) in enumerate(prog.in_locs):
-                target, source = bufs[b][o * ce:(o + 1) * ce], send[j * ce:(j + 1) * ce]
+                target, source = bufs[b][o * ce : (o + 1) * ce], send[j * ce : (j + 1) * ce]
                 if target.data.ptr != source.data.ptr:  # in place: already there
                     target[...] = source
         return bufs
@@ -332,8 +380,9 @@ class Watchdog:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name=f"taccl-watchdog-{rank}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"taccl-watchdog-{rank}", daemon=True
+        )
         self._thread.start()
 
     def watch(self, run: InFlight) -> None:
@@ -389,8 +438,7 @@ class Watchdog:
     def abort(self, why: str) -> None:
         """Fail now: abort the communicator and keep ``why`` as the error."""
         if self.error is None:
-            self.error = TacclError(f"rank {self.rank}: {why}; the NCCL communicator was "
-                                    f"aborted")
+            self.error = TacclError(f"rank {self.rank}: {why}; the NCCL communicator was aborted")
             try:
                 self.comm.abort()
             except Exception:  # noqa: BLE001 - aborting is best effort; the error stands
@@ -402,6 +450,7 @@ class Watchdog:
 
 
 # -- all ranks on one device ------------------------------------------------------------------
+
 
 class Device(Protocol):
     """What :func:`run_single_device` needs from a device."""
@@ -504,8 +553,7 @@ class HostDevice:
 
     def finish(self) -> None:
         while True:
-            ready = [s for s in self.streams
-                     if s and (s[0][0] != "wait" or s[0][1].fired)]
+            ready = [s for s in self.streams if s and (s[0][0] != "wait" or s[0][1].fired)]
             if not ready:
                 break
             self._pop(self.rng.choice(ready) if self.rng else ready[0])
@@ -513,8 +561,12 @@ class HostDevice:
             raise RuntimeError("streams wait on each other forever")
 
 
-def run_single_device(plan: Plan, inputs: Sequence[Any], device: Device | None = None,
-                      schedule: Schedule | None = None) -> list[Any]:
+def run_single_device(
+    plan: Plan,
+    inputs: Sequence[Any],
+    device: Device | None = None,
+    schedule: Schedule | None = None,
+) -> list[Any]:
     """Run ``plan`` with every rank's buffers on one device; same contract as
     :func:`~taccl_py.runtime.reference.run_reference` (inputs: per-rank 1-D arrays)."""
     device = device or CupyDevice()
@@ -524,8 +576,9 @@ def run_single_device(plan: Plan, inputs: Sequence[Any], device: Device | None =
     ce = chunk_elems(sched.coll, arrays)
     reduce = reducer(xp, sched.redop)
     dtype = arrays[0].dtype
-    bufs = [{b: xp.zeros(n * ce, dtype=dtype) for b, n in prog.sizes.items()}
-            for prog in sched.ranks]
+    bufs = [
+        {b: xp.zeros(n * ce, dtype=dtype) for b, n in prog.sizes.items()} for prog in sched.ranks
+    ]
     main = device.main_stream()
     device.launch(main, partial(_place_inputs, sched.ranks, bufs, arrays, ce))
     begin = device.new_event()
@@ -565,23 +618,24 @@ def run_single_device(plan: Plan, inputs: Sequence[Any], device: Device | None =
 def _place_inputs(programs: list[RankProgram], bufs: list[dict], arrays: list, ce: int) -> None:
     for prog, array in zip(programs, arrays):
         for j, (b, o) in enumerate(prog.in_locs):
-            bufs[prog.rank][b][o * ce:(o + 1) * ce] = array[j * ce:(j + 1) * ce]
+            bufs[prog.rank][b][o * ce : (o + 1) * ce] = array[j * ce : (j + 1) * ce]
 
 
-def _gather_outputs(programs: list[RankProgram], bufs: list[dict], outputs: list,
-                    ce: int) -> None:
+def _gather_outputs(programs: list[RankProgram], bufs: list[dict], outputs: list, ce: int) -> None:
     for prog, out in zip(programs, outputs):
         for j, (b, o) in enumerate(prog.out_locs):
-            out[j * ce:(j + 1) * ce] = bufs[prog.rank][b][o * ce:(o + 1) * ce]
+            out[j * ce : (j + 1) * ce] = bufs[prog.rank][b][o * ce : (o + 1) * ce]
 
 
-def _run_step(ops: StepOps, bufs: dict, target: tuple[dict, Msg] | None, ce: int,
-              reduce: Callable) -> None:
+def _run_step(
+    ops: StepOps, bufs: dict, target: tuple[dict, Msg] | None, ce: int, reduce: Callable
+) -> None:
     """A step's local work and packing, then its send: a copy into the receiver's region."""
     for op in ops.local + ops.pack:
         apply_local(op, bufs, ce, reduce)
     if target is not None:
         peer_bufs, m = target
         s = ops.send
-        peer_bufs[m.buf][m.off * ce:(m.off + m.cnt) * ce] = \
-            bufs[s.buf][s.off * ce:(s.off + s.cnt) * ce]
+        peer_bufs[m.buf][m.off * ce : (m.off + m.cnt) * ce] = bufs[s.buf][
+            s.off * ce : (s.off + s.cnt) * ce
+        ]

@@ -31,8 +31,7 @@ from ..errors import TacclError
 from ..plan.model import RECV_TYPES, SEND_TYPES, Plan
 from ..plan.verify import READS_SRC, WRITES_DST, canonical_location, check_limits
 
-REDOPS = {"sum": np.add, "nop": np.add, "prod": np.multiply, "max": np.maximum,
-          "min": np.minimum}
+REDOPS = {"sum": np.add, "nop": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
 class Transport(Protocol):
@@ -56,8 +55,7 @@ class Transport(Protocol):
 
 
 class _Step:
-    __slots__ = ("type", "src", "dst", "cnt", "dep", "recv_slot", "send_peer", "send_tag",
-                 "s")
+    __slots__ = ("type", "src", "dst", "cnt", "dep", "recv_slot", "send_peer", "send_tag", "s")
 
     def __init__(self, st, src, dst, dep):
         self.type, self.src, self.dst, self.cnt, self.dep = st.type, src, dst, st.cnt, dep
@@ -74,12 +72,19 @@ class PlanExecutor:
     transport must carry no other traffic with the same tags meanwhile.
     """
 
-    def __init__(self, plan: Plan, transport: Transport, rank: int, nranks: int,
-                 chunk_elems: int, dtype, redop: str | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        transport: Transport,
+        rank: int,
+        nranks: int,
+        chunk_elems: int,
+        dtype,
+        redop: str | None = None,
+    ) -> None:
         check_limits(plan)
         if nranks != plan.ngpus:
-            raise TacclError(f"plan {plan.name} needs {plan.ngpus} ranks, the group has "
-                             f"{nranks}")
+            raise TacclError(f"plan {plan.name} needs {plan.ngpus} ranks, the group has {nranks}")
         self.plan, self.transport = plan, transport
         self.rank = rank
         self.coll = coll = plan.collective()
@@ -103,8 +108,9 @@ class PlanExecutor:
         self.out_phys = None
         if len(out_bufs) == 1:
             b = out_bufs.pop()
-            if [o for _, o in self.out_locs] == list(range(coll.o_chunks)) \
-                    and sizes[b] == coll.o_chunks:
+            if [o for _, o in self.out_locs] == list(range(coll.o_chunks)) and sizes[
+                b
+            ] == coll.o_chunks:
                 self.out_phys = b
         written = set()
         ttag_ub = transport.tag_ub
@@ -148,9 +154,10 @@ class PlanExecutor:
                     b, lo, hi = st.dst[0]
                     if all(touches[(b, c)] == 1 for c in range(lo // ce, hi // ce)):
                         self.direct[st.recv_slot] = st.dst[0]
-        self.temps = [None if self.direct[slot] is not None
-                      else np.empty(cnt * ce, dtype=self.dtype)
-                      for slot, (_, _, cnt) in enumerate(self.recv_shapes)]
+        self.temps = [
+            None if self.direct[slot] is not None else np.empty(cnt * ce, dtype=self.dtype)
+            for slot, (_, _, cnt) in enumerate(self.recv_shapes)
+        ]
 
     def _tag(self, seq: int, chan: int, tag_ub: int) -> int:
         tag = seq * max(1, self.plan.nchannels) + chan
@@ -174,11 +181,15 @@ class PlanExecutor:
         if send.dtype != self.dtype or recvbuf.dtype != self.dtype:
             raise TacclError(f"buffers must be {self.dtype}, got {send.dtype}/{recvbuf.dtype}")
         if send.size != coll.i_chunks * ce:
-            raise TacclError(f"rank {self.rank}: send buffer has {send.size} elements, the plan "
-                             f"needs {coll.i_chunks} chunks of {ce}")
+            raise TacclError(
+                f"rank {self.rank}: send buffer has {send.size} elements, the plan "
+                f"needs {coll.i_chunks} chunks of {ce}"
+            )
         if recvbuf.size != coll.o_chunks * ce or not recvbuf.flags.c_contiguous:
-            raise TacclError(f"rank {self.rank}: receive buffer must be contiguous with "
-                             f"{coll.o_chunks * ce} elements, got {recvbuf.size}")
+            raise TacclError(
+                f"rank {self.rank}: receive buffer must be contiguous with "
+                f"{coll.o_chunks * ce} elements, got {recvbuf.size}"
+            )
         recv = recvbuf.reshape(-1)
         bufs: dict[str, np.ndarray] = {}
         if self.out_phys is not None:
@@ -191,8 +202,8 @@ class PlanExecutor:
                     bufs[name] = np.empty(nchunks * ce, dtype=self.dtype)
         if coll.inplace or self.copy_input:
             for j, (b, o) in enumerate(self.in_locs):
-                target = bufs[b][o * ce:(o + 1) * ce]
-                source = send[j * ce:(j + 1) * ce]
+                target = bufs[b][o * ce : (o + 1) * ce]
+                source = send[j * ce : (j + 1) * ce]
                 if target.ctypes.data != source.ctypes.data:  # sendbuf may alias recvbuf
                     target[...] = source
         return bufs
@@ -206,7 +217,7 @@ class PlanExecutor:
     def _write(self, bufs, runs, data: np.ndarray) -> None:
         pos = 0
         for b, lo, hi in runs:
-            bufs[b][lo:hi] = data[pos:pos + hi - lo]
+            bufs[b][lo:hi] = data[pos : pos + hi - lo]
             pos += hi - lo
 
     # -- execution ------------------------------------------------------------------------
@@ -223,7 +234,7 @@ class PlanExecutor:
         kinds: list = []
         for slot, (peer, tag, _) in enumerate(self.recv_shapes):
             d = self.direct[slot]
-            target = self.temps[slot] if d is None else bufs[d[0]][d[1]:d[2]]
+            target = self.temps[slot] if d is None else bufs[d[0]][d[1] : d[2]]
             try:
                 reqs.append(tp.irecv(target, peer, tag))
             except TacclError as exc:
@@ -284,13 +295,15 @@ class PlanExecutor:
                 last = time.monotonic()
             elif time.monotonic() - last > timeout:
                 tp.cancel([r for r, (kind, _) in zip(reqs, kinds) if kind == "r"])
-                raise TacclError(f"rank {self.rank}: no progress for {timeout:g} s: "
-                                 + self._stuck(pc, recv_done))
+                raise TacclError(
+                    f"rank {self.rank}: no progress for {timeout:g} s: "
+                    + self._stuck(pc, recv_done)
+                )
         if self.out_phys is None:
             recv = recvbuf.reshape(-1)
             ce = self.ce
             for j, (b, o) in enumerate(self.out_locs):
-                recv[j * ce:(j + 1) * ce] = bufs[b][o * ce:(o + 1) * ce]
+                recv[j * ce : (j + 1) * ce] = bufs[b][o * ce : (o + 1) * ce]
         return recvbuf
 
     def _execute(self, st: _Step, bufs) -> np.ndarray | None:
@@ -311,7 +324,7 @@ class PlanExecutor:
             return None
         d = self.direct[st.recv_slot]
         if d is not None:  # already in place (r/rcs)
-            return bufs[d[0]][d[1]:d[2]]
+            return bufs[d[0]][d[1] : d[2]]
         incoming = self.temps[st.recv_slot]
         if t in ("rrc", "rrs", "rrcs"):
             self.reduce(incoming, self._read(bufs, st.src), out=incoming)

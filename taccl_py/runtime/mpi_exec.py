@@ -48,12 +48,14 @@ class MpiTransport:
 def mpi_executor(plan: Plan, comm, chunk_elems: int, dtype) -> executor.PlanExecutor:
     """This rank's compiled part of ``plan`` over ``comm`` (give it a ``Dup`` made up front:
     a collective ``Dup`` later would block without a timeout if a peer is gone)."""
-    return executor.PlanExecutor(plan, MpiTransport(comm), comm.Get_rank(), comm.Get_size(),
-                                 chunk_elems, dtype)
+    return executor.PlanExecutor(
+        plan, MpiTransport(comm), comm.Get_rank(), comm.Get_size(), chunk_elems, dtype
+    )
 
 
-def run_plan(plan: Plan, comm, sendbuf: np.ndarray, recvbuf: np.ndarray, *,
-             timeout: float = 60.0) -> np.ndarray:
+def run_plan(
+    plan: Plan, comm, sendbuf: np.ndarray, recvbuf: np.ndarray, *, timeout: float = 60.0
+) -> np.ndarray:
     """Run this rank's part of ``plan``: ``sendbuf`` holds the collective's input chunks,
     ``recvbuf`` receives its output chunks (both 1-D-able, same dtype). Returns ``recvbuf``.
 
@@ -62,7 +64,9 @@ def run_plan(plan: Plan, comm, sendbuf: np.ndarray, recvbuf: np.ndarray, *,
     coll = plan.collective()
     size = np.asarray(sendbuf).size
     if size == 0 or size % coll.i_chunks:
-        raise TacclError(f"send buffer of {size} elements is not a positive multiple of the "
-                         f"plan's {coll.i_chunks} input chunks")
+        raise TacclError(
+            f"send buffer of {size} elements is not a positive multiple of the "
+            f"plan's {coll.i_chunks} input chunks"
+        )
     ex = mpi_executor(plan, comm, size // coll.i_chunks, np.asarray(sendbuf).dtype)
     return ex.run(sendbuf, recvbuf, timeout)

@@ -7,15 +7,15 @@ elements and a reduction is a sum.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..collectives import ALLGATHER, ALLTOALL, REDUCESCATTER, Collective
 from ..errors import VerificationError
-from ..util.nogc import gc_paused
 from ..plan.model import Plan
 from ..plan.verify import Interpreter, check_limits
+from ..util.nogc import gc_paused
 
 
 @gc_paused()
@@ -32,11 +32,14 @@ def run_reference(plan: Plan, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         raise ValueError(f"{len(arrays)} input buffers for a {plan.ngpus}-rank plan")
     size = arrays[0].size
     if size == 0 or size % coll.i_chunks or any(a.size != size for a in arrays):
-        raise ValueError(f"every input buffer needs the same multiple of {coll.i_chunks} "
-                         f"elements, got sizes {sorted({a.size for a in arrays})}")
+        raise ValueError(
+            f"every input buffer needs the same multiple of {coll.i_chunks} "
+            f"elements, got sizes {sorted({a.size for a in arrays})}"
+        )
     ce = size // coll.i_chunks
-    run = Interpreter(plan, lambda rank, j: arrays[rank][j * ce:(j + 1) * ce].copy(),
-                      np.add).run()
+    run = Interpreter(
+        plan, lambda rank, j: arrays[rank][j * ce : (j + 1) * ce].copy(), np.add
+    ).run()
     outputs = []
     for rank in range(plan.ngpus):
         out = np.empty(coll.o_chunks * ce, dtype=arrays[rank].dtype)
@@ -44,7 +47,7 @@ def run_reference(plan: Plan, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
             value = run.output(rank, index)
             if value is None:
                 raise VerificationError(f"rank {rank} output chunk {index} is never written")
-            out[index * ce:(index + 1) * ce] = value
+            out[index * ce : (index + 1) * ce] = value
         outputs.append(out)
     return outputs
 
@@ -64,8 +67,9 @@ def numpy_result(coll: Collective, inputs: Sequence[np.ndarray]) -> list[np.ndar
     return [total.copy() for _ in range(n)]
 
 
-def check_reference(plan: Plan, chunk_elems: int = 4, dtype=np.float64,
-                    seed: int = 0) -> list[np.ndarray]:
+def check_reference(
+    plan: Plan, chunk_elems: int = 4, dtype=np.float64, seed: int = 0
+) -> list[np.ndarray]:
     """Run ``plan`` on random inputs and compare with :func:`numpy_result`.
 
     Raises :class:`VerificationError` naming the first wrong rank and output offset;
@@ -88,5 +92,6 @@ def check_reference(plan: Plan, chunk_elems: int = 4, dtype=np.float64,
             chunk, elem = divmod(int(bad[0]), chunk_elems)
             raise VerificationError(
                 f"reference run of {plan.name}: rank {rank} output offset {chunk} (element "
-                f"{elem}): expected {want[bad[0]].item()!r}, got {got[bad[0]].item()!r}")
+                f"{elem}): expected {want[bad[0]].item()!r}, got {got[bad[0]].item()!r}"
+            )
     return outputs

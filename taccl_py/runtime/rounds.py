@@ -29,8 +29,9 @@ threadblocks wait on each other forever raises :class:`VerificationError`.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,8 +106,12 @@ class RankProgram:
     @property
     def written(self) -> frozenset[str]:
         """Physical buffers that some local op or receive writes."""
-        outs = {locs[0][0] for ops in self.steps.values() for op in ops.local + ops.pack
-                for _, locs in op.pieces}
+        outs = {
+            locs[0][0]
+            for ops in self.steps.values()
+            for op in ops.local + ops.pack
+            for _, locs in op.pieces
+        }
         return frozenset(outs | {ops.recv.buf for ops in self.steps.values() if ops.recv})
 
     @property
@@ -151,15 +156,16 @@ def reducer(xp: Any, redop: str) -> Callable:
     """The ufunc of ``xp`` (numpy, cupy) that implements ``redop``."""
     name = REDUCERS.get(redop)
     if name is None:
-        raise TacclError(f"redop {redop!r} is not supported; use one of "
-                         f"{', '.join(sorted(REDUCERS))}")
+        raise TacclError(
+            f"redop {redop!r} is not supported; use one of {', '.join(sorted(REDUCERS))}"
+        )
     return getattr(xp, name)
 
 
 def apply_local(op: Local, bufs: Mapping[str, Any], ce: int, reduce: Callable) -> None:
     """Run ``op`` on 1-D arrays ``bufs`` (numpy or cupy) with ``ce`` elements a chunk."""
     for n, locs in op.pieces:
-        views = [bufs[b][o * ce:(o + n) * ce] for b, o in locs]
+        views = [bufs[b][o * ce : (o + n) * ce] for b, o in locs]
         if op.reduce:
             reduce(views[1], views[2], out=views[0])
         else:
@@ -172,12 +178,15 @@ def chunk_elems(coll: Collective, arrays: Sequence[Any]) -> int:
         raise ValueError(f"{len(arrays)} input buffers for a {coll.num_ranks}-rank plan")
     size = arrays[0].size
     if size == 0 or size % coll.i_chunks or any(a.size != size for a in arrays):
-        raise ValueError(f"every input buffer needs the same multiple of {coll.i_chunks} "
-                         f"elements, got sizes {sorted({a.size for a in arrays})}")
+        raise ValueError(
+            f"every input buffer needs the same multiple of {coll.i_chunks} "
+            f"elements, got sizes {sorted({a.size for a in arrays})}"
+        )
     return size // coll.i_chunks
 
 
 # -- compiling one rank ----------------------------------------------------------------------
+
 
 def _align(*lists: tuple[Run, ...]) -> tuple[tuple[int, tuple[Loc, ...]], ...]:
     """Cut equally long run lists into pieces that lie in one run of each list."""
@@ -239,8 +248,9 @@ class _RankCompiler:
         return (("t", off, off + cnt),)
 
     def _exclusive(self, runs: tuple[Run, ...]) -> bool:
-        return len(runs) == 1 and all(self.touches[(runs[0][0], c)] == 1
-                                      for c in range(runs[0][1], runs[0][2]))
+        return len(runs) == 1 and all(
+            self.touches[(runs[0][0], c)] == 1 for c in range(runs[0][1], runs[0][2])
+        )
 
     def program(self, gpu: GpuPlan) -> RankProgram:
         steps = {}
@@ -251,10 +261,12 @@ class _RankCompiler:
         coll, rank = self.coll, self.rank
         sizes = {"i": gpu.i_chunks, "o": gpu.o_chunks, "s": gpu.s_chunks, "t": self.temp_chunks}
         return RankProgram(
-            rank, sizes,
+            rank,
+            sizes,
             tuple(canonical_location(coll, rank, "i", j) for j in range(coll.i_chunks)),
             tuple(canonical_location(coll, rank, "o", j) for j in range(coll.o_chunks)),
-            steps)
+            steps,
+        )
 
     def _step(self, tb: Threadblock, st: Step, seq: Counter) -> StepOps:
         t, src, dst = st.type, self._src(st), self._dst(st)
@@ -277,8 +289,10 @@ class _RankCompiler:
             seq["r"] += 1
         elif t in ("cpy", "re") and _overlap(src, dst) and src != dst:
             stage = self._temp(st.cnt)  # partly overlapping ranges: go through a temporary
-            local += [_copy(stage, src),
-                      _reduce(dst, dst, stage) if t == "re" else _copy(dst, stage)]
+            local += [
+                _copy(stage, src),
+                _reduce(dst, dst, stage) if t == "re" else _copy(dst, stage),
+            ]
         elif t == "cpy" and src != dst:
             local.append(_copy(dst, src))
         elif t == "re":
@@ -292,8 +306,8 @@ class _RankCompiler:
         return StepOps(recv, tuple(local), pack, send)
 
 
-
 # -- the round simulation --------------------------------------------------------------------
+
 
 class _Sim:
     """Runs the plan in synchronous rounds and records each rank's :class:`Round` list."""
@@ -304,10 +318,13 @@ class _Sim:
         self.programs = [_RankCompiler(self.coll, g).program(g) for g in gpus]
         self.tbs = [(g.id, tb) for g in gpus for tb in sorted(g.tbs, key=lambda t: t.id)]
         index = {(rank, tb.id): i for i, (rank, tb) in enumerate(self.tbs)}
-        self.dep = [[(index[(rank, st.depid)], st.deps) if st.depid >= 0 else None
-                     for st in tb.steps] for rank, tb in self.tbs]
-        self.ops = [[self.programs[rank].steps[(tb.id, st.s)] for st in tb.steps]
-                    for rank, tb in self.tbs]
+        self.dep = [
+            [(index[(rank, st.depid)], st.deps) if st.depid >= 0 else None for st in tb.steps]
+            for rank, tb in self.tbs
+        ]
+        self.ops = [
+            [self.programs[rank].steps[(tb.id, st.s)] for st in tb.steps] for rank, tb in self.tbs
+        ]
         self.redop = plan.redop
         self.senders = self._match()
         self.recv_of = {s: self.ops[r[0]][r[1]].recv for r, s in self.senders.items()}
@@ -328,21 +345,26 @@ class _Sim:
             for k, ops in enumerate(self.ops[g]):
                 if ops.send:
                     ends.setdefault((rank, ops.send.peer, ops.send.chan), ([], []))[0].append(
-                        (g, k))
+                        (g, k)
+                    )
                 if ops.recv:
                     ends.setdefault((ops.recv.peer, rank, ops.recv.chan), ([], []))[1].append(
-                        (g, k))
+                        (g, k)
+                    )
         senders = {}
-        for (a, b, chan), (sends, recvs) in sorted(ends.items()):
+        for (_a, b, chan), (sends, recvs) in sorted(ends.items()):
             if len(sends) > len(recvs):
                 raise VerificationError(
                     f"unmatched send: {self._name(*sends[len(recvs)])} sends to rank {b} on "
-                    f"channel {chan}, which receives only {len(recvs)} message(s) there")
+                    f"channel {chan}, which receives only {len(recvs)} message(s) there"
+                )
             for s, r in zip(sends, recvs):
                 cs, cr = self.ops[s[0]][s[1]].send.cnt, self.ops[r[0]][r[1]].recv.cnt
                 if cs != cr:
-                    raise VerificationError(f"{self._name(*r)} receives cnt={cr} but the "
-                                            f"matching send {self._name(*s)} has cnt={cs}")
+                    raise VerificationError(
+                        f"{self._name(*r)} receives cnt={cr} but the "
+                        f"matching send {self._name(*s)} has cnt={cs}"
+                    )
                 senders[r] = s
         return senders
 
@@ -362,11 +384,16 @@ class _Sim:
             for rnd in prog.rounds:
                 rnd.sends.sort(key=lambda m: (m.peer, m.chan, m.seq))
                 rnd.recvs.sort(key=lambda m: (m.peer, m.chan, m.seq))
-        deps = {self.sid(g, k): self.sid(*d) for g, ds in enumerate(self.dep)
-                for k, d in enumerate(ds) if d is not None}
+        deps = {
+            self.sid(g, k): self.sid(*d)
+            for g, ds in enumerate(self.dep)
+            for k, d in enumerate(ds)
+            if d is not None
+        }
         senders = {self.sid(*r): self.sid(*s) for r, s in self.senders.items()}
-        return Schedule(self.coll, self.redop, self.programs, self._timing(senders), self.order,
-                        senders, deps)
+        return Schedule(
+            self.coll, self.redop, self.programs, self._timing(senders), self.order, senders, deps
+        )
 
     def _ready(self, g: int) -> bool:
         dep = self.dep[g][self.pc[g]]
@@ -386,7 +413,7 @@ class _Sim:
         progress, changed = False, True
         while changed:
             changed = False
-            for g, (rank, tb) in enumerate(self.tbs):
+            for g, (_rank, tb) in enumerate(self.tbs):
                 while self.pc[g] < len(tb.steps) and self._ready(g):
                     kind = tb.steps[self.pc[g]].type
                     if kind != "nop" and not (kind == "s" or self.half[g]):
@@ -436,7 +463,7 @@ class _Sim:
 
     def _stuck(self) -> str:
         parts = []
-        for g, (rank, tb) in enumerate(self.tbs):
+        for g, (_rank, tb) in enumerate(self.tbs):
             k = self.pc[g]
             if k >= len(tb.steps):
                 continue
@@ -450,10 +477,15 @@ class _Sim:
         return "; ".join(parts[:8]) + more
 
     def _timing(self, senders: dict[StepId, StepId]) -> dict[StepId, StepTiming]:
-        return {self.sid(*key): StepTiming(
-                    self.start[key], done, self.moved.get(senders.get(self.sid(*key))),
-                    self.moved.get(self.sid(*key)))
-                for key, done in self.done.items()}
+        return {
+            self.sid(*key): StepTiming(
+                self.start[key],
+                done,
+                self.moved.get(senders.get(self.sid(*key))),
+                self.moved.get(self.sid(*key)),
+            )
+            for key, done in self.done.items()
+        }
 
 
 def plan_rounds(plan: Plan) -> Schedule:
@@ -462,8 +494,9 @@ def plan_rounds(plan: Plan) -> Schedule:
     return _Sim(plan).run()
 
 
-def run_rounds(plan: Plan, inputs: Sequence[np.ndarray],
-               schedule: Schedule | None = None) -> list[np.ndarray]:
+def run_rounds(
+    plan: Plan, inputs: Sequence[np.ndarray], schedule: Schedule | None = None
+) -> list[np.ndarray]:
     """Execute the round schedule of ``plan`` for all ranks in one process with NumPy.
 
     Same contract as :func:`~taccl_py.runtime.reference.run_reference`. A round's messages
@@ -475,11 +508,13 @@ def run_rounds(plan: Plan, inputs: Sequence[np.ndarray],
     arrays = [np.asarray(a).reshape(-1) for a in inputs]
     ce = chunk_elems(coll, arrays)
     reduce = reducer(np, sched.redop)
-    bufs = [{b: np.zeros(n * ce, dtype=arrays[0].dtype) for b, n in prog.sizes.items()}
-            for prog in sched.ranks]
+    bufs = [
+        {b: np.zeros(n * ce, dtype=arrays[0].dtype) for b, n in prog.sizes.items()}
+        for prog in sched.ranks
+    ]
     for prog, array in zip(sched.ranks, arrays):
         for j, (b, o) in enumerate(prog.in_locs):
-            bufs[prog.rank][b][o * ce:(o + 1) * ce] = array[j * ce:(j + 1) * ce]
+            bufs[prog.rank][b][o * ce : (o + 1) * ce] = array[j * ce : (j + 1) * ce]
     for k in range(sched.nrounds):
         rounds = [prog.rounds[k] for prog in sched.ranks]
         for r, rnd in enumerate(rounds):
@@ -489,8 +524,10 @@ def run_rounds(plan: Plan, inputs: Sequence[np.ndarray],
         for r, rnd in enumerate(rounds):
             for op in rnd.local:
                 apply_local(op, bufs[r], ce, reduce)
-    return [np.concatenate([bufs[prog.rank][b][o * ce:(o + 1) * ce] for b, o in prog.out_locs])
-            for prog in sched.ranks]
+    return [
+        np.concatenate([bufs[prog.rank][b][o * ce : (o + 1) * ce] for b, o in prog.out_locs])
+        for prog in sched.ranks
+    ]
 
 
 def _exchange(rounds: list[Round], bufs: list[dict[str, np.ndarray]], ce: int) -> None:
@@ -498,14 +535,16 @@ def _exchange(rounds: list[Round], bufs: list[dict[str, np.ndarray]], ce: int) -
     wire: dict[tuple[int, int], deque] = {}
     for r, rnd in enumerate(rounds):
         for m in rnd.sends:
-            data = bufs[r][m.buf][m.off * ce:(m.off + m.cnt) * ce].copy()
+            data = bufs[r][m.buf][m.off * ce : (m.off + m.cnt) * ce].copy()
             wire.setdefault((r, m.peer), deque()).append(data)
     for r, rnd in enumerate(rounds):
         for m in rnd.recvs:
             queue = wire.get((m.peer, r))
             if not queue or queue[0].size != m.cnt * ce:
-                raise VerificationError(f"rank {r} posts a receive of {m.cnt} chunk(s) from "
-                                        f"rank {m.peer} that no send of the group matches")
-            bufs[r][m.buf][m.off * ce:(m.off + m.cnt) * ce] = queue.popleft()
+                raise VerificationError(
+                    f"rank {r} posts a receive of {m.cnt} chunk(s) from "
+                    f"rank {m.peer} that no send of the group matches"
+                )
+            bufs[r][m.buf][m.off * ce : (m.off + m.cnt) * ce] = queue.popleft()
     if any(wire.values()):
         raise VerificationError("a send of the group has no matching receive")

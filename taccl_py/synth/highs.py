@@ -63,8 +63,7 @@ class HiGHS(pulp.HiGHS):
     least every ``HEARTBEAT`` s. The incumbent is the value of the pulp variable
     ``watch`` in the solution, or the objective without one."""
 
-    def __init__(self, warm: bool = False, progress: Live | None = None, watch=None,
-                 **kwargs):
+    def __init__(self, warm: bool = False, progress: Live | None = None, watch=None, **kwargs):
         super().__init__(msg=False, **kwargs)
         self.warm = warm
         self.progress = progress
@@ -108,8 +107,7 @@ class HiGHS(pulp.HiGHS):
         def improved(event) -> None:
             with suppress(Exception):  # an exception must not reach HiGHS's C++
                 out = event.data_out
-                value = (out.objective_function_value if column is None
-                         else out.mip_solution[column])
+                value = out.objective_function_value if column is None else out.mip_solution[column]
                 live.update(float(value), _gap(out))
 
         def running(event) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from ..collectives import Collective
 from ..errors import TacclError
+from ..ir.algorithm import Algorithm
 from ..topology import Topology
 from .baselines.direct import direct_algorithm
-from ..ir.algorithm import Algorithm
 from .baselines.ring import ring_algorithm
-from .milp.search import staged_algorithm
 from .baselines.trees import tree_algorithm
+from .milp.search import staged_algorithm
 
 METHODS = ("ring", "direct", "tree", "milp", "smt")
 
@@ -17,11 +17,21 @@ METHODS = ("ring", "direct", "tree", "milp", "smt")
 DEFAULT_SIZE = 1 << 30
 
 
-def synthesize(topology: Topology, collective: Collective, method: str = "ring", *,
-               order: list[int] | None = None, size: int = DEFAULT_SIZE,
-               time_limit: float = 60.0, progress=None, sketch=None,
-               judge=None, steps: int | None = None, rounds: int | None = None,
-               chunks: int | None = None) -> Algorithm:
+def synthesize(
+    topology: Topology,
+    collective: Collective,
+    method: str = "ring",
+    *,
+    order: list[int] | None = None,
+    size: int = DEFAULT_SIZE,
+    time_limit: float = 60.0,
+    progress=None,
+    sketch=None,
+    judge=None,
+    steps: int | None = None,
+    rounds: int | None = None,
+    chunks: int | None = None,
+) -> Algorithm:
     """Make an algorithm for ``collective`` on ``topology`` with the named method.
 
     ``size`` (bytes), ``sketch`` (a communication sketch, see
@@ -33,8 +43,10 @@ def synthesize(topology: Topology, collective: Collective, method: str = "ring",
     solves.
     """
     if collective.num_ranks != topology.num_ranks:
-        raise TacclError(f"collective has {collective.num_ranks} ranks but topology "
-                         f"{topology.label} has {topology.num_ranks}")
+        raise TacclError(
+            f"collective has {collective.num_ranks} ranks but topology "
+            f"{topology.label} has {topology.num_ranks}"
+        )
     if order is not None and method != "ring":
         raise TacclError("a rank order (--order) only applies to --method ring")
     if sketch is not None and method != "milp":
@@ -46,17 +58,38 @@ def synthesize(topology: Topology, collective: Collective, method: str = "ring",
     if method == "tree":
         return tree_algorithm(topology, collective)
     if method == "milp":
-        return staged_algorithm(topology, collective, size=size, time_limit=time_limit,
-                                progress=progress, sketch=sketch, judge=judge)
+        return staged_algorithm(
+            topology,
+            collective,
+            size=size,
+            time_limit=time_limit,
+            progress=progress,
+            sketch=sketch,
+            judge=judge,
+        )
     if method == "smt":
-        return smt_method(topology, collective, steps=steps, rounds=rounds, chunks=chunks,
-                          time_limit=time_limit, progress=progress)
+        return smt_method(
+            topology,
+            collective,
+            steps=steps,
+            rounds=rounds,
+            chunks=chunks,
+            time_limit=time_limit,
+            progress=progress,
+        )
     raise TacclError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def smt_method(topology: Topology, collective: Collective, *, steps: int | None = None,
-               rounds: int | None = None, chunks: int | None = None,
-               time_limit: float = 60.0, progress=None) -> Algorithm:
+def smt_method(
+    topology: Topology,
+    collective: Collective,
+    *,
+    steps: int | None = None,
+    rounds: int | None = None,
+    chunks: int | None = None,
+    time_limit: float = 60.0,
+    progress=None,
+) -> Algorithm:
     """Method "smt": with ``steps`` and ``rounds``, exactly that synchronous algorithm
     (``chunks`` defaults to the collective's chunk-up); otherwise the bandwidth-optimal
     point of the SMT Pareto frontier within ``steps`` (default: least steps + 2) and
@@ -67,9 +100,20 @@ def smt_method(topology: Topology, collective: Collective, *, steps: int | None 
     if (steps is None) != (rounds is None) and rounds is not None:
         raise TacclError("--rounds needs --steps")
     if steps is not None and rounds is not None:
-        return smt_algorithm(topology, collective, steps, rounds,
-                             chunks or collective.chunkup, time_limit=time_limit,
-                             progress=progress)
-    return bandwidth_optimal(topology, collective.kind, max_steps=steps,
-                             max_chunks=chunks or 8, time_limit=time_limit,
-                             progress=progress)
+        return smt_algorithm(
+            topology,
+            collective,
+            steps,
+            rounds,
+            chunks or collective.chunkup,
+            time_limit=time_limit,
+            progress=progress,
+        )
+    return bandwidth_optimal(
+        topology,
+        collective.kind,
+        max_steps=steps,
+        max_chunks=chunks or 8,
+        time_limit=time_limit,
+        progress=progress,
+    )

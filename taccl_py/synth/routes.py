@@ -14,7 +14,8 @@ def require_ranks(topology: Topology, collective: Collective) -> None:
     if collective.num_ranks != topology.num_ranks:
         raise CollectiveError(
             f"{collective.kind} on {collective.num_ranks} ranks does not fit "
-            f"{topology.label}, which has {topology.num_ranks} ranks")
+            f"{topology.label}, which has {topology.num_ranks} ranks"
+        )
 
 
 def route_tree(topology: Topology, root: int, toward: bool = False) -> dict[int, tuple[int, ...]]:
@@ -43,8 +44,11 @@ def route_tree(topology: Topology, root: int, toward: bool = False) -> dict[int,
                 if v in best:
                     continue
                 conn = conns[(v, u)] if toward else conns[(u, v)]
-                key = (max(neg_bw, -topology.bandwidth(conn)), alpha + conn.alpha,
-                       (v, *route) if toward else (*route, v))
+                key = (
+                    max(neg_bw, -topology.bandwidth(conn)),
+                    alpha + conn.alpha,
+                    (v, *route) if toward else (*route, v),
+                )
                 if v not in layer or key < layer[v]:
                     layer[v] = key
         best.update(layer)

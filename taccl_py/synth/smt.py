@@ -43,14 +43,15 @@ from fractions import Fraction
 
 from ..collectives import ALLGATHER, ALLTOALL, Collective, canonical_kind
 from ..errors import TacclError
-from ..topology.model import Topology
 from ..ir.algorithm import Algorithm, Transfer
+from ..topology.model import Topology
 from .solvers import interruptible
 
 SUPPORTED = (ALLGATHER, ALLTOALL)
 
 
 # -- static quantities -------------------------------------------------------------
+
 
 def unit_bandwidth(topology: Topology) -> float:
     """Bytes/s of one round's chunk: the fastest link's per-link bandwidth."""
@@ -77,7 +78,7 @@ def hop_distances(topology: Topology) -> list[list[float]]:
     """Least number of connections from every rank to every rank (inf if unreachable)."""
     n = topology.num_ranks
     adj: dict[int, list[int]] = {r: [] for r in range(n)}
-    for (s, d) in topology.connections:
+    for s, d in topology.connections:
         adj[s].append(d)
     dist = []
     for src in range(n):
@@ -112,8 +113,10 @@ def least_steps(topology: Topology, collective_kind: str) -> int:
         for d in coll.postcondition(c):
             hops = min(dist[s][d] for s in coll.precondition(c))
             if hops == math.inf:
-                raise TacclError(f"{topology.label}: rank {d} cannot be reached from rank "
-                                 f"{coll.precondition(c)[0]}")
+                raise TacclError(
+                    f"{topology.label}: rank {d} cannot be reached from rank "
+                    f"{coll.precondition(c)[0]}"
+                )
             worst = max(worst, int(hops))
     return worst
 
@@ -132,8 +135,8 @@ def least_rounds_per_chunk(topology: Topology, collective_kind: str) -> float:
 
 # -- the encoding ------------------------------------------------------------------
 
-def _solve(topology: Topology, coll: Collective, steps: int, rounds: int,
-           time_limit: float):
+
+def _solve(topology: Topology, coll: Collective, steps: int, rounds: int, time_limit: float):
     """('sat', schedule) / ('unsat', None) / ('unknown', None) for one (S, R, C).
 
     The encoding is built and solved in a worker thread (see
@@ -146,12 +149,14 @@ def _solve(topology: Topology, coll: Collective, steps: int, rounds: int,
         if "ctx" in run:
             run["ctx"].interrupt()
 
-    return interruptible(lambda: _encode_and_check(topology, coll, steps, rounds,
-                                                   time_limit, run), cancel)
+    return interruptible(
+        lambda: _encode_and_check(topology, coll, steps, rounds, time_limit, run), cancel
+    )
 
 
-def _encode_and_check(topology: Topology, coll: Collective, steps: int, rounds: int,
-                      time_limit: float, run: dict):
+def _encode_and_check(
+    topology: Topology, coll: Collective, steps: int, rounds: int, time_limit: float, run: dict
+):
     """The body of :func:`_solve`; ``run["ctx"]`` is set to the z3 context, and a true
     ``run["cancelled"]`` stops the search at the next composition."""
     import z3
@@ -162,7 +167,7 @@ def _encode_and_check(topology: Topology, coll: Collective, steps: int, rounds: 
     dist = hop_distances(topology)
     conns = list(topology.connections)
     into: dict[int, list[int]] = {v: [] for v in range(n)}
-    for (u, v) in conns:
+    for u, v in conns:
         into[v].append(u)
     cap = resource_capacity(topology)
     users: dict[str, list[tuple[int, int]]] = {}
@@ -179,8 +184,9 @@ def _encode_and_check(topology: Topology, coll: Collective, steps: int, rounds: 
     false = z3.BoolVal(False, ctx)
 
     nchunks = coll.num_chunks
-    first = [[min(dist[s][r] for s in coll.precondition(c)) for r in range(n)]
-             for c in range(nchunks)]
+    first = [
+        [min(dist[s][r] for s in coll.precondition(c)) for r in range(n)] for c in range(nchunks)
+    ]
     has: dict[tuple[int, int, int], object] = {}
     for c in range(nchunks):
         for r in range(n):
@@ -195,7 +201,7 @@ def _encode_and_check(topology: Topology, coll: Collective, steps: int, rounds: 
     # that does not start with it
     snd: dict[tuple[int, int, int, int], object] = {}
     for c in range(nchunks):
-        for (u, v) in conns:
+        for u, v in conns:
             if first[c][v] == 0:
                 continue
             for s in range(S):
@@ -219,15 +225,20 @@ def _encode_and_check(topology: Topology, coll: Collective, steps: int, rounds: 
                 return "unsat", None
             if not z3.is_true(h):
                 solver.add(h)
-    for (c, u, v, s), x in snd.items():
+    for (c, u, _v, s), x in snd.items():
         solver.add(z3.Implies(x, has[c, u, s]))
     _break_chunk_symmetry(solver, coll, has, n, S)
 
     by_step: dict[tuple[int, int, int], list] = {}
-    for (c, u, v, s), x in snd.items():
+    for (_c, u, v, s), x in snd.items():
         by_step.setdefault((u, v, s), []).append(x)
-    per_step = [[([x for (u, v) in pairs for x in by_step.get((u, v, s), [])], cap[res])
-                 for res, pairs in users.items()] for s in range(S)]
+    per_step = [
+        [
+            ([x for (u, v) in pairs for x in by_step.get((u, v, s), [])], cap[res])
+            for res, pairs in users.items()
+        ]
+        for s in range(S)
+    ]
 
     # the rounds per step: one solve per composition r_0 + ... + r_{S-1} = R (push/pop
     # on the shared constraints), so every capacity is a cardinality constraint with a
@@ -258,8 +269,9 @@ def _encode_and_check(topology: Topology, coll: Collective, steps: int, rounds: 
     model = solver.model()
 
     def val(b) -> bool:
-        return z3.is_true(b) or (not z3.is_false(b) and z3.is_true(
-            model.eval(b, model_completion=True)))
+        return z3.is_true(b) or (
+            not z3.is_false(b) and z3.is_true(model.eval(b, model_completion=True))
+        )
 
     sends = []  # (step, src, dst, chunk): one arrival per (chunk, rank)
     for c in range(nchunks):
@@ -268,26 +280,28 @@ def _encode_and_check(topology: Topology, coll: Collective, steps: int, rounds: 
                 continue
             for t in range(S):
                 if val(has[c, r, t + 1]) and not val(has[c, r, t]):
-                    src = next(u for u in into[r]
-                               if (c, u, r, t) in snd and val(snd[c, u, r, t]))
+                    src = next(u for u in into[r] if (c, u, r, t) in snd and val(snd[c, u, r, t]))
                     sends.append((t, src, r, c))
                     break
     _check_capacity(topology, r_s, sends)
     return "sat", (r_s, sends)
 
 
-def _check_capacity(topology: Topology, r_s: list[int],
-                    sends: list[tuple[int, int, int, int]]) -> None:
+def _check_capacity(
+    topology: Topology, r_s: list[int], sends: list[tuple[int, int, int, int]]
+) -> None:
     """Guard against a model that breaks the encoding (e.g. a solver bug)."""
     cap = resource_capacity(topology)
     use: dict[tuple[str, int], int] = {}
-    for (s, u, v, _) in sends:
+    for s, u, v, _ in sends:
         for res in topology.connections[(u, v)].resources:
             use[res, s] = use.get((res, s), 0) + 1
     for (res, s), count in use.items():
         if count > cap[res] * r_s[s]:
-            raise TacclError(f"smt: internal error: {res} carries {count} chunks in step "
-                             f"{s} of {r_s[s]} round(s)")
+            raise TacclError(
+                f"smt: internal error: {res} carries {count} chunks in step "
+                f"{s} of {r_s[s]} round(s)"
+            )
 
 
 def _compositions(total: int, parts: int):
@@ -319,8 +333,12 @@ def _break_chunk_symmetry(solver, coll: Collective, has: dict, n: int, S: int) -
         for j in range(k - 1):
             a, b = block * k + j, block * k + j + 1
             fixed = (z3.is_true, z3.is_false)  # same source: same fixed literals
-            pairs = [(has[a, r, t], has[b, r, t]) for r in range(n) for t in range(1, S + 1)
-                     if not any(f(has[a, r, t]) and f(has[b, r, t]) for f in fixed)]
+            pairs = [
+                (has[a, r, t], has[b, r, t])
+                for r in range(n)
+                for t in range(1, S + 1)
+                if not any(f(has[a, r, t]) and f(has[b, r, t]) for f in fixed)
+            ]
             eq = z3.BoolVal(True, solver.ctx)
             for i, (x, y) in enumerate(pairs):
                 solver.add(z3.Implies(z3.And(eq, y), x))
@@ -330,9 +348,15 @@ def _break_chunk_symmetry(solver, coll: Collective, has: dict, n: int, S: int) -
                     eq = nxt
 
 
-def _to_algorithm(topology: Topology, coll: Collective, steps: int, rounds: int,
-                  r_s: list[int], sends: list[tuple[int, int, int, int]],
-                  meta: dict) -> Algorithm:
+def _to_algorithm(
+    topology: Topology,
+    coll: Collective,
+    steps: int,
+    rounds: int,
+    r_s: list[int],
+    sends: list[tuple[int, int, int, int]],
+    meta: dict,
+) -> Algorithm:
     """Transfers with start/end on a cumulative round clock (unit: one round)."""
     clock = [0] * (steps + 1)
     for s in range(steps):
@@ -346,7 +370,7 @@ def _to_algorithm(topology: Topology, coll: Collective, steps: int, rounds: int,
             return [((res, t), 1 / cap[res])]
         return [((res, t + k), 1.0) for k in range(math.ceil(1 / cap[res]))]
 
-    for (s, u, v, c) in sorted(sends):
+    for s, u, v, c in sorted(sends):
         # the first round of its step in which all its resources have room (a greedy
         # edge colouring); the runtime then keeps every shared port's sends apart
         conn = topology.connections[(u, v)]
@@ -354,28 +378,47 @@ def _to_algorithm(topology: Topology, coll: Collective, steps: int, rounds: int,
         slot = None
         for t in range(first, last):
             want = [cl for res in conn.resources for cl in claims(res, t)]
-            if all(key[1] < last and use.get(key, 0.0) + amount <= 1 + 1e-9
-                   for key, amount in want):
+            if all(
+                key[1] < last and use.get(key, 0.0) + amount <= 1 + 1e-9 for key, amount in want
+            ):
                 slot = t
                 break
         if slot is None:  # no free round: the least used one
-            slot = min(range(first, last), key=lambda t: max(
-                use.get(key, 0.0) for res in conn.resources for key, _ in claims(res, t)))
+            slot = min(
+                range(first, last),
+                key=lambda t: max(
+                    use.get(key, 0.0) for res in conn.resources for key, _ in claims(res, t)
+                ),
+            )
         for res in conn.resources:
             for key, amount in claims(res, slot):
                 use[key] = use.get(key, 0.0) + amount
         start = float(slot)
         transfers.append(Transfer(s, start, u, v, c, False, start + 1.0))
     name = f"smt-{coll.kind}-s{steps}-r{rounds}-c{coll.chunkup}"
-    alg = Algorithm(name, coll, transfers, topology.label, 0,
-                    dict(meta, method="smt", steps=steps, rounds=rounds,
-                         chunks=coll.chunkup, rounds_per_step=r_s))
+    alg = Algorithm(
+        name,
+        coll,
+        transfers,
+        topology.label,
+        0,
+        dict(
+            meta, method="smt", steps=steps, rounds=rounds, chunks=coll.chunkup, rounds_per_step=r_s
+        ),
+    )
     alg.check()
     return alg
 
 
-def _timed_solve(topology: Topology, coll: Collective, steps: int, rounds: int,
-                 time_limit: float, progress, began: float):
+def _timed_solve(
+    topology: Topology,
+    coll: Collective,
+    steps: int,
+    rounds: int,
+    time_limit: float,
+    progress,
+    began: float,
+):
     """:func:`_solve` with a line to ``progress`` before and after it; also its seconds."""
     what = f"smt (S {steps}, R {rounds}, C {coll.chunkup})"
     if progress is not None:
@@ -388,9 +431,15 @@ def _timed_solve(topology: Topology, coll: Collective, steps: int, rounds: int,
     return status, sol, dt
 
 
-def smt_algorithm(topology: Topology, collective: Collective | str, steps: int,
-                  rounds: int, chunks: int | None = None,
-                  time_limit: float = 60.0, progress=None) -> Algorithm:
+def smt_algorithm(
+    topology: Topology,
+    collective: Collective | str,
+    steps: int,
+    rounds: int,
+    chunks: int | None = None,
+    time_limit: float = 60.0,
+    progress=None,
+) -> Algorithm:
     """The (steps, rounds, chunks) synchronous algorithm, or TacclError if unsat/timeout.
 
     ``collective`` may be a Collective (its chunk-up is replaced by ``chunks`` when given)
@@ -400,28 +449,29 @@ def smt_algorithm(topology: Topology, collective: Collective | str, steps: int,
         collective = Collective(collective, topology.num_ranks, chunks or 1)
     kind = _check_kind(collective.kind)
     if collective.num_ranks != topology.num_ranks:
-        raise TacclError(f"collective has {collective.num_ranks} ranks but topology "
-                         f"{topology.label} has {topology.num_ranks}")
+        raise TacclError(
+            f"collective has {collective.num_ranks} ranks but topology "
+            f"{topology.label} has {topology.num_ranks}"
+        )
     if chunks is not None:
         collective = Collective(kind, collective.num_ranks, chunks, collective.inplace)
     chunks = collective.chunkup
     if steps < 1 or rounds < 1 or chunks < 1:
-        raise TacclError(f"steps, rounds and chunks must be >= 1 (got {steps}, {rounds}, "
-                         f"{chunks})")
-    status, sol, elapsed = _timed_solve(topology, collective, steps, rounds, time_limit,
-                                        progress, time.perf_counter())
+        raise TacclError(f"steps, rounds and chunks must be >= 1 (got {steps}, {rounds}, {chunks})")
+    status, sol, elapsed = _timed_solve(
+        topology, collective, steps, rounds, time_limit, progress, time.perf_counter()
+    )
     what = f"{steps} steps, {rounds} rounds, {chunks} chunks"
     if status == "unsat":
         raise TacclError(f"unsat: no algorithm with {what} on {topology.label}")
     if status != "sat":
-        raise TacclError(f"smt: no answer for {what} on {topology.label} within "
-                         f"{time_limit:g} s")
+        raise TacclError(f"smt: no answer for {what} on {topology.label} within {time_limit:g} s")
     r_s, sends = sol
-    return _to_algorithm(topology, collective, steps, rounds, r_s, sends,
-                         {"solve_time": elapsed})
+    return _to_algorithm(topology, collective, steps, rounds, r_s, sends, {"solve_time": elapsed})
 
 
 # -- the Pareto frontier ----------------------------------------------------------
+
 
 @dataclass
 class ParetoPoint:
@@ -470,9 +520,15 @@ def _candidates(steps: int, max_chunks: int, low: float, below: Fraction | None)
     return [(r, c) for _, c, r in out]
 
 
-def pareto(topology: Topology, collective_kind: str, max_steps: int | None = None,
-           max_chunks: int = 8, time_limit: float = 60.0,
-           progress=None, deadline: float | None = None) -> Frontier:
+def pareto(
+    topology: Topology,
+    collective_kind: str,
+    max_steps: int | None = None,
+    max_chunks: int = 8,
+    time_limit: float = 60.0,
+    progress=None,
+    deadline: float | None = None,
+) -> Frontier:
     """The latency/bandwidth Pareto frontier of synchronous (S, R, C) algorithms.
 
     For S from the least steps up to ``max_steps`` (default: least + 2), tries (R, C)
@@ -497,14 +553,14 @@ def pareto(topology: Topology, collective_kind: str, max_steps: int | None = Non
     for steps in range(s_min, max_steps + 1):
         tried = []
         for rounds, chunks in _candidates(steps, max_chunks, low, best):
-            left = time_limit if deadline is None else min(
-                time_limit, deadline - time.perf_counter())
+            left = (
+                time_limit if deadline is None else min(time_limit, deadline - time.perf_counter())
+            )
             if left <= 0:
                 complete = False
                 break
             coll = Collective(kind, topology.num_ranks, chunks)
-            status, sol, dt = _timed_solve(topology, coll, steps, rounds, left, progress,
-                                           t_all)
+            status, sol, dt = _timed_solve(topology, coll, steps, rounds, left, progress, t_all)
             entry = (steps, rounds, chunks, status, dt)
             log.append(entry)
             tried.append(entry)
@@ -513,8 +569,7 @@ def pareto(topology: Topology, collective_kind: str, max_steps: int | None = Non
                 break
             if status == "sat":
                 r_s, sends = sol
-                alg = _to_algorithm(topology, coll, steps, rounds, r_s, sends,
-                                    {"solve_time": dt})
+                alg = _to_algorithm(topology, coll, steps, rounds, r_s, sends, {"solve_time": dt})
                 points.append(ParetoPoint(steps, rounds, chunks, dt, alg, tried))
                 best = Fraction(rounds, chunks)
                 break
@@ -523,23 +578,43 @@ def pareto(topology: Topology, collective_kind: str, max_steps: int | None = Non
     return Frontier(points, log, s_min, low, time.perf_counter() - t_all, complete)
 
 
-def bandwidth_optimal(topology: Topology, collective_kind: str,
-                      max_steps: int | None = None, max_chunks: int = 8,
-                      time_limit: float = 60.0, progress=None) -> Algorithm:
+def bandwidth_optimal(
+    topology: Topology,
+    collective_kind: str,
+    max_steps: int | None = None,
+    max_chunks: int = 8,
+    time_limit: float = 60.0,
+    progress=None,
+) -> Algorithm:
     """The frontier's point with the least R/C (fewest steps among those), the search
     bounded by ``time_limit`` s in all; cut short, the best point found so far (with a
     note to ``progress``), or TacclError if there is none."""
-    front = pareto(topology, collective_kind, max_steps=max_steps, max_chunks=max_chunks,
-                   time_limit=time_limit, progress=progress,
-                   deadline=time.perf_counter() + time_limit)
+    front = pareto(
+        topology,
+        collective_kind,
+        max_steps=max_steps,
+        max_chunks=max_chunks,
+        time_limit=time_limit,
+        progress=progress,
+        deadline=time.perf_counter() + time_limit,
+    )
     if not front.points:
-        within = (f"within the time limit of {time_limit:g} s" if not front.complete else
-                  f"within {max_steps or 'least + 2'} steps and {max_chunks} chunks")
-        raise TacclError(f"smt: no synchronous {collective_kind} algorithm on "
-                         f"{topology.label} {within}")
+        within = (
+            f"within the time limit of {time_limit:g} s"
+            if not front.complete
+            else f"within {max_steps or 'least + 2'} steps and {max_chunks} chunks"
+        )
+        raise TacclError(
+            f"smt: no synchronous {collective_kind} algorithm on {topology.label} {within}"
+        )
     best = min(front.points, key=lambda p: (p.ratio, p.steps))
     if not front.complete and progress is not None:
-        progress(f"time limit of {time_limit:g} s reached: keeping the best point found "
-                 f"so far, S {best.steps}, R {best.rounds}, C {best.chunks} (the frontier "
-                 "search was cut short)", front.total_time, None, None)
+        progress(
+            f"time limit of {time_limit:g} s reached: keeping the best point found "
+            f"so far, S {best.steps}, R {best.rounds}, C {best.chunks} (the frontier "
+            "search was cut short)",
+            front.total_time,
+            None,
+            None,
+        )
     return best.algorithm

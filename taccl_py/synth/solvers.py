@@ -92,8 +92,9 @@ class Watch:
             self.report(self.incumbent, self.gap)
 
 
-def interruptible(solve: Callable[[], T], cancel: Callable[[], object],
-                  poll: Callable[[], object] | None = None) -> T:
+def interruptible(
+    solve: Callable[[], T], cancel: Callable[[], object], poll: Callable[[], object] | None = None
+) -> T:
     """``solve()`` run in a worker thread; a KeyboardInterrupt while waiting for it calls
     ``cancel()`` (thread-safe: it asks the solver to stop), waits up to ``GRACE`` s for
     the worker, and is re-raised. ``poll()`` is called about every 0.1 s while waiting

@@ -51,29 +51,101 @@ from typing import Any, Self
 
 import numpy as np
 
-_DTYPES = frozenset(np.dtype(n) for n in ("bool", "int8", "int16", "int32", "int64", "uint8",
-                                          "uint16", "uint32", "uint64", "float16", "float32",
-                                          "float64", "complex64", "complex128"))
-_ELEMENTWISE = ("add", "subtract", "multiply", "divide", "true_divide", "maximum", "minimum",
-                "logical_and", "logical_or", "bitwise_and", "bitwise_or", "bitwise_xor",
-                "left_shift", "right_shift", "equal", "not_equal", "isnan", "where")
+_DTYPES = frozenset(
+    np.dtype(n)
+    for n in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    )
+)
+_ELEMENTWISE = (
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "true_divide",
+    "maximum",
+    "minimum",
+    "logical_and",
+    "logical_or",
+    "bitwise_and",
+    "bitwise_or",
+    "bitwise_xor",
+    "left_shift",
+    "right_shift",
+    "equal",
+    "not_equal",
+    "isnan",
+    "where",
+)
 _NCCL_CONSTANTS = {
-    "NCCL_SUM": 0, "NCCL_PROD": 1, "NCCL_MAX": 2, "NCCL_MIN": 3, "NCCL_AVG": 4, "NCCL_INT8": 0,
-    "NCCL_CHAR": 0, "NCCL_UINT8": 1, "NCCL_INT32": 2, "NCCL_INT": 2, "NCCL_UINT32": 3,
-    "NCCL_INT64": 4, "NCCL_UINT64": 5, "NCCL_FLOAT16": 6, "NCCL_HALF": 6, "NCCL_FLOAT32": 7,
-    "NCCL_FLOAT": 7, "NCCL_FLOAT64": 8, "NCCL_DOUBLE": 8, "NCCL_BFLOAT16": 9}
+    "NCCL_SUM": 0,
+    "NCCL_PROD": 1,
+    "NCCL_MAX": 2,
+    "NCCL_MIN": 3,
+    "NCCL_AVG": 4,
+    "NCCL_INT8": 0,
+    "NCCL_CHAR": 0,
+    "NCCL_UINT8": 1,
+    "NCCL_INT32": 2,
+    "NCCL_INT": 2,
+    "NCCL_UINT32": 3,
+    "NCCL_INT64": 4,
+    "NCCL_UINT64": 5,
+    "NCCL_FLOAT16": 6,
+    "NCCL_HALF": 6,
+    "NCCL_FLOAT32": 7,
+    "NCCL_FLOAT": 7,
+    "NCCL_FLOAT64": 8,
+    "NCCL_DOUBLE": 8,
+    "NCCL_BFLOAT16": 9,
+}
 _BF16 = 9
 #: NCCL data type -> NumPy dtype of its elements (bfloat16 is kept as its uint16 bits)
-_NCCL_TYPES = {code: np.dtype(name) for code, name in enumerate(
-    ("int8", "uint8", "int32", "uint32", "int64", "uint64", "float16", "float32", "float64",
-     "uint16"))}
-_NCCL_STATUS = {1: ("NCCL_ERROR_UNHANDLED_CUDA_ERROR", "unhandled cuda error"),
-                4: ("NCCL_ERROR_INVALID_ARGUMENT", "invalid argument"),
-                5: ("NCCL_ERROR_INVALID_USAGE", "invalid usage")}
-_CUDA_ERRORS = {101: ("cudaErrorInvalidDevice", "invalid device ordinal"),
-                400: ("cudaErrorInvalidResourceHandle", "invalid resource handle"),
-                600: ("cudaErrorNotReady", "device not ready")}
-_C_RANGES = {"int": (-2**31, 2**31 - 1), "intptr_t": (-2**63, 2**63 - 1), "size_t": (0, 2**64 - 1)}
+_NCCL_TYPES = {
+    code: np.dtype(name)
+    for code, name in enumerate(
+        (
+            "int8",
+            "uint8",
+            "int32",
+            "uint32",
+            "int64",
+            "uint64",
+            "float16",
+            "float32",
+            "float64",
+            "uint16",
+        )
+    )
+}
+_NCCL_STATUS = {
+    1: ("NCCL_ERROR_UNHANDLED_CUDA_ERROR", "unhandled cuda error"),
+    4: ("NCCL_ERROR_INVALID_ARGUMENT", "invalid argument"),
+    5: ("NCCL_ERROR_INVALID_USAGE", "invalid usage"),
+}
+_CUDA_ERRORS = {
+    101: ("cudaErrorInvalidDevice", "invalid device ordinal"),
+    400: ("cudaErrorInvalidResourceHandle", "invalid resource handle"),
+    600: ("cudaErrorNotReady", "device not ready"),
+}
+_C_RANGES = {
+    "int": (-(2**31), 2**31 - 1),
+    "intptr_t": (-(2**63), 2**63 - 1),
+    "size_t": (0, 2**64 - 1),
+}
 
 
 class FakeHang(RuntimeError):
@@ -132,8 +204,9 @@ def _c(value: Any, ctype: str) -> int:
     value = operator.index(value)
     lo, hi = _C_RANGES[ctype]
     if not lo <= value <= hi:
-        raise OverflowError(f"can't convert {'negative ' if value < 0 else ''}value {value} "
-                            f"to {ctype}")
+        raise OverflowError(
+            f"can't convert {'negative ' if value < 0 else ''}value {value} to {ctype}"
+        )
     return value
 
 
@@ -149,7 +222,8 @@ def _basic(key: Any) -> tuple:
     key = key if isinstance(key, tuple) else (key,)
     for k in key:
         if isinstance(k, (bool, np.bool_)) or not (
-                k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice))):
+            k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice))
+        ):
             raise TypeError(f"fake cupy: only basic indexing is supported, got {k!r}")
     return key if any(k is Ellipsis for k in key) else key + (Ellipsis,)
 
@@ -163,8 +237,11 @@ def _reduce(datas: list[np.ndarray], op: int, dt: int) -> np.ndarray:
     out = functools.reduce((np.add, np.multiply, np.maximum, np.minimum, np.add)[op], datas)
     if op == 4:  # average: floats divide, integers truncate towards zero
         n = len(datas)
-        out = (out / n).astype(out.dtype) if out.dtype.kind == "f" else \
-            out // n + ((out % n != 0) & (out < 0))
+        out = (
+            (out / n).astype(out.dtype)
+            if out.dtype.kind == "f"
+            else out // n + ((out % n != 0) & (out < 0))
+        )
     return out
 
 
@@ -185,8 +262,14 @@ class _Op:
     """Work on one or more streams: starts when at the head of all of them and its ``deps``
     are done (``start`` runs then), finishes when all its NCCL ``parts`` are done."""
 
-    def __init__(self, what: str, queues: list[_Queue], start: Callable[[], Any] | None = None,
-                 parts: tuple = (), deps: tuple = ()) -> None:
+    def __init__(
+        self,
+        what: str,
+        queues: list[_Queue],
+        start: Callable[[], Any] | None = None,
+        parts: tuple = (),
+        deps: tuple = (),
+    ) -> None:
         self.what, self.queues, self.start, self.parts = what, queues, start, parts
         self.deps = list(deps)
         self.started = self.done = False
@@ -222,10 +305,14 @@ class _Part:
 
 
 class _P2P(_Part):
-    def __init__(self, comm: _NcclCommunicator, kind: str, peer: int, seq: int,
-                 view: np.ndarray) -> None:
-        super().__init__(comm, f"{kind} of {view.size} B {('from', 'to')[kind == 'send']} "
-                               f"rank {peer} of comm {comm._clique.name}")
+    def __init__(
+        self, comm: _NcclCommunicator, kind: str, peer: int, seq: int, view: np.ndarray
+    ) -> None:
+        super().__init__(
+            comm,
+            f"{kind} of {view.size} B {('from', 'to')[kind == 'send']} "
+            f"rank {peer} of comm {comm._clique.name}",
+        )
         self.kind, self.view, self.payload = kind, view, None
         me = comm._rank
         self.key = (me, peer, seq) if kind == "send" else (peer, me, seq)
@@ -243,8 +330,9 @@ class _P2P(_Part):
             send, recv = pair["send"], pair["recv"]
             send.fin = True
             if send.view.size != recv.view.size:
-                recv.fail(NcclError(5, f"message truncated: {recv.what} but it sent "
-                                       f"{send.view.size} B"))
+                recv.fail(
+                    NcclError(5, f"message truncated: {recv.what} but it sent {send.view.size} B")
+                )
             else:
                 recv.view[...] = send.payload
                 recv.fin = True
@@ -254,8 +342,14 @@ class _P2P(_Part):
 
 
 class _Coll(_Part):
-    def __init__(self, comm: _NcclCommunicator, kind: str, sig: tuple, send: np.ndarray | None,
-                 recv: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        comm: _NcclCommunicator,
+        kind: str,
+        sig: tuple,
+        send: np.ndarray | None,
+        recv: np.ndarray | None,
+    ) -> None:
         self.k = comm._ncoll
         comm._ncoll += 1
         super().__init__(comm, f"{kind} #{self.k} of comm {comm._clique.name}")
@@ -269,8 +363,13 @@ class _Coll(_Part):
         slot = cl.colls.setdefault(self.k, {})
         other = next(iter(slot.values()), None)
         if other is not None and other.sig != self.sig:
-            return self.fail(NcclError(5, f"{self.what}: rank {self.comm._rank} calls "
-                                          f"{self.sig}, rank {other.comm._rank} {other.sig}"))
+            return self.fail(
+                NcclError(
+                    5,
+                    f"{self.what}: rank {self.comm._rank} calls "
+                    f"{self.sig}, rank {other.comm._rank} {other.sig}",
+                )
+            )
         if self.send is not None:
             self.data = self.send.view(_NCCL_TYPES[dt]).copy()
         slot[self.comm._rank] = self
@@ -284,10 +383,11 @@ class _Coll(_Part):
             outs = [np.concatenate([p.data for p in parts])] * cl.n
         else:
             red = _reduce([p.data for p in parts], op, dt)
-            outs = {"allReduce": [red] * cl.n,
-                    "reduce": [red if r == root else None for r in range(cl.n)],
-                    "reduceScatter": [red[r * count:(r + 1) * count] for r in range(cl.n)],
-                    }[self.kind]
+            outs = {
+                "allReduce": [red] * cl.n,
+                "reduce": [red if r == root else None for r in range(cl.n)],
+                "reduceScatter": [red[r * count : (r + 1) * count] for r in range(cl.n)],
+            }[self.kind]
         for p, out in zip(parts, outs):
             if out is not None:
                 p.recv.view(_NCCL_TYPES[dt])[...] = out
@@ -295,15 +395,19 @@ class _Coll(_Part):
 
     def why(self) -> str:
         slot = self.comm._clique.colls.get(self.k, {})
-        return f"{self.what} waits for ranks " \
-               f"{[r for r in range(self.comm._clique.n) if r not in slot]}"
+        return (
+            f"{self.what} waits for ranks "
+            f"{[r for r in range(self.comm._clique.n) if r not in slot]}"
+        )
 
 
 def _inplace(name: str) -> Callable[[_NDArray, Any], _NDArray]:
     """An in-place operator that launches the ufunc ``name`` with ``out=self``."""
+
     def op(self: _NDArray, other: Any) -> _NDArray:
         getattr(self._fc.cupy, name)(self, other, out=self)
         return self
+
     return op
 
 
@@ -324,9 +428,13 @@ class _NDArray:
     nbytes = property(lambda self: self._a.nbytes)
     strides = property(lambda self: self._a.strides)
     T = property(lambda self: self._view(self._a.T))
-    flags = property(lambda self: types.SimpleNamespace(
-        c_contiguous=self._a.flags.c_contiguous, f_contiguous=self._a.flags.f_contiguous,
-        owndata=False))
+    flags = property(
+        lambda self: types.SimpleNamespace(
+            c_contiguous=self._a.flags.c_contiguous,
+            f_contiguous=self._a.flags.f_contiguous,
+            owndata=False,
+        )
+    )
     data = property(lambda self: MemoryPointer(self._a.ctypes.data, self._dev))
     device = property(lambda self: self._fc.cupy.cuda.Device(self._dev))
 
@@ -375,19 +483,28 @@ class _NDArray:
     @property
     def __cuda_array_interface__(self) -> dict:
         ptr = self._fc._get_current_stream().ptr
-        return {"version": 3, "data": (self.data.ptr, False), "shape": self.shape,
-                "strides": None if self._a.flags.c_contiguous else self.strides,
-                "typestr": self.dtype.str, "descr": [("", self.dtype.str)],
-                "stream": ptr or 1}  # 1: the legacy default stream
+        return {
+            "version": 3,
+            "data": (self.data.ptr, False),
+            "shape": self.shape,
+            "strides": None if self._a.flags.c_contiguous else self.strides,
+            "typestr": self.dtype.str,
+            "descr": [("", self.dtype.str)],
+            "stream": ptr or 1,
+        }  # 1: the legacy default stream
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
-                        "`.get()` to construct a NumPy array explicitly.")
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. Please use "
+            "`.get()` to construct a NumPy array explicitly."
+        )
 
     def __bool__(self) -> bool:
         if self.size != 1:
-            raise ValueError("The truth value of an array with more than one element is "
-                             "ambiguous. Use a.any() or a.all()")
+            raise ValueError(
+                "The truth value of an array with more than one element is "
+                "ambiguous. Use a.any() or a.all()"
+            )
         return bool(self.get())  # a host synchronisation, as in CuPy
 
     def __eq__(self, other: object) -> _NDArray:  # type: ignore[override]
@@ -441,8 +558,11 @@ class _Device:
         """Wait for all work on every stream of this device (from any thread)."""
         fc = self._fc
         with fc._cv:
-            fc._sync([fc._null[self.id]] + [q for q in fc._queues.values()
-                                             if q.device == self.id], self.id, None)
+            fc._sync(
+                [fc._null[self.id]] + [q for q in fc._queues.values() if q.device == self.id],
+                self.id,
+                None,
+            )
 
 
 class _Stream:
@@ -452,8 +572,13 @@ class _Stream:
     _fc: FakeCuda
     null: _Stream
 
-    def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False,
-                 priority: int | None = None) -> None:
+    def __init__(
+        self,
+        null: bool = False,
+        non_blocking: bool = False,
+        ptds: bool = False,
+        priority: int | None = None,
+    ) -> None:
         if ptds:
             raise NotImplementedError("fake cupy: no per-thread default stream")
         if null:
@@ -469,11 +594,16 @@ class _Stream:
         try:
             proto = obj.__cuda_stream__
         except AttributeError:
-            raise AttributeError(f"Object of type {type(obj).__name__} does not implement the "
-                                 "CUDA stream protocol (__cuda_stream__ method)") from None
+            raise AttributeError(
+                f"Object of type {type(obj).__name__} does not implement the "
+                "CUDA stream protocol (__cuda_stream__ method)"
+            ) from None
         result = proto()
-        if not (isinstance(result, tuple) and len(result) == 2
-                and all(isinstance(x, int) for x in result)):
+        if not (
+            isinstance(result, tuple)
+            and len(result) == 2
+            and all(isinstance(x, int) for x in result)
+        ):
             raise TypeError(f"__cuda_stream__() must return (int, int), got {result!r}")
         if result[0] != 0:
             raise ValueError(f"__cuda_stream__() returned unsupported version {result[0]}")
@@ -489,8 +619,10 @@ class _Stream:
     def _check(self) -> int:
         dev, q = self._fc._state().device, self._q()
         if q.device != dev or self.device_id not in (-1, dev):
-            raise RuntimeError(f"The device that the stream is created on ({q.device}) does "
-                               f"not match with the current device ({dev})")
+            raise RuntimeError(
+                f"The device that the stream is created on ({q.device}) does "
+                f"not match with the current device ({dev})"
+            )
         return dev
 
     def __eq__(self, other: object) -> bool:
@@ -546,9 +678,13 @@ class _ExternalStream(_Stream):
     """``cupy.cuda.ExternalStream`` (deprecated in CuPy 14)."""
 
     def __init__(self, ptr: int, device_id: int = -1) -> None:
-        warnings.warn("ExternalStream is deprecated. Use Stream.from_external() instead to "
-                      "interoperate with external streams that implement the CUDA stream "
-                      "protocol.", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "ExternalStream is deprecated. Use Stream.from_external() instead to "
+            "interoperate with external streams that implement the CUDA stream "
+            "protocol.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         self.ptr, self.device_id = _c(ptr, "intptr_t"), device_id
         q = self._q()
         if device_id not in (-1, q.device):
@@ -560,8 +696,9 @@ class _Event:
 
     _fc: FakeCuda
 
-    def __init__(self, block: bool = False, disable_timing: bool = False,
-                 interprocess: bool = False) -> None:
+    def __init__(
+        self, block: bool = False, disable_timing: bool = False, interprocess: bool = False
+    ) -> None:
         if interprocess and not disable_timing:
             raise ValueError("Timing must be disabled for interprocess events")
         self.ptr, self._device = next(self._fc._ptrs), self._fc._state().device
@@ -593,12 +730,19 @@ class _NcclCommunicator:
 
     _fc: FakeCuda
 
-    def __init__(self, ndev: int, commId: bytes, rank: int,  # CuPy 14's names
-                 config: Any = None) -> None:
+    def __init__(
+        self,
+        ndev: int,
+        commId: bytes,
+        rank: int,  # CuPy 14's names
+        config: Any = None,
+    ) -> None:
         ndev, rank = _c(ndev, "int"), _c(rank, "int")
         if not isinstance(commId, bytes):
-            raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got "
-                            f"{type(commId).__name__})")
+            raise TypeError(
+                f"Argument 'commId' has incorrect type (expected bytes, got "
+                f"{type(commId).__name__})"
+            )
         if len(commId) != 128:
             raise AssertionError(f"commId has {len(commId)} entries, not 128")
         self._rank, self._device = rank, self._fc._state().device
@@ -640,8 +784,9 @@ class _NcclCommunicator:
             if self._closed:
                 return
             self._closed, cl = "aborted", self._clique
-            for key in [k for k, pair in cl.p2p.items()
-                        if any(p.comm is self for p in pair.values())]:
+            for key in [
+                k for k, pair in cl.p2p.items() if any(p.comm is self for p in pair.values())
+            ]:
                 del cl.p2p[key]
             for slot in cl.colls.values():
                 slot.pop(self._rank, None)
@@ -658,27 +803,30 @@ class _NcclCommunicator:
     def recv(self, recvbuf: int, count: int, datatype: int, peer: int, stream: int) -> None:
         self._p2p("recv", recvbuf, count, datatype, peer, stream)
 
-    def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int,
-                  stream: int) -> None:
+    def allReduce(
+        self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int, stream: int
+    ) -> None:
         self._coll("allReduce", sendbuf, recvbuf, count, datatype, op, 0, stream)
 
-    def reduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int, root: int,
-               stream: int) -> None:
+    def reduce(
+        self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int, root: int, stream: int
+    ) -> None:
         self._coll("reduce", sendbuf, recvbuf, count, datatype, op, root, stream)
 
-    def broadcast(self, sendbuff: int, recvbuff: int, count: int, datatype: int, root: int,
-                  stream: int) -> None:
+    def broadcast(
+        self, sendbuff: int, recvbuff: int, count: int, datatype: int, root: int, stream: int
+    ) -> None:
         self._coll("broadcast", sendbuff, recvbuff, count, datatype, None, root, stream)
 
     def bcast(self, buff: int, count: int, datatype: int, root: int, stream: int) -> None:
         self._coll("broadcast", buff, buff, count, datatype, None, root, stream, "bcast")
 
-    def reduceScatter(self, sendbuf: int, recvbuf: int, recvcount: int, datatype: int, op: int,
-                      stream: int) -> None:
+    def reduceScatter(
+        self, sendbuf: int, recvbuf: int, recvcount: int, datatype: int, op: int, stream: int
+    ) -> None:
         self._coll("reduceScatter", sendbuf, recvbuf, recvcount, datatype, op, 0, stream)
 
-    def allGather(self, sendbuf: int, recvbuf: int, count: int, datatype: int,
-                  stream: int) -> None:
+    def allGather(self, sendbuf: int, recvbuf: int, count: int, datatype: int, stream: int) -> None:
         self._coll("allGather", sendbuf, recvbuf, count, datatype, None, 0, stream)
 
     def _checked(self, datatype: int, stream: int) -> tuple[int, _Queue]:
@@ -687,8 +835,7 @@ class _NcclCommunicator:
             raise NcclError(4, f"invalid data type {datatype}")
         return _NCCL_TYPES[datatype].itemsize, self._fc._nccl_queue(stream, self._device)
 
-    def _p2p(self, kind: str, ptr: Any, count: Any, datatype: Any, peer: Any,
-             stream: Any) -> None:
+    def _p2p(self, kind: str, ptr: Any, count: Any, datatype: Any, peer: Any, stream: Any) -> None:
         ptr, count, stream = _c(ptr, "intptr_t"), _c(count, "size_t"), _c(stream, "intptr_t")
         datatype, peer, fc = _c(datatype, "int"), _c(peer, "int"), self._fc
         with fc._cv:
@@ -701,8 +848,18 @@ class _NcclCommunicator:
             fc._log(kind, self._device, stream, self._rank, peer, view.size)
             fc._post(q, _P2P(self, kind, peer, seq, view))
 
-    def _coll(self, kind: str, sendbuf: Any, recvbuf: Any, count: Any, datatype: Any, op: Any,
-              root: Any, stream: Any, name: str | None = None) -> None:
+    def _coll(
+        self,
+        kind: str,
+        sendbuf: Any,
+        recvbuf: Any,
+        count: Any,
+        datatype: Any,
+        op: Any,
+        root: Any,
+        stream: Any,
+        name: str | None = None,
+    ) -> None:
         sendbuf, recvbuf = _c(sendbuf, "intptr_t"), _c(recvbuf, "intptr_t")
         count, datatype, root = _c(count, "size_t"), _c(datatype, "int"), _c(root, "int")
         op = None if op is None else _c(op, "int")
@@ -715,14 +872,27 @@ class _NcclCommunicator:
                 raise NcclError(4, f"root {root} out of range for {n} ranks")
             nb = count * size
             send_nb, recv_nb = {"allGather": (nb, nb * n), "reduceScatter": (nb * n, nb)}.get(
-                kind, (nb, nb))
+                kind, (nb, nb)
+            )
             me = self._rank
-            send = None if kind == "broadcast" and me != root else \
-                fc._devbuf(sendbuf, send_nb, self._device, "sendbuff")
-            recv = None if kind == "reduce" and me != root else \
-                fc._devbuf(recvbuf, recv_nb, self._device, "recvbuff")
-            fc._log(name or kind, self._device, stream, me,
-                    root if kind in ("reduce", "broadcast") else None, send_nb)
+            send = (
+                None
+                if kind == "broadcast" and me != root
+                else fc._devbuf(sendbuf, send_nb, self._device, "sendbuff")
+            )
+            recv = (
+                None
+                if kind == "reduce" and me != root
+                else fc._devbuf(recvbuf, recv_nb, self._device, "recvbuff")
+            )
+            fc._log(
+                name or kind,
+                self._device,
+                stream,
+                me,
+                root if kind in ("reduce", "broadcast") else None,
+                send_nb,
+            )
             fc._post(q, _Coll(self, kind, (kind, count, datatype, op, root), send, recv))
 
 
@@ -751,8 +921,13 @@ class FakeCuda:
     def installed(self) -> Iterator[types.ModuleType]:
         """Put the fake into ``sys.modules`` as ``cupy`` (and its submodules) for a while."""
         cuda = self.cupy.cuda
-        mods = {"cupy": self.cupy, "cupy.cuda": cuda, "cupy.cuda.nccl": cuda.nccl,
-                "cupy.cuda.runtime": cuda.runtime, "cupy.cuda.nvrtc": cuda.nvrtc}
+        mods = {
+            "cupy": self.cupy,
+            "cupy.cuda": cuda,
+            "cupy.cuda.nccl": cuda.nccl,
+            "cupy.cuda.runtime": cuda.runtime,
+            "cupy.cuda.nvrtc": cuda.nvrtc,
+        }
         saved = {name: sys.modules.get(name) for name in mods}
         sys.modules.update(mods)
         try:
@@ -799,8 +974,12 @@ class FakeCuda:
         if st is None:
             null = self.cupy.cuda.Stream.null
             st = self._tls.state = types.SimpleNamespace(
-                device=0, streams=[[null] for _ in range(self.devices)], stream_devices=[],
-                group_depth=0, group=[])
+                device=0,
+                streams=[[null] for _ in range(self.devices)],
+                stream_devices=[],
+                group_depth=0,
+                group=[],
+            )
         return st
 
     def _set_device(self, device: Any) -> None:
@@ -836,11 +1015,19 @@ class FakeCuda:
 
     # -- the engine ---------------------------------------------------------------------------
 
-    def _log(self, kind: str, device: int, stream: int | None, rank: int | None = None,
-             peer: int | None = None, nbytes: int | None = None) -> None:
+    def _log(
+        self,
+        kind: str,
+        device: int,
+        stream: int | None,
+        rank: int | None = None,
+        peer: int | None = None,
+        nbytes: int | None = None,
+    ) -> None:
         with self._cv:
-            self.log.append(Call(kind, threading.current_thread().name, device, stream, rank,
-                                 peer, nbytes))
+            self.log.append(
+                Call(kind, threading.current_thread().name, device, stream, rank, peer, nbytes)
+            )
 
     def _push(self, op: _Op) -> _Op:
         """Enqueue ``op`` on its streams (adding the legacy null stream's implicit order)."""
@@ -849,8 +1036,9 @@ class FakeCuda:
             for q in op.queues:
                 null = self._null[q.device]
                 if q is null:
-                    deps += [x.tail for x in self._busy
-                             if x.device == q.device and x.kind == "blocking"]
+                    deps += [
+                        x.tail for x in self._busy if x.device == q.device and x.kind == "blocking"
+                    ]
                 elif q.kind == "blocking" and null in self._busy:
                     deps.append(null.tail)
             op.deps = deps
@@ -876,8 +1064,9 @@ class FakeCuda:
                     while q.ops:
                         op = q.ops[0]
                         if not op.started:
-                            if any(not d.done for d in op.deps) or \
-                                    any(x.ops[0] is not op for x in op.queues):
+                            if any(not d.done for d in op.deps) or any(
+                                x.ops[0] is not op for x in op.queues
+                            ):
                                 break
                             op.started = moved = True
                             try:
@@ -904,8 +1093,9 @@ class FakeCuda:
                     epoch, deadline = self._epoch, time.monotonic() + self.hang_timeout
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise FakeHang(f"no progress for {self.hang_timeout} s; "
-                                   + (why or self._blocked)())
+                    raise FakeHang(
+                        f"no progress for {self.hang_timeout} s; " + (why or self._blocked)()
+                    )
                 self._cv.wait(left)
 
     def _blocked(self) -> str:
@@ -936,8 +1126,10 @@ class FakeCuda:
         dev = self._state().device
         for a in arrays:
             if a._dev != dev:
-                raise ValueError(f"Array device must be same as the current device: array "
-                                 f"device = {a._dev} while current = {dev} ({what})")
+                raise ValueError(
+                    f"Array device must be same as the current device: array "
+                    f"device = {a._dev} while current = {dev} ({what})"
+                )
         q = self._queue_of(self._get_current_stream(), dev)
         with self._cv:
             self._log("kernel", dev, q.ptr, nbytes=arrays[0].nbytes)
@@ -978,7 +1170,7 @@ class FakeCuda:
         buf, start, dev = found
         if dev != device:
             raise NcclError(4, f"{name} on device {dev}, communicator on device {device}")
-        return buf[ptr - start:ptr - start + nbytes]
+        return buf[ptr - start : ptr - start + nbytes]
 
     def _empty(self, shape: Any, dtype: Any = float, order: str = "C") -> _NDArray:
         dt = _dtype(dtype)
@@ -1017,7 +1209,7 @@ class FakeCuda:
         strides = desc.get("strides")
         strides = None if strides is None else tuple(strides)
         if strides is None:
-            strides = tuple(int(np.prod(shape[i + 1:])) * dt.itemsize for i in range(len(shape)))
+            strides = tuple(int(np.prod(shape[i + 1 :])) * dt.itemsize for i in range(len(shape)))
         if 0 in shape:
             return self._empty(shape, dt)
         lo = ptr + sum(min(0, s * (n - 1)) for s, n in zip(strides, shape))
@@ -1030,14 +1222,17 @@ class FakeCuda:
         stream = desc.get("stream")
         if stream is not None:
             if stream in (0, 2):
-                raise ValueError(f"fake cupy: __cuda_array_interface__ stream {stream} is "
-                                 "disallowed or not modelled")
+                raise ValueError(
+                    f"fake cupy: __cuda_array_interface__ stream {stream} is "
+                    "disallowed or not modelled"
+                )
             q = self._null[self._state().device] if stream == 1 else self._queues.get(stream)
             if q is None:
                 raise CUDARuntimeError(400, f"unknown stream {stream:#x}")
             self._sync([q], q.device, q.ptr)
         return self.cupy.ndarray(
-            np.ndarray(shape, dt, buffer=buf, offset=ptr - start, strides=strides), device)
+            np.ndarray(shape, dt, buffer=buf, offset=ptr - start, strides=strides), device
+        )
 
     def _copyto(self, dst: _NDArray, src: Any, casting: str = "same_kind") -> None:
         on_device = isinstance(src, _NDArray)
@@ -1045,19 +1240,29 @@ class FakeCuda:
         shape = np.shape(src._a if on_device else value)
         if np.broadcast_shapes(shape, dst.shape) != dst.shape:
             raise ValueError(f"could not broadcast {shape} into {dst.shape}")
-        np.copyto(np.empty((), dst.dtype), value if np.isscalar(value) else
-                  np.empty((), value.dtype), casting=casting)  # casting errors now
-        self._launch("copy", [dst, src] if on_device else [dst], lambda: np.copyto(
-            dst._a, src._a if on_device else value, casting="unsafe"))
+        np.copyto(
+            np.empty((), dst.dtype),
+            value if np.isscalar(value) else np.empty((), value.dtype),
+            casting=casting,
+        )  # casting errors now
+        self._launch(
+            "copy",
+            [dst, src] if on_device else [dst],
+            lambda: np.copyto(dst._a, src._a if on_device else value, casting="unsafe"),
+        )
 
     def _elementwise(self, fn: Callable[..., Any]) -> Callable[..., _NDArray]:
         """CuPy's ``fn`` (a ufunc or ``where``): a kernel over device arrays and scalars."""
+
         def call(*args: Any, out: _NDArray | None = None) -> _NDArray:
             for x in (*args, out):
                 if isinstance(x, np.ndarray):
                     raise TypeError(f"Unsupported type {type(x)}")
             dev = [isinstance(x, _NDArray) for x in args]
-            values = lambda: [x._a if d else x for x, d in zip(args, dev)]
+
+            def values(args=args, dev=dev) -> list:
+                return [x._a if d else x for x, d in zip(args, dev)]
+
             with np.errstate(all="ignore"):
                 dtype = fn(*(np.empty((), x.dtype) if d else x for x, d in zip(args, dev))).dtype
             shape = np.broadcast_shapes(*map(np.shape, values()))
@@ -1067,23 +1272,33 @@ class FakeCuda:
                 raise ValueError(f"{fn.__name__}: cannot write {shape} into {out.shape}")
             elif not np.can_cast(dtype, out.dtype, "same_kind"):
                 raise TypeError(f"{fn.__name__}: cannot cast {dtype} to {out.dtype}")
-            self._launch(fn.__name__, [out] + [x for x, d in zip(args, dev) if d],
-                         lambda: np.copyto(out._a, fn(*values()), casting="unsafe"))
+            self._launch(
+                fn.__name__,
+                [out] + [x for x, d in zip(args, dev) if d],
+                lambda: np.copyto(out._a, fn(*values()), casting="unsafe"),
+            )
             return out
+
         call.__name__ = fn.__name__
         return call
 
     def _concatenate(self, arrays: list[_NDArray], axis: int = 0) -> _NDArray:
         shapes = [a.shape for a in arrays]
         axis %= len(shapes[0])
-        if any(len(s) != len(shapes[0]) or s[:axis] + s[axis + 1:] !=
-               shapes[0][:axis] + shapes[0][axis + 1:] for s in shapes):
+        if any(
+            len(s) != len(shapes[0])
+            or s[:axis] + s[axis + 1 :] != shapes[0][:axis] + shapes[0][axis + 1 :]
+            for s in shapes
+        ):
             raise ValueError(f"concatenate: shapes {shapes} do not fit along axis {axis}")
         shape = list(shapes[0])
         shape[axis] = sum(s[axis] for s in shapes)
         out = self._empty(shape, np.result_type(*(a.dtype for a in arrays)))
-        self._launch("concatenate", [out, *arrays], lambda: np.concatenate(
-            [a._a for a in arrays], axis=axis, out=out._a))
+        self._launch(
+            "concatenate",
+            [out, *arrays],
+            lambda: np.concatenate([a._a for a in arrays], axis=axis, out=out._a),
+        )
         return out
 
     def _get(self, arr: _NDArray, stream: _Stream | None) -> np.ndarray:
@@ -1124,15 +1339,23 @@ class FakeCuda:
                 raise NcclError(5, f"rank {rank} of comm {cl.name} joined twice")
             for other, c in cl.members.items():
                 if c._device == device:
-                    cl.error = (5, (f"Duplicate GPU detected: rank {rank} and rank {other} "
-                                    f"both on CUDA device {device}"))
+                    cl.error = (
+                        5,
+                        (
+                            f"Duplicate GPU detected: rank {rank} and rank {other} "
+                            f"both on CUDA device {device}"
+                        ),
+                    )
                     self._changed()
                     raise NcclError(*cl.error)
             cl.members[rank] = comm
             self._changed()
-            self._wait(lambda: len(cl.members) == n or cl.error is not None,
-                       lambda: f"comm {cl.name}: ranks "
-                               f"{sorted(set(range(n)) - set(cl.members))} never joined")
+            self._wait(
+                lambda: len(cl.members) == n or cl.error is not None,
+                lambda: (
+                    f"comm {cl.name}: ranks {sorted(set(range(n)) - set(cl.members))} never joined"
+                ),
+            )
             if cl.error is not None:
                 raise NcclError(*cl.error)
         return cl
@@ -1165,9 +1388,13 @@ class FakeCuda:
         for items in by_device.values():
             parts = tuple(p for _, p in items)
             comms = list(dict.fromkeys(p.comm for p in parts))
-            op = _Op(", ".join(p.what for p in parts), list(dict.fromkeys(q for q, _ in items)),
-                     start=lambda parts=parts: [p.start() for p in parts], parts=parts,
-                     deps=tuple(c._last for c in comms if c._last is not None))
+            op = _Op(
+                ", ".join(p.what for p in parts),
+                list(dict.fromkeys(q for q, _ in items)),
+                start=lambda parts=parts: [p.start() for p in parts],
+                parts=parts,
+                deps=tuple(c._last for c in comms if c._last is not None),
+            )
             for p in parts:
                 p.op = op
             for c in comms:
@@ -1186,35 +1413,76 @@ class FakeCuda:
             return mod
 
         stream = cls("Stream", _Stream)
-        runtime = module("cupy.cuda.runtime", CUDARuntimeError=CUDARuntimeError,
-                         getDevice=lambda: self._state().device, setDevice=self._set_device,
-                         getDeviceCount=lambda: self.devices)
-        nccl = module("cupy.cuda.nccl", available=True, NcclError=NcclError,
-                      NcclCommunicator=cls("NcclCommunicator", _NcclCommunicator),
-                      get_version=lambda: 22304, get_unique_id=self._unique_id,
-                      groupStart=self._group_start, groupEnd=self._group_end,
-                      **_NCCL_CONSTANTS)
-        cuda = module("cupy.cuda", Device=cls("Device", _Device), Stream=stream,
-                      ExternalStream=cls("ExternalStream", _ExternalStream),
-                      Event=cls("Event", _Event), get_current_stream=self._get_current_stream,
-                      get_elapsed_time=self._elapsed, is_available=lambda: True,
-                      MemoryPointer=MemoryPointer, runtime=runtime, nccl=nccl,
-                      nvrtc=module("cupy.cuda.nvrtc", getVersion=lambda: (12, 4)))
+        runtime = module(
+            "cupy.cuda.runtime",
+            CUDARuntimeError=CUDARuntimeError,
+            getDevice=lambda: self._state().device,
+            setDevice=self._set_device,
+            getDeviceCount=lambda: self.devices,
+        )
+        nccl = module(
+            "cupy.cuda.nccl",
+            available=True,
+            NcclError=NcclError,
+            NcclCommunicator=cls("NcclCommunicator", _NcclCommunicator),
+            get_version=lambda: 22304,
+            get_unique_id=self._unique_id,
+            groupStart=self._group_start,
+            groupEnd=self._group_end,
+            **_NCCL_CONSTANTS,
+        )
+        cuda = module(
+            "cupy.cuda",
+            Device=cls("Device", _Device),
+            Stream=stream,
+            ExternalStream=cls("ExternalStream", _ExternalStream),
+            Event=cls("Event", _Event),
+            get_current_stream=self._get_current_stream,
+            get_elapsed_time=self._elapsed,
+            is_available=lambda: True,
+            MemoryPointer=MemoryPointer,
+            runtime=runtime,
+            nccl=nccl,
+            nvrtc=module("cupy.cuda.nvrtc", getVersion=lambda: (12, 4)),
+        )
         cupy = module(
-            "cupy", __version__="14.0.0", cuda=cuda, dtype=np.dtype,
+            "cupy",
+            __version__="14.0.0",
+            cuda=cuda,
+            dtype=np.dtype,
             ndarray=cls("ndarray", _NDArray, __slots__=(), __module__="cupy"),
-            empty=self._empty, asarray=self._asarray,
+            empty=self._empty,
+            asarray=self._asarray,
             zeros=lambda shape, dtype=float: self._filled(shape, dtype, 0),
             ones=lambda shape, dtype=float: self._filled(shape, dtype, 1),
             empty_like=lambda a, dtype=None: self._empty(a.shape, dtype or a.dtype),
             zeros_like=lambda a, dtype=None: self._filled(a.shape, dtype or a.dtype, 0),
             ascontiguousarray=self._ascontiguousarray,
-            concatenate=self._concatenate, copyto=self._copyto,
-            asnumpy=lambda a, stream=None: a.get(stream) if isinstance(a, _NDArray)
-            else np.asarray(a),
-            **{n: getattr(np, n) for n in ("bool_", "int8", "int16", "int32", "int64", "uint8",
-                                           "uint16", "uint32", "uint64", "float16", "float32",
-                                           "float64", "complex64", "complex128")},
-            **{n: self._elementwise(getattr(np, n)) for n in _ELEMENTWISE})
+            concatenate=self._concatenate,
+            copyto=self._copyto,
+            asnumpy=lambda a, stream=None: (
+                a.get(stream) if isinstance(a, _NDArray) else np.asarray(a)
+            ),
+            **{
+                n: getattr(np, n)
+                for n in (
+                    "bool_",
+                    "int8",
+                    "int16",
+                    "int32",
+                    "int64",
+                    "uint8",
+                    "uint16",
+                    "uint32",
+                    "uint64",
+                    "float16",
+                    "float32",
+                    "float64",
+                    "complex64",
+                    "complex128",
+                )
+            },
+            **{n: self._elementwise(getattr(np, n)) for n in _ELEMENTWISE},
+        )
         stream.null = stream(null=True)
         return cupy

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -53,8 +53,10 @@ class FakeCudaTensor(torch.Tensor):
         owner = type(self)._owner
         device = None if owner is None else owner.fake.device_of(_base_ptr(self))
         if device is None:
-            raise RuntimeError("a fake CUDA tensor whose memory a torch op made on the host "
-                               "(torch cannot allocate on the fake GPUs)")
+            raise RuntimeError(
+                "a fake CUDA tensor whose memory a torch op made on the host "
+                "(torch cannot allocate on the fake GPUs)"
+            )
         return torch.device("cuda", device)
 
     def record_stream(self, stream) -> None:  # type: ignore[override]
@@ -107,8 +109,11 @@ class FakeTorch:
     @contextlib.contextmanager
     def installed(self) -> Iterator[FakeTorch]:
         """Patch torch.cuda's current-stream and current-device calls for the duration."""
-        patches = {"current_stream": self._current_stream, "set_device": self._set_device,
-                   "current_device": self._current_device}
+        patches = {
+            "current_stream": self._current_stream,
+            "set_device": self._set_device,
+            "current_device": self._current_device,
+        }
         saved = {name: getattr(torch.cuda, name) for name in patches}
         FakeCudaTensor._owner = self
         for name, fn in patches.items():
@@ -120,8 +125,13 @@ class FakeTorch:
                 setattr(torch.cuda, name, fn)
 
     def _current_stream(self, device=None) -> FakeTorchStream:
-        index = self._current_device() if device is None else torch.device(
-            "cuda", device).index if isinstance(device, int) else device.index
+        index = (
+            self._current_device()
+            if device is None
+            else torch.device("cuda", device).index
+            if isinstance(device, int)
+            else device.index
+        )
         return FakeTorchStream(self._streams().get(index, 0), index)
 
     def _set_device(self, device) -> None:

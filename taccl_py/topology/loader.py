@@ -39,8 +39,11 @@ def _builtin_files() -> dict[str, Traversable]:
     directory = _builtin_dir()
     if not directory.is_dir():
         return {}
-    return {f.name[: -len(".yaml")]: f for f in directory.iterdir()
-            if f.name.endswith(".yaml") and f.is_file()}
+    return {
+        f.name[: -len(".yaml")]: f
+        for f in directory.iterdir()
+        if f.name.endswith(".yaml") and f.is_file()
+    }
 
 
 def builtin_names() -> list[str]:
@@ -59,14 +62,16 @@ class _Loader(yaml.SafeLoader):
                 key = (key_node.tag, key_node.value)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                    )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_int(self, node):
         if len(node.value) > MAX_INT_CHARS:
             raise yaml.constructor.ConstructorError(
-                None, None, f"integer longer than {MAX_INT_CHARS} characters", node.start_mark)
+                None, None, f"integer longer than {MAX_INT_CHARS} characters", node.start_mark
+            )
         return super().construct_yaml_int(node)
 
 
@@ -114,8 +119,10 @@ def _load_yaml(text: str, where: str) -> object:
         if size is None:
             raise TopologyError(f"{where}: a YAML alias refers to a node that contains it")
         if size > MAX_YAML_NODES:
-            raise TopologyError(f"{where}: {size} YAML nodes once aliases are expanded, more "
-                                f"than the limit of {MAX_YAML_NODES}")
+            raise TopologyError(
+                f"{where}: {size} YAML nodes once aliases are expanded, more "
+                f"than the limit of {MAX_YAML_NODES}"
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -129,8 +136,9 @@ def _check_flow_depth(text: str, where: str) -> None:
             if ch in "[{":
                 depth += 1
                 if depth > MAX_FLOW_DEPTH:
-                    raise TopologyError(f"{where}: line {line_no}: brackets nested more "
-                                        f"than {MAX_FLOW_DEPTH} deep")
+                    raise TopologyError(
+                        f"{where}: line {line_no}: brackets nested more than {MAX_FLOW_DEPTH} deep"
+                    )
             elif ch in "]}" and depth:
                 depth -= 1
 
@@ -138,13 +146,15 @@ def _check_flow_depth(text: str, where: str) -> None:
 def parse_yaml(data: bytes, where: str) -> object:
     """Bytes of a YAML file -> Python data, or a one-line TopologyError."""
     if len(data) > MAX_FILE_BYTES:
-        raise TopologyError(f"{where}: too large for a YAML file: {len(data)} bytes, the "
-                            f"limit is {MAX_FILE_BYTES}")
+        raise TopologyError(
+            f"{where}: too large for a YAML file: {len(data)} bytes, the limit is {MAX_FILE_BYTES}"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise TopologyError(f"{where}: not a UTF-8 text file "
-                            f"(bad byte at offset {exc.start})") from None
+        raise TopologyError(
+            f"{where}: not a UTF-8 text file (bad byte at offset {exc.start})"
+        ) from None
     if not text.strip():
         raise TopologyError(f"{where}: empty file")
     _check_flow_depth(text, where)
@@ -157,8 +167,9 @@ def parse_yaml(data: bytes, where: str) -> object:
         raise TopologyError(f"{where}: {at}invalid YAML: {problem}") from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
-        raise TopologyError(f"{where}: line {line}: invalid YAML: unacceptable character "
-                            f"#x{exc.character:04x}") from None
+        raise TopologyError(
+            f"{where}: line {line}: invalid YAML: unacceptable character #x{exc.character:04x}"
+        ) from None
     except yaml.YAMLError as exc:
         raise TopologyError(f"{where}: YAML error: {' '.join(str(exc).split())}") from None
     except RecursionError:
@@ -198,11 +209,15 @@ def _build(doc: dict, default_name: str, source: str, nodes: int) -> Topology:
         raise TopologyError(f"{name}: nodes must be an integer >= 1, got {nodes!r}")
     nics_doc = doc.get("nics", [])
     if nodes > 1 and not nics_doc:
-        raise TopologyError(f"{name}: has no NICs, so it cannot span {nodes} nodes "
-                            f"(add a 'nics' section to its file to make it multi-node)")
+        raise TopologyError(
+            f"{name}: has no NICs, so it cannot span {nodes} nodes "
+            f"(add a 'nics' section to its file to make it multi-node)"
+        )
     if n * nodes > MAX_RANKS:
-        raise TopologyError(f"{name}: {nodes} nodes x {n} GPUs = {n * nodes} ranks, more "
-                            f"than the {MAX_RANKS} supported")
+        raise TopologyError(
+            f"{name}: {nodes} nodes x {n} GPUs = {n * nodes} ranks, more "
+            f"than the {MAX_RANKS} supported"
+        )
     max_nodes = doc.get("max_nodes")
     if max_nodes is not None and nodes > max_nodes:
         raise TopologyError(f"{name}: at most {max_nodes} nodes, asked for {nodes}")
@@ -214,30 +229,53 @@ def _build(doc: dict, default_name: str, source: str, nodes: int) -> Topology:
             count = int(entry.get("count", 1))
             for a, b in entry["pairs"]:
                 edges = [(a, b)] if entry.get("directed", False) else [(a, b), (b, a)]
-                links += [Link(base + int(s), base + int(d),
-                               bandwidth=count * entry["bandwidth"] * _GB,
-                               alpha=entry["alpha"] / _US_PER_S, count=count,
-                               kind=entry.get("kind", "nvlink")) for s, d in edges]
+                links += [
+                    Link(
+                        base + int(s),
+                        base + int(d),
+                        bandwidth=count * entry["bandwidth"] * _GB,
+                        alpha=entry["alpha"] / _US_PER_S,
+                        count=count,
+                        kind=entry.get("kind", "nvlink"),
+                    )
+                    for s, d in edges
+                ]
         for i, entry in enumerate(doc.get("switches", [])):
-            switches.append(Switch(
-                name=f"n{node}.{entry.get('name', f'switch{i}')}", node=node,
-                ranks=tuple(base + g for g in expand_gpus(entry["gpus"], n)),
-                bandwidth=entry["bandwidth"] * _GB, alpha=entry["alpha"] / _US_PER_S))
+            switches.append(
+                Switch(
+                    name=f"n{node}.{entry.get('name', f'switch{i}')}",
+                    node=node,
+                    ranks=tuple(base + g for g in expand_gpus(entry["gpus"], n)),
+                    bandwidth=entry["bandwidth"] * _GB,
+                    alpha=entry["alpha"] / _US_PER_S,
+                )
+            )
         for i, entry in enumerate(nics_doc):
-            nics.append(Nic(
-                name=f"n{node}.{entry.get('name', f'nic{i}')}", node=node, rail=i,
-                ranks=tuple(base + g for g in expand_gpus(entry["gpus"], n)),
-                bandwidth=entry["bandwidth"] * _GB, alpha=entry["alpha"] / _US_PER_S))
+            nics.append(
+                Nic(
+                    name=f"n{node}.{entry.get('name', f'nic{i}')}",
+                    node=node,
+                    rail=i,
+                    ranks=tuple(base + g for g in expand_gpus(entry["gpus"], n)),
+                    bandwidth=entry["bandwidth"] * _GB,
+                    alpha=entry["alpha"] / _US_PER_S,
+                )
+            )
     return Topology(
-        name=name, gpus_per_node=n, nodes=nodes, links=tuple(links),
-        switches=tuple(switches), nics=tuple(nics),
+        name=name,
+        gpus_per_node=n,
+        nodes=nodes,
+        links=tuple(links),
+        switches=tuple(switches),
+        nics=tuple(nics),
         network=doc.get("network", "full-bisection"),
-        description=" ".join(doc.get("description", "").split()), source=source)
+        description=" ".join(doc.get("description", "").split()),
+        source=source,
+    )
 
 
 def _looks_like_path(text: str) -> bool:
-    return (os.sep in text or "/" in text or text.endswith((".yaml", ".yml"))
-            or os.path.exists(text))
+    return os.sep in text or "/" in text or text.endswith((".yaml", ".yml")) or os.path.exists(text)
 
 
 def parse_topology(data: bytes, where: str, name: str) -> Topology:
@@ -262,8 +300,9 @@ def load_topology(name_or_path: str | os.PathLike, nodes: int = 1) -> Topology:
         default_name = path.stem
     else:
         known = ", ".join(sorted(builtins)) or "none found"
-        raise TopologyError(f"unknown topology {text!r}: not a file, and not a built-in "
-                            f"name ({known})")
+        raise TopologyError(
+            f"unknown topology {text!r}: not a file, and not a built-in name ({known})"
+        )
     return _build(_load_document(data, where), default_name, str(source), nodes)
 
 
@@ -290,8 +329,10 @@ def describe(topology: Topology) -> str:
     if t.source:
         lines.append(f"  source: {t.source}")
     if t.nodes > 1:
-        lines.append(f"  ranks: {t.num_ranks} ({t.nodes} nodes x {t.gpus_per_node} GPUs; "
-                     f"rank = node * {t.gpus_per_node} + GPU)")
+        lines.append(
+            f"  ranks: {t.num_ranks} ({t.nodes} nodes x {t.gpus_per_node} GPUs; "
+            f"rank = node * {t.gpus_per_node} + GPU)"
+        )
     else:
         lines.append(f"  ranks: {t.num_ranks} (1 node)")
     node0 = [lk for lk in t.links if t.node_of(lk.src) == 0]
@@ -301,20 +342,30 @@ def describe(topology: Topology) -> str:
         for lk in node0:
             back = directed.get((lk.dst, lk.src))
             both = back is not None and (back.bandwidth, back.alpha, back.count, back.kind) == (
-                lk.bandwidth, lk.alpha, lk.count, lk.kind)
+                lk.bandwidth,
+                lk.alpha,
+                lk.count,
+                lk.kind,
+            )
             if both and lk.src > lk.dst:
                 continue
             arrow = "<->" if both else "->"
-            lines.append(f"    {lk.src}{arrow}{lk.dst}: {lk.kind} x{lk.count}, "
-                         f"{_gbs(lk.bandwidth)}, alpha {_us(lk.alpha)}")
+            lines.append(
+                f"    {lk.src}{arrow}{lk.dst}: {lk.kind} x{lk.count}, "
+                f"{_gbs(lk.bandwidth)}, alpha {_us(lk.alpha)}"
+            )
     for sw in t.switches:
         if sw.node == 0:
-            lines.append(f"  switch {sw.name.split('.', 1)[-1]}: {_gpus(sw.ranks)}, "
-                         f"{_gbs(sw.bandwidth)} per port, alpha {_us(sw.alpha)}")
+            lines.append(
+                f"  switch {sw.name.split('.', 1)[-1]}: {_gpus(sw.ranks)}, "
+                f"{_gbs(sw.bandwidth)} per port, alpha {_us(sw.alpha)}"
+            )
     for nic in t.nics:
         if nic.node == 0:
-            lines.append(f"  NIC {nic.name.split('.', 1)[-1]} (rail {nic.rail}): "
-                         f"{_gpus(nic.ranks)}, {_gbs(nic.bandwidth)}, alpha {_us(nic.alpha)}")
+            lines.append(
+                f"  NIC {nic.name.split('.', 1)[-1]} (rail {nic.rail}): "
+                f"{_gpus(nic.ranks)}, {_gbs(nic.bandwidth)}, alpha {_us(nic.alpha)}"
+            )
     if t.nics:
         lines.append(f"  network: {t.network}")
     kinds = Counter(c.kind for c in t.connections.values())

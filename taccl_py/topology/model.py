@@ -142,8 +142,11 @@ class Topology:
                 conns[(c.src, c.dst)] = c
 
         for link in self.links:
-            offer(Connection(link.src, link.dst, link.alpha,
-                             (f"link:{link.src}->{link.dst}",), "link"))
+            offer(
+                Connection(
+                    link.src, link.dst, link.alpha, (f"link:{link.src}->{link.dst}",), "link"
+                )
+            )
         for sw in self.switches:
             for a in sw.ranks:
                 for b in sw.ranks:
@@ -155,8 +158,15 @@ class Topology:
                     continue
                 if self.network == RAIL_ONLY and nic_a.rail != nic_b.rail:
                     continue
-                offer(Connection(a, b, max(nic_a.alpha, nic_b.alpha),
-                                 (f"nicout:{nic_a.name}", f"nicin:{nic_b.name}"), "network"))
+                offer(
+                    Connection(
+                        a,
+                        b,
+                        max(nic_a.alpha, nic_b.alpha),
+                        (f"nicout:{nic_a.name}", f"nicin:{nic_b.name}"),
+                        "network",
+                    )
+                )
         return dict(sorted(conns.items()))
 
     def connection(self, src: int, dst: int) -> Connection:
@@ -164,7 +174,8 @@ class Topology:
             return self.connections[(src, dst)]
         except KeyError:
             raise TopologyError(
-                f"{self.label}: no direct connection from rank {src} to rank {dst}") from None
+                f"{self.label}: no direct connection from rank {src} to rank {dst}"
+            ) from None
 
     def neighbors(self, rank: int) -> list[int]:
         return [d for (s, d) in self.connections if s == rank]

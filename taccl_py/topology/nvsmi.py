@@ -63,9 +63,14 @@ GENERATIONS = (
 PCIE_ONLY_BW = 32.0  # GB/s: Gen4 x16 when there is no NVLink to guess a generation from
 
 #: PCIe path class -> (label, fraction of the PCIe bandwidth, α µs)
-PCIE_CLASSES = {"PIX": ("PIX/PXB", 1.0, 1.0), "PXB": ("PIX/PXB", 1.0, 1.0),
-                "PHB": ("PHB/NODE", 0.75, 1.5), "NODE": ("PHB/NODE", 0.75, 1.5),
-                "SYS": ("SYS", 0.5, 2.5), "SOC": ("SYS", 0.5, 2.5)}
+PCIE_CLASSES = {
+    "PIX": ("PIX/PXB", 1.0, 1.0),
+    "PXB": ("PIX/PXB", 1.0, 1.0),
+    "PHB": ("PHB/NODE", 0.75, 1.5),
+    "NODE": ("PHB/NODE", 0.75, 1.5),
+    "SYS": ("SYS", 0.5, 2.5),
+    "SOC": ("SYS", 0.5, 2.5),
+}
 #: PCIe path classes from nearest to farthest (SOC is SYS's old name)
 DISTANCE = {"PIX": 0, "PXB": 1, "PHB": 2, "NODE": 3, "SYS": 4, "SOC": 4}
 
@@ -103,8 +108,9 @@ def read_matrix(file: str | Path) -> tuple[bytes, str]:
         return read_input(file, MAX_INPUT_BYTES, _WHAT, TopologyError), display_path(file)
     data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
     if len(data) > MAX_INPUT_BYTES:
-        raise TopologyError(f"<stdin>: too large for a {_WHAT}: over the limit of "
-                            f"{MAX_INPUT_BYTES} bytes")
+        raise TopologyError(
+            f"<stdin>: too large for a {_WHAT}: over the limit of {MAX_INPUT_BYTES} bytes"
+        )
     return data, "<stdin>"
 
 
@@ -117,8 +123,10 @@ def parse(text: str, where: str = "<input>") -> Matrix:
     lines = _lines(text)
     head = next((i for i, line in enumerate(lines) if "GPU0" in line.split()), None)
     if head is None:
-        raise TopologyError(f"{where}: no header row with GPU0, GPU1, ... "
-                            f"(expected the output of `nvidia-smi topo -m`)")
+        raise TopologyError(
+            f"{where}: no header row with GPU0, GPU1, ... "
+            f"(expected the output of `nvidia-smi topo -m`)"
+        )
     labels = []
     for token in lines[head].split():
         if token in ("CPU", "NUMA", "GPU"):  # "CPU Affinity", "NUMA Affinity", "GPU NUMA ID"
@@ -129,8 +137,10 @@ def parse(text: str, where: str = "<input>") -> Matrix:
         gpus += 1
     stray = next((lab for lab in labels[gpus:] if _GPU_LABEL.match(lab)), None)
     if stray is not None or len(set(labels)) != len(labels):
-        raise TopologyError(f"{where}: line {head + 1}: header columns must be GPU0..GPUn "
-                            f"in order, then NICs, each once; got {' '.join(labels)}")
+        raise TopologyError(
+            f"{where}: line {head + 1}: header columns must be GPU0..GPUn "
+            f"in order, then NICs, each once; got {' '.join(labels)}"
+        )
     column = {lab: j for j, lab in enumerate(labels)}
     rows: dict[str, tuple[int, list[str]]] = {}
     legend = len(lines)
@@ -142,8 +152,10 @@ def parse(text: str, where: str = "<input>") -> Matrix:
             legend = i
             break
         if tokens[0] not in column:
-            raise TopologyError(f"{where}: line {i + 1}: row {tokens[0]!r} is not a column "
-                                f"of the header (line {head + 1})")
+            raise TopologyError(
+                f"{where}: line {i + 1}: row {tokens[0]!r} is not a column "
+                f"of the header (line {head + 1})"
+            )
         if tokens[0] in rows:
             raise TopologyError(f"{where}: line {i + 1}: second row for {tokens[0]}")
         rows[tokens[0]] = (i, _cells(tokens, len(labels), labels, where, i))
@@ -151,52 +163,61 @@ def parse(text: str, where: str = "<input>") -> Matrix:
         if lab not in rows:
             raise TopologyError(f"{where}: no row for {lab}")
     _check_symmetric(rows, labels, where)
-    names = {m.group(1): m.group(2) for line in lines[legend:]
-             if (m := _LEGEND_NIC.match(line))}
+    names = {m.group(1): m.group(2) for line in lines[legend:] if (m := _LEGEND_NIC.match(line))}
     nic_labels = tuple(labels[gpus:])
     return Matrix(
-        gpus=gpus, nic_labels=nic_labels,
+        gpus=gpus,
+        nic_labels=nic_labels,
         nic_names=tuple(names.get(lab, lab) for lab in nic_labels),
         gpu_cells=tuple(tuple(rows[f"GPU{g}"][1][:gpus]) for g in range(gpus)),
-        nic_cells=tuple(tuple(rows[f"GPU{g}"][1][gpus:]) for g in range(gpus)))
+        nic_cells=tuple(tuple(rows[f"GPU{g}"][1][gpus:]) for g in range(gpus)),
+    )
 
 
-def _cells(tokens: list[str], width: int, labels: list[str], where: str,
-           i: int) -> list[str]:
+def _cells(tokens: list[str], width: int, labels: list[str], where: str, i: int) -> list[str]:
     """The ``width`` matrix cells of one row (affinity columns dropped), checked."""
-    row, cells = tokens[0], tokens[1:1 + width]
+    row, cells = tokens[0], tokens[1 : 1 + width]
     for j, cell in enumerate(cells):
         if _AFFINITY.match(cell):
             cells = cells[:j]
             break
         if cell != "X" and cell not in DISTANCE and not _NV.match(cell):
-            raise TopologyError(f"{where}: line {i + 1}: row {row}, column {labels[j]}: "
-                                f"unknown cell {cell!r} (expected X, NV#, PIX, PXB, PHB, "
-                                f"NODE, SYS or SOC)")
+            raise TopologyError(
+                f"{where}: line {i + 1}: row {row}, column {labels[j]}: "
+                f"unknown cell {cell!r} (expected X, NV#, PIX, PXB, PHB, "
+                f"NODE, SYS or SOC)"
+            )
     if len(cells) != width:
-        raise TopologyError(f"{where}: line {i + 1}: row {row} has {len(cells)} cells, "
-                            f"the header has {width} columns")
+        raise TopologyError(
+            f"{where}: line {i + 1}: row {row} has {len(cells)} cells, "
+            f"the header has {width} columns"
+        )
     for j, cell in enumerate(cells):
         if (cell == "X") != (labels[j] == row):
-            raise TopologyError(f"{where}: line {i + 1}: row {row}, column {labels[j]}: "
-                                f"{cell!r} " + ("off the diagonal" if cell == "X"
-                                                else "on the diagonal (expected X)"))
+            raise TopologyError(
+                f"{where}: line {i + 1}: row {row}, column {labels[j]}: "
+                f"{cell!r} "
+                + ("off the diagonal" if cell == "X" else "on the diagonal (expected X)")
+            )
         m = _NV.match(cell)
-        if m and (int(m.group(1)) < 1 or not (_GPU_LABEL.match(row) and
-                                               _GPU_LABEL.match(labels[j]))):
-            raise TopologyError(f"{where}: line {i + 1}: row {row}, column {labels[j]}: "
-                                f"{cell!r} is not an NVLink between two GPUs")
+        if m and (
+            int(m.group(1)) < 1 or not (_GPU_LABEL.match(row) and _GPU_LABEL.match(labels[j]))
+        ):
+            raise TopologyError(
+                f"{where}: line {i + 1}: row {row}, column {labels[j]}: "
+                f"{cell!r} is not an NVLink between two GPUs"
+            )
     return cells
 
 
-def _check_symmetric(rows: dict[str, tuple[int, list[str]]], labels: list[str],
-                     where: str) -> None:
+def _check_symmetric(rows: dict[str, tuple[int, list[str]]], labels: list[str], where: str) -> None:
     for a, (i, cells) in rows.items():
         for j, b in enumerate(labels):
             if b in rows and rows[b][1][labels.index(a)] != cells[j]:
                 raise TopologyError(
                     f"{where}: line {i + 1}: asymmetric matrix: {a}-{b} is {cells[j]!r} "
-                    f"but {b}-{a} (line {rows[b][0] + 1}) is {rows[b][1][labels.index(a)]!r}")
+                    f"but {b}-{a} (line {rows[b][0] + 1}) is {rows[b][1][labels.index(a)]!r}"
+                )
 
 
 def _nv(cell: str) -> int:
@@ -222,8 +243,11 @@ def _split(gpus: list[int], parts: int) -> list[list[int]]:
 def _select_nics(m: Matrix, nics: list[str] | None) -> list[int]:
     """Indices of the compute NICs: named ones, or those with a GPU at PIX/PXB."""
     if nics is None:
-        return [k for k in range(len(m.nic_labels))
-                if min(DISTANCE[m.nic_cells[g][k]] for g in range(m.gpus)) <= DISTANCE["PXB"]]
+        return [
+            k
+            for k in range(len(m.nic_labels))
+            if min(DISTANCE[m.nic_cells[g][k]] for g in range(m.gpus)) <= DISTANCE["PXB"]
+        ]
     if nics == ["none"]:
         return []
     known = {name: k for k, name in enumerate(m.nic_labels)}
@@ -231,8 +255,9 @@ def _select_nics(m: Matrix, nics: list[str] | None) -> list[int]:
     picked = []
     for name in nics:
         if name not in known:
-            raise TopologyError(f"--nics: no NIC {name!r} in the input (NICs: "
-                                f"{', '.join(m.nic_names) or 'none'})")
+            raise TopologyError(
+                f"--nics: no NIC {name!r} in the input (NICs: {', '.join(m.nic_names) or 'none'})"
+            )
         if known[name] not in picked:
             picked.append(known[name])
     return sorted(picked)
@@ -254,8 +279,10 @@ def _assign_nics(m: Matrix, picked: list[int], notes: list[str]) -> list[tuple[i
                 out.append((k, share))
                 taken.update(share)
             else:
-                notes.append(f"NIC {m.nic_names[k]} dropped: its nearest GPUs "
-                             f"{list(near)} are already served by other NICs")
+                notes.append(
+                    f"NIC {m.nic_names[k]} dropped: its nearest GPUs "
+                    f"{list(near)} are already served by other NICs"
+                )
     return sorted(out)
 
 
@@ -264,10 +291,17 @@ def _nvlink_generation(m: Matrix, switch_links: int | None) -> tuple:
     return next((gen for gen in GENERATIONS if per_gpu <= gen[1]), GENERATIONS[-1]), per_gpu
 
 
-def convert(m: Matrix, *, name: str, source: str = "nvidia-smi topo -m",
-            nics: list[str] | None = None, nvlink_bw: float | None = None,
-            pcie_bw: float | None = None, nic_bw: float | None = None,
-            pcie: bool = True) -> Imported:
+def convert(
+    m: Matrix,
+    *,
+    name: str,
+    source: str = "nvidia-smi topo -m",
+    nics: list[str] | None = None,
+    nvlink_bw: float | None = None,
+    pcie_bw: float | None = None,
+    nic_bw: float | None = None,
+    pcie: bool = True,
+) -> Imported:
     """The topology document for ``m`` (see the module docstring for the mapping)."""
     n = m.gpus
     pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
@@ -282,25 +316,40 @@ def convert(m: Matrix, *, name: str, source: str = "nvidia-smi topo -m",
     if has_nvlink:
         switch = n >= 3 and len(uniform) == 1 and k * (n - 1) > MAX_NVLINKS_PER_GPU
         (gen, _, per_link, alpha, pcie_default, nic_default), per_gpu = _nvlink_generation(
-            m, k if switch else None)
+            m, k if switch else None
+        )
         nic_bw = nic_default if nic_bw is None else nic_bw
         if nvlink_bw is None:
-            notes.append(f"NVLink generation guessed from {per_gpu} NVLinks per GPU: {gen}, "
-                         f"{_gbs(per_link)} per link, alpha {alpha:g} us")
+            notes.append(
+                f"NVLink generation guessed from {per_gpu} NVLinks per GPU: {gen}, "
+                f"{_gbs(per_link)} per link, alpha {alpha:g} us"
+            )
         else:
             per_link = nvlink_bw
-            notes.append(f"NVLink: {_gbs(per_link)} per link (--nvlink-bw), alpha {alpha:g} us "
-                         f"({gen}, guessed from {per_gpu} NVLinks per GPU)")
+            notes.append(
+                f"NVLink: {_gbs(per_link)} per link (--nvlink-bw), alpha {alpha:g} us "
+                f"({gen}, guessed from {per_gpu} NVLinks per GPU)"
+            )
         if switch:
-            switches.append({"name": "nvswitch", "gpus": "all", "bandwidth": k * per_link,
-                             "alpha": alpha})
-            notes.append(f"every GPU pair shows NV{k}: NVSwitch, {k} x {_gbs(per_link)} = "
-                         f"{_gbs(k * per_link)} per GPU port")
+            switches.append(
+                {"name": "nvswitch", "gpus": "all", "bandwidth": k * per_link, "alpha": alpha}
+            )
+            notes.append(
+                f"every GPU pair shows NV{k}: NVSwitch, {k} x {_gbs(per_link)} = "
+                f"{_gbs(k * per_link)} per GPU port"
+            )
             summary.append(f"NVSwitch {_gbs(k * per_link)} per GPU")
         else:
             for c in sorted({c for c in counts.values() if c}, reverse=True):
-                links.append({"pairs": [list(p) for p in pairs if counts[p] == c], "count": c,
-                              "bandwidth": per_link, "alpha": alpha, "kind": "nvlink"})
+                links.append(
+                    {
+                        "pairs": [list(p) for p in pairs if counts[p] == c],
+                        "count": c,
+                        "bandwidth": per_link,
+                        "alpha": alpha,
+                        "kind": "nvlink",
+                    }
+                )
             summary.append("NVLink " + "/".join(f"NV{lk['count']}" for lk in links))
     nic_bw = NIC_BW if nic_bw is None else nic_bw
     pcie_pairs = [p for p in pairs if not counts[p]]
@@ -313,43 +362,62 @@ def convert(m: Matrix, *, name: str, source: str = "nvidia-smi topo -m",
             cls = [p for p in pcie_pairs if PCIE_CLASSES[m.gpu_cells[p[0]][p[1]]][0] == label]
             if cls:
                 frac, alpha = next(v[1:] for v in PCIE_CLASSES.values() if v[0] == label)
-                links.append({"pairs": [list(p) for p in cls], "bandwidth": pcie_bw * frac,
-                              "alpha": alpha, "kind": "pcie"})
-        notes.append(f"GPU pairs without NVLink: PCIe links, x16 at {_gbs(pcie_bw)} ({how}); "
-                     f"PIX/PXB 1x alpha 1 us, PHB/NODE 0.75x alpha 1.5 us, "
-                     f"SYS 0.5x alpha 2.5 us")
+                links.append(
+                    {
+                        "pairs": [list(p) for p in cls],
+                        "bandwidth": pcie_bw * frac,
+                        "alpha": alpha,
+                        "kind": "pcie",
+                    }
+                )
+        notes.append(
+            f"GPU pairs without NVLink: PCIe links, x16 at {_gbs(pcie_bw)} ({how}); "
+            f"PIX/PXB 1x alpha 1 us, PHB/NODE 0.75x alpha 1.5 us, "
+            f"SYS 0.5x alpha 2.5 us"
+        )
         summary.append(f"PCIe for {len(pcie_pairs)} GPU pair(s)")
     elif pcie_pairs:
-        notes.append(f"--no-pcie: {len(pcie_pairs)} GPU pair(s) without NVLink left "
-                     f"unconnected")
+        notes.append(f"--no-pcie: {len(pcie_pairs)} GPU pair(s) without NVLink left unconnected")
     assigned = _assign_nics(m, _select_nics(m, nics), notes)
     if assigned:
         how = "--nics" if nics is not None else "NICs with a GPU at PIX/PXB"
-        notes.append(f"compute NICs ({how}), each serving its nearest GPUs: " + ", ".join(
-            f"{m.nic_names[i]} -> GPU {','.join(map(str, g))}" for i, g in assigned)
-            + f"; {_gbs(nic_bw)}, alpha {NIC_ALPHA:g} us, full-bisection network")
+        notes.append(
+            f"compute NICs ({how}), each serving its nearest GPUs: "
+            + ", ".join(f"{m.nic_names[i]} -> GPU {','.join(map(str, g))}" for i, g in assigned)
+            + f"; {_gbs(nic_bw)}, alpha {NIC_ALPHA:g} us, full-bisection network"
+        )
         used = {i for i, _ in assigned}
         skipped = [name for i, name in enumerate(m.nic_names) if i not in used]
         if skipped:
             notes.append(f"NICs not used: {', '.join(skipped)}")
         lonely = sorted(set(range(n)) - {g for _, gs in assigned for g in gs})
         if lonely:
-            notes.append(f"GPUs without a NIC (inter-node traffic relays through others): "
-                         f"{', '.join(map(str, lonely))}")
+            notes.append(
+                f"GPUs without a NIC (inter-node traffic relays through others): "
+                f"{', '.join(map(str, lonely))}"
+            )
         summary.append(f"{len(assigned)} NIC(s)")
     else:
         notes.append("no compute NICs: single node only (--nics NAME,... to add some)")
-    doc: dict = {"name": name,
-                 "description": f"{n} GPUs from {source}: "
-                                + ", ".join(summary or ["no GPU links"]),
-                 "gpus_per_node": n}
+    doc: dict = {
+        "name": name,
+        "description": f"{n} GPUs from {source}: " + ", ".join(summary or ["no GPU links"]),
+        "gpus_per_node": n,
+    }
     if links:
         doc["links"] = links
     if switches:
         doc["switches"] = switches
     if assigned:
-        doc["nics"] = [{"name": _YAML_NAME.sub("_", m.nic_names[i]), "gpus": gpus,
-                        "bandwidth": nic_bw, "alpha": NIC_ALPHA} for i, gpus in assigned]
+        doc["nics"] = [
+            {
+                "name": _YAML_NAME.sub("_", m.nic_names[i]),
+                "gpus": gpus,
+                "bandwidth": nic_bw,
+                "alpha": NIC_ALPHA,
+            }
+            for i, gpus in assigned
+        ]
         doc["network"] = "full-bisection"
     return Imported(doc, notes)
 
@@ -370,7 +438,7 @@ def _entry(d: dict, indent: str) -> str:
     parts = []
     for key, val in d.items():
         if key == "pairs" and len(val) > 8:
-            rows = [", ".join(_value(p) for p in val[i:i + 8]) for i in range(0, len(val), 8)]
+            rows = [", ".join(_value(p) for p in val[i : i + 8]) for i in range(0, len(val), 8)]
             pad = " " * (len(head) + len("pairs: ["))
             parts.append("pairs: [" + f",\n{pad}".join(rows) + "]")
         else:
@@ -380,11 +448,14 @@ def _entry(d: dict, indent: str) -> str:
 
 def to_yaml(imported: Imported, source: str) -> str:
     """The YAML text: a comment header of assumptions, then the document."""
-    out = [f"# Imported by `taccl topology import nvidia-smi` from {source}.",
-           "# Assumptions (bandwidth per direction, alpha = latency; edit to taste):"]
+    out = [
+        f"# Imported by `taccl topology import nvidia-smi` from {source}.",
+        "# Assumptions (bandwidth per direction, alpha = latency; edit to taste):",
+    ]
     for note in imported.notes:
-        out += textwrap.wrap(note, 88, initial_indent="#   - ", subsequent_indent="#     ",
-                             break_on_hyphens=False)
+        out += textwrap.wrap(
+            note, 88, initial_indent="#   - ", subsequent_indent="#     ", break_on_hyphens=False
+        )
     for key, val in imported.doc.items():
         if isinstance(val, list):
             out.append(f"{key}:")
@@ -411,12 +482,17 @@ def check(text: str) -> Topology:
         raise TopologyError(f"generated topology is invalid (a bug): {exc}") from None
 
 
-def import_nvidia_smi(text: str, source: str, *, name: str | None = None,
-                      **options) -> tuple[str, Topology]:
+def import_nvidia_smi(
+    text: str, source: str, *, name: str | None = None, **options
+) -> tuple[str, Topology]:
     """``nvidia-smi topo -m`` text -> (checked YAML text, its topology)."""
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise TopologyError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
-    imported = convert(parse(text, source), name=name or default_name(source),
-                       source=f"nvidia-smi topo -m ({Path(source).name})", **options)
+    imported = convert(
+        parse(text, source),
+        name=name or default_name(source),
+        source=f"nvidia-smi topo -m ({Path(source).name})",
+        **options,
+    )
     yaml_text = to_yaml(imported, source)
     return yaml_text, check(yaml_text)

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 from statistics import median
@@ -86,8 +86,9 @@ class _MpiComm:
         try:
             from mpi4py import MPI
         except ImportError:
-            raise TacclError("taccl profile under mpiexec needs mpi4py "
-                             "(pip install mpi4py mpich)") from None
+            raise TacclError(
+                "taccl profile under mpiexec needs mpi4py (pip install mpi4py mpich)"
+            ) from None
         self._byte = MPI.BYTE
         self.comm = MPI.COMM_WORLD.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
@@ -207,8 +208,9 @@ def open_comm(transport: str, device: str):
 
 
 # -- measurement ------------------------------------------------------------------------
-def _pingpong(comm, buf, nbytes: int, peer: int, initiator: bool, iters: int,
-              warmup: int) -> float | None:
+def _pingpong(
+    comm, buf, nbytes: int, peer: int, initiator: bool, iters: int, warmup: int
+) -> float | None:
     """The median one-way time (initiator) of ``iters`` round trips of ``nbytes``."""
     rtts = []
     for k in range(warmup + iters):
@@ -234,8 +236,7 @@ def measure(comm, sizes: list[int], iters: int, warmup: int) -> list[PairResult]
         comm.barrier()
         if comm.rank in (a, b):
             peer = b if comm.rank == a else a
-            times = [_pingpong(comm, buf, s, peer, comm.rank == a, iters, warmup)
-                     for s in sizes]
+            times = [_pingpong(comm, buf, s, peer, comm.rank == a, iters, warmup) for s in sizes]
             if comm.rank == a:
                 mine.append((a, b, tuple(times)))
     comm.barrier()
@@ -252,8 +253,7 @@ def group_nodes(hosts: list[str], gpus_per_node: int | None) -> list[list[int]]:
     n = len(hosts)
     if gpus_per_node is not None:
         if n % gpus_per_node:
-            raise TacclError(f"--gpus-per-node {gpus_per_node} does not divide the "
-                             f"{n} ranks")
+            raise TacclError(f"--gpus-per-node {gpus_per_node} does not divide the {n} ranks")
         return [list(range(k, k + gpus_per_node)) for k in range(0, n, gpus_per_node)]
     by_host: dict[str, list[int]] = {}
     for rank, host in enumerate(hosts):
@@ -261,8 +261,9 @@ def group_nodes(hosts: list[str], gpus_per_node: int | None) -> list[list[int]]:
     groups = list(by_host.values())
     if len({len(g) for g in groups}) > 1:
         counts = ", ".join(f"{h} {len(g)}" for h, g in by_host.items())
-        raise TacclError(f"uneven ranks per host ({counts}); start as many on every host "
-                         f"or give --gpus-per-node")
+        raise TacclError(
+            f"uneven ranks per host ({counts}); start as many on every host or give --gpus-per-node"
+        )
     return groups
 
 
@@ -272,8 +273,10 @@ def _sig(x: float, digits: int = 4) -> float:
 
 def _numbers(fits: list[Fit]) -> dict:
     """Median bandwidth (GB/s) and α (µs) of ``fits``, as topology fields."""
-    return {"bandwidth": _sig(median(f.bandwidth for f in fits) / _GB),
-            "alpha": _sig(median(f.alpha for f in fits) * _US)}
+    return {
+        "bandwidth": _sig(median(f.bandwidth for f in fits) / _GB),
+        "alpha": _sig(median(f.alpha for f in fits) * _US),
+    }
 
 
 def _split(results: list[PairResult], groups: list[list[int]]):
@@ -292,9 +295,15 @@ def _split(results: list[PairResult], groups: list[list[int]]):
 
 def measured_record(results: list[PairResult], meta: dict) -> dict:
     """The ``measured`` section: ``meta`` (date, launcher, ...) and every pair's fit."""
-    fits = [{"pair": [r.a, r.b], "alpha": _sig(r.fit.alpha * _US),
-             "bandwidth": _sig(r.fit.bandwidth / _GB), "r2": _sig(r.fit.r2, 6)}
-            for r in results]
+    fits = [
+        {
+            "pair": [r.a, r.b],
+            "alpha": _sig(r.fit.alpha * _US),
+            "bandwidth": _sig(r.fit.bandwidth / _GB),
+            "r2": _sig(r.fit.r2, 6),
+        }
+        for r in results
+    ]
     return {**meta, "fits": fits}
 
 
@@ -304,10 +313,12 @@ def build_topology(results: list[PairResult], groups: list[list[int]], meta: dic
     hosts = ", ".join(meta.get("hosts", [])) or "?"
     doc: dict = {
         "description": f"measured by taccl profile on {hosts}: {meta.get('ranks')} ranks, "
-                       f"{meta.get('transport')} on {meta.get('device')}, {meta['date']}",
+        f"{meta.get('transport')} on {meta.get('device')}, {meta['date']}",
         "gpus_per_node": len(groups[0]),
-        "links": [{"pairs": [[a, b]], **_numbers(fits), "kind": "measured"}
-                  for (a, b), fits in intra.items()],
+        "links": [
+            {"pairs": [[a, b]], **_numbers(fits), "kind": "measured"}
+            for (a, b), fits in intra.items()
+        ],
     }
     if not doc["links"]:
         del doc["links"]
@@ -320,12 +331,15 @@ def build_topology(results: list[PairResult], groups: list[list[int]], meta: dic
 
 def _check_node_size(n: int, groups: list[list[int]], where: str) -> None:
     if n != len(groups[0]):
-        raise TacclError(f"{where} has {n} GPUs per node but {len(groups[0])} ranks run per "
-                         f"node; give --gpus-per-node {n} or start {n} per node")
+        raise TacclError(
+            f"{where} has {n} GPUs per node but {len(groups[0])} ranks run per "
+            f"node; give --gpus-per-node {n} or start {n} per node"
+        )
 
 
-def update_topology(doc: dict, results: list[PairResult], groups: list[list[int]],
-                    meta: dict) -> tuple[dict, list[str]]:
+def update_topology(
+    doc: dict, results: list[PairResult], groups: list[list[int]], meta: dict
+) -> tuple[dict, list[str]]:
     """``doc`` with the measured pairs' links, switches and NICs updated, and notes."""
     from .schema import expand_gpus
 
@@ -354,19 +368,21 @@ def update_topology(doc: dict, results: list[PairResult], groups: list[list[int]
         if fits:
             entry.update(_numbers(fits))
             left = {p: fs for p, fs in left.items() if not (p[0] in gpus and p[1] in gpus)}
-    notes = [f"pair {a}-{b} has no link or switch in the topology; its numbers are only "
-             f"in measured.fits" for a, b in left]
+    notes = [
+        f"pair {a}-{b} has no link or switch in the topology; its numbers are only in measured.fits"
+        for a, b in left
+    ]
     if inter:
         if doc.get("nics"):
             for entry in doc["nics"]:
                 gpus = set(expand_gpus(entry["gpus"], n))
-                fits = [r.fit for r in inter
-                        if where[r.a][1] in gpus or where[r.b][1] in gpus]
+                fits = [r.fit for r in inter if where[r.a][1] in gpus or where[r.b][1] in gpus]
                 if fits:
                     entry.update(_numbers(fits))
         else:
-            notes.append("the topology has no NICs; the inter-node numbers are only in "
-                         "measured.fits")
+            notes.append(
+                "the topology has no NICs; the inter-node numbers are only in measured.fits"
+            )
     doc["measured"] = measured_record(results, meta)
     return doc, notes
 
@@ -380,26 +396,37 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_representer(
-    _Flow, lambda d, data: d.represent_mapping("tag:yaml.org,2002:map", data, flow_style=True))
+    _Flow, lambda d, data: d.represent_mapping("tag:yaml.org,2002:map", data, flow_style=True)
+)
 
 
 def to_yaml(doc: dict) -> str:
     """``doc`` as YAML in the built-in files' style: one line per link, switch, NIC, fit."""
+
     def flow(items):
         return [_Flow(x) if isinstance(x, dict) else x for x in items]
 
     out = {k: flow(v) if k in ("links", "switches", "nics") else v for k, v in doc.items()}
     if "measured" in out:
         out["measured"] = {**out["measured"], "fits": flow(out["measured"].get("fits", []))}
-    return yaml.dump(out, Dumper=_Dumper, sort_keys=False, default_flow_style=None,
-                     width=4096, allow_unicode=True)
+    return yaml.dump(
+        out,
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=None,
+        width=4096,
+        allow_unicode=True,
+    )
 
 
 def format_table(results: list[PairResult]) -> str:
     """One line per pair: α (µs), bandwidth (GB/s), R²."""
     lines = [f"{'pair':>9} {'alpha(us)':>10} {'GB/s':>9} {'R2':>8}"]
-    lines += [f"{f'{r.a}-{r.b}':>9} {r.fit.alpha * _US:>10.2f} {r.fit.bandwidth / _GB:>9.3f} "
-              f"{r.fit.r2:>8.4f}" for r in results]
+    lines += [
+        f"{f'{r.a}-{r.b}':>9} {r.fit.alpha * _US:>10.2f} {r.fit.bandwidth / _GB:>9.3f} "
+        f"{r.fit.r2:>8.4f}"
+        for r in results
+    ]
     if any(r.fit.r2 < 0.9 for r in results):
         lines.append("R2 < 0.9: noisy timings; try more --iters or fewer ranks per core")
     return "\n".join(lines)
@@ -415,9 +442,11 @@ def _prepare(hosts, gpus_per_node, sizes, output: Path | None, update: Path | No
         raise TacclError("--sizes needs at least two sizes to fit alpha and bandwidth")
     need = 2 * max(sizes) * len(hosts)  # a send and a receive buffer on every rank
     if need > host_memory():
-        raise TacclError(f"--sizes up to {format_size(max(sizes))}: buffers of "
-                         f"{format_size(need)} for {len(hosts)} ranks exceed this host's "
-                         f"{format_size(host_memory())} of memory")
+        raise TacclError(
+            f"--sizes up to {format_size(max(sizes))}: buffers of "
+            f"{format_size(need)} for {len(hosts)} ranks exceed this host's "
+            f"{format_size(host_memory())} of memory"
+        )
     groups = group_nodes(hosts, gpus_per_node)
     doc = None
     if update is not None:
@@ -427,9 +456,16 @@ def _prepare(hosts, gpus_per_node, sizes, output: Path | None, update: Path | No
     return groups, doc
 
 
-def profile_command(output: Path | None, update: Path | None, sizes: list[int], iters: int,
-                    warmup: int, transport: str, device: str,
-                    gpus_per_node: int | None) -> None:
+def profile_command(
+    output: Path | None,
+    update: Path | None,
+    sizes: list[int],
+    iters: int,
+    warmup: int,
+    transport: str,
+    device: str,
+    gpus_per_node: int | None,
+) -> None:
     """``taccl profile``: measure, print the table on rank 0, write or update the YAML."""
     from ..util.fileio import atomic_write_text, display_path
     from .schema import check_document
@@ -453,13 +489,21 @@ def profile_command(output: Path | None, update: Path | None, sizes: list[int], 
     if comm.rank != 0:
         return
     groups, doc = prepared
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "launcher": comm.launcher, "transport": comm.transport, "device": device,
-            "hosts": list(dict.fromkeys(hosts)), "ranks": comm.size, "sizes": list(sizes),
-            "iters": iters}
-    summary = (f"taccl profile: {comm.size} ranks on {len(groups)} node(s) of "
-               f"{len(groups[0])}, {comm.transport} on {device}, sizes "
-               f"{','.join(map(format_size, sizes))}, {iters} iters\n{format_table(results)}")
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "launcher": comm.launcher,
+        "transport": comm.transport,
+        "device": device,
+        "hosts": list(dict.fromkeys(hosts)),
+        "ranks": comm.size,
+        "sizes": list(sizes),
+        "iters": iters,
+    }
+    summary = (
+        f"taccl profile: {comm.size} ranks on {len(groups)} node(s) of "
+        f"{len(groups[0])}, {comm.transport} on {device}, sizes "
+        f"{','.join(map(format_size, sizes))}, {iters} iters\n{format_table(results)}"
+    )
     target = output or update
     if target is None:
         print(summary)

@@ -25,13 +25,18 @@ MAX_ITERS = (1 << 31) - 1
 #: problems listed by a validation that reports every one (then a count of the rest)
 MAX_LISTED = 100
 
-_NAME = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_-]*$",
-         "x-message": "must be a name of letters, digits, '_' or '-', starting with a letter"}
+_NAME = {
+    "type": "string",
+    "pattern": r"^[A-Za-z][A-Za-z0-9_-]*$",
+    "x-message": "must be a name of letters, digits, '_' or '-', starting with a letter",
+}
 #: a local GPU id (the loader checks it against gpus_per_node)
 GPU_ID = {"type": "integer", "minimum": 0, "maximum": MAX_GPUS_PER_NODE - 1}
 #: "all" or a list of local GPU ids
-GPU_LIST = {"anyOf": [{"const": "all"}, {"type": "array", "items": GPU_ID, "minItems": 1}],
-            "x-message": "must be \"all\" or a non-empty list of GPU ids"}
+GPU_LIST = {
+    "anyOf": [{"const": "all"}, {"type": "array", "items": GPU_ID, "minItems": 1}],
+    "x-message": 'must be "all" or a non-empty list of GPU ids',
+}
 _RANK = {"type": "integer", "minimum": 0, "maximum": MAX_RANKS - 1}
 _BANDWIDTH = {"type": "number", "minimum": 1e-3, "maximum": 1e6}  # GB/s: 1 MB/s .. 1 PB/s
 _ALPHA = {"type": "number", "minimum": 0, "maximum": 1e6}  # µs
@@ -61,19 +66,22 @@ _MEASURED = {
         "device": {"type": "string"},
         "hosts": {"type": "array", "items": {"type": "string"}},
         "ranks": {"type": "integer", "minimum": 2, "maximum": MAX_RANKS},
-        "sizes": {"type": "array", "items": {"type": "integer", "minimum": 1,
-                                             "maximum": MAX_SIZE}},
+        "sizes": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": MAX_SIZE}},
         "iters": {"type": "integer", "minimum": 1, "maximum": MAX_ITERS},
-        "fits": {"type": "array", "items": {
-            "type": "object",
-            "required": ["pair", "alpha", "bandwidth"],
-            "additionalProperties": False,
-            "properties": {
-                "pair": {"type": "array", "items": _RANK, "minItems": 2, "maxItems": 2},
-                "alpha": _ALPHA, "bandwidth": _BANDWIDTH,
-                "r2": {"type": "number", "maximum": 1},
+        "fits": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["pair", "alpha", "bandwidth"],
+                "additionalProperties": False,
+                "properties": {
+                    "pair": {"type": "array", "items": _RANK, "minItems": 2, "maxItems": 2},
+                    "alpha": _ALPHA,
+                    "bandwidth": _BANDWIDTH,
+                    "r2": {"type": "number", "maximum": 1},
+                },
             },
-        }},
+        },
     },
 }
 
@@ -84,8 +92,11 @@ SCHEMA: dict = {
     "required": ["gpus_per_node"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                 "x-message": "must be a name of letters, digits, '.', '_' or '-'"},
+        "name": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+            "x-message": "must be a name of letters, digits, '.', '_' or '-'",
+        },
         "description": {"type": "string"},
         "gpus_per_node": {"type": "integer", "minimum": 1, "maximum": MAX_GPUS_PER_NODE},
         "links": {
@@ -95,9 +106,17 @@ SCHEMA: dict = {
                 "required": ["pairs", "bandwidth", "alpha"],
                 "additionalProperties": False,
                 "properties": {
-                    "pairs": {"type": "array", "minItems": 1, "items": {
-                        "type": "array", "items": GPU_ID, "minItems": 2, "maxItems": 2,
-                        "x-message": "must be a pair of GPU ids [a, b]"}},
+                    "pairs": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "array",
+                            "items": GPU_ID,
+                            "minItems": 2,
+                            "maxItems": 2,
+                            "x-message": "must be a pair of GPU ids [a, b]",
+                        },
+                    },
                     "count": {"type": "integer", "minimum": 1, "maximum": 64},
                     "bandwidth": _BANDWIDTH,
                     "alpha": _ALPHA,
@@ -114,10 +133,14 @@ SCHEMA: dict = {
     },
 }
 
+
 def _finite_number(checker, value: object) -> bool:
     """JSON Schema's "number" less NaN and ±inf (and, as ever, less booleans)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        isinstance(value, int) or math.isfinite(value))
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or math.isfinite(value))
+    )
 
 
 def _integer(checker, value: object) -> bool:
@@ -126,8 +149,11 @@ def _integer(checker, value: object) -> bool:
 
 
 _Validator = validators.extend(
-    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
-        {"number": _finite_number, "integer": _integer}))
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"number": _finite_number, "integer": _integer}
+    ),
+)
 
 
 def make_validator(schema: dict) -> Draft202012Validator:
@@ -137,9 +163,15 @@ def make_validator(schema: dict) -> Draft202012Validator:
 
 _VALIDATOR = make_validator(SCHEMA)
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
-               "boolean": "true or false", "array": "a list", "object": "a mapping",
-               "null": "empty"}
+_TYPE_NAMES = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "empty",
+}
 
 
 def field_path(parts: Iterable[object]) -> str:
@@ -157,8 +189,10 @@ def field_path(parts: Iterable[object]) -> str:
 
 def _path_key(path: tuple) -> list[tuple]:
     """Sort key of a field path: list indexes by number, before mapping keys."""
-    return [(0, p, "") if isinstance(p, int) and not isinstance(p, bool) else (1, 0, str(p))
-            for p in path]
+    return [
+        (0, p, "") if isinstance(p, int) and not isinstance(p, bool) else (1, 0, str(p))
+        for p in path
+    ]
 
 
 class Problems:
@@ -239,8 +273,11 @@ def _translate(err: ValidationError) -> list[tuple[list[object], str]]:
         return [(path + [k], "required") for k in want if k not in value]
     if kind == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
-        return [(path + [k], f"unknown field {_show(k)} (allowed: {', '.join(allowed)})")
-                for k in value if k not in allowed]
+        return [
+            (path + [k], f"unknown field {_show(k)} (allowed: {', '.join(allowed)})")
+            for k in value
+            if k not in allowed
+        ]
     if kind == "type":
         wanted = " or ".join(_TYPE_NAMES[t] for t in ([want] if isinstance(want, str) else want))
         if isinstance(value, float) and not math.isfinite(value):
@@ -279,8 +316,7 @@ def _leaves(err: ValidationError) -> list[ValidationError]:
     if top.parent is not err:
         return [best]
     branch = top.relative_schema_path[0]
-    return [leaf for e in err.context if e.relative_schema_path[0] == branch
-            for leaf in _leaves(e)]
+    return [leaf for e in err.context if e.relative_schema_path[0] == branch for leaf in _leaves(e)]
 
 
 def expand_gpus(gpus: object, gpus_per_node: int) -> list[int]:
@@ -316,14 +352,14 @@ def _check_links(doc: dict, n: int, problems: Problems) -> None:
                 continue
             for edge in [(a, b)] if entry.get("directed", False) else [(a, b), (b, a)]:
                 if edge in seen:
-                    problems.add(here, f"duplicate link {edge[0]}->{edge[1]} (also at "
-                                       f"{seen[edge]})")
+                    problems.add(
+                        here, f"duplicate link {edge[0]}->{edge[1]} (also at {seen[edge]})"
+                    )
                     break
                 seen[edge] = field_path(here)
 
 
-def _check_attached(doc: dict, section: str, default: str, n: int,
-                    problems: Problems) -> None:
+def _check_attached(doc: dict, section: str, default: str, n: int, problems: Problems) -> None:
     """Switches or NICs: GPU ids in range, each GPU on at most one, unique names."""
     owner: dict[int, int] = {}
     names: set[str] = set()

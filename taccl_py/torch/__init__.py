@@ -20,8 +20,9 @@ import os
 try:
     import torch.distributed as dist
 except ImportError as exc:  # say which extra brings it
-    raise ImportError(f"taccl_py.torch needs PyTorch ({exc}): pip install "
-                      f"'taccl_py[torch]'") from None
+    raise ImportError(
+        f"taccl_py.torch needs PyTorch ({exc}): pip install 'taccl_py[torch]'"
+    ) from None
 
 from .backend import TacclProcessGroup
 from .library import CACHE_DIR_ENV, PLAN_DIR_ENV, PlanLibrary
@@ -53,5 +54,4 @@ if os.environ.get("TACCL_LOG", "0") not in ("", "0"):
     logging.getLogger("taccl_py.torch").setLevel(logging.INFO)
 
 if "taccl" not in dist.Backend.backend_list:
-    dist.Backend.register_backend("taccl", _create, extended_api=False,
-                                  devices=["cpu", "cuda"])
+    dist.Backend.register_backend("taccl", _create, extended_api=False, devices=["cpu", "cuda"])

@@ -14,9 +14,9 @@ are Gloo's (:data:`GLOO_DTYPES`).
 from __future__ import annotations
 
 import atexit
-import os
 import concurrent.futures as cf
 import datetime
+import os
 import weakref
 
 import numpy as np
@@ -60,18 +60,30 @@ class _Work(dist.Work):
 class TacclProcessGroup(dist.ProcessGroup):
     """A process group whose collectives run synthesized (or fallback) plans."""
 
-    def __init__(self, store, rank: int, size: int, timeout: datetime.timedelta,
-                 plan_dir=None, cache_dir=None, blocking_wait: bool | None = None) -> None:
+    def __init__(
+        self,
+        store,
+        rank: int,
+        size: int,
+        timeout: datetime.timedelta,
+        plan_dir=None,
+        cache_dir=None,
+        blocking_wait: bool | None = None,
+    ) -> None:
         super().__init__(rank, size)
         self._store, self._timeout = store, timeout.total_seconds()
         self._library = PlanLibrary(plan_dir, cache_dir)
         # Gloo's own timeout on plan messages comes later than the executor's, whose error
         # names the plan step and peer that stalled
-        self._plan_pg = dist.ProcessGroupGloo(dist.PrefixStore("taccl-plan", store),
-                                              rank, size, timeout * 2 + datetime.timedelta(
-                                                  seconds=5))
-        self._gloo = dist.ProcessGroupGloo(dist.PrefixStore("taccl-p2p", store), rank, size,
-                                           timeout)
+        self._plan_pg = dist.ProcessGroupGloo(
+            dist.PrefixStore("taccl-plan", store),
+            rank,
+            size,
+            timeout * 2 + datetime.timedelta(seconds=5),
+        )
+        self._gloo = dist.ProcessGroupGloo(
+            dist.PrefixStore("taccl-p2p", store), rank, size, timeout
+        )
         self._transport = GlooTransport(self._plan_pg)
         self._worker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="taccl-coll")
         self._executors: dict[tuple, PlanExecutor] = {}
@@ -110,8 +122,7 @@ class TacclProcessGroup(dist.ProcessGroup):
 
     def _check_live(self) -> None:
         if self._gloo is None:
-            raise TacclError("this taccl process group was shut down "
-                             "(dist.destroy_process_group)")
+            raise TacclError("this taccl process group was shut down (dist.destroy_process_group)")
 
     # -- plumbing ------------------------------------------------------------------------
     def _submit(self, fn, outputs, inputs=(), op=None):
@@ -147,6 +158,7 @@ class TacclProcessGroup(dist.ProcessGroup):
 
     def _each(self, kind: str, op=_R.SUM):
         """A job running the ``kind`` collective on each (output, input) pair."""
+
         def run(outputs, inputs):
             for output, input in zip(outputs, inputs):
                 self._collective(kind, output, input, op)
@@ -157,15 +169,13 @@ class TacclProcessGroup(dist.ProcessGroup):
         key = (id(plan), ce, dtype.str, redop)
         ex = self._executors.pop(key, None)
         if ex is None:
-            ex = PlanExecutor(plan, self._transport, self.rank(), self.size(), ce, dtype,
-                              redop)
+            ex = PlanExecutor(plan, self._transport, self.rank(), self.size(), ce, dtype, redop)
             if len(self._executors) >= EXECUTOR_CACHE:
                 self._executors.pop(next(iter(self._executors)))
         self._executors[key] = ex  # most recently used last
         return ex
 
-    def _collective(self, kind: str, output: torch.Tensor, input: torch.Tensor,
-                    op=_R.SUM) -> None:
+    def _collective(self, kind: str, output: torch.Tensor, input: torch.Tensor, op=_R.SUM) -> None:
         """``output`` ← the ``kind`` collective of every rank's ``input`` (contiguous tensors,
         taken as flat arrays); ``op`` is one of :data:`REDUCE`."""
         check_pair(kind, output, input, op, self.size())
@@ -194,8 +204,9 @@ class TacclProcessGroup(dist.ProcessGroup):
         chunks = plan.nchunksperloop
         if elems % chunks:  # only AllReduce gets here: pad to whole chunks
             if kind != ALLREDUCE:
-                raise TacclError(f"{kind} of {elems} elements does not split into the plan's "
-                                 f"{chunks} chunks")
+                raise TacclError(
+                    f"{kind} of {elems} elements does not split into the plan's {chunks} chunks"
+                )
             pad = chunks - elems % chunks
             send = np.concatenate([send, np.zeros(pad, send.dtype)])
             padded = np.empty_like(send)
@@ -223,8 +234,9 @@ class TacclProcessGroup(dist.ProcessGroup):
         if not all(on_gpu):
             raise TacclError("a call's tensors must all be CUDA tensors or all CPU tensors")
         if self._cuda is None:
-            self._cuda = cuda.CudaRunner(self._store, self.rank(), self.size(), self._library,
-                                         self._timeout, self._blocking)
+            self._cuda = cuda.CudaRunner(
+                self._store, self.rank(), self.size(), self._library, self._timeout, self._blocking
+            )
         return self._cuda
 
     # -- collectives (both the torch <= 2.12 and the 2.13 method names) ------------------
@@ -241,8 +253,9 @@ class TacclProcessGroup(dist.ProcessGroup):
         if gpu := self._gpu(tensors):
             return gpu.reduction(ALLREDUCE, [(t, t) for t in tensors], op)
         if op not in REDUCE:
-            return self._delegate(lambda ts, _: self._gloo.allreduce_coalesced(ts, opts),
-                                  tensors, op=op)
+            return self._delegate(
+                lambda ts, _: self._gloo.allreduce_coalesced(ts, opts), tensors, op=op
+            )
         return self._submit(lambda ts, _: self._each(ALLREDUCE, op)(ts, ts), tensors, op=op)
 
     def allgather(self, output_tensors, input_tensors, opts=None):
@@ -272,20 +285,32 @@ class TacclProcessGroup(dist.ProcessGroup):
             return gpu.moves(ALLGATHER, list(zip(outputs, inputs)))
         return self._submit(self._each(ALLGATHER), outputs, inputs)
 
-    def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes,
-                          opts=None):
+    def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):
         if gpu := self._gpu(output, input):
-            if not output_split_sizes and not input_split_sizes and input.dim() \
-                    and input.shape[0] % self.size() == 0:
+            if (
+                not output_split_sizes
+                and not input_split_sizes
+                and input.dim()
+                and input.shape[0] % self.size() == 0
+            ):
                 return gpu.moves(ALLTOALL, [(output, input)])
             return gpu.alltoall_split(output, input, output_split_sizes, input_split_sizes)
         # split sizes are Gloo's: only all of them tell whether the blocks are even, and
         # every rank must choose the same way
-        if not output_split_sizes and not input_split_sizes and input.dim() \
-                and input.shape[0] % self.size() == 0:
+        if (
+            not output_split_sizes
+            and not input_split_sizes
+            and input.dim()
+            and input.shape[0] % self.size() == 0
+        ):
             return self._submit(self._each(ALLTOALL), [output], [input])
-        return self._delegate(lambda o, i: self._gloo.alltoall_base(
-            o[0], i[0], output_split_sizes, input_split_sizes), [output], [input])
+        return self._delegate(
+            lambda o, i: self._gloo.alltoall_base(
+                o[0], i[0], output_split_sizes, input_split_sizes
+            ),
+            [output],
+            [input],
+        )
 
     alltoall_base = all_to_all_single
 
@@ -311,14 +336,17 @@ class TacclProcessGroup(dist.ProcessGroup):
             (out,), (parts,) = output_tensors, input_tensors
             return gpu.reduce_scatter_list(out, parts, op)
         if op not in REDUCE:
-            return self._delegate(lambda o, i: self._gloo.reduce_scatter(
-                _map(_flat, o), _map(_flat, i), opts), output_tensors, input_tensors, op)
+            return self._delegate(
+                lambda o, i: self._gloo.reduce_scatter(_map(_flat, o), _map(_flat, i), opts),
+                output_tensors,
+                input_tensors,
+                op,
+            )
 
         def run(outs, ins):
             (out,), (parts,) = outs, ins
             check_list("reduce_scatter", parts, out, self.size())
-            self._collective(REDUCESCATTER, out, torch.cat([t.reshape(-1) for t in parts]),
-                             op)
+            self._collective(REDUCESCATTER, out, torch.cat([t.reshape(-1) for t in parts]), op)
 
         return self._submit(run, output_tensors, input_tensors, op)
 
@@ -352,21 +380,27 @@ class TacclProcessGroup(dist.ProcessGroup):
     def reduce(self, tensors, opts):
         if gpu := self._gpu(tensors):
             return gpu.reduce(tensors, opts.rootRank, reduce_op(opts))
-        return self._delegate(lambda ts, _: self._gloo.reduce(ts, opts), tensors, op=reduce_op(opts))
+        return self._delegate(
+            lambda ts, _: self._gloo.reduce(ts, opts), tensors, op=reduce_op(opts)
+        )
 
     def gather(self, output_tensors, input_tensors, opts):
         if gpu := self._gpu(output_tensors, input_tensors):
-            return gpu.gather(output_tensors[0] if output_tensors else [], input_tensors[0],
-                              opts.rootRank)
-        return self._delegate(lambda o, i: self._gloo.gather(o, i, opts), output_tensors,
-                              input_tensors)
+            return gpu.gather(
+                output_tensors[0] if output_tensors else [], input_tensors[0], opts.rootRank
+            )
+        return self._delegate(
+            lambda o, i: self._gloo.gather(o, i, opts), output_tensors, input_tensors
+        )
 
     def scatter(self, output_tensors, input_tensors, opts):
         if gpu := self._gpu(output_tensors, input_tensors):
-            return gpu.scatter(output_tensors[0], input_tensors[0] if input_tensors else [],
-                               opts.rootRank)
-        return self._delegate(lambda o, i: self._gloo.scatter(o, i, opts), output_tensors,
-                              input_tensors)
+            return gpu.scatter(
+                output_tensors[0], input_tensors[0] if input_tensors else [], opts.rootRank
+            )
+        return self._delegate(
+            lambda o, i: self._gloo.scatter(o, i, opts), output_tensors, input_tensors
+        )
 
     def send(self, tensors, dstRank, tag):  # noqa: N803 - torch's keyword names
         if gpu := self._gpu(tensors):
@@ -380,8 +414,10 @@ class TacclProcessGroup(dist.ProcessGroup):
 
     def recv_anysource(self, tensors, tag):
         if self._gpu(tensors):
-            raise TacclError("recv from any source is not supported on CUDA tensors (NCCL "
-                             "point-to-point names its peer)")
+            raise TacclError(
+                "recv from any source is not supported on CUDA tensors (NCCL "
+                "point-to-point names its peer)"
+            )
         return self._gloo.recv_anysource(tensors, tag)
 
 

@@ -12,8 +12,17 @@ _R = dist.ReduceOp.RedOpType
 #: the reduce ops that plans do, and the plan redop of each (AVG: a sum, then divided)
 REDUCE = {_R.SUM: "sum", _R.AVG: "sum", _R.PRODUCT: "prod", _R.MIN: "min", _R.MAX: "max"}
 #: the dtypes Gloo serves on CPU, in the order of torch's dtype list; the others are refused
-GLOO_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
-               torch.uint8, torch.int32, torch.int64, torch.bool)
+GLOO_DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.int8,
+    torch.uint8,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+)
 
 
 def reduce_op(opts):
@@ -32,26 +41,39 @@ def as_real(tensor: torch.Tensor, op) -> torch.Tensor:
     return torch.view_as_real(tensor)
 
 
-def check_pair(kind: str, output: torch.Tensor, input: torch.Tensor, op, n: int,
-               cuda: bool = False) -> None:
+def check_pair(
+    kind: str, output: torch.Tensor, input: torch.Tensor, op, n: int, cuda: bool = False
+) -> None:
     """Refuse, before any message, what the ``kind`` collective cannot serve."""
     if output.device != input.device or output.dtype != input.dtype:
-        raise TacclError(f"{kind}: input and output must share device and dtype, got "
-                         f"{input.device}/{input.dtype} and {output.device}/{output.dtype}")
+        raise TacclError(
+            f"{kind}: input and output must share device and dtype, got "
+            f"{input.device}/{input.dtype} and {output.device}/{output.dtype}"
+        )
     if cuda:
-        if op is not None and kind in (ALLREDUCE, REDUCESCATTER) and (
-                output.dtype.is_floating_point and output.element_size() == 1
-                or output.dtype == torch.complex32):
+        if (
+            op is not None
+            and kind in (ALLREDUCE, REDUCESCATTER)
+            and (
+                output.dtype.is_floating_point
+                and output.element_size() == 1
+                or output.dtype == torch.complex32
+            )
+        ):
             raise TacclError(f"{kind}: reductions of {output.dtype} are not supported")
     elif output.dtype not in GLOO_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in GLOO_DTYPES)
-        raise TacclError(f"{kind}: {output.dtype} is not supported on CPU, as by Gloo "
-                         f"(supported: {names})")
+        raise TacclError(
+            f"{kind}: {output.dtype} is not supported on CPU, as by Gloo (supported: {names})"
+        )
     expect = {ALLGATHER: input.numel() * n, REDUCESCATTER: input.numel() // n}
     if output.numel() != expect.get(kind, input.numel()) or (
-            kind == REDUCESCATTER and input.numel() % n):
-        raise TacclError(f"{kind} on {n} ranks: output has {output.numel()} elements for "
-                         f"an input of {input.numel()}")
+        kind == REDUCESCATTER and input.numel() % n
+    ):
+        raise TacclError(
+            f"{kind} on {n} ranks: output has {output.numel()} elements for "
+            f"an input of {input.numel()}"
+        )
     if op == _R.AVG and not output.is_floating_point():
         raise TacclError(f"ReduceOp.AVG needs a floating-point tensor, got {output.dtype}")
 
@@ -59,12 +81,16 @@ def check_pair(kind: str, output: torch.Tensor, input: torch.Tensor, op, n: int,
 def check_list(name: str, parts: list, tensor: torch.Tensor, n: int) -> None:
     """A list argument of ``name`` must hold ``n`` tensors the size of ``tensor``."""
     if len(parts) != n or any(p.numel() != tensor.numel() for p in parts):
-        raise TacclError(f"{name} on {n} ranks needs {n} tensors of {tensor.numel()} "
-                         f"elements, got {[p.numel() for p in parts]}")
+        raise TacclError(
+            f"{name} on {n} ranks needs {n} tensors of {tensor.numel()} "
+            f"elements, got {[p.numel() for p in parts]}"
+        )
 
 
 def check_output(tensor: torch.Tensor) -> None:
     """Refuse an output whose elements share memory (an expanded view)."""
     if any(s == 0 and k > 1 for s, k in zip(tensor.stride(), tensor.shape)):
-        raise TacclError(f"an output of shape {tuple(tensor.shape)} has elements that share "
-                         f"memory (an expanded view): clone() it first")
+        raise TacclError(
+            f"an output of shape {tuple(tensor.shape)} has elements that share "
+            f"memory (an expanded view): clone() it first"
+        )

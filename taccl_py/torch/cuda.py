@@ -21,7 +21,8 @@ send/recv, and Reduce runs the AllReduce plan; no CUDA tensor is handed to Gloo.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,14 @@ import torch.distributed as dist
 
 from ..collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER
 from ..errors import TacclError
-from ..runtime.cuda_exec import (InFlight, NcclPlanExecutor, Watchdog, communicator_from_store,
-                                 external_stream, require_cuda)
+from ..runtime.cuda_exec import (
+    InFlight,
+    NcclPlanExecutor,
+    Watchdog,
+    communicator_from_store,
+    external_stream,
+    require_cuda,
+)
 from .checks import _R, REDUCE, as_real, check_list, check_output, check_pair
 from .library import PlanLibrary
 
@@ -101,8 +108,16 @@ class CudaWork(dist.Work):
 class CudaRunner:
     """Runs the collectives of one process group on CUDA tensors of one GPU."""
 
-    def __init__(self, store, rank: int, size: int, library: PlanLibrary, timeout: float,
-                 blocking_wait: bool = False, bridge: TorchCuda | None = None) -> None:
+    def __init__(
+        self,
+        store,
+        rank: int,
+        size: int,
+        library: PlanLibrary,
+        timeout: float,
+        blocking_wait: bool = False,
+        bridge: TorchCuda | None = None,
+    ) -> None:
         self.cp = require_cuda()
         self.store, self.rank, self.size, self.library = store, rank, size, library
         self.timeout, self.blocking = timeout, blocking_wait
@@ -157,8 +172,7 @@ class CudaRunner:
             return
         cp = self.cp
         with cp.cuda.Device(self.device):
-            external_stream(cp, self.bridge.stream(self.device), self.device).wait_event(
-                run.end)
+            external_stream(cp, self.bridge.stream(self.device), self.device).wait_event(run.end)
 
     def close(self) -> None:
         if self.watchdog is not None:
@@ -168,17 +182,22 @@ class CudaRunner:
     def _device_of(self, tensors) -> int:
         devices = {self.bridge.device(t) for t in tensors}
         if len(devices) != 1:
-            raise TacclError(f"a collective's tensors must be on one GPU, got "
-                             f"{sorted(f'cuda:{d}' for d in devices)}")
+            raise TacclError(
+                f"a collective's tensors must be on one GPU, got "
+                f"{sorted(f'cuda:{d}' for d in devices)}"
+            )
         device = devices.pop()
         if self.comm is None:
-            self.comm = communicator_from_store(self.store, self.rank, self.size, device,
-                                                self.timeout, key="taccl-nccl")
+            self.comm = communicator_from_store(
+                self.store, self.rank, self.size, device, self.timeout, key="taccl-nccl"
+            )
             self.device = device
             self.watchdog = Watchdog(self.comm, self.rank, self.timeout)
         elif device != self.device:
-            raise TacclError(f"this group's NCCL communicator is on cuda:{self.device}, the "
-                             f"tensors are on cuda:{device} (one GPU per rank)")
+            raise TacclError(
+                f"this group's NCCL communicator is on cuda:{self.device}, the "
+                f"tensors are on cuda:{device} (one GPU per rank)"
+            )
         self.watchdog.check()
         return device
 
@@ -193,19 +212,36 @@ class CudaRunner:
         for o, i in pairs:
             check_pair(kind, o, i, op, self.size, cuda=True)
             check_output(o)
-        return self.call(lambda s: "; ".join(
-            self.collective(kind, self.array(o), self.array(i), red, op == _R.AVG,
-                            o.dtype == torch.bfloat16, s) for o, i in pairs),
-            [o for o, _ in pairs], [i for _, i in pairs])
+        return self.call(
+            lambda s: "; ".join(
+                self.collective(
+                    kind,
+                    self.array(o),
+                    self.array(i),
+                    red,
+                    op == _R.AVG,
+                    o.dtype == torch.bfloat16,
+                    s,
+                )
+                for o, i in pairs
+            ),
+            [o for o, _ in pairs],
+            [i for _, i in pairs],
+        )
 
     def moves(self, kind: str, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
         """AllGather or (even) AllToAll of each (output, input) pair by plans."""
         for o, i in pairs:
             check_pair(kind, o, i, None, self.size, cuda=True)
             check_output(o)
-        return self.call(lambda s: "; ".join(
-            self.collective(kind, self.array(o), self.array(i), "sum", False, False, s)
-            for o, i in pairs), [o for o, _ in pairs], [i for _, i in pairs])
+        return self.call(
+            lambda s: "; ".join(
+                self.collective(kind, self.array(o), self.array(i), "sum", False, False, s)
+                for o, i in pairs
+            ),
+            [o for o, _ in pairs],
+            [i for _, i in pairs],
+        )
 
     def allgather_list(self, parts: list[torch.Tensor], tensor: torch.Tensor):
         """``all_gather`` into a list of tensors."""
@@ -216,11 +252,10 @@ class CudaRunner:
         def body(stream) -> str:
             numel = tensor.numel()
             flat = self.cp.empty(numel * self.size, self.array(tensor).dtype)
-            what = self.collective(ALLGATHER, flat, self.array(tensor), "sum", False, False,
-                                   stream)
+            what = self.collective(ALLGATHER, flat, self.array(tensor), "sum", False, False, stream)
             for r, part in enumerate(parts):
                 out = self.array(part)
-                out[...] = flat[r * numel:(r + 1) * numel].reshape(out.shape)
+                out[...] = flat[r * numel : (r + 1) * numel].reshape(out.shape)
             return what
 
         return self.call(body, parts, [tensor])
@@ -234,33 +269,48 @@ class CudaRunner:
 
         def body(stream) -> str:
             cp = self.cp
-            flat = cp.concatenate([cp.ascontiguousarray(self.array(p)).reshape(-1)
-                                   for p in parts])
-            return self.collective(REDUCESCATTER, self.array(output), flat, red,
-                                   op == _R.AVG, output.dtype == torch.bfloat16, stream)
+            flat = cp.concatenate([cp.ascontiguousarray(self.array(p)).reshape(-1) for p in parts])
+            return self.collective(
+                REDUCESCATTER,
+                self.array(output),
+                flat,
+                red,
+                op == _R.AVG,
+                output.dtype == torch.bfloat16,
+                stream,
+            )
 
         return self.call(body, [output], parts)
 
-    def alltoall_split(self, output: torch.Tensor, input: torch.Tensor,
-                       out_splits: list[int], in_splits: list[int]):
+    def alltoall_split(
+        self, output: torch.Tensor, input: torch.Tensor, out_splits: list[int], in_splits: list[int]
+    ):
         """``all_to_all_single`` with split sizes (rows of dim 0) as one NCCL group."""
         check_output(output)
         if output.dtype != input.dtype:
             raise TacclError(f"all_to_all: input {input.dtype} and output {output.dtype}")
         sends = _split_rows(input, in_splits, self.size, "input")
         recvs = _split_rows(output, out_splits, self.size, "output")
-        return self.call(lambda s: self.exchange(list(enumerate(sends)),
-                                                 list(enumerate(recvs)), s), [output], [input])
+        return self.call(
+            lambda s: self.exchange(list(enumerate(sends)), list(enumerate(recvs)), s),
+            [output],
+            [input],
+        )
 
     def alltoall_list(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]):
         """``all_to_all`` of tensor lists as one NCCL group."""
         if len(outputs) != self.size or len(inputs) != self.size:
-            raise TacclError(f"all_to_all on {self.size} ranks needs {self.size} input and "
-                             f"output tensors, got {len(inputs)} and {len(outputs)}")
+            raise TacclError(
+                f"all_to_all on {self.size} ranks needs {self.size} input and "
+                f"output tensors, got {len(inputs)} and {len(outputs)}"
+            )
         for o in outputs:
             check_output(o)
-        return self.call(lambda s: self.exchange(list(enumerate(inputs)),
-                                                 list(enumerate(outputs)), s), outputs, inputs)
+        return self.call(
+            lambda s: self.exchange(list(enumerate(inputs)), list(enumerate(outputs)), s),
+            outputs,
+            inputs,
+        )
 
     def broadcast(self, tensors: list[torch.Tensor], root: int):
         for t in tensors:
@@ -280,8 +330,11 @@ class CudaRunner:
             for t in tensors:
                 arr = self.array(t)
                 out = arr if self.rank == root else self.cp.empty(arr.shape, arr.dtype)
-                whats.append(self.collective(ALLREDUCE, out, arr, red, op == _R.AVG,
-                                             t.dtype == torch.bfloat16, stream))
+                whats.append(
+                    self.collective(
+                        ALLREDUCE, out, arr, red, op == _R.AVG, t.dtype == torch.bfloat16, stream
+                    )
+                )
             return "; ".join(whats)
 
         return self.call(body, tensors)
@@ -292,31 +345,29 @@ class CudaRunner:
             for o in outputs:
                 check_output(o)
         recvs = list(enumerate(outputs)) if self.rank == root else []
-        return self.call(lambda s: self.exchange([(root, input)], recvs, s), outputs,
-                         [input])
+        return self.call(lambda s: self.exchange([(root, input)], recvs, s), outputs, [input])
 
     def scatter(self, output: torch.Tensor, inputs: list[torch.Tensor], root: int):
         check_output(output)
         if self.rank == root:
             check_list("scatter", inputs, output, self.size)
         sends = list(enumerate(inputs)) if self.rank == root else []
-        return self.call(lambda s: self.exchange(sends, [(root, output)], s), [output],
-                         inputs)
+        return self.call(lambda s: self.exchange(sends, [(root, output)], s), [output], inputs)
 
     def send(self, tensors: list[torch.Tensor], peer: int):
-        return self.call(lambda s: self.exchange([(peer, t) for t in tensors], [], s), [],
-                         tensors)
+        return self.call(lambda s: self.exchange([(peer, t) for t in tensors], [], s), [], tensors)
 
     def recv(self, tensors: list[torch.Tensor], peer: int):
         for t in tensors:
             check_output(t)
-        return self.call(lambda s: self.exchange([], [(peer, t) for t in tensors], s),
-                         tensors)
+        return self.call(lambda s: self.exchange([], [(peer, t) for t in tensors], s), tensors)
 
     def _red(self, op) -> str:
         if op not in REDUCE:
-            raise TacclError(f"reduce op {op} is not supported on CUDA tensors (plans and "
-                             f"NCCL reduce by SUM, AVG, PRODUCT, MIN, MAX)")
+            raise TacclError(
+                f"reduce op {op} is not supported on CUDA tensors (plans and "
+                f"NCCL reduce by SUM, AVG, PRODUCT, MIN, MAX)"
+            )
         return REDUCE[op]
 
     # -- plans -----------------------------------------------------------------------------
@@ -345,14 +396,16 @@ class CudaRunner:
         elems = send.size
         out_elems = {ALLGATHER: elems * n, REDUCESCATTER: elems // n}.get(kind, elems)
         inplace = kind == ALLREDUCE and out is not None and out.data.ptr == send.data.ptr
-        plan = self.library.choose(kind, n, max(elems, out_elems) * send.itemsize,
-                                   max(elems, out_elems), inplace)
+        plan = self.library.choose(
+            kind, n, max(elems, out_elems) * send.itemsize, max(elems, out_elems), inplace
+        )
         chunks = plan.nchunksperloop
         target = out.reshape(-1) if out is not None else cp.empty(out_elems, send.dtype)
         if elems % chunks:  # only AllReduce gets here: pad to whole chunks
             if kind != ALLREDUCE:
-                raise TacclError(f"{kind} of {elems} elements does not split into the plan's "
-                                 f"{chunks} chunks")
+                raise TacclError(
+                    f"{kind} of {elems} elements does not split into the plan's {chunks} chunks"
+                )
             send = cp.concatenate([send, cp.zeros(chunks - elems % chunks, send.dtype)])
             padded = cp.empty_like(send)
             self._execute(plan, send, padded, red, stream)
@@ -380,22 +433,23 @@ class CudaRunner:
         arr = self.array(tensor)
         buf = self.cp.ascontiguousarray(arr)
         self.posted += 1
-        self.comm.broadcast(buf.data.ptr, buf.data.ptr, buf.nbytes, _bytes(), root,
-                            stream.ptr)
+        self.comm.broadcast(buf.data.ptr, buf.data.ptr, buf.nbytes, _bytes(), root, stream.ptr)
         if buf is not arr:
             arr[...] = buf
         return f"broadcast from rank {root}"
 
-    def exchange(self, sends: list[tuple[int, torch.Tensor]],
-                 recvs: list[tuple[int, torch.Tensor]], stream) -> str:
+    def exchange(
+        self, sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torch.Tensor]], stream
+    ) -> str:
         """One NCCL group: each (peer, tensor) of ``sends`` to that peer, each of ``recvs``
         from it (tensors of any layout)."""
         from cupy.cuda import nccl
 
         cp = self.cp
         out = [(peer, self.array(t)) for peer, t in recvs]
-        staged = [(peer, a, a if a.flags.c_contiguous else cp.empty(a.shape, a.dtype))
-                  for peer, a in out]
+        staged = [
+            (peer, a, a if a.flags.c_contiguous else cp.empty(a.shape, a.dtype)) for peer, a in out
+        ]
         ins = [(peer, cp.ascontiguousarray(self.array(t))) for peer, t in sends]
         self.posted += 1
         nccl.groupStart()
@@ -446,6 +500,7 @@ def _split_rows(tensor: torch.Tensor, splits: list[int], n: int, name: str) -> l
     rows = tensor.shape[0] if tensor.dim() else 1
     splits = list(splits) or ([rows // n] * n if rows % n == 0 else [])
     if len(splits) != n or sum(splits) != rows or min(splits) < 0:
-        raise TacclError(f"all_to_all on {n} ranks: {name} split sizes {list(splits)} do not "
-                         f"cut its {rows} rows")
+        raise TacclError(
+            f"all_to_all on {n} ranks: {name} split sizes {list(splits)} do not cut its {rows} rows"
+        )
     return list(tensor.split(splits)) if tensor.dim() else [tensor]

@@ -28,8 +28,9 @@ class GlooTransport:
 
     def __init__(self, pg) -> None:
         self.pg = pg
-        self.pool = cf.ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT,
-                                          thread_name_prefix="taccl-gloo")
+        self.pool = cf.ThreadPoolExecutor(
+            max_workers=MAX_IN_FLIGHT, thread_name_prefix="taccl-gloo"
+        )
 
     def _wait(self, work, what: str):
         return self.pool.submit(_finish, work, what)
@@ -40,8 +41,7 @@ class GlooTransport:
 
     def isend(self, data: np.ndarray, peer: int, tag: int):
         what = f"send to rank {peer}"
-        return self._wait(_post(self.pg.send, np.ascontiguousarray(data), peer, tag, what),
-                          what)
+        return self._wait(_post(self.pg.send, np.ascontiguousarray(data), peer, tag, what), what)
 
     def progress(self, reqs: list, block: float) -> list[int]:
         if block > 0 and not any(f.done() for f in reqs):

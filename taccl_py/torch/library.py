@@ -20,11 +20,11 @@ from pathlib import Path
 
 from ..collectives import Collective
 from ..errors import TacclError
-from ..util.fileio import atomic_write_text
 from ..plan.model import Plan
-from ..plan.xml import parse_plan, plan_to_xml
 from ..plan.verify import verify
+from ..plan.xml import parse_plan, plan_to_xml
 from ..topology.model import FULL_BISECTION, Switch, Topology
+from ..util.fileio import atomic_write_text
 
 log = logging.getLogger("taccl_py.torch")
 PLAN_DIR_ENV = "TACCL_PLAN_DIR"
@@ -41,24 +41,28 @@ def default_cache_dir() -> Path:
 class PlanLibrary:
     """Plans of ``plan_dir`` (default ``$TACCL_PLAN_DIR``), fallbacks cached in ``cache_dir``."""
 
-    def __init__(self, plan_dir: str | Path | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, plan_dir: str | Path | None = None, cache_dir: str | Path | None = None
+    ) -> None:
         plan_dir = plan_dir if plan_dir is not None else os.environ.get(PLAN_DIR_ENV)
         self.plan_dir = Path(plan_dir) if plan_dir else None
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.plans: list[tuple[str, Plan]] = []
         if self.plan_dir is not None:
             if not self.plan_dir.is_dir():
-                raise TacclError(f"plan directory {self.plan_dir} does not exist "
-                                 f"(set by {PLAN_DIR_ENV} or plan_dir=)")
+                raise TacclError(
+                    f"plan directory {self.plan_dir} does not exist "
+                    f"(set by {PLAN_DIR_ENV} or plan_dir=)"
+                )
             for path in sorted(self.plan_dir.glob("*.xml")):
                 self.plans.append((path.name, load_verified(path)))
         self._fallbacks: dict[tuple[str, int, bool], Plan] = {}
         self._origin = {id(plan): str(self.plan_dir / name) for name, plan in self.plans}
         self._announced: set[int] = set()
 
-    def choose(self, kind: str, nranks: int, nbytes: int, elems: int,
-               inplace: bool = False) -> Plan:
+    def choose(
+        self, kind: str, nranks: int, nbytes: int, elems: int, inplace: bool = False
+    ) -> Plan:
         """The plan for a ``kind`` collective on ``nranks`` ranks whose buffer has ``nbytes``
         bytes in ``elems`` elements; ``inplace`` asks for an in-place plan when one exists."""
         fits = []
@@ -71,12 +75,17 @@ class PlanLibrary:
                 continue
             width = (plan.max_bytes or 1 << 62) - plan.min_bytes
             fits.append((plan.inplace != inplace, width, name, plan))
-        plan = min(fits, key=lambda f: f[:3])[3] if fits else self.fallback(kind, nranks,
-                                                                                inplace)
+        plan = min(fits, key=lambda f: f[:3])[3] if fits else self.fallback(kind, nranks, inplace)
         if id(plan) not in self._announced:  # once per plan: which one serves this call
             self._announced.add(id(plan))
-            log.info("%s of %d B on %d ranks: plan %s (%s)", kind, nbytes, nranks, plan.name,
-                     self._origin.get(id(plan), "fallback"))
+            log.info(
+                "%s of %d B on %d ranks: plan %s (%s)",
+                kind,
+                nbytes,
+                nranks,
+                plan.name,
+                self._origin.get(id(plan), "fallback"),
+            )
         return plan
 
     def fallback(self, kind: str, nranks: int, inplace: bool = False) -> Plan:
@@ -84,8 +93,7 @@ class PlanLibrary:
         key = (kind, nranks, inplace)
         if key not in self._fallbacks:
             method = FALLBACK.get(kind, "ring")
-            path = self.cache_dir / (f"{method}-{kind}-{nranks}"
-                                     f"{'-inplace' if inplace else ''}.xml")
+            path = self.cache_dir / (f"{method}-{kind}-{nranks}{'-inplace' if inplace else ''}.xml")
             plan = None
             if path.exists():
                 try:
@@ -116,6 +124,7 @@ def _synthesize(kind: str, nranks: int, inplace: bool, method: str) -> Plan:
     from ..build.pipeline import build_plan
 
     ranks = tuple(range(nranks))
-    host = Topology(f"host{nranks}", nranks, 1, (), (Switch("host", 0, ranks, 1e10, 1e-6),),
-                    (), FULL_BISECTION)
+    host = Topology(
+        f"host{nranks}", nranks, 1, (), (Switch("host", 0, ranks, 1e10, 1e-6),), (), FULL_BISECTION
+    )
     return build_plan(host, Collective(kind, nranks, 1, inplace), method).plan

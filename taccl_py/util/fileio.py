@@ -21,9 +21,9 @@ import re
 import stat
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 
 from ..errors import TacclError
 
@@ -83,13 +83,15 @@ def _target(given: str | Path) -> _Target:
         return _Target(given, given, True, 0)
     path = Path(os.path.realpath(given))
     if not path.parent.is_dir():
-        raise TacclError(f"{display_path(given)}: directory {display_path(path.parent)} "
-                         f"does not exist")
+        raise TacclError(
+            f"{display_path(given)}: directory {display_path(path.parent)} does not exist"
+        )
     if st is not None and not os.access(path, os.W_OK):
         raise TacclError(f"{display_path(given)}: cannot write: permission denied")
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise TacclError(f"{display_path(given)}: cannot write in "
-                         f"{display_path(path.parent)}: permission denied")
+        raise TacclError(
+            f"{display_path(given)}: cannot write in {display_path(path.parent)}: permission denied"
+        )
     mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
     return _Target(given, path, False, mode)
 
@@ -105,9 +107,11 @@ def check_outputs(paths: Sequence[str | Path | None]) -> None:
             continue
         t = _target(given)
         if t.key in seen:
-            raise TacclError(f"{display_path(seen[t.key])} and {display_path(t.given)} are "
-                             f"the same file: give each "
-                             f"output its own path")
+            raise TacclError(
+                f"{display_path(seen[t.key])} and {display_path(t.given)} are "
+                f"the same file: give each "
+                f"output its own path"
+            )
         seen[t.key] = t.given
 
 
@@ -131,7 +135,7 @@ def _own_fd(path: Path) -> int | None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _write_stream(t: _Target, data: bytes) -> None:
@@ -209,9 +213,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 #: what :func:`read_input` calls a file that is not a regular one
-_SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                  (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                  (stat.S_ISBLK, "a block device"))
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def _not_regular(path: str, mode: int, what: str) -> str:
@@ -219,8 +227,9 @@ def _not_regular(path: str, mode: int, what: str) -> str:
     return f"{path}: is {kind}, not a {what}"
 
 
-def read_input(path: str | Path, limit: int, what: str,
-               error: type[TacclError] = TacclError) -> bytes:
+def read_input(
+    path: str | Path, limit: int, what: str, error: type[TacclError] = TacclError
+) -> bytes:
     """The bytes of the input file ``path``, refused with a one-line ``error`` if it is not
     a regular file (a directory, FIFO, socket or device: found by a stat, never opened or
     waited on) or holds more than ``limit`` bytes (never more than ``limit + 1`` are read).
@@ -231,8 +240,9 @@ def read_input(path: str | Path, limit: int, what: str,
         if not stat.S_ISREG(info.st_mode):
             raise error(_not_regular(shown, info.st_mode, what))
         if info.st_size > limit:
-            raise error(f"{shown}: too large for a {what}: {info.st_size} bytes, the limit "
-                        f"is {limit}")
+            raise error(
+                f"{shown}: too large for a {what}: {info.st_size} bytes, the limit is {limit}"
+            )
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode
             if not stat.S_ISREG(mode):  # replaced since the stat

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import re
 
-from ..errors import TacclError
-from ..plan.model import Plan
 from ..analysis.report import Row
 from ..analysis.simulate import SimResult
+from ..errors import TacclError
+from ..plan.model import Plan
 from ..util.units import format_size
 
 
@@ -41,8 +41,7 @@ def algbw_png(rows: list[Row], plan: Plan) -> bytes:
     ax.plot(sizes, [r.algbw / 1e9 for r in rows], "o-", label=plan.name)
     if all(r.nccl_time for r in rows):
         ax.plot(sizes, [r.size / r.nccl_time / 1e9 for r in rows], "s--", label="NCCL")
-    ax.plot(sizes, [r.size / r.bound_time / 1e9 for r in rows], ":", color="k",
-            label="lower bound")
+    ax.plot(sizes, [r.size / r.bound_time / 1e9 for r in rows], ":", color="k", label="lower bound")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [format_size(s) for s in sizes])
     ax.set_xlabel("buffer size")
@@ -54,8 +53,13 @@ def algbw_png(rows: list[Row], plan: Plan) -> bytes:
 
 
 #: resource-name prefix -> the kind the timeline's legend names (see topology.model)
-RESOURCE_KINDS = {"link": "link", "swout": "switch port", "swin": "switch port",
-                  "nicout": "NIC", "nicin": "NIC"}
+RESOURCE_KINDS = {
+    "link": "link",
+    "swout": "switch port",
+    "swin": "switch port",
+    "nicout": "NIC",
+    "nicin": "NIC",
+}
 
 
 def natural_key(name: str) -> tuple:
@@ -64,8 +68,11 @@ def natural_key(name: str) -> tuple:
     >>> sorted(["link:15->0", "link:9->0", "nicin:n1.nic10", "nicin:n1.nic2"], key=natural_key)
     ['link:9->0', 'link:15->0', 'nicin:n1.nic2', 'nicin:n1.nic10']
     """
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
-                 for part in re.split(r"(\d+)", name) if part)
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", name)
+        if part
+    )
 
 
 def resource_kind(name: str) -> str:
@@ -96,8 +103,12 @@ def timeline_figure(result: SimResult, title: str = ""):
     ax.set_xlabel("time (µs)")
     ax.set_title(title or f"busy resources, {format_size(result.size)}")
     ax.set_xlim(0, result.time * 1e6 * 1.02)
-    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in kinds],
-              labels=kinds, loc="upper right", fontsize=8)
+    ax.legend(
+        handles=[plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in kinds],
+        labels=kinds,
+        loc="upper right",
+        fontsize=8,
+    )
     fig.tight_layout()
     return fig
 

@@ -1,1 +1,1 @@
-"""NCCL's algorithms as baselines: multi-channel rings, double binary trees, direct point-to-point."""
+"""NCCL's algorithms as baselines: multi-channel rings, double binary trees, direct p2p."""

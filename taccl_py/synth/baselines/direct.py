@@ -8,8 +8,8 @@ a relay always forwards at a later step than it received.
 from __future__ import annotations
 
 from ...collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
-from ...topology.model import Topology
 from ...ir.algorithm import Algorithm, Transfer
+from ...topology.model import Topology
 from ..routes import require_ranks, route_tree
 
 
@@ -34,20 +34,24 @@ def direct_algorithm(topology: Topology, collective: Collective) -> Algorithm:
             for route in tree.values():
                 if len(route) > 1:
                     step = offset - (len(route) - 1)
-                    transfers += [Transfer(step, 0.0, route[0], route[1], b * k + j, True)
-                                  for j in range(k)]
+                    transfers += [
+                        Transfer(step, 0.0, route[0], route[1], b * k + j, True) for j in range(k)
+                    ]
     if kind in (ALLGATHER, ALLREDUCE):
         for b in range(n):
             for route in route_tree(topology, b).values():
                 if len(route) > 1:
                     step = offset + len(route) - 2
-                    transfers += [Transfer(step, 0.0, route[-2], route[-1], b * k + j)
-                                  for j in range(k)]
+                    transfers += [
+                        Transfer(step, 0.0, route[-2], route[-1], b * k + j) for j in range(k)
+                    ]
     if kind == ALLTOALL:  # in NCCL's point-to-point order: round i, rank s sends to s + i
         for s in range(n):
             for d, route in route_tree(topology, s).items():
                 rnd = float((d - s) % n)
                 for hop in range(len(route) - 1):
-                    transfers += [Transfer(hop, rnd, route[hop], route[hop + 1],
-                                           (s * n + d) * k + j) for j in range(k)]
+                    transfers += [
+                        Transfer(hop, rnd, route[hop], route[hop + 1], (s * n + d) * k + j)
+                        for j in range(k)
+                    ]
     return Algorithm("direct", collective, transfers, topology.label)

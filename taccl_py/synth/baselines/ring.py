@@ -21,8 +21,8 @@ import numpy as np
 
 from ...collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
 from ...errors import TopologyError
-from ...topology.model import Topology
 from ...ir.algorithm import Algorithm, Transfer
+from ...topology.model import Topology
 from ..routes import require_ranks
 
 _MAX_DP_GPUS = 16
@@ -89,14 +89,19 @@ class _NodePaths:
         if (off == off[0]).all() and off[0] < _INF:
             # uniform all-to-all node: every order costs the same; take the sorted one
             cost = int(off[0]) * (g - 1)
-            return {(e, x): (cost, (e, *(v for v in range(g) if v not in (e, x)), x))
-                    for e in range(g) for x in range(g) if e != x}
+            return {
+                (e, x): (cost, (e, *(v for v in range(g) if v not in (e, x)), x))
+                for e in range(g)
+                for x in range(g)
+                if e != x
+            }
         if not _connected(w < _INF):
             return {}
         if g > _MAX_DP_GPUS:
             raise TopologyError(
                 f"{self.topology.label}: ring search handles at most {_MAX_DP_GPUS} GPUs per "
-                "node unless they are uniformly all-to-all; give the ring order explicitly")
+                "node unless they are uniformly all-to-all; give the ring order explicitly"
+            )
         out: dict[tuple[int, int], tuple[int, Path]] = {}
         for x in range(g):
             rest = self._completion(w, x)
@@ -125,15 +130,21 @@ class _NodePaths:
         full = (1 << self.g) - 1
         path, mask, v = [entry], 1 << entry, entry
         while mask != full:
-            v = next(u for u in range(self.g) if not mask >> u & 1 and w[v, u] < _INF
-                     and w[v, u] + rest[mask | 1 << u, u] == rest[mask, v])
+            v = next(
+                u
+                for u in range(self.g)
+                if not mask >> u & 1
+                and w[v, u] < _INF
+                and w[v, u] + rest[mask | 1 << u, u] == rest[mask, v]
+            )
             path.append(v)
             mask |= 1 << v
         return tuple(path)
 
 
-def _best_ring(topology: Topology, node: _NodePaths, intra_floor: float,
-               hop_floor: float) -> tuple[int, int, Path] | None:
+def _best_ring(
+    topology: Topology, node: _NodePaths, intra_floor: float, hop_floor: float
+) -> tuple[int, int, Path] | None:
     """(shared-NIC nodes, α in ps, order) of the best ring, or None.
 
     Paths inside nodes use bandwidths >= ``intra_floor``; the hops from node i's exit GPU
@@ -158,7 +169,7 @@ def _best_ring(topology: Topology, node: _NodePaths, intra_floor: float,
                     table.setdefault(x, []).append((e2, _ps(conn.alpha)))
         hops.append(table)
     best = None
-    for first in ([0] if k == 1 else range(g)):
+    for first in [0] if k == 1 else range(g):
         # Forward DP over the nodes. A state is the entry GPU of the next node, holding
         # (shared, alpha, rank, trail): rank orders the states' rank sequences so far
         # lexicographically, trail is (previous trail, node, local path).
@@ -170,8 +181,13 @@ def _best_ring(topology: Topology, node: _NodePaths, intra_floor: float,
                     for e2, hop_alpha in hops[i].get(x, ()):
                         if i == k - 1 and e2 != first:
                             continue
-                        cand = (shared + leg_shared, alpha + leg_alpha + hop_alpha, rank, path,
-                                (trail, i, path))
+                        cand = (
+                            shared + leg_shared,
+                            alpha + leg_alpha + hop_alpha,
+                            rank,
+                            path,
+                            (trail, i, path),
+                        )
                         old = new.get(e2)
                         if old is None or cand[:4] < old[:4]:
                             new[e2] = cand
@@ -202,8 +218,10 @@ def _no_ring_reason(topology: Topology, node: _NodePaths) -> str:
         return "no cycle through all GPUs of the node"
     if not node.paths(0.0):
         return "no path through all GPUs of a node"
-    return ("no GPUs that start and end a path through a node can be joined to the next "
-            "node over the network")
+    return (
+        "no GPUs that start and end a path through a node can be joined to the next "
+        "node over the network"
+    )
 
 
 def find_ring(topology: Topology) -> list[int]:
@@ -221,7 +239,8 @@ def find_ring(topology: Topology) -> list[int]:
             break
     else:
         raise TopologyError(
-            f"{topology.label}: no Hamiltonian ring: {_no_ring_reason(topology, node)}")
+            f"{topology.label}: no Hamiltonian ring: {_no_ring_reason(topology, node)}"
+        )
     if topology.nodes > 1:
         for intra in node.bandwidths():
             if intra <= bottleneck or node.paths(intra) is node.paths(bottleneck):
@@ -241,14 +260,16 @@ def check_ring(topology: Topology, order: list[int]) -> list[int]:
     n = topology.num_ranks
     if sorted(ring) != list(range(n)):
         shown = ",".join(map(str, ring[:16])) + (",..." if len(ring) > 16 else "")
-        raise TopologyError(f"ring order {shown} ({len(ring)} ranks) is not a permutation "
-                            f"of the {n} ranks of {topology.label}")
+        raise TopologyError(
+            f"ring order {shown} ({len(ring)} ranks) is not a permutation "
+            f"of the {n} ranks of {topology.label}"
+        )
     if n > 1:
         for a, b in zip(ring, ring[1:] + ring[:1]):
             if (a, b) not in topology.connections:
                 raise TopologyError(
-                    f"ring order needs rank {a} -> rank {b}, which {topology.label} "
-                    "has no link for")
+                    f"ring order needs rank {a} -> rank {b}, which {topology.label} has no link for"
+                )
     return ring
 
 
@@ -256,8 +277,9 @@ def ring_bottleneck(topology: Topology, order: list[int]) -> float:
     """The lowest bandwidth of the ring's hops (inf for a single rank)."""
     if len(order) < 2:
         return float("inf")
-    return min(topology.bandwidth(topology.connection(a, b))
-               for a, b in zip(order, order[1:] + order[:1]))
+    return min(
+        topology.bandwidth(topology.connection(a, b)) for a, b in zip(order, order[1:] + order[:1])
+    )
 
 
 # -- NCCL's ring channels ----------------------------------------------------------------
@@ -288,10 +310,12 @@ class _Fabric:
                 bw[(a, b)] = topology.bandwidth(conn)
         self.cap = topology.resource_bandwidth
         self.nic = {v: topology.nic_of(v) for v in range(g)}
-        self.nics = sorted({n for n in self.nic.values() if n is not None},
-                           key=lambda n: (n.rail, n.name))
+        self.nics = sorted(
+            {n for n in self.nic.values() if n is not None}, key=lambda n: (n.rail, n.name)
+        )
         switched = len(self.res) == g * (g - 1) and all(
-            topology.connections[k].kind == "switch" for k in self.res)
+            topology.connections[k].kind == "switch" for k in self.res
+        )
         # NCCL's ncclTopoSearchNextGpuSort: highest bandwidth first, then the GPUs after u in
         # index order; behind one NVSwitch only u's neighbours u+1 and u-1
         self.next = {}
@@ -299,25 +323,30 @@ class _Fabric:
             if switched:
                 self.next[u] = list(dict.fromkeys(v % g for v in (u + 1, u - 1) if v % g != u))
             else:
-                self.next[u] = sorted((v for v in range(g) if (u, v) in self.res),
-                                      key=lambda v: (-bw[(u, v)], (v - u) % g))
+                self.next[u] = sorted(
+                    (v for v in range(g) if (u, v) in self.res),
+                    key=lambda v: (-bw[(u, v)], (v - u) % g),
+                )
 
     def speeds(self) -> list[float]:
         """Per-channel bandwidths worth trying: every resource's bandwidth / m, highest first."""
-        return sorted({c / m for c in self.cap.values() for m in range(1, MAX_RINGS + 1)},
-                      reverse=True)
+        return sorted(
+            {c / m for c in self.cap.values() for m in range(1, MAX_RINGS + 1)}, reverse=True
+        )
 
     def most(self, speed: float) -> int:
         """An upper bound on the channels that fit at ``speed``: with several nodes each
         enters on a NIC; on one node each leaves every GPU on the first resource of one of
         the GPU's connections."""
+
         def fit(res) -> int:
             return sum(int(self.cap[r] / speed * (1 + 1e-9)) for r in set(res))
 
         if self.multi:
             return min(MAX_RINGS, fit(f"nicin:{n.name}" for n in self.nics))
-        return min(MAX_RINGS, *(fit(self.res[(u, v)][0] for v in self.next[u])
-                                for u in range(self.g)))
+        return min(
+            MAX_RINGS, *(fit(self.res[(u, v)][0] for v in self.next[u]) for u in range(self.g))
+        )
 
     def search(self, speed: float, cross: bool) -> list[Path]:
         """The most node paths (≤ MAX_RINGS rings) that fit when each takes ``speed`` from
@@ -386,8 +415,11 @@ class _Fabric:
             for v in self.next[u]:
                 if used >> v & 1:
                     continue
-                if exits is not None and len(path) + 1 < g and all(
-                        used >> x & 1 or x == v for x in exits):
+                if (
+                    exits is not None
+                    and len(path) + 1 < g
+                    and all(used >> x & 1 or x == v for x in exits)
+                ):
                     continue
                 res = self.res[(u, v)]
                 if not fits(res):
@@ -411,9 +443,11 @@ class _Fabric:
                 if self.multi:  # the NICs' bandwidth left decides before any path is tried
                     if self.nic[entry] is None or not fits((f"nicin:{self.nic[entry].name}",)):
                         continue
-                    exits = {x for x in (range(g) if exits is None else exits)
-                             if self.nic[x] is not None
-                             and fits((f"nicout:{self.nic[x].name}",))}
+                    exits = {
+                        x
+                        for x in (range(g) if exits is None else exits)
+                        if self.nic[x] is not None and fits((f"nicout:{self.nic[x].name}",))
+                    }
                     if not exits:
                         continue
                 if extend([entry], 1 << entry, exits):
@@ -433,8 +467,10 @@ def _assemble(topology: Topology, paths: list[Path], cross: bool) -> list[list[i
     """Rank orders of the rings: ring c crosses every node on ``paths[c]``, or with
     ``cross`` even nodes on ``paths[2c]`` and odd nodes on ``paths[2c + 1]``."""
     g, step = topology.gpus_per_node, 2 if cross else 1
-    return [[i * g + v for i in range(topology.nodes) for v in paths[c + (cross and i % 2)]]
-            for c in range(0, len(paths), step)]
+    return [
+        [i * g + v for i in range(topology.nodes) for v in paths[c + (cross and i % 2)]]
+        for c in range(0, len(paths), step)
+    ]
 
 
 def find_rings(topology: Topology) -> list[list[int]]:
@@ -473,7 +509,7 @@ def find_rings(topology: Topology) -> list[list[int]]:
     for speed in fab.speeds():
         if speed * fab.most(speed) <= best[0] * (1 + 1e-9):
             continue
-        for cross in ((False, True) if fab.multi else (False,)):
+        for cross in (False, True) if fab.multi else (False,):
             paths = fab.search(speed, cross)
             rings = len(paths) // (2 if cross else 1)
             if rings * speed > best[0] * (1 + 1e-9):
@@ -490,8 +526,9 @@ def find_rings(topology: Topology) -> list[list[int]]:
     return [find_ring(topology)]
 
 
-def ring_algorithm(topology: Topology, collective: Collective,
-                   order: list[int] | None = None) -> Algorithm:
+def ring_algorithm(
+    topology: Topology, collective: Collective, order: list[int] | None = None
+) -> Algorithm:
     """NCCL's ring schedule of ``collective``: one ring per channel, the data split evenly.
 
     The rings are :func:`find_rings`'s, or the one ring ``order``. Ring i runs on channel
@@ -520,12 +557,18 @@ def ring_algorithm(topology: Topology, collective: Collective,
     for i, ring in enumerate(rings):
         transfers += _ring_transfers(ring, collective, len(rings), i)
     split = 1 if collective.kind == ALLTOALL else len(rings)
-    return Algorithm("ring", collective.with_chunkup(collective.chunkup * split), transfers,
-                     topology.label, meta={"ring": rings[0], "rings": rings})
+    return Algorithm(
+        "ring",
+        collective.with_chunkup(collective.chunkup * split),
+        transfers,
+        topology.label,
+        meta={"ring": rings[0], "rings": rings},
+    )
 
 
-def _ring_transfers(ring: list[int], collective: Collective, rings: int,
-                    index: int) -> list[Transfer]:
+def _ring_transfers(
+    ring: list[int], collective: Collective, rings: int, index: int
+) -> list[Transfer]:
     """The transfers of ring ``index`` of ``rings`` (see :func:`ring_algorithm`)."""
     n, k, kind = collective.num_ranks, collective.chunkup, collective.kind
     pos = {r: i for i, r in enumerate(ring)}
@@ -534,8 +577,17 @@ def _ring_transfers(ring: list[int], collective: Collective, rings: int,
 
     def send(step: int, from_pos: int, block: int, j: int, reduce: bool = False) -> None:
         chunk = block * k + j if kind == ALLTOALL else (block * k + j) * rings + index
-        transfers.append(Transfer(step, 0.0, ring[from_pos % n], ring[(from_pos + 1) % n],
-                                  chunk, reduce, channel=index))
+        transfers.append(
+            Transfer(
+                step,
+                0.0,
+                ring[from_pos % n],
+                ring[(from_pos + 1) % n],
+                chunk,
+                reduce,
+                channel=index,
+            )
+        )
 
     for j in range(k):
         if kind == ALLTOALL:

@@ -32,10 +32,10 @@ from collections import deque
 
 from ...collectives import ALLREDUCE, Collective
 from ...errors import TacclError, TopologyError
-from ...topology.model import Topology
 from ...ir.algorithm import Algorithm, Transfer
-from .ring import find_rings
+from ...topology.model import Topology
 from ..routes import require_ranks
+from .ring import find_rings
 
 
 def btree_parent(n: int, pos: int) -> int:
@@ -88,13 +88,18 @@ def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int,
     busy: dict[int, int] = {}  # relay -> last step it forwarded a partial
     pending = set(r for r in range(n) if r != root)
     while pending:
-        ready = sorted((max((arrived[c] + 1 for c in children[r]), default=0), r)
-                       for r in pending if all(c in arrived for c in children[r]))
+        ready = sorted(
+            (max((arrived[c] + 1 for c in children[r]), default=0), r)
+            for r in pending
+            if all(c in arrived for c in children[r])
+        )
         progressed = False
         for at, r in ready:
             p = parent[r]
             banned = ancestors(p)
-            route = _shortest(topology, r, p, lambda x: x in sent and x not in banned)
+            route = _shortest(
+                topology, r, p, lambda x, banned=banned: x in sent and x not in banned
+            )
             if route is None:
                 continue
             step = at
@@ -113,8 +118,7 @@ def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int,
             progressed = True
             break  # recompute readiness: relays may have become available
         if not progressed:
-            raise TacclError(f"{topology.label}: no relay schedule for the reduction tree "
-                             f"{parent}")
+            raise TacclError(f"{topology.label}: no relay schedule for the reduction tree {parent}")
     # -- broadcast phase -----------------------------------------------------
     have = {root: max((arrived[c] + 1 for c in children[root]), default=0)}
     for r in _top_down(root, children):
@@ -151,6 +155,7 @@ def dtree(n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     >>> dtree(4)
     ([(-1, 0), (2, 0), (0, 1), (2, 1)], [(1, 1), (3, 1), (1, 0), (-1, 0)])
     """
+
     def btree(p: int) -> tuple[int, int]:
         up = btree_parent(n, p)
         return up, int(up >= 0 and p > up)
@@ -166,8 +171,9 @@ def dtree(n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     return a, b
 
 
-def tree_parents(topology: Topology, node_tree: list[tuple[int, int]],
-                 chain: tuple[int, ...]) -> list[int]:
+def tree_parents(
+    topology: Topology, node_tree: list[tuple[int, int]], chain: tuple[int, ...]
+) -> list[int]:
     """Rank parents of one tree channel: ``chain`` (local GPUs) inside every node, node
     heads joined as ``node_tree`` (from :func:`dtree`) says: a child 0 on the parent's
     second GPU where that GPU has a NIC (NCCL's balanced tree), else on its first (NCCL's
@@ -197,24 +203,39 @@ def tree_algorithm(topology: Topology, collective: Collective) -> Algorithm:
     require_ranks(topology, collective)
     g, n, k = topology.gpus_per_node, collective.num_ranks, collective.chunkup
     if n == 1:
-        return Algorithm("tree", collective, [], topology.label,
-                         meta={"trees": [[-1], [-1]], "chains": [[0]], "relayed": False})
+        return Algorithm(
+            "tree",
+            collective,
+            [],
+            topology.label,
+            meta={"trees": [[-1], [-1]], "chains": [[0]], "relayed": False},
+        )
     try:
         chains = [tuple(ring[:g]) for ring in find_rings(topology)]
     except TopologyError:
         chains = [tuple(range(g))]
     node_trees = dtree(topology.nodes)
-    trees = [tree_parents(topology, node_tree, chain)
-             for node_tree in node_trees for chain in chains]
+    trees = [
+        tree_parents(topology, node_tree, chain) for node_tree in node_trees for chain in chains
+    ]
     channels = len(trees)
     transfers = []
     for ch, parent in enumerate(trees):
         for step, src, dst, reduce in tree_schedule(topology, parent):
-            transfers += [Transfer(step, 0.0, src, dst, (c * k + j) * channels + ch, reduce,
-                                   channel=ch) for c in range(n) for j in range(k)]
-    relayed = any(p >= 0 and ((r, p) not in topology.connections
-                              or (p, r) not in topology.connections)
-                  for parent in trees for r, p in enumerate(parent))
-    return Algorithm("tree", collective.with_chunkup(k * channels), transfers,
-                     topology.label, meta={"trees": trees, "chains": [list(c) for c in chains],
-                                           "relayed": relayed})
+            transfers += [
+                Transfer(step, 0.0, src, dst, (c * k + j) * channels + ch, reduce, channel=ch)
+                for c in range(n)
+                for j in range(k)
+            ]
+    relayed = any(
+        p >= 0 and ((r, p) not in topology.connections or (p, r) not in topology.connections)
+        for parent in trees
+        for r, p in enumerate(parent)
+    )
+    return Algorithm(
+        "tree",
+        collective.with_chunkup(k * channels),
+        transfers,
+        topology.label,
+        meta={"trees": trees, "chains": [list(c) for c in chains], "relayed": relayed},
+    )

@@ -1,1 +1,1 @@
-"""The staged MILP method (TACCL): routing, ordering, scheduling, decomposition for multi-node clusters."""
+"""The staged MILP method (TACCL): routing, ordering, scheduling, multi-node decomposition."""

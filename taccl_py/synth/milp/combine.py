@@ -29,9 +29,9 @@ from collections import defaultdict, deque
 
 from ...collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER, Collective
 from ...errors import TacclError
-from ...util.nogc import gc_paused
-from ...topology.model import Topology
 from ...ir.algorithm import Algorithm, Transfer
+from ...topology.model import Topology
+from ...util.nogc import gc_paused
 
 _EPS = 1e-12
 
@@ -47,8 +47,22 @@ class _Ops:
     come before phase 1 ops (AllGather).
     """
 
-    __slots__ = ("src", "dst", "chunks", "reduce", "phase", "dur", "alpha", "arrive",
-                 "res", "hold", "key", "channel", "rid", "_conn")
+    __slots__ = (
+        "src",
+        "dst",
+        "chunks",
+        "reduce",
+        "phase",
+        "dur",
+        "alpha",
+        "arrive",
+        "res",
+        "hold",
+        "key",
+        "channel",
+        "rid",
+        "_conn",
+    )
 
     def __init__(self) -> None:
         self.src: list[int] = []
@@ -69,20 +83,35 @@ class _Ops:
     def __len__(self) -> int:
         return len(self.src)
 
-    def add(self, topology: Topology, src: int, dst: int, chunks, reduce: bool, phase: int,
-            key: float, b: float, channel: int) -> None:
+    def add(
+        self,
+        topology: Topology,
+        src: int,
+        dst: int,
+        chunks,
+        reduce: bool,
+        phase: int,
+        key: float,
+        b: float,
+        channel: int,
+    ) -> None:
         info = self._conn.get((src, dst))
         if info is None:
             conn = topology.connections.get((src, dst))
             if conn is None:
-                raise TacclError(f"cannot reverse the send {dst}->{src}: {topology.label} has "
-                                 f"no connection {src}->{dst}")
+                raise TacclError(
+                    f"cannot reverse the send {dst}->{src}: {topology.label} has "
+                    f"no connection {src}->{dst}"
+                )
             cname = f"conn:{src}->{dst}"
             names = (*conn.resources, cname)
             ids = sorted((self.rid.setdefault(r, len(self.rid)), r == cname) for r in names)
-            info = self._conn[(src, dst)] = (conn.alpha, topology.bandwidth(conn),
-                                             tuple(r for r, _ in ids),
-                                             tuple(c for _, c in ids))
+            info = self._conn[(src, dst)] = (
+                conn.alpha,
+                topology.bandwidth(conn),
+                tuple(r for r, _ in ids),
+                tuple(c for _, c in ids),
+            )
         alpha, bw, rids, is_conn = info
         dur = len(chunks) * b / bw
         arrive = dur + alpha
@@ -112,8 +141,7 @@ def _groups(ag: Algorithm) -> list[list[Transfer]]:
 def _size(ag: Algorithm) -> int:
     size = ag.size or ag.meta.get("size", 0)
     if size <= 0:
-        raise TacclError(f"{ag.name}: combining needs the AllGather's target size, got "
-                         f"{size}")
+        raise TacclError(f"{ag.name}: combining needs the AllGather's target size, got {size}")
     return size
 
 
@@ -121,13 +149,15 @@ def _check_allgather(ag: Algorithm, topology: Topology) -> None:
     if ag.collective.kind != ALLGATHER:
         raise TacclError(f"combining starts from an allgather, not {ag.collective.kind}")
     if ag.num_ranks != topology.num_ranks:
-        raise TacclError(f"{ag.name} has {ag.num_ranks} ranks but {topology.label} has "
-                         f"{topology.num_ranks}")
+        raise TacclError(
+            f"{ag.name} has {ag.num_ranks} ranks but {topology.label} has {topology.num_ranks}"
+        )
     ag.check()
 
 
-def _data_preds(ops: _Ops, root, lo: int = 0, into: dict | None = None
-                ) -> tuple[list[list[int]], dict]:
+def _data_preds(
+    ops: _Ops, root, lo: int = 0, into: dict | None = None
+) -> tuple[list[list[int]], dict]:
     """For ops ``lo`` onwards, the ops whose arrival each waits for (distinct, in no
     particular order), and the index (phase, rank, chunk) -> ops into it.
 
@@ -151,13 +181,11 @@ def _data_preds(ops: _Ops, root, lo: int = 0, into: dict | None = None
         s, cs, later = src[i], chunks[i], phase[i] == 1
         if len(cs) == 1:
             c = cs[0]
-            preds.append(get((1, s, c), empty) if later and s != root(c)
-                         else get((0, s, c), empty))
+            preds.append(get((1, s, c), empty) if later and s != root(c) else get((0, s, c), empty))
             continue
         ps: set[int] = set()
         for c in cs:
-            ps.update(get((1, s, c), empty) if later and s != root(c)
-                      else get((0, s, c), empty))
+            ps.update(get((1, s, c), empty) if later and s != root(c) else get((0, s, c), empty))
         preds.append(list(ps))
     return preds, into
 
@@ -198,8 +226,7 @@ class _Slots:
         self.on = [seq for seq in on if seq]
 
 
-def _next_on(slots: _Slots, key: list[float], rs_first: bool = False, n_rs: int = 0
-             ) -> list[int]:
+def _next_on(slots: _Slots, key: list[float], rs_first: bool = False, n_rs: int = 0) -> list[int]:
     """For every slot, the op after it on its resource (-1: none), ops ordered by
     (key, phase), or by (phase, key) with ``rs_first``, ties by index."""
     slot_op = slots.op
@@ -220,8 +247,9 @@ def _next_on(slots: _Slots, key: list[float], rs_first: bool = False, n_rs: int 
     return nxt
 
 
-def _asap(ops: _Ops, preds: list[list[int]], dsucc: list[list[int]], slots: _Slots,
-          nxt: list[int]) -> tuple[list[float], list[int], float] | None:
+def _asap(
+    ops: _Ops, preds: list[list[int]], dsucc: list[list[int]], slots: _Slots, nxt: list[int]
+) -> tuple[list[float], list[int], float] | None:
     """Earliest starts under data precedence (``dsucc``: a's arrival) and the order on
     every resource (``nxt``: a's hold of it); also a topological order and the makespan.
     None if the orders make a cycle.
@@ -275,8 +303,9 @@ def _asap(ops: _Ops, preds: list[list[int]], dsucc: list[list[int]], slots: _Slo
     return start, topo, makespan
 
 
-def _list_schedule(ops: _Ops, preds: list[list[int]], dsucc: list[list[int]],
-                   key: list[float]) -> list[float]:
+def _list_schedule(
+    ops: _Ops, preds: list[list[int]], dsucc: list[list[int]], key: list[float]
+) -> list[float]:
     """Greedy list schedule the way the runtime shares resources: sends claim their
     resources in order of the time their data is ready (ties: lower sender rank, then
     ``key``), each starting once its resources are free. Returns each op's start; used
@@ -317,36 +346,41 @@ def _transfers(ops: _Ops, start: list[float], topo: list[int]) -> list[Transfer]
     for step, i in enumerate(sorted(range(len(topo)), key=lambda i: (start[i], pos[i]))):
         s = start[i]
         end = s + dur[i] + alpha[i]
-        out += [Transfer(step, s, src[i], dst[i], c, reduce[i], end, channel[i])
-                for c in chunks[i]]
+        out += [Transfer(step, s, src[i], dst[i], c, reduce[i], end, channel[i]) for c in chunks[i]]
     return out
 
 
-def _reversed_ops(groups: list[list[Transfer]], topology: Topology, b: float,
-                  T: float) -> _Ops:
+def _reversed_ops(groups: list[list[Transfer]], topology: Topology, b: float, T: float) -> _Ops:
     """The ReduceScatter sends, keyed by their mirrored start times."""
     ops = _Ops()
     for g in groups:
-        ops.add(topology, g[0].dst, g[0].src, [t.chunk for t in g], True, 0, T - g[0].end,
-                b, g[0].channel)
+        ops.add(
+            topology,
+            g[0].dst,
+            g[0].src,
+            [t.chunk for t in g],
+            True,
+            0,
+            T - g[0].end,
+            b,
+            g[0].channel,
+        )
     return ops
 
 
-def _mirror_feasible(ops: _Ops, dsucc: list[list[int]], slots: _Slots, nxt: list[int],
-                     groups, T: float) -> bool:
+def _mirror_feasible(
+    ops: _Ops, dsucc: list[list[int]], slots: _Slots, nxt: list[int], groups, T: float
+) -> bool:
     """Whether the mirrored times (T - end .. T - start of each AllGather send) obey every
     constraint of the reversed sends as they are."""
     tol = 1e-9 * max(T, 1e-30)
-    if any(abs((g[0].end - g[0].start) - arrive) > tol
-           for g, arrive in zip(groups, ops.arrive)):
+    if any(abs((g[0].end - g[0].start) - arrive) > tol for g, arrive in zip(groups, ops.arrive)):
         return False
     key, arrive = ops.key, ops.arrive
-    if not all(key[b] >= key[a] + arrive[a] - tol
-               for a, ds in enumerate(dsucc) for b in ds):
+    if not all(key[b] >= key[a] + arrive[a] - tol for a, ds in enumerate(dsucc) for b in ds):
         return False
     slot_op, hold = slots.op, slots.hold
-    return all(key[b] >= key[slot_op[k]] + hold[k] - tol
-               for k, b in enumerate(nxt) if b >= 0)
+    return all(key[b] >= key[slot_op[k]] + hold[k] - tol for k, b in enumerate(nxt) if b >= 0)
 
 
 def _reduce_scatter_part(allgather: Algorithm, topology: Topology):
@@ -371,16 +405,21 @@ def _meta(ag: Algorithm, kind: str, makespan: float, **extra) -> dict:
     meta = dict(ag.meta)
     meta.pop("tried", None)
     meta.update(makespan=makespan, chunkup=ag.collective.chunkup, **extra)
-    meta["reversed_from"] = {"kind": ALLGATHER, "name": ag.name,
-                             "makespan": ag.meta.get("makespan"),
-                             "variant": ag.meta.get("variant"), "rule": ag.meta.get("rule")}
+    meta["reversed_from"] = {
+        "kind": ALLGATHER,
+        "name": ag.name,
+        "makespan": ag.meta.get("makespan"),
+        "variant": ag.meta.get("variant"),
+        "rule": ag.meta.get("rule"),
+    }
     meta["combined"] = kind
     return meta
 
 
 @gc_paused()
-def reduce_scatter_from(allgather: Algorithm, topology: Topology, *,
-                        inplace: bool | None = None) -> Algorithm:
+def reduce_scatter_from(
+    allgather: Algorithm, topology: Topology, *, inplace: bool | None = None
+) -> Algorithm:
     """The ReduceScatter that is ``allgather`` (a timed AllGather) reversed.
 
     ``inplace`` (default: the AllGather's flag) sets the result's in-place flag.
@@ -390,24 +429,30 @@ def reduce_scatter_from(allgather: Algorithm, topology: Topology, *,
     """
     _check_allgather(allgather, topology)
     coll = allgather.collective
-    groups, T, _, ops, _, _, dsucc, slots, nxt, res = \
-        _reduce_scatter_part(allgather, topology)
+    groups, T, _, ops, _, _, dsucc, slots, nxt, res = _reduce_scatter_part(allgather, topology)
     # (the reversed schedule cannot have a cycle: mirrored keys follow data precedence)
     mirror = _mirror_feasible(ops, dsucc, slots, nxt, groups, T)
     del dsucc, slots, nxt
     start, topo, makespan = res
-    rs = Collective(REDUCESCATTER, coll.num_ranks, coll.chunkup,
-                    coll.inplace if inplace is None else inplace)
-    alg = Algorithm(allgather.name, rs, _transfers(ops, start, topo), allgather.topology,
-                    allgather.size, _meta(allgather, REDUCESCATTER, makespan,
-                                          allgather_makespan=T, mirror_feasible=mirror))
+    rs = Collective(
+        REDUCESCATTER, coll.num_ranks, coll.chunkup, coll.inplace if inplace is None else inplace
+    )
+    alg = Algorithm(
+        allgather.name,
+        rs,
+        _transfers(ops, start, topo),
+        allgather.topology,
+        allgather.size,
+        _meta(allgather, REDUCESCATTER, makespan, allgather_makespan=T, mirror_feasible=mirror),
+    )
     alg.check()
     return alg
 
 
 @gc_paused()
-def allreduce_from(allgather: Algorithm, topology: Topology, *,
-                   inplace: bool | None = None) -> Algorithm:
+def allreduce_from(
+    allgather: Algorithm, topology: Topology, *, inplace: bool | None = None
+) -> Algorithm:
     """The AllReduce: ``allgather`` reversed (a ReduceScatter), then ``allgather``.
 
     The AllGather sends of chunk c from its root wait only for the reductions of c into
@@ -418,14 +463,22 @@ def allreduce_from(allgather: Algorithm, topology: Topology, *,
     """
     _check_allgather(allgather, topology)
     coll = allgather.collective
-    groups, T, b, ops, rs_preds, into, _, _, _, rs_res = \
-        _reduce_scatter_part(allgather, topology)
+    groups, T, b, ops, rs_preds, into, _, _, _, rs_res = _reduce_scatter_part(allgather, topology)
     rs_start, _, rs_makespan = rs_res
     root = lambda c: c // coll.chunkup  # noqa: E731
     n_rs = len(ops)
     for g in groups:
-        ops.add(topology, g[0].src, g[0].dst, [t.chunk for t in g], False, 1, g[0].start,
-                b, g[0].channel)
+        ops.add(
+            topology,
+            g[0].src,
+            g[0].dst,
+            [t.chunk for t in g],
+            False,
+            1,
+            g[0].start,
+            b,
+            g[0].channel,
+        )
     ag_start = ops.key[n_rs:]
     # chunk c is reduced at its root once the last reducing send into the root arrives
     ready: dict[int, float] = defaultdict(float)
@@ -438,8 +491,9 @@ def allreduce_from(allgather: Algorithm, topology: Topology, *,
     del into
     dsucc = _data_succ(preds)
     slots = _Slots(ops, len(ops))
-    interleaved = rs_start + [k + max(ready[c] for c in cs)
-                              for k, cs in zip(ag_start, ops.chunks[n_rs:])]
+    interleaved = rs_start + [
+        k + max(ready[c] for c in cs) for k, cs in zip(ag_start, ops.chunks[n_rs:])
+    ]
     best = None
     for seam in ("rs first", "interleaved", "list"):
         if seam == "rs first":  # phase first on every resource
@@ -454,18 +508,31 @@ def allreduce_from(allgather: Algorithm, topology: Topology, *,
         if res is not None and (best is None or res[2] < best[1][2] * (1 - 1e-12)):
             best = (seam, res)
     seam, (start, topo, makespan) = best
-    ar = Collective(ALLREDUCE, coll.num_ranks, coll.chunkup,
-                    coll.inplace if inplace is None else inplace)
-    alg = Algorithm(allgather.name, ar, _transfers(ops, start, topo), allgather.topology,
-                    allgather.size, _meta(allgather, ALLREDUCE, makespan,
-                                          allgather_makespan=T,
-                                          reducescatter_makespan=rs_makespan, seam=seam))
+    ar = Collective(
+        ALLREDUCE, coll.num_ranks, coll.chunkup, coll.inplace if inplace is None else inplace
+    )
+    alg = Algorithm(
+        allgather.name,
+        ar,
+        _transfers(ops, start, topo),
+        allgather.topology,
+        allgather.size,
+        _meta(
+            allgather,
+            ALLREDUCE,
+            makespan,
+            allgather_makespan=T,
+            reducescatter_makespan=rs_makespan,
+            seam=seam,
+        ),
+    )
     alg.check()
     return alg
 
 
-def combine(allgather: Algorithm, topology: Topology, kind: str, *,
-            inplace: bool | None = None) -> Algorithm:
+def combine(
+    allgather: Algorithm, topology: Topology, kind: str, *, inplace: bool | None = None
+) -> Algorithm:
     """``reduce_scatter_from`` or ``allreduce_from`` by collective kind."""
     if kind == REDUCESCATTER:
         return reduce_scatter_from(allgather, topology, inplace=inplace)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 
 from ...collectives import ALLGATHER, Collective
 from ...errors import TacclError
-from ...topology.model import Topology
 from ...ir.algorithm import Transfer
+from ...topology.model import Topology
 from .ordering import Send
 from .routing import Edge, Routes, relaxed_makespan, route
 from .schedule import Schedule
@@ -40,14 +40,18 @@ NETWORK_CHANNEL = 1  # network sends get a channel of their own: more peers per 
 def node_topology(topology: Topology) -> Topology:
     """Node 0 of ``topology`` alone (no network)."""
     g = topology.gpus_per_node
-    return replace(topology, nodes=1,
-                   links=tuple(x for x in topology.links if x.src < g),
-                   switches=tuple(s for s in topology.switches if s.node == 0),
-                   nics=tuple(n for n in topology.nics if n.node == 0))
+    return replace(
+        topology,
+        nodes=1,
+        links=tuple(x for x in topology.links if x.src < g),
+        switches=tuple(s for s in topology.switches if s.node == 0),
+        nics=tuple(n for n in topology.nics if n.node == 0),
+    )
 
 
-def node_trees(topology: Topology, chunk_bytes: float, *,
-               time_limit: float) -> tuple[dict[int, list[Edge]], bool]:
+def node_trees(
+    topology: Topology, chunk_bytes: float, *, time_limit: float
+) -> tuple[dict[int, list[Edge]], bool]:
     """Local GPU -> its intra-node out-tree (local ids), from the routing MILP on one node,
     and whether that MILP was solved to optimality.
 
@@ -59,8 +63,9 @@ def node_trees(topology: Topology, chunk_bytes: float, *,
     if g == 1:
         return {0: []}, True
     coll = Collective(ALLGATHER, g)
-    routes = route(node, coll, chunk_bytes * topology.nodes, time_limit=time_limit,
-                   sketch=default_sketch(node))
+    routes = route(
+        node, coll, chunk_bytes * topology.nodes, time_limit=time_limit, sketch=default_sketch(node)
+    )
     return {k: routes.edges[k] for k in range(g)}, routes.optimal
 
 
@@ -88,8 +93,9 @@ def _receiver(topology: Topology, sketch: Sketch, r: int) -> int:
     return r if r in peers else peers[0]
 
 
-def relays(topology: Topology, sketch: Sketch,
-           trees: dict[int, list[Edge]]) -> dict[int, tuple[int, int]]:
+def relays(
+    topology: Topology, sketch: Sketch, trees: dict[int, list[Edge]]
+) -> dict[int, tuple[int, int]]:
     """Local source -> (relay that sends its data across, receiver on the other nodes).
 
     The relay is a sketch-allowed carrier nearest the source in its tree (itself if it
@@ -109,8 +115,12 @@ def relays(topology: Topology, sketch: Sketch,
     return out
 
 
-def nic_relays(topology: Topology, sketch: Sketch, trees: dict[int, list[Edge]],
-               carriers: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]] | None:
+def nic_relays(
+    topology: Topology,
+    sketch: Sketch,
+    trees: dict[int, list[Edge]],
+    carriers: dict[int, tuple[int, int]],
+) -> dict[int, tuple[int, int]] | None:
     """``carriers`` with the data of every NIC shared by several relays carried by one of
     them (the one the sketch allows for all that data, nearest its sources), so that
     one GPU sends on the NIC and one receives: the runtime shares a NIC first-ready, which
@@ -125,9 +135,11 @@ def nic_relays(topology: Topology, sketch: Sketch, trees: dict[int, list[Edge]],
         if len({carriers[k][0] for k in sources}) < 2:
             continue
         depths = [_depths(trees[k], k) for k in sources]
-        allowed = [r for r in sorted({carriers[k][0] for k in sources})
-                   if all(k in sketch.relays.get(r, ()) and r in d
-                          for k, d in zip(sources, depths))]
+        allowed = [
+            r
+            for r in sorted({carriers[k][0] for k in sources})
+            if all(k in sketch.relays.get(r, ()) and r in d for k, d in zip(sources, depths))
+        ]
         if allowed:
             r = min(allowed, key=lambda r: (sum(d[r] for d in depths), r))
             out.update((k, (r, _receiver(topology, sketch, r))) for k in sources)
@@ -166,12 +178,21 @@ class Decomposition:
 
     def full_routes(self) -> Routes:
         """The routes of every chunk (``nodes`` shifted copies of node 0's)."""
-        edges = {self.shift_chunk(c, a): sorted((self.shift(u, a), self.shift(v, a))
-                                                for u, v in es)
-                 for a in range(self.topology.nodes) for c, es in self.routes.items()}
-        return Routes(self.collective, self.chunk_bytes, edges,
-                      relaxed_makespan(self.topology, self.collective, self.chunk_bytes,
-                                       edges), None, False, 0.0, 0)
+        edges = {
+            self.shift_chunk(c, a): sorted((self.shift(u, a), self.shift(v, a)) for u, v in es)
+            for a in range(self.topology.nodes)
+            for c, es in self.routes.items()
+        }
+        return Routes(
+            self.collective,
+            self.chunk_bytes,
+            edges,
+            relaxed_makespan(self.topology, self.collective, self.chunk_bytes, edges),
+            None,
+            False,
+            0.0,
+            0,
+        )
 
     def sends(self) -> list[Send]:
         """The quotient's sends (sender on node 0), parents before children; a network
@@ -201,10 +222,21 @@ class Decomposition:
                 if u != src:
                     w = parent[u]
                     back = -(w // g)
-                    pred = (self.shift_chunk(self.lead(c, w, u)[0], back),
-                            self.shift(w, back), self.shift(u, back))
-                items.append((depth[v], self.shift_chunk(c, by), self.shift(u, by),
-                              self.shift(v, by), pred, count))
+                    pred = (
+                        self.shift_chunk(self.lead(c, w, u)[0], back),
+                        self.shift(w, back),
+                        self.shift(u, back),
+                    )
+                items.append(
+                    (
+                        depth[v],
+                        self.shift_chunk(c, by),
+                        self.shift(u, by),
+                        self.shift(v, by),
+                        pred,
+                        count,
+                    )
+                )
         items.sort(key=lambda it: it[:4])
         index = {it[1:4]: i for i, it in enumerate(items)}
         out = []
@@ -214,11 +246,20 @@ class Decomposition:
             if conn.kind == "network":  # the receiving NIC, renamed to its node-0 image
                 home = conns[(self.shift(u, -(v // g)), v % g)]
                 res = tuple(x for x in res if not x.startswith("nicin:")) + tuple(
-                    x for x in home.resources if x.startswith("nicin:"))
-            out.append(Send(c, u, v, None if pred is None else index[pred],
-                            (*res, f"conn:{u}->{v}"),
-                            count * self.chunk_bytes / topo.bandwidth(conn), conn.alpha,
-                            count))
+                    x for x in home.resources if x.startswith("nicin:")
+                )
+            out.append(
+                Send(
+                    c,
+                    u,
+                    v,
+                    None if pred is None else index[pred],
+                    (*res, f"conn:{u}->{v}"),
+                    count * self.chunk_bytes / topo.bandwidth(conn),
+                    conn.alpha,
+                    count,
+                )
+            )
         return out
 
     def transfers(self, sched: Schedule) -> list[Transfer]:
@@ -227,15 +268,28 @@ class Decomposition:
         out = []
         for t in sched.transfers():
             ch = NETWORK_CHANNEL if conns[(t.src, t.dst)].kind == "network" else 0
-            out += [Transfer(t.step, t.start, self.shift(t.src, a), self.shift(t.dst, a),
-                             self.shift_chunk(t.chunk, a), end=t.end, channel=ch)
-                    for a in range(self.topology.nodes)]
+            out += [
+                Transfer(
+                    t.step,
+                    t.start,
+                    self.shift(t.src, a),
+                    self.shift(t.dst, a),
+                    self.shift_chunk(t.chunk, a),
+                    end=t.end,
+                    channel=ch,
+                )
+                for a in range(self.topology.nodes)
+            ]
         return out
 
 
-def bundle_sizes(topology: Topology, chunkup: int, chunk_bytes: float,
-                 trees: dict[int, list[Edge]], carriers: dict[int, tuple[int, int]]
-                 ) -> tuple[int, ...]:
+def bundle_sizes(
+    topology: Topology,
+    chunkup: int,
+    chunk_bytes: float,
+    trees: dict[int, list[Edge]],
+    carriers: dict[int, tuple[int, int]],
+) -> tuple[int, ...]:
     """Chunks per network transfer into node offset 1, 2, ... (see :func:`decompose`).
 
     Every network transfer after the first of a rank costs its α (the lowering makes it
@@ -251,9 +305,18 @@ def bundle_sizes(topology: Topology, chunkup: int, chunk_bytes: float,
     net = [conns[(r, g + q)] for r, q in carriers.values()]
     step = max(chunk_bytes / topology.bandwidth(c) for c in net)  # network time per chunk
     alpha = max(c.alpha for c in net)
-    fan = max((sum(chunk_bytes / topology.bandwidth(conns[e]) + conns[e].alpha
-                   for e in trees[q] if e[0] == u) for _, q in carriers.values()
-               for u in range(g)), default=0.0)  # busiest fan-out per chunk received
+    fan = max(
+        (
+            sum(
+                chunk_bytes / topology.bandwidth(conns[e]) + conns[e].alpha
+                for e in trees[q]
+                if e[0] == u
+            )
+            for _, q in carriers.values()
+            for u in range(g)
+        ),
+        default=0.0,
+    )  # busiest fan-out per chunk received
     sizes = [1]
     slack = (chunkup - 1) * (step + alpha - fan)  # left by the last offset's transfers
     after = [1] * chunkup  # the later offset's transfer sizes
@@ -271,9 +334,15 @@ def bundle_sizes(topology: Topology, chunkup: int, chunk_bytes: float,
     return tuple(sizes)
 
 
-def decompose(topology: Topology, collective: Collective, chunk_bytes: float,
-              trees: dict[int, list[Edge]], carriers: dict[int, tuple[int, int]],
-              fanout: int, bundles: tuple[int, ...] = ()) -> Decomposition:
+def decompose(
+    topology: Topology,
+    collective: Collective,
+    chunk_bytes: float,
+    trees: dict[int, list[Edge]],
+    carriers: dict[int, tuple[int, int]],
+    fanout: int,
+    bundles: tuple[int, ...] = (),
+) -> Decomposition:
     """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
     (``carriers``, see :func:`relays`) and a node-level tree of ``fanout``; a network hop
     into node ``o`` carries ``bundles[o - 1]`` chunks of a source at once (default 1)."""

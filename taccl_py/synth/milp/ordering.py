@@ -57,8 +57,7 @@ class Order:
 
     @property
     def makespan(self) -> float:
-        return max((self.start[i] + s.dur + s.alpha for i, s in enumerate(self.sends)),
-                   default=0.0)
+        return max((self.start[i] + s.dur + s.alpha for i, s in enumerate(self.sends)), default=0.0)
 
 
 def make_sends(topology: Topology, routes: Routes) -> list[Send]:
@@ -76,8 +75,17 @@ def make_sends(topology: Topology, routes: Routes) -> list[Send]:
             for u, pred in frontier:
                 for v in sorted(child[u]):
                     conn = topology.connections[(u, v)]
-                    sends.append(Send(c, u, v, pred, (*conn.resources, f"conn:{u}->{v}"),
-                                      b / topology.bandwidth(conn), conn.alpha))
+                    sends.append(
+                        Send(
+                            c,
+                            u,
+                            v,
+                            pred,
+                            (*conn.resources, f"conn:{u}->{v}"),
+                            b / topology.bandwidth(conn),
+                            conn.alpha,
+                        )
+                    )
                     nxt.append((v, len(sends) - 1))
             frontier = nxt
     return sends
@@ -103,8 +111,13 @@ def descendants(sends: list[Send]) -> list[float]:
     return count
 
 
-def order(sends: list[Send], *, own_data_first: bool = False,
-          prio: list | None = None, deadline: float | None = None) -> Order:
+def order(
+    sends: list[Send],
+    *,
+    own_data_first: bool = False,
+    prio: list | None = None,
+    deadline: float | None = None,
+) -> Order:
     """List-schedule ``sends``: critical path first, each at its earliest feasible time.
 
     ``prio`` replaces the critical path (:func:`remaining`) as the priority of each send.
@@ -158,8 +171,9 @@ def order(sends: list[Send], *, own_data_first: bool = False,
                 break
             heapq.heappop(finishes)
         rivals = {i for r in sends[a].resources for i in waiting[r] if est[i] < finish}
-        pick = max(rivals, key=lambda i: (own_data_first and sends[i].pred is None,
-                                          prio[i], -est[i], -i))
+        pick = max(
+            rivals, key=lambda i: (own_data_first and sends[i].pred is None, prio[i], -est[i], -i)
+        )
         s = sends[pick]
         t = start[pick] = est.pop(pick)
         del ready[pick]

@@ -78,8 +78,9 @@ _FAR = 1 << 20
 CONNECTIONS, RELAYS = "inter_node.connections", "inter_node.relays"
 
 
-def _allowed(topology: Topology, sketch: "Sketch | None", src: int,
-             drop: frozenset[str] = frozenset()) -> list[Edge]:
+def _allowed(
+    topology: Topology, sketch: Sketch | None, src: int, drop: frozenset[str] = frozenset()
+) -> list[Edge]:
     """Connections that may carry ``src``'s data under ``sketch`` (rules in ``drop`` off).
 
     Inside a node every connection may; across nodes (u, v) must be in
@@ -119,15 +120,16 @@ def _bfs(n: int, edges: list[Edge], root: int, reverse: bool = False) -> list[in
     return row
 
 
-def _carriers(topology: Topology, sketch: "Sketch | None", src: int) -> tuple:
+def _carriers(topology: Topology, sketch: Sketch | None, src: int) -> tuple:
     """What decides which connections ``src``'s data may use (a cache key)."""
     if sketch is None:
         return ()
     return tuple(sorted(u for u, data in sketch.relays.items() if src in data))
 
 
-def candidates(topology: Topology, collective: Collective,
-               sketch: "Sketch | None" = None) -> dict[int, list[Edge]]:
+def candidates(
+    topology: Topology, collective: Collective, sketch: Sketch | None = None
+) -> dict[int, list[Edge]]:
     """Chunk -> connections it may use: fewest-hop routes plus one extra hop, counted
     over the connections ``sketch`` allows the chunk's source data on (all without one)."""
     n = topology.num_ranks
@@ -165,7 +167,7 @@ def candidates(topology: Topology, collective: Collective,
     return out
 
 
-def check_sketch(topology: Topology, collective: Collective, sketch: "Sketch") -> None:
+def check_sketch(topology: Topology, collective: Collective, sketch: Sketch) -> None:
     """Raise SketchError, naming the rule to blame, if ``sketch`` does not fit ``topology``
     or leaves some chunk without a route to one of its destinations."""
     where = f"sketch {sketch.name}"
@@ -175,12 +177,16 @@ def check_sketch(topology: Topology, collective: Collective, sketch: "Sketch") -
     for u, v in sorted(sketch.inter_node):
         conn = topology.connections.get((u, v))
         if conn is None or topology.node_of(u) == topology.node_of(v):
-            raise SketchError(f"{where}: {CONNECTIONS}: rank {u} -> rank {v} is not an "
-                              f"inter-node connection of {topology.label}")
+            raise SketchError(
+                f"{where}: {CONNECTIONS}: rank {u} -> rank {v} is not an "
+                f"inter-node connection of {topology.label}"
+            )
     for perm in sketch.symmetry:
         if sorted(perm) != list(range(n)):
-            raise SketchError(f"{where}: symmetry: {perm} is not a permutation of the "
-                              f"{n} ranks of {topology.label}")
+            raise SketchError(
+                f"{where}: symmetry: {perm} is not a permutation of the "
+                f"{n} ranks of {topology.label}"
+            )
     dests: dict[int, set[int]] = defaultdict(set)
     for c in range(0, collective.num_chunks, collective.chunkup):
         s = collective.precondition(c)[0]
@@ -190,24 +196,35 @@ def check_sketch(topology: Topology, collective: Collective, sketch: "Sketch") -
         for d in sorted(ds):
             if hops[d] < _FAR:
                 continue
-            blame = [rule for rule in (CONNECTIONS, RELAYS)
-                     if _bfs(n, _allowed(topology, sketch, s, frozenset([rule])), s)[d] < _FAR]
-            if not blame and _bfs(n, _allowed(topology, sketch, s,
-                                              frozenset([CONNECTIONS, RELAYS])), s)[d] < _FAR:
+            blame = [
+                rule
+                for rule in (CONNECTIONS, RELAYS)
+                if _bfs(n, _allowed(topology, sketch, s, frozenset([rule])), s)[d] < _FAR
+            ]
+            if (
+                not blame
+                and _bfs(n, _allowed(topology, sketch, s, frozenset([CONNECTIONS, RELAYS])), s)[d]
+                < _FAR
+            ):
                 blame = [f"{CONNECTIONS} + {RELAYS}"]
             if not blame:
-                raise TacclError(f"{topology.label}: rank {d} cannot be reached from rank "
-                                 f"{s} at all")
+                raise TacclError(
+                    f"{topology.label}: rank {d} cannot be reached from rank {s} at all"
+                )
             carriers = [u for u, data in sketch.relays.items() if s in data]
             node = topology.node_of(d)
-            why = {CONNECTIONS: "no allowed inter-node connection leads there",
-                   RELAYS: "the ranks that may carry it across nodes ("
-                           + (", ".join(map(str, carriers)) or "none")
-                           + ") have no allowed connection toward it"}
+            why = {
+                CONNECTIONS: "no allowed inter-node connection leads there",
+                RELAYS: "the ranks that may carry it across nodes ("
+                + (", ".join(map(str, carriers)) or "none")
+                + ") have no allowed connection toward it",
+            }
             raise SketchError(
                 f"{where}: {' and '.join(blame)}: no route for rank {s}'s data to rank {d} "
-                f"(node {node}): " + why.get(blame[0], "the two rules together block it")
-                + (" (dropping either rule would open one)" if len(blame) > 1 else ""))
+                f"(node {node}): "
+                + why.get(blame[0], "the two rules together block it")
+                + (" (dropping either rule would open one)" if len(blame) > 1 else "")
+            )
 
 
 def _shortest_routes(topology: Topology, collective: Collective) -> dict[int, list[Edge]]:
@@ -244,8 +261,9 @@ def _hierarchical_routes(topology: Topology, collective: Collective) -> dict[int
     return out
 
 
-def relaxed_makespan(topology: Topology, collective: Collective, chunk_bytes: float,
-                     edges: dict[int, list[Edge]]) -> float:
+def relaxed_makespan(
+    topology: Topology, collective: Collective, chunk_bytes: float, edges: dict[int, list[Edge]]
+) -> float:
     """The routing model's objective (s) for given routes: arrival and load bounds."""
     load: dict[str, float] = defaultdict(float)
     worst = 0.0
@@ -272,8 +290,10 @@ def relaxed_makespan(topology: Topology, collective: Collective, chunk_bytes: fl
 
 def _in_seconds(report):
     """``report(incumbent, gap)`` with the incumbent given in µs (the model's unit)."""
+
     def progress(value: float | None, gap: float | None) -> None:
         report(None if value is None else value / _US, gap)
+
     return progress
 
 
@@ -283,14 +303,16 @@ def _solver(time_limit: float, makespan: pulp.LpVariable | None = None):
     report = live_report()
     progress = None if report is None else _in_seconds(report)
     try:
-        solver = HiGHS(warm=True, timeLimit=max(1.0, time_limit), progress=progress,
-                       watch=makespan, gapRel=GAP)
+        solver = HiGHS(
+            warm=True, timeLimit=max(1.0, time_limit), progress=progress, watch=makespan, gapRel=GAP
+        )
         if solver.available():
             return solver
     except pulp.PulpSolverError:
         pass
-    return pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(time_limit)), warmStart=True,
-                             gapRel=GAP)
+    return pulp.PULP_CBC_CMD(
+        msg=False, timeLimit=max(1, int(time_limit)), warmStart=True, gapRel=GAP
+    )
 
 
 def floor_us(topology: Topology, collective: Collective, chunk_bytes: float) -> float:
@@ -315,16 +337,16 @@ def _act_chunk(collective: Collective, perm, c: int) -> int:
     return block * collective.chunkup + j
 
 
-def _orbits(topology: Topology, collective: Collective, cand: dict[int, list[Edge]],
-            sketch: "Sketch | None") -> dict | None:
+def _orbits(
+    topology: Topology, collective: Collective, cand: dict[int, list[Edge]], sketch: Sketch | None
+) -> dict | None:
     """Orbit representatives under ``sketch.symmetry`` of (chunk, edge) ("x"), chunks
     ("chunk") and (chunk, rank) ("t"); None when
     there is no symmetry to use: no generators, a generator that is not an automorphism
     of ``topology``, or candidate sets that the generators do not map onto each other."""
     from .symmetry import automorphism_error, orbit_representatives
 
-    gens = [p for p in (sketch.symmetry if sketch is not None else ())
-            if p != tuple(range(len(p)))]
+    gens = [p for p in (sketch.symmetry if sketch is not None else ()) if p != tuple(range(len(p)))]
     if not gens or any(automorphism_error(topology, p) for p in gens):
         return None
     items = [(c, e) for c, es in cand.items() for e in es]
@@ -339,13 +361,16 @@ def _orbits(topology: Topology, collective: Collective, cand: dict[int, list[Edg
     rep = orbit_representatives(gens, items, act)
     chunks = orbit_representatives(gens, list(cand), lambda p, c: _act_chunk(collective, p, c))
     arrivals = orbit_representatives(
-        gens, [(c, v) for c in cand for v in range(topology.num_ranks)],
-        lambda p, item: (_act_chunk(collective, p, item[0]), p[item[1]]))
+        gens,
+        [(c, v) for c in cand for v in range(topology.num_ranks)],
+        lambda p, item: (_act_chunk(collective, p, item[0]), p[item[1]]),
+    )
     return {"x": rep, "chunk": chunks, "t": arrivals, "gens": gens}
 
 
-def _symmetrized(collective: Collective, rep: dict,
-                 routes: dict[int, list[Edge]]) -> dict[int, list[Edge]]:
+def _symmetrized(
+    collective: Collective, rep: dict, routes: dict[int, list[Edge]]
+) -> dict[int, list[Edge]]:
     """``routes`` of every chunk-orbit representative carried to the rest of its orbit
     (by one group element per chunk); symmetric when the stabilizers keep those routes."""
     out: dict[int, list[Edge]] = {}
@@ -402,8 +427,14 @@ def _symmetric(rep: dict, routes: dict[int, list[Edge]]) -> bool:
     return all(((c, e) in chosen) == (r in chosen) for (c, e), r in rep.items())
 
 
-def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
-          time_limit: float = 60.0, sketch: "Sketch | None" = None) -> Routes:
+def route(
+    topology: Topology,
+    collective: Collective,
+    chunk_bytes: float,
+    *,
+    time_limit: float = 60.0,
+    sketch: Sketch | None = None,
+) -> Routes:
     """Solve the routing MILP; raise TacclError if no feasible routing is found in time.
 
     A ``sketch`` (see :mod:`taccl_py.synth.milp.sketch`) narrows the model:
@@ -428,8 +459,9 @@ def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
     A sketch that leaves some chunk no route raises SketchError naming the rule.
     """
     if collective.kind not in (ALLGATHER, ALLTOALL):
-        raise TacclError(f"the staged synthesizer handles allgather and alltoall, "
-                         f"not {collective.kind}")
+        raise TacclError(
+            f"the staged synthesizer handles allgather and alltoall, not {collective.kind}"
+        )
     began = time.monotonic()
     if sketch is not None:
         check_sketch(topology, collective, sketch)
@@ -437,23 +469,31 @@ def route(topology: Topology, collective: Collective, chunk_bytes: float, *,
     rep = _orbits(topology, collective, cand, sketch)
     result = _solve(topology, collective, chunk_bytes, cand, rep, sketch, began, time_limit)
     if result is None:  # the symmetric model is infeasible
-        result = _solve(topology, collective, chunk_bytes, cand, None, sketch, began,
-                        time_limit)
+        result = _solve(topology, collective, chunk_bytes, cand, None, sketch, began, time_limit)
     return result
 
 
-def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
-           cand: dict[int, list[Edge]], rep: dict | None, sketch: "Sketch | None",
-           began: float, time_limit: float) -> Routes | None:
+def _solve(
+    topology: Topology,
+    collective: Collective,
+    chunk_bytes: float,
+    cand: dict[int, list[Edge]],
+    rep: dict | None,
+    sketch: Sketch | None,
+    began: float,
+    time_limit: float,
+) -> Routes | None:
     """Build and solve the routing MILP; None if it is infeasible with shared ``rep``."""
     conns = topology.connections
     occ = {e: chunk_bytes / topology.bandwidth(conns[e]) * _US for e in conns}
     cost = {e: occ[e] + conns[e].alpha * _US for e in conns}
 
     def fits(routes: dict[int, list[Edge]]) -> bool:
-        return bool(routes) and all(set(routes.get(c, ())) <= set(es)
-                                    for c, es in cand.items()) and \
-            (rep is None or _symmetric(rep["x"], routes))
+        return (
+            bool(routes)
+            and all(set(routes.get(c, ())) <= set(es) for c, es in cand.items())
+            and (rep is None or _symmetric(rep["x"], routes))
+        )
 
     starts = [_shortest_routes(topology, collective)]
     if collective.kind == ALLGATHER and topology.nodes > 1:
@@ -476,14 +516,22 @@ def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
                 for r in conns[e].resources:
                     busy[r] += occ[e]
                 busy[f"conn:{e[0]}->{e[1]}"] += cost[e]
-        upper = max([*busy.values(), *(sum(cost[e] for e in es) for es in cand.values())],
-                    default=0.0)
+        upper = max(
+            [*busy.values(), *(sum(cost[e] for e in es) for es in cand.values())], default=0.0
+        )
     floor = min(floor_us(topology, collective, chunk_bytes), upper)
     uc_min = sketch is not None and sketch.switch_policy == "uc-min"
     if start and not uc_min and upper <= floor * (1 + GAP):  # good enough: no solve
-        return Routes(collective, chunk_bytes, start, upper / _US,
-                      1 - floor / upper if upper else 0.0, True,
-                      time.monotonic() - began, 0)
+        return Routes(
+            collective,
+            chunk_bytes,
+            start,
+            upper / _US,
+            1 - floor / upper if upper else 0.0,
+            True,
+            time.monotonic() - began,
+            0,
+        )
     big_m = upper + max(cost.values(), default=0.0)
 
     prob = pulp.LpProblem("routing", pulp.LpMinimize)
@@ -502,8 +550,7 @@ def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
         for e in es:
             key = (c, e) if rep is None else rep["x"][c, e]
             if key not in shared:
-                shared[key] = pulp.LpVariable(f"x_{key[0]}_{key[1][0]}_{key[1][1]}",
-                                              cat="Binary")
+                shared[key] = pulp.LpVariable(f"x_{key[0]}_{key[1][0]}_{key[1][1]}", cat="Binary")
             x[c, e] = var = shared[key]
             into[e[1]].append(var)
             out[e[0]].append(var)
@@ -537,7 +584,7 @@ def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
                 prob += t[v] >= cost[u, v] * var
             else:
                 prob += t[v] >= t[u] + cost[u, v] - big_m * (1 - var)
-        for v in (ranks if collective.kind == ALLGATHER else dests):
+        for v in ranks if collective.kind == ALLGATHER else dests:
             prob += makespan >= t[v]
         if c in start:
             _warm(start[c], s, cost, {e: x[c, e] for e in es}, t)
@@ -570,18 +617,30 @@ def _solve(topology: Topology, collective: Collective, chunk_bytes: float,
         raise TacclError(
             f"routing MILP for {collective.kind} (chunk-up {collective.chunkup}) on "
             f"{topology.label}: no feasible routing within {time_limit:.1f}s "
-            f"({pulp.LpStatus[prob.status]}); raise the time limit")
-    edges = {c: sorted(e for e in es if (x[c, e].value() or 0) > 0.5)
-             for c, es in cand.items()}
+            f"({pulp.LpStatus[prob.status]}); raise the time limit"
+        )
+    edges = {c: sorted(e for e in es if (x[c, e].value() or 0) > 0.5) for c, es in cand.items()}
     value = relaxed_makespan(topology, collective, chunk_bytes, edges)
     gap = _gap(prob)
-    return Routes(collective, chunk_bytes, edges, value, gap,
-                  prob.sol_status == pulp.LpSolutionOptimal, time.monotonic() - began,
-                  len(shared))
+    return Routes(
+        collective,
+        chunk_bytes,
+        edges,
+        value,
+        gap,
+        prob.sol_status == pulp.LpSolutionOptimal,
+        time.monotonic() - began,
+        len(shared),
+    )
 
 
-def _warm(route: list[Edge], src: int, cost: dict[Edge, float],
-          x: dict[Edge, pulp.LpVariable], t: dict[int, pulp.LpVariable]) -> None:
+def _warm(
+    route: list[Edge],
+    src: int,
+    cost: dict[Edge, float],
+    x: dict[Edge, pulp.LpVariable],
+    t: dict[int, pulp.LpVariable],
+) -> None:
     """Set the initial values of one chunk's variables to ``route``."""
     for e, var in x.items():
         var.setInitialValue(1 if e in route else 0)

@@ -17,8 +17,8 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from ...topology.model import Topology
 from ...ir.algorithm import Transfer
+from ...topology.model import Topology
 from .ordering import Order
 
 
@@ -39,9 +39,11 @@ class Schedule:
         for step, g in enumerate(rank):
             members = self.groups[g]
             end = self.start[g] + sum(sends[i].dur for i in members) + sends[members[0]].alpha
-            out += [Transfer(step, self.start[g], sends[i].src, sends[i].dst, c, end=end)
-                    for i in members
-                    for c in range(sends[i].chunk, sends[i].chunk + sends[i].count)]
+            out += [
+                Transfer(step, self.start[g], sends[i].src, sends[i].dst, c, end=end)
+                for i in members
+                for c in range(sends[i].chunk, sends[i].chunk + sends[i].count)
+            ]
         return out
 
 
@@ -57,7 +59,7 @@ def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] |
     src = [sends[m[0]].src for m in groups]
     succ: dict[int, set[int]] = defaultdict(set)
     late: set[tuple[int, int]] = set()  # (g, h): h waits for g's arrival
-    for r, seq in order.sequence.items():
+    for _r, seq in order.sequence.items():
         chain = list(dict.fromkeys(group_of[i] for i in seq))
         for a, b in zip(chain, chain[1:]):
             succ[a].add(b)
@@ -93,8 +95,9 @@ def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] |
     return start, makespan
 
 
-def schedule(topology: Topology, order: Order, merge: bool = True,
-             deadline: float | None = None) -> Schedule:
+def schedule(
+    topology: Topology, order: Order, merge: bool = True, deadline: float | None = None
+) -> Schedule:
     """Exact times for ``order``; with ``merge``, merge sends on network links.
 
     On the network connections whose α adds up to at least 0.1 % of the makespan,
@@ -108,9 +111,13 @@ def schedule(topology: Topology, order: Order, merge: bool = True,
     start, best = timing(order, groups)
     if not merge:
         return Schedule(order, groups, start, best)
-    seqs = [seq for name, seq in order.sequence.items() if name.startswith("conn:")
-            and topology.connections[(sends[seq[0]].src, sends[seq[0]].dst)].kind
-            == "network" and sends[seq[0]].alpha * len(seq) >= 1e-3 * best]
+    seqs = [
+        seq
+        for name, seq in order.sequence.items()
+        if name.startswith("conn:")
+        and topology.connections[(sends[seq[0]].src, sends[seq[0]].dst)].kind == "network"
+        and sends[seq[0]].alpha * len(seq) >= 1e-3 * best
+    ]
     for chosen in [seqs] + [[seq] for seq in seqs]:
         while chosen and (deadline is None or time.monotonic() <= deadline):
             trial = groups

@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 from ...collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER, Collective
 from ...errors import SketchError, TacclError
-from ...topology.model import Topology
-from .decompose import bundle_sizes, decompose, fanouts, nic_relays, node_trees, relays
 from ...ir.algorithm import Algorithm
-from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
+from ...topology.model import Topology
 from ..routes import require_ranks
+from ..solvers import live_progress
+from .decompose import bundle_sizes, decompose, fanouts, nic_relays, node_trees, relays
+from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
 from .routing import Routes, candidates, check_sketch, relaxed_makespan, route
 from .schedule import Schedule, schedule
 from .sketch import default_sketch
-from ..solvers import live_progress
 
 MAX_BINARIES = 20000  # skip the routing MILP of a chunk-up with more route variables
 MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
@@ -46,36 +46,57 @@ def _refined(topology: Topology, routes: Routes, times: int, size: int) -> Route
     """``routes`` with every chunk cut into ``times`` sub-chunks that share its route."""
     coarse = routes.collective
     coll = coarse.with_chunkup(coarse.chunkup * times)
-    edges = {coarse.refine(c, times, i): es for c, es in routes.edges.items()
-             for i in range(times)}
+    edges = {coarse.refine(c, times, i): es for c, es in routes.edges.items() for i in range(times)}
     b = coll.chunk_bytes(size)
-    return Routes(coll, b, edges, relaxed_makespan(topology, coll, b, edges), routes.gap,
-                  routes.optimal, 0.0, 0)
+    return Routes(
+        coll,
+        b,
+        edges,
+        relaxed_makespan(topology, coll, b, edges),
+        routes.gap,
+        routes.optimal,
+        0.0,
+        0,
+    )
 
 
-def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
-                     time_limit: float = 60.0, sketch=None,
-                     progress: Progress | None = None,
-                     judge: Callable[[Algorithm], float] | None = None) -> Algorithm:
+def staged_algorithm(
+    topology: Topology,
+    collective: Collective,
+    *,
+    size: int,
+    time_limit: float = 60.0,
+    sketch=None,
+    progress: Progress | None = None,
+    judge: Callable[[Algorithm], float] | None = None,
+) -> Algorithm:
     """Synthesize ``collective`` on ``topology`` for ``size`` bytes (nccl-tests convention).
 
     ReduceScatter and AllReduce are made from a synthesized AllGather (see
     :mod:`.combine`), whose candidates are ranked by the combined algorithm.
 
     ``sketch`` (a :class:`~taccl_py.synth.milp.sketch.Sketch`; default: the topology's
-    :func:`~taccl_py.synth.milp.sketch.default_sketch`) narrows routing (see :func:`route`),
-    sets the chunk-ups tried (its ``chunkup`` factors, multiplied onto
-    ``collective.chunkup``) and ``own_data_first`` of the ordering; a sketch that leaves a chunk no route raises SketchError. ``progress``
-    is called as ``progress(stage, elapsed_s, incumbent_makespan_s, gap)``. ``judge``
-    scores a candidate algorithm (lower is better; e.g. its simulated time), else the
+    :func:`~taccl_py.synth.milp.sketch.default_sketch`) narrows routing (see
+    :func:`route`), sets the chunk-ups tried (its ``chunkup`` factors, multiplied onto
+    ``collective.chunkup``) and ``own_data_first`` of the ordering; a sketch that leaves a
+    chunk no route raises SketchError. ``progress`` is called as
+    ``progress(stage, elapsed_s, incumbent_makespan_s, gap)``. ``judge`` scores a
+    candidate algorithm (lower is better; e.g. its simulated time), else the
     schedule's makespan does. A multi-node AllGather also gets the decomposed candidates
     (:func:`decomposed_algorithm`; 30 % of the time when the cluster-wide model fits, else
     all of it). Raises TacclError if no routing is found within ``time_limit`` seconds.
     """
     require_ranks(topology, collective)
     if collective.kind in (REDUCESCATTER, ALLREDUCE):
-        return _combined(topology, collective, size=size, time_limit=time_limit,
-                         sketch=sketch, progress=progress, judge=judge)
+        return _combined(
+            topology,
+            collective,
+            size=size,
+            time_limit=time_limit,
+            sketch=sketch,
+            progress=progress,
+            judge=judge,
+        )
     if size <= 0:
         raise TacclError(f"method milp needs the target buffer size, got {size}")
     dense = sketch is None  # the default sketch: the decomposition tries every chunk-up
@@ -103,8 +124,11 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
         sends = make_sends(topology, routes)
         for rule, prio, own in priorities(topology, sends, own_first):
             try:
-                sched = schedule(topology, order(sends, own_data_first=own, prio=prio,
-                                                 deadline=deadline), deadline=deadline)
+                sched = schedule(
+                    topology,
+                    order(sends, own_data_first=own, prio=prio, deadline=deadline),
+                    deadline=deadline,
+                )
             except TimeUp:
                 break
             alg = _algorithm(topology, sched, routes, size)
@@ -126,9 +150,17 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
     if split:
         try:
             best, scores = decomposed_algorithm(
-                topology, collective, size=size, sketch=sketch,
-                time_limit=time_limit * (0.3 if whole else 1.0), own_first=own_first,
-                judge=judge, report=report, dense=dense, deadline=deadline)
+                topology,
+                collective,
+                size=size,
+                sketch=sketch,
+                time_limit=time_limit * (0.3 if whole else 1.0),
+                own_first=own_first,
+                judge=judge,
+                report=report,
+                dense=dense,
+                deadline=deadline,
+            )
             tried.update(scores)
         except SketchError:
             raise
@@ -143,19 +175,31 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
             break
         if solved is not None and coll.chunkup % solved.collective.chunkup == 0:
             times = coll.chunkup // solved.collective.chunkup
-            consider(f"chunk-up {coll.chunkup}, routes of chunk-up "
-                     f"{solved.collective.chunkup}", _refined(topology, solved, times, size))
+            consider(
+                f"chunk-up {coll.chunkup}, routes of chunk-up {solved.collective.chunkup}",
+                _refined(topology, solved, times, size),
+            )
         left = time_limit - (time.monotonic() - began)
         share = left / (len(chunkups) - i)
-        if left <= 0.5 or (i > 0 and (share < 2.0 or sum(
-                map(len, candidates(topology, coll, sketch).values())) > MAX_BINARIES)):
+        if left <= 0.5 or (
+            i > 0
+            and (
+                share < 2.0
+                or sum(map(len, candidates(topology, coll, sketch).values())) > MAX_BINARIES
+            )
+        ):
             continue
         stage = f"routing (chunk-up {coll.chunkup})"
         report(stage)
         try:
             with _live(report, stage):
-                routes = route(topology, coll, coll.chunk_bytes(size), sketch=sketch,
-                               time_limit=left * 0.6 if i == 0 else share * 0.8)
+                routes = route(
+                    topology,
+                    coll,
+                    coll.chunk_bytes(size),
+                    sketch=sketch,
+                    time_limit=left * 0.6 if i == 0 else share * 0.8,
+                )
         except SketchError:
             raise
         except TacclError as exc:
@@ -167,7 +211,8 @@ def staged_algorithm(topology: Topology, collective: Collective, *, size: int,
     if best is None:
         raise failure or TacclError(
             f"method milp found no routing for {collective.kind} on {topology.label} "
-            f"within {time_limit:.1f}s")
+            f"within {time_limit:.1f}s"
+        )
     best.meta.update(solve_time=time.monotonic() - began, tried=tried)
     return best
 
@@ -184,11 +229,19 @@ def _whole_model_fits(topology: Topology, collective: Collective, sketch) -> boo
     return sum(map(len, candidates(topology, collective, sketch).values())) <= MAX_BINARIES
 
 
-def decomposed_algorithm(topology: Topology, collective: Collective, *, size: int,
-                         sketch, time_limit: float, own_first: bool = False,
-                         judge: Callable[[Algorithm], float] | None = None,
-                         report: Callable[..., None] = lambda *a: None,
-                         dense: bool = True, deadline: float | None = None) -> tuple:
+def decomposed_algorithm(
+    topology: Topology,
+    collective: Collective,
+    *,
+    size: int,
+    sketch,
+    time_limit: float,
+    own_first: bool = False,
+    judge: Callable[[Algorithm], float] | None = None,
+    report: Callable[..., None] = lambda *a: None,
+    dense: bool = True,
+    deadline: float | None = None,
+) -> tuple:
     """The best decomposed AllGather (:mod:`.decompose`; None if the judge rejects every
     candidate or none is found by ``deadline``) and every judged candidate's score.
 
@@ -209,8 +262,9 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
     deadline = began + time_limit if deadline is None else deadline
     report("routing (one node)")
     with _live(report, "routing (one node)"):
-        trees, optimal = node_trees(topology, collective.chunk_bytes(size),
-                                    time_limit=max(1.0, time_limit * 0.2))
+        trees, optimal = node_trees(
+            topology, collective.chunk_bytes(size), time_limit=max(1.0, time_limit * 0.2)
+        )
     carriers = relays(topology, sketch, trees)
     shared = nic_relays(topology, sketch, trees, carriers)
     variants = [("", carriers)] + ([(", one relay per NIC", shared)] if shared else [])
@@ -230,8 +284,12 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
     for factor in factors:
         coll = collective.with_chunkup(collective.chunkup * factor)
         transfers = coll.num_chunks * (coll.num_ranks - 1)
-        if ranked and (transfers > MAX_TRANSFERS or
-                       dense and factor > max(sketch.chunkup) and transfers > MAX_SENDS):
+        if ranked and (
+            transfers > MAX_TRANSFERS
+            or dense
+            and factor > max(sketch.chunkup)
+            and transfers > MAX_SENDS
+        ):
             continue
         for name, carry in variants:
             if ranked:
@@ -239,30 +297,47 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
                 for makespan, _, _, _, dec, _, kind in ranked:
                     if kind == name:
                         first[dec.fanout] = min(first.get(dec.fanout, makespan), makespan)
-                patterns[name] = kept_fanouts(patterns[name], first, exact) if first \
-                    else patterns[name]
+                patterns[name] = (
+                    kept_fanouts(patterns[name], first, exact) if first else patterns[name]
+                )
             for fanout in patterns[name]:
                 if busy():
                     break
-                dec = decompose(topology, coll, coll.chunk_bytes(size), trees, carry,
-                                fanout, bundle_sizes(topology, coll.chunkup,
-                                                     coll.chunk_bytes(size), trees, carry))
+                dec = decompose(
+                    topology,
+                    coll,
+                    coll.chunk_bytes(size),
+                    trees,
+                    carry,
+                    fanout,
+                    bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size), trees, carry),
+                )
                 label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{name}"
                 report(f"ordering ({label})")
                 sends = dec.sends()
-                merge = len({s.conn for s in sends if topology.connections[
-                    s.src, s.dst].kind == "network"}) <= MAX_MERGED
+                merge = (
+                    len(
+                        {
+                            s.conn
+                            for s in sends
+                            if topology.connections[s.src, s.dst].kind == "network"
+                        }
+                    )
+                    <= MAX_MERGED
+                )
                 for rule, prio, own in priorities(topology, sends, own_first):
                     if busy():
                         break
                     try:
-                        sched = schedule(topology, order(sends, own_data_first=own,
-                                                         prio=prio, deadline=deadline),
-                                         merge, deadline)
+                        sched = schedule(
+                            topology,
+                            order(sends, own_data_first=own, prio=prio, deadline=deadline),
+                            merge,
+                            deadline,
+                        )
                     except TimeUp:
                         break
-                    ranked.append((sched.makespan, len(ranked), label, rule, dec, sched,
-                                   name))
+                    ranked.append((sched.makespan, len(ranked), label, rule, dec, sched, name))
     ranked.sort(key=lambda x: x[:2])
     best, scores, seen, cost = None, {}, set(), 0.0
     judged: dict[str, int] = defaultdict(int)  # per relay choice
@@ -274,11 +349,25 @@ def decomposed_algorithm(topology: Topology, collective: Collective, *, size: in
             continue  # the latter: most likely the same schedule again
         seen.add((label, makespan))
         coll = dec.collective
-        alg = Algorithm("milp", coll, dec.transfers(sched), topology.label, size, {
-            "method": "milp", "size": size, "chunkup": coll.chunkup, "makespan": makespan,
-            "decomposed": True, "node_fanout": dec.fanout, "variant": label, "rule": rule,
-            "routing_optimal": optimal,
-            "merged": sum(len(g) > 1 for g in sched.groups)})
+        alg = Algorithm(
+            "milp",
+            coll,
+            dec.transfers(sched),
+            topology.label,
+            size,
+            {
+                "method": "milp",
+                "size": size,
+                "chunkup": coll.chunkup,
+                "makespan": makespan,
+                "decomposed": True,
+                "node_fanout": dec.fanout,
+                "variant": label,
+                "rule": rule,
+                "routing_optimal": optimal,
+                "merged": sum(len(g) > 1 for g in sched.groups),
+            },
+        )
         try:
             score = judge(alg) if judge is not None else makespan
         except TacclError:  # e.g. more peers per rank than the runtime allows
@@ -305,9 +394,16 @@ def kept_fanouts(patterns: list[int], best: dict[int, float], exact: bool) -> li
     return sorted(kept.values(), reverse=True)
 
 
-def _combined(topology: Topology, collective: Collective, *, size: int,
-              time_limit: float, sketch, progress: Progress | None,
-              judge: Callable[[Algorithm], float] | None) -> Algorithm:
+def _combined(
+    topology: Topology,
+    collective: Collective,
+    *,
+    size: int,
+    time_limit: float,
+    sketch,
+    progress: Progress | None,
+    judge: Callable[[Algorithm], float] | None,
+) -> Algorithm:
     """ReduceScatter / AllReduce from a synthesized AllGather (:mod:`.combine`).
 
     The AllGather candidates are ranked by the combined algorithm's score (``judge`` of
@@ -320,9 +416,16 @@ def _combined(topology: Topology, collective: Collective, *, size: int,
 
     ag_coll = Collective(ALLGATHER, collective.num_ranks, collective.chunkup, False)
     ag = staged_algorithm(
-        topology, ag_coll, size=size, time_limit=time_limit, sketch=sketch,
-        progress=progress, judge=(lambda a: judge(make(a))) if judge is not None
-        else (lambda a: make(a).meta["makespan"]))
+        topology,
+        ag_coll,
+        size=size,
+        time_limit=time_limit,
+        sketch=sketch,
+        progress=progress,
+        judge=(lambda a: judge(make(a)))
+        if judge is not None
+        else (lambda a: make(a).meta["makespan"]),
+    )
     alg = make(ag)
     alg.meta["score"] = ag.meta["score"]
     alg.meta["tried"] = ag.meta.get("tried", {})
@@ -330,15 +433,22 @@ def _combined(topology: Topology, collective: Collective, *, size: int,
 
 
 def _algorithm(topology: Topology, sched: Schedule, routes: Routes, size: int) -> Algorithm:
-    meta = {"method": "milp", "size": size, "chunkup": routes.collective.chunkup,
-            "makespan": sched.makespan, "routing_makespan": routes.makespan,
-            "routing_optimal": routes.optimal, "gap": routes.gap,
-            "merged": sum(len(g) > 1 for g in sched.groups)}
+    meta = {
+        "method": "milp",
+        "size": size,
+        "chunkup": routes.collective.chunkup,
+        "makespan": sched.makespan,
+        "routing_makespan": routes.makespan,
+        "routing_optimal": routes.optimal,
+        "gap": routes.gap,
+        "merged": sum(len(g) > 1 for g in sched.groups),
+    }
     return Algorithm("milp", routes.collective, sched.transfers(), topology.label, size, meta)
 
 
-def priorities(topology: Topology, sends: list[Send],
-               own_data_first: bool) -> list[tuple[str, list[float], bool]]:
+def priorities(
+    topology: Topology, sends: list[Send], own_data_first: bool
+) -> list[tuple[str, list[float], bool]]:
     """Stage 2's rules: (name, priority per send, own data first).
 
     Critical path, descendants, rotation (a rank sends to the peer ``k`` GPUs after it
@@ -347,7 +457,9 @@ def priorities(topology: Topology, sends: list[Send],
     """
     g = topology.gpus_per_node
     rotation = [-float((s.dst % g - s.src % g) % g) for s in sends]
-    return [("critical path", remaining(sends), own_data_first),
-            ("descendants", descendants(sends), own_data_first),
-            ("rotation", rotation, True),
-            ("first ready", [0.0] * len(sends), own_data_first)]
+    return [
+        ("critical path", remaining(sends), own_data_first),
+        ("descendants", descendants(sends), own_data_first),
+        ("rotation", rotation, True),
+        ("first ready", [0.0] * len(sends), own_data_first),
+    ]

@@ -15,13 +15,19 @@ from pathlib import Path
 import networkx as nx
 
 from ...errors import SketchError, TacclError, TopologyError
-from ...util.fileio import display_path, read_input
 from ...topology.loader import MAX_FILE_BYTES, _builtin_dir, parse_yaml
 from ...topology.model import RAIL_ONLY, Topology
 from ...topology.schema import GPU_ID, GPU_LIST, Problems, make_validator, schema_problems
+from ...util.fileio import display_path, read_input
 from ...util.units import MAX_SIZE, format_size, parse_size
-from .symmetry import Perm, automorphism_error, detect_symmetry, extend, node_rotation
-from .symmetry import orbit_representatives
+from .symmetry import (
+    Perm,
+    automorphism_error,
+    detect_symmetry,
+    extend,
+    node_rotation,
+    orbit_representatives,
+)
 
 UC_MIN, UC_MAX = "uc-min", "uc-max"
 DEFAULT_CHUNKUP = (1, 2, 6)
@@ -38,40 +44,69 @@ SCHEMA: dict = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                 "x-message": "must be a name of letters, digits, '.', '_' or '-'"},
+        "name": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+            "x-message": "must be a name of letters, digits, '.', '_' or '-'",
+        },
         "description": {"type": "string"},
         "inter_node": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
                 "connections": {
-                    "anyOf": [{"enum": ["rail", "all"]},
-                              {"type": "array", "minItems": 1, "items": {
-                                  "type": "array", "items": GPU_ID, "minItems": 2,
-                                  "maxItems": 2}}],
-                    "x-message": "must be \"rail\", \"all\" or a non-empty list of "
-                                 "[sender, receiver] local GPU id pairs"},
+                    "anyOf": [
+                        {"enum": ["rail", "all"]},
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "array",
+                                "items": GPU_ID,
+                                "minItems": 2,
+                                "maxItems": 2,
+                            },
+                        },
+                    ],
+                    "x-message": 'must be "rail", "all" or a non-empty list of '
+                    "[sender, receiver] local GPU id pairs",
+                },
                 "relays": {"type": "object", "additionalProperties": GPU_LIST},
             },
         },
         "own_data_first": {"type": "boolean"},
         "switch_policy": {"enum": [UC_MIN, UC_MAX]},
-        "symmetry": {"anyOf": [
-            {"enum": ["auto", "none"]},
-            {"type": "object", "additionalProperties": False, "properties": {
-                "rotations": {"type": "array", "maxItems": MAX_ROTATIONS, "items": {
-                    "type": "array", "items": GPU_ID, "minItems": 1}},
-                "node_swaps": {"type": "boolean"}}}],
+        "symmetry": {
+            "anyOf": [
+                {"enum": ["auto", "none"]},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "rotations": {
+                            "type": "array",
+                            "maxItems": MAX_ROTATIONS,
+                            "items": {"type": "array", "items": GPU_ID, "minItems": 1},
+                        },
+                        "node_swaps": {"type": "boolean"},
+                    },
+                },
+            ],
             "x-message": "must be auto, none, or a mapping with rotations (at most "
-                         f"{MAX_ROTATIONS} lists of local GPU ids) and node_swaps (true/false)"},
-        "chunkup": {"anyOf": [_CHUNKUP, {"type": "array", "items": _CHUNKUP, "minItems": 1,
-                                         "uniqueItems": True}],
-                    "x-message": f"must be an integer 1..{MAX_CHUNKUP} or a non-empty "
-                                 "list of distinct ones"},
-        "size": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
-                           {"type": "string"}],
-                 "x-message": "must be a byte count like 1048576, 64M or 1G, below 2^63"},
+            f"{MAX_ROTATIONS} lists of local GPU ids) and node_swaps (true/false)",
+        },
+        "chunkup": {
+            "anyOf": [
+                _CHUNKUP,
+                {"type": "array", "items": _CHUNKUP, "minItems": 1, "uniqueItems": True},
+            ],
+            "x-message": f"must be an integer 1..{MAX_CHUNKUP} or a non-empty "
+            "list of distinct ones",
+        },
+        "size": {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SIZE}, {"type": "string"}],
+            "x-message": "must be a byte count like 1048576, 64M or 1G, below 2^63",
+        },
     },
 }
 
@@ -114,8 +149,11 @@ def builtin_sketch_names() -> list[str]:
     directory = _builtin_sketch_dir()
     if not directory.is_dir():
         return []
-    return sorted(f.name[: -len(".yaml")] for f in directory.iterdir()
-                  if f.name.endswith(".yaml") and f.is_file())
+    return sorted(
+        f.name[: -len(".yaml")]
+        for f in directory.iterdir()
+        if f.name.endswith(".yaml") and f.is_file()
+    )
 
 
 def _read(name_or_path: str) -> tuple[bytes, str]:
@@ -125,21 +163,20 @@ def _read(name_or_path: str) -> tuple[bytes, str]:
     path, where = Path(name_or_path), display_path(Path(name_or_path))
     if not os.path.lexists(path):
         known = ", ".join(builtin_sketch_names()) or "none found"
-        raise SketchError(f"{where}: no such sketch file, and not a built-in sketch name "
-                          f"({known})")
+        raise SketchError(f"{where}: no such sketch file, and not a built-in sketch name ({known})")
     return read_input(path, MAX_FILE_BYTES, "sketch file", SketchError), where
 
 
-def load_sketch(name_or_path: str | os.PathLike, topology: Topology,
-                every: bool = False) -> Sketch:
+def load_sketch(name_or_path: str | os.PathLike, topology: Topology, every: bool = False) -> Sketch:
     """A shipped sketch by topology name, or a sketch file, resolved against ``topology``
     (see :func:`parse_sketch` for ``every``)."""
     data, where = _read(os.fspath(name_or_path))
     return parse_sketch(data, topology, where, every)
 
 
-def parse_sketch(data: bytes | str, topology: Topology, where: str = "<sketch>",
-                 every: bool = False) -> Sketch:
+def parse_sketch(
+    data: bytes | str, topology: Topology, where: str = "<sketch>", every: bool = False
+) -> Sketch:
     """The text of a sketch file, checked and resolved against ``topology``. A SketchError
     names its first problem on one line; with ``every``, each problem on a line of its own."""
     if isinstance(data, str):
@@ -172,8 +209,10 @@ def _nic_pair_ok(topology: Topology, a: int, b: int) -> str | None:
         if topology.nic_of(g) is None:
             return f"GPU {g} has no NIC"
     if topology.network == RAIL_ONLY and topology.nic_of(a).rail != topology.nic_of(b).rail:
-        return (f"rail-only network: GPU {a} is on rail {topology.nic_of(a).rail}, "
-                f"GPU {b} on rail {topology.nic_of(b).rail}")
+        return (
+            f"rail-only network: GPU {a} is on rail {topology.nic_of(a).rail}, "
+            f"GPU {b} on rail {topology.nic_of(b).rail}"
+        )
     return None
 
 
@@ -228,19 +267,24 @@ class _Resolver:
         if self.problems.found:
             return None
         base = [node * self.n for node in range(t.nodes)]
-        inter = frozenset((i + a, j + b) for i in base for j in base if i != j
-                          for a, b in pairs)
-        rank_relays = {i + r: tuple(i + g for g in data)
-                       for i in base for r, data in sorted(relays.items())}
+        inter = frozenset((i + a, j + b) for i in base for j in base if i != j for a, b in pairs)
+        rank_relays = {
+            i + r: tuple(i + g for g in data) for i in base for r, data in sorted(relays.items())
+        }
         chunkup = self.doc.get("chunkup", list(DEFAULT_CHUNKUP))
         return Sketch(
             name=self.doc.get("name", default_name or Path(self.where).stem),
-            topology=t.label, connections=pairs, inter_node=inter, relays=rank_relays,
+            topology=t.label,
+            connections=pairs,
+            inter_node=inter,
+            relays=rank_relays,
             own_data_first=self.doc.get("own_data_first", False),
             switch_policy=self.doc.get("switch_policy", UC_MAX if t.switches else None),
             symmetry=symmetry,
             chunkup=tuple(chunkup) if isinstance(chunkup, list) else (chunkup,),
-            size=size, source=self.where)
+            size=size,
+            source=self.where,
+        )
 
     def connections(self) -> tuple[tuple[int, int], ...]:
         if self.problems.above("inter_node"):
@@ -248,15 +292,18 @@ class _Resolver:
         section = self.doc.get("inter_node", {})
         has_nic = [g for g in range(self.n) if self.topo.nic_of(g) is not None]
         if "inter_node" in self.doc and not has_nic:
-            self.problems.add(["inter_node"], f"{self.topo.name} has no NICs, so there is "
-                                              "no inter-node traffic to sketch")
+            self.problems.add(
+                ["inter_node"],
+                f"{self.topo.name} has no NICs, so there is no inter-node traffic to sketch",
+            )
             return ()
         if self.problems.above("inter_node", "connections"):
             return ()
         spec = section.get("connections", "all")
         if spec == "all":
-            return tuple((a, b) for a in has_nic for b in has_nic
-                         if _nic_pair_ok(self.topo, a, b) is None)
+            return tuple(
+                (a, b) for a in has_nic for b in has_nic if _nic_pair_ok(self.topo, a, b) is None
+            )
         if spec == "rail":
             return tuple((a, a) for a in has_nic)
         out: list[tuple[int, int]] = []
@@ -289,8 +336,11 @@ class _Resolver:
             if r in out:
                 raise _Bad(here, f"GPU {r} listed twice")
             if r not in senders:
-                raise _Bad(here, f"GPU {r} relays data but sends nothing across nodes (not a "
-                                 "sender in inter_node.connections)")
+                raise _Bad(
+                    here,
+                    f"GPU {r} relays data but sends nothing across nodes (not a "
+                    "sender in inter_node.connections)",
+                )
             if gpus == "all":
                 out[r] = tuple(range(self.n))
                 return
@@ -316,22 +366,29 @@ class _Resolver:
         for r, data in relays.items():
             for g in data:
                 carriers[g].append(r)
-        how = "" if "relays" in self.doc.get("inter_node", {}) else \
-            " (by default a GPU relays the data of its NIC's GPUs; list relays explicitly)"
+        how = (
+            ""
+            if "relays" in self.doc.get("inter_node", {})
+            else " (by default a GPU relays the data of its NIC's GPUs; list relays explicitly)"
+        )
         for g, rs in carriers.items():
             if not rs:
-                self.problems.add(["inter_node", "relays"],
-                                  f"GPU {g}'s data has no relay to leave node{how}")
+                self.problems.add(
+                    ["inter_node", "relays"], f"GPU {g}'s data has no relay to leave node{how}"
+                )
             elif not any(nx.has_path(intra, g, r) for r in rs):
-                self.problems.add(["inter_node", "relays"],
-                                  f"GPU {g}'s data cannot reach its relays "
-                                  f"({', '.join(map(str, rs))}) within a node")
+                self.problems.add(
+                    ["inter_node", "relays"],
+                    f"GPU {g}'s data cannot reach its relays "
+                    f"({', '.join(map(str, rs))}) within a node",
+                )
         receivers = sorted({b for _, b in pairs})
         for g in range(self.n):
             if not any(nx.has_path(intra, r, g) for r in receivers):
-                self.problems.add(["inter_node", "connections"],
-                                  f"GPU {g} cannot get remote data: no receiving GPU "
-                                  "reaches it within a node")
+                self.problems.add(
+                    ["inter_node", "connections"],
+                    f"GPU {g} cannot get remote data: no receiving GPU reaches it within a node",
+                )
 
     def symmetry(self, pairs, relays) -> tuple[Perm, ...]:
         spec = self.doc.get("symmetry", "auto")
@@ -339,9 +396,11 @@ class _Resolver:
         if spec == "none" or self.problems.above("symmetry") or (spec == "auto" and not inter_ok):
             return ()
         if spec == "auto":
-            return tuple(p for p in detect_symmetry(self.topo)
-                         if self.sketch_error(tuple(x % self.n for x in p[: self.n]),
-                                              pairs, relays) is None)
+            return tuple(
+                p
+                for p in detect_symmetry(self.topo)
+                if self.sketch_error(tuple(x % self.n for x in p[: self.n]), pairs, relays) is None
+            )
         out: list[Perm] = []
 
         def rotation(i: int, local: list) -> None:
@@ -370,13 +429,17 @@ class _Resolver:
         allowed = set(pairs)
         for a, b in pairs:
             if (local[a], local[b]) not in allowed:
-                return (f"not a symmetry of the sketch: maps inter-node connection "
-                        f"{a} -> {b} to {local[a]} -> {local[b]}, which is not allowed")
+                return (
+                    f"not a symmetry of the sketch: maps inter-node connection "
+                    f"{a} -> {b} to {local[a]} -> {local[b]}, which is not allowed"
+                )
         for r, data in relays.items():
             image = tuple(sorted(local[g] for g in data))
             if relays.get(local[r]) != image:
-                return (f"not a symmetry of the sketch: maps GPU {r}'s relays to GPU "
-                        f"{local[r]}, which relays other data")
+                return (
+                    f"not a symmetry of the sketch: maps GPU {r}'s relays to GPU "
+                    f"{local[r]}, which relays other data"
+                )
         return None
 
     def size(self) -> int:
@@ -396,37 +459,53 @@ def sketch_template(topology: Topology) -> str:
     """A commented sketch file holding :func:`default_sketch`'s values."""
     s = default_sketch(topology)
     n = topology.gpus_per_node
-    lines = [f"# Communication sketch for {topology.name} ({n} GPUs per node).",
-             "# Every field is optional; left out, it takes the value shown here.",
-             "# GPU ids are local to a node (0..{}).".format(n - 1),
-             f"name: {s.name}"]
+    lines = [
+        f"# Communication sketch for {topology.name} ({n} GPUs per node).",
+        "# Every field is optional; left out, it takes the value shown here.",
+        f"# GPU ids are local to a node (0..{n - 1}).",
+        f"name: {s.name}",
+    ]
     if s.connections:
         lines += [
             "inter_node:",
             "  # Which local GPU of a node sends to which local GPU of every other node:",
-            "  # a list of [sender, receiver] pairs, \"rail\" (GPU k -> GPU k), or \"all\"",
+            '  # a list of [sender, receiver] pairs, "rail" (GPU k -> GPU k), or "all"',
             "  # (every pair the NICs and network connect).",
             "  connections: all",
             "  # Sender side: GPU -> the GPUs whose data it may carry to another node.",
-            "  relays:"]
-        lines += [f"    {r}: {'all' if data == tuple(range(n)) else _flow(data)}"
-                  for r, data in s.relays.items() if r < n]
+            "  relays:",
+        ]
+        lines += [
+            f"    {r}: {'all' if data == tuple(range(n)) else _flow(data)}"
+            for r, data in s.relays.items()
+            if r < n
+        ]
     else:
         lines.append("# inter_node: (none: this topology has no NICs)")
-    lines += ["# Send a GPU's own data before data it relays.",
-              f"own_data_first: {str(s.own_data_first).lower()}"]
+    lines += [
+        "# Send a GPU's own data before data it relays.",
+        f"own_data_first: {str(s.own_data_first).lower()}",
+    ]
     policy = ["# Switches: prefer few (uc-min) or many (uc-max) distinct peers per GPU."]
-    policy.append(f"switch_policy: {s.switch_policy}" if s.switch_policy
-                  else f"# switch_policy: {UC_MAX}   (no switches in {topology.name})")
+    policy.append(
+        f"switch_policy: {s.switch_policy}"
+        if s.switch_policy
+        else f"# switch_policy: {UC_MAX}   (no switches in {topology.name})"
+    )
     lines += policy
     local = [p[:n] for p in s.symmetry if max(p[:n]) < n]
-    lines += ["# Symmetry: auto (detected), none, or explicit generators:",
-              "#   {rotations: [[local GPU permutation], ...], node_swaps: true}"]
+    lines += [
+        "# Symmetry: auto (detected), none, or explicit generators:",
+        "#   {rotations: [[local GPU permutation], ...], node_swaps: true}",
+    ]
     if local:
         lines.append("# auto detects these rotations (and node swaps across nodes):")
         lines += [f"#   {_flow(p)}" for p in local]
-    lines += ["symmetry: auto",
-              "# Chunk-up factors to try, and the buffer size the algorithm targets.",
-              f"chunkup: {_flow(s.chunkup)}",
-              f"size: {format_size(s.size)}", ""]
+    lines += [
+        "symmetry: auto",
+        "# Chunk-up factors to try, and the buffer size the algorithm targets.",
+        f"chunkup: {_flow(s.chunkup)}",
+        f"size: {format_size(s.size)}",
+        "",
+    ]
     return "\n".join(lines)

@@ -27,8 +27,9 @@ def extend(topology: Topology, local: Sequence[int]) -> Perm:
 
 def node_rotation(topology: Topology) -> Perm:
     """Every rank moved to the same local GPU of the next node (the last to the first)."""
-    return tuple((r + topology.gpus_per_node) % topology.num_ranks
-                 for r in range(topology.num_ranks))
+    return tuple(
+        (r + topology.gpus_per_node) % topology.num_ranks for r in range(topology.num_ranks)
+    )
 
 
 def automorphism_error(topology: Topology, perm: Perm) -> str | None:
@@ -40,11 +41,12 @@ def automorphism_error(topology: Topology, perm: Perm) -> str | None:
         if image is None:
             return f"{where}, which does not exist"
         if topology.bandwidth(image) != topology.bandwidth(c):
-            return (f"{where}, whose bandwidth differs ({topology.bandwidth(c) / 1e9:g} vs "
-                    f"{topology.bandwidth(image) / 1e9:g} GB/s)")
+            return (
+                f"{where}, whose bandwidth differs ({topology.bandwidth(c) / 1e9:g} vs "
+                f"{topology.bandwidth(image) / 1e9:g} GB/s)"
+            )
         if image.alpha != c.alpha:
-            return (f"{where}, whose alpha differs ({c.alpha * 1e6:g} vs "
-                    f"{image.alpha * 1e6:g} us)")
+            return f"{where}, whose alpha differs ({c.alpha * 1e6:g} vs {image.alpha * 1e6:g} us)"
     return None
 
 
@@ -71,18 +73,25 @@ def _local_graph(topology: Topology) -> nx.DiGraph:
 def _refine(g: nx.DiGraph, fixed: Sequence[int]) -> dict[int, int]:
     """Colour refinement with ``fixed`` individualized: equal colours are necessary for
     two GPUs to share an orbit of the automorphisms fixing ``fixed``."""
+
     def canon(sig: dict[int, object]) -> dict[int, int]:
         ids = {s: i for i, s in enumerate(sorted(set(map(repr, sig.values()))))}
         return {v: ids[repr(s)] for v, s in sig.items()}
 
-    colors = canon({v: (fixed.index(v) if v in fixed else -1, g.nodes[v]["label"])
-                    for v in g})
+    colors = canon({v: (fixed.index(v) if v in fixed else -1, g.nodes[v]["label"]) for v in g})
     while True:
-        sig = {v: (colors[v],
-                   sorted(repr((e["key"], e["nic"], colors[w]))
-                          for _, w, e in g.out_edges(v, data=True)),
-                   sorted(repr((e["key"], e["nic"], colors[u]))
-                          for u, _, e in g.in_edges(v, data=True))) for v in g}
+        sig = {
+            v: (
+                colors[v],
+                sorted(
+                    repr((e["key"], e["nic"], colors[w])) for _, w, e in g.out_edges(v, data=True)
+                ),
+                sorted(
+                    repr((e["key"], e["nic"], colors[u])) for u, _, e in g.in_edges(v, data=True)
+                ),
+            )
+            for v in g
+        }
         new = canon(sig)
         if len(set(new.values())) == len(set(colors.values())):
             return new
@@ -98,8 +107,11 @@ def _find(g: nx.DiGraph, fixed: Sequence[int], u: int, t: int) -> Perm | None:
     nx.set_node_attributes(g1, c1, "color")
     nx.set_node_attributes(g2, c2, "color")
     matcher = DiGraphMatcher(
-        g1, g2, node_match=lambda a, b: a["color"] == b["color"],
-        edge_match=lambda a, b: (a["key"], a["nic"]) == (b["key"], b["nic"]))
+        g1,
+        g2,
+        node_match=lambda a, b: a["color"] == b["color"],
+        edge_match=lambda a, b: (a["key"], a["nic"]) == (b["key"], b["nic"]),
+    )
     mapping = next(matcher.isomorphisms_iter(), None)
     return None if mapping is None else tuple(mapping[v] for v in range(len(g)))
 
@@ -126,12 +138,15 @@ def _local_generators(topology: Topology) -> list[Perm]:
     labels = [g.nodes[v]["label"] for v in range(n)]
 
     def preserves(p: Perm) -> bool:
-        return (all(labels[p[v]] == labels[v] for v in range(n))
-                and all(edges.get((p[a], p[b])) == e for (a, b), e in edges.items()))
+        return all(labels[p[v]] == labels[v] for v in range(n)) and all(
+            edges.get((p[a], p[b])) == e for (a, b), e in edges.items()
+        )
 
     easy = [tuple((v + s) % n for v in range(n)) for s in range(1, n)]
     if n & (n - 1) == 0:
-        easy += [tuple(v ^ m for v in range(n)) for m in (1 << k for k in range(n.bit_length() - 1))]
+        easy += [
+            tuple(v ^ m for v in range(n)) for m in (1 << k for k in range(n.bit_length() - 1))
+        ]
     gens: list[Perm] = []
     for level in range(n):
         fixed = list(range(level))
@@ -142,8 +157,12 @@ def _local_generators(topology: Topology) -> list[Perm]:
         stab = [p for p in gens if all(p[b] == b for b in fixed)]
         orbit = _orbit(stab, level)
         for p in easy if level == 0 else ():
-            if len(gens) < MAX_LOCAL_GENERATORS and not orbit >= cell \
-                    and p[0] not in orbit and preserves(p):
+            if (
+                len(gens) < MAX_LOCAL_GENERATORS
+                and not orbit >= cell
+                and p[0] not in orbit
+                and preserves(p)
+            ):
                 gens.append(p)
                 stab.append(p)
                 orbit = _orbit(stab, level)
@@ -174,14 +193,17 @@ def detect_symmetry(topology: Topology) -> list[Perm]:
     return out
 
 
-def orbit_representatives(perms: Sequence[Perm], items: Iterable[Hashable],
-                          act: Callable[[Perm, Hashable], Hashable] | None = None
-                          ) -> dict[Hashable, Hashable]:
+def orbit_representatives(
+    perms: Sequence[Perm],
+    items: Iterable[Hashable],
+    act: Callable[[Perm, Hashable], Hashable] | None = None,
+) -> dict[Hashable, Hashable]:
     """Each item -> the first item (in the given order) of its orbit under ``perms``.
 
     ``act(perm, item)`` moves an item; by default an int is a rank and a tuple a tuple of
     ranks. Images that are not among ``items`` are ignored.
     """
+
     def default(perm: Perm, item):
         return perm[item] if isinstance(item, int) else tuple(perm[x] for x in item)
 
