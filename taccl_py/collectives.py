@@ -53,7 +53,11 @@ Contribution = tuple[int, int]
 
 
 def canonical_kind(name: str) -> str:
-    """Map a user or XML spelling of a collective to its canonical kind."""
+    """Map a user or XML spelling of a collective to its canonical kind.
+
+    >>> canonical_kind("Reduce-Scatter"), canonical_kind("ar")
+    ('reducescatter', 'allreduce')
+    """
     kind = _ALIASES.get(name.strip().lower().replace("-", "_"))
     if kind is None:
         raise CollectiveError(f"unknown collective {name!r}; choose one of {', '.join(KINDS)}")
@@ -66,7 +70,14 @@ MAX_CHUNKS = 1 << 16
 
 @dataclass(frozen=True)
 class Collective:
-    """A collective on ``num_ranks`` ranks with each block cut into ``chunkup`` chunks."""
+    """A collective on ``num_ranks`` ranks with each block cut into ``chunkup`` chunks.
+
+    >>> c = Collective("all_to_all", 2, chunkup=2)
+    >>> c.kind, c.num_blocks, c.num_chunks, c.nchunksperloop
+    ('alltoall', 4, 8, 4)
+    >>> c.precondition(5), c.postcondition(5), c.input_index(1, 5), c.output_index(0, 5)
+    ((1,), (0,), 1, 3)
+    """
 
     kind: str
     num_ranks: int
@@ -157,6 +168,10 @@ class Collective:
         """Index of ``rank``'s input contribution to ``chunk`` (None if it has none)."""
         if not self.holds_input(rank, chunk):
             return None
+        return self._input_slot(chunk)
+
+    def _input_slot(self, chunk: int) -> int:
+        """:meth:`input_index` of ``chunk`` on a rank in ``precondition(chunk)``."""
         block, j = divmod(chunk, self.chunkup)
         if self.kind == ALLGATHER:
             return j
@@ -168,6 +183,10 @@ class Collective:
         """Index where ``rank`` must hold finished ``chunk`` (None if not a destination)."""
         if not self.needs_output(rank, chunk):
             return None
+        return self._output_slot(chunk)
+
+    def _output_slot(self, chunk: int) -> int:
+        """:meth:`output_index` of ``chunk`` on a rank in ``postcondition(chunk)``."""
         block, j = divmod(chunk, self.chunkup)
         if self.kind == ALLTOALL:
             return (block // self.num_ranks) * self.chunkup + j
@@ -176,14 +195,19 @@ class Collective:
         return chunk
 
     def expected(self, chunk: int) -> frozenset[Contribution]:
-        """The finished value of ``chunk``: every contribution to it, exactly once."""
-        return frozenset((r, self.input_index(r, chunk)) for r in self.precondition(chunk))
+        """The finished value of ``chunk``: every contribution to it, exactly once.
+
+        >>> sorted(Collective("allreduce", 2).expected(1))
+        [(0, 1), (1, 1)]
+        """
+        slot = self._input_slot(chunk)
+        return frozenset((r, slot) for r in self.precondition(chunk))
 
     @cached_property
     def output_map(self) -> dict[tuple[int, int], int]:
         """(rank, output index) -> chunk, for every postcondition."""
         return {
-            (r, self.output_index(r, c)): c
+            (r, self._output_slot(c)): c
             for c in range(self.num_chunks)
             for r in self.postcondition(c)
         }
@@ -192,7 +216,7 @@ class Collective:
     def input_map(self) -> dict[tuple[int, int], int]:
         """(rank, input index) -> chunk, for every precondition."""
         return {
-            (r, self.input_index(r, c)): c
+            (r, self._input_slot(c)): c
             for c in range(self.num_chunks)
             for r in self.precondition(c)
         }

@@ -297,6 +297,7 @@ class _Found:
         return self.count > 0
 
     def where(self, noun: str) -> str:
+        assert self.first is not None, "where() of a rule nothing broke"
         more = self.count - 1
         return self.first + (f" (and {more} more {noun})" if more else "")
 
@@ -447,7 +448,7 @@ def _selection_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     n, (lo, hi) = rules.name, size_range(rules, plan)
     how = "< maxBytes" if rules.max_exclusive else "<= maxBytes, maxBytes 0 without limit"
     sizes = f"minBytes={plan.min_bytes} maxBytes={plan.max_bytes}"
-    if rules.max_exclusive and hi < lo:
+    if rules.max_exclusive and hi is not None and hi < lo:
         return [f"minBytes={lo} > maxBytes={hi}: {n} {rules.rejects}"]
     if rules.max_exclusive and hi == plan.max_bytes == 0:
         return [

@@ -20,9 +20,9 @@ are reported after the run, so a race that explains them is reported instead.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import numpy as np
 
@@ -45,6 +45,11 @@ READS_SRC = frozenset({"s", "rrc", "rrs", "rrcs", "cpy", "re"})
 WRITES_DST = frozenset({"r", "rcs", "rrc", "rrcs", "cpy", "re"})
 
 V = TypeVar("V")
+
+#: a message in flight: (values, sender's clock, sender's depth, sender tb, sender step)
+_Message = tuple[tuple[Any, ...], np.ndarray, int, int, int]
+#: why an unfinished threadblock waits: a receive on a connection, or a step it depends on
+_Blocked = tuple[Literal["recv"], int] | tuple[Literal["dep"], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,12 @@ def canonical_location(coll: Collective, rank: int, buf: str, off: int) -> tuple
 
 
 def check_limits(plan: Plan) -> None:
-    """Raise :class:`PlanError` if no MSCCL runtime would load and run ``plan`` right."""
+    """Raise :class:`PlanError` if no MSCCL runtime would load and run ``plan`` right.
+
+    >>> check_limits(Plan("p", "allgather", 2, 2))
+    Traceback (most recent call last):
+    taccl_py.errors.PlanError: ngpus=2 but the gpu ids are [] (need 0..1 once each)
+    """
     n = plan.ngpus
     if n < 1:
         raise PlanError(f"ngpus must be >= 1, got {n}")
@@ -299,7 +309,7 @@ class Interpreter(Generic[V]):
         for i, (rank, _) in enumerate(self.tbs):
             base.setdefault(rank, i)
         self._conns: dict[tuple[int, int, int], int] = {}
-        spans: dict[tuple[int, str, int, int], tuple[int, ...]] = {}
+        spans: dict[tuple[int, str | None, int, int], tuple[int, ...]] = {}
         self.ops: list[list[_Op]] = []
         deps = []
         for _g, (rank, tb) in enumerate(self.tbs):
@@ -307,17 +317,19 @@ class Interpreter(Generic[V]):
             rconn = sconn = None
             for st in tb.steps:
                 t = st.type
-                src = dst = ()
+                src: tuple[int, ...] | None = ()
+                dst: tuple[int, ...] | None = ()
+                # check_limits gave every step that reads (writes) a src (dst) buffer
                 if t in READS_SRC:
                     key = (rank, st.srcbuf, st.srcoff, st.cnt)
                     src = spans.get(key)
                     if src is None:
-                        src = spans[key] = self._span(*key)
+                        src = spans[key] = self._span(rank, cast(str, st.srcbuf), st.srcoff, st.cnt)
                 if t in WRITES_DST:
                     key = (rank, st.dstbuf, st.dstoff, st.cnt)
                     dst = spans.get(key)
                     if dst is None:
-                        dst = spans[key] = self._span(*key)
+                        dst = spans[key] = self._span(rank, cast(str, st.dstbuf), st.dstoff, st.cnt)
                 dep = None
                 if st.depid >= 0:
                     dep = (base[rank] + st.depid, st.deps)
@@ -399,11 +411,14 @@ class Interpreter(Generic[V]):
         self.shared = shared = [False] * ntb
         self.snap_uses = snap_uses = dict(self._snap_uses)
         self.lam = lams = [0] * ntb
-        self.queues = queues = [deque() for _ in self._conns]
+        self.queues: list[deque[_Message]] = [deque() for _ in self._conns]
+        queues = self.queues
         self.conn_waiter = conn_waiter = [-1] * len(self._conns)
-        self.dep_waiters = dep_waiters = [[] for _ in range(ntb)]
-        self.blocked: list[tuple | None] = [None] * ntb  # why an unfinished tb waits
-        self.snaps = snaps = {}
+        self.dep_waiters: list[list[int]] = [[] for _ in range(ntb)]
+        dep_waiters = self.dep_waiters
+        self.blocked: list[_Blocked | None] = [None] * ntb  # why an unfinished tb waits
+        self.snaps: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        snaps = self.snaps
         self.wr: list[tuple[int, int] | None] = [None] * len(self.mem)
         self.unread: list[tuple[int, int, int, V]] = []  # (gpu, step, loc, overwritten value)
         self.rds: list[dict[int, int] | None] = [None] * len(self.mem)
@@ -449,7 +464,8 @@ class Interpreter(Generic[V]):
                     vc[dg] = max(mine, dep[1] + 1)
                     if snap_lam > lam:
                         lam = snap_lam
-                incoming = None
+                # what a receive got (only receiving steps read it)
+                incoming: tuple[Any, ...] = ()
                 if rconn is not None:
                     incoming, msg_vc, msg_lam, sg, ss = queue.popleft()
                     if len(incoming) != op.cnt:
@@ -470,6 +486,7 @@ class Interpreter(Generic[V]):
                 t = op.type
                 if t != "nop":
                     src = [read(g, k, clk, vc, loc) for loc in op.src]
+                    out: Sequence[Any]
                     if t == "s" or t == "cpy":
                         out = src
                     elif t == "r" or t == "rcs":
@@ -568,12 +585,15 @@ class Interpreter(Generic[V]):
         stuck = []
         for g, ops in enumerate(self.ops):
             if self.pc[g] < len(ops):
-                kind, what = self.blocked[g]
-                if kind == "recv":
-                    sender, _, chan = next(c for c, i in self._conns.items() if i == what)
+                blocked = self.blocked[g]
+                assert blocked is not None, "a threadblock stops only at a step that waits"
+                if blocked[0] == "recv":
+                    conn = blocked[1]
+                    sender, _, chan = next(c for c, i in self._conns.items() if i == conn)
                     wait = f"a send from rank {sender} on channel {chan}"
                 else:
-                    wait = f"tb {self.tbs[what[0]][1].id} step {what[1]}"
+                    dg, ds = blocked[1]
+                    wait = f"tb {self.tbs[dg][1].id} step {ds}"
                 stuck.append(f"{self._step_name(g, self.pc[g])} waits for {wait}")
         if stuck:
             more = f"; ... (+{len(stuck) - 8} more)" if len(stuck) > 8 else ""
@@ -598,7 +618,25 @@ class Interpreter(Generic[V]):
 
 @gc_paused()
 def verify(plan: Plan) -> VerifyReport:
-    """Check limits, then run ``plan`` symbolically; raise on the first fault."""
+    """Check limits, then run ``plan`` symbolically; raise on the first fault.
+
+    A 2-rank AllGather: each rank sends its input chunk to the other, receives the
+    other's, and copies its own into place.
+
+    >>> from taccl_py.plan.model import Step, Threadblock
+    >>> def gpu(r):
+    ...     steps = [Step(0, "s", "i", 0), Step(1, "r", dstbuf="o", dstoff=1 - r)]
+    ...     steps.append(Step(2, "cpy", "i", 0, "o", r))
+    ...     return GpuPlan(r, 1, 2, tbs=[Threadblock(0, send=1 - r, recv=1 - r, steps=steps)])
+    >>> plan = Plan("ag", "allgather", 2, 2, gpus=[gpu(0), gpu(1)])
+    >>> report = verify(plan)
+    >>> report.steps, report.sends, report.connections, report.depth
+    (6, 2, 2, 3)
+    >>> del plan.gpus[1].tbs[0].steps[2]  # rank 1 no longer copies its own chunk
+    >>> verify(plan)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    taccl_py.errors.VerificationError: rank 1 o[1] (chunk 1): expected {(1,0)}, got nothing ...
+    """
     check_limits(plan)
     coll = plan.collective()
     # A value is a set of contributions: bits numbered by (chunk, rank, input index), so
@@ -632,13 +670,20 @@ def verify(plan: Plan) -> VerifyReport:
             raise VerificationError(
                 f"rank {rank} {buf}[{off}] (chunk {chunk}): expected "
                 f"{_fmt(w, contribs)}, got "
-                f"{'nothing (never written)' if got is None else _fmt(m, contribs)}"
+                f"{'nothing (never written)' if m is None else _fmt(m, contribs)}"
                 f"{_diff(w, m, contribs)}{_lost(run, w, m, contribs)}"
             )
     return _report(plan, run.connections, run.depth)
 
 
+@overload
+def _mask(value: tuple[int, int]) -> int: ...
+@overload
+def _mask(value: None) -> None: ...
+@overload
+def _mask(value: tuple[int, int] | None) -> int | None: ...
 def _mask(value: tuple[int, int] | None) -> int | None:
+    """A value ``(lowest bit, mask >> lowest bit)`` as a plain mask (None stays None)."""
     return None if value is None else value[1] << value[0]
 
 
@@ -659,7 +704,7 @@ def _diff(want: int, got: int | None, contribs: list) -> str:
     return f" ({', '.join(parts)})"
 
 
-def _lost(run: Interpreter, want: int, got: int | None, contribs: list) -> str:
+def _lost(run: Interpreter[tuple[int, int]], want: int, got: int | None, contribs: list) -> str:
     """Name the step that overwrote, unread, a value holding a missing contribution."""
     missing = want & ~(got or 0)
     for g, k, loc, value in run.unread:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 from xml.sax.saxutils import quoteattr
 
 from ..collectives import canonical_kind
@@ -142,6 +144,15 @@ def parse_plan(source: str | Path) -> Plan:
 
     Either runtime's ``coll`` spelling is read; ``plan.source`` keeps the spelling and
     the attributes the file left out, for :func:`~.runtimes.check_runtime`.
+
+    >>> p = parse_plan(
+    ...     '<algo name="ag" ngpus="1" coll="allgather" nchunksperloop="1" inplace="0">'
+    ...     '<gpu id="0" i_chunks="1" o_chunks="1"/></algo>'
+    ... )
+    >>> p.coll, p.ngpus, p.proto, len(p.gpus), "algo.maxBytes" in p.source.absent
+    ('allgather', 1, 'Simple', 1, True)
+    >>> parse_plan(plan_to_xml(p)) == p
+    True
     """
     if isinstance(source, Path) or not source.lstrip().startswith("<"):
         where, default_name = display_path(source), Path(source).stem
@@ -158,15 +169,22 @@ def parse_plan(source: str | Path) -> Plan:
     return _Reader(where, default_name).algo(_root(text, where))
 
 
-def _elements(text: str, where: str):
+def _started(parser: ET.XMLPullParser[ET.Element]) -> Iterator[ET.Element]:
+    """The elements whose start tag ``parser`` has read since last asked (it reports
+    ``"start"`` events only, each an ``(event, element)`` pair)."""
+    for event in parser.read_events():
+        yield cast("tuple[str, ET.Element]", event)[1]
+
+
+def _elements(text: str, where: str) -> Iterator[ET.Element]:
     """The elements of XML ``text``, each as soon as its start tag is read."""
-    parser = ET.XMLPullParser(events=("start",))
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start",))
     try:
         for at in range(0, len(text), _FEED):
             parser.feed(text[at : at + _FEED])
-            yield from (el for _, el in parser.read_events())
+            yield from _started(parser)
         parser.close()
-        yield from (el for _, el in parser.read_events())
+        yield from _started(parser)
     except ET.ParseError as exc:
         raise PlanError(f"{where}: malformed XML: {exc}") from None
 
@@ -177,12 +195,13 @@ def _root(text: str, where: str) -> ET.Element:
         raise PlanError(
             f"{where}: too large for a plan: {len(text)} characters, the limit is {MAX_PLAN_BYTES}"
         )
-    root = None
+    root: ET.Element | None = None
     for count, el in enumerate(_elements(text, where), 1):
         if count > MAX_ELEMENTS:
             raise PlanError(f"{where}: more than {MAX_ELEMENTS} elements, the limit for a plan")
         if count == 1:
             root = el
+    assert root is not None, "the parser reports a document without elements as malformed"
     return root
 
 
