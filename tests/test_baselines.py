@@ -13,7 +13,7 @@ from taccl_py.collectives import ALLGATHER, ALLREDUCE, ALLTOALL, KINDS, REDUCESC
 from taccl_py.errors import CollectiveError, TopologyError
 from taccl_py.synth.baselines.direct import direct_algorithm
 from taccl_py.synth.baselines.ring import check_ring, find_ring, ring_algorithm, ring_bottleneck
-from taccl_py.synth.routes import route_tree
+from taccl_py.topology.graph import route_tree
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import FULL_BISECTION, RAIL_ONLY, Link, Nic, Switch, Topology
 

@@ -44,6 +44,7 @@ from fractions import Fraction
 from ..collectives import ALLGATHER, ALLTOALL, Collective, canonical_kind
 from ..errors import TacclError
 from ..ir.algorithm import Algorithm, Transfer
+from ..topology.graph import hop_matrix
 from ..topology.model import Topology
 from .solvers import interruptible
 
@@ -74,29 +75,6 @@ def resource_capacity(topology: Topology) -> dict[str, Fraction]:
     return out
 
 
-def hop_distances(topology: Topology) -> list[list[float]]:
-    """Least number of connections from every rank to every rank (inf if unreachable)."""
-    n = topology.num_ranks
-    adj: dict[int, list[int]] = {r: [] for r in range(n)}
-    for s, d in topology.connections:
-        adj[s].append(d)
-    dist = []
-    for src in range(n):
-        row = [math.inf] * n
-        row[src] = 0
-        frontier = [src]
-        while frontier:
-            nxt = []
-            for u in frontier:
-                for v in adj[u]:
-                    if row[v] == math.inf:
-                        row[v] = row[u] + 1
-                        nxt.append(v)
-            frontier = nxt
-        dist.append(row)
-    return dist
-
-
 def _check_kind(kind: str) -> str:
     kind = canonical_kind(kind)
     if kind not in SUPPORTED:
@@ -107,7 +85,7 @@ def _check_kind(kind: str) -> str:
 def least_steps(topology: Topology, collective_kind: str) -> int:
     """The fewest steps any algorithm needs: the largest source-to-destination hop count."""
     coll = Collective(_check_kind(collective_kind), topology.num_ranks)
-    dist = hop_distances(topology)
+    dist = hop_matrix(topology)
     worst = 0
     for c in range(coll.num_chunks):
         for d in coll.postcondition(c):
@@ -164,7 +142,7 @@ def _encode_and_check(
     n, S, R = topology.num_ranks, steps, rounds
     if R < S:
         return "unsat", None
-    dist = hop_distances(topology)
+    dist = hop_matrix(topology)
     conns = list(topology.connections)
     into: dict[int, list[int]] = {v: [] for v in range(n)}
     for u, v in conns:

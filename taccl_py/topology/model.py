@@ -177,9 +177,6 @@ class Topology:
                 f"{self.label}: no direct connection from rank {src} to rank {dst}"
             ) from None
 
-    def neighbors(self, rank: int) -> list[int]:
-        return [d for (s, d) in self.connections if s == rank]
-
     def graph(self):
         """A networkx DiGraph of ranks; edges carry ``alpha``, ``bandwidth``, ``kind``."""
         import networkx as nx

@@ -1,7 +1,7 @@
 """All-pairs (direct) baseline: every chunk goes straight to where it is needed.
 
 Pairs without a connection are relayed over the best shortest-hop route
-(:func:`~taccl_py.synth.routes.route_tree`). Steps follow the hop counts of the routes, so
+(:func:`~taccl_py.topology.graph.route_tree`). Steps follow the hop counts of the routes, so
 a relay always forwards at a later step than it received.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from ...collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
 from ...ir.algorithm import Algorithm, Transfer
+from ...topology.graph import route_tree
 from ...topology.model import Topology
-from ..routes import require_ranks, route_tree
+from ..checks import require_ranks
 
 
 def direct_algorithm(topology: Topology, collective: Collective) -> Algorithm:

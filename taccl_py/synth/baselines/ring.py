@@ -22,8 +22,9 @@ import numpy as np
 from ...collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
 from ...errors import TopologyError
 from ...ir.algorithm import Algorithm, Transfer
+from ...topology.graph import distances
 from ...topology.model import Topology
-from ..routes import require_ranks
+from ..checks import require_ranks
 
 _MAX_DP_GPUS = 16
 _INF = 1 << 50  # "no edge" / "no path" in the integer-picosecond DP tables
@@ -38,14 +39,8 @@ def _ps(alpha: float) -> int:
 
 def _connected(adjacent: np.ndarray) -> bool:
     """Whether the graph of boolean matrix ``adjacent`` is connected, ignoring direction."""
-    seen, todo = {0}, [0]
-    while todo:
-        v = todo.pop()
-        for u in np.flatnonzero(adjacent[v] | adjacent[:, v]):
-            if int(u) not in seen:
-                seen.add(int(u))
-                todo.append(int(u))
-    return len(seen) == len(adjacent)
+    edges = [(int(u), int(v)) for u, v in np.argwhere(adjacent | adjacent.T)]
+    return len(distances(edges, 0)) == len(adjacent)
 
 
 class _NodePaths:

@@ -28,13 +28,12 @@ one partial at a time.
 
 from __future__ import annotations
 
-from collections import deque
-
 from ...collectives import ALLREDUCE, Collective
 from ...errors import TacclError, TopologyError
 from ...ir.algorithm import Algorithm, Transfer
+from ...topology.graph import bfs_order, shortest_path
 from ...topology.model import Topology
-from ..routes import require_ranks
+from ..checks import require_ranks
 from .ring import find_rings
 
 
@@ -49,20 +48,8 @@ def btree_parent(n: int, pos: int) -> int:
 
 def _shortest(topology: Topology, src: int, dst: int, allowed) -> tuple[int, ...] | None:
     """Fewest-hop route src -> dst whose intermediate ranks all satisfy ``allowed``."""
-    prev = {src: src}
-    todo = deque([src])
-    while todo:
-        u = todo.popleft()
-        if u == dst:
-            route = [dst]
-            while route[-1] != src:
-                route.append(prev[route[-1]])
-            return tuple(reversed(route))
-        for v in range(topology.num_ranks):
-            if v not in prev and (u, v) in topology.connections and (v == dst or allowed(v)):
-                prev[v] = u
-                todo.append(v)
-    return None
+    edges = [(u, v) for u, v in topology.connections if v == dst or allowed(v)]
+    return shortest_path(edges, src, dst)
 
 
 def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int, int, bool]]:
@@ -121,7 +108,7 @@ def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int,
             raise TacclError(f"{topology.label}: no relay schedule for the reduction tree {parent}")
     # -- broadcast phase -----------------------------------------------------
     have = {root: max((arrived[c] + 1 for c in children[root]), default=0)}
-    for r in _top_down(root, children):
+    for r in bfs_order(((p, c) for c, p in enumerate(parent) if p >= 0), root):
         if r == root:
             continue
         p = parent[r]
@@ -135,15 +122,6 @@ def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int,
             have[b] = min(have.get(b, step + 1), step + 1)
             step += 1
     return out
-
-
-def _top_down(root: int, children: dict[int, list[int]]) -> list[int]:
-    order, todo = [], deque([root])
-    while todo:
-        r = todo.popleft()
-        order.append(r)
-        todo.extend(sorted(children[r]))
-    return order
 
 
 def dtree(n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

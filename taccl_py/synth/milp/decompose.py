@@ -22,12 +22,13 @@ does not grow with the nodes at all. Early network hops carry several chunks at 
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from ...collectives import ALLGATHER, Collective
 from ...errors import TacclError
 from ...ir.algorithm import Transfer
+from ...topology.graph import distances
 from ...topology.model import Topology
 from .ordering import Send
 from .routing import Edge, Routes, relaxed_makespan, route
@@ -74,16 +75,6 @@ def fanouts(nodes: int) -> list[int]:
     return sorted({nodes - 1, *(f for f in (4, 2, 1) if f < nodes - 1)}, reverse=True)
 
 
-def _depths(tree: list[Edge], root: int) -> dict[int, int]:
-    """Hops from ``root`` to every rank its out-``tree`` reaches."""
-    depth = {root: 0}
-    for _ in tree:
-        for u, v in tree:
-            if u in depth:
-                depth[v] = depth[u] + 1
-    return depth
-
-
 def _receiver(topology: Topology, sketch: Sketch, r: int) -> int:
     """Relay ``r``'s receiver on the other nodes: its rail peer where the sketch allows it,
     else its first allowed peer."""
@@ -105,7 +96,7 @@ def relays(
     used: dict[int, int] = defaultdict(int)
     out = {}
     for k in range(g):
-        depth = _depths(trees[k], k)
+        depth = distances(trees[k], k)
         allowed = [r for r in range(g) if k in sketch.relays.get(r, ()) and r in depth]
         if not allowed:
             raise TacclError(f"{topology.label}: no relay carries local GPU {k}'s data")
@@ -134,7 +125,7 @@ def nic_relays(
     for sources in groups.values():
         if len({carriers[k][0] for k in sources}) < 2:
             continue
-        depths = [_depths(trees[k], k) for k in sources]
+        depths = [distances(trees[k], k) for k in sources]
         allowed = [
             r
             for r in sorted({carriers[k][0] for k in sources})
@@ -203,16 +194,7 @@ class Decomposition:
         for c, es in self.routes.items():
             src = self.collective.precondition(c)[0]
             parent = {v: u for u, v in es}
-            depth = {src: 0}
-            todo = deque([src])
-            child = defaultdict(list)
-            for u, v in es:
-                child[u].append(v)
-            while todo:
-                u = todo.popleft()
-                for v in sorted(child[u]):
-                    depth[v] = depth[u] + 1
-                    todo.append(v)
+            depth = distances(es, src)
             for u, v in es:
                 lead, count = self.lead(c, u, v)
                 if lead != c:

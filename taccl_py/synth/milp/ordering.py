@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ...errors import TacclError
+from ...topology.graph import bfs_parents
 from ...topology.model import Topology
 from .routing import Routes
 
@@ -66,28 +67,23 @@ def make_sends(topology: Topology, routes: Routes) -> list[Send]:
     sends: list[Send] = []
     for c in sorted(routes.edges):
         src = coll.precondition(c)[0]
-        child = defaultdict(list)
-        for u, v in routes.edges[c]:
-            child[u].append(v)
-        frontier = [(src, None)]
-        while frontier:
-            nxt = []
-            for u, pred in frontier:
-                for v in sorted(child[u]):
-                    conn = topology.connections[(u, v)]
-                    sends.append(
-                        Send(
-                            c,
-                            u,
-                            v,
-                            pred,
-                            (*conn.resources, f"conn:{u}->{v}"),
-                            b / topology.bandwidth(conn),
-                            conn.alpha,
-                        )
-                    )
-                    nxt.append((v, len(sends) - 1))
-            frontier = nxt
+        into: dict[int, int] = {}  # rank -> index of the send that brings it the chunk
+        for v, u in bfs_parents(sorted(routes.edges[c]), src).items():
+            if u is None:
+                continue
+            conn = topology.connections[(u, v)]
+            sends.append(
+                Send(
+                    c,
+                    u,
+                    v,
+                    into.get(u),
+                    (*conn.resources, f"conn:{u}->{v}"),
+                    b / topology.bandwidth(conn),
+                    conn.alpha,
+                )
+            )
+            into[v] = len(sends) - 1
     return sends
 
 

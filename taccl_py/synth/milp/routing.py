@@ -17,7 +17,7 @@ is good enough, as ordering loses more.
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,9 +25,9 @@ import pulp
 
 from ...collectives import ALLGATHER, ALLTOALL, Collective
 from ...errors import SketchError, TacclError
+from ...topology.graph import bfs_parents, distances, route_tree, shortest_path
 from ...topology.model import Topology
 from ..highs import HiGHS
-from ..routes import route_tree
 from ..solvers import live_report
 
 if TYPE_CHECKING:
@@ -50,28 +50,6 @@ class Routes:
     optimal: bool
     solve_time: float
     num_binaries: int
-
-
-def hop_distances(topology: Topology) -> list[list[int]]:
-    """Fewest hops between every ordered rank pair (a large number where unreachable)."""
-    n = topology.num_ranks
-    adjacent = defaultdict(list)
-    for s, d in topology.connections:
-        adjacent[s].append(d)
-    far = 1 << 20
-    dist = []
-    for root in range(n):
-        row = [far] * n
-        row[root] = 0
-        todo = deque([root])
-        while todo:
-            u = todo.popleft()
-            for v in adjacent[u]:
-                if row[v] == far:
-                    row[v] = row[u] + 1
-                    todo.append(v)
-        dist.append(row)
-    return dist
 
 
 _FAR = 1 << 20
@@ -100,26 +78,6 @@ def _allowed(
     return out
 
 
-def _bfs(n: int, edges: list[Edge], root: int, reverse: bool = False) -> list[int]:
-    """Fewest hops from ``root`` over ``edges`` (to ``root`` with ``reverse``)."""
-    adjacent = defaultdict(list)
-    for u, v in edges:
-        if reverse:
-            adjacent[v].append(u)
-        else:
-            adjacent[u].append(v)
-    row = [_FAR] * n
-    row[root] = 0
-    todo = deque([root])
-    while todo:
-        u = todo.popleft()
-        for v in adjacent[u]:
-            if row[v] == _FAR:
-                row[v] = row[u] + 1
-                todo.append(v)
-    return row
-
-
 def _carriers(topology: Topology, sketch: Sketch | None, src: int) -> tuple:
     """What decides which connections ``src``'s data may use (a cache key)."""
     if sketch is None:
@@ -132,16 +90,15 @@ def candidates(
 ) -> dict[int, list[Edge]]:
     """Chunk -> connections it may use: fewest-hop routes plus one extra hop, counted
     over the connections ``sketch`` allows the chunk's source data on (all without one)."""
-    n = topology.num_ranks
     allowed: dict[tuple, list[Edge]] = {}
-    dist: dict[tuple, list[int]] = {}  # (carriers, root, reverse) -> hops
+    dist: dict[tuple, dict[int, int]] = {}  # (carriers, root, reverse) -> hops
 
-    def hops(s: int, root: int, reverse: bool) -> list[int]:
+    def hops(s: int, root: int, reverse: bool) -> dict[int, int]:
         key = _carriers(topology, sketch, s)
         if key not in allowed:
             allowed[key] = _allowed(topology, sketch, s)
         if (key, root, reverse) not in dist:
-            dist[key, root, reverse] = _bfs(n, allowed[key], root, reverse)
+            dist[key, root, reverse] = distances(allowed[key], root, reverse=reverse)
         return dist[key, root, reverse]
 
     out: dict[int, list[Edge]] = {}
@@ -155,13 +112,14 @@ def candidates(
         ok = []
         if collective.kind == ALLGATHER:
             for u, v in allowed[_carriers(topology, sketch, s)]:
-                if v != s and h[u] < _FAR and h[u] <= h[v]:
+                if v != s and u in h and h[u] <= h.get(v, _FAR):
                     ok.append((u, v))
         else:
             d = dests[0]
             back = hops(s, d, True)
             for u, v in allowed[_carriers(topology, sketch, s)]:
-                if v != s and u != d and h[u] + 1 + back[v] <= h[d] + 1 < _FAR:
+                via = h.get(u, _FAR) + 1 + back.get(v, _FAR)
+                if v != s and u != d and via <= h.get(d, _FAR) + 1 < _FAR:
                     ok.append((u, v))
         out[c] = ok
     return out
@@ -192,19 +150,17 @@ def check_sketch(topology: Topology, collective: Collective, sketch: Sketch) -> 
         s = collective.precondition(c)[0]
         dests[s].update(d for d in collective.postcondition(c) if d != s)
     for s, ds in sorted(dests.items()):
-        hops = _bfs(n, _allowed(topology, sketch, s), s)
+        hops = distances(_allowed(topology, sketch, s), s)
         for d in sorted(ds):
-            if hops[d] < _FAR:
+            if d in hops:
                 continue
             blame = [
                 rule
                 for rule in (CONNECTIONS, RELAYS)
-                if _bfs(n, _allowed(topology, sketch, s, frozenset([rule])), s)[d] < _FAR
+                if d in distances(_allowed(topology, sketch, s, frozenset([rule])), s)
             ]
-            if (
-                not blame
-                and _bfs(n, _allowed(topology, sketch, s, frozenset([CONNECTIONS, RELAYS])), s)[d]
-                < _FAR
+            if not blame and d in distances(
+                _allowed(topology, sketch, s, frozenset([CONNECTIONS, RELAYS])), s
             ):
                 blame = [f"{CONNECTIONS} + {RELAYS}"]
             if not blame:
@@ -397,27 +353,16 @@ def _bfs_routes(collective: Collective, cand: dict[int, list[Edge]]) -> dict[int
     for c, es in cand.items():
         s = collective.precondition(c)[0]
         dests = [d for d in collective.postcondition(c) if d != s]
-        parent: dict[int, Edge | None] = {s: None}
-        todo = deque([s])
-        adjacent = defaultdict(list)
-        for u, v in es:
-            adjacent[u].append(v)
-        while todo:
-            u = todo.popleft()
-            for v in adjacent[u]:
-                if v not in parent:
-                    parent[v] = (u, v)
-                    todo.append(v)
-        if any(d not in parent for d in dests):
-            return {}
         if collective.kind == ALLGATHER:
-            out[c] = sorted(e for e in parent.values() if e is not None)
+            parent = bfs_parents(es, s)
+            if any(d not in parent for d in dests):
+                return {}
+            out[c] = sorted((u, v) for v, u in parent.items() if u is not None)
         else:
-            path, v = [], dests[0] if dests else s
-            while parent[v] is not None:
-                path.append(parent[v])
-                v = parent[v][0]
-            out[c] = sorted(path)
+            path = shortest_path(es, s, dests[0] if dests else s)
+            if path is None:
+                return {}
+            out[c] = sorted(zip(path, path[1:]))
     return out
 
 

@@ -25,7 +25,7 @@ from ...collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER, Collective
 from ...errors import SketchError, TacclError
 from ...ir.algorithm import Algorithm
 from ...topology.model import Topology
-from ..routes import require_ranks
+from ..checks import require_ranks
 from ..solvers import live_progress
 from .decompose import bundle_sizes, decompose, fanouts, nic_relays, node_trees, relays
 from .ordering import Send, TimeUp, descendants, make_sends, order, remaining

@@ -12,9 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
-
 from ...errors import SketchError, TacclError, TopologyError
+from ...topology.graph import distances
 from ...topology.loader import MAX_FILE_BYTES, _builtin_dir, parse_yaml
 from ...topology.model import RAIL_ONLY, Topology
 from ...topology.schema import GPU_ID, GPU_LIST, Problems, make_validator, schema_problems
@@ -361,7 +360,8 @@ class _Resolver:
     def check_reachable(self, pairs, relays) -> None:
         if not pairs:
             return
-        intra = self.topo.graph().subgraph(range(self.n))
+        intra = [(u, v) for u, v in self.topo.connections if u < self.n and v < self.n]
+        reach = {g: distances(intra, g) for g in range(self.n)}  # GPU -> GPUs it reaches
         carriers: dict[int, list[int]] = {g: [] for g in range(self.n)}
         for r, data in relays.items():
             for g in data:
@@ -376,7 +376,7 @@ class _Resolver:
                 self.problems.add(
                     ["inter_node", "relays"], f"GPU {g}'s data has no relay to leave node{how}"
                 )
-            elif not any(nx.has_path(intra, g, r) for r in rs):
+            elif not any(r in reach[g] for r in rs):
                 self.problems.add(
                     ["inter_node", "relays"],
                     f"GPU {g}'s data cannot reach its relays "
@@ -384,7 +384,7 @@ class _Resolver:
                 )
         receivers = sorted({b for _, b in pairs})
         for g in range(self.n):
-            if not any(nx.has_path(intra, r, g) for r in receivers):
+            if not any(g in reach[r] for r in receivers):
                 self.problems.add(
                     ["inter_node", "connections"],
                     f"GPU {g} cannot get remote data: no receiving GPU reaches it within a node",
