@@ -7,6 +7,7 @@ from collections import Counter
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import cast
 
 import yaml
 
@@ -55,7 +56,7 @@ class _Loader(yaml.SafeLoader):
     """A safe YAML loader that rejects a key repeated in one mapping and overlong
     integers."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[tuple[str, str]] = set()
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode):
@@ -186,12 +187,12 @@ def _read(path: Path) -> bytes:
 def _load_document(data: bytes, where: str, every: bool = False) -> dict:
     doc = parse_yaml(data, where)
     check_document(doc, where, every)
-    return doc
+    return cast(dict, doc)  # a valid topology document is a mapping
 
 
 def load_document(path: str | os.PathLike) -> dict:
     """The data of a valid topology file (a one-line TopologyError if it is not one)."""
-    return _load_document(_read(Path(path)), display_path(path))
+    return _load_document(_read(Path(path)), display_path(os.fspath(path)))
 
 
 def validate_file(path: str | os.PathLike) -> None:
@@ -289,13 +290,12 @@ def load_topology(name_or_path: str | os.PathLike, nodes: int = 1) -> Topology:
     text = os.fspath(name_or_path)
     builtins = _builtin_files()
     if text in builtins:
-        source = builtins[text]
-        where = str(source)
-        data = source.read_bytes()
+        where = str(builtins[text])
+        data = builtins[text].read_bytes()
         default_name = text
     elif _looks_like_path(text):
         path = Path(text)
-        where = source = display_path(path)
+        where = display_path(path)
         data = _read(path)
         default_name = path.stem
     else:
@@ -303,7 +303,7 @@ def load_topology(name_or_path: str | os.PathLike, nodes: int = 1) -> Topology:
         raise TopologyError(
             f"unknown topology {text!r}: not a file, and not a built-in name ({known})"
         )
-    return _build(_load_document(data, where), default_name, str(source), nodes)
+    return _build(_load_document(data, where), default_name, where, nodes)
 
 
 def _gbs(bandwidth: float) -> str:

@@ -193,9 +193,10 @@ def detect_transport(env) -> str | None:
 def open_comm(transport: str, device: str):
     """The communicator for ``transport`` (auto, mpi, torch); needs >= 2 ranks."""
     if transport == "auto":
-        transport = detect_transport(os.environ)
-        if transport is None:
+        found = detect_transport(os.environ)
+        if found is None:
             raise TacclError(NEED_RANKS)
+        transport = found
     if transport == "mpi" and device == "cuda":
         raise TacclError("--device cuda needs torchrun (--transport torch)")
     if transport == "torch" and not all(k in os.environ for k in _TORCH_ENV):
@@ -433,7 +434,9 @@ def format_table(results: list[PairResult]) -> str:
 
 
 # -- the command ------------------------------------------------------------------------------
-def _prepare(hosts, gpus_per_node, sizes, output: Path | None, update: Path | None):
+def _prepare(
+    hosts, gpus_per_node, sizes, output: Path | None, update: Path | None
+) -> tuple[list[list[int]], dict | None]:
     """Rank 0's checks before measuring: sizes, node groups, the --update document."""
     from ..util.fileio import check_outputs
     from .loader import load_document
@@ -448,7 +451,7 @@ def _prepare(hosts, gpus_per_node, sizes, output: Path | None, update: Path | No
             f"{format_size(host_memory())} of memory"
         )
     groups = group_nodes(hosts, gpus_per_node)
-    doc = None
+    doc: dict | None = None
     if update is not None:
         doc = load_document(update)
         _check_node_size(int(doc["gpus_per_node"]), groups, str(update))
@@ -472,7 +475,8 @@ def profile_command(
 
     comm = open_comm(transport, device)
     hosts = comm.allgather(socket.gethostname())
-    prepared, problem = None, None
+    prepared: tuple[list[list[int]], dict | None] | None = None
+    problem: str | None = None
     if comm.rank == 0:
         try:
             prepared = _prepare(hosts, gpus_per_node, sizes, output, update)
@@ -488,6 +492,8 @@ def profile_command(
     comm.close()
     if comm.rank != 0:
         return
+    # rank 0 prepared (or raised above), and measure() gives rank 0 the results
+    assert prepared is not None and results is not None
     groups, doc = prepared
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

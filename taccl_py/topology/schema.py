@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
@@ -252,7 +253,7 @@ def _kind(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
         return _show(value)
-    names = {dict: "a mapping", list: "a list"}
+    names: dict[type, str] = {dict: "a mapping", list: "a list"}
     return names.get(type(value), type(value).__name__)
 
 
@@ -308,7 +309,8 @@ def _leaves(err: ValidationError) -> list[ValidationError]:
     """The errors to report for ``err``: itself, or for an ``anyOf``, every error of its most
     relevant branch (so each bad item of a list is named, not only the first)."""
     best = best_match([err])
-    if best is err or not err.context:
+    context = err.context
+    if best is err or not context:
         return [best]
     top = best
     while top.parent is not None and top.parent is not err:
@@ -316,16 +318,17 @@ def _leaves(err: ValidationError) -> list[ValidationError]:
     if top.parent is not err:
         return [best]
     branch = top.relative_schema_path[0]
-    return [leaf for e in err.context if e.relative_schema_path[0] == branch for leaf in _leaves(e)]
+    return [leaf for e in context if e.relative_schema_path[0] == branch for leaf in _leaves(e)]
 
 
-def expand_gpus(gpus: object, gpus_per_node: int) -> list[int]:
+def expand_gpus(gpus: str | Iterable[int], gpus_per_node: int) -> list[int]:
     """A validated ``gpus`` field ("all" or a list) as a list of local GPU ids."""
     return list(range(gpus_per_node)) if gpus == "all" else [int(g) for g in gpus]
 
 
-def _entries(doc: dict, section: str, problems: Problems) -> list[tuple[int, object]]:
-    """A section's (index, entry) pairs, none if the section itself is broken."""
+def _entries(doc: dict, section: str, problems: Problems) -> list[tuple[int, Any]]:
+    """A section's (index, entry) pairs, none if the section itself is broken (an entry is
+    parsed YAML: a mapping unless a problem touches it)."""
     return [] if problems.above(section) else list(enumerate(doc.get(section, [])))
 
 
