@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -568,7 +568,15 @@ def run_single_device(
     schedule: Schedule | None = None,
 ) -> list[Any]:
     """Run ``plan`` with every rank's buffers on one device; same contract as
-    :func:`~taccl_py.runtime.reference.run_reference` (inputs: per-rank 1-D arrays)."""
+    :func:`~taccl_py.runtime.reference.run_reference` (inputs: per-rank 1-D arrays).
+
+    >>> from taccl_py.testing.plans import direct_allgather
+    >>> inputs = [np.array([r, r], dtype=np.int32) for r in range(3)]
+    >>> run_single_device(direct_allgather(3), inputs, HostDevice(seed=1))[2].tolist()
+    [0, 0, 1, 1, 2, 2]
+    >>> run_single_device(direct_allgather(3), inputs)  # doctest: +SKIP
+    [array([0, 0, 1, 1, 2, 2], dtype=int32), ...]
+    """
     device = device or CupyDevice()
     xp = device.xp
     sched = schedule or plan_rounds(plan)
@@ -597,10 +605,11 @@ def run_single_device(
             if before is not None:
                 device.wait(stream, events[before])
         ops = sched.ranks[rank].steps[(tbid, s)]
-        target = None
+        target: tuple[dict[str, Any], Msg] | None = None
         if ops.send is not None:
             peer, ptb, ps = receiver[sid]
-            target = (bufs[peer], sched.ranks[peer].steps[(ptb, ps)].recv)
+            # the step that receives this send has a receive
+            target = (bufs[peer], cast(Msg, sched.ranks[peer].steps[(ptb, ps)].recv))
         device.launch(stream, partial(_run_step, ops, bufs[rank], target, ce, reduce))
         if sid in signalled:
             events[sid] = device.new_event()
@@ -635,7 +644,7 @@ def _run_step(
         apply_local(op, bufs, ce, reduce)
     if target is not None:
         peer_bufs, m = target
-        s = ops.send
+        s = cast(Msg, ops.send)  # a step with a target sends
         peer_bufs[m.buf][m.off * ce : (m.off + m.cnt) * ce] = bufs[s.buf][
             s.off * ce : (s.off + s.cnt) * ce
         ]

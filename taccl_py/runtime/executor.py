@@ -23,12 +23,12 @@ and reports which requests completed.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from ..errors import TacclError
-from ..plan.model import RECV_TYPES, SEND_TYPES, Plan
+from ..plan.model import RECV_TYPES, SEND_TYPES, Plan, Step
 from ..plan.verify import READS_SRC, WRITES_DST, canonical_location, check_limits
 
 REDOPS = {"sum": np.add, "nop": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
@@ -54,10 +54,15 @@ class Transport(Protocol):
         """Best effort: withdraw outstanding receives after a timeout."""
 
 
+_Runs = tuple[tuple[str, int, int], ...]  # physical element ranges (buffer, start, stop)
+
+
 class _Step:
+    """A compiled step: element ranges, dependency (tb index, step), message slot / peer."""
+
     __slots__ = ("type", "src", "dst", "cnt", "dep", "recv_slot", "send_peer", "send_tag", "s")
 
-    def __init__(self, st, src, dst, dep):
+    def __init__(self, st: Step, src: _Runs, dst: _Runs, dep: tuple[int, int] | None) -> None:
         self.type, self.src, self.dst, self.cnt, self.dep = st.type, src, dst, st.cnt, dep
         self.s = st.s
         self.recv_slot = -1
@@ -70,6 +75,15 @@ class PlanExecutor:
 
     Reusable: :meth:`run` can be called many times (timing loops) with fresh buffers. The
     transport must carry no other traffic with the same tags meanwhile.
+
+    A 1-rank group moves no messages, so its transport is never called:
+
+    >>> from taccl_py.testing.plans import direct_allgather
+    >>> class Alone:
+    ...     tag_ub = 0
+    >>> ex = PlanExecutor(direct_allgather(1), Alone(), 0, 1, 2, np.float32)
+    >>> ex.run(np.array([1, 2], dtype=np.float32), np.zeros(2, dtype=np.float32)).tolist()
+    [1.0, 2.0]
     """
 
     def __init__(
@@ -112,15 +126,24 @@ class PlanExecutor:
                 b
             ] == coll.o_chunks:
                 self.out_phys = b
-        written = set()
+        written: set[str] = set()
         ttag_ub = transport.tag_ub
         self.recv_shapes: list[tuple[int, int, int]] = []  # (peer, tag, cnt)
         self.program: list[list[_Step]] = []
         for tb in self.tbs:
             steps, rseq, sseq = [], 0, 0
             for st in tb.steps:
-                src = self._runs(st.srcbuf, st.srcoff, st.cnt) if st.type in READS_SRC else ()
-                dst = self._runs(st.dstbuf, st.dstoff, st.cnt) if st.type in WRITES_DST else ()
+                # check_limits gave every step that reads (writes) a src (dst) buffer
+                src = (
+                    self._runs(cast(str, st.srcbuf), st.srcoff, st.cnt)
+                    if st.type in READS_SRC
+                    else ()
+                )
+                dst = (
+                    self._runs(cast(str, st.dstbuf), st.dstoff, st.cnt)
+                    if st.type in WRITES_DST
+                    else ()
+                )
                 written.update(b for b, _, _ in dst)
                 dep = (tb_index[st.depid], st.deps) if st.depid >= 0 else None
                 step = _Step(st, src, dst, dep)
@@ -143,17 +166,17 @@ class PlanExecutor:
         # between the pre-posted Irecv and the step itself.
         touches: dict[tuple[str, int], int] = {}
         for steps in self.program:
-            for st in steps:
-                for b, lo, hi in st.src + st.dst:
+            for op in steps:
+                for b, lo, hi in op.src + op.dst:
                     for c in range(lo // ce, hi // ce):
                         touches[(b, c)] = touches.get((b, c), 0) + 1
         self.direct: list[tuple[str, int, int] | None] = [None] * len(self.recv_shapes)
         for steps in self.program:
-            for st in steps:
-                if st.type in ("r", "rcs") and len(st.dst) == 1:
-                    b, lo, hi = st.dst[0]
+            for op in steps:
+                if op.type in ("r", "rcs") and len(op.dst) == 1:
+                    b, lo, hi = op.dst[0]
                     if all(touches[(b, c)] == 1 for c in range(lo // ce, hi // ce)):
-                        self.direct[st.recv_slot] = st.dst[0]
+                        self.direct[op.recv_slot] = op.dst[0]
         self.temps = [
             None if self.direct[slot] is not None else np.empty(cnt * ce, dtype=self.dtype)
             for slot, (_, _, cnt) in enumerate(self.recv_shapes)
@@ -163,7 +186,7 @@ class PlanExecutor:
         tag = seq * max(1, self.plan.nchannels) + chan
         return tag if tag <= tag_ub else chan  # FIFO then rests on in-order delivery
 
-    def _runs(self, buf: str, off: int, cnt: int) -> tuple[tuple[str, int, int], ...]:
+    def _runs(self, buf: str, off: int, cnt: int) -> _Runs:
         """Physical element ranges (buffer, start, stop) of chunks buf[off:off+cnt]."""
         runs: list[list] = []
         for c in range(cnt):
@@ -234,7 +257,8 @@ class PlanExecutor:
         kinds: list = []
         for slot, (peer, tag, _) in enumerate(self.recv_shapes):
             d = self.direct[slot]
-            target = self.temps[slot] if d is None else bufs[d[0]][d[1] : d[2]]
+            # a receive that does not land in place has a temporary
+            target = cast(np.ndarray, self.temps[slot]) if d is None else bufs[d[0]][d[1] : d[2]]
             try:
                 reqs.append(tp.irecv(target, peer, tag))
             except TacclError as exc:
@@ -260,7 +284,9 @@ class PlanExecutor:
                     out = self._execute(st, bufs)
                     if st.send_peer >= 0:
                         try:
-                            reqs.append(tp.isend(out, st.send_peer, st.send_tag))
+                            # a sending step's _execute returns what it sends
+                            data = cast(np.ndarray, out)
+                            reqs.append(tp.isend(data, st.send_peer, st.send_tag))
                         except TacclError as exc:
                             raise self._failed(exc, pc, recv_done) from None
                         rng = st.src[0] if st.type == "s" and len(st.src) == 1 else None
@@ -325,7 +351,7 @@ class PlanExecutor:
         d = self.direct[st.recv_slot]
         if d is not None:  # already in place (r/rcs)
             return bufs[d[0]][d[1] : d[2]]
-        incoming = self.temps[st.recv_slot]
+        incoming = cast(np.ndarray, self.temps[st.recv_slot])  # not in place: a temporary
         if t in ("rrc", "rrs", "rrcs"):
             self.reduce(incoming, self._read(bufs, st.src), out=incoming)
         if st.dst:

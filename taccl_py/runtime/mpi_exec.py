@@ -60,7 +60,17 @@ def run_plan(
     ``recvbuf`` receives its output chunks (both 1-D-able, same dtype). Returns ``recvbuf``.
 
     Every rank of ``comm`` (``plan.ngpus`` of them) must call it; ``comm`` should carry no
-    other point-to-point traffic meanwhile (pass ``comm.Dup()`` made once, up front)."""
+    other point-to-point traffic meanwhile (pass ``comm.Dup()`` made once, up front).
+
+    Under ``mpirun -n 4``, each rank:
+
+    >>> from mpi4py import MPI  # doctest: +SKIP
+    >>> from taccl_py.testing.plans import direct_allgather  # doctest: +SKIP
+    >>> comm = MPI.COMM_WORLD.Dup()  # doctest: +SKIP
+    >>> send = np.full(2, comm.Get_rank(), dtype=np.int32)  # doctest: +SKIP
+    >>> run_plan(direct_allgather(4), comm, send, np.empty(8, dtype=np.int32))  # doctest: +SKIP
+    array([0, 0, 1, 1, 2, 2, 3, 3], dtype=int32)
+    """
     coll = plan.collective()
     size = np.asarray(sendbuf).size
     if size == 0 or size % coll.i_chunks:

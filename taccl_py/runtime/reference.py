@@ -24,6 +24,11 @@ def run_reference(plan: Plan, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
     A rank's input holds the collective's ``i_chunks`` chunks (for in-place plans too: it is
     placed where the plan aliases it); the output holds ``o_chunks`` chunks.
+
+    >>> from taccl_py.testing.plans import direct_allgather
+    >>> outputs = run_reference(direct_allgather(2), [np.array([1, 2]), np.array([3, 4])])
+    >>> [out.tolist() for out in outputs]
+    [[1, 2, 3, 4], [1, 2, 3, 4]]
     """
     check_limits(plan)
     coll = plan.collective()
@@ -53,7 +58,11 @@ def run_reference(plan: Plan, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def numpy_result(coll: Collective, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """What the collective computes on ``inputs``, by NumPy (reduction = sum)."""
+    """What the collective computes on ``inputs``, by NumPy (reduction = sum).
+
+    >>> [out.tolist() for out in numpy_result(Collective("rs", 2), [np.arange(2)] * 2)]
+    [[0], [2]]
+    """
     stacked = np.stack([np.asarray(a).reshape(-1) for a in inputs])
     n = coll.num_ranks
     if coll.kind == ALLGATHER:
@@ -74,6 +83,10 @@ def check_reference(
 
     Raises :class:`VerificationError` naming the first wrong rank and output offset;
     returns the outputs otherwise.
+
+    >>> from taccl_py.testing.plans import direct_allgather
+    >>> [out.shape for out in check_reference(direct_allgather(3), chunk_elems=2)]
+    [(6,), (6,), (6,)]
     """
     coll = plan.collective()
     dt = np.dtype(dtype)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -44,6 +44,7 @@ Loc = tuple[str, int]  # (physical buffer, chunk offset); buffers i, o, s and t 
 Run = tuple[str, int, int]  # (physical buffer, first chunk, end chunk)
 StepId = tuple[int, int, int]  # (rank, threadblock id, step index)
 Time = tuple[int, int, int]  # (round, phase: 0 group / 1 local, position in the local work)
+_Pos = tuple[int, int]  # (threadblock index in _Sim.tbs, step index)
 
 #: plan redop -> name of the array-module ufunc ('nop' plans reduce by sum)
 REDUCERS = {"sum": "add", "nop": "add", "prod": "multiply", "max": "maximum", "min": "minimum"}
@@ -153,7 +154,11 @@ class Schedule:
 
 
 def reducer(xp: Any, redop: str) -> Callable:
-    """The ufunc of ``xp`` (numpy, cupy) that implements ``redop``."""
+    """The ufunc of ``xp`` (numpy, cupy) that implements ``redop``.
+
+    >>> reducer(np, "max") is np.maximum
+    True
+    """
     name = REDUCERS.get(redop)
     if name is None:
         raise TacclError(
@@ -237,11 +242,12 @@ class _RankCompiler:
                 runs.append([b, o, o + 1])
         return tuple(tuple(r) for r in runs)
 
+    # check_limits gave every step that reads (writes) a src (dst) buffer
     def _src(self, st: Step) -> tuple[Run, ...]:
-        return self.runs(st.srcbuf, st.srcoff, st.cnt) if st.type in READS_SRC else ()
+        return self.runs(cast(str, st.srcbuf), st.srcoff, st.cnt) if st.type in READS_SRC else ()
 
     def _dst(self, st: Step) -> tuple[Run, ...]:
-        return self.runs(st.dstbuf, st.dstoff, st.cnt) if st.type in WRITES_DST else ()
+        return self.runs(cast(str, st.dstbuf), st.dstoff, st.cnt) if st.type in WRITES_DST else ()
 
     def _temp(self, cnt: int) -> tuple[Run, ...]:
         off, self.temp_chunks = self.temp_chunks, self.temp_chunks + cnt
@@ -327,7 +333,8 @@ class _Sim:
         ]
         self.redop = plan.redop
         self.senders = self._match()
-        self.recv_of = {s: self.ops[r[0]][r[1]].recv for r, s in self.senders.items()}
+        # sending step -> the matching receive (a matched receiving step has one)
+        self.recv_of = {s: cast(Msg, self.ops[r[0]][r[1]].recv) for r, s in self.senders.items()}
         self.pc = [0] * len(self.tbs)
         self.half = [False] * len(self.tbs)  # fused step consumed its message, send pending
         self.start: dict[tuple[int, int], Time] = {}
@@ -338,9 +345,9 @@ class _Sim:
     def sid(self, g: int, k: int) -> StepId:
         return self.tbs[g][0], self.tbs[g][1].id, k
 
-    def _match(self) -> dict[StepId, StepId]:
+    def _match(self) -> dict[_Pos, _Pos]:
         """Pair the n-th send and receive of each connection; check counts and sizes."""
-        ends: dict[tuple[int, int, int], tuple[list, list]] = {}
+        ends: dict[tuple[int, int, int], tuple[list[_Pos], list[_Pos]]] = {}
         for g, (rank, _) in enumerate(self.tbs):
             for k, ops in enumerate(self.ops[g]):
                 if ops.send:
@@ -351,7 +358,7 @@ class _Sim:
                     ends.setdefault((ops.recv.peer, rank, ops.recv.chan), ([], []))[1].append(
                         (g, k)
                     )
-        senders = {}
+        senders: dict[_Pos, _Pos] = {}
         for (_a, b, chan), (sends, recvs) in sorted(ends.items()):
             if len(sends) > len(recvs):
                 raise VerificationError(
@@ -359,7 +366,8 @@ class _Sim:
                     f"channel {chan}, which receives only {len(recvs)} message(s) there"
                 )
             for s, r in zip(sends, recvs):
-                cs, cr = self.ops[s[0]][s[1]].send.cnt, self.ops[r[0]][r[1]].recv.cnt
+                cs = cast(Msg, self.ops[s[0]][s[1]].send).cnt
+                cr = cast(Msg, self.ops[r[0]][r[1]].recv).cnt
                 if cs != cr:
                     raise VerificationError(
                         f"{self._name(*r)} receives cnt={cr} but the "
@@ -426,12 +434,13 @@ class _Sim:
 
     def _send(self, g: int, k: int) -> None:
         ops = self.ops[g][self.pc[g]]
+        send = cast(Msg, ops.send)  # _group calls it for sending steps only
         rank = self.tbs[g][0]
         rnd = self.programs[rank].rounds[k]
         rnd.pack.extend(ops.pack)
-        rnd.sends.append(ops.send)
+        rnd.sends.append(send)
         self.moved[self.sid(g, self.pc[g])] = k
-        self.programs[ops.send.peer].rounds[k].recvs.append(self.recv_of[(g, self.pc[g])])
+        self.programs[send.peer].rounds[k].recvs.append(self.recv_of[(g, self.pc[g])])
 
     def _local(self, k: int) -> bool:
         """Round k's local work: consume arrived messages, cpy/re/nop, in dependency order."""
@@ -477,19 +486,28 @@ class _Sim:
         return "; ".join(parts[:8]) + more
 
     def _timing(self, senders: dict[StepId, StepId]) -> dict[StepId, StepTiming]:
-        return {
-            self.sid(*key): StepTiming(
-                self.start[key],
-                done,
-                self.moved.get(senders.get(self.sid(*key))),
-                self.moved.get(self.sid(*key)),
-            )
-            for key, done in self.done.items()
-        }
+        timing = {}
+        for key, done in self.done.items():
+            sid = self.sid(*key)
+            sender = senders.get(sid)
+            received = None if sender is None else self.moved.get(sender)
+            timing[sid] = StepTiming(self.start[key], done, received, self.moved.get(sid))
+        return timing
 
 
 def plan_rounds(plan: Plan) -> Schedule:
-    """The round schedule of ``plan`` (checked with :func:`check_limits` first)."""
+    """The round schedule of ``plan`` (checked with :func:`check_limits` first).
+
+    In the direct AllGather every send moves in round 0; the receives and local copies
+    finish in that round's local phase.
+
+    >>> from taccl_py.testing.plans import direct_allgather
+    >>> sched = plan_rounds(direct_allgather(2))
+    >>> sched.nrounds, [len(r.sends) for r in sched.ranks[0].rounds]
+    (1, [1])
+    >>> sched.timing[(0, 0, 1)]  # rank 0, tb 0, step 1: the receive
+    StepTiming(start=(0, 1, 0), done=(0, 1, 0), received=0, sent=None)
+    """
     check_limits(plan)
     return _Sim(plan).run()
 
@@ -502,6 +520,10 @@ def run_rounds(
     Same contract as :func:`~taccl_py.runtime.reference.run_reference`. A round's messages
     are matched the way NCCL matches a group's calls: per (sender, receiver) pair in issue
     order, whatever their channel.
+
+    >>> from taccl_py.testing.plans import direct_allgather
+    >>> [out.tolist() for out in run_rounds(direct_allgather(2), [np.ones(2), np.zeros(2)])]
+    [[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
     """
     sched = schedule or plan_rounds(plan)
     coll = sched.coll
