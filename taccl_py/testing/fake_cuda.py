@@ -47,10 +47,13 @@ import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Literal, Self, TypeVar, cast
 
 import numpy as np
 
+_T = TypeVar("_T")
+#: ``casting`` values of ``copyto`` (those every NumPy version takes)
+_Casting = Literal["no", "equiv", "safe", "same_kind", "unsafe"]
 _DTYPES = frozenset(
     np.dtype(n)
     for n in (
@@ -297,7 +300,16 @@ class _Part:
     def done(self) -> bool:
         return self.fin or self.comm._closed == "aborted"
 
+    def start(self) -> None:
+        """Run when its group op starts (on every stream it is enqueued on)."""
+        raise NotImplementedError
+
+    def why(self) -> str:
+        """What it waits for, when it is not done."""
+        raise NotImplementedError
+
     def fail(self, err: NcclError) -> None:
+        assert self.op is not None, "a part fails once its group op has started"
         self.fin = True
         self.comm._async_error = self.comm._async_error or err
         for q in self.op.queues:
@@ -313,7 +325,8 @@ class _P2P(_Part):
             f"{kind} of {view.size} B {('from', 'to')[kind == 'send']} "
             f"rank {peer} of comm {comm._clique.name}",
         )
-        self.kind, self.view, self.payload = kind, view, None
+        self.kind, self.view = kind, view
+        self.payload: np.ndarray | None = None
         me = comm._rank
         self.key = (me, peer, seq) if kind == "send" else (peer, me, seq)
 
@@ -377,20 +390,25 @@ class _Coll(_Part):
             return
         del cl.colls[self.k]
         parts = [slot[r] for r in range(cl.n)]
+        # what each rank gets; data: what each rank sent (the root's only, for broadcast)
+        outs: list[np.ndarray | None]
         if self.kind == "broadcast":
             outs = [parts[root].data] * cl.n
-        elif self.kind == "allGather":
-            outs = [np.concatenate([p.data for p in parts])] * cl.n
         else:
-            red = _reduce([p.data for p in parts], op, dt)
-            outs = {
-                "allReduce": [red] * cl.n,
-                "reduce": [red if r == root else None for r in range(cl.n)],
-                "reduceScatter": [red[r * count : (r + 1) * count] for r in range(cl.n)],
-            }[self.kind]
+            data = [cast(np.ndarray, p.data) for p in parts]
+            if self.kind == "allGather":
+                outs = [np.concatenate(data)] * cl.n
+            else:
+                red = _reduce(data, op, dt)
+                by_kind: dict[str, list[np.ndarray | None]] = {
+                    "allReduce": [red] * cl.n,
+                    "reduce": [red if r == root else None for r in range(cl.n)],
+                    "reduceScatter": [red[r * count : (r + 1) * count] for r in range(cl.n)],
+                }
+                outs = by_kind[self.kind]
         for p, out in zip(parts, outs):
-            if out is not None:
-                p.recv.view(_NCCL_TYPES[dt])[...] = out
+            if out is not None:  # a rank that gets data gave a receive buffer
+                cast(np.ndarray, p.recv).view(_NCCL_TYPES[dt])[...] = out
             p.fin = True
 
     def why(self) -> str:
@@ -399,6 +417,12 @@ class _Coll(_Part):
             f"{self.what} waits for ranks "
             f"{[r for r in range(self.comm._clique.n) if r not in slot]}"
         )
+
+
+def _start_parts(parts: tuple[_Part, ...]) -> None:
+    """Start each NCCL call of a group op, in order."""
+    for p in parts:
+        p.start()
 
 
 def _inplace(name: str) -> Callable[[_NDArray, Any], _NDArray]:
@@ -571,6 +595,7 @@ class _Stream:
 
     _fc: FakeCuda
     null: _Stream
+    _foreign: Any  # what from_external wrapped (kept alive with the stream)
 
     def __init__(
         self,
@@ -1172,7 +1197,9 @@ class FakeCuda:
             raise NcclError(4, f"{name} on device {dev}, communicator on device {device}")
         return buf[ptr - start : ptr - start + nbytes]
 
-    def _empty(self, shape: Any, dtype: Any = float, order: str = "C") -> _NDArray:
+    def _empty(
+        self, shape: Any, dtype: Any = float, order: Literal["K", "A", "C", "F"] = "C"
+    ) -> _NDArray:
         dt = _dtype(dtype)
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         with self._cv:
@@ -1234,7 +1261,7 @@ class FakeCuda:
             np.ndarray(shape, dt, buffer=buf, offset=ptr - start, strides=strides), device
         )
 
-    def _copyto(self, dst: _NDArray, src: Any, casting: str = "same_kind") -> None:
+    def _copyto(self, dst: _NDArray, src: Any, casting: _Casting = "same_kind") -> None:
         on_device = isinstance(src, _NDArray)
         value = src if on_device or np.isscalar(src) else np.array(src)  # host data: a snapshot
         shape = np.shape(src._a if on_device else value)
@@ -1313,12 +1340,14 @@ class FakeCuda:
 
     def _elapsed(self, start: _Event, end: _Event) -> float:
         """``get_elapsed_time``: milliseconds between two done events (host time here)."""
+        finished = []
         for event in (start, end):
             if not event._timing:
                 raise CUDARuntimeError(400, "an event without timing")
             if event._op is None or not event._op.done:
                 raise CUDARuntimeError(600)
-        return (end._op.finished_at - start._op.finished_at) * 1e3
+            finished.append(event._op.finished_at)
+        return (finished[1] - finished[0]) * 1e3
 
     # -- NCCL ---------------------------------------------------------------------------------
 
@@ -1391,7 +1420,7 @@ class FakeCuda:
             op = _Op(
                 ", ".join(p.what for p in parts),
                 list(dict.fromkeys(q for q, _ in items)),
-                start=lambda parts=parts: [p.start() for p in parts],
+                start=functools.partial(_start_parts, parts),
                 parts=parts,
                 deps=tuple(c._last for c in comms if c._last is not None),
             )
@@ -1404,7 +1433,7 @@ class FakeCuda:
     # -- the module ---------------------------------------------------------------------------
 
     def _build(self) -> types.ModuleType:
-        def cls(name: str, base: type, **extra: Any) -> type:
+        def cls(name: str, base: type[_T], **extra: Any) -> type[_T]:
             return type(name, (base,), {"_fc": self, "__module__": "cupy.cuda", **extra})
 
         def module(name: str, **attrs: Any) -> types.ModuleType:

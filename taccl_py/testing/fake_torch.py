@@ -59,8 +59,9 @@ class FakeCudaTensor(torch.Tensor):
             )
         return torch.device("cuda", device)
 
-    def record_stream(self, stream) -> None:  # type: ignore[override]
+    def record_stream(self, stream) -> None:
         owner = type(self)._owner
+        assert owner is not None, "FakeTorch.tensor makes fake CUDA tensors, and sets it"
         owner.recorded.append((self.data_ptr(), self.device.index, stream.cuda_stream))
 
 

@@ -18,6 +18,8 @@ import concurrent.futures as cf
 import datetime
 import os
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -29,6 +31,11 @@ from ..runtime.executor import PlanExecutor
 from .checks import _R, REDUCE, as_real, check_list, check_output, check_pair, reduce_op
 from .gloo_transport import GlooTransport
 from .library import PlanLibrary
+
+if TYPE_CHECKING:
+    from torch.distributed.distributed_c10d import GroupName
+
+    from .cuda import CudaRunner
 
 #: executors kept per group (each holds its compiled program and receive temporaries)
 EXECUTOR_CACHE = 32
@@ -70,24 +77,25 @@ class TacclProcessGroup(dist.ProcessGroup):
         cache_dir=None,
         blocking_wait: bool | None = None,
     ) -> None:
-        super().__init__(rank, size)
+        super().__init__(rank, size)  # type: ignore[call-arg]  # the stub lacks (rank, size)
         self._store, self._timeout = store, timeout.total_seconds()
         self._library = PlanLibrary(plan_dir, cache_dir)
         # Gloo's own timeout on plan messages comes later than the executor's, whose error
         # names the plan step and peer that stalled
-        self._plan_pg = dist.ProcessGroupGloo(
+        # the inner groups and the transport are dropped by shutdown()
+        self._plan_pg: dist.ProcessGroupGloo | None = dist.ProcessGroupGloo(
             dist.PrefixStore("taccl-plan", store),
             rank,
             size,
             timeout * 2 + datetime.timedelta(seconds=5),
         )
-        self._gloo = dist.ProcessGroupGloo(
+        self._gloo: dist.ProcessGroupGloo | None = dist.ProcessGroupGloo(
             dist.PrefixStore("taccl-p2p", store), rank, size, timeout
         )
-        self._transport = GlooTransport(self._plan_pg)
+        self._transport: GlooTransport | None = GlooTransport(self._plan_pg)
         self._worker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="taccl-coll")
         self._executors: dict[tuple, PlanExecutor] = {}
-        self._cuda = None  # taccl_py.torch.cuda.CudaRunner, made on the first CUDA call
+        self._cuda: CudaRunner | None = None  # made on the first CUDA call
         self._blocking = _env_flag(BLOCKING_WAIT_ENV) if blocking_wait is None else blocking_wait
         self._name = ""
         _LIVE.add(self)
@@ -103,8 +111,8 @@ class TacclProcessGroup(dist.ProcessGroup):
         return self._name
 
     @property
-    def group_name(self) -> str:
-        return self._name
+    def group_name(self) -> GroupName:
+        return cast("GroupName", self._name)
 
     def shutdown(self) -> None:
         """Finish the queued collectives, stop the worker threads and release the inner Gloo
@@ -125,17 +133,19 @@ class TacclProcessGroup(dist.ProcessGroup):
             raise TacclError("this taccl process group was shut down (dist.destroy_process_group)")
 
     # -- plumbing ------------------------------------------------------------------------
-    def _submit(self, fn, outputs, inputs=(), op=None):
+    def _submit(
+        self, fn: Callable[[Any, Any], object], outputs: Any, inputs: Any = (), op: Any = None
+    ) -> _Work:
         """Run ``fn(outputs, inputs)`` on the worker, in issue order, with contiguous stand-ins
         for the tensors (lists, nested once at most; complex ones as real views when reduced
         by ``op``); stand-ins of non-contiguous outputs are copied back when ``fn`` succeeds.
         The Work's future yields ``outputs``."""
         self._check_live()
-        fut = torch.futures.Future()
+        fut: torch.futures.Future[object] = torch.futures.Future()
 
-        def job():
+        def job() -> None:
             try:
-                written: list = []
+                written: list[tuple[torch.Tensor, torch.Tensor]] = []
                 outs = _map(lambda t: _stand_in(t, written), outputs)
                 ins = _map(lambda t: t.detach().contiguous(), inputs)
                 if op is not None:
@@ -169,7 +179,10 @@ class TacclProcessGroup(dist.ProcessGroup):
         key = (id(plan), ce, dtype.str, redop)
         ex = self._executors.pop(key, None)
         if ex is None:
-            ex = PlanExecutor(plan, self._transport, self.rank(), self.size(), ce, dtype, redop)
+            transport = self._transport
+            # jobs run on the worker, which shutdown() stops before it drops the transport
+            assert transport is not None, "the group was shut down"
+            ex = PlanExecutor(plan, transport, self.rank(), self.size(), ce, dtype, redop)
             if len(self._executors) >= EXECUTOR_CACHE:
                 self._executors.pop(next(iter(self._executors)))
         self._executors[key] = ex  # most recently used last
@@ -433,7 +446,9 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view(-1)
 
 
-def _stand_in(tensor: torch.Tensor, written: list) -> torch.Tensor:
+def _stand_in(
+    tensor: torch.Tensor, written: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """``tensor`` itself when contiguous, else a contiguous copy, noted in ``written`` as
     (tensor, copy) to be copied back."""
     tensor = tensor.detach()

@@ -8,7 +8,8 @@ import torch.distributed as dist
 from ..collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER
 from ..errors import TacclError
 
-_R = dist.ReduceOp.RedOpType
+#: the reduce ops (``ReduceOp.SUM`` and the others are the members of ``ReduceOp.RedOpType``)
+_R = dist.ReduceOp
 #: the reduce ops that plans do, and the plan redop of each (AVG: a sum, then divided)
 REDUCE = {_R.SUM: "sum", _R.AVG: "sum", _R.PRODUCT: "prod", _R.MIN: "min", _R.MAX: "max"}
 #: the dtypes Gloo serves on CPU, in the order of torch's dtype list; the others are refused

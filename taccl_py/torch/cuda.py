@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ class CudaWork(dist.Work):
     def __init__(self, runner: CudaRunner, run: InFlight, outputs) -> None:
         super().__init__()
         self._runner, self._run = runner, run
-        self._fut = torch.futures.Future()
+        self._fut: torch.futures.Future[Any] = torch.futures.Future()
         self._fut.set_result(outputs)
 
     def wait(self, timeout=None) -> bool:
@@ -99,7 +99,7 @@ class CudaWork(dist.Work):
         return self._run.done
 
     def is_success(self) -> bool:
-        return self._run.done and self._runner.watchdog.error is None
+        return self._run.done and self._runner.dog.error is None
 
     def get_future(self) -> torch.futures.Future:
         return self._fut
@@ -152,27 +152,34 @@ class CudaRunner:
                     what = body(stream)
                 except Exception as exc:
                     if self.posted != posted:  # peers wait on what was posted: stop them
-                        self.watchdog.abort(f"failed after posting NCCL calls: {exc}")
+                        self.dog.abort(f"failed after posting NCCL calls: {exc}")
                     raise
                 end = cp.cuda.Event(disable_timing=True)
                 end.record(stream)
         for t in tensors:
             self.bridge.record_stream(t, device)
         for plan_run in self.runs:
-            self.watchdog.watch(plan_run)
+            self.dog.watch(plan_run)
         run = InFlight(self.rank, what, [], 0, end, {})
-        self.watchdog.watch(run)
+        self.dog.watch(run)
         return CudaWork(self, run, outputs)
 
     def wait(self, run: InFlight) -> None:
         """``Work.wait``: see the module docstring."""
-        self.watchdog.check()
+        dog = self.dog
+        dog.check()
         if self.blocking:
-            self.watchdog.wait(run)
+            dog.wait(run)
             return
-        cp = self.cp
-        with cp.cuda.Device(self.device):
-            external_stream(cp, self.bridge.stream(self.device), self.device).wait_event(run.end)
+        cp, device = self.cp, cast(int, self.device)  # set with the watchdog
+        with cp.cuda.Device(device):
+            external_stream(cp, self.bridge.stream(device), device).wait_event(run.end)
+
+    @property
+    def dog(self) -> Watchdog:
+        """The watchdog, made with the communicator by the first CUDA call."""
+        assert self.watchdog is not None, "no CUDA call has made the communicator yet"
+        return self.watchdog
 
     def close(self) -> None:
         if self.watchdog is not None:
@@ -198,7 +205,7 @@ class CudaRunner:
                 f"this group's NCCL communicator is on cuda:{self.device}, the "
                 f"tensors are on cuda:{device} (one GPU per rank)"
             )
-        self.watchdog.check()
+        self.dog.check()
         return device
 
     def array(self, tensor: torch.Tensor):
