@@ -101,7 +101,8 @@ class Algorithm:
                 value[r * nchunks + c] = 1 << r
 
         def contribs(c: int, mask: int) -> list[Contribution]:
-            return [(r, coll.input_index(r, c)) for r in range(mask.bit_length()) if mask >> r & 1]
+            # a mask holds only ranks of precondition(c): those with an input to chunk c
+            return sorted(x for x in coll.expected(c) if mask >> x[0] & 1)
 
         for i, t in enumerate(self.transfers):
             src, dst, c = t.src, t.dst, t.chunk

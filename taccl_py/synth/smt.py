@@ -341,9 +341,10 @@ def _to_algorithm(
         clock[s + 1] = clock[s] + r_s[s]
     cap = resource_capacity(topology)
     transfers = []
-    use: dict[tuple[str, int], float] = {}  # (resource, round) -> fraction of it used
+    # (resource, round) -> fraction of it used (exact while only fractions are added)
+    use: dict[tuple[str, int], Fraction | float] = {}
 
-    def claims(res: str, t: int) -> list[tuple[tuple[str, int], float]]:
+    def claims(res: str, t: int) -> list[tuple[tuple[str, int], Fraction | float]]:
         if cap[res] >= 1:
             return [((res, t), 1 / cap[res])]
         return [((res, t + k), 1.0) for k in range(math.ceil(1 / cap[res]))]

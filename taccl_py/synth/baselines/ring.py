@@ -190,9 +190,9 @@ def _best_ring(
             states = {e2: (v[0], v[1], ranks[v[2:4]], v[4]) for e2, v in new.items()}
         if first in states:
             shared, alpha, _, trail = states[first]
-            cand = (shared, alpha, _unwind(trail, g))
-            if best is None or cand < best:
-                best = cand
+            ring = (shared, alpha, _unwind(trail, g))
+            if best is None or ring < best:
+                best = ring
     return best
 
 
@@ -304,10 +304,9 @@ class _Fabric:
                 self.res[(a, b)] = conn.resources
                 bw[(a, b)] = topology.bandwidth(conn)
         self.cap = topology.resource_bandwidth
-        self.nic = {v: topology.nic_of(v) for v in range(g)}
-        self.nics = sorted(
-            {n for n in self.nic.values() if n is not None}, key=lambda n: (n.rail, n.name)
-        )
+        # the NIC of every GPU that has one
+        self.nic = {v: nic for v in range(g) if (nic := topology.nic_of(v)) is not None}
+        self.nics = sorted(set(self.nic.values()), key=lambda n: (n.rail, n.name))
         switched = len(self.res) == g * (g - 1) and all(
             topology.connections[k].kind == "switch" for k in self.res
         )
@@ -436,12 +435,12 @@ class _Fabric:
                 return True
             for entry, exits in candidates(n):
                 if self.multi:  # the NICs' bandwidth left decides before any path is tried
-                    if self.nic[entry] is None or not fits((f"nicin:{self.nic[entry].name}",)):
+                    if entry not in self.nic or not fits((f"nicin:{self.nic[entry].name}",)):
                         continue
                     exits = {
                         x
                         for x in (range(g) if exits is None else exits)
-                        if self.nic[x] is not None and fits((f"nicout:{self.nic[x].name}",))
+                        if x in self.nic and fits((f"nicout:{self.nic[x].name}",))
                     }
                     if not exits:
                         continue
@@ -506,9 +505,9 @@ def find_rings(topology: Topology) -> list[list[int]]:
             continue
         for cross in (False, True) if fab.multi else (False,):
             paths = fab.search(speed, cross)
-            rings = len(paths) // (2 if cross else 1)
-            if rings * speed > best[0] * (1 + 1e-9):
-                best = (rings * speed, paths, cross)
+            count = len(paths) // (2 if cross else 1)
+            if count * speed > best[0] * (1 + 1e-9):
+                best = (count * speed, paths, cross)
     _, paths, cross = best
     if paths:
         rings = _assemble(topology, paths, cross)
