@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
@@ -224,6 +224,11 @@ class Problems:
         """The problems' lines sorted by field path, without repeats."""
         ordered = sorted(self.found, key=lambda f: _path_key(f[0]))
         return list(dict.fromkeys(f"{self.where}: {field_path(p)}: {m}" for p, m in ordered))
+
+    def fail(self, path: Iterable[object], message: str) -> NoReturn:
+        """Add a problem and raise the first one, as :meth:`check` does."""
+        self.add(path, message)
+        raise self.error(self.lines()[0])
 
     def check(self, every: bool = False) -> None:
         """Raise the first problem as a one-line error; with ``every``, all of them, one per

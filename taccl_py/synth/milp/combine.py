@@ -209,8 +209,9 @@ class _Slots:
     def __init__(self, ops: _Ops, n: int) -> None:
         self.n = n
         self.off = off = [0] * (n + 1)
-        self.op = slot_op = []
-        self.hold = hold = []
+        slot_op: list[int] = []
+        hold: list[float] = []
+        self.op, self.hold = slot_op, hold
         on: list[list[int]] = [[] for _ in ops.rid]
         res = ops.res
         k = 0
@@ -494,7 +495,7 @@ def allreduce_from(
     interleaved = rs_start + [
         k + max(ready[c] for c in cs) for k, cs in zip(ag_start, ops.chunks[n_rs:])
     ]
-    best = None
+    best: tuple[str, tuple[list[float], list[int], float]] | None = None
     for seam in ("rs first", "interleaved", "list"):
         if seam == "rs first":  # phase first on every resource
             key = rs_start + ag_start
@@ -507,6 +508,7 @@ def allreduce_from(
         del nxt
         if res is not None and (best is None or res[2] < best[1][2] * (1 - 1e-12)):
             best = (seam, res)
+    assert best is not None  # the list schedule's order (its start times) has no cycle
     seam, (start, topo, makespan) = best
     ar = Collective(
         ALLREDUCE, coll.num_ranks, coll.chunkup, coll.inplace if inplace is None else inplace

@@ -189,7 +189,7 @@ def _shortest_routes(topology: Topology, collective: Collective) -> dict[int, li
     out = {}
     for c in range(collective.num_chunks):
         s = collective.precondition(c)[0]
-        edges = set()
+        edges: set[Edge] = set()
         for d in collective.postcondition(c):
             route = trees[s][d]
             edges.update(zip(route, route[1:]))
@@ -205,7 +205,7 @@ def _hierarchical_routes(topology: Topology, collective: Collective) -> dict[int
     out = {}
     for c in range(collective.num_chunks):
         s = collective.precondition(c)[0]
-        edges = set()
+        edges: set[Edge] = set()
         for node in range(topology.nodes):
             head = node * g + topology.local(s)
             if head != s:
@@ -415,6 +415,7 @@ def route(
     result = _solve(topology, collective, chunk_bytes, cand, rep, sketch, began, time_limit)
     if result is None:  # the symmetric model is infeasible
         result = _solve(topology, collective, chunk_bytes, cand, None, sketch, began, time_limit)
+        assert result is not None  # without a shared ``rep``, _solve raises instead
     return result
 
 
@@ -601,8 +602,7 @@ def _warm(
 
 def _gap(prob: pulp.LpProblem) -> float | None:
     """HiGHS's relative MIP gap where the solver reports one."""
-    model = getattr(prob, "solverModel", None)
-    try:
-        return float(model.getInfo().mip_gap)
+    try:  # no solverModel (or None): not HiGHS
+        return float(prob.solverModel.getInfo().mip_gap)
     except AttributeError:
         return None

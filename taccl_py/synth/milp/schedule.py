@@ -108,7 +108,9 @@ def schedule(
     sends = order.sends
     by_start = sorted(range(len(sends)), key=lambda i: (order.start[i], i))
     groups = [[i] for i in by_start]
-    start, best = timing(order, groups)
+    first = timing(order, groups)
+    assert first is not None  # one send per group, in the order's start times: no cycle
+    start, best = first
     if not merge:
         return Schedule(order, groups, start, best)
     seqs = [
@@ -147,6 +149,6 @@ def _pair_up(sends, groups: list[list[int]], seq: list[int]) -> list[list[int]] 
     if not merged:
         return None
     out = [list(m) for m in groups]
-    for b, a in merged.items():
-        out[a] += out[b]
+    for absorbed, into in merged.items():
+        out[into] += out[absorbed]
     return [m for g, m in enumerate(out) if g not in merged]

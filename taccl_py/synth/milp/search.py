@@ -27,7 +27,15 @@ from ...ir.algorithm import Algorithm
 from ...topology.model import Topology
 from ..checks import require_ranks
 from ..solvers import live_progress
-from .decompose import bundle_sizes, decompose, fanouts, nic_relays, node_trees, relays
+from .decompose import (
+    Decomposition,
+    bundle_sizes,
+    decompose,
+    fanouts,
+    nic_relays,
+    node_trees,
+    relays,
+)
 from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
 from .routing import Routes, candidates, check_sketch, relaxed_makespan, route
 from .schedule import Schedule, schedule
@@ -271,7 +279,8 @@ def decomposed_algorithm(
     # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
     # are most likely the same plan; a shared NIC is shared first-ready by the runtime
     exact = all(len(nic.ranks) == 1 for nic in topology.nics)
-    ranked = []
+    # (makespan, index, label, rule, decomposition, schedule, relay variant)
+    ranked: list[tuple[float, int, str, str, Decomposition, Schedule, str]] = []
     factors = sorted(sketch.chunkup)
     if dense:
         factors = [*range(1, factors[-1] + 1), 2 * factors[-1]]

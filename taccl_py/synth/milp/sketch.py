@@ -186,11 +186,11 @@ def parse_sketch(
         raise SketchError(str(exc)) from None
     problems = Problems(where, SketchError)
     if not isinstance(doc, dict):
-        problems.add([], "must be a mapping of fields")
-        problems.check()
+        problems.fail([], "must be a mapping of fields")
     schema_problems(_VALIDATOR, doc, problems)
     sketch = _Resolver(doc, topology, problems).sketch()
     problems.check(every)
+    assert sketch is not None  # None only with a problem, which check() raised
     return sketch
 
 
@@ -199,19 +199,19 @@ def default_sketch(topology: Topology) -> Sketch:
     problems = Problems("<default>", SketchError)
     sketch = _Resolver({}, topology, problems).sketch(f"{topology.name}-default")
     problems.check()
+    assert sketch is not None  # None only with a problem, which check() raised
     return sketch
 
 
 def _nic_pair_ok(topology: Topology, a: int, b: int) -> str | None:
     """Why local GPU ``a`` cannot send to local GPU ``b`` of another node (None if it can)."""
-    for g in (a, b):
-        if topology.nic_of(g) is None:
-            return f"GPU {g} has no NIC"
-    if topology.network == RAIL_ONLY and topology.nic_of(a).rail != topology.nic_of(b).rail:
-        return (
-            f"rail-only network: GPU {a} is on rail {topology.nic_of(a).rail}, "
-            f"GPU {b} on rail {topology.nic_of(b).rail}"
-        )
+    nic_a, nic_b = topology.nic_of(a), topology.nic_of(b)
+    if nic_a is None:
+        return f"GPU {a} has no NIC"
+    if nic_b is None:
+        return f"GPU {b} has no NIC"
+    if topology.network == RAIL_ONLY and nic_a.rail != nic_b.rail:
+        return f"rail-only network: GPU {a} is on rail {nic_a.rail}, GPU {b} on rail {nic_b.rail}"
     return None
 
 
@@ -329,7 +329,7 @@ class _Resolver:
             return {}
         out: dict[int, tuple[int, ...]] = {}
 
-        def relay(key: object, gpus: object) -> None:
+        def relay(key: object, gpus: str | list[object]) -> None:
             here = ["inter_node", "relays", key]
             r = self.gpu(here, key)
             if r in out:
@@ -355,7 +355,12 @@ class _Resolver:
         """Each sender carries its NIC's GPUs' data; data of GPUs without a NIC goes
         with any sender."""
         orphans = [g for g in range(self.n) if self.topo.nic_of(g) is None]
-        return {r: tuple(sorted({*self.topo.nic_of(r).ranks, *orphans})) for r in senders}
+        out: dict[int, tuple[int, ...]] = {}
+        for r in senders:
+            nic = self.topo.nic_of(r)
+            assert nic is not None  # senders come from GPUs with a NIC (see connections)
+            out[r] = tuple(sorted({*nic.ranks, *orphans}))
+        return out
 
     def check_reachable(self, pairs, relays) -> None:
         if not pairs:

@@ -7,7 +7,8 @@ few *generators*; :func:`orbit_representatives` splits its items into their orbi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import networkx as nx
 from networkx.algorithms.isomorphism import DiGraphMatcher
@@ -15,6 +16,7 @@ from networkx.algorithms.isomorphism import DiGraphMatcher
 from ...topology.model import Topology
 
 Perm = tuple[int, ...]
+Item = TypeVar("Item", bound=Hashable)  # what orbit_representatives sorts into orbits
 
 MAX_LOCAL_GENERATORS = 6
 
@@ -74,7 +76,7 @@ def _refine(g: nx.DiGraph, fixed: Sequence[int]) -> dict[int, int]:
     """Colour refinement with ``fixed`` individualized: equal colours are necessary for
     two GPUs to share an orbit of the automorphisms fixing ``fixed``."""
 
-    def canon(sig: dict[int, object]) -> dict[int, int]:
+    def canon(sig: Mapping[int, object]) -> dict[int, int]:
         ids = {s: i for i, s in enumerate(sorted(set(map(repr, sig.values()))))}
         return {v: ids[repr(s)] for v, s in sig.items()}
 
@@ -172,12 +174,12 @@ def _local_generators(topology: Topology) -> list[Perm]:
                 return gens
             if t in orbit or t in rejected:
                 continue
-            p = _find(g, fixed, level, t)
-            if p is None:
+            found = _find(g, fixed, level, t)
+            if found is None:
                 rejected |= _orbit(stab, t)
             else:
-                gens.append(p)
-                stab.append(p)
+                gens.append(found)
+                stab.append(found)
                 orbit = _orbit(stab, level)
     return gens
 
@@ -195,9 +197,9 @@ def detect_symmetry(topology: Topology) -> list[Perm]:
 
 def orbit_representatives(
     perms: Sequence[Perm],
-    items: Iterable[Hashable],
-    act: Callable[[Perm, Hashable], Hashable] | None = None,
-) -> dict[Hashable, Hashable]:
+    items: Iterable[Item],
+    act: Callable[[Perm, Item], Item] | None = None,
+) -> dict[Item, Item]:
     """Each item -> the first item (in the given order) of its orbit under ``perms``.
 
     ``act(perm, item)`` moves an item; by default an int is a rank and a tuple a tuple of
@@ -210,7 +212,7 @@ def orbit_representatives(
     act = act or default
     order = list(dict.fromkeys(items))
     known = set(order)
-    rep: dict[Hashable, Hashable] = {}
+    rep: dict[Item, Item] = {}
     for item in order:
         if item in rep:
             continue
