@@ -100,6 +100,12 @@ def check_outputs(paths: Sequence[str | Path | None]) -> None:
     """Fail now, before long work, if the outputs cannot all be written (``None``: absent).
 
     Two outputs naming the same file (through a symlink or ``./``, too) are an error.
+
+    >>> from tempfile import TemporaryDirectory
+    >>> with TemporaryDirectory() as d:
+    ...     check_outputs([f"{d}/a.xml", None, f"{d}/./a.xml"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    taccl_py.errors.TacclError: .../a.xml and .../a.xml are the same file: give each ...
     """
     seen: dict[object, Path] = {}
     for given in paths:
@@ -208,7 +214,13 @@ def write_outputs(outputs: Sequence[tuple[str | Path, bytes | str]]) -> list[Pat
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path``, all or nothing."""
+    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path``, all or nothing.
+
+    >>> from tempfile import TemporaryDirectory
+    >>> with TemporaryDirectory() as d:
+    ...     atomic_write_text(f"{d}/a.txt", "one\\n").read_text()
+    'one\\n'
+    """
     return write_outputs([(path, text)])[0]
 
 
@@ -233,7 +245,12 @@ def read_input(
     """The bytes of the input file ``path``, refused with a one-line ``error`` if it is not
     a regular file (a directory, FIFO, socket or device: found by a stat, never opened or
     waited on) or holds more than ``limit`` bytes (never more than ``limit + 1`` are read).
-    ``what`` names the file's role in messages, e.g. "topology file"."""
+    ``what`` names the file's role in messages, e.g. "topology file".
+
+    >>> read_input("/", 1024, "plan file")
+    Traceback (most recent call last):
+    taccl_py.errors.TacclError: /: is a directory, not a plan file
+    """
     shown = display_path(path)
     try:
         info = os.stat(path)
@@ -264,5 +281,9 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 def display_path(path: str | Path) -> str:
     """``path`` for a one-line message, unprintable characters escaped as Python does
-    (``a\\nb`` for a newline)."""
+    (``a\\nb`` for a newline).
+
+    >>> print(display_path("plans/a\\nb.xml"))
+    plans/a\\nb.xml
+    """
     return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], os.fspath(path))

@@ -13,6 +13,13 @@ def gc_paused():
     Lowering, verifying and simulating a large plan allocate hundreds of thousands of
     long-lived objects; each allocation burst triggers full collections that find little
     garbage and at 256 ranks cost as much as the work itself.
+
+    >>> before = gc.isenabled()
+    >>> with gc_paused():
+    ...     gc.isenabled()
+    False
+    >>> gc.isenabled() == before
+    True
     """
     enabled = gc.isenabled()
     gc.disable()

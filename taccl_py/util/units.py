@@ -18,8 +18,11 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE
 def parse_size(text: str) -> int:
     """'64M' -> 67108864; accepts K/M/G/T with optional B/iB suffix, below 2^63 bytes.
 
-    >>> parse_size("1.5K")
-    1536
+    >>> parse_size("1.5K"), parse_size("64MiB"), parse_size("1g")
+    (1536, 67108864, 1073741824)
+    >>> parse_size("0.5")
+    Traceback (most recent call last):
+    taccl_py.errors.TacclError: bad size '0.5': must be a whole number of bytes >= 1
     """
     m = _SIZE.match(str(text))
     if not m:
@@ -35,7 +38,13 @@ def parse_size(text: str) -> int:
 
 
 def format_size(nbytes: float) -> str:
-    """67108864 -> '64M' (largest unit that divides evenly, else one decimal)."""
+    """67108864 -> '64M' (largest unit that divides evenly, else one decimal).
+
+    >>> format_size(67108864), format_size(1536), format_size(1000)
+    ('64M', '1.5K', '1000')
+    >>> parse_size(format_size(3 << 40)) == 3 << 40
+    True
+    """
     for unit in ("T", "G", "M", "K"):
         scale = _UNITS[unit]
         if nbytes >= scale:
@@ -45,5 +54,9 @@ def format_size(nbytes: float) -> str:
 
 
 def host_memory() -> int:
-    """Bytes of physical memory on this host."""
+    """Bytes of physical memory on this host.
+
+    >>> host_memory() > 0
+    True
+    """
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

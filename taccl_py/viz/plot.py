@@ -34,7 +34,14 @@ def _png(fig) -> bytes:
 
 
 def algbw_png(rows: list[Row], plan: Plan) -> bytes:
-    """PNG of algbw (GB/s) against buffer size for the plan, NCCL's best and the bound."""
+    """PNG of algbw (GB/s) against buffer size for the plan, NCCL's best and the bound.
+
+    >>> def row(size):  # 10 GB/s: half the bound's speed, twice NCCL's
+    ...     t = size / 1e10
+    ...     return Row(size, t, 1e10, t / 2, "cut", "", 50.0, 2 * t, "ring", 2.0)
+    >>> algbw_png([row(1 << 20), row(1 << 24)], Plan("p", "allgather", 8, 8))[:4]
+    b'\\x89PNG'
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     sizes = [r.size for r in rows]
@@ -87,7 +94,17 @@ def resource_kind(name: str) -> str:
 
 def timeline_figure(result: SimResult, title: str = ""):
     """Figure with one row per link/port/NIC with its busy intervals (µs), in natural
-    name order, coloured by :func:`resource_kind` with a legend of the kinds present."""
+    name order, coloured by :func:`resource_kind` with a legend of the kinds present.
+
+    >>> busy = {"nicout:n0.nic0": [(1e-6, 2e-6)], "link:1->0": [(0.0, 1e-6), (1e-6, 2e-6)]}
+    >>> fig = timeline_figure(SimResult(1 << 20, 2e-6, [2e-6, 2e-6], {}, busy))
+    >>> ax = fig.axes[0]
+    >>> [t.get_text() for t in ax.get_yticklabels()], ax.get_title()
+    (['link:1->0', 'nicout:n0.nic0'], 'busy resources, 1M')
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['link', 'NIC']
+    >>> _pyplot().close(fig)
+    """
     plt = _pyplot()
     names = sorted(result.intervals, key=natural_key)
     if not names:
@@ -114,5 +131,9 @@ def timeline_figure(result: SimResult, title: str = ""):
 
 
 def timeline_png(result: SimResult, title: str = "") -> bytes:
-    """PNG of :func:`timeline_figure`."""
+    """PNG of :func:`timeline_figure`.
+
+    >>> timeline_png(SimResult(1 << 20, 1e-6, [1e-6], {}, {"link:0->1": [(0.0, 1e-6)]}))[:4]
+    b'\\x89PNG'
+    """
     return _png(timeline_figure(result, title))

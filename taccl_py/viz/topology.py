@@ -69,7 +69,19 @@ def _centre(topo: Topology, node: int) -> tuple[float, float]:
 def topology_graph(topo: Topology):
     """The drawn graph: node attrs ``kind``, ``label``, ``node``, ``pos``; edge attrs ``kind``,
     ``bandwidth`` (bytes/s), ``count``, ``width`` (points, ∝ bandwidth), ``oneway``
-    (the source rank of a one-way link, else None)."""
+    (the source rank of a one-way link, else None).
+
+    DGX-1: 8 GPUs in a hybrid cube-mesh of 16 NVLink bundles, 4 NICs (each shared by two
+    GPUs) on one network.
+
+    >>> from collections import Counter
+    >>> from taccl_py.topology.loader import load_topology
+    >>> g = topology_graph(load_topology("dgx1"))
+    >>> sorted(Counter(kind for _, kind in g.nodes(data="kind")).items())
+    [('gpu', 8), ('network', 1), ('nic', 4)]
+    >>> sorted(Counter(kind for *_, kind in g.edges(data="kind")).items())
+    [('network', 4), ('nic', 8), ('nvlink', 16)]
+    """
     import networkx as nx
 
     if topo.nodes > MAX_NODES:
@@ -180,7 +192,12 @@ def _edge_color(kind: str) -> str:
 
 
 def topology_png(topo: Topology) -> bytes:
-    """A drawing of ``topo`` as PNG bytes."""
+    """A drawing of ``topo`` as PNG bytes.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topology_png(load_topology("dgx1"))[:4]
+    b'\\x89PNG'
+    """
     import networkx as nx
     from matplotlib.lines import Line2D
 
