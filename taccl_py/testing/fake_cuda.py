@@ -922,7 +922,21 @@ class _NcclCommunicator:
 
 
 class FakeCuda:
-    """``devices`` fake GPUs with CuPy's and NCCL's semantics; see the module docstring."""
+    """``devices`` fake GPUs with CuPy's and NCCL's semantics; see the module docstring.
+
+    >>> fc = FakeCuda(devices=2)
+    >>> with fc.installed() as cupy:
+    ...     with cupy.cuda.Device(1):
+    ...         a = cupy.asarray(np.arange(4.0))
+    ...         a *= 2
+    ...     a.get().tolist(), fc.device_of(a.data.ptr)
+    ([0.0, 2.0, 4.0, 6.0], 1)
+    >>> with fc.installed() as cupy:  # device 0 is current: a kernel on device 1's array
+    ...     b = cupy.zeros(4)
+    ...     b += a  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: Array device must be same as the current device: array device = 1 while ...
+    """
 
     def __init__(self, devices: int = 4, seed: int = 0, hang_timeout: float = 20.0) -> None:
         self.devices, self.hang_timeout = devices, hang_timeout

@@ -10,6 +10,13 @@ invalid one is refused), else fallback plans (ring; direct for all-to-all) synth
 and cached under ``$TACCL_CACHE_DIR`` (default ``~/.cache/taccl_py``). With ``TACCL_LOG=1``
 each rank says on stderr which plan serves each collective (logger ``taccl_py.torch``, level
 INFO).
+
+>>> import torch.distributed as dist
+>>> import taccl_py.torch
+>>> "taccl" in dist.Backend.backend_list
+True
+>>> dist.init_process_group("taccl", rank=rank, world_size=4)  # doctest: +SKIP
+>>> dist.all_reduce(torch.ones(1024))  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -27,14 +27,24 @@ GLOO_DTYPES = (
 
 
 def reduce_op(opts):
-    """The reduce operation of ``opts`` (SUM without options)."""
+    """The reduce operation of ``opts`` (SUM without options).
+
+    >>> opts = dist.AllreduceOptions()
+    >>> opts.reduceOp = dist.ReduceOp.MAX
+    >>> reduce_op(None) == dist.ReduceOp.SUM, REDUCE[reduce_op(opts)]
+    (True, 'max')
+    """
     op = getattr(opts, "reduceOp", None)
     return _R.SUM if op is None else getattr(op, "op", op)  # torch < 2.13: a plain enum
 
 
 def as_real(tensor: torch.Tensor, op) -> torch.Tensor:
     """A complex tensor as its real view, for sums and averages (which act on each part, as
-    in torch's own conversion); other reductions of complex tensors are refused."""
+    in torch's own conversion); other reductions of complex tensors are refused.
+
+    >>> as_real(torch.tensor([1 + 2j]), dist.ReduceOp.SUM)
+    tensor([[1., 2.]])
+    """
     if not tensor.is_complex():
         return tensor
     if op not in (_R.SUM, _R.AVG):
@@ -45,7 +55,17 @@ def as_real(tensor: torch.Tensor, op) -> torch.Tensor:
 def check_pair(
     kind: str, output: torch.Tensor, input: torch.Tensor, op, n: int, cuda: bool = False
 ) -> None:
-    """Refuse, before any message, what the ``kind`` collective cannot serve."""
+    """Refuse, before any message, what the ``kind`` collective cannot serve.
+
+    >>> check_pair(ALLGATHER, torch.zeros(8), torch.zeros(2), None, 4)
+    >>> check_pair(ALLGATHER, torch.zeros(6), torch.zeros(2), None, 4)
+    Traceback (most recent call last):
+    taccl_py.errors.TacclError: allgather on 4 ranks: output has 6 elements for an input of 2
+    >>> ints = torch.zeros(4, dtype=torch.int32)
+    >>> check_pair(ALLREDUCE, ints, ints, dist.ReduceOp.AVG, 4)
+    Traceback (most recent call last):
+    taccl_py.errors.TacclError: ReduceOp.AVG needs a floating-point tensor, got torch.int32
+    """
     if output.device != input.device or output.dtype != input.dtype:
         raise TacclError(
             f"{kind}: input and output must share device and dtype, got "
@@ -80,7 +100,12 @@ def check_pair(
 
 
 def check_list(name: str, parts: list, tensor: torch.Tensor, n: int) -> None:
-    """A list argument of ``name`` must hold ``n`` tensors the size of ``tensor``."""
+    """A list argument of ``name`` must hold ``n`` tensors the size of ``tensor``.
+
+    >>> check_list("all_gather", [torch.zeros(2)] * 3, torch.zeros(2), 4)
+    Traceback (most recent call last):
+    taccl_py.errors.TacclError: all_gather on 4 ranks needs 4 tensors of 2 elements, got [2, 2, 2]
+    """
     if len(parts) != n or any(p.numel() != tensor.numel() for p in parts):
         raise TacclError(
             f"{name} on {n} ranks needs {n} tensors of {tensor.numel()} "
@@ -89,7 +114,12 @@ def check_list(name: str, parts: list, tensor: torch.Tensor, n: int) -> None:
 
 
 def check_output(tensor: torch.Tensor) -> None:
-    """Refuse an output whose elements share memory (an expanded view)."""
+    """Refuse an output whose elements share memory (an expanded view).
+
+    >>> check_output(torch.zeros(1).expand(3))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    taccl_py.errors.TacclError: an output of shape (3,) has elements that share memory ...
+    """
     if any(s == 0 and k > 1 for s, k in zip(tensor.stride(), tensor.shape)):
         raise TacclError(
             f"an output of shape {tuple(tensor.shape)} has elements that share "

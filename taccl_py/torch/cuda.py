@@ -70,7 +70,11 @@ class TorchCuda:
 
 def as_cupy_dtype(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` itself, or a view of its bits in a dtype CuPy has (bfloat16 as int16, the
-    one-byte floats as uint8)."""
+    one-byte floats as uint8).
+
+    >>> as_cupy_dtype(torch.ones(2, dtype=torch.bfloat16))
+    tensor([16256, 16256], dtype=torch.int16)
+    """
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16)
     if tensor.dtype.is_floating_point and tensor.element_size() == 1:
@@ -497,6 +501,11 @@ def _float_to_bf16(cp, values):
 
 
 def flatten(tensors) -> list:
+    """The tensors of ``tensors`` (a tensor, or lists of them), in order.
+
+    >>> flatten([[torch.zeros(1)], torch.ones(1)])
+    [tensor([0.]), tensor([1.])]
+    """
     if isinstance(tensors, (list, tuple)):
         return [t for x in tensors for t in flatten(x)]
     return [tensors]
