@@ -48,6 +48,7 @@ class PlanLibrary:
         self.plan_dir = Path(plan_dir) if plan_dir else None
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.plans: list[tuple[str, Plan]] = []
+        self._origin: dict[int, str] = {}  # id of a plan -> where it comes from
         if self.plan_dir is not None:
             if not self.plan_dir.is_dir():
                 raise TacclError(
@@ -56,8 +57,8 @@ class PlanLibrary:
                 )
             for path in sorted(self.plan_dir.glob("*.xml")):
                 self.plans.append((path.name, load_verified(path)))
+            self._origin = {id(plan): str(self.plan_dir / name) for name, plan in self.plans}
         self._fallbacks: dict[tuple[str, int, bool], Plan] = {}
-        self._origin = {id(plan): str(self.plan_dir / name) for name, plan in self.plans}
         self._announced: set[int] = set()
 
     def choose(
