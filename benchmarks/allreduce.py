@@ -22,6 +22,7 @@ from taccl_py.analysis.simulate import simulate
 from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.topology.loader import load_topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -46,7 +47,9 @@ def run_case(name: str, nodes: int, sizes: list[int], time_limit: float) -> None
     for size in sizes:
         began = time.perf_counter()
         try:
-            result = build_plan(topo, coll, "milp", size=size, time_limit=time_limit)
+            result = build_plan(
+                topo, coll, "milp", synth=SynthOptions(size=size, time_limit=time_limit)
+            )
         except TacclError as exc:
             print(f"{topo.label:<12} {format_size(size):>5}  error: {exc}", flush=True)
             continue

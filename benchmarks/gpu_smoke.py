@@ -47,6 +47,7 @@ from taccl_py.collectives import ALLGATHER, ALLREDUCE, ALLTOALL, KINDS, REDUCESC
 from taccl_py.errors import TacclError
 from taccl_py.plan.xml import write_plan
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -92,7 +93,7 @@ def make_plans(topo: Topology, n: int) -> dict:
     for kind in KINDS:
         try:
             plans[kind] = build_plan(
-                topo, Collective(kind, n), "milp", size=1 << 26, time_limit=30
+                topo, Collective(kind, n), "milp", synth=SynthOptions(size=1 << 26, time_limit=30)
             ).plan
         except TacclError as exc:
             print(f"{kind}: milp failed ({exc}); using the ring", file=sys.stderr)

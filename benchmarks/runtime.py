@@ -40,6 +40,7 @@ from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.plan.xml import write_plan
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.topology.model import FULL_BISECTION, Switch, Topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -99,7 +100,10 @@ def mpi_table(
                 began = time.perf_counter()
                 try:
                     result = build_plan(
-                        host(n), Collective(kind, n), "milp", size=size, time_limit=10
+                        host(n),
+                        Collective(kind, n),
+                        "milp",
+                        synth=SynthOptions(size=size, time_limit=10),
                     )
                 except TacclError as exc:
                     print(f"{cells} error: {exc} |", flush=True)

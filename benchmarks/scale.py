@@ -1,7 +1,8 @@
 """Method milp at scale (issue 9): solve time, peak memory, % of bound and ring, per size.
 
 For every topology x nodes x collective a plan is synthesized for each target size
-(``build_plan(..., "milp", size=...)``), lowered, verified and simulated at that size.
+(``build_plan(..., "milp", synth=SynthOptions(size=...))``), lowered, verified and
+simulated at that size.
 Each case runs in a fresh process, so its peak memory (max RSS) is its own. Prints a
 markdown table headed by the command line.
 
@@ -23,6 +24,7 @@ from taccl_py.analysis.report import evaluate
 from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.topology.loader import load_topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -38,7 +40,10 @@ def run_case(name: str, nodes: int, kind: str, sizes: list[int], time_limit: flo
         began = time.perf_counter()
         try:
             result = build_plan(
-                topo, Collective(kind, topo.num_ranks), "milp", size=size, time_limit=time_limit
+                topo,
+                Collective(kind, topo.num_ranks),
+                "milp",
+                synth=SynthOptions(size=size, time_limit=time_limit),
             )
         except TacclError as exc:
             out["sizes"][size] = {"error": str(exc)}

@@ -19,6 +19,7 @@ from taccl_py.analysis.report import evaluate
 from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.synth.milp.sketch import load_sketch
 from taccl_py.topology.loader import builtin_names, load_topology
 from taccl_py.util.units import format_size, parse_size
@@ -52,9 +53,7 @@ def run_case(
                 topo,
                 Collective(kind, topo.num_ranks),
                 "milp",
-                size=size,
-                time_limit=time_limit,
-                sketch=sketch,
+                synth=SynthOptions(size=size, time_limit=time_limit, sketch=sketch),
             )
         except TacclError as exc:
             print(

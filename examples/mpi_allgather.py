@@ -17,6 +17,7 @@ from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.plan.xml import parse_plan, plan_to_xml
 from taccl_py.runtime.mpi_exec import mpi_executor
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.topology.model import FULL_BISECTION, Switch, Topology
 from taccl_py.util.units import format_size, parse_size
 
@@ -27,7 +28,9 @@ def synthesize(n: int, size: int) -> str:
         f"host{n}", n, 1, (), (Switch("host", 0, tuple(range(n)), 1e10, 1e-6),), (), FULL_BISECTION
     )
     return plan_to_xml(
-        build_plan(host, Collective("allgather", n), "milp", size=size, time_limit=10).plan
+        build_plan(
+            host, Collective("allgather", n), "milp", synth=SynthOptions(size=size, time_limit=10)
+        ).plan
     )
 
 

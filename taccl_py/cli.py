@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,9 @@ from .plan.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from .topology.loader import MAX_RANKS
 from .util.fileio import display_path
 from .util.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from .plan.model import Plan
 
 
 def _in_finalizer(frame) -> bool:
@@ -459,7 +463,7 @@ def synthesize(**kw) -> None:
     from .collectives import Collective
     from .topology.loader import load_topology
 
-    o = _SynthOptions(**kw)
+    o = _SynthesizeArgs(**kw)
     if o.max_bytes and o.min_bytes and o.min_bytes > o.max_bytes:
         raise TacclError(f"--min-bytes {o.min_bytes} exceeds --max-bytes {o.max_bytes}")
     topo = load_topology(o.topology_name, o.nodes)
@@ -470,8 +474,7 @@ def synthesize(**kw) -> None:
         sketch = _load_sketch(o.sketch_name, topo)
     size = o.size or (sketch.size if sketch is not None else 1 << 20)
     coll = Collective(o.collective, topo.num_ranks, o.chunkup, o.inplace)
-    smt = {"steps": o.steps, "rounds": o.rounds, "chunks": o.chunks}
-    if o.method != "smt" and any(v is not None for v in smt.values()):
+    if o.method != "smt" and any(v is not None for v in (o.steps, o.rounds, o.chunks)):
         raise TacclError("--steps/--rounds/--chunks only apply to --method smt")
     if o.order is not None and o.method != "ring":
         raise TacclError("a rank order (--order) only applies to --method ring")
@@ -488,14 +491,14 @@ def synthesize(**kw) -> None:
                 "--sizes builds a library with every method and protocol: "
                 "it takes no --method, --size, --proto, --min/max-bytes or --ir"
             )
-        return _write_library(o, topo, coll, sketch)
+        return _write_library(o, o.span, topo, coll, sketch)
     if o.method == "auto":
         return _synthesize_auto(o, topo, coll, size, sketch)
-    return _synthesize_method(o, topo, coll, size, sketch, smt)
+    return _synthesize_method(o, topo, coll, size, sketch)
 
 
 @dataclass(frozen=True)
-class _SynthOptions:
+class _SynthesizeArgs:
     """The options of ``taccl synthesize``, as given."""
 
     topology_name: str
@@ -522,7 +525,7 @@ class _SynthOptions:
     chunks: int | None
 
 
-def _candidate_options(o: _SynthOptions, sizes: tuple[int, ...], sketch):
+def _candidate_options(o: _SynthesizeArgs, sizes: tuple[int, ...], sketch):
     from .build.candidates import CandidateOptions
 
     return CandidateOptions(
@@ -536,7 +539,7 @@ def _candidate_options(o: _SynthOptions, sizes: tuple[int, ...], sketch):
     )
 
 
-def _synthesize_auto(o: _SynthOptions, topo, coll, size: int, sketch) -> None:
+def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
     """Every candidate, the fastest kept: its plan, selected where it beats NCCL."""
     import dataclasses
 
@@ -606,15 +609,18 @@ def _synthesize_auto(o: _SynthOptions, topo, coll, size: int, sketch) -> None:
         )
     click.echo(f"  verified: {cand.report.summary()}")
     click.echo(f"  wrote {display_path(output)}")
-    _print_evaluation(plan, topo, size)
+    _print_evaluation(plan, topo, size, found.nccl)
 
 
-def _synthesize_method(o: _SynthOptions, topo, coll, size: int, sketch, smt: dict) -> None:
+def _synthesize_method(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
     """One named method's plan (Simple unless --proto), selected for every size unless
     --min-bytes/--max-bytes say otherwise."""
+    from .analysis.nccl_model import reusable_plans
     from .build.pipeline import build_plan
+    from .lowering.lower import LowerOptions
     from .plan.runtimes import RUNTIMES, check_runtime, selection_bytes
     from .plan.xml import plan_to_xml
+    from .synth.methods import SynthOptions
     from .util.fileio import check_outputs, write_outputs
 
     output = o.output if o.output is not None else f"{topo.label}-{coll.kind}-{o.method}.xml"
@@ -623,22 +629,29 @@ def _synthesize_method(o: _SynthOptions, topo, coll, size: int, sketch, smt: dic
         lo_b, hi_b = o.min_bytes or 0, o.max_bytes or 0
     else:
         lo_b, hi_b = selection_bytes(RUNTIMES[o.runtime], 1, None)
+    lowering = LowerOptions(
+        instances=o.instances,
+        proto=o.proto or "Simple",
+        min_bytes=lo_b,
+        max_bytes=hi_b,
+        runtime=o.runtime,
+        max_steps=o.max_steps,
+    )
     result = build_plan(
         topo,
         coll,
         o.method,
-        order=o.order,
-        instances=o.instances,
-        size=size,
-        proto=o.proto or "Simple",
-        min_bytes=lo_b,
-        max_bytes=hi_b,
-        time_limit=o.time_limit,
-        progress=_progress,
-        sketch=sketch,
-        runtime=o.runtime,
-        max_steps=o.max_steps,
-        **({"smt": smt} if o.method == "smt" else {}),
+        synth=SynthOptions(
+            size=size,
+            time_limit=o.time_limit,
+            progress=_progress,
+            sketch=sketch,
+            order=o.order,
+            steps=o.steps,
+            rounds=o.rounds,
+            chunks=o.chunks,
+        ),
+        lower=lowering,
     )
     problems = check_runtime(result.plan, o.runtime, max_steps=o.max_steps)
     if problems:
@@ -668,17 +681,22 @@ def _synthesize_method(o: _SynthOptions, topo, coll, size: int, sketch, smt: dic
         )
     click.echo(f"  verified: {result.report.summary()}")
     click.echo(f"  wrote {display_path(output)}")
-    _print_evaluation(plan, topo, size)
+    # NCCL's model times its ring, tree and p2p plans: the baselines built here, if alike
+    verified = o.method != "milp"  # the plan itself, else the baselines milp judged
+    nccl = reusable_plans(topo, coll, result.baselines, lowering, verified=verified)
+    _print_evaluation(plan, topo, size, nccl)
 
 
-def _print_evaluation(plan, topo, size: int) -> None:
+def _print_evaluation(plan, topo, size: int, nccl: dict[tuple[str, str], Plan]) -> None:
+    """The plan against the lower bound and NCCL's model (``nccl``: its plans built
+    already) at 1K, 1M, ``size`` and 1G."""
     from .analysis.report import evaluate, format_table
 
     sizes = sorted({1 << 10, 1 << 20, size, 1 << 30})
-    click.echo(format_table(evaluate(plan, topo, sizes)))
+    click.echo(format_table(evaluate(plan, topo, sizes, nccl)))
 
 
-def _write_library(o: _SynthOptions, topo, coll, sketch) -> None:
+def _write_library(o: _SynthesizeArgs, span: tuple[int, int], topo, coll, sketch) -> None:
     """A plan library over the span: its summary table and the lines to deploy it."""
     from .build.library import (
         LibraryOptions,
@@ -697,8 +715,8 @@ def _write_library(o: _SynthOptions, topo, coll, sketch) -> None:
         topo,
         coll,
         LibraryOptions(
-            lo=o.span[0],
-            hi=o.span[1],
+            lo=span[0],
+            hi=span[1],
             time_limit=o.time_limit,
             runtime=o.runtime,
             max_steps=o.max_steps,
@@ -709,7 +727,7 @@ def _write_library(o: _SynthOptions, topo, coll, sketch) -> None:
     files = write_library(lib, target)
     click.echo(
         f"{topo.label} {coll.kind} library for {o.runtime}, "
-        f"{format_size(o.span[0])}-{format_size(o.span[1])}: {len(files)} plan(s) in "
+        f"{format_size(span[0])}-{format_size(span[1])}: {len(files)} plan(s) in "
         f"{display_path(target)}"
     )
     for label, why in lib.dropped:
@@ -723,7 +741,7 @@ def _write_library(o: _SynthOptions, topo, coll, sketch) -> None:
     click.echo(format_library(lib))
     if files:
         click.echo("deploy with:")
-        for line in deploy_lines(o.runtime, target, files):
+        for line in deploy_lines(o.runtime, target, [str(f) for f in files]):
             click.echo(f"  {line}")
     else:
         click.echo("NCCL is as fast at every size of the span: no plan written")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import AlgorithmError, PlanError
 from taccl_py.ir.algorithm import Algorithm, Transfer
-from taccl_py.lowering.lower import lower
+from taccl_py.lowering.lower import LowerOptions, lower
 from taccl_py.plan.model import Plan
 from taccl_py.plan.verify import WRITES_DST, verify
 from taccl_py.plan.xml import parse_plan, plan_to_xml
@@ -58,7 +58,7 @@ def _check_structure(plan: Plan) -> None:
 
 
 def _lowered(alg: Algorithm, **kwargs) -> Plan:
-    plan = lower(alg, **kwargs)
+    plan = lower(alg, options=LowerOptions(**kwargs))
     verify(plan)
     check_reference(plan)
     _check_structure(plan)
@@ -266,7 +266,13 @@ def test_threadblocks_share_peers_when_over_the_limit():
     plan = _lowered(Algorithm("a2a", coll, ts), instances=8)
     for g in plan.gpus:
         assert len(g.tbs) == 15 * 8 and all(tb.send == tb.recv for tb in g.tbs)
-    assert max(len(g.tbs) for g in lower(Algorithm("a2a", coll, ts), instances=7).gpus) == 210
+    assert (
+        max(
+            len(g.tbs)
+            for g in lower(Algorithm("a2a", coll, ts), options=LowerOptions(instances=7)).gpus
+        )
+        == 210
+    )
 
 
 def _unmergeable(k: int) -> list[Transfer]:
@@ -306,17 +312,19 @@ def test_counts_are_capped_at_71():
 
 def test_same_algorithm_same_plan():
     alg = _ring_allreduce(5)
-    assert plan_to_xml(lower(alg, instances=2)) == plan_to_xml(lower(alg, instances=2))
+    assert plan_to_xml(lower(alg, options=LowerOptions(instances=2))) == plan_to_xml(
+        lower(alg, options=LowerOptions(instances=2))
+    )
 
 
 def test_errors():
     alg = _ring_allgather(3)
     with pytest.raises(PlanError, match="protocol"):
-        lower(alg, proto="fast")
+        lower(alg, options=LowerOptions(proto="fast"))
     with pytest.raises(PlanError, match="min_bytes"):
-        lower(alg, min_bytes=10, max_bytes=5)
+        lower(alg, options=LowerOptions(min_bytes=10, max_bytes=5))
     with pytest.raises(PlanError, match="fewer instances"):
-        lower(alg, instances=34)
+        lower(alg, options=LowerOptions(instances=34))
     bad = Algorithm("bad", alg.collective, [Transfer(0, 0.0, 1, 2, 0)])
     with pytest.raises(AlgorithmError):
         lower(bad)
@@ -326,7 +334,10 @@ def test_errors():
     with pytest.raises(
         PlanError, match="msccl allows 256 per threadblock.*with 32 channel.*a smaller chunk-up"
     ):
-        lower(Algorithm("long", Collective("allgather", 2, 300), ts), runtime="msccl")
+        lower(
+            Algorithm("long", Collective("allgather", 2, 300), ts),
+            options=LowerOptions(runtime="msccl"),
+        )
     ts[0] = replace(ts[0], channel=32)  # channels 0..31
     with pytest.raises(PlanError, match="33 channels"):
         lower(Algorithm("long", Collective("allgather", 2, 300), ts))

@@ -93,13 +93,17 @@ def test_milp_plan_is_byte_identical_when_the_solver_finishes():
 
     from taccl_py.build.pipeline import build_plan
     from taccl_py.plan.xml import plan_to_xml
+    from taccl_py.synth.methods import SynthOptions
     from taccl_py.synth.milp.sketch import default_sketch
 
     topo = two_by_four()
     sketch = replace(default_sketch(topo), chunkup=(1, 2))
     coll = Collective("allgather", topo.num_ranks)
     plans = [
-        build_plan(topo, coll, "milp", size=1 << 20, time_limit=20, sketch=sketch) for _ in range(2)
+        build_plan(
+            topo, coll, "milp", synth=SynthOptions(size=1 << 20, time_limit=20, sketch=sketch)
+        )
+        for _ in range(2)
     ]
     assert all(p.algorithm.meta["routing_optimal"] for p in plans)
     assert plan_to_xml(plans[0].plan) == plan_to_xml(plans[1].plan)

@@ -15,6 +15,7 @@ from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.lowering.lower import lower
 from taccl_py.plan.verify import verify
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.synth.milp.decompose import nic_relays, node_trees, relays
 from taccl_py.synth.milp.ordering import TimeUp, make_sends, order
 from taccl_py.synth.milp.routing import GAP, floor_us, route
@@ -73,7 +74,10 @@ def test_time_limit_bounds_a_search_that_would_run_long():
     sketch = parse_sketch("chunkup: [64]", topo)
     began = time.monotonic()
     result = build_plan(
-        topo, Collective("allgather", topo.num_ranks), "milp", size=GB, time_limit=2, sketch=sketch
+        topo,
+        Collective("allgather", topo.num_ranks),
+        "milp",
+        synth=SynthOptions(size=GB, time_limit=2, sketch=sketch),
     )
     assert time.monotonic() - began < 2 + 20  # + baselines, lowering, verification
     assert result.report.sends > 0  # a verified plan (the best baseline here)
@@ -94,6 +98,8 @@ def test_staged_search_keeps_its_deadline():
 
 def test_ndv2_2x8_allgather_reaches_98_percent_of_the_bound():
     topo = load_topology("ndv2", 2)
-    result = build_plan(topo, Collective("allgather", topo.num_ranks), "milp", size=GB)
+    result = build_plan(
+        topo, Collective("allgather", topo.num_ranks), "milp", synth=SynthOptions(size=GB)
+    )
     t = simulate(result.plan, topo, GB).time
     assert lower_bound(topo, "allgather", GB).time / t >= 0.98

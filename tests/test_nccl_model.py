@@ -12,6 +12,7 @@ from taccl_py.analysis.simulate import simulate
 from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
+from taccl_py.lowering.lower import LowerOptions
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import Link, Nic, Topology
 
@@ -104,7 +105,9 @@ def test_nccl_best_ring_allgather_dgx1_picks_ll_small_and_simple_large():
     small, large = M.nccl_table(topo, "allgather", [1 << 10, 1 << 30])
     assert (small.algorithm, small.protocol, small.how) == ("ring", "LL", M.SIMULATED)
     assert (large.algorithm, large.protocol, large.size) == ("ring", "Simple", 1 << 30)
-    plan = build_plan(topo, Collective("allgather", 8), "ring", proto="Simple").plan
+    plan = build_plan(
+        topo, Collective("allgather", 8), "ring", lower=LowerOptions(proto="Simple")
+    ).plan
     assert large.time == pytest.approx(simulate(plan, topo, 1 << 30).call_time, rel=1e-12)
     with pytest.raises(dataclasses.FrozenInstanceError):
         large.time = 0.0

@@ -12,6 +12,7 @@ from taccl_py.build.pipeline import build_plan
 from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import TopologyError
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.nvsmi import convert, import_nvidia_smi, parse
 
@@ -237,7 +238,9 @@ def test_two_node_ring_plan_verifies(tmp_path, name, nics):
 
 def test_milp_plan_on_imported_dgx1():
     topo = import_nvidia_smi(text("dgx1"), "dgx1.txt")[1]
-    res = build_plan(topo, Collective("allgather", 8, 1, False), "milp", time_limit=5)
+    res = build_plan(
+        topo, Collective("allgather", 8, 1, False), "milp", synth=SynthOptions(time_limit=5)
+    )
     assert res.plan.ngpus == 8 and "chosen" in res.algorithm.meta
 
 

@@ -16,6 +16,7 @@ from taccl_py.plan.verify import verify
 from taccl_py.runtime.cuda_exec import HostDevice, run_single_device
 from taccl_py.runtime.reference import numpy_result
 from taccl_py.runtime.rounds import plan_rounds, run_rounds
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.topology.loader import load_topology
 
 from .strategies import topologies
@@ -47,7 +48,9 @@ def plans() -> dict:
     topo = load_topology("dgx1")
     made = {(k, m, ip): build_plan(ring4(), Collective(k, 4, 2, ip), m).plan for k, m, ip in CASES}
     made["dgx1"] = build_plan(topo, Collective("allreduce", 8, 1), "ring").plan
-    made["milp"] = build_plan(topo, Collective("allgather", 8, 1), "milp", time_limit=2).plan
+    made["milp"] = build_plan(
+        topo, Collective("allgather", 8, 1), "milp", synth=SynthOptions(time_limit=2)
+    ).plan
     return made
 
 

@@ -16,7 +16,7 @@ from taccl_py.cli import main
 from taccl_py.collectives import Collective
 from taccl_py.errors import PlanError
 from taccl_py.ir.algorithm import Algorithm, Transfer
-from taccl_py.lowering.lower import lower
+from taccl_py.lowering.lower import LowerOptions, lower
 from taccl_py.plan import runtimes
 from taccl_py.plan.model import Plan, Step, Threadblock
 from taccl_py.plan.runtimes import (
@@ -32,7 +32,7 @@ from taccl_py.plan.runtimes import (
 )
 from taccl_py.plan.verify import verify
 from taccl_py.plan.xml import parse_plan, plan_to_xml, write_plan
-from taccl_py.synth.methods import synthesize
+from taccl_py.synth.methods import SynthOptions, synthesize
 from taccl_py.topology.loader import load_topology
 
 EXECUTOR, MSCCL = RUNTIMES["msccl-executor"], RUNTIMES["msccl"]
@@ -45,7 +45,7 @@ def run(*args: str):
 def ring(kind: str = "allgather", topology: str = "dgx1", **lowering) -> Plan:
     topo = load_topology(topology)
     alg = synthesize(topo, Collective(kind, topo.num_ranks), "ring")
-    return lower(alg, topology=topo, **lowering)
+    return lower(alg, topo, LowerOptions(**lowering))
 
 
 def sized(plan: Plan, runtime: str, lo: int = 1024, hi: int | None = 1 << 20) -> Plan:
@@ -141,7 +141,7 @@ def test_more_than_four_files_under_msccl():
 
 
 def test_steps_per_threadblock():
-    plan = sized(lower(unmergeable(64), runtime="msccl"), "msccl-executor")
+    plan = sized(lower(unmergeable(64), options=LowerOptions(runtime="msccl")), "msccl-executor")
     assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) == 65
     (line,) = check_runtime(plan)
     assert line.startswith("gpu 0 tb ") and "has 65 steps" in line
@@ -315,12 +315,12 @@ def test_deploy_lines(tmp_path):
 @pytest.mark.parametrize("method", ["ring", "milp"])
 def test_ndv2_2x8_allreduce_fits_the_executor(method):
     topo = load_topology("ndv2", 2)
-    alg = synthesize(topo, Collective("allreduce", 16), method, time_limit=3.0)
+    alg = synthesize(topo, Collective("allreduce", 16), method, SynthOptions(time_limit=3.0))
     plan = lower(alg, topology=topo)
     assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= 64
     assert check_runtime(plan, selection=False) == []
     verify(plan)
-    roomy = lower(alg, topology=topo, runtime="msccl")
+    roomy = lower(alg, topo, LowerOptions(runtime="msccl"))
     if max(len(tb.steps) for g in roomy.gpus for tb in g.tbs) > 64:  # milp's: spread out
         assert plan.nchannels > roomy.nchannels
 
@@ -333,7 +333,7 @@ def test_lowering_raises_where_no_channels_are_left():
         match="has 304 steps.*allows 64 per threadblock.*with 32 channel.*a smaller chunk-up",
     ):
         lower(alg)
-    assert lower(alg, max_steps=1024).nchannels == 32
+    assert lower(alg, options=LowerOptions(max_steps=1024)).nchannels == 32
 
 
 def _relays(relayed: set[int]) -> Algorithm:
@@ -391,7 +391,7 @@ def test_a_plan_written_for_a_runtime_passes_verify(tmp_path, runtime, kind):
 
 
 def test_verify_lists_each_broken_rule(tmp_path):
-    plan = sized(lower(unmergeable(64), runtime="msccl"), "msccl-executor")
+    plan = sized(lower(unmergeable(64), options=LowerOptions(runtime="msccl")), "msccl-executor")
     a = write_plan(plan, tmp_path / "a.xml")
     b = write_plan(replace(plan, min_bytes=2048), tmp_path / "b.xml")
     res = run("verify", str(a), str(b), "--runtime", "msccl-executor", "--no-reference")

@@ -15,7 +15,7 @@ from taccl_py.lowering.lower import lower
 from taccl_py.plan.verify import verify
 from taccl_py.plan.xml import parse_plan
 from taccl_py.synth import smt
-from taccl_py.synth.methods import synthesize
+from taccl_py.synth.methods import SynthOptions, synthesize
 from taccl_py.topology.loader import load_topology
 from taccl_py.topology.model import FULL_BISECTION, Link, Nic, Switch, Topology
 
@@ -130,13 +130,15 @@ def test_shared_half_speed_nic_frontier():
 
 def test_method_smt(dgx1):
     coll = Collective("allgather", 8)
-    alg = synthesize(dgx1, coll, "smt", steps=2, rounds=3, chunks=2)
+    alg = synthesize(dgx1, coll, "smt", SynthOptions(steps=2, rounds=3, chunks=2))
     assert alg.meta["method"] == "smt" and alg.collective.chunkup == 2
     topo = ring4()
-    alg = synthesize(topo, Collective("allgather", 4), "smt", chunks=2)  # frontier's best
+    alg = synthesize(
+        topo, Collective("allgather", 4), "smt", SynthOptions(chunks=2)
+    )  # frontier's best
     assert (alg.meta["steps"], alg.meta["rounds"], alg.meta["chunks"]) == (2, 3, 2)
     with pytest.raises(TacclError, match="smt method supports"):
-        synthesize(topo, Collective("allreduce", 4), "smt", steps=2, rounds=3)
+        synthesize(topo, Collective("allreduce", 4), "smt", SynthOptions(steps=2, rounds=3))
 
 
 def run(*args: str):

@@ -12,7 +12,7 @@ from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.synth import methods
-from taccl_py.synth.methods import synthesize
+from taccl_py.synth.methods import SynthOptions, synthesize
 from taccl_py.synth.milp.ordering import make_sends, order
 from taccl_py.synth.milp.routing import route
 from taccl_py.synth.milp.schedule import schedule
@@ -121,7 +121,7 @@ def test_schedule_respects_resources_and_steps(name, kind):
 def test_plan_verifies(name, kind, monkeypatch):
     topo = topo_of(name)
     coll = Collective(kind, topo.num_ranks)
-    alg = synthesize(topo, coll, "milp", size=MB, time_limit=5)
+    alg = synthesize(topo, coll, "milp", SynthOptions(size=MB, time_limit=5))
     alg.check()
     assert alg.size == MB and alg.meta["score"] == alg.meta["makespan"] > 0
     # build_plan uses the default time limit; keep the test short
@@ -130,7 +130,7 @@ def test_plan_verifies(name, kind, monkeypatch):
         "staged_algorithm",
         lambda *a, time_limit, **k: staged_algorithm(*a, time_limit=5, **k),
     )
-    result = build_plan(topo, coll, "milp", size=MB)
+    result = build_plan(topo, coll, "milp", synth=SynthOptions(size=MB))
     assert result.plan.ngpus == topo.num_ranks
     meta = result.algorithm.meta
     kept = simulate(result.plan, topo, MB).time
@@ -150,7 +150,7 @@ def test_milp_never_slower_than_nccl_ring(name, size, monkeypatch):
         "staged_algorithm",
         lambda *a, time_limit, **k: staged_algorithm(*a, time_limit=6, **k),
     )
-    kept = build_plan(topo, coll, "milp", size=size).plan
+    kept = build_plan(topo, coll, "milp", synth=SynthOptions(size=size)).plan
     ring = build_plan(topo, coll, "ring").plan
     [row] = evaluate(kept, topo, [size])
     assert simulate(kept, topo, size).time <= simulate(ring, topo, size).time * (1 + 1e-9)
@@ -179,7 +179,9 @@ def test_no_routing_in_time_keeps_the_fastest_baseline(monkeypatch):
 
     monkeypatch.setattr(methods, "staged_algorithm", no_routing)
     seen = []
-    result = build_plan(topo, coll, "milp", size=MB, progress=lambda *a: seen.append(a[0]))
+    result = build_plan(
+        topo, coll, "milp", synth=SynthOptions(size=MB, progress=lambda *a: seen.append(a[0]))
+    )
     meta = result.algorithm.meta
     assert "milp" not in meta["candidates"] and meta["chosen"] in ("ring", "direct")
     assert simulate(result.plan, topo, MB).time == min(meta["candidates"].values())

@@ -22,6 +22,7 @@ import taccl_py.torch as tt  # noqa: E402
 from taccl_py.build.pipeline import build_plan  # noqa: E402
 from taccl_py.collectives import Collective  # noqa: E402
 from taccl_py.errors import PlanError, TacclError, VerificationError  # noqa: E402
+from taccl_py.lowering.lower import LowerOptions  # noqa: E402
 from taccl_py.plan.xml import parse_plan, plan_to_xml, write_plan  # noqa: E402
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology  # noqa: E402
 from taccl_py.torch import backend  # noqa: E402
@@ -248,8 +249,10 @@ def test_plan_directory_choice_and_ring_cache(tmp_path):
     plans = tmp_path / "plans"
     plans.mkdir()
     coll = Collective("allgather", 4, 1, False)
-    small = build_plan(ring4(), coll, "direct", max_bytes=1 << 16).plan
-    big = build_plan(ring4(), Collective("allgather", 4, 2, False), "ring", min_bytes=1 << 16).plan
+    small = build_plan(ring4(), coll, "direct", lower=LowerOptions(max_bytes=1 << 16)).plan
+    big = build_plan(
+        ring4(), Collective("allgather", 4, 2, False), "ring", lower=LowerOptions(min_bytes=1 << 16)
+    ).plan
     write_plan(small, plans / "small.xml")
     write_plan(big, plans / "big.xml")
     lib = PlanLibrary(plans, tmp_path / "cache")

@@ -43,12 +43,15 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from ..collectives import ALLREDUCE, ALLTOALL, Collective, canonical_kind
 from ..errors import TacclError
+from ..lowering.lower import LowerOptions
 from ..plan.model import Plan
+from ..plan.runtimes import check_runtime
 from ..topology.model import Topology
 from . import protocols as P
 from .protocols import (
@@ -409,6 +412,61 @@ def nccl_plan(topology: Topology, kind: str, algorithm: str, protocol: str) -> P
             _PLANS.popitem(last=False)
     plan = _PLANS[key]
     return None if plan is None else replace(plan, proto=protocol)
+
+
+def reusable_plans(
+    topology: Topology,
+    collective: Collective,
+    built: Mapping[str, Plan],
+    options: LowerOptions,
+    *,
+    verified: bool = False,
+) -> dict[tuple[str, str], Plan]:
+    """:func:`nccl_best`'s ``plans`` from baselines a command has built already, so that
+    the model does not build them again.
+
+    ``built`` maps a method to its plan of ``collective`` on ``topology`` (its algorithm
+    made with the default :class:`~taccl_py.synth.methods.SynthOptions`, lowered with
+    ``options``). Kept, under every protocol, is each plan that is the one
+    :func:`nccl_plan` builds itself: method ring, tree or direct; ``collective`` at
+    chunk-up 1, out of place; ``options`` the defaults but for the name, protocol and size
+    selection; under the model's name the runtime still loads it, and it verifies (checked
+    here unless ``verified``).
+
+    >>> from taccl_py.build.pipeline import build_plan
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo, coll = load_topology("dgx1"), Collective("allgather", 8)
+    >>> ring = build_plan(topo, coll, "ring").plan
+    >>> sorted(reusable_plans(topo, coll, {"ring": ring}, LowerOptions(), verified=True))
+    [('ring', 'LL'), ('ring', 'LL128'), ('ring', 'Simple')]
+    >>> reusable_plans(topo, coll, {"ring": ring}, LowerOptions(instances=2))
+    {}
+    """
+    from ..plan.verify import verify
+
+    base = replace(options, name=None, proto=SIMPLE, min_bytes=0, max_bytes=0, inplace=None)
+    if (
+        collective != Collective(collective.kind, topology.num_ranks)
+        or options.inplace not in (None, collective.inplace)
+        or base != LowerOptions()
+    ):
+        return {}
+    methods = {method: algorithm for algorithm, method in PLAN_METHODS.items()}
+    plans = {}
+    for method, plan in built.items():
+        if method not in methods:
+            continue
+        name = f"{topology.label}-{collective.kind}-{method}"  # as build_plan names it
+        plan = replace(plan, name=name, proto=SIMPLE, min_bytes=0, max_bytes=0)
+        if check_runtime(plan, selection=False):
+            continue
+        if not verified:
+            try:
+                verify(plan)
+            except TacclError:
+                continue
+        plans.update({(methods[method], p): replace(plan, proto=p) for p in P.PROTOCOLS})
+    return plans
 
 
 def fluid_time(result, topology: Topology) -> float:

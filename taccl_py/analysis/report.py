@@ -43,8 +43,20 @@ def ring_plan(topology: Topology, kind: str) -> Plan | None:
         return None
 
 
-def evaluate(plan: Plan, topology: Topology, sizes: list[int]) -> list[Row]:
-    """Simulate ``plan`` at each size; compare with the lower bound and NCCL's best."""
+def evaluate(
+    plan: Plan,
+    topology: Topology,
+    sizes: list[int],
+    nccl_plans: dict[tuple[str, str], Plan] | None = None,
+) -> list[Row]:
+    """Simulate ``plan`` at each size; compare with the lower bound and NCCL's best
+    (``nccl_plans``: NCCL's plans already built, see :func:`.nccl_model.nccl_best`).
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo = load_topology("dgx1")
+    >>> [row.nccl_choice for row in evaluate(ring_plan(topo, "allgather"), topo, [1 << 30])]
+    ['ring/Simple']
+    """
     from .nccl_model import nccl_best
 
     kind = plan.collective().kind
@@ -52,7 +64,7 @@ def evaluate(plan: Plan, topology: Topology, sizes: list[int]) -> list[Row]:
     for size in sizes:
         t = simulate(plan, topology, size).call_time  # as NCCL's: with the base latency
         bound = lower_bound(topology, kind, size)
-        nccl = nccl_best(topology, kind, size)
+        nccl = nccl_best(topology, kind, size, nccl_plans)
         rows.append(
             Row(
                 size,

@@ -174,8 +174,10 @@ def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) 
     >>> from taccl_py.build.pipeline import build_plan
     >>> from taccl_py.collectives import Collective
     >>> from taccl_py.topology.loader import load_topology
+    >>> from taccl_py.lowering.lower import LowerOptions
     >>> topo = load_topology("dgx1")
-    >>> plan = build_plan(topo, Collective("allgather", 8), "ring", proto="LL").plan
+    >>> ll = LowerOptions(proto="LL")
+    >>> plan = build_plan(topo, Collective("allgather", 8), "ring", lower=ll).plan
     >>> res = simulate(plan, topo, 1 << 10)
     >>> res.call_time > res.time
     True
@@ -219,7 +221,8 @@ def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) 
         if trace:
             t, st = tbs[k], tbs[k].steps[i]
             sends = st.type in SEND_TYPES
-            peer = t.send_key[1] if sends else t.recv_key[0] if st.type in RECV_TYPES else -1
+            key = t.send_key if sends else t.recv_key if st.type in RECV_TYPES else None
+            peer = -1 if key is None else key[1] if sends else key[0]
             events.append(
                 TraceEvent(
                     t.gpu,
@@ -257,9 +260,11 @@ def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) 
             busy[r] += dur
             intervals[r].append((start, end))
         arrival = end + t.alpha
-        queue = arrivals.setdefault(t.send_key, [])
+        key = t.send_key
+        assert key is not None, "a send step's threadblock has its connection (_prepare)"
+        queue = arrivals.setdefault(key, [])
         queue.append(arrival)
-        waiting = recv_waiters.pop((t.send_key, len(queue) - 1), None)
+        waiting = recv_waiters.pop((key, len(queue) - 1), None)
         if waiting is not None:
             wk, wi = waiting
             del recv_wait_of[wk]

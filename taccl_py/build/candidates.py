@@ -24,18 +24,20 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..analysis.nccl_model import reusable_plans
 from ..analysis.simulate import simulate
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
 from ..errors import SketchError, TacclError
 from ..ir.algorithm import Algorithm
-from ..lowering.lower import lower
+from ..lowering.lower import LowerOptions, lower
 from ..plan.model import Plan
 from ..plan.runtimes import DEFAULT_RUNTIME, RUNTIMES, check_runtime
 from ..plan.verify import VerifyReport, verify
-from ..synth.methods import synthesize
+from ..synth.methods import SynthOptions, synthesize
+from ..synth.milp.search import Progress
+from ..synth.milp.sketch import Sketch
 from ..topology import Topology
 
 #: the protocols a candidate is timed with
@@ -74,8 +76,8 @@ class CandidateOptions:
     runtime: str = DEFAULT_RUNTIME
     max_steps: int | None = None
     instances: int = 1
-    sketch: object = None
-    progress: Callable | None = None
+    sketch: Sketch | None = None
+    progress: Progress | None = None
 
 
 @dataclass
@@ -104,6 +106,8 @@ class Candidates:
 
     candidates: list[Candidate] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)
+    #: the plans of NCCL's model among the candidates, for :func:`nccl_best`'s ``plans``
+    nccl: dict[tuple[str, str], Plan] = field(default_factory=dict)
 
 
 def build_candidates(
@@ -124,6 +128,8 @@ def build_candidates(
                 raise
             except TacclError as exc:
                 found.dropped.append((label, str(exc)))
+    built = {c.method: c.plan for c in found.candidates}
+    found.nccl = reusable_plans(topology, collective, built, _lowering(options), verified=True)
     return found
 
 
@@ -148,8 +154,10 @@ def _makers(topology: Topology, coll: Collective, method: str, options: Candidat
                     topology,
                     coll,
                     "smt",
-                    time_limit=min(options.time_limit, SMT_TIME_LIMIT),
-                    progress=options.progress,
+                    SynthOptions(
+                        time_limit=min(options.time_limit, SMT_TIME_LIMIT),
+                        progress=options.progress,
+                    ),
                 ),
             )
         ]
@@ -169,24 +177,27 @@ def _milp(topology: Topology, coll: Collective, size: int, options: CandidateOpt
         topology,
         coll,
         "milp",
-        size=size,
-        time_limit=options.time_limit,
-        progress=options.progress,
-        sketch=options.sketch,
-        judge=judge,
+        SynthOptions(
+            size=size,
+            time_limit=options.time_limit,
+            progress=options.progress,
+            sketch=options.sketch,
+            judge=judge,
+        ),
     )
     alg.size = size
     return alg
 
 
 def _lower(alg: Algorithm, topology: Topology, options: CandidateOptions, label: str) -> Plan:
-    return lower(
-        alg,
-        instances=options.instances,
-        topology=topology,
-        name=f"{topology.label}-{alg.collective.kind}-{label}",
-        runtime=options.runtime,
-        max_steps=options.max_steps,
+    name = f"{topology.label}-{alg.collective.kind}-{label}"
+    return lower(alg, topology, dataclasses.replace(_lowering(options), name=name))
+
+
+def _lowering(options: CandidateOptions) -> LowerOptions:
+    """How every candidate is lowered (its name aside)."""
+    return LowerOptions(
+        instances=options.instances, runtime=options.runtime, max_steps=options.max_steps
     )
 
 

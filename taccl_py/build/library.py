@@ -215,7 +215,7 @@ class _Timer:
         found: Candidates,
         protocols: tuple[str, ...] = PROTOCOLS,
     ) -> None:
-        self.topology, self.kind = topology, kind
+        self.topology, self.kind, self.plans = topology, kind, found.nccl
         self.options = [Served(c, p) for c in found.candidates for p in protocols]
         self._times: dict[tuple[int, int], float] = {}
         self._nccl: dict[int, NcclChoice] = {}
@@ -228,7 +228,7 @@ class _Timer:
 
     def nccl(self, size: int) -> NcclChoice:
         if size not in self._nccl:
-            self._nccl[size] = nccl_best(self.topology, self.kind, size)
+            self._nccl[size] = nccl_best(self.topology, self.kind, size, self.plans)
         return self._nccl[size]
 
     def fastest(self, size: int, ours_only: bool) -> tuple[Served, float]:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from ..analysis.simulate import simulate
 from ..collectives import Collective
 from ..errors import SketchError, TacclError
 from ..ir.algorithm import Algorithm
-from ..lowering.lower import lower
+from ..lowering.lower import LowerOptions
+from ..lowering.lower import lower as lower_plan
 from ..plan.model import Plan
-from ..plan.runtimes import DEFAULT_RUNTIME
 from ..plan.verify import VerifyReport, verify
-from ..synth.methods import DEFAULT_SIZE, synthesize
+from ..synth.methods import DEFAULT_SIZE, SynthOptions, synthesize
 from ..topology import Topology
 
 #: what method milp's result must beat at its target size to be kept
@@ -21,9 +21,17 @@ BASELINES = ("ring", "direct", "tree")
 
 @dataclass
 class Result:
+    """What :func:`build_plan` made: the algorithm, its verified plan and the report.
+
+    ``baselines``: by method, the plans of the :data:`BASELINES` made on the way, lowered
+    like ``plan``: those method milp judged (only the one kept, ``plan``, is verified), or
+    ``plan`` itself for method ring (without a rank order), direct or tree.
+    """
+
     algorithm: Algorithm
     plan: Plan
     report: VerifyReport
+    baselines: dict[str, Plan] = field(default_factory=dict)
 
 
 def build_plan(
@@ -31,68 +39,77 @@ def build_plan(
     collective: Collective,
     method: str = "ring",
     *,
-    order: list[int] | None = None,
-    instances: int = 1,
-    size: int = 0,
-    proto: str = "Simple",
-    min_bytes: int = 0,
-    max_bytes: int = 0,
-    time_limit: float = 60.0,
-    progress=None,
-    sketch=None,
-    smt: dict | None = None,
-    runtime: str = DEFAULT_RUNTIME,
-    max_steps: int | None = None,
+    synth: SynthOptions | None = None,
+    lower: LowerOptions | None = None,
 ) -> Result:
     """Synthesize, lower and verify; raises on any fault, so a returned plan is correct.
 
-    ``size`` is the buffer size the plan targets (0: the method's default); ``sketch``
-    (method milp only) narrows the synthesizer's search. Method milp judges its candidates
-    by their lowered plans' simulated time at ``size``, and keeps the ring,
-    direct and tree (AllReduce) baselines instead when one of them simulates faster at ``size``
+    ``synth`` (default :class:`SynthOptions()`) says how the algorithm is made: its
+    ``size`` is the buffer size the plan targets (0: the method's default), a ``sketch``
+    (method milp only) narrows the synthesizer's search. ``lower`` (default
+    :class:`LowerOptions()`) says how it is lowered; the plan is named
+    ``<topology>-<collective>-<method>`` unless ``lower.name`` is set, and fits
+    ``lower.runtime``'s loader (``lower.max_steps``: a custom build's step limit).
+
+    Method milp judges its candidates by their lowered plans' simulated time at ``size``
+    (unless ``synth.judge`` is set), and keeps the ring, direct and tree (AllReduce)
+    baselines instead when one of them simulates faster at ``size``
     (``algorithm.meta["chosen"]`` says which; ``meta["candidates"]`` has every time).
-    The plan fits ``runtime``'s loader (``max_steps``: a custom build's step limit).
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo = load_topology("dgx1")
+    >>> coll = Collective("allgather", 8)
+    >>> result = build_plan(topo, coll, "ring", lower=LowerOptions(proto="LL"))
+    >>> result.plan.name, result.plan.proto, list(result.baselines)
+    ('dgx1-allgather-ring', 'LL', ['ring'])
     """
-    name = f"{topology.label}-{collective.kind}-{method}"
-    lowering = {
-        "instances": instances,
-        "proto": proto,
-        "min_bytes": min_bytes,
-        "max_bytes": max_bytes,
-        "name": name,
-        "topology": topology,
-        "runtime": runtime,
-        "max_steps": max_steps,
-    }
-    kw = {"size": size} if size else {}
+    options = synth if synth is not None else SynthOptions()
+    lowering = lower if lower is not None else LowerOptions()
+    if lowering.name is None:
+        lowering = replace(lowering, name=f"{topology.label}-{collective.kind}-{method}")
     if method != "milp":
-        if method == "smt":  # smt: steps/rounds/chunks, the search bounded by time_limit
-            kw.update(smt or {}, time_limit=time_limit, progress=progress)
-        alg = synthesize(topology, collective, method, order=order, sketch=sketch, **kw)
-        alg.size = size
-        plan = lower(alg, **lowering)
-        return Result(alg, plan, verify(plan))
-    size = size or DEFAULT_SIZE
+        alg = synthesize(topology, collective, method, options)
+        alg.size = options.size
+        plan = lower_plan(alg, topology, lowering)
+        report = verify(plan)
+        baseline = method in BASELINES and options.order is None
+        return Result(alg, plan, report, {method: plan} if baseline else {})
+    size = options.size or DEFAULT_SIZE
+
+    def judge(a: Algorithm) -> float:
+        return simulate(lower_plan(a, topology, lowering), topology, size).time
+
+    judged = options.judge if options.judge is not None else judge
+    options = replace(options, size=size, judge=judged, order=None)  # milp ignores an order
+    synthesized = None
     try:
-        alg = synthesize(
-            topology,
-            collective,
-            method,
-            time_limit=time_limit,
-            size=size,
-            progress=progress,
-            sketch=sketch,
-            judge=lambda a: simulate(lower(a, **lowering), topology, size).time,
-        )
+        alg = synthesize(topology, collective, method, options)
     except SketchError:
         raise
     except TacclError as exc:  # no routing in time: the baselines are the incumbents
-        if progress is not None:
-            progress(f"no synthesized plan ({exc}); keeping the best baseline", 0.0, None, None)
-        alg, plan = _fastest(topology, collective, size, None, lowering)
+        if options.progress is not None:
+            note = f"no synthesized plan ({exc}); keeping the best baseline"
+            options.progress(note, 0.0, None, None)
     else:
-        alg, plan = _fastest(topology, collective, size, (alg, lower(alg, **lowering)), lowering)
-    return Result(alg, plan, verify(plan))
+        synthesized = (alg, lower_plan(alg, topology, lowering))
+    baselines = _baselines(topology, collective, size, lowering)
+    alg, plan = _fastest(topology, collective, size, synthesized, baselines)
+    return Result(alg, plan, verify(plan), {m: p for m, (_, p) in baselines.items()})
+
+
+def _baselines(
+    topology: Topology, collective: Collective, size: int, lower: LowerOptions
+) -> dict[str, tuple[Algorithm, Plan]]:
+    """Each of :data:`BASELINES` that applies, made for ``size`` and lowered."""
+    made = {}
+    for baseline in BASELINES:
+        try:
+            alg = synthesize(topology, collective, baseline)
+            alg.size = size
+            made[baseline] = (alg, lower_plan(alg, topology, lower))
+        except TacclError:  # e.g. no ring over the links, or too many peers for MSCCL
+            continue
+    return made
 
 
 def _fastest(
@@ -100,21 +117,16 @@ def _fastest(
     collective: Collective,
     size: int,
     synthesized: tuple[Algorithm, Plan] | None,
-    lowering: dict,
+    baselines: dict[str, tuple[Algorithm, Plan]],
 ) -> tuple[Algorithm, Plan]:
     """The synthesized plan or a baseline's, whichever simulates faster at ``size``."""
-    best, times = None, {}
+    best: tuple[float, str, Algorithm, Plan] | None = None
+    times: dict[str, float] = {}
     if synthesized is not None:
         alg, plan = synthesized
         times["milp"] = simulate(plan, topology, size).time
         best = (times["milp"], "milp", alg, plan)
-    for baseline in BASELINES:
-        try:
-            other = synthesize(topology, collective, baseline)
-            other.size = size
-            other_plan = lower(other, **lowering)
-        except TacclError:  # e.g. no ring over the links, or too many peers for MSCCL
-            continue
+    for baseline, (other, other_plan) in baselines.items():
         times[baseline] = simulate(other_plan, topology, size).time
         if best is None or times[baseline] < best[0] * (1 - 1e-9):
             best = (times[baseline], baseline, other, other_plan)

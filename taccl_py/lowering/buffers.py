@@ -80,9 +80,16 @@ def value_flow(alg: Algorithm) -> Flow:
     return Flow(sent, made, inputs, finals)
 
 
+def placed(v: Version) -> Loc:
+    """Where ``v`` is stored: :func:`place` placed every input and stored version."""
+    assert v.loc is not None, f"rank {v.rank}, chunk {v.chunk}: a value read before placed"
+    return v.loc
+
+
 def input_loc(coll: Collective, rank: int, chunk: int) -> Loc:
-    """Where ``rank``'s input contribution to ``chunk`` lives."""
+    """Where ``rank``'s input contribution to ``chunk`` lives (``rank`` holds one)."""
     index = coll.input_index(rank, chunk)
+    assert index is not None, f"rank {rank} has no input for chunk {chunk}"
     return coll.inplace_input(rank, index) if coll.inplace else ("i", index)
 
 
@@ -118,15 +125,19 @@ def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
             and (v.final or (bool(v.readers) and v.readers[-1] > k))
         )
 
-    dest = {(v.rank, v.chunk): output_loc(coll, v.rank, v.chunk) for v in flow.finals}
+    dest: dict[tuple[int, int], Loc] = {}
+    for v in flow.finals:
+        out = output_loc(coll, v.rank, v.chunk)
+        assert out is not None, f"rank {v.rank}: final chunk {v.chunk} is not its output"
+        dest[(v.rank, v.chunk)] = out
     for v in flow.inputs:
         v.loc = input_loc(coll, v.rank, v.chunk)
         content[(v.rank, v.loc)] = v
     for k, (v, w) in enumerate(zip(flow.sent, flow.made)):
         if v.stored:
-            touched[(v.rank, v.loc)] = k
+            touched[(v.rank, placed(v))] = k
         if w.operand is not None:
-            touched[(w.rank, w.operand.loc)] = k
+            touched[(w.rank, placed(w.operand))] = k
         if not w.stored:
             continue
         loc = dest.get((w.rank, w.chunk))  # finals are exactly the postcondition pairs

@@ -11,7 +11,7 @@ keep only dependencies not implied by others and spell extra ones as ``nop`` ste
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
 from ..errors import PlanError
@@ -27,46 +27,38 @@ from ..plan.runtimes import (
 )
 from ..topology.model import Topology
 from ..util.nogc import gc_paused
-from .buffers import Copy, Flow, Loc, place, value_flow
-from .threadblocks import TB, Op, Threadblocks
+from .buffers import Copy, Flow, Loc, place, placed, value_flow
+from .threadblocks import TB, Op, TbStep, Threadblocks
 
 
-@dataclass(eq=False, slots=True)
-class _Step:
-    """A plan step before numbering: a copy, or a receive and/or send of one or more ops."""
+@dataclass(frozen=True)
+class LowerOptions:
+    """How :func:`lower` makes a plan: ``instances`` copies of the algorithm on further
+    channels, the ``proto`` and the ``min_bytes``/``max_bytes`` size selection written into
+    it, its ``name`` (default: the algorithm's), the ``runtime`` whose loader must accept it
+    (``max_steps``: a custom build's steps per threadblock) and ``inplace`` (None: the
+    collective's; else the collective lowered in or out of place).
 
-    type: str
-    ops: list[Op]
-    src: Loc | None
-    dst: Loc | None
-    tb: TB
-    cnt: int = 1
-    pos: int = 0  # among the threadblock's steps, nops not counted
-    index: int = 0  # the step's ``s`` in the plan
-    wait: list[_Step] = field(default_factory=list)  # dependencies kept
-    hasdep: bool = False
+    >>> LowerOptions(proto="LL").proto, LowerOptions().runtime
+    ('LL', 'msccl-executor')
+    """
 
-    @property
-    def key(self):
-        return self.ops[0].key
+    instances: int = 1
+    proto: str = "Simple"
+    min_bytes: int = 0
+    max_bytes: int = 0
+    name: str | None = None
+    runtime: str = DEFAULT_RUNTIME
+    max_steps: int | None = None
+    inplace: bool | None = None
 
 
 @gc_paused()
 def lower(
-    alg: Algorithm,
-    *,
-    inplace: bool | None = None,
-    proto: str = "Simple",
-    instances: int = 1,
-    min_bytes: int = 0,
-    max_bytes: int = 0,
-    name: str | None = None,
-    topology: Topology | None = None,
-    runtime: str = DEFAULT_RUNTIME,
-    max_steps: int | None = None,
+    alg: Algorithm, topology: Topology | None = None, options: LowerOptions = LowerOptions()
 ) -> Plan:
-    """Lower ``alg`` to a plan ``runtime`` loads; ``instances`` replicates it onto more
-    channels first.
+    """Lower ``alg`` to a plan that ``options.runtime`` loads; ``options.instances``
+    replicates it onto more channels first.
 
     If a threadblock would exceed the runtime's steps per threadblock (``max_steps``: a
     custom build's), the chunks are spread over as few further copies of the channels as
@@ -80,19 +72,30 @@ def lower(
     and a receive and a send share a threadblock only where that delays no step of
     the IR's schedule (its start and end times).
     The same algorithm always gives the same plan.
+
+    >>> from taccl_py.synth.baselines.direct import direct_algorithm
+    >>> from taccl_py.collectives import Collective
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo = load_topology("dgx1")
+    >>> alg = direct_algorithm(topo, Collective("allgather", 8))
+    >>> plan = lower(alg, topo, LowerOptions(proto="LL", name="ag"))
+    >>> plan.name, plan.proto, plan.ngpus
+    ('ag', 'LL', 8)
     """
-    rules = runtime_rules(runtime, max_steps)
-    if proto not in PROTOCOLS:
-        raise PlanError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}")
-    if min_bytes < 0 or max_bytes < 0 or 0 < max_bytes < min_bytes:
+    rules = runtime_rules(options.runtime, options.max_steps)
+    if options.proto not in PROTOCOLS:
+        raise PlanError(f"protocol {options.proto!r} is not one of {', '.join(PROTOCOLS)}")
+    lo, hi = options.min_bytes, options.max_bytes
+    if lo < 0 or hi < 0 or 0 < hi < lo:
         raise PlanError(
-            f"min_bytes={min_bytes} / max_bytes={max_bytes}: both must be >= 0 "
-            "and min <= max (max 0 = unbounded)"
+            f"min_bytes={lo} / max_bytes={hi}: both must be >= 0 and min <= max (max 0 = unbounded)"
         )
     coll = alg.collective
-    if inplace is not None and inplace != coll.inplace:
-        alg = replace(alg, collective=Collective(coll.kind, coll.num_ranks, coll.chunkup, inplace))
+    if options.inplace is not None and options.inplace != coll.inplace:
+        inplace = Collective(coll.kind, coll.num_ranks, coll.chunkup, options.inplace)
+        alg = replace(alg, collective=inplace)
     alg.check()
+    instances = options.instances
     alg = alg.replicate(instances)
     fewer = "use fewer instances" if instances > 1 else "use fewer channels"
     _check_peers(alg, rules, fewer)
@@ -106,13 +109,13 @@ def lower(
     plan = _build(
         alg,
         Plan(
-            alg.name if name is None else name,
+            alg.name if options.name is None else options.name,
             alg.collective.kind,
             alg.num_ranks,
             alg.collective.nchunksperloop,
-            proto=proto,
-            min_bytes=min_bytes,
-            max_bytes=max_bytes,
+            proto=options.proto,
+            min_bytes=lo,
+            max_bytes=hi,
         ),
         topology,
         rules,
@@ -121,7 +124,7 @@ def lower(
     while (longest := _longest_tb(plan)) > rules.max_steps and spread < most:
         spread = min(most, max(spread + 1, -(-spread * longest // rules.max_steps)))
         plan = _build(_spread(alg, spread), plan, topology, rules)
-    problems = check_runtime(plan, runtime, max_steps, selection=False)
+    problems = check_runtime(plan, options.runtime, options.max_steps, selection=False)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise PlanError(
@@ -215,9 +218,9 @@ def _release(tbs: list[list[TB]]) -> None:
 def _set_accesses(flow: Flow, send_ops: list[Op], recv_ops: list[Op]) -> None:
     for k, (s, r) in enumerate(zip(send_ops, recv_ops)):
         v, w = flow.sent[k], flow.made[k]
-        s.reads = (v.loc,) if v.stored else ()
-        r.reads = (w.operand.loc,) if w.operand is not None else ()
-        r.writes = (w.loc,) if w.stored else ()
+        s.reads = (placed(v),) if v.stored else ()
+        r.reads = (placed(w.operand),) if w.operand is not None else ()
+        r.writes = (placed(w),) if w.stored else ()
 
 
 def _add_copies(
@@ -239,7 +242,7 @@ def _add_copies(
         else:
             tb = TB(v.rank, -1, -1, 0, id=0)
             tbs[v.rank].append(tb)
-        op = Op("c", v.rank, (cp.after, 0, i + 1), reads=(v.loc,), writes=(cp.dst,), tb=tb)
+        op = Op("c", v.rank, (cp.after, 0, i + 1), reads=(placed(v),), writes=(cp.dst,), tb=tb)
         tb.units.insert(bisect_right(tb.units, op.key, key=lambda u: u[0].key), [op])
 
 
@@ -293,12 +296,12 @@ def _make_steps(flow: Flow, tbs: list[list[TB]]) -> None:
                     op.step = st
 
 
-def _unit_step(unit: list[Op], flow: Flow, tb: TB) -> _Step:
+def _unit_step(unit: list[Op], flow: Flow, tb: TB) -> TbStep:
     op = unit[0]
     if op.kind == "c":
-        return _Step("cpy", unit, op.reads[0], op.writes[0], tb)
+        return TbStep("cpy", unit, op.reads[0], op.writes[0], tb)
     if op.kind == "s":
-        return _Step("s", unit, op.reads[0], None, tb)
+        return TbStep("s", unit, op.reads[0], None, tb)
     w = flow.made[op.transfer]
     src = w.operand.loc if w.operand is not None else None
     dst = w.loc if w.stored else None
@@ -306,7 +309,7 @@ def _unit_step(unit: list[Op], flow: Flow, tb: TB) -> _Step:
         kind = "r" if src is None else "rrc"
     else:
         kind = "rcs" if src is None else "rrcs" if w.stored else "rrs"
-    return _Step(kind, unit, src, dst, tb)
+    return TbStep(kind, unit, src, dst, tb)
 
 
 # -- merging ------------------------------------------------------------------------------
@@ -324,14 +327,14 @@ def _merge(
     all_tbs = [tb for rank_tbs in tbs for tb in rank_tbs]
     nxt = {a: b for tb in all_tbs for a, b in zip(tb.steps, tb.steps[1:]) if _mergeable(alg, a, b)}
 
-    def partners(a: _Step, b: _Step) -> list[tuple[_Step, _Step]]:
+    def partners(a: TbStep, b: TbStep) -> list[tuple[TbStep, TbStep]]:
         ends = [send_ops if op.kind == "r" else recv_ops for op in a.ops if op.kind != "c"]
         return [
             (end[op_a.transfer].step, end[op_b.transfer].step)
             for end, op_a, op_b in zip(ends, a.ops, b.ops)
         ]
 
-    def drop(firsts: list[_Step]) -> None:  # a pair's partners need it: drop them too
+    def drop(firsts: list[TbStep]) -> None:  # a pair's partners need it: drop them too
         while firsts:
             a = firsts.pop()
             b = nxt.pop(a, None)
@@ -340,7 +343,7 @@ def _merge(
 
     drop([a for a, b in nxt.items() if any(nxt.get(pa) is not pb for pa, pb in partners(a, b))])
     while True:  # shorter runs start later, so this only ever drops fewer
-        start = {}
+        start: dict[TbStep, TbStep] = {}
         for tb in all_tbs:
             for i, st in enumerate(tb.steps):
                 start[st] = start[tb.steps[i - 1]] if i and nxt.get(tb.steps[i - 1]) is st else st
@@ -353,7 +356,7 @@ def _merge(
             break
         drop(late)
     for tb in all_tbs:
-        merged: list[_Step] = []
+        merged: list[TbStep] = []
         for i, st in enumerate(tb.steps):
             if i and nxt.get(tb.steps[i - 1]) is st and merged[-1].cnt < max_cnt:
                 merged[-1].ops.extend(st.ops)
@@ -367,7 +370,7 @@ def _merge(
                 op.step = st
 
 
-def _mergeable(alg: Algorithm, a: _Step, b: _Step) -> bool:
+def _mergeable(alg: Algorithm, a: TbStep, b: TbStep) -> bool:
     if a.type != b.type:
         return False
     if [alg.transfers[op.transfer].step for op in a.ops if op.transfer >= 0] != [
@@ -375,7 +378,7 @@ def _mergeable(alg: Algorithm, a: _Step, b: _Step) -> bool:
     ]:
         return False
     return all(
-        x is None or (x[0] == y[0] and (x[0] == "sink" or y[1] == x[1] + 1))
+        x is None or (y is not None and x[0] == y[0] and (x[0] == "sink" or y[1] == x[1] + 1))
         for x, y in ((a.src, b.src), (a.dst, b.dst))
     )
 
@@ -405,13 +408,13 @@ def _keep_needed_deps(tbs: list[list[TB]]) -> None:
             (st for tb in rank_tbs for st in tb.steps), key=lambda st: (st.key, st.tb.id, st.pos)
         )
         none = [-1] * (max((tb.id for tb in rank_tbs), default=-1) + 1)
-        done: dict[_Step, list[int]] = {}
+        done: dict[TbStep, list[int]] = {}
         for st in steps:
             known = done[st.tb.steps[st.pos - 1]] if st.pos else none
-            latest: dict[int, _Step] = {}
+            latest: dict[int, TbStep] = {}
             for op in st.ops:
-                for d in op.deps:
-                    t = d.step
+                for dep in op.deps:
+                    t = dep.step
                     if t.tb.id not in latest or latest[t.tb.id].pos < t.pos:
                         latest[t.tb.id] = t
             wait = None
@@ -469,12 +472,16 @@ def _fill_steps(plan: Plan, tbs: list[list[TB]]) -> None:
                 for d in st.wait[:-1]:
                     out.steps.append(Step(len(out.steps), "nop", depid=d.tb.id, deps=d.index))
                 last = st.wait[-1] if st.wait else None
+                srcbuf, srcoff = st.src if st.src else (None, -1)
+                dstbuf, dstoff = st.dst if st.dst else (None, -1)
                 out.steps.append(
                     Step(
                         len(out.steps),
                         st.type,
-                        *(st.src if st.src else (None, -1)),
-                        *(st.dst if st.dst else (None, -1)),
+                        srcbuf,
+                        srcoff,
+                        dstbuf,
+                        dstoff,
                         cnt=st.cnt,
                         depid=last.tb.id if last else -1,
                         deps=last.index if last else -1,

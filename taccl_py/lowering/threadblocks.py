@@ -40,8 +40,8 @@ class Op:
     reads: tuple[Loc, ...] = ()
     writes: tuple[Loc, ...] = ()
     deps: list[Op] = field(default_factory=list)  # ops of other threadblocks to wait for
-    tb: TB | None = None
-    step: object = None  # the lowered step holding this op
+    tb: TB = field(kw_only=True)
+    step: TbStep = field(init=False, repr=False)  # the lowered step holding it, once made
 
     @property
     def order(self) -> Key:
@@ -59,7 +59,27 @@ class TB:
     chan: int
     id: int = -1
     units: list[list[Op]] = field(default_factory=list)
-    steps: list = field(default_factory=list)
+    steps: list[TbStep] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class TbStep:
+    """A plan step before numbering: a copy, or a receive and/or send of one or more ops."""
+
+    type: str
+    ops: list[Op]
+    src: Loc | None
+    dst: Loc | None
+    tb: TB
+    cnt: int = 1
+    pos: int = 0  # among the threadblock's steps, nops not counted
+    index: int = 0  # the step's ``s`` in the plan
+    wait: list[TbStep] = field(default_factory=list)  # dependencies kept
+    hasdep: bool = False
+
+    @property
+    def key(self) -> Key:
+        return self.ops[0].key
 
 
 TbKey = tuple[int, int, int, int]  # (rank, channel, recv peer, send peer); -1: none

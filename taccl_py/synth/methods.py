@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from ..collectives import Collective
 from ..errors import TacclError
 from ..ir.algorithm import Algorithm
@@ -9,7 +12,8 @@ from ..topology import Topology
 from .baselines.direct import direct_algorithm
 from .baselines.ring import ring_algorithm
 from .baselines.trees import tree_algorithm
-from .milp.search import staged_algorithm
+from .milp.search import Progress, staged_algorithm
+from .milp.sketch import Sketch
 
 METHODS = ("ring", "direct", "tree", "milp", "smt")
 
@@ -17,42 +21,62 @@ METHODS = ("ring", "direct", "tree", "milp", "smt")
 DEFAULT_SIZE = 1 << 30
 
 
+@dataclass(frozen=True)
+class SynthOptions:
+    """What the synthesis methods take besides the topology and the collective; each
+    setting matters to the methods named.
+
+    ``size``: bytes the plan targets (milp; 0: :data:`DEFAULT_SIZE`); ``time_limit``:
+    seconds for the search (milp, smt); ``progress``: told of the solves as
+    ``progress(stage, elapsed_s, incumbent, gap)`` (milp, smt); ``sketch``: narrows the
+    search (milp, see :mod:`taccl_py.synth.milp.sketch`); ``judge``: scores a candidate
+    algorithm, lower is better, e.g. by simulation (milp); ``order``: the one ring's rank
+    order (ring); ``steps``, ``rounds``, ``chunks``: see :func:`smt_method` (smt).
+
+    >>> SynthOptions(time_limit=5).size, SynthOptions().time_limit
+    (0, 60.0)
+    """
+
+    size: int = 0
+    time_limit: float = 60.0
+    progress: Progress | None = None
+    sketch: Sketch | None = None
+    judge: Callable[[Algorithm], float] | None = None
+    order: list[int] | None = None
+    steps: int | None = None
+    rounds: int | None = None
+    chunks: int | None = None
+
+
 def synthesize(
     topology: Topology,
     collective: Collective,
     method: str = "ring",
-    *,
-    order: list[int] | None = None,
-    size: int = DEFAULT_SIZE,
-    time_limit: float = 60.0,
-    progress=None,
-    sketch=None,
-    judge=None,
-    steps: int | None = None,
-    rounds: int | None = None,
-    chunks: int | None = None,
+    options: SynthOptions = SynthOptions(),
 ) -> Algorithm:
-    """Make an algorithm for ``collective`` on ``topology`` with the named method.
+    """Make an algorithm for ``collective`` on ``topology`` with the named method
+    (one of :data:`METHODS`).
 
-    ``size`` (bytes), ``sketch`` (a communication sketch, see
-    :mod:`taccl_py.synth.milp.sketch`) and ``judge`` (scores a candidate algorithm, e.g. by
-    simulation) only matter to the ``milp`` method; a sketch with another method is a
-    TacclError. ``steps``, ``rounds`` and ``chunks`` only matter to the ``smt`` method
-    (see :func:`smt_method`). ``time_limit`` (s) bounds the milp and smt searches,
-    ``progress`` (a callback ``(stage, elapsed, incumbent, gap)``) is told of their
-    solves.
+    A setting of ``options`` that does not apply to ``method`` is ignored, except a rank
+    ``order`` (ring only) and a ``sketch`` (milp only), which are TacclErrors.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> alg = synthesize(load_topology("dgx1"), Collective("allgather", 8), "ring")
+    >>> alg.num_ranks, alg.nchannels
+    (8, 6)
     """
     if collective.num_ranks != topology.num_ranks:
         raise TacclError(
             f"collective has {collective.num_ranks} ranks but topology "
             f"{topology.label} has {topology.num_ranks}"
         )
-    if order is not None and method != "ring":
+    o = options
+    if o.order is not None and method != "ring":
         raise TacclError("a rank order (--order) only applies to --method ring")
-    if sketch is not None and method != "milp":
+    if o.sketch is not None and method != "milp":
         raise TacclError("--sketch only applies to --method milp")
     if method == "ring":
-        return ring_algorithm(topology, collective, order=order)
+        return ring_algorithm(topology, collective, order=o.order)
     if method == "direct":
         return direct_algorithm(topology, collective)
     if method == "tree":
@@ -61,21 +85,21 @@ def synthesize(
         return staged_algorithm(
             topology,
             collective,
-            size=size,
-            time_limit=time_limit,
-            progress=progress,
-            sketch=sketch,
-            judge=judge,
+            size=o.size or DEFAULT_SIZE,
+            time_limit=o.time_limit,
+            progress=o.progress,
+            sketch=o.sketch,
+            judge=o.judge,
         )
     if method == "smt":
         return smt_method(
             topology,
             collective,
-            steps=steps,
-            rounds=rounds,
-            chunks=chunks,
-            time_limit=time_limit,
-            progress=progress,
+            steps=o.steps,
+            rounds=o.rounds,
+            chunks=o.chunks,
+            time_limit=o.time_limit,
+            progress=o.progress,
         )
     raise TacclError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
