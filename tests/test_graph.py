@@ -7,15 +7,17 @@ import math
 from collections import deque
 
 import networkx as nx
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taccl_py.synth.baselines.trees import _shortest
 from taccl_py.topology import graph as graph_module
 from taccl_py.topology.graph import (
+    adjacency,
     bfs_order,
     bfs_parents,
     distances,
+    distances_from,
     hop_matrix,
     route_tree,
     shortest_path,
@@ -48,6 +50,15 @@ def test_bfs_matches_networkx(edges, root, reverse):
     assert distances(edges, root, reverse=reverse) == dict(
         nx.single_source_shortest_path_length(g, root)
     )
+    # an adjacency built once answers the same
+    succ = adjacency(edges, reverse=reverse)
+    assert bfs_parents(succ, root) == parents
+    assert distances_from(succ, [root, 0])[root] == distances(edges, root, reverse=reverse)
+
+
+def test_adjacency_has_its_direction():
+    with pytest.raises(ValueError, match="reverse"):
+        distances(adjacency([(0, 1)]), 0, reverse=True)
 
 
 @settings(max_examples=200)
@@ -79,7 +90,7 @@ def test_hop_matrix_and_route_tree(topo):
 
 
 def _old_shortest(topology, src, dst, allowed):
-    """The hand-written search that trees._shortest replaced (kept to pin its tie-breaks)."""
+    """The hand-written search that the tree baseline used (kept to pin its tie-breaks)."""
     prev = {src: src}
     todo = deque([src])
     while todo:
@@ -103,6 +114,10 @@ def test_tree_relay_routes_unchanged(topo, data):
     src = data.draw(st.integers(0, n - 1))
     dst = data.draw(st.integers(0, n - 1))
     banned = data.draw(st.sets(st.integers(0, n - 1)))
-    assert _shortest(topo, src, dst, lambda x: x not in banned) == _old_shortest(
+    succ = adjacency(topo.connections)
+    assert shortest_path(succ, src, dst, through=lambda x: x not in banned) == _old_shortest(
         topo, src, dst, lambda x: x not in banned
+    )
+    assert shortest_path(topo.connections, src, dst) == _old_shortest(
+        topo, src, dst, lambda x: True
     )

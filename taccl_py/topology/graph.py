@@ -1,9 +1,10 @@
 """Graph questions on a topology: breadth-first search, hop counts, shortest routes.
 
-Graphs are given as directed edges ``(u, v)``, e.g. ``topology.connections`` (its keys)
-or a subset of them. One breadth-first search (:func:`bfs_parents`) answers every
-question; it visits a node's successors in the order the edges list them and keeps the
-first parent found, so results (and the plans built from them) are deterministic.
+A graph is given as directed edges ``(u, v)``, e.g. ``topology.connections`` (its keys)
+or a subset of them, or as their :func:`adjacency` (to search one graph many times).
+One breadth-first search answers every question; it visits a node's successors in the
+order the edges list them and keeps the first parent found, so results (and the plans
+built from them) are deterministic.
 
 >>> edges = [(0, 1), (0, 2), (1, 3), (2, 3)]
 >>> bfs_parents(edges, 0)
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from ..errors import TopologyError
 from .model import Topology
@@ -26,63 +28,124 @@ from .model import Topology
 Edge = tuple[int, int]
 
 
-def bfs_parents(
-    edges: Iterable[Edge], root: int, *, reverse: bool = False
-) -> dict[int, int | None]:
-    """The breadth-first search tree from ``root`` over ``edges`` (against their direction
-    with ``reverse``): every reached node's parent, ``root``'s None, in visiting order.
+@dataclass(frozen=True)
+class Adjacency:
+    """A graph's successor lists, in the order searches visit them: built once by
+    :func:`adjacency` to search one graph many times."""
 
-    >>> bfs_parents([(2, 1), (1, 0), (2, 0)], 0, reverse=True)
-    {0: None, 1: 0, 2: 0}
+    succ: dict[int, list[int]]
+
+
+#: a graph: its edges, or their adjacency
+Graph = Iterable[Edge] | Adjacency
+
+
+def adjacency(edges: Iterable[Edge], *, reverse: bool = False) -> Adjacency:
+    """Each node's successors (its predecessors with ``reverse``) in the order of ``edges``.
+
+    >>> adjacency([(0, 2), (0, 1), (1, 2)], reverse=True)
+    Adjacency(succ={2: [0, 1], 1: [0]})
     """
-    adjacent: dict[int, list[int]] = {}
+    out: dict[int, list[int]] = {}
     for u, v in edges:
         if reverse:
             u, v = v, u
-        adjacent.setdefault(u, []).append(v)
+        out.setdefault(u, []).append(v)
+    return Adjacency(out)
+
+
+def _successors(graph: Graph, reverse: bool) -> dict[int, list[int]]:
+    if not isinstance(graph, Adjacency):
+        return adjacency(graph, reverse=reverse).succ
+    if reverse:
+        raise ValueError("reverse needs edges, not an adjacency")
+    return graph.succ
+
+
+def _search(
+    succ: dict[int, list[int]],
+    root: int,
+    through: Callable[[int], bool] | None = None,
+    until: int | None = None,
+) -> dict[int, int | None]:
+    """The breadth-first search: first-found parents in visiting order, entering only
+    nodes that pass ``through`` (``until`` always), stopping once ``until`` is found."""
     parent: dict[int, int | None] = {root: None}
     todo = deque([root])
     while todo:
         u = todo.popleft()
-        for v in adjacent.get(u, ()):
-            if v not in parent:
+        for v in succ.get(u, ()):
+            if v not in parent and (through is None or v == until or through(v)):
                 parent[v] = u
+                if v == until:
+                    return parent
                 todo.append(v)
     return parent
 
 
-def bfs_order(edges: Iterable[Edge], root: int, *, reverse: bool = False) -> list[int]:
+def _hops(parent: dict[int, int | None]) -> dict[int, int]:
+    """Depths in a search tree given as parents in visiting order."""
+    hops: dict[int, int] = {}
+    for v, u in parent.items():
+        hops[v] = 0 if u is None else hops[u] + 1
+    return hops
+
+
+def bfs_parents(graph: Graph, root: int, *, reverse: bool = False) -> dict[int, int | None]:
+    """The breadth-first search tree from ``root`` over ``graph`` (against its edges with
+    ``reverse``): every reached node's parent, ``root``'s None, in visiting order.
+
+    >>> bfs_parents([(2, 1), (1, 0), (2, 0)], 0, reverse=True)
+    {0: None, 1: 0, 2: 0}
+    """
+    return _search(_successors(graph, reverse), root)
+
+
+def bfs_order(graph: Graph, root: int, *, reverse: bool = False) -> list[int]:
     """The nodes reached from ``root`` in breadth-first order (see :func:`bfs_parents`).
 
     >>> bfs_order([(0, 2), (0, 1), (1, 3)], 0)
     [0, 2, 1, 3]
     """
-    return list(bfs_parents(edges, root, reverse=reverse))
+    return list(bfs_parents(graph, root, reverse=reverse))
 
 
-def distances(edges: Iterable[Edge], root: int, *, reverse: bool = False) -> dict[int, int]:
-    """Fewest hops from ``root`` to every node it reaches over ``edges`` (from every node
+def distances(graph: Graph, root: int, *, reverse: bool = False) -> dict[int, int]:
+    """Fewest hops from ``root`` to every node it reaches over ``graph`` (from every node
     that reaches ``root`` with ``reverse``), in breadth-first order; others are absent.
 
     >>> distances([(0, 1), (1, 2), (3, 0)], 0)
     {0: 0, 1: 1, 2: 2}
     """
-    hops: dict[int, int] = {}
-    for v, u in bfs_parents(edges, root, reverse=reverse).items():
-        hops[v] = 0 if u is None else hops[u] + 1
-    return hops
+    return _hops(bfs_parents(graph, root, reverse=reverse))
 
 
-def shortest_path(edges: Iterable[Edge], src: int, dst: int) -> tuple[int, ...] | None:
-    """The fewest-hop path ``src`` -> ``dst`` over ``edges`` that breadth-first search
-    finds first (None if there is none).
+def distances_from(
+    graph: Graph, roots: Iterable[int], *, reverse: bool = False
+) -> dict[int, dict[int, int]]:
+    """:func:`distances` from each of ``roots``.
+
+    >>> distances_from([(0, 1), (1, 2)], [0, 2])
+    {0: {0: 0, 1: 1, 2: 2}, 2: {2: 0}}
+    """
+    succ = _successors(graph, reverse)
+    return {root: _hops(_search(succ, root)) for root in roots}
+
+
+def shortest_path(
+    graph: Graph, src: int, dst: int, *, through: Callable[[int], bool] | None = None
+) -> tuple[int, ...] | None:
+    """The fewest-hop path ``src`` -> ``dst`` over ``graph`` that breadth-first search
+    finds first, its intermediate nodes all passing ``through`` (None if there is none).
 
     >>> shortest_path([(0, 1), (1, 2), (0, 3), (3, 2)], 0, 2)
     (0, 1, 2)
+    >>> shortest_path([(0, 1), (1, 2), (0, 3), (3, 2)], 0, 2, through=lambda v: v != 1)
+    (0, 3, 2)
     >>> shortest_path([(0, 1)], 1, 0) is None
     True
     """
-    parent = bfs_parents(edges, src)
+    parent = _search(_successors(graph, False), src, through, dst)
     if dst not in parent:
         return None
     path = [dst]
@@ -102,9 +165,9 @@ def hop_matrix(topology: Topology) -> list[list[float]]:
     """
     n = topology.num_ranks
     out: list[list[float]] = []
-    for src in range(n):
+    for reached in distances_from(topology.connections, range(n)).values():
         row: list[float] = [math.inf] * n
-        for v, hops in distances(topology.connections, src).items():
+        for v, hops in reached.items():
             row[v] = hops
         out.append(row)
     return out

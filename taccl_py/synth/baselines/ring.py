@@ -39,8 +39,8 @@ def _ps(alpha: float) -> int:
 
 def _connected(adjacent: np.ndarray) -> bool:
     """Whether the graph of boolean matrix ``adjacent`` is connected, ignoring direction."""
-    edges = [(int(u), int(v)) for u, v in np.argwhere(adjacent | adjacent.T)]
-    return len(distances(edges, 0)) == len(adjacent)
+    us, vs = np.nonzero(adjacent | adjacent.T)
+    return len(distances(zip(us.tolist(), vs.tolist()), 0)) == len(adjacent)
 
 
 class _NodePaths:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from ...collectives import ALLREDUCE, Collective
 from ...errors import TacclError, TopologyError
 from ...ir.algorithm import Algorithm, Transfer
-from ...topology.graph import bfs_order, shortest_path
+from ...topology.graph import adjacency, bfs_order, shortest_path
 from ...topology.model import Topology
 from ..checks import require_ranks
 from .ring import find_rings
@@ -46,16 +46,11 @@ def btree_parent(n: int, pos: int) -> int:
     return up if up < n else pos ^ bit
 
 
-def _shortest(topology: Topology, src: int, dst: int, allowed) -> tuple[int, ...] | None:
-    """Fewest-hop route src -> dst whose intermediate ranks all satisfy ``allowed``."""
-    edges = [(u, v) for u, v in topology.connections if v == dst or allowed(v)]
-    return shortest_path(edges, src, dst)
-
-
 def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int, int, bool]]:
     """(step, src, dst, reduce) of one chunk: reduce up rank tree ``parent``, then broadcast."""
     n = len(parent)
     root = parent.index(-1)
+    succ = adjacency(topology.connections)
     children: dict[int, list[int]] = {r: [] for r in range(n)}
     for r, p in enumerate(parent):
         if p >= 0:
@@ -84,9 +79,12 @@ def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int,
         for at, r in ready:
             p = parent[r]
             banned = ancestors(p)
-            route = _shortest(
-                topology, r, p, lambda x, banned=banned: x in sent and x not in banned
-            )
+
+            def relay(x: int, banned: set[int] = banned) -> bool:
+                """A rank that has sent its own partial, outside ``p``'s ancestry."""
+                return x in sent and x not in banned
+
+            route = shortest_path(succ, r, p, through=relay)
             if route is None:
                 continue
             step = at
@@ -112,7 +110,7 @@ def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int,
         if r == root:
             continue
         p = parent[r]
-        route = _shortest(topology, p, r, lambda x: True)
+        route = shortest_path(succ, p, r)
         if route is None:
             raise TopologyError(f"{topology.label}: rank {p} cannot reach rank {r}")
         step = have[p]

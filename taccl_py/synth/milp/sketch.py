@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import SketchError, TacclError, TopologyError
-from ...topology.graph import distances
+from ...topology.graph import distances_from
 from ...topology.loader import MAX_FILE_BYTES, _builtin_dir, parse_yaml
 from ...topology.model import RAIL_ONLY, Topology
 from ...topology.schema import GPU_ID, GPU_LIST, Problems, make_validator, schema_problems
@@ -366,7 +366,7 @@ class _Resolver:
         if not pairs:
             return
         intra = [(u, v) for u, v in self.topo.connections if u < self.n and v < self.n]
-        reach = {g: distances(intra, g) for g in range(self.n)}  # GPU -> GPUs it reaches
+        reach = distances_from(intra, range(self.n))  # GPU -> GPUs it reaches
         carriers: dict[int, list[int]] = {g: [] for g in range(self.n)}
         for r, data in relays.items():
             for g in data:
