@@ -1895,10 +1895,11 @@ def test_fuzzed_nvidia_smi_imports():
                     v,
                 )
             x = outd / "x.xml"
-            y = invoke(
+            y = invoke(  # up to 300 GPUs: the ring and NCCL's model of it take ~20 s
                 ["synthesize", "-m", "ring", "-t", out_yaml, "-c", "allgather", "-o", x],
                 work,
                 stats=col,
+                timeout=4 * CASE_TIMEOUT,
             )
             col.check("synthesize -t imported", label, problems(y), y)
             if y.code == 0:

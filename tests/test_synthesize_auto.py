@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from taccl_py.analysis.nccl_model import nccl_best
 from taccl_py.analysis.simulate import simulate
-from taccl_py.cli import _span, main
+from taccl_py.cli import main
+from taccl_py.cli.synthesize import _span
 from taccl_py.plan.runtimes import RUNTIMES, selects, size_range
 from taccl_py.plan.xml import parse_plan
 from taccl_py.topology.loader import load_topology
