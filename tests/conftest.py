@@ -13,6 +13,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+#: scripts that tests run as subprocesses: not test modules, and not imported for doctests
+collect_ignore = ["mpi_dead_rank.py", "torch_worker.py", "torch_layout_worker.py"]
+
 _COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("taccl", derandomize=True, database=None, **_COMMON)
 settings.register_profile("explore", **_COMMON)

@@ -1,4 +1,4 @@
-"""Lowering: algorithm IR -> MSCCL plan (``specs/msccl-xml.md``).
+"""Lowering: algorithm IR -> MSCCL plan.
 
 The pipeline: check the IR; follow every value it creates (:mod:`.buffers`); give each
 rank threadblocks and order and fuse their ops (:mod:`.threadblocks`); place values in

@@ -1,6 +1,6 @@
 """The plan object between lowering and runtime: an MSCCL XML algorithm in memory.
 
-Field names follow the XML (``specs/msccl-xml.md``). Offsets and counts are in chunks.
+Field names follow MSCCL's XML, as msccl-tools writes it. Offsets and counts are in chunks.
 """
 
 from __future__ import annotations

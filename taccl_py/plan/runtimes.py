@@ -1,4 +1,4 @@
-"""What each MSCCL runtime loads and selects (``specs/msccl-runtimes.md``).
+"""What each MSCCL runtime loads and selects, as read from their XML parsers.
 
 Two runtimes load our plans, each with its own loader, read from their sources:
 

@@ -1,4 +1,4 @@
-"""Plan verification (``specs/msccl-xml.md``, "What a correct plan means").
+"""Plan verification: what a correct MSCCL plan means, checked at the data level.
 
 :func:`check_limits` checks the XML format and the limits of the loosest MSCCL runtime
 (:class:`PlanError`; :func:`~taccl_py.plan.runtimes.check_runtime` has each runtime's

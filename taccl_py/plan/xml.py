@@ -1,4 +1,4 @@
-"""MSCCL XML text <-> :class:`Plan` (``specs/msccl-xml.md``, the "old format").
+"""MSCCL XML text <-> :class:`Plan` (the format msccl-tools writes and MSCCL loads).
 
 :func:`plan_to_xml` writes every attribute the executors want, in a fixed order.
 :func:`parse_plan` also reads plans written by msccl-tools / SCCL: optional attributes may

@@ -1,4 +1,4 @@
-"""Combining collectives from a synthesized AllGather (``specs/method.md``).
+"""Combining collectives from a synthesized AllGather (TACCL's reversal and concatenation).
 
 * ReduceScatter = the AllGather reversed: every send u->v of chunk c at [start, end]
   becomes a reducing send v->u at [T - end, T - start] (T the AllGather's makespan). A
