@@ -9,6 +9,13 @@ belongs to block ``c // chunkup``:
 * ReduceScatter(N): block r is reduced over all ranks' inputs and ends on rank r.
 * AllReduce(N): block x is reduced over all ranks' inputs and ends on every rank.
 
+The rooted collectives have a ``root`` and also cut their buffers into N blocks:
+
+* Broadcast(N, root): block x starts on the root and must reach every rank.
+* Reduce(N, root): block x is reduced over all ranks' inputs and ends on the root.
+* Gather(N, root): block r is rank r's input; it must reach the root (output slot r).
+* Scatter(N, root): block r starts on the root (input slot r) and must reach rank r.
+
 A *contribution* is ``(rank, input_index)``: one rank's input chunk. A chunk's value is
 the set of contributions it holds (a reduction is a disjoint union).
 """
@@ -24,7 +31,15 @@ ALLGATHER = "allgather"
 ALLTOALL = "alltoall"
 REDUCESCATTER = "reducescatter"
 ALLREDUCE = "allreduce"
+BROADCAST = "broadcast"
+REDUCE = "reduce"
+GATHER = "gather"
+SCATTER = "scatter"
+#: the collectives every rank takes part in alike
 KINDS = (ALLGATHER, ALLTOALL, REDUCESCATTER, ALLREDUCE)
+#: the collectives with a root
+ROOTED_KINDS = (BROADCAST, REDUCE, GATHER, SCATTER)
+ALL_KINDS = KINDS + ROOTED_KINDS
 
 #: accepted spellings -> canonical kind (MSCCL XML uses "reduce_scatter")
 _ALIASES = {
@@ -40,6 +55,11 @@ _ALIASES = {
     "allreduce": ALLREDUCE,
     "all_reduce": ALLREDUCE,
     "ar": ALLREDUCE,
+    "broadcast": BROADCAST,
+    "bcast": BROADCAST,
+    "reduce": REDUCE,
+    "gather": GATHER,
+    "scatter": SCATTER,
 }
 #: canonical kind -> the ``coll`` attribute MSCCL runtimes expect
 XML_NAMES = {
@@ -47,6 +67,10 @@ XML_NAMES = {
     ALLTOALL: "alltoall",
     REDUCESCATTER: "reduce_scatter",
     ALLREDUCE: "allreduce",
+    BROADCAST: "broadcast",
+    REDUCE: "reduce",
+    GATHER: "gather",
+    SCATTER: "scatter",
 }
 
 Contribution = tuple[int, int]
@@ -60,7 +84,7 @@ def canonical_kind(name: str) -> str:
     """
     kind = _ALIASES.get(name.strip().lower().replace("-", "_"))
     if kind is None:
-        raise CollectiveError(f"unknown collective {name!r}; choose one of {', '.join(KINDS)}")
+        raise CollectiveError(f"unknown collective {name!r}; choose one of {', '.join(ALL_KINDS)}")
     return kind
 
 
@@ -77,17 +101,30 @@ class Collective:
     ('alltoall', 4, 8, 4)
     >>> c.precondition(5), c.postcondition(5), c.input_index(1, 5), c.output_index(0, 5)
     ((1,), (0,), 1, 3)
+
+    A rooted collective names its root (0 by default; other collectives have root 0):
+
+    >>> g = Collective("gather", 4, root=2)
+    >>> g.precondition(1), g.postcondition(1), g.output_index(2, 1), g.output_index(1, 1)
+    ((1,), (2,), 1, None)
     """
 
     kind: str
     num_ranks: int
     chunkup: int = 1
     inplace: bool = False
+    root: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", canonical_kind(self.kind))
         if self.num_ranks < 1:
             raise CollectiveError(f"a collective needs at least 1 rank, got {self.num_ranks}")
+        if self.root != 0 and not self.rooted:
+            raise CollectiveError(f"{self.kind} has no root (got root {self.root})")
+        if not 0 <= self.root < self.num_ranks:
+            raise CollectiveError(
+                f"root {self.root} is not a rank of {self.num_ranks} (0..{self.num_ranks - 1})"
+            )
         if self.chunkup < 1:
             raise CollectiveError(f"chunk-up must be >= 1, got {self.chunkup}")
         if self.num_chunks > MAX_CHUNKS:
@@ -99,7 +136,20 @@ class Collective:
     # -- sizes ---------------------------------------------------------------
     @property
     def reducing(self) -> bool:
-        return self.kind in (REDUCESCATTER, ALLREDUCE)
+        return self.kind in (REDUCESCATTER, ALLREDUCE, REDUCE)
+
+    @property
+    def rooted(self) -> bool:
+        return self.kind in ROOTED_KINDS
+
+    @property
+    def label(self) -> str:
+        """The kind, with the root for a rooted collective.
+
+        >>> Collective("reduce", 4, root=3).label, Collective("allreduce", 4).label
+        ('reduce-root3', 'allreduce')
+        """
+        return f"{self.kind}-root{self.root}" if self.rooted else self.kind
 
     @property
     def num_blocks(self) -> int:
@@ -117,51 +167,60 @@ class Collective:
 
     @property
     def i_chunks(self) -> int:
-        return self.chunkup if self.kind == ALLGATHER else self.nchunksperloop
+        return self.chunkup if self.kind in (ALLGATHER, GATHER) else self.nchunksperloop
 
     @property
     def o_chunks(self) -> int:
-        return self.chunkup if self.kind == REDUCESCATTER else self.nchunksperloop
+        return self.chunkup if self.kind in (REDUCESCATTER, SCATTER) else self.nchunksperloop
 
     def chunk_bytes(self, size: int) -> float:
-        """Bytes per chunk for an nccl-tests ``size`` (AG output, A2A/AR buffer, RS input)."""
+        """Bytes per chunk for an nccl-tests ``size`` (AG/gather output, A2A/AR/broadcast/
+        reduce buffer, RS/scatter input)."""
         return size / self.nchunksperloop
 
     # -- chunk semantics -----------------------------------------------------
     def precondition(self, chunk: int) -> tuple[int, ...]:
         """Ranks holding an input contribution to ``chunk`` at the start."""
         block = chunk // self.chunkup
-        if self.kind == ALLGATHER:
+        if self.kind in (ALLGATHER, GATHER):
             return (block,)
         if self.kind == ALLTOALL:
             return (block // self.num_ranks,)
+        if self.kind in (BROADCAST, SCATTER):
+            return (self.root,)
         return tuple(range(self.num_ranks))
 
     def postcondition(self, chunk: int) -> tuple[int, ...]:
         """Ranks that must hold the finished ``chunk`` at the end."""
         block = chunk // self.chunkup
-        if self.kind in (ALLGATHER, ALLREDUCE):
+        if self.kind in (ALLGATHER, ALLREDUCE, BROADCAST):
             return tuple(range(self.num_ranks))
         if self.kind == ALLTOALL:
             return (block % self.num_ranks,)
+        if self.kind in (REDUCE, GATHER):
+            return (self.root,)
         return (block,)
 
     def holds_input(self, rank: int, chunk: int) -> bool:
         """Whether ``rank`` is in ``precondition(chunk)`` (in O(1))."""
         block = chunk // self.chunkup
-        if self.kind == ALLGATHER:
+        if self.kind in (ALLGATHER, GATHER):
             return rank == block
         if self.kind == ALLTOALL:
             return rank == block // self.num_ranks
+        if self.kind in (BROADCAST, SCATTER):
+            return rank == self.root
         return 0 <= rank < self.num_ranks
 
     def needs_output(self, rank: int, chunk: int) -> bool:
         """Whether ``rank`` is in ``postcondition(chunk)`` (in O(1))."""
         block = chunk // self.chunkup
-        if self.kind in (ALLGATHER, ALLREDUCE):
+        if self.kind in (ALLGATHER, ALLREDUCE, BROADCAST):
             return 0 <= rank < self.num_ranks
         if self.kind == ALLTOALL:
             return rank == block % self.num_ranks
+        if self.kind in (REDUCE, GATHER):
+            return rank == self.root
         return rank == block
 
     def input_index(self, rank: int, chunk: int) -> int | None:
@@ -173,7 +232,7 @@ class Collective:
     def _input_slot(self, chunk: int) -> int:
         """:meth:`input_index` of ``chunk`` on a rank in ``precondition(chunk)``."""
         block, j = divmod(chunk, self.chunkup)
-        if self.kind == ALLGATHER:
+        if self.kind in (ALLGATHER, GATHER):
             return j
         if self.kind == ALLTOALL:
             return (block % self.num_ranks) * self.chunkup + j
@@ -190,7 +249,7 @@ class Collective:
         block, j = divmod(chunk, self.chunkup)
         if self.kind == ALLTOALL:
             return (block // self.num_ranks) * self.chunkup + j
-        if self.kind == REDUCESCATTER:
+        if self.kind in (REDUCESCATTER, SCATTER):
             return j
         return chunk
 
@@ -222,21 +281,26 @@ class Collective:
         }
 
     def inplace_output(self, rank: int, out_index: int) -> tuple[str, int]:
-        """Where output chunk ``out_index`` lives when the collective runs in place."""
-        if self.kind == ALLGATHER:
+        """Where output chunk ``out_index`` lives when the collective runs in place
+        (gather and scatter as MSCCL's runtimes lay them out: like AllGather and
+        ReduceScatter)."""
+        if self.kind in (ALLGATHER, GATHER):
             return ("o", out_index)
-        if self.kind == REDUCESCATTER:
+        if self.kind in (REDUCESCATTER, SCATTER):
             return ("i", rank * self.chunkup + out_index)
         return ("i", out_index)
 
     def inplace_input(self, rank: int, in_index: int) -> tuple[str, int]:
         """Where input chunk ``in_index`` lives when the collective runs in place."""
-        if self.kind == ALLGATHER:
+        if self.kind in (ALLGATHER, GATHER):
             return ("o", rank * self.chunkup + in_index)
         return ("i", in_index)
 
     def with_chunkup(self, chunkup: int) -> Collective:
-        return Collective(self.kind, self.num_ranks, chunkup, self.inplace)
+        return Collective(self.kind, self.num_ranks, chunkup, self.inplace, self.root)
+
+    def with_root(self, root: int) -> Collective:
+        return Collective(self.kind, self.num_ranks, self.chunkup, self.inplace, root)
 
     def refine(self, chunk: int, instances: int, instance: int) -> int:
         """Chunk id of sub-chunk ``instance`` of ``chunk`` under ``with_chunkup(k*instances)``."""

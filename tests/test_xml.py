@@ -146,8 +146,8 @@ def test_inplace_defaults_outofplace():
         (lambda t: t.replace("</algo>", "</alg>"), ["malformed XML"]),
         (lambda t: t.replace(' ngpus="2"', ""), ["algo", "'ngpus'"]),
         (
-            lambda t: t.replace('coll="allgather"', 'coll="broadcast"'),
-            ["algo", "'coll'", "broadcast"],
+            lambda t: t.replace('coll="allgather"', 'coll="multicast"'),
+            ["algo", "'coll'", "multicast"],
         ),
         (lambda t: t.replace('inplace="0"', 'inplace="no"'), ["algo", "'inplace'", "'no'"]),
         (lambda t: t.replace('<gpu id="1" i_chunks="1"', '<gpu id="1"'), ["gpu 1", "'i_chunks'"]),

@@ -154,6 +154,7 @@ class Algorithm:
                 "num_ranks": coll.num_ranks,
                 "chunkup": coll.chunkup,
                 "inplace": coll.inplace,
+                **({"root": coll.root} if coll.rooted else {}),
             },
             "meta": self.meta,
             "transfers": [asdict(t) for t in self.transfers],

@@ -92,7 +92,7 @@ def lower(
         )
     coll = alg.collective
     if options.inplace is not None and options.inplace != coll.inplace:
-        inplace = Collective(coll.kind, coll.num_ranks, coll.chunkup, options.inplace)
+        inplace = Collective(coll.kind, coll.num_ranks, coll.chunkup, options.inplace, coll.root)
         alg = replace(alg, collective=inplace)
     alg.check()
     instances = options.instances
@@ -116,6 +116,7 @@ def lower(
             proto=options.proto,
             min_bytes=lo,
             max_bytes=hi,
+            root=alg.collective.root,
         ),
         topology,
         rules,

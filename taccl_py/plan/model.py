@@ -70,6 +70,9 @@ class Plan:
     max_bytes: int = 0
     redop: str = "nop"
     gpus: list[GpuPlan] = field(default_factory=list)
+    #: the root of a rooted collective (written as our own ``root`` attribute, which
+    #: neither MSCCL runtime reads: they select a rooted plan for calls with any root)
+    root: int = 0
     #: the file it was read from (None: built in memory); not part of equality
     source: XmlSource | None = field(default=None, compare=False, repr=False)
 
@@ -77,7 +80,7 @@ class Plan:
         """The collective this plan claims to implement (chunk-up from nchunksperloop)."""
         kind = canonical_kind(self.coll)
         chunkup = max(1, self.nchunksperloop // max(1, self.ngpus))
-        return Collective(kind, self.ngpus, chunkup, self.inplace)
+        return Collective(kind, self.ngpus, chunkup, self.inplace, self.root)
 
     def buffer_size(self, gpu: GpuPlan, buf: str) -> int:
         return {"i": gpu.i_chunks, "o": gpu.o_chunks, "s": gpu.s_chunks}.get(buf, 0)

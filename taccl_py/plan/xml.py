@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import cast
 from xml.sax.saxutils import quoteattr
 
-from ..collectives import canonical_kind
+from ..collectives import ROOTED_KINDS, canonical_kind
 from ..errors import CollectiveError, PlanError
 from ..util.fileio import atomic_write_text, display_path, read_input
 from .model import GpuPlan, Plan, Step, Threadblock, XmlSource
@@ -68,6 +68,7 @@ def plan_to_xml(plan: Plan, runtime: str = DEFAULT_RUNTIME) -> str:
                 ("minBytes", plan.min_bytes),
                 ("maxBytes", plan.max_bytes),
                 ("redop", plan.redop),
+                *([("root", plan.root)] if canonical_kind(plan.coll) in ROOTED_KINDS else []),
             ],
             empty=not plan.gpus,
         )
@@ -277,8 +278,11 @@ class _Reader:
                 f"ngpus x nchunksperloop = {ngpus * per_loop} chunks, over "
                 f"the limit of {MAX_TOTAL_CHUNKS}",
             )
+        rank = 0
+        if coll in ROOTED_KINDS:
+            rank = self.int_attr(root, el, "root", 0, (0, max(0, ngpus - 1)))
         gpus = [self.gpu(g) for g in self.children(root, el, "gpu")]
-        reducing = coll in ("reducescatter", "allreduce")
+        reducing = coll in ("reducescatter", "allreduce", "reduce")
         chans = [tb.chan for g in gpus for tb in g.tbs]
         return Plan(
             name=self.str_attr(root, el, "name", self.default_name),
@@ -294,6 +298,7 @@ class _Reader:
             redop=self.str_attr(root, el, "redop", "sum" if reducing else "nop"),
             gpus=gpus,
             source=XmlSource(coll_name, frozenset(self.absent)),
+            root=rank,
         )
 
     def gpu(self, el_: ET.Element) -> GpuPlan:
