@@ -7,7 +7,17 @@ a relay always forwards at a later step than it received.
 
 from __future__ import annotations
 
-from ...collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
+from ...collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    REDUCESCATTER,
+    SCATTER,
+    Collective,
+)
 from ...ir.algorithm import Algorithm, Transfer
 from ...topology.graph import route_tree
 from ...topology.model import Topology
@@ -23,9 +33,13 @@ def direct_algorithm(topology: Topology, collective: Collective) -> Algorithm:
       reduces what it receives into its own contribution and forwards the partial sum once,
       after all its subtree has arrived, so every contribution is counted exactly once.
     * AllReduce: that ReduceScatter, then that AllGather of the reduced blocks.
+    * Broadcast / Reduce: every chunk down the root's out-tree / up its in-tree (reducing).
+    * Gather / Scatter: each rank's block along its route to / from the root.
     """
     require_ranks(topology, collective)
     n, k, kind = collective.num_ranks, collective.chunkup, collective.kind
+    if collective.rooted:
+        return Algorithm("direct", collective, _rooted(topology, collective), topology.label)
     transfers: list[Transfer] = []
     offset = 0
     if kind in (REDUCESCATTER, ALLREDUCE):
@@ -56,3 +70,39 @@ def direct_algorithm(topology: Topology, collective: Collective) -> Algorithm:
                         for j in range(k)
                     ]
     return Algorithm("direct", collective, transfers, topology.label)
+
+
+def _rooted(topology: Topology, collective: Collective) -> list[Transfer]:
+    """The direct transfers of a rooted collective (see :func:`direct_algorithm`)."""
+    kind, root, k, nchunks = (
+        collective.kind,
+        collective.root,
+        collective.chunkup,
+        collective.num_chunks,
+    )
+    transfers: list[Transfer] = []
+    if kind in (BROADCAST, SCATTER):
+        for d, route in route_tree(topology, root).items():
+            chunks = range(nchunks) if kind == BROADCAST else range(d * k, (d + 1) * k)
+            hops = [len(route) - 2] if kind == BROADCAST else range(len(route) - 1)
+            for hop in hops if len(route) > 1 else ():
+                transfers += [Transfer(hop, 0.0, route[hop], route[hop + 1], c) for c in chunks]
+    else:
+        tree = route_tree(topology, root, toward=True)
+        depth = max(len(route) - 1 for route in tree.values())
+        for s, route in tree.items():
+            if len(route) < 2:
+                continue
+            if kind == REDUCE:  # once all of s's subtree has reduced into it
+                step = depth - (len(route) - 1)
+                transfers += [
+                    Transfer(step, 0.0, route[0], route[1], c, True) for c in range(nchunks)
+                ]
+            else:
+                assert kind == GATHER
+                for hop in range(len(route) - 1):
+                    transfers += [
+                        Transfer(hop, 0.0, route[hop], route[hop + 1], c)
+                        for c in range(s * k, (s + 1) * k)
+                    ]
+    return transfers
