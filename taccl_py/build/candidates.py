@@ -28,7 +28,17 @@ from dataclasses import dataclass, field
 
 from ..analysis.nccl_model import reusable_plans
 from ..analysis.simulate import simulate
-from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
+from ..collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    ROOTED_KINDS,
+    SCATTER,
+    Collective,
+)
 from ..errors import SketchError, TacclError
 from ..ir.algorithm import Algorithm
 from ..lowering.lower import LowerOptions, lower
@@ -45,18 +55,24 @@ PROTOCOLS = ("Simple", "LL", "LL128")
 #: the smt method is tried up to this many ranks (one node), within SMT_TIME_LIMIT seconds
 SMT_MAX_RANKS = 8
 SMT_TIME_LIMIT = 10.0
+#: the collectives the smt method is tried for
+SMT_KINDS = (ALLGATHER, ALLTOALL, BROADCAST, REDUCE, GATHER, SCATTER)
 #: every method, in the order candidates are built and reported
 ALL_METHODS = ("milp", "smt", "ring", "tree", "direct")
 
 
 def is_nccl_algorithm(method: str, kind: str) -> bool:
     """Whether ``method`` is what NCCL itself runs for ``kind`` (its ring for AllGather,
-    ReduceScatter and AllReduce, its tree for AllReduce, point-to-point for AllToAll).
+    ReduceScatter, AllReduce, Broadcast and Reduce, its tree for AllReduce, point-to-point
+    for AllToAll, and for Gather and Scatter, which torch's NCCL backend runs as grouped
+    sends and receives).
 
     >>> is_nccl_algorithm("ring", "allgather"), is_nccl_algorithm("direct", "allgather")
     (True, False)
+    >>> is_nccl_algorithm("direct", "gather"), is_nccl_algorithm("ring", "broadcast")
+    (True, True)
     """
-    if kind == ALLTOALL:
+    if kind in (ALLTOALL, GATHER, SCATTER):
         return method == "direct"
     return method == "ring" or (method == "tree" and kind == ALLREDUCE)
 
@@ -141,11 +157,7 @@ def _makers(topology: Topology, coll: Collective, method: str, options: Candidat
             for size in sorted(set(options.sizes))
         ]
     if method == "smt":
-        if (
-            coll.kind not in (ALLGATHER, ALLTOALL)
-            or topology.num_ranks > SMT_MAX_RANKS
-            or topology.nodes > 1
-        ):
+        if coll.kind not in SMT_KINDS or topology.num_ranks > SMT_MAX_RANKS or topology.nodes > 1:
             return []
         return [
             (
@@ -161,7 +173,7 @@ def _makers(topology: Topology, coll: Collective, method: str, options: Candidat
                 ),
             )
         ]
-    if method == "tree" and coll.kind != ALLREDUCE:
+    if method == "tree" and coll.kind != ALLREDUCE and coll.kind not in ROOTED_KINDS:
         return []
     return [(method, lambda: synthesize(topology, coll, method))]
 
@@ -190,7 +202,7 @@ def _milp(topology: Topology, coll: Collective, size: int, options: CandidateOpt
 
 
 def _lower(alg: Algorithm, topology: Topology, options: CandidateOptions, label: str) -> Plan:
-    name = f"{topology.label}-{alg.collective.kind}-{label}"
+    name = f"{topology.label}-{alg.collective.label}-{label}"
     return lower(alg, topology, dataclasses.replace(_lowering(options), name=name))
 
 

@@ -66,7 +66,7 @@ def build_plan(
     options = synth if synth is not None else SynthOptions()
     lowering = lower if lower is not None else LowerOptions()
     if lowering.name is None:
-        lowering = replace(lowering, name=f"{topology.label}-{collective.kind}-{method}")
+        lowering = replace(lowering, name=f"{topology.label}-{collective.label}-{method}")
     if method != "milp":
         alg = synthesize(topology, collective, method, options)
         alg.size = options.size

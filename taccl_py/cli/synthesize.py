@@ -72,8 +72,24 @@ def _span(ctx, param, value):
     "-c",
     required=True,
     type=click.Choice(
-        ["allgather", "alltoall", "reducescatter", "allreduce"], case_sensitive=False
+        [
+            "allgather",
+            "alltoall",
+            "reducescatter",
+            "allreduce",
+            "broadcast",
+            "reduce",
+            "gather",
+            "scatter",
+        ],
+        case_sensitive=False,
     ),
+)
+@click.option(
+    "--root",
+    "-r",
+    type=click.IntRange(0),
+    help="root rank of broadcast, reduce, gather, scatter  [default: 0]",
 )
 @click.option(
     "--method",
@@ -181,7 +197,7 @@ def _span(ctx, param, value):
 def synthesize(**kw) -> None:
     """Synthesize a plan (or a plan library), verify it at the data level, write MSCCL XML
     and compare it with NCCL (a model of NCCL from its tuning code)."""
-    from ..collectives import Collective
+    from ..collectives import ROOTED_KINDS, Collective
     from ..topology.loader import load_topology
 
     o = _SynthesizeArgs(**kw)
@@ -194,7 +210,9 @@ def synthesize(**kw) -> None:
             raise TacclError("--sketch only applies to --method milp (or auto)")
         sketch = _load_sketch(o.sketch_name, topo)
     size = o.size or (sketch.size if sketch is not None else 1 << 20)
-    coll = Collective(o.collective, topo.num_ranks, o.chunkup, o.inplace)
+    if o.root is not None and o.collective.lower() not in ROOTED_KINDS:
+        raise TacclError(f"--root only applies to {', '.join(ROOTED_KINDS)}")
+    coll = Collective(o.collective, topo.num_ranks, o.chunkup, o.inplace, o.root or 0)
     if o.method != "smt" and any(v is not None for v in (o.steps, o.rounds, o.chunks)):
         raise TacclError("--steps/--rounds/--chunks only apply to --method smt")
     if o.order is not None and o.method != "ring":
@@ -225,6 +243,7 @@ class _SynthesizeArgs:
     topology_name: str
     nodes: int
     collective: str
+    root: int | None
     method: str
     time_limit: float
     chunkup: int
@@ -270,7 +289,7 @@ def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
     from ..plan.xml import plan_to_xml
     from ..util.fileio import check_outputs, write_outputs
 
-    output = o.output if o.output is not None else f"{topo.label}-{coll.kind}.xml"
+    output = o.output if o.output is not None else f"{topo.label}-{coll.label}.xml"
     check_outputs([output, o.ir_path])
     found = build_candidates(topo, coll, _candidate_options(o, (size,), sketch))
     pick = pick_plan(topo, coll, found, size, (o.proto,) if o.proto else PROTOCOLS)
@@ -283,7 +302,7 @@ def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
     else:  # NCCL is as fast at this size: the plan serves its own size's doubling only
         lo_b, hi_b = selection_bytes(rules, size, 2 * size)
     plan = dataclasses.replace(
-        cand.with_proto(proto), name=f"{topo.label}-{coll.kind}", min_bytes=lo_b, max_bytes=hi_b
+        cand.with_proto(proto), name=f"{topo.label}-{coll.label}", min_bytes=lo_b, max_bytes=hi_b
     )
     problems = check_runtime(plan, o.runtime, max_steps=o.max_steps)
     if problems:
@@ -293,7 +312,7 @@ def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
         outputs.append((o.ir_path, cand.algorithm.to_json()))
     write_outputs(outputs)
     click.echo(
-        f"{plan.name}: {topo.num_ranks} ranks, {coll.kind}, target size "
+        f"{plan.name}: {topo.num_ranks} ranks, {coll.label}, target size "
         f"{format_size(size)}, for {o.runtime}"
     )
     for label, why in found.dropped:
@@ -344,7 +363,7 @@ def _synthesize_method(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> Non
     from ..synth.methods import SynthOptions
     from ..util.fileio import check_outputs, write_outputs
 
-    output = o.output if o.output is not None else f"{topo.label}-{coll.kind}-{o.method}.xml"
+    output = o.output if o.output is not None else f"{topo.label}-{coll.label}-{o.method}.xml"
     check_outputs([output, o.ir_path])
     if o.min_bytes is not None or o.max_bytes is not None:
         lo_b, hi_b = o.min_bytes or 0, o.max_bytes or 0
@@ -384,7 +403,7 @@ def _synthesize_method(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> Non
     plan = result.plan
     ntbs = sum(len(g.tbs) for g in plan.gpus)
     click.echo(
-        f"{plan.name}: {topo.num_ranks} ranks, {coll.kind}, method {o.method}, "
+        f"{plan.name}: {topo.num_ranks} ranks, {coll.label}, method {o.method}, "
         f"chunk-up {result.algorithm.collective.chunkup}, {o.instances} instance(s), "
         f"target size {format_size(size)}, for {o.runtime}"
     )
@@ -429,7 +448,7 @@ def _write_library(o: _SynthesizeArgs, span: tuple[int, int], topo, coll, sketch
 
     if sketch is not None:
         raise TacclError("--sketch applies to one milp solve, not to a library")
-    target = o.output if o.output is not None else f"{topo.label}-{coll.kind}-library"
+    target = o.output if o.output is not None else f"{topo.label}-{coll.label}-library"
     if not target.strip():
         raise TacclError("an output path is empty")
     lib = build_library(
@@ -447,7 +466,7 @@ def _write_library(o: _SynthesizeArgs, span: tuple[int, int], topo, coll, sketch
     )
     files = write_library(lib, target)
     click.echo(
-        f"{topo.label} {coll.kind} library for {o.runtime}, "
+        f"{topo.label} {coll.label} library for {o.runtime}, "
         f"{format_size(span[0])}-{format_size(span[1])}: {len(files)} plan(s) in "
         f"{display_path(target)}"
     )
