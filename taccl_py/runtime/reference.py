@@ -11,7 +11,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..collectives import ALLGATHER, ALLTOALL, REDUCESCATTER, Collective
+from ..collectives import (
+    ALLGATHER,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    REDUCESCATTER,
+    SCATTER,
+    Collective,
+)
 from ..errors import VerificationError
 from ..plan.model import Plan
 from ..plan.verify import Interpreter, check_limits
@@ -23,7 +32,9 @@ def run_reference(plan: Plan, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Execute ``plan`` on each rank's 1-D input buffer; return each rank's output buffer.
 
     A rank's input holds the collective's ``i_chunks`` chunks (for in-place plans too: it is
-    placed where the plan aliases it); the output holds ``o_chunks`` chunks.
+    placed where the plan aliases it); the output holds ``o_chunks`` chunks. A rank that
+    gets no output (not the root of a Reduce or Gather) gets an empty array; the inputs of
+    a Broadcast's or Scatter's other ranks are read by nobody (any values will do).
 
     >>> from taccl_py.testing.plans import direct_allgather
     >>> outputs = run_reference(direct_allgather(2), [np.array([1, 2]), np.array([3, 4])])
@@ -47,6 +58,9 @@ def run_reference(plan: Plan, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     ).run()
     outputs = []
     for rank in range(plan.ngpus):
+        if not receives_output(coll, rank):
+            outputs.append(np.empty(0, dtype=arrays[rank].dtype))
+            continue
         out = np.empty(coll.o_chunks * ce, dtype=arrays[rank].dtype)
         for index in range(coll.o_chunks):
             value = run.output(rank, index)
@@ -57,22 +71,48 @@ def run_reference(plan: Plan, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     return outputs
 
 
+def receives_output(coll: Collective, rank: int) -> bool:
+    """Whether ``rank`` ends with output chunks (every rank, but for a Reduce or Gather
+    only the root).
+
+    >>> receives_output(Collective("gather", 4, root=1), 1), receives_output(
+    ...     Collective("reduce", 4, root=1), 2)
+    (True, False)
+    """
+    return coll.kind not in (REDUCE, GATHER) or rank == coll.root
+
+
 def numpy_result(coll: Collective, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """What the collective computes on ``inputs``, by NumPy (reduction = sum).
 
+    Each rank's input is its whole send buffer (``i_chunks`` chunks); a rank that gets no
+    output (see :func:`receives_output`) gets an empty array.
+
     >>> [out.tolist() for out in numpy_result(Collective("rs", 2), [np.arange(2)] * 2)]
     [[0], [2]]
+    >>> scatter = Collective("scatter", 2, root=1)
+    >>> [out.tolist() for out in numpy_result(scatter, [np.array([1, 2]), np.array([3, 4])])]
+    [[3], [4]]
     """
     stacked = np.stack([np.asarray(a).reshape(-1) for a in inputs])
-    n = coll.num_ranks
+    n, root = coll.num_ranks, coll.root
+    none = np.empty(0, dtype=stacked.dtype)
     if coll.kind == ALLGATHER:
         return [stacked.reshape(-1).copy() for _ in range(n)]
+    if coll.kind == GATHER:
+        return [stacked.reshape(-1).copy() if r == root else none.copy() for r in range(n)]
     if coll.kind == ALLTOALL:
         blocks = stacked.reshape(n, n, -1).transpose(1, 0, 2).reshape(n, -1)
         return [blocks[d].copy() for d in range(n)]
+    if coll.kind == BROADCAST:
+        return [stacked[root].copy() for _ in range(n)]
+    if coll.kind == SCATTER:
+        return [part.copy() for part in stacked[root].reshape(n, -1)]
     total = stacked.sum(axis=0, dtype=stacked.dtype)
     if coll.kind == REDUCESCATTER:
         return [part.copy() for part in total.reshape(n, -1)]
+    if coll.kind == REDUCE:
+        return [total.copy() if r == root else none.copy() for r in range(n)]
     return [total.copy() for _ in range(n)]
 
 
