@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taccl_py.cli import main
-from taccl_py.collectives import KINDS
+from taccl_py.collectives import KINDS, ROOTED_KINDS
 from taccl_py.plan.xml import parse_plan, plan_to_xml
 from taccl_py.topology.loader import builtin_names
 
@@ -308,3 +311,50 @@ def test_sketch_init_validate_round_trip(tmp_path):
     assert_clean_error(
         run("sketch", "init", "-t", "dgx1", "-o", "/nonexistent/dir/s.yaml"), "/nonexistent/dir"
     )
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("topo", builtin_names())
+def test_rooted_collectives_synthesize_and_verify_everywhere(tmp_path, topo, nodes):
+    ranks = (8 if topo != "dgx2" else 16) * nodes
+    for i, kind in enumerate(ROOTED_KINDS):
+        root = (3 + 5 * i) % ranks  # a different non-zero root per kind
+        out = tmp_path / f"{kind}.xml"
+        res = run(
+            "synthesize",
+            *("-t", topo, "-n", str(nodes), "-c", kind, "--root", str(root)),
+            *("-m", "ring", "--runtime", "msccl-executor", "-o", str(out)),
+        )
+        assert res.exit_code == 0, res.output
+        assert f"{kind}-root{root}" in res.output and "verified" in res.output
+        plan = parse_plan(out)
+        assert (plan.coll, plan.root, plan.ngpus) == (kind, root, ranks)
+        check = run("verify", str(out))
+        assert check.exit_code == 0, check.output
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("-c", "allreduce", "--root", "1"), ["--root only applies to", "broadcast"]),
+        (("-c", "broadcast", "--root", "8"), ["root 8", "0..7"]),
+        (("-c", "gather", "--root", "-1"), ["--root", "-1"]),
+    ],
+)
+def test_bad_root_is_one_clear_line(tmp_path, args, needles):
+    res = run("synthesize", "-t", "dgx1", "-m", "direct", *args, "-o", str(tmp_path / "p.xml"))
+    assert_clean_error(res, *needles)
+    assert not (tmp_path / "p.xml").exists()
+
+
+@settings(max_examples=12)
+@given(kind=st.sampled_from(ROOTED_KINDS), root=st.integers(0, 7), inplace=st.booleans())
+def test_rooted_plan_round_trips_its_root(kind, root, inplace):
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "p.xml")
+        args = ["-t", "dgx1", "-c", kind, "-r", str(root), "-m", "direct", "-o", out]
+        res = run("synthesize", *args, *(["--inplace"] if inplace else []))
+        assert res.exit_code == 0, res.output
+        plan = parse_plan(Path(out))
+        assert (plan.coll, plan.root, plan.inplace) == (kind, root, inplace)
+        assert plan.collective().root == root
