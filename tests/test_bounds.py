@@ -269,3 +269,150 @@ def test_one_solve_for_many_sizes(monkeypatch):
     )
     allgather_bandwidth_bound(load_topology("dgx-a100", 2), SIZE)  # another object
     assert len(calls) == 2
+
+
+# -- rooted collectives: hand-computed cuts on tiny topologies -------------------------
+
+
+def line_topology(bws: list[float], alpha: float = 1e-6) -> Topology:
+    """Ranks 0 - 1 - ... - len(bws), link i joining i and i+1 with bandwidth bws[i] both ways."""
+    links = []
+    for i, bw in enumerate(bws):
+        links += [Link(i, i + 1, bw, alpha), Link(i + 1, i, bw, alpha)]
+    return Topology("line", len(bws) + 1, 1, links=tuple(links))
+
+
+def test_rooted_bounds_on_a_line():
+    # 0 =2= 1 -1- 2 =3= 3 (GB/s): rank 2's side hangs on the 1 GB/s link
+    topo = line_topology([2 * GB, GB, 3 * GB])
+    for kind in ("broadcast", "reduce"):  # the whole buffer crosses the 1 GB/s link
+        b = bandwidth_bound(topo, kind, SIZE, root=0)
+        assert b.time == pytest.approx(SIZE / GB, rel=1e-12) and b.kind == "cut"
+    assert bandwidth_bound(topo, "broadcast", SIZE).detail == "ingress of ranks 2, 3: link 1 GB/s"
+    # a cut is named by its smaller side, the receivers' ingress on a tie
+    assert bandwidth_bound(topo, "reduce", SIZE).detail == "ingress of ranks 0, 1: link 1 GB/s"
+    # Gather to 0: ranks {2, 3} send 2 blocks of size/4 over 1 GB/s, which beats the root's
+    # own ingress (3 blocks over 2 GB/s) and every single rank's egress
+    for kind in ("gather", "scatter"):
+        b = bandwidth_bound(topo, kind, SIZE, root=0)
+        assert b.time == pytest.approx(2 * (SIZE / 4) / GB, rel=1e-12)
+        assert b.time > 3 * (SIZE / 4) / (2 * GB)
+    assert bandwidth_bound(topo, "gather", SIZE, root=0).detail.startswith("ingress of ranks 0, 1")
+    assert bandwidth_bound(topo, "scatter", SIZE, root=0).detail.startswith("ingress of ranks 2, 3")
+    # rooted at 3: the root's ingress (3 GB/s for 3 blocks) vs {0, 1} behind 1 GB/s
+    assert bandwidth_bound(topo, "gather", SIZE, root=3).time == pytest.approx(
+        2 * (SIZE / 4) / GB, rel=1e-12
+    )
+    # latency: hops from / to the root
+    assert latency_bound(topo, "broadcast", root=0) == pytest.approx(3e-6)
+    assert latency_bound(topo, Collective("gather", 4, root=1)) == pytest.approx(2e-6)
+    assert latency_bound(topo, "allgather") == pytest.approx(3e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+@pytest.mark.parametrize("root", [0, 1])
+def test_rooted_bounds_on_a_star(n, root):
+    bw = 100 * GB
+    topo = switch_topology(n, bw, alpha=0.5e-6)
+    for kind in ("broadcast", "reduce"):
+        assert bandwidth_bound(topo, kind, SIZE, root).time == pytest.approx(SIZE / bw, rel=1e-12)
+    for kind in ("gather", "scatter"):  # the root's port carries the N - 1 other blocks
+        b = bandwidth_bound(topo, kind, SIZE, root)
+        assert b.time == pytest.approx((n - 1) / n * SIZE / bw, rel=1e-12)
+        if n > 2:  # (with two ranks, the other rank's cut is as tight)
+            word = "ingress" if kind == "gather" else "egress"
+            assert b.detail == f"{word} of rank {root}: switch 100 GB/s"
+    for kind in ("broadcast", "reduce", "gather", "scatter"):
+        assert lower_bound(topo, kind, 1024, root).time == pytest.approx(0.5e-6)
+        assert lower_bound(topo, kind, 1024, root).kind == "latency"
+
+
+@pytest.mark.parametrize("g", [1, 2, 4])
+def test_rooted_bounds_two_nodes_one_nic(g):
+    nic = 12.5 * GB
+    topo = shared_nic_topology(2, g, 500 * GB, nic)
+    for kind in ("broadcast", "reduce"):  # the whole buffer crosses the one NIC
+        b = bandwidth_bound(topo, kind, SIZE, root=g - 1)
+        assert b.time == pytest.approx(SIZE / nic, rel=1e-12)
+    for kind in ("gather", "scatter"):  # the other node's half crosses it
+        b = bandwidth_bound(topo, kind, SIZE, root=g - 1)
+        assert b.time == pytest.approx(SIZE / 2 / nic, rel=1e-12)
+        if g > 1:
+            assert b.detail.endswith("of node 1: nic 12.5 GB/s") or b.detail.endswith(
+                "of node 0: nic 12.5 GB/s"
+            )
+
+
+def test_rooted_bound_errors_and_edge_cases():
+    from taccl_py.errors import CollectiveError
+
+    topo = switch_topology(4, GB)
+    with pytest.raises(CollectiveError, match="root 4 is not a rank"):
+        bandwidth_bound(topo, "broadcast", SIZE, root=4)
+    with pytest.raises(CollectiveError, match="allgather has no root"):
+        lower_bound(topo, "allgather", SIZE, root=2)
+    with pytest.raises(CollectiveError, match="has no root"):
+        bounds.rooted_bandwidth_bound(topo, "alltoall", SIZE)
+    one = switch_topology(1, GB)
+    for kind in ("broadcast", "reduce", "gather", "scatter"):
+        assert lower_bound(one, kind, SIZE).time == 0
+    cut_off = Topology("pair", 2, 1, links=(Link(0, 1, GB, 1e-6),))  # nothing back to 0
+    assert bandwidth_bound(cut_off, "broadcast", SIZE, root=0).time == pytest.approx(SIZE / GB)
+    assert bandwidth_bound(cut_off, "scatter", SIZE, root=0).time == pytest.approx(SIZE / 2 / GB)
+    for kind in ("broadcast", "scatter", "reduce", "gather"):
+        b = bandwidth_bound(cut_off, kind, SIZE, root=1)
+        if kind in ("broadcast", "scatter"):  # 1 cannot reach 0
+            assert b.time == float("inf") and b.detail.endswith("(unreachable)")
+            assert latency_bound(cut_off, kind, root=1) == float("inf")
+        else:
+            assert b.time < float("inf")
+
+
+def brute_force_rooted(graph, ranks, root, per_rank: bool) -> Fraction:
+    """min over vertex sets S with a rank but not ``root`` of B_out(S) / (|S ∩ ranks| or 1)."""
+    best = None
+    vertices = [v for v in graph if v != root]
+    for size in range(1, len(vertices) + 1):
+        for side in itertools.combinations(vertices, size):
+            inside = sum(1 for r in ranks if r in side)
+            if inside == 0:
+                continue
+            out = sum(graph[u][v]["capacity"] for u in side for v in graph[u] if v not in side)
+            ratio = Fraction(out, inside if per_rank else 1)
+            best = ratio if best is None else min(best, ratio)
+    return best
+
+
+@settings(max_examples=120)
+@given(capacity_graphs(), st.data())
+def test_rooted_rates_equal_brute_force(case, data):
+    graph, ranks = case
+    root = data.draw(st.sampled_from(ranks))
+    # Broadcast: min over sets S holding the root and missing a rank of B_out(S); the same
+    # as the brute force above on the reversed graph (sets holding a rank, missing the root)
+    rate, side = bounds.broadcast_rate(graph, ranks, root)
+    assert rate == pytest.approx(float(brute_force_rooted(graph.reverse(), ranks, root, False)))
+    assert root in side and any(r not in side for r in ranks)
+    # Gather: the per-rank cut checked at the root alone
+    rate, _ = allgather_rate(graph, ranks, [root])
+    assert rate == pytest.approx(float(brute_force_rooted(graph, ranks, root, True)))
+
+
+@settings(max_examples=30)
+@given(topologies(max_gpus=4, max_nodes=2), st.data())
+def test_rooted_bounds_are_consistent(topo, data):
+    """Reduce is Broadcast reversed; a rooted bound never exceeds what every rank's own
+    in/egress allows, and Gather's bound is at most AllGather's."""
+    n = topo.num_ranks
+    root = data.draw(st.integers(0, n - 1))
+    graph = flow_graph(topo)
+    bcast = bandwidth_bound(topo, "broadcast", SIZE, root).time
+    assert bandwidth_bound(topo, "reduce", SIZE, root).time == pytest.approx(
+        SIZE / bounds.broadcast_rate(graph.reverse(), range(n), root)[0]
+    )
+    ingress = min(graph.in_degree(v, weight="capacity") for v in range(n) if v != root)
+    assert bcast >= SIZE / ingress * (1 - 1e-12)
+    gather = bandwidth_bound(topo, "gather", SIZE, root).time
+    assert gather >= (n - 1) / n * SIZE / graph.in_degree(root, weight="capacity") * (1 - 1e-12)
+    assert gather <= allgather_bandwidth_bound(topo, SIZE).time * (1 + 1e-12)
+    assert bandwidth_bound(topo, "scatter", SIZE, root).time <= bcast * (1 + 1e-12)

@@ -6,9 +6,17 @@ Bandwidth terms are fluid (data divisible at will, no α):
   T ≥ (size/N) · max over vertex sets S leaving a rank outside of |S ∩ ranks| / B_out(S).
 * AllReduce (no in-network reduction): twice the AllGather bound.
 * AllToAll: the exact fluid optimum, a max-concurrent multicommodity flow LP.
+* Broadcast from root r: size / min over ranks v ≠ r of max-flow(r → v) (every byte must
+  cross every cut between the root and each rank); Reduce to r: the same on the reversed
+  graph (every byte position's partial sum must leave every set of ranks without r).
+* Gather to r: the cut bound of AllGather checked at r alone, T ≥ (size/N) · max over
+  vertex sets S without r of |S ∩ ranks| / B_out(S) (the root's ingress,
+  (N−1)/N · size / B_in(r), and every rank's own egress among them); Scatter: the same on
+  the reversed graph.
 
-The latency term is the largest least-α path between two ranks that must exchange data;
-:func:`lower_bound` takes the larger of the two.
+The latency term is the largest least-α path between two ranks that must exchange data
+(for a rooted collective: from or to its root); :func:`lower_bound` takes the larger of
+the two.
 
 The size-independent part of every bound is cached per topology object, so bounds for
 many sizes cost one solve.
@@ -28,7 +36,19 @@ import numpy as np
 import pulp
 from networkx.algorithms.flow import dinitz
 
-from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective, canonical_kind
+from ..collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    ROOTED_KINDS,
+    SCATTER,
+    Collective,
+    canonical_kind,
+)
+from ..errors import CollectiveError
 from ..topology.model import RAIL_ONLY, Topology
 
 _INF = math.inf
@@ -208,24 +228,45 @@ def node_shift(topology: Topology, graph: nx.DiGraph) -> dict | None:
     return shift
 
 
-def _describe_cut(topology: Topology, graph: nx.DiGraph, side: frozenset) -> str:
-    """'ingress of node 1: nic 400 GB/s' for the ranks outside ``side``."""
-    outside = [r for r in range(topology.num_ranks) if r not in side]
+def _who(topology: Topology, ranks: list[int]) -> str:
+    """'rank 3', 'node 1', 'nodes 0, 1' or 'ranks 2, 5' for a sorted list of ranks."""
     g = topology.gpus_per_node
-    nodes = sorted({topology.node_of(r) for r in outside})
-    if len(outside) == 1:
-        who = f"rank {outside[0]}"
-    elif len(outside) == g * len(nodes):
-        who = f"node {nodes[0]}" if len(nodes) == 1 else f"nodes {', '.join(map(str, nodes))}"
-    else:
-        who = f"ranks {', '.join(map(str, outside))}"
+    nodes = sorted({topology.node_of(r) for r in ranks})
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    if len(ranks) == g * len(nodes):
+        return f"node {nodes[0]}" if len(nodes) == 1 else f"nodes {', '.join(map(str, nodes))}"
+    return f"ranks {', '.join(map(str, ranks))}"
+
+
+def _crossing(graph: nx.DiGraph, side: frozenset) -> str:
+    """'link 50 GB/s + switch 450 GB/s': the capacity of the edges leaving ``side``, by kind."""
     by_kind: dict[str, float] = defaultdict(float)
     for u in side:
         for v in graph.successors(u):
             if v not in side:
                 by_kind[graph[u][v]["kind"]] += graph[u][v]["capacity"]
-    parts = " + ".join(f"{k} {c / _GB:g} GB/s" for k, c in sorted(by_kind.items()))
-    return f"ingress of {who}: {parts}"
+    return " + ".join(f"{k} {c / _GB:g} GB/s" for k, c in sorted(by_kind.items()))
+
+
+def _describe_cut(topology: Topology, graph: nx.DiGraph, side: frozenset) -> str:
+    """'ingress of node 1: nic 400 GB/s' for the ranks outside ``side``."""
+    outside = [r for r in range(topology.num_ranks) if r not in side]
+    return f"ingress of {_who(topology, outside)}: {_crossing(graph, side)}"
+
+
+def _describe_rooted_cut(
+    topology: Topology, graph: nx.DiGraph, side: frozenset, reversed_graph: bool
+) -> str:
+    """The cut leaving ``side`` in ``graph`` (the reverse of the capacity graph if
+    ``reversed_graph``), named by its smaller side of ranks: 'ingress of rank 0: ...' or
+    'egress of ranks 1, 2: ...'."""
+    inside = [r for r in range(topology.num_ranks) if r in side]
+    outside = [r for r in range(topology.num_ranks) if r not in side]
+    senders, receivers = (outside, inside) if reversed_graph else (inside, outside)
+    if len(receivers) <= len(senders):
+        return f"ingress of {_who(topology, receivers)}: {_crossing(graph, side)}"
+    return f"egress of {_who(topology, senders)}: {_crossing(graph, side)}"
 
 
 # -- AllToAll: max-concurrent multicommodity flow ----------------------------------
@@ -313,6 +354,107 @@ def alltoall_rate(
     return lam.value() * unit, " + ".join(priced)
 
 
+# -- rooted collectives: cuts around the root ---------------------------------------
+
+
+def _integer_capacities(graph: nx.DiGraph) -> tuple[nx.DiGraph, int]:
+    """``graph`` with every finite capacity scaled by a common factor to an integer (an
+    infinite one left without the attribute, which networkx reads as infinite), and the
+    factor: max-flows on it are exact."""
+    exact = {
+        (u, v): Fraction(c) for u, v, c in graph.edges(data="capacity", default=_INF) if c != _INF
+    }
+    scale = math.lcm(*(f.denominator for f in exact.values())) if exact else 1
+    h = nx.DiGraph()
+    h.add_nodes_from(graph)
+    h.add_edges_from(
+        (u, v, {"capacity": int(exact[(u, v)] * scale)} if (u, v) in exact else {})
+        for u, v in graph.edges
+    )
+    return h, scale
+
+
+def broadcast_rate(
+    graph: nx.DiGraph, ranks: Iterable[Hashable], root: Hashable
+) -> tuple[float, frozenset]:
+    """The largest rate at which ``root`` can send the same data to every other rank:
+    min over ranks v ≠ root of max-flow(root → v), and the root's side of that minimum cut.
+
+    A lower bound on every broadcast (each byte crosses every cut between the root and each
+    rank; a switch that copied data would still send it through each receiver's port);
+    exact without switches or NICs (Edmonds' arborescence packing). Reduce's rate is this
+    on ``graph.reverse()``. Returns (inf, ∅) when the root is the only rank.
+
+    >>> g = nx.DiGraph([(0, 1, {"capacity": 2}), (1, 2, {"capacity": 1}), (0, 2, {"capacity": 3})])
+    >>> broadcast_rate(g, [0, 1, 2], 0)
+    (2.0, frozenset({0, 2}))
+    """
+    h, scale = _integer_capacities(graph)
+    best: tuple[int, frozenset] | None = None
+    for v in ranks:
+        if v == root:
+            continue
+        try:
+            value, (side, _) = nx.minimum_cut(h, root, v, flow_func=dinitz)
+        except nx.NetworkXUnbounded:  # pragma: no cover - every route crosses a finite edge
+            continue
+        if best is None or value < best[0]:
+            best = (value, frozenset(side))
+    if best is None:
+        return _INF, frozenset()
+    return best[0] / scale, best[1]
+
+
+def _rooted_coefficient(topology: Topology, kind: str, root: int) -> tuple[float, str]:
+    """(seconds per byte of ``kind``'s nccl-tests size, tight cut) for a rooted collective."""
+
+    def compute() -> tuple[float, str]:
+        n = topology.num_ranks
+        if n < 2:
+            return 0.0, "a single rank"
+        reverse = kind in (REDUCE, SCATTER)  # data flows toward / away from the root
+        graph = flow_graph(topology)
+        if reverse:
+            graph = graph.reverse(copy=True)
+        if kind in (BROADCAST, REDUCE):
+            rate, side = broadcast_rate(graph, range(n), root)
+            per_byte = 1 / rate if rate > 0 else _INF  # the whole buffer crosses the cut
+        else:
+            rate, side = allgather_rate(graph, range(n), [root])
+            per_byte = 1 / (n * rate) if rate > 0 else _INF  # size / N per rank
+        detail = _describe_rooted_cut(topology, graph, side, reverse)
+        return per_byte, detail + (" (unreachable)" if per_byte == _INF else "")
+
+    return _cached(topology, f"{kind}:{root}", compute)
+
+
+def rooted_bandwidth_bound(topology: Topology, kind: str, size: float, root: int = 0) -> Bound:
+    """The cut bound of Broadcast, Reduce, Gather or Scatter of ``size`` bytes rooted at
+    ``root`` (sizes as nccl-tests: the buffer for broadcast and reduce, the root's whole
+    output for gather, its whole input for scatter).
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> b = rooted_bandwidth_bound(load_topology("dgx1"), "broadcast", 1e9, root=0)
+    >>> round(b.algbw / 1e9), b.detail  # rank 1's NVLinks: 2 x 25 + 1 x 25 + ...
+    (150, 'ingress of rank 1: link 150 GB/s')
+    """
+    kind = canonical_kind(kind)
+    if kind not in ROOTED_KINDS:
+        raise CollectiveError(f"{kind} has no root; use bandwidth_bound")
+    _check_root(topology, kind, root)
+    per_byte, detail = _rooted_coefficient(topology, kind, root)
+    return _bound(per_byte * size, size, "cut", detail)
+
+
+def _check_root(topology: Topology, kind: str, root: int) -> None:
+    if root != 0 and kind not in ROOTED_KINDS:
+        raise CollectiveError(f"{kind} has no root (got root {root})")
+    if not 0 <= root < max(1, topology.num_ranks):
+        raise CollectiveError(
+            f"root {root} is not a rank of {topology.label} (0..{topology.num_ranks - 1})"
+        )
+
+
 # -- latency -------------------------------------------------------------------------
 
 
@@ -328,30 +470,52 @@ def _alpha_distances(topology: Topology) -> np.ndarray:
     return d
 
 
-def _latency(topology: Topology) -> tuple[float, str]:
+def _distances(topology: Topology) -> np.ndarray:
+    """:func:`_alpha_distances`, computed once per topology object."""
+    return _cached(topology, "alpha", lambda: (_alpha_distances(topology),))[0]
+
+
+def _latency(topology: Topology, kind: str = ALLGATHER, root: int = 0) -> tuple[float, str]:
     def compute() -> tuple[float, str]:
         if topology.num_ranks < 2:
             return 0.0, "a single rank"
-        d = _alpha_distances(topology)
-        s, t = (int(i) for i in np.unravel_index(int(np.argmax(d)), d.shape))
+        d = _distances(topology)
+        if kind in (BROADCAST, SCATTER):  # from the root to every rank
+            s, t = root, int(np.argmax(d[root, :]))
+        elif kind in (REDUCE, GATHER):  # from every rank to the root
+            s, t = int(np.argmax(d[:, root])), root
+        else:
+            s, t = (int(i) for i in np.unravel_index(int(np.argmax(d)), d.shape))
         if d[s, t] == _INF:
             return _INF, f"no path from rank {s} to rank {t}"
         return float(d[s, t]), f"least-α path from rank {s} to rank {t}"
 
-    return _cached(topology, "latency", compute)
+    if kind not in ROOTED_KINDS:
+        return _cached(topology, "latency", compute)
+    return _cached(topology, f"latency:{kind}:{root}", compute)
 
 
-def latency_bound(topology: Topology, collective: Collective | str) -> float:
+def latency_bound(topology: Topology, collective: Collective | str, root: int = 0) -> float:
     """The largest least-α path (seconds) between two ranks that must exchange data.
 
-    Every collective here needs every ordered pair: rank s's input (or contribution)
+    The unrooted collectives need every ordered pair: rank s's input (or contribution)
     must reach rank d, over some chain of connections costing at least their α sum.
     AllReduce is *not* doubled: reduce-then-broadcast is one algorithm, not a law —
     with two ranks, both can send their input at once and reduce locally in a single α,
     and in general exchanging inputs along shortest paths meets the diameter exactly.
+    Broadcast and Scatter need the paths from the root (its α-eccentricity), Reduce and
+    Gather those to it; ``root`` is the root (a :class:`Collective`'s own when given one).
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> latency_bound(load_topology("dgx1"), Collective("broadcast", 8, root=3)) * 1e6
+    1.4
     """
-    canonical_kind(collective.kind if isinstance(collective, Collective) else collective)
-    return _latency(topology)[0]
+    if isinstance(collective, Collective):
+        kind, root = collective.kind, collective.root
+    else:
+        kind = canonical_kind(collective)
+    _check_root(topology, kind, root)
+    return _latency(topology, kind, root)[0]
 
 
 # -- bandwidth bounds and the combined bound -----------------------------------------
@@ -419,9 +583,13 @@ def alltoall_bandwidth_bound(topology: Topology, size: float) -> Bound:
     return _bound(per_byte * size, size, "flow", detail)
 
 
-def bandwidth_bound(topology: Topology, collective_kind: str, size: float) -> Bound:
-    """The bandwidth bound of any collective (ReduceScatter is AllGather's)."""
+def bandwidth_bound(topology: Topology, collective_kind: str, size: float, root: int = 0) -> Bound:
+    """The bandwidth bound of any collective (ReduceScatter is AllGather's); ``root`` is a
+    rooted collective's root."""
     kind = canonical_kind(collective_kind)
+    _check_root(topology, kind, root)
+    if kind in ROOTED_KINDS:
+        return rooted_bandwidth_bound(topology, kind, size, root)
     if kind == ALLTOALL:
         return alltoall_bandwidth_bound(topology, size)
     if kind == ALLREDUCE:
@@ -429,10 +597,17 @@ def bandwidth_bound(topology: Topology, collective_kind: str, size: float) -> Bo
     return allgather_bandwidth_bound(topology, size)
 
 
-def lower_bound(topology: Topology, collective_kind: str, size: float) -> Bound:
-    """max(bandwidth bound, latency bound); ``kind`` names the term that dominates."""
-    band = bandwidth_bound(topology, collective_kind, size)
-    latency, where = _latency(topology)
+def lower_bound(topology: Topology, collective_kind: str, size: float, root: int = 0) -> Bound:
+    """max(bandwidth bound, latency bound); ``kind`` names the term that dominates.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo = load_topology("ndv2", 2)
+    >>> lower_bound(topo, "gather", 1 << 10, root=0).kind, lower_bound(topo, "gather", 1 << 30).kind
+    ('latency', 'cut')
+    """
+    kind = canonical_kind(collective_kind)
+    band = bandwidth_bound(topology, kind, size, root)
+    latency, where = _latency(topology, kind, root)
     if latency > band.time:
         return _bound(latency, size, "latency", where)
     return band
