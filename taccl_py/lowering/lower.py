@@ -13,10 +13,10 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, replace
 
-from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, Collective
+from ..collectives import Collective
 from ..errors import PlanError
 from ..ir.algorithm import Algorithm
-from ..plan.model import GpuPlan, Plan, Step, Threadblock
+from ..plan.model import GpuPlan, Plan, Step, Threadblock, rank_buffers
 from ..plan.runtimes import (
     DEFAULT_RUNTIME,
     PROTOCOLS,
@@ -24,6 +24,7 @@ from ..plan.runtimes import (
     RuntimeRules,
     check_runtime,
     runtime_rules,
+    unloaded_problem,
 )
 from ..topology.model import Topology
 from ..util.nogc import gc_paused
@@ -91,6 +92,9 @@ def lower(
             f"min_bytes={lo} / max_bytes={hi}: both must be >= 0 and min <= max (max 0 = unbounded)"
         )
     coll = alg.collective
+    unloaded = unloaded_problem(rules, coll.kind)
+    if unloaded is not None:
+        raise PlanError(unloaded)
     if options.inplace is not None and options.inplace != coll.inplace:
         inplace = Collective(coll.kind, coll.num_ranks, coll.chunkup, options.inplace, coll.root)
         alg = replace(alg, collective=inplace)
@@ -180,8 +184,6 @@ def _build(alg: Algorithm, header: Plan, topology: Topology | None, rules: Runti
     _place_sinks(tbs, s_chunks)
     _keep_needed_deps(tbs)
     _waited_first(tbs, rules.max_depid)
-    no_input = coll.inplace and coll.kind == ALLGATHER
-    no_output = coll.inplace and coll.kind in (ALLREDUCE, ALLTOALL)
     plan = replace(
         header,
         nchannels=alg.nchannels,
@@ -189,13 +191,7 @@ def _build(alg: Algorithm, header: Plan, topology: Topology | None, rules: Runti
         outofplace=not coll.inplace,
         redop="sum" if coll.reducing else "nop",
         gpus=[
-            GpuPlan(
-                r,
-                0 if no_input else coll.i_chunks,
-                0 if no_output else coll.o_chunks,
-                s_chunks[r],
-                [_emit(tb) for tb in tbs[r]],
-            )
+            GpuPlan(r, *rank_buffers(coll, r), s_chunks[r], [_emit(tb) for tb in tbs[r]])
             for r in range(coll.num_ranks)
         ],
     )

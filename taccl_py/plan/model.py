@@ -7,13 +7,57 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..collectives import Collective, canonical_kind
+from ..collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    SCATTER,
+    Collective,
+    canonical_kind,
+)
 
 SEND_TYPES = frozenset({"s", "rcs", "rrs", "rrcs"})
 RECV_TYPES = frozenset({"r", "rcs", "rrc", "rrs", "rrcs"})
 REDUCE_TYPES = frozenset({"rrc", "rrs", "rrcs", "re"})
 LOCAL_TYPES = frozenset({"cpy", "re", "nop"})
 STEP_TYPES = SEND_TYPES | RECV_TYPES | LOCAL_TYPES
+
+
+def has_input(coll: Collective, rank: int) -> bool:
+    """Whether ``coll`` gives ``rank`` input chunks (Broadcast, Scatter: the root only)."""
+    return coll.kind not in (BROADCAST, SCATTER) or rank == coll.root
+
+
+def has_output(coll: Collective, rank: int) -> bool:
+    """Whether ``rank`` holds output chunks of ``coll`` (Reduce, Gather: the root only)."""
+    return coll.kind not in (REDUCE, GATHER) or rank == coll.root
+
+
+def rank_buffers(coll: Collective, rank: int) -> tuple[int, int]:
+    """``(i_chunks, o_chunks)`` of ``rank`` in a lowered plan of ``coll``.
+
+    A buffer is as long as the collective's input (output) where it holds them; in
+    place, AllGather and Gather keep their input in the output buffer (``i_chunks`` 0),
+    AllReduce, AllToAll, Broadcast and Reduce their output in the input buffer
+    (``o_chunks`` 0). Out of place, a buffer that NCCL reads only on the root (a
+    non-root's Broadcast or Scatter input, its Reduce or Gather output) has 0 chunks,
+    so both loaders' bounds check keeps the plan off it.
+
+    >>> [rank_buffers(Collective("broadcast", 4, root=1), r) for r in (0, 1)]
+    [(0, 4), (4, 4)]
+    >>> [rank_buffers(Collective("gather", 4, inplace=True), r) for r in (0, 1)]
+    [(0, 4), (0, 4)]
+    """
+    if coll.inplace:
+        no_input = coll.kind in (ALLGATHER, GATHER)
+        no_output = coll.kind in (ALLREDUCE, ALLTOALL, BROADCAST, REDUCE)
+    else:
+        no_input = not has_input(coll, rank)
+        no_output = not has_output(coll, rank)
+    return (0 if no_input else coll.i_chunks, 0 if no_output else coll.o_chunks)
 
 
 @dataclass

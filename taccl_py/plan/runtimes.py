@@ -15,7 +15,16 @@ that makes a runtime load a set of plans.
 
 Sizes are a call's ``nBytes`` as both runtimes compute it, which is the nccl-tests size of
 the README: AllGather output bytes, ReduceScatter input bytes, AllToAll and AllReduce
-per-rank buffer bytes (count x type size x ngpus for the first three).
+per-rank buffer bytes (count x type size x ngpus for the first three). Broadcast and
+Reduce: the buffer's bytes (count x type size; ``sizeMultiplier`` 1). Gather and Scatter
+(msccl-executor only): count x type size too, count being the call's count, one rank's
+block (``sizeMultiplier`` 1), though no NCCL call ever selects them.
+
+Rooted collectives: neither runtime compares a call's root with the plan's (our own
+``root`` attribute, which neither reads), so a plan made for root R is selected for
+calls with any root, and computes a wrong result for the others. :func:`root_caveat`
+says so in one line; :func:`check_library` refuses plans for different roots that a
+call could select alike.
 """
 
 from __future__ import annotations
@@ -27,7 +36,18 @@ from dataclasses import dataclass, replace
 from math import lcm
 from types import MappingProxyType
 
-from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER
+from ..collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    REDUCESCATTER,
+    ROOTED_KINDS,
+    SCATTER,
+    XML_NAMES,
+)
 from ..errors import PlanError
 from .model import Plan
 
@@ -82,6 +102,9 @@ class RuntimeRules:
     coll: Mapping[str, str]
     #: ``<algo>`` attributes the loader reads without a default
     required: tuple[str, ...]
+    #: the collectives it loads but no NCCL call selects (NCCL's API reaches the
+    #: scheduler for none of them)
+    never_selected: frozenset[str]
     #: steps per threadblock (``MSCCL_MAX_NUM_STEPS``)
     max_steps: int
     #: how a custom build raises :attr:`max_steps`
@@ -135,9 +158,12 @@ RUNTIMES: Mapping[str, RuntimeRules] = MappingProxyType(
                     ALLTOALL: "alltoall",
                     REDUCESCATTER: "reduce_scatter",
                     ALLREDUCE: "allreduce",
+                    BROADCAST: "broadcast",
+                    REDUCE: "reduce",
                 }
             ),
             required=("name", "ngpus", "nchunksperloop", "nchannels", "proto", "coll", "inplace"),
+            never_selected=frozenset(),
             max_steps=256,
             steps_setting="MSCCL_MAX_NUM_STEPS in src/include/msccl.h",
             max_tbs=216,
@@ -155,6 +181,10 @@ RUNTIMES: Mapping[str, RuntimeRules] = MappingProxyType(
                     ALLTOALL: "alltoall",
                     REDUCESCATTER: "reducescatter",
                     ALLREDUCE: "allreduce",
+                    BROADCAST: "broadcast",
+                    REDUCE: "reduce",
+                    GATHER: "gather",
+                    SCATTER: "scatter",
                 }
             ),
             required=(
@@ -168,6 +198,7 @@ RUNTIMES: Mapping[str, RuntimeRules] = MappingProxyType(
                 "inplace",
                 "outofplace",
             ),
+            never_selected=frozenset({GATHER, SCATTER}),
             max_steps=64,
             steps_setting="make MSCCL_MAX_NUM_STEPS=N",
             max_tbs=32 * 32,
@@ -191,6 +222,32 @@ def runtime_rules(runtime: str, max_steps: int | None = None) -> RuntimeRules:
     if rules is None:
         raise PlanError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     return rules.with_max_steps(max_steps)
+
+
+def coll_spelling(rules: RuntimeRules, kind: str) -> str:
+    """The ``coll`` attribute of a ``kind`` plan for ``rules``' loader (a kind it does not
+    load: the name the other runtime reads, which :func:`check_runtime` reports).
+
+    >>> msccl = RUNTIMES["msccl"]
+    >>> coll_spelling(msccl, "reducescatter"), coll_spelling(msccl, "gather")
+    ('reduce_scatter', 'gather')
+    """
+    return rules.coll.get(kind, XML_NAMES[kind])
+
+
+#: collectives whose call's count is one rank's share of nchunksperloop x ngpus chunks
+#: (the loaders' ``sizeMultiplier`` is ngpus; 1 for every other collective)
+PER_RANK_COUNT = frozenset({ALLGATHER, REDUCESCATTER, ALLTOALL})
+
+
+def size_multiplier(plan: Plan) -> int:
+    """The loaders' ``sizeMultiplier``: a call's count times it is cut into
+    nchunksperloop chunks (ngpus for AllGather, ReduceScatter, AllToAll; else 1).
+
+    >>> size_multiplier(Plan("p", "allgather", 8, 8)), size_multiplier(Plan("p", "gather", 8, 8))
+    (8, 1)
+    """
+    return plan.ngpus if plan.coll in PER_RANK_COUNT else 1
 
 
 # -- size selection ---------------------------------------------------------------------------
@@ -247,8 +304,9 @@ def selects(rules: RuntimeRules, plan: Plan, nbytes: int, *, type_size: int = 4)
     elements, when no other plan matches first.
 
     Besides the size range, both loaders want the call's element count times the
-    per-rank multiplier (ngpus for AllGather, ReduceScatter, AllToAll) divisible by
-    nchunksperloop (msccl counts AllGather and AllToAll in bytes).
+    per-rank multiplier (:func:`size_multiplier`) divisible by nchunksperloop (msccl
+    counts AllGather and AllToAll in bytes). Neither compares a rooted call's root, nor
+    looks at whether a collective is ever called (see :func:`check_runtime`).
 
     >>> p = Plan("p", "allreduce", 8, 8, min_bytes=1024, max_bytes=4096)
     >>> [selects(RUNTIMES["msccl"], p, n) for n in (992, 1024, 1028, 4096)]
@@ -259,7 +317,7 @@ def selects(rules: RuntimeRules, plan: Plan, nbytes: int, *, type_size: int = 4)
     lo, hi = size_range(rules, plan)
     if nbytes < max(lo, 1) or (hi is not None and nbytes >= hi):
         return False
-    mult = plan.ngpus if plan.coll != ALLREDUCE else 1
+    mult = size_multiplier(plan)
     if nbytes % (type_size * mult):
         return False  # no call of this type size moves nbytes
     unit = 1 if plan.coll in rules.byte_counted else type_size
@@ -268,8 +326,7 @@ def selects(rules: RuntimeRules, plan: Plan, nbytes: int, *, type_size: int = 4)
 
 def _granule(plan: Plan) -> int:
     """Sizes with 1-byte elements that ``plan`` may be selected for are its multiples."""
-    mult = plan.ngpus if plan.coll != ALLREDUCE else 1
-    return lcm(mult, max(1, plan.nchunksperloop))
+    return lcm(size_multiplier(plan), max(1, plan.nchunksperloop))
 
 
 def _first_multiple(step: int, lo: int, hi: int | None) -> int | None:
@@ -325,10 +382,32 @@ def check_runtime(
     'maxBytes=0: msccl never selects it (it selects minBytes <= n < maxBytes)'
     """
     rules = runtime_rules(runtime, max_steps)
+    unloaded = unloaded_problem(rules, plan.coll)
+    if unloaded is not None:
+        return [unloaded]
     problems = _file_problems(rules, plan) + _structure_problems(rules, plan)
     if selection:
         problems += _selection_problems(rules, plan)
     return problems
+
+
+def unloaded_problem(rules: RuntimeRules, kind: str) -> str | None:
+    """One line if ``rules``' loader refuses every ``kind`` plan (msccl: gather, scatter),
+    else None.
+
+    >>> unloaded_problem(RUNTIMES["msccl"], "gather")  # doctest: +ELLIPSIS
+    'coll="gather": msccl does not load gather plans (its loader knows ...'
+    >>> unloaded_problem(RUNTIMES["msccl-executor"], "gather") is None
+    True
+    """
+    if kind in rules.coll:
+        return None
+    known = ", ".join(sorted(rules.coll.values()))
+    return (
+        f'coll="{coll_spelling(rules, kind)}": {rules.name} does not load {kind} plans '
+        f"(its loader knows {known}: 'collective type {coll_spelling(rules, kind)} is not "
+        f"supported') and {rules.rejects}; use msccl-executor"
+    )
 
 
 def _file_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
@@ -446,6 +525,15 @@ def _structure_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
 
 def _selection_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     n, (lo, hi) = rules.name, size_range(rules, plan)
+    if plan.coll in rules.never_selected:
+        return [
+            (
+                f"{n} loads {plan.coll} plans but no NCCL call ever selects one: NCCL's "
+                "API reaches its MSCCL scheduler only for broadcast, reduce, allreduce, "
+                "reducescatter, allgather, send, recv and alltoall (only a program that "
+                "runs the plan itself, with mscclLoadAlgo and mscclRunAlgo, can use it)"
+            )
+        ]
     how = "< maxBytes" if rules.max_exclusive else "<= maxBytes, maxBytes 0 without limit"
     sizes = f"minBytes={plan.min_bytes} maxBytes={plan.max_bytes}"
     if rules.max_exclusive and hi is not None and hi < lo:
@@ -490,17 +578,60 @@ def check_library(plans: Sequence[tuple[str, Plan]], runtime: str = DEFAULT_RUNT
             f"(MSCCL_XML_FILES) and ignores the rest ({ignored})"
         )
     if rules.max_files is None:
-        ordered = sorted(plans, key=lambda np: np[0])
-        for i, (a, pa) in enumerate(ordered):
-            for b, pb in ordered[i + 1 :]:
-                shared = _shared_sizes(rules, pa, pb)
-                if shared is not None:
-                    out.append(
-                        f"{a} and {b} both select {pa.coll} on {pa.ngpus} ranks "
-                        f"({shared[0]}) for sizes {shared[1]}: {rules.name} takes "
-                        f"{a}, the first by file name; make the ranges disjoint"
-                    )
+        ordered, first = sorted(plans, key=lambda np: np[0]), "the first by file name"
+    else:
+        ordered, first = list(plans[: rules.max_files]), "the first in MSCCL_XML_FILES"
+    for i, (a, pa) in enumerate(ordered):
+        for b, pb in ordered[i + 1 :]:
+            roots = pa.coll in ROOTED_KINDS and pa.root != pb.root
+            if (rules.max_files is not None and not roots) or pa.coll in rules.never_selected:
+                continue  # msccl: the order of MSCCL_XML_FILES decides, as the user wrote it
+            shared = _shared_sizes(rules, pa, pb)
+            if shared is None:
+                continue
+            both = f"both select {pa.coll} on {pa.ngpus} ranks ({shared[0]}) for sizes {shared[1]}"
+            if roots:
+                out.append(
+                    f"{a} (root {pa.root}) and {b} (root {pb.root}) {both}: {rules.name} "
+                    f"does not compare the root and takes {a}, {first}, for "
+                    f"{pa.coll}s of every root, so root {pb.root}'s get a wrong result; "
+                    "keep one root per collective, rank count and placement"
+                )
+            else:
+                out.append(
+                    f"{a} and {b} {both}: {rules.name} takes {a}, {first}; make the ranges disjoint"
+                )
     return out
+
+
+def root_caveat(plan: Plan, runtime: str = DEFAULT_RUNTIME) -> str | None:
+    """One line on the root of a rooted ``plan`` that ``runtime`` selects, else None.
+
+    Neither runtime compares a call's root with the plan's, so the plan also serves
+    calls with other roots, and gets them wrong. A plan read from a file without a
+    ``root`` attribute was taken as root 0, which the line says.
+
+    >>> print(root_caveat(Plan("p", "broadcast", 8, 8, root=3)))  # doctest: +NORMALIZE_WHITESPACE
+    msccl-executor does not compare the root: this plan (root 3) is also selected for
+    broadcasts with other roots, which it would get wrong; deploy it only where every
+    broadcast has root 3
+    >>> root_caveat(Plan("p", "allgather", 8, 8)) is None
+    True
+    """
+    rules = runtime_rules(runtime)
+    if plan.coll not in ROOTED_KINDS or plan.coll not in rules.coll:
+        return None
+    if plan.coll in rules.never_selected:
+        return None
+    absent = plan.source is not None and "algo.root" in plan.source.absent
+    which = f"root {plan.root}" + (
+        ": its file gives no root attribute, so root 0 is assumed" if absent else ""
+    )
+    return (
+        f"{rules.name} does not compare the root: this plan ({which}) is also selected "
+        f"for {plan.coll}s with other roots, which it would get wrong; deploy it only "
+        f"where every {plan.coll} has root {plan.root}"
+    )
 
 
 def _shared_sizes(rules: RuntimeRules, a: Plan, b: Plan) -> tuple[str, str] | None:

@@ -26,10 +26,19 @@ from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import numpy as np
 
-from ..collectives import ALLGATHER, REDUCESCATTER, Collective
+from ..collectives import ALLGATHER, GATHER, REDUCESCATTER, SCATTER, Collective
 from ..errors import PlanError, VerificationError
 from ..util.nogc import gc_paused
-from .model import RECV_TYPES, REDUCE_TYPES, SEND_TYPES, STEP_TYPES, GpuPlan, Plan
+from .model import (
+    RECV_TYPES,
+    REDUCE_TYPES,
+    SEND_TYPES,
+    STEP_TYPES,
+    GpuPlan,
+    Plan,
+    has_input,
+    has_output,
+)
 from .runtimes import PROTOCOLS, RUNTIMES
 from .xml import BUFFERS
 
@@ -134,19 +143,24 @@ def _check_gpu(plan: Plan, coll: Collective, gpu: GpuPlan) -> None:
     for name in ("i_chunks", "o_chunks", "s_chunks"):
         if getattr(gpu, name) < 0:
             raise PlanError(f"{where}: {name}={getattr(gpu, name)} is negative")
-    m_in = n if coll.kind == ALLGATHER else 1
-    m_out = n if coll.kind == REDUCESCATTER else 1
+    # a gather's input and a scatter's output are one block, as AllGather's and
+    # ReduceScatter's (msccl checks this for those two; it loads neither rooted one)
+    m_in = n if coll.kind in (ALLGATHER, GATHER) else 1
+    m_out = n if coll.kind in (REDUCESCATTER, SCATTER) else 1
     if gpu.i_chunks > 0 and gpu.i_chunks * m_in != per_loop:
         raise PlanError(f"{where}: i_chunks={gpu.i_chunks} x {m_in} != nchunksperloop={per_loop}")
     if gpu.o_chunks > 0 and gpu.o_chunks * m_out != per_loop:
         raise PlanError(f"{where}: o_chunks={gpu.o_chunks} x {m_out} != nchunksperloop={per_loop}")
     mode = "in-place" if coll.inplace else "out-of-place"
-    for role, buf, count in (("input", "i", coll.i_chunks), ("output", "o", coll.o_chunks)):
+    for role, buf, count, held in (
+        ("input", "i", coll.i_chunks, has_input(coll, gpu.id)),
+        ("output", "o", coll.o_chunks, has_output(coll, gpu.id)),
+    ):
         real, last = canonical_location(coll, gpu.id, buf, count - 1)
-        if last >= plan.buffer_size(gpu, real):
+        if held and last >= plan.buffer_size(gpu, real):
             raise PlanError(
                 f"{where}: {real}_chunks={plan.buffer_size(gpu, real)} has no room "
-                f"for the {role} of the {mode} {coll.kind} ({count} chunks)"
+                f"for the {role} of the {mode} {coll.label} ({count} chunks)"
             )
     if len(gpu.tbs) > MAX_TBS:
         raise PlanError(
@@ -285,8 +299,10 @@ class _Op:
 class Interpreter(Generic[V]):
     """Executes a plan (that passed :func:`check_limits`) on per-chunk values.
 
-    ``initial(rank, input_index)`` gives each input chunk's value; ``reduce(a, b)`` combines
-    two values and may raise :class:`VerificationError` (reported with the step's position).
+    ``initial(rank, input_index)`` gives each input chunk's value (a rank the collective
+    gives no input, a non-root of Broadcast or Scatter, starts with none); ``reduce(a, b)``
+    combines two values and may raise :class:`VerificationError` (reported with the
+    step's position).
     After :meth:`run`, :meth:`output` reads each rank's output chunks.
     """
 
@@ -300,8 +316,9 @@ class Interpreter(Generic[V]):
         self._names: list[tuple[int, str, int]] = []
         self.mem: list = []
         for rank in range(plan.ngpus):
-            for j in range(coll.i_chunks):
-                self.mem[self._loc(rank, "i", j)] = initial(rank, j)
+            if has_input(coll, rank):
+                for j in range(coll.i_chunks):
+                    self.mem[self._loc(rank, "i", j)] = initial(rank, j)
         gpus = sorted(plan.gpus, key=lambda g: g.id)
         self.tbs = [(g.id, tb) for g in gpus for tb in sorted(g.tbs, key=lambda t: t.id)]
         # a rank's tbs are numbered 0.. (check_limits), so tb t of rank r is base[r] + t

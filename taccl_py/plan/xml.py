@@ -19,7 +19,7 @@ from ..collectives import ROOTED_KINDS, canonical_kind
 from ..errors import CollectiveError, PlanError
 from ..util.fileio import atomic_write_text, display_path, read_input
 from .model import GpuPlan, Plan, Step, Threadblock, XmlSource
-from .runtimes import DEFAULT_RUNTIME, runtime_rules
+from .runtimes import DEFAULT_RUNTIME, coll_spelling, runtime_rules
 
 BUFFERS = ("i", "o", "s")
 
@@ -46,13 +46,14 @@ def plan_to_xml(plan: Plan, runtime: str = DEFAULT_RUNTIME) -> str:
 
     Every attribute either runtime reads is written; ``coll`` is spelt as ``runtime``
     wants it (ReduceScatter: ``reducescatter`` for msccl-executor, ``reduce_scatter``
-    for msccl).
+    for msccl). A rooted collective's plan also gets our own ``root`` attribute, which
+    neither runtime reads (:func:`~.runtimes.root_caveat`).
 
     >>> p = Plan("p", "reducescatter", 2, 2)
     >>> 'coll="reduce_scatter"' in plan_to_xml(p, "msccl"), 'coll="reducescatter"' in plan_to_xml(p)
     (True, True)
     """
-    coll = runtime_rules(runtime).coll[canonical_kind(plan.coll)]
+    coll = coll_spelling(runtime_rules(runtime), canonical_kind(plan.coll))
     lines = [
         _tag(
             "algo",
