@@ -416,3 +416,20 @@ def test_rooted_bounds_are_consistent(topo, data):
     assert gather >= (n - 1) / n * SIZE / graph.in_degree(root, weight="capacity") * (1 - 1e-12)
     assert gather <= allgather_bandwidth_bound(topo, SIZE).time * (1 + 1e-12)
     assert bandwidth_bound(topo, "scatter", SIZE, root).time <= bcast * (1 + 1e-12)
+
+
+@settings(max_examples=25)
+@given(
+    topologies(max_gpus=4, max_nodes=2),
+    st.sampled_from(["broadcast", "reduce", "gather", "scatter"]),
+    st.data(),
+)
+def test_rooted_bound_never_beats_the_direct_plan(topo, kind, data):
+    from taccl_py.analysis.simulate import simulate
+    from taccl_py.build.pipeline import build_plan
+
+    root = data.draw(st.integers(0, topo.num_ranks - 1))
+    plan = build_plan(topo, Collective(kind, topo.num_ranks, root=root), "direct").plan
+    for size in (1 << 10, 1 << 30):
+        bound = lower_bound(topo, kind, size, root)
+        assert 0 < bound.time <= simulate(plan, topo, size).time * (1 + 1e-9), (size, bound)
