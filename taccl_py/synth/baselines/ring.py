@@ -19,7 +19,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER, Collective
+from ...collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    REDUCESCATTER,
+    SCATTER,
+    Collective,
+)
 from ...errors import TopologyError
 from ...ir.algorithm import Algorithm, Transfer
 from ...topology.graph import distances
@@ -540,6 +550,21 @@ def ring_algorithm(
       finished its reduction (2(N-1) steps per round).
     * AllToAll: chunk (s, d) is relayed forward along the ring from s to d.
 
+    The rooted collectives split the data over the rings alike (sub-chunk i of every chunk
+    on ring i); ring i moves its N·k chunks one after another (chunk m = block·k + j):
+
+    * Broadcast: NCCL's ring broadcast (src/device/broadcast.h), a pipelined chain from
+      the root to the rank before it: the rank h hops after the root forwards chunk m at
+      step m + h, so every other rank receives each chunk exactly once.
+    * Reduce: NCCL's ring reduce (reduce.h), the chain from the rank after the root to the
+      root: the rank h hops after the root's successor sends its partial sum of chunk m
+      (reduced into the next rank's) at step m + h.
+    * Gather / Scatter: NCCL has neither (torch's NCCL backend runs them as grouped sends
+      and receives: our ``direct``). Here each block is relayed along the ring: Gather
+      forward from its owner to the root, each rank sending its own block first and then
+      the blocks it relays in the order they arrive; Scatter forward from the root, the
+      farthest rank's block first, so that every hop keeps its link busy.
+
     >>> from taccl_py.topology.loader import load_topology
     >>> alg = ring_algorithm(load_topology("dgx-a100", 2), Collective("allreduce", 16))
     >>> alg.nchannels, alg.collective.chunkup, alg.num_steps
@@ -583,6 +608,9 @@ def _ring_transfers(
             )
         )
 
+    if collective.rooted:
+        _rooted_transfers(ring, pos[collective.root], k, kind, send)
+        return transfers
     for j in range(k):
         if kind == ALLTOALL:
             for s in range(n):
@@ -602,3 +630,25 @@ def _ring_transfers(
                 for h in range(hops):
                     send(start + h, p + h, b, j)
     return transfers
+
+
+def _rooted_transfers(ring: list[int], p: int, k: int, kind: str, send) -> None:
+    """Sends of a rooted collective on ``ring``, whose root sits at position ``p`` (see
+    :func:`ring_algorithm`); ``send(step, from_pos, block, j, reduce)``."""
+    n = len(ring)
+    if kind in (BROADCAST, REDUCE):
+        first = p if kind == BROADCAST else p + 1
+        for m in range(n * k):
+            block, j = divmod(m, k)
+            for h in range(n - 1):
+                send(m + h, first + h, block, j, kind == REDUCE)
+        return
+    for q in range(1, n):  # the rank q hops from the root along the ring
+        for j in range(k):
+            if kind == GATHER:  # from position p - q forward to p
+                for d in range(q, 0, -1):  # sent by the rank d hops before the root
+                    send((q - d) * k + j, p - d, ring[(p - q) % n], j)
+            else:
+                assert kind == SCATTER
+                for d in range(q):  # sent by the rank d hops after the root
+                    send((n - 1 - q) * k + j + d, p + d, ring[(p + q) % n], j)

@@ -28,7 +28,7 @@ one partial at a time.
 
 from __future__ import annotations
 
-from ...collectives import ALLREDUCE, Collective
+from ...collectives import ALLREDUCE, BROADCAST, GATHER, REDUCE, Collective
 from ...errors import TacclError, TopologyError
 from ...ir.algorithm import Algorithm, Transfer
 from ...topology.graph import adjacency, bfs_order, shortest_path
@@ -46,15 +46,30 @@ def btree_parent(n: int, pos: int) -> int:
     return up if up < n else pos ^ bit
 
 
-def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int, int, bool]]:
-    """(step, src, dst, reduce) of one chunk: reduce up rank tree ``parent``, then broadcast."""
-    n = len(parent)
-    root = parent.index(-1)
-    succ = adjacency(topology.connections)
-    children: dict[int, list[int]] = {r: [] for r in range(n)}
+def _children(parent: list[int]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {r: [] for r in range(len(parent))}
     for r, p in enumerate(parent):
         if p >= 0:
             children[p].append(r)
+    return children
+
+
+def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int, int, bool]]:
+    """(step, src, dst, reduce) of one chunk: reduce up rank tree ``parent``, then broadcast."""
+    succ = adjacency(topology.connections)
+    out, done = reduce_schedule(topology, parent, succ)
+    return out + broadcast_schedule(topology, parent, succ, done)
+
+
+def reduce_schedule(
+    topology: Topology, parent: list[int], succ=None
+) -> tuple[list[tuple[int, int, int, bool]], int]:
+    """(step, src, dst, reduce) of one chunk reduced up rank tree ``parent`` to its root,
+    and the step from which the root holds the total."""
+    n = len(parent)
+    root = parent.index(-1)
+    succ = adjacency(topology.connections) if succ is None else succ
+    children = _children(parent)
 
     def ancestors(r: int) -> set[int]:
         out = set()
@@ -104,8 +119,18 @@ def tree_schedule(topology: Topology, parent: list[int]) -> list[tuple[int, int,
             break  # recompute readiness: relays may have become available
         if not progressed:
             raise TacclError(f"{topology.label}: no relay schedule for the reduction tree {parent}")
-    # -- broadcast phase -----------------------------------------------------
-    have = {root: max((arrived[c] + 1 for c in children[root]), default=0)}
+    return out, max((arrived[c] + 1 for c in children[root]), default=0)
+
+
+def broadcast_schedule(
+    topology: Topology, parent: list[int], succ=None, first: int = 0
+) -> list[tuple[int, int, int, bool]]:
+    """(step, src, dst, reduce) of one chunk sent down rank tree ``parent`` from its root
+    from step ``first`` on (an edge without a connection over a shortest route)."""
+    root = parent.index(-1)
+    succ = adjacency(topology.connections) if succ is None else succ
+    out: list[tuple[int, int, int, bool]] = []
+    have = {root: first}
     for r in bfs_order(((p, c) for c, p in enumerate(parent) if p >= 0), root):
         if r == root:
             continue
@@ -166,16 +191,117 @@ def tree_parents(
     return parent
 
 
+def rooted_parents(topology: Topology, root: int, chain: tuple[int, ...]) -> list[int]:
+    """Rank parents of a tree rooted at ``root``: NCCL's in-order binary tree over the nodes
+    numbered from the root's node (node position 0 is the tree's root), ``chain`` (local
+    GPUs, from a ring channel) inside every node, a child node's head joined to its parent
+    node as in :func:`tree_parents`. In the root's node the chain starts at the root and
+    wraps around (where its last GPU reaches its first; otherwise it runs both ways from
+    the root)."""
+    g, k = topology.gpus_per_node, topology.nodes
+    home = topology.node_of(root)
+    node_tree = []
+    for node in range(k):
+        pos = (node - home) % k
+        up = btree_parent(k, pos)
+        node_tree.append((-1 if up < 0 else (up + home) % k, int(up >= 0 and pos > up)))
+    parent = tree_parents(topology, node_tree, chain)
+    base, at = home * g, chain.index(topology.local(root))
+    ranks = [base + v for v in chain]
+    if (ranks[-1], ranks[0]) in topology.connections or at == 0:
+        order = ranks[at:] + ranks[:at]
+        for child, p in zip(order[1:], order):
+            parent[child] = p
+    else:
+        for i in range(g):
+            parent[ranks[i]] = ranks[i - 1] if i > at else ranks[i + 1]
+    parent[root] = -1
+    return parent
+
+
+def _route(topology: Topology, succ, a: int, b: int) -> tuple[int, ...]:
+    route = (a, b) if (a, b) in topology.connections else shortest_path(succ, a, b)
+    if route is None:
+        raise TopologyError(f"{topology.label}: rank {a} cannot reach rank {b}")
+    return route
+
+
+def _rooted_tree(
+    topology: Topology, collective: Collective, chains: list[tuple[int, ...]]
+) -> Algorithm:
+    """The rooted collectives over one tree per chain (see :func:`tree_algorithm`)."""
+    n, k, kind, root = (
+        collective.num_ranks,
+        collective.chunkup,
+        collective.kind,
+        collective.root,
+    )
+    channels = len(chains)
+    succ = adjacency(topology.connections)
+    trees = [rooted_parents(topology, root, chain) for chain in chains]
+    transfers = []
+    for ch, parent in enumerate(trees):
+        if kind in (BROADCAST, REDUCE):
+            hops = (
+                broadcast_schedule(topology, parent, succ)
+                if kind == BROADCAST
+                else reduce_schedule(topology, parent, succ)[0]
+            )
+            transfers += [
+                Transfer(step, 0.0, src, dst, (c * k + j) * channels + ch, red, channel=ch)
+                for step, src, dst, red in hops
+                for c in range(n)
+                for j in range(k)
+            ]
+            continue
+        paths = {}  # rank -> the ranks its block passes between it and the root
+        for r in range(n):
+            path, v = [r], r
+            while parent[v] >= 0:  # gather: up the tree; scatter: down it, built backwards
+                if kind == GATHER:
+                    path += _route(topology, succ, v, parent[v])[1:]
+                else:
+                    path += reversed(_route(topology, succ, parent[v], v)[:-1])
+                v = parent[v]
+            paths[r] = path if kind == GATHER else path[::-1]
+        depth = max(len(p) for p in paths.values())
+        for r, path in paths.items():
+            first = 0 if kind == GATHER else depth - len(path)  # scatter: farthest first
+            transfers += [
+                Transfer(first + i, 0.0, a, b, (r * k + j) * channels + ch, channel=ch)
+                for i, (a, b) in enumerate(zip(path, path[1:]))
+                for j in range(k)
+            ]
+    return Algorithm(
+        "tree",
+        collective.with_chunkup(k * channels),
+        transfers,
+        topology.label,
+        meta={"trees": trees, "chains": [list(c) for c in chains]},
+    )
+
+
 def tree_algorithm(topology: Topology, collective: Collective) -> Algorithm:
-    """NCCL's double-binary-tree AllReduce of ``collective`` on ``topology``.
+    """NCCL's double-binary-tree AllReduce of ``collective`` on ``topology``, or a rooted
+    collective on one tree per ring channel (:func:`rooted_parents`: a binary tree over
+    the nodes from the root's, chains inside them), each channel moving an equal share of
+    every chunk, pipelined as the AllReduce's: Broadcast down the tree, Reduce up it (a
+    rank sends its partial sum once its children's have arrived), Gather every block up
+    its rank's path to the root (own block first), Scatter every block down the path to
+    its rank (the deepest ranks' blocks first).
 
     >>> from taccl_py.topology.loader import load_topology
     >>> alg = tree_algorithm(load_topology("dgx-a100", 2), Collective("allreduce", 16))
     >>> alg.nchannels, alg.collective.chunkup, alg.meta["chains"][0]
     (16, 16, [0, 1, 2, 3, 4, 5, 6, 7])
+    >>> bc = tree_algorithm(load_topology("dgx-a100", 2), Collective("broadcast", 16, root=9))
+    >>> bc.nchannels, bc.meta["trees"][0][9], bc.meta["trees"][0][0]
+    (8, -1, 8)
     """
-    if collective.kind != ALLREDUCE:
-        raise TacclError("method tree builds allreduce only")
+    if collective.kind != ALLREDUCE and not collective.rooted:
+        raise TacclError(
+            f"method tree builds allreduce and the rooted collectives, not {collective.kind}"
+        )
     require_ranks(topology, collective)
     g, n, k = topology.gpus_per_node, collective.num_ranks, collective.chunkup
     if n == 1:
@@ -190,6 +316,8 @@ def tree_algorithm(topology: Topology, collective: Collective) -> Algorithm:
         chains = [tuple(ring[:g]) for ring in find_rings(topology)]
     except TopologyError:
         chains = [tuple(range(g))]
+    if collective.rooted:
+        return _rooted_tree(topology, collective, chains)
     node_trees = dtree(topology.nodes)
     trees = [
         tree_parents(topology, node_tree, chain) for node_tree in node_trees for chain in chains
