@@ -51,6 +51,7 @@ def verify_cmd(
     from ..plan.runtimes import (
         check_library,
         check_runtime,
+        root_caveat,
         runtime_rules,
         size_range,
     )
@@ -67,7 +68,7 @@ def verify_cmd(
         if reference:
             check_reference(plan)
         shown = display_path(path)
-        line = f"{shown}: ok: {plan.coll} on {plan.ngpus} ranks; {report.summary()}" + (
+        line = f"{shown}: ok: {plan.label} on {plan.ngpus} ranks; {report.summary()}" + (
             "; reference executor matches numpy" if reference else ""
         )
         if runtime is not None:
@@ -80,6 +81,9 @@ def verify_cmd(
             line += f"; {runtime} loads it, for sizes from {format_size(lo)}" + (
                 f" below {format_size(hi)}" if hi is not None else " up"
             )
+            caveat = root_caveat(plan, runtime)
+            if caveat is not None:
+                line += f"; note: {caveat}"
         click.echo(line)
     if runtime is not None:
         broken += check_library(named, runtime)

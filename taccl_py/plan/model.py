@@ -14,6 +14,7 @@ from ..collectives import (
     BROADCAST,
     GATHER,
     REDUCE,
+    ROOTED_KINDS,
     SCATTER,
     Collective,
     canonical_kind,
@@ -125,6 +126,25 @@ class Plan:
         kind = canonical_kind(self.coll)
         chunkup = max(1, self.nchunksperloop // max(1, self.ngpus))
         return Collective(kind, self.ngpus, chunkup, self.inplace, self.root)
+
+    @property
+    def root_assumed(self) -> bool:
+        """Whether the plan is rooted and its file gave no ``root`` (0 was taken)."""
+        kind = canonical_kind(self.coll)
+        absent = self.source is not None and "algo.root" in self.source.absent
+        return absent and kind in ROOTED_KINDS
+
+    @property
+    def label(self) -> str:
+        """The collective for messages, with the root of a rooted one.
+
+        >>> Plan("p", "broadcast", 4, 4, root=2).label, Plan("p", "allgather", 4, 4).label
+        ('broadcast (root 2)', 'allgather')
+        """
+        kind = canonical_kind(self.coll)
+        if kind not in ROOTED_KINDS:
+            return kind
+        return f"{kind} (root {self.root}{', assumed: no root attribute' * self.root_assumed})"
 
     def buffer_size(self, gpu: GpuPlan, buf: str) -> int:
         return {"i": gpu.i_chunks, "o": gpu.o_chunks, "s": gpu.s_chunks}.get(buf, 0)

@@ -623,9 +623,8 @@ def root_caveat(plan: Plan, runtime: str = DEFAULT_RUNTIME) -> str | None:
         return None
     if plan.coll in rules.never_selected:
         return None
-    absent = plan.source is not None and "algo.root" in plan.source.absent
     which = f"root {plan.root}" + (
-        ": its file gives no root attribute, so root 0 is assumed" if absent else ""
+        ": its file gives no root attribute, so root 0 is assumed" if plan.root_assumed else ""
     )
     return (
         f"{rules.name} does not compare the root: this plan ({which}) is also selected "

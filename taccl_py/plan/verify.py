@@ -15,6 +15,11 @@ happens-before (program order, dependencies, send -> matching receive); vector c
 all threadblocks check this (FastTrack-style: per location the last write and the reads
 since). Faults other than races (reading uninitialised data, reducing a contribution twice)
 are reported after the run, so a race that explains them is reported instead.
+
+Rooted collectives: only the root holds a Broadcast's or Scatter's input (other ranks
+start with nothing), and only the root's output is checked for Reduce and Gather
+(other ranks' outputs are unconstrained). Out of place, no step may touch a buffer that
+NCCL reads only on the root (a non-root's Broadcast/Scatter input, Reduce/Gather output).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import numpy as np
 
-from ..collectives import ALLGATHER, GATHER, REDUCESCATTER, SCATTER, Collective
+from ..collectives import ALLGATHER, GATHER, REDUCE, REDUCESCATTER, SCATTER, Collective
 from ..errors import PlanError, VerificationError
 from ..util.nogc import gc_paused
 from .model import (
@@ -635,7 +640,8 @@ class Interpreter(Generic[V]):
 
 @gc_paused()
 def verify(plan: Plan) -> VerifyReport:
-    """Check limits, then run ``plan`` symbolically; raise on the first fault.
+    """Check limits, then run ``plan`` symbolically; raise on the first fault (a rooted
+    plan read without a ``root`` attribute is checked as root 0, which a fault says).
 
     A 2-rank AllGather: each rank sends its input chunk to the other, receives the
     other's, and copies its own into place.
@@ -654,8 +660,18 @@ def verify(plan: Plan) -> VerifyReport:
     Traceback (most recent call last):
     taccl_py.errors.VerificationError: rank 1 o[1] (chunk 1): expected {(1,0)}, got nothing ...
     """
+    try:
+        return _verify(plan)
+    except (PlanError, VerificationError) as exc:
+        if not plan.root_assumed:
+            raise
+        raise type(exc)(f"{exc} (root 0 assumed: the plan gives no root attribute)") from None
+
+
+def _verify(plan: Plan) -> VerifyReport:
     check_limits(plan)
     coll = plan.collective()
+    _check_root_only(plan, coll)
     # A value is a set of contributions: bits numbered by (chunk, rank, input index), so
     # that a chunk's contributions are neighbours, held as (lowest bit, mask >> lowest
     # bit) to keep each mask as short as the value's span; errors use plain masks.
@@ -691,6 +707,32 @@ def verify(plan: Plan) -> VerifyReport:
                 f"{_diff(w, m, contribs)}{_lost(run, w, m, contribs)}"
             )
     return _report(plan, run.connections, run.depth)
+
+
+def _check_root_only(plan: Plan, coll: Collective) -> None:
+    """Out of place, a non-root's Broadcast/Scatter input and Reduce/Gather output are
+    the root's only: NCCL ignores them on other ranks (they may be null there), so no
+    step may touch them."""
+    if not coll.rooted or coll.inplace:
+        return
+    buf = "o" if coll.kind in (REDUCE, GATHER) else "i"
+    role = "output" if buf == "o" else "input"
+    for gpu in sorted(plan.gpus, key=lambda g: g.id):
+        if gpu.id == coll.root:
+            continue
+        for tb in sorted(gpu.tbs, key=lambda t: t.id):
+            for st in tb.steps:
+                for verb, b, off, used in (
+                    ("reads", st.srcbuf, st.srcoff, st.type in READS_SRC),
+                    ("writes", st.dstbuf, st.dstoff, st.type in WRITES_DST),
+                ):
+                    if used and b == buf:
+                        raise VerificationError(
+                            f"rank {gpu.id} tb {tb.id} step {st.s} ({st.type}) {verb} "
+                            f"{buf}[{off}], but out of place a {coll.kind}'s {role} buffer "
+                            f"is the root's (rank {coll.root}) only: NCCL ignores it on "
+                            "other ranks, where it may be null"
+                        )
 
 
 @overload
