@@ -165,3 +165,85 @@ def test_formula_ring_and_tree_grow_with_size(algorithm):
         ]
         assert times == sorted(times) and times[0] > 0
     assert M.nccl_formula_time(one_gpu_nodes(4), "allgather", 1 << 20, "pat", "Simple") > 0
+
+
+# -- rooted collectives ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dgx1", "dgx-h100", "mi300x"])
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_rooted_candidates(name, nodes):
+    topo = load_topology(name, nodes)
+    ring = M.nccl_candidates(topo, "allgather")
+    for kind in ("broadcast", "reduce"):  # tuning.cc: ring only, every protocol ring has
+        cands = M.nccl_candidates(topo, kind)
+        assert cands == [(a, p) for a, p in ring if a == "ring"] and len(cands) >= 2
+    for kind in ("gather", "scatter"):  # no NCCL collective: torch's grouped send/recv
+        assert M.nccl_candidates(topo, kind) == [("p2p", "LL"), ("p2p", "Simple")]
+
+
+@pytest.mark.parametrize("kind", ["broadcast", "reduce"])
+def test_broadcast_and_reduce_are_the_ring_plan_rooted_there(kind):
+    topo, size, root = load_topology("dgx1"), 1 << 30, 3
+    best = M.nccl_best(topo, kind, size, root=root)
+    assert (best.algorithm, best.how) == ("ring", M.SIMULATED)
+    plan = build_plan(
+        topo, Collective(kind, 8, root=root), "ring", lower=LowerOptions(proto=best.protocol)
+    ).plan
+    assert best.time == pytest.approx(simulate(plan, topo, size).call_time, rel=1e-12)
+    assert M.nccl_plan(topo, kind, "ring", "LL", root=root).root == root
+    assert M.nccl_plan(topo, kind, "ring", "LL", root=0).root == 0
+    assert [c.algorithm for c in M.nccl_table(topo, kind, [1024, size], root=root)] == [
+        "ring",
+        "ring",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["gather", "scatter"])
+def test_gather_and_scatter_are_point_to_point(kind):
+    topo, root = load_topology("ndv2", 2), 5
+    n = topo.num_ranks
+    edge = n * P.P2P_LL_THRESHOLD  # size / N bytes go to (or come from) each peer
+    assert M.nccl_best(topo, kind, edge, root=root).protocol == "LL"
+    big = M.nccl_best(topo, kind, 1 << 30, root=root)
+    assert (big.algorithm, big.protocol) == ("p2p", "Simple")
+    plan = build_plan(topo, Collective(kind, n, root=root), "direct").plan
+    res = simulate(plan, topo, 1 << 30)
+    assert big.time == pytest.approx(min(res.call_time, M.fluid_time(res, topo)), rel=1e-12)
+    # node 1's half crosses the root's node's one 12.5 GB/s NIC at least
+    assert big.time >= (1 << 29) / 12.5e9
+
+
+def test_reusable_plans_keep_the_root():
+    topo = load_topology("dgx1")
+    coll = Collective("gather", 8, root=2)
+    direct = build_plan(topo, coll, "direct").plan
+    plans = M.reusable_plans(topo, coll, {"direct": direct}, LowerOptions(), verified=True)
+    assert sorted(plans) == [("p2p", p) for p in sorted(P.PROTOCOLS)]
+    assert all(p.root == 2 and "gather-root2" in p.name for p in plans.values())
+    choice = M.nccl_best(topo, "gather", 1 << 20, plans=plans, root=2)
+    assert choice.algorithm == "p2p"
+    # a plan of another root is not the model's plan for this one
+    other = Collective("gather", 8, root=1)
+    assert M.reusable_plans(topo, other, {"direct": direct}, LowerOptions()) == {}
+
+
+def test_rooted_ring_formula_by_hand():
+    one, two = load_topology("dgx1"), load_topology("dgx-h100", 2)
+    size = 1 << 30
+    for kind in ("broadcast", "reduce"):
+        # one node: nsteps = N, bus = algorithm bandwidth (ratio N / nsteps = 1), one hop
+        g = M.nccl_graph(one, "ring")
+        want = (8.4 + 0.7 + size / (1000 * g.n_channels * g.bw_intra)) * US
+        assert M.nccl_formula_time(one, kind, size, "ring", "Simple") == pytest.approx(want)
+        # two nodes: channels differ, so nsteps (16) chunk latencies, Simple's at tree's NET
+        # hop latency (= ring Simple's: 14 µs), on the simulator's scale (α of a NIC hop)
+        g = M.nccl_graph(two, "ring")
+        net_alpha = max(c.alpha for c in two.connections.values() if c.kind == "network")
+        want = (8.4 + 16 * net_alpha / US + size / (1000 * g.n_channels * g.bw_intra)) * US
+        assert M.nccl_formula_time(two, kind, size, "ring", "Simple") == pytest.approx(want)
+        assert M.nccl_formula_time(one, kind, 1 << 20, "ring", "LL") > 0
+    with pytest.raises(TacclError, match="does not run"):
+        M.nccl_formula_time(one, "broadcast", size, "tree", "Simple")
+    with pytest.raises(TacclError, match="does not run"):
+        M.nccl_formula_time(one, "gather", size, "ring", "Simple")

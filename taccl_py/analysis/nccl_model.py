@@ -7,9 +7,14 @@ of ``ncclTopoTuneModel`` (``src/graph/tuning.cc``), and what each costs:
 * **ring** (AllGather, ReduceScatter, AllReduce) and **tree** (AllReduce, double binary
   tree): the project's own plans (``--method ring`` / ``tree``) timed by the
   protocol-aware simulator (:mod:`.simulate`), the same function that times our plans;
+* **ring** for Broadcast and Reduce: tuning.cc gives them no other algorithm (NCCL chains
+  the data around each ring channel from or to the root); our ring plan rooted there;
 * **p2p** (AllToAll is grouped send/recv): the ``direct`` plan in NCCL's round order (round
   i: rank r sends to r + i), LL when the bytes to one peer are at most
-  ``NCCL_P2P_LL_THRESHOLD`` (16 KiB), Simple above (enqueue.cc). NCCL keeps every peer's
+  ``NCCL_P2P_LL_THRESHOLD`` (16 KiB), Simple above (enqueue.cc). **Gather and Scatter**
+  are no NCCL collective: torch's NCCL backend (``ProcessGroupNCCL::gather``/``scatter``)
+  runs them as one group of ``ncclSend``/``ncclRecv`` between the root and every rank,
+  which is this p2p model on the ``direct`` plan rooted there. NCCL keeps every peer's
   transfer in flight at once and the network shares bandwidth among them, which the
   simulator (one transfer at a time per resource) does not model, so p2p is also given
   the fluid time :func:`fluid_time` (its busiest resource's load, one network α, the
@@ -47,7 +52,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from ..collectives import ALLREDUCE, ALLTOALL, Collective, canonical_kind
+from ..collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    REDUCESCATTER,
+    SCATTER,
+    Collective,
+    canonical_kind,
+)
 from ..errors import TacclError
 from ..lowering.lower import LowerOptions
 from ..plan.model import Plan
@@ -195,11 +211,13 @@ def nccl_candidates(topology: Topology, kind: str) -> list[tuple[str, str]]:
     kind = canonical_kind(kind)
     if topology.num_ranks < 2:
         return []
-    if kind == ALLTOALL:
+    if kind in (ALLTOALL, GATHER, SCATTER):
         return [(P2P, LL), (P2P, SIMPLE)]
     protos = [LL, LL128, SIMPLE] if ll128_enabled(topology) else [LL, SIMPLE]
     one_node = topology.nodes == 1
     out = [(RING, p) for p in protos]
+    if kind in (BROADCAST, REDUCE):  # tuning.cc: `a != NCCL_ALGO_RING` is skipped for them
+        return out
     if kind == ALLREDUCE:
         out += [(TREE, p) for p in protos]
         if nvls_supported(topology):
@@ -213,7 +231,8 @@ def nccl_candidates(topology: Topology, kind: str) -> list[tuple[str, str]]:
 
 
 def p2p_protocol(topology: Topology, size: int) -> str:
-    """The protocol NCCL's grouped send/recv uses for an AllToAll of ``size`` bytes per rank.
+    """The protocol NCCL's grouped send/recv uses for an AllToAll of ``size`` bytes per rank
+    (or a Gather / Scatter of ``size`` bytes at the root): size / N bytes to each peer.
 
     >>> from taccl_py.topology.loader import load_topology
     >>> p2p_protocol(load_topology("dgx1"), 1 << 17), p2p_protocol(load_topology("dgx1"), 1 << 18)
@@ -301,7 +320,9 @@ def nccl_formula_time(
     gen = gpu_generation(topology)
     i2 = min(nodes, 3) - 1
     ll_max = P.LL_MAX_BW[gen if nodes == 1 else VOLTA][i2]  # several nodes: Intel CPU row
-    nsteps = 2 * (n - 1) if kind == ALLREDUCE else n - 1
+    nsteps = (
+        2 * (n - 1) if kind == ALLREDUCE else n - 1 if kind in (ALLGATHER, REDUCESCATTER) else n
+    )
     g = nccl_graph(topology, algorithm)
     bw = g.bw_intra if nodes <= 2 else g.bw_inter
     if algorithm in (NVLS, NVLS_TREE):
@@ -342,7 +363,17 @@ def nccl_formula_time(
     )
     log_nodes = nodes.bit_length() - 1
     lat = P.BASE_LATENCY_US[algorithm][protocol]
-    if algorithm == RING:
+    if algorithm == RING and kind in (BROADCAST, REDUCE):
+        # one hop when every channel is the same ring (search.cc's sameChannels, taken as
+        # one node), else nsteps "chunk latencies", Simple's at tree's hop latency
+        hw = intra_hw if nodes == 1 else NET
+        if nodes == 1:
+            lat += _calibrated(topology, hw, protocol, RING)
+        else:
+            lat += nsteps * _calibrated(
+                topology, hw, protocol, TREE if protocol == SIMPLE else RING
+            )
+    elif algorithm == RING:
         n_inter = 0 if nodes == 1 else 2 * (nodes - 1) if kind == ALLREDUCE else nodes - 1
         lat += (nsteps - n_inter) * intra_lat + n_inter * inter_lat
     elif algorithm == TREE:
@@ -386,9 +417,12 @@ def _fingerprint(topology: Topology) -> tuple:
     )
 
 
-def nccl_plan(topology: Topology, kind: str, algorithm: str, protocol: str) -> Plan | None:
+def nccl_plan(
+    topology: Topology, kind: str, algorithm: str, protocol: str, root: int = 0
+) -> Plan | None:
     """The verified plan of a ring, tree or p2p candidate under ``protocol`` (None where our
-    method cannot build it); cached per (topology, kind, algorithm).
+    method cannot build it; ``root``: a rooted collective's); cached per (topology, kind,
+    root, algorithm).
 
     >>> from taccl_py.topology.loader import load_topology
     >>> nccl_plan(load_topology("dgx1"), "allgather", "ring", "LL").proto
@@ -397,14 +431,13 @@ def nccl_plan(topology: Topology, kind: str, algorithm: str, protocol: str) -> P
     from ..build.pipeline import build_plan
 
     kind = canonical_kind(kind)
-    key = (*_fingerprint(topology), kind, algorithm)
+    key = (*_fingerprint(topology), kind, root, algorithm)
     if key in _PLANS:
         _PLANS.move_to_end(key)
     else:
+        collective = Collective(kind, topology.num_ranks, root=root)
         try:
-            plan = build_plan(
-                topology, Collective(kind, topology.num_ranks), PLAN_METHODS[algorithm]
-            ).plan
+            plan = build_plan(topology, collective, PLAN_METHODS[algorithm]).plan
         except TacclError:
             plan = None
         _PLANS[key] = plan
@@ -429,9 +462,10 @@ def reusable_plans(
     made with the default :class:`~taccl_py.synth.methods.SynthOptions`, lowered with
     ``options``). Kept, under every protocol, is each plan that is the one
     :func:`nccl_plan` builds itself: method ring, tree or direct; ``collective`` at
-    chunk-up 1, out of place; ``options`` the defaults but for the name, protocol and size
-    selection; under the model's name the runtime still loads it, and it verifies (checked
-    here unless ``verified``).
+    chunk-up 1, out of place (with its root: pass ``collective.root`` to :func:`nccl_best`);
+    ``options`` the defaults but for the name, protocol and size selection; under the
+    model's name the runtime still loads it, and it verifies (checked here unless
+    ``verified``).
 
     >>> from taccl_py.build.pipeline import build_plan
     >>> from taccl_py.topology.loader import load_topology
@@ -446,7 +480,7 @@ def reusable_plans(
 
     base = replace(options, name=None, proto=SIMPLE, min_bytes=0, max_bytes=0, inplace=None)
     if (
-        collective != Collective(collective.kind, topology.num_ranks)
+        collective != Collective(collective.kind, topology.num_ranks, root=collective.root)
         or options.inplace not in (None, collective.inplace)
         or base != LowerOptions()
     ):
@@ -454,9 +488,12 @@ def reusable_plans(
     methods = {method: algorithm for algorithm, method in PLAN_METHODS.items()}
     plans = {}
     for method, plan in built.items():
-        if method not in methods:
+        if method not in methods or (canonical_kind(plan.coll), plan.root) != (
+            collective.kind,
+            collective.root,
+        ):
             continue
-        name = f"{topology.label}-{collective.kind}-{method}"  # as build_plan names it
+        name = f"{topology.label}-{collective.label}-{method}"  # as build_plan names it
         plan = replace(plan, name=name, proto=SIMPLE, min_bytes=0, max_bytes=0)
         if check_runtime(plan, selection=False):
             continue
@@ -485,15 +522,22 @@ def fluid_time(result, topology: Topology) -> float:
 
 
 def nccl_best(
-    topology: Topology, kind: str, size: int, plans: dict[tuple[str, str], Plan] | None = None
+    topology: Topology,
+    kind: str,
+    size: int,
+    plans: dict[tuple[str, str], Plan] | None = None,
+    root: int = 0,
 ) -> NcclChoice:
     """NCCL's fastest (algorithm, protocol) at ``size`` bytes in this model, timed by the
     simulator's ``call_time`` (ring, tree, p2p) or tuning.cc's formula (nvls, nvls_tree,
-    pat). ``plans`` maps (algorithm, protocol) to an already built plan to time instead.
+    pat). ``plans`` maps (algorithm, protocol) to an already built plan to time instead
+    (built for ``root``, the root of a rooted collective).
 
     >>> from taccl_py.topology.loader import load_topology
     >>> nccl_best(load_topology("dgx1"), "allgather", 1 << 10).protocol
     'LL'
+    >>> nccl_best(load_topology("dgx1"), "gather", 1 << 30, root=2).algorithm
+    'p2p'
     """
     kind = canonical_kind(kind)
     best = None
@@ -502,7 +546,7 @@ def nccl_best(
             continue
         if algorithm in PLAN_METHODS:
             plan = (plans or {}).get((algorithm, protocol)) or nccl_plan(
-                topology, kind, algorithm, protocol
+                topology, kind, algorithm, protocol, root
             )
             if plan is None:
                 continue
@@ -526,11 +570,11 @@ def nccl_best(
     return best
 
 
-def nccl_table(topology: Topology, kind: str, sizes: list[int]) -> list[NcclChoice]:
-    """:func:`nccl_best` at each size (plans built once).
+def nccl_table(topology: Topology, kind: str, sizes: list[int], root: int = 0) -> list[NcclChoice]:
+    """:func:`nccl_best` at each size (plans built once; ``root``: a rooted collective's).
 
     >>> from taccl_py.topology.loader import load_topology
     >>> [c.protocol for c in nccl_table(load_topology("dgx1"), "allgather", [1 << 10, 1 << 30])]
     ['LL', 'Simple']
     """
-    return [nccl_best(topology, kind, size) for size in sizes]
+    return [nccl_best(topology, kind, size, root=root) for size in sizes]
