@@ -9,10 +9,12 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
 
+from taccl_py.analysis.nccl_model import reusable_plans
 from taccl_py.analysis.report import evaluate, format_table
 from taccl_py.build.pipeline import build_plan
 from taccl_py.cli import main
-from taccl_py.collectives import KINDS, Collective
+from taccl_py.collectives import KINDS, ROOTED_KINDS, Collective
+from taccl_py.lowering.lower import LowerOptions
 from taccl_py.topology.loader import builtin_names, load_topology
 
 SIZES = [1 << 10, 1 << 20, 1 << 30]
@@ -28,6 +30,41 @@ def test_no_plan_beats_its_lower_bound(name, nodes):
             for row in evaluate(plan, topo, SIZES):
                 assert row.time >= row.bound_time * (1 - 1e-9), (kind, method, row)
                 assert 0 < row.pct_of_bound <= 100 + 1e-6
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("name", builtin_names())
+def test_no_rooted_plan_beats_its_lower_bound(name, nodes):
+    """At a root other than 0; NCCL's model is its ring (broadcast, reduce) or torch's
+    point-to-point (gather, scatter), never faster than itself."""
+    topo = load_topology(name, nodes)
+    root = topo.num_ranks - 1
+    for kind in ROOTED_KINDS:
+        coll = Collective(kind, topo.num_ranks, root=root)
+        built = {method: build_plan(topo, coll, method).plan for method in ("ring", "direct")}
+        nccl_plans = reusable_plans(topo, coll, built, LowerOptions(), verified=True)
+        for method, plan in built.items():
+            for row in evaluate(plan, topo, [1 << 10, 1 << 30], nccl_plans):
+                assert row.time >= row.bound_time * (1 - 1e-9), (kind, method, row)
+                assert 0 < row.pct_of_bound <= 100 + 1e-6
+                nccl = "ring" if kind in ("broadcast", "reduce") else "p2p"
+                assert row.nccl_choice.startswith(nccl + "/")
+                if method == ("ring" if nccl == "ring" else "direct"):  # NCCL's own plan
+                    assert row.speedup_vs_nccl <= 1 + 1e-9
+
+
+def test_rooted_report_uses_the_plans_root():
+    """Rooted at rank 8 of two NDv2 nodes, a gather's bound is node 1's NIC ingress (node 0's
+    half of the data must enter it over one 12.5 GB/s NIC), and the bound moves with the
+    root."""
+    topo = load_topology("ndv2", 2)
+    plan = build_plan(topo, Collective("gather", 16, root=8), "direct").plan
+    [row] = evaluate(plan, topo, [1 << 30])
+    assert row.bound_time == pytest.approx((1 << 29) / 12.5e9, rel=1e-12)
+    assert row.bound_detail == "ingress of node 1: nic 12.5 GB/s"
+    plan = build_plan(topo, Collective("gather", 16, root=3), "direct").plan
+    [row] = evaluate(plan, topo, [1 << 30])
+    assert row.bound_detail == "ingress of node 0: nic 12.5 GB/s"
 
 
 def test_nccl_ring_is_never_faster_than_nccls_best():

@@ -288,3 +288,41 @@ def test_speed(n, kind, limit):
     assert time.perf_counter() - t0 < limit
     rounds = (2 if kind == "allreduce" else 1) * (n - 1)
     assert res.time == pytest.approx(rounds * (US + (1 << 30) / n / (100 * GB)), rel=1e-9)
+
+
+# -- rooted collectives ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+@pytest.mark.parametrize("kind", ["broadcast", "reduce", "gather", "scatter"])
+def test_direct_rooted_plans_on_a_switch(n, kind):
+    """Every transfer goes through the root's one switch port, back to back: the call takes
+    the root port's load plus one α (gather/scatter: N−1 blocks of size/N; broadcast and
+    reduce: the whole buffer to or from each of the N−1 others)."""
+    from taccl_py.analysis.simulate import bus_factor
+    from taccl_py.build.pipeline import build_plan
+
+    bw, alpha, size, root = 50 * GB, 0.7 * US, 1 << 24, n - 1
+    plan = build_plan(switch_topology(n, bw, alpha), Collective(kind, n, root=root), "direct").plan
+    res = simulate(plan, switch_topology(n, bw, alpha), size)
+    load = (n - 1) * size / bw * (1 / n if kind in ("gather", "scatter") else 1)
+    assert res.time == pytest.approx(load + alpha, rel=1e-12)
+    port = f"sw{'in' if kind in ('gather', 'reduce') else 'out'}:{root}"
+    assert res.resource_busy[port] == pytest.approx(load, rel=1e-12)
+    if kind in ("gather", "reduce"):  # the root finishes last; the first sender after one hop
+        assert res.rank_finish[root] == res.time
+        others = [t for r, t in enumerate(res.rank_finish) if r != root]
+        assert min(others) == pytest.approx(load / (n - 1) + alpha, rel=1e-12)
+    factor = (n - 1) / n if kind in ("gather", "scatter") else 1.0
+    assert bus_factor(kind, n) == pytest.approx(factor)
+    assert res.busbw == pytest.approx(size / res.time * factor, rel=1e-12)
+
+
+def test_bus_factors_follow_nccl_tests():
+    from taccl_py.analysis.simulate import bus_factor
+
+    assert bus_factor("allreduce", 4) == 1.5
+    assert [bus_factor(k, 4) for k in ("allgather", "reducescatter", "alltoall")] == [0.75] * 3
+    assert bus_factor("bcast", 1) == 1.0 and bus_factor("gather", 1) == 0.0
+    res = simulate(ring_plan(4, "allreduce"), switch_topology(4), 1 << 20)
+    assert res.busbw == pytest.approx(1.5 * res.algbw)

@@ -2,7 +2,9 @@
 
 "NCCL" is the best (algorithm, protocol) of NCCL's model at each size
 (:func:`taccl_py.analysis.nccl_model.nccl_best`: NCCL's ring and tree as plans in the same
-simulator, NVLS by NCCL's own tuning formula), not a measurement.
+simulator, NVLS by NCCL's own tuning formula; for Gather and Scatter, which NCCL lacks,
+torch's grouped send/recv), not a measurement. A rooted plan is compared with the bound
+and NCCL's model at its own root.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ class Row:
     speedup_vs_nccl: float
 
 
-def ring_plan(topology: Topology, kind: str) -> Plan | None:
-    """The NCCL-like ring baseline plan, or None where the topology has no ring."""
+def ring_plan(topology: Topology, kind: str, root: int = 0) -> Plan | None:
+    """The NCCL-like ring baseline plan (rooted at ``root`` for a rooted ``kind``), or None
+    where the topology has no ring."""
     from ..build.pipeline import build_plan
 
     try:
-        return build_plan(topology, Collective(kind, topology.num_ranks), "ring").plan
+        return build_plan(topology, Collective(kind, topology.num_ranks, root=root), "ring").plan
     except TacclError:
         return None
 
@@ -56,15 +59,17 @@ def evaluate(
     >>> topo = load_topology("dgx1")
     >>> [row.nccl_choice for row in evaluate(ring_plan(topo, "allgather"), topo, [1 << 30])]
     ['ring/Simple']
+    >>> [row.nccl_choice for row in evaluate(ring_plan(topo, "scatter", 3), topo, [1 << 30])]
+    ['p2p/Simple']
     """
     from .nccl_model import nccl_best
 
-    kind = plan.collective().kind
+    kind, root = plan.collective().kind, plan.root
     rows = []
     for size in sizes:
         t = simulate(plan, topology, size).call_time  # as NCCL's: with the base latency
-        bound = lower_bound(topology, kind, size)
-        nccl = nccl_best(topology, kind, size, nccl_plans)
+        bound = lower_bound(topology, kind, size, root)
+        nccl = nccl_best(topology, kind, size, nccl_plans, root=root)
         rows.append(
             Row(
                 size,

@@ -34,6 +34,12 @@ rule for every plan, NCCL's baselines and synthesized ones alike:
   14, Simple 8.4 µs) is :attr:`SimResult.base_latency`, paid once per call and included
   in :attr:`SimResult.call_time` but not in :attr:`SimResult.time`.
 
+Bandwidths follow nccl-tests: ``algbw = size / time`` with its sizes (AllGather and
+Gather: the output, the root's for Gather; ReduceScatter and Scatter: the input, the
+root's for Scatter; the others: the per-rank buffer), ``busbw = algbw ×``
+:func:`bus_factor`. A rooted plan's ranks without output (a Gather's non-roots) finish
+when their last step does, and the call when its last rank does.
+
 So a Simple plan's ``time`` is exactly the α-β makespan the synthesizers schedule; compare
 plans of different protocols by ``call_time``. Not modelled: LL's per-GPU bandwidth caps
 (``llMaxBws``), which tuning.cc applies to whole algorithms (see :mod:`.nccl_model`).
@@ -45,6 +51,17 @@ import heapq
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ..collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    REDUCESCATTER,
+    SCATTER,
+    canonical_kind,
+)
 from ..errors import TacclError
 from ..plan.model import RECV_TYPES, SEND_TYPES, Plan
 from ..topology.model import Topology
@@ -52,6 +69,28 @@ from ..util.nogc import gc_paused
 from .protocols import LINE_EFFICIENCY, base_latency, connection_hw, hop_latency
 
 _START, _SEND = 0, 1
+
+#: nccl-tests' bus bandwidth factor of each collective, as a function of the rank count
+_BUS_FACTORS = {
+    ALLREDUCE: lambda n: 2 * (n - 1) / n,
+    ALLGATHER: lambda n: (n - 1) / n,
+    REDUCESCATTER: lambda n: (n - 1) / n,
+    ALLTOALL: lambda n: (n - 1) / n,
+    GATHER: lambda n: (n - 1) / n,
+    SCATTER: lambda n: (n - 1) / n,
+    BROADCAST: lambda n: 1.0,
+    REDUCE: lambda n: 1.0,
+}
+
+
+def bus_factor(kind: str, num_ranks: int) -> float:
+    """nccl-tests' ``busbw / algbw`` of ``kind`` on ``num_ranks`` ranks (``*GetBw``):
+    2(N−1)/N for AllReduce, 1 for Broadcast and Reduce, (N−1)/N for the others.
+
+    >>> bus_factor("allreduce", 8), bus_factor("broadcast", 8), bus_factor("gather", 8)
+    (1.75, 1.0, 0.875)
+    """
+    return float(_BUS_FACTORS[canonical_kind(kind)](max(1, num_ranks)))
 
 
 class TraceEvent(NamedTuple):
@@ -73,7 +112,8 @@ class SimResult:
     """Outcome of :func:`simulate`; times in seconds.
 
     ``time`` is the last rank's finish; ``base_latency`` the protocol's per-call latency
-    (``proto``'s, from tuning.cc), which ``call_time`` adds.
+    (``proto``'s, from tuning.cc), which ``call_time`` adds; ``bus_factor`` the plan's
+    collective's (:func:`bus_factor`).
     """
 
     size: int
@@ -84,6 +124,7 @@ class SimResult:
     trace: list[TraceEvent] = field(default_factory=list)
     proto: str = "Simple"
     base_latency: float = 0.0
+    bus_factor: float = 1.0
 
     @property
     def call_time(self) -> float:
@@ -94,6 +135,11 @@ class SimResult:
     def algbw(self) -> float:
         """nccl-tests algorithm bandwidth, bytes/s."""
         return self.size / self.time if self.time > 0 else float("inf")
+
+    @property
+    def busbw(self) -> float:
+        """nccl-tests bus bandwidth, bytes/s: ``algbw`` times the collective's factor."""
+        return self.algbw * self.bus_factor
 
 
 @dataclass
@@ -314,6 +360,7 @@ def simulate(plan: Plan, topology: Topology, size: int, *, trace: bool = False) 
         events,
         plan.proto,
         base_latency(plan.proto),
+        bus_factor(plan.coll, plan.ngpus),
     )
 
 
