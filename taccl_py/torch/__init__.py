@@ -32,22 +32,44 @@ except ImportError as exc:  # say which extra brings it
     ) from None
 
 from .backend import TacclProcessGroup
-from .library import CACHE_DIR_ENV, PLAN_DIR_ENV, PlanLibrary
+from .library import CACHE_DIR_ENV, METHODS_ENV, PLAN_DIR_ENV, TOPOLOGY_ENV, PlanLibrary
 
-__all__ = ["TacclProcessGroup", "PlanLibrary", "configure", "PLAN_DIR_ENV", "CACHE_DIR_ENV"]
+__all__ = [
+    "TacclProcessGroup",
+    "PlanLibrary",
+    "configure",
+    "PLAN_DIR_ENV",
+    "CACHE_DIR_ENV",
+    "TOPOLOGY_ENV",
+    "METHODS_ENV",
+]
 
 _options: dict = {}
 
 
-def configure(plan_dir=None, cache_dir=None, blocking_wait: bool | None = None) -> None:
+def configure(
+    plan_dir=None,
+    cache_dir=None,
+    blocking_wait: bool | None = None,
+    topology=None,
+    methods: tuple[str, ...] | None = None,
+) -> None:
     """Options for groups created from now on (each overrides its environment variable):
-    plan and cache directories, and whether ``Work.wait()`` of CUDA collectives waits on the
-    host (``TACCL_BLOCKING_WAIT``).
+    plan and cache directories, whether ``Work.wait()`` of CUDA collectives waits on the
+    host (``TACCL_BLOCKING_WAIT``), the cluster the plan library is built for
+    (``TACCL_TOPOLOGY``: a built-in name, ``name:nodes``, a YAML path or a Topology) and the
+    methods it tries (``TACCL_METHODS``).
 
     >>> import taccl_py.torch
-    >>> taccl_py.torch.configure(plan_dir="plans/")  # doctest: +SKIP
+    >>> taccl_py.torch.configure(topology="dgx1", plan_dir="plans/")  # doctest: +SKIP
     """
-    _options.update(plan_dir=plan_dir, cache_dir=cache_dir, blocking_wait=blocking_wait)
+    _options.update(
+        plan_dir=plan_dir,
+        cache_dir=cache_dir,
+        blocking_wait=blocking_wait,
+        topology=topology,
+        methods=methods,
+    )
 
 
 def _create(store, rank, size, timeout):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import dataclasses
 import datetime
 import os
 import weakref
@@ -25,12 +26,31 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..collectives import ALLGATHER, ALLREDUCE, ALLTOALL, REDUCESCATTER
+from ..collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCESCATTER,
+    SCATTER,
+)
+from ..collectives import REDUCE as REDUCE_KIND
 from ..errors import TacclError
 from ..runtime.executor import PlanExecutor
-from .checks import _R, REDUCE, as_real, check_list, check_output, check_pair, reduce_op
+from .checks import (
+    _R,
+    BITWISE,
+    REDUCE,
+    REDUCING,
+    as_real,
+    check_list,
+    check_output,
+    check_pair,
+    reduce_op,
+)
 from .gloo_transport import GlooTransport
-from .library import PlanLibrary
+from .library import PADDED, PlanLibrary
 
 if TYPE_CHECKING:
     from torch.distributed.distributed_c10d import GroupName
@@ -41,6 +61,10 @@ if TYPE_CHECKING:
 EXECUTOR_CACHE = 32
 #: set to 1 to make ``Work.wait()`` of CUDA collectives wait on the host (and raise a failure)
 BLOCKING_WAIT_ENV = "TACCL_BLOCKING_WAIT"
+#: the unrooted plan serving a rooted collective whose own plans do not build (yet): the
+#: AllReduce plan sums the root's bytes with zeros (broadcast) or reduces every input (reduce),
+#: the AllGather plan gathers to every rank, the AllToAll plan scatters from the root
+STAND_IN = {BROADCAST: ALLREDUCE, REDUCE_KIND: ALLREDUCE, GATHER: ALLGATHER, SCATTER: ALLTOALL}
 #: groups not yet shut down; those left at exit are shut down before the interpreter ends
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -76,10 +100,22 @@ class TacclProcessGroup(dist.ProcessGroup):
         plan_dir=None,
         cache_dir=None,
         blocking_wait: bool | None = None,
+        topology=None,
+        methods: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(rank, size)  # type: ignore[call-arg]  # the stub lacks (rank, size)
         self._store, self._timeout = store, timeout.total_seconds()
-        self._library = PlanLibrary(plan_dir, cache_dir)
+        # the cluster's plan library: built here by one process, loaded by the others
+        self._library = PlanLibrary(
+            plan_dir,
+            cache_dir,
+            nranks=size,
+            topology=topology,
+            methods=methods,
+            timeout=self._timeout,
+            quiet=rank != 0,
+        )
+        self._library.prepare()
         # Gloo's own timeout on plan messages comes later than the executor's, whose error
         # names the plan step and peer that stalled
         # the inner groups and the transport are dropped by shutdown()
@@ -161,11 +197,6 @@ class TacclProcessGroup(dist.ProcessGroup):
         self._worker.submit(job)
         return _Work(fut)
 
-    def _delegate(self, call, outputs, inputs=(), op=None):
-        """An operation Gloo does itself (``call(outputs, inputs)`` returns its Work), on the
-        same stand-ins and in issue order with the plan collectives."""
-        return self._submit(lambda outs, ins: call(outs, ins).wait(), outputs, inputs, op)
-
     def _each(self, kind: str, op=_R.SUM):
         """A job running the ``kind`` collective on each (output, input) pair."""
 
@@ -182,29 +213,52 @@ class TacclProcessGroup(dist.ProcessGroup):
             transport = self._transport
             # jobs run on the worker, which shutdown() stops before it drops the transport
             assert transport is not None, "the group was shut down"
-            ex = PlanExecutor(plan, transport, self.rank(), self.size(), ce, dtype, redop)
+            runnable = _with_buffers(plan)
+            ex = PlanExecutor(runnable, transport, self.rank(), self.size(), ce, dtype, redop)
             if len(self._executors) >= EXECUTOR_CACHE:
                 self._executors.pop(next(iter(self._executors)))
         self._executors[key] = ex  # most recently used last
         return ex
 
-    def _collective(self, kind: str, output: torch.Tensor, input: torch.Tensor, op=_R.SUM) -> None:
-        """``output`` ← the ``kind`` collective of every rank's ``input`` (contiguous tensors,
-        taken as flat arrays); ``op`` is one of :data:`REDUCE`."""
-        check_pair(kind, output, input, op, self.size())
-        if input.numel() == 0:
+    def _collective(
+        self, kind: str, output: torch.Tensor, input: torch.Tensor, op=_R.SUM, root: int = 0
+    ) -> None:
+        """``output`` ← the ``kind`` collective (rooted at ``root``) of every rank's ``input``
+        (contiguous tensors, taken as flat arrays) reduced by ``op``."""
+        n = self.size()
+        check_pair(kind, output, input, op if kind in REDUCING else None, n)
+        if not max(input.numel(), output.numel()):
             return
         output, input = output.view(-1), input.view(-1)
-        self._cpu(kind, output, input, REDUCE[op])
-        if op == _R.AVG:
-            output.div_(self.size())
+        if op in BITWISE:
+            self._bitwise(kind, output, input, op, root)
+            return
+        self._cpu(kind, output, input, REDUCE[op] if kind in REDUCING else "sum", root)
+        if op == _R.AVG and kind in REDUCING:
+            output.div_(n)
 
-    def _cpu(self, kind: str, output: torch.Tensor, input: torch.Tensor, red: str) -> None:
-        """:meth:`_collective` on flat contiguous CPU tensors."""
+    def _bitwise(self, kind: str, output: torch.Tensor, input: torch.Tensor, op, root: int):
+        """A bitwise reduction (no plan does one): the AllGather plan brings every rank's
+        input, which are combined here in rank order."""
+        n, size = self.size(), input.numel()
+        every = torch.empty(n * size, dtype=input.dtype)
+        self._cpu(ALLGATHER, every, input, "sum")
+        total = every[:size].clone()
+        for q in range(1, n):
+            BITWISE[op](total, every[q * size : (q + 1) * size], out=total)
+        if kind == REDUCESCATTER:
+            total = total[self.rank() * output.numel() :][: output.numel()]
+        if kind != REDUCE_KIND or self.rank() == root:
+            output.copy_(total)
+
+    def _cpu(
+        self, kind: str, output: torch.Tensor, input: torch.Tensor, red: str, root: int = 0
+    ) -> None:
+        """:meth:`_collective` on flat contiguous CPU tensors, with a plan reduce op."""
         if output.dtype == torch.bfloat16:  # no NumPy dtype: raw bits, or reduced in float32
-            if kind in (ALLREDUCE, REDUCESCATTER):
+            if kind in REDUCING:
                 wide = torch.empty(output.shape, dtype=torch.float32)
-                self._cpu(kind, wide, input.float(), red)
+                self._cpu(kind, wide, input.float(), red, root)
                 output.copy_(wide)
                 return
             output, input = output.view(torch.int16), input.view(torch.int16)
@@ -213,10 +267,10 @@ class TacclProcessGroup(dist.ProcessGroup):
         nbytes = max(send.nbytes, recv.nbytes)
         elems = max(send.size, recv.size)
         inplace = kind == ALLREDUCE and np.shares_memory(send, recv)
-        plan = self._library.choose(kind, n, nbytes, elems, inplace)
+        plan = self._library.choose(kind, n, nbytes, elems, inplace, root)
         chunks = plan.nchunksperloop
-        if elems % chunks:  # only AllReduce gets here: pad to whole chunks
-            if kind != ALLREDUCE:
+        if elems % chunks:  # the whole-buffer kinds: pad to whole chunks
+            if kind not in PADDED:
                 raise TacclError(
                     f"{kind} of {elems} elements does not split into the plan's {chunks} chunks"
                 )
@@ -229,6 +283,25 @@ class TacclProcessGroup(dist.ProcessGroup):
             if np.shares_memory(send, recv) and not plan.inplace:
                 send = send.copy()
             self._run(plan, send, recv, red)
+
+    def _blocks(self, outs: list[torch.Tensor], ins: list[torch.Tensor]) -> None:
+        """All-to-all of flat blocks of any sizes: ``outs[q]`` ← rank q's ``ins[rank]``. The
+        ranks agree on the largest block (an AllReduce MAX), and every block is padded to it
+        for the AllToAll plan."""
+        n = self.size()
+        largest = torch.tensor([max(t.numel() for t in (*outs, *ins))], dtype=torch.int64)
+        self._collective(ALLREDUCE, largest, largest, _R.MAX)
+        block = int(largest.item())
+        if not block:
+            return
+        dtype = ins[0].dtype
+        send = torch.zeros(n * block, dtype=dtype)
+        for q, t in enumerate(ins):
+            send[q * block : q * block + t.numel()] = t
+        every = torch.empty(n * block, dtype=dtype)
+        self._collective(ALLTOALL, every, send)
+        for q, t in enumerate(outs):
+            t.copy_(every[q * block : q * block + t.numel()])
 
     def _run(self, plan, send: np.ndarray, recv: np.ndarray, red: str) -> None:
         coll = plan.collective()
@@ -257,19 +330,10 @@ class TacclProcessGroup(dist.ProcessGroup):
         op = reduce_op(opts)
         if gpu := self._gpu(tensors):
             return gpu.reduction(ALLREDUCE, [(t, t) for t in tensors], op)
-        if op not in REDUCE:
-            return self._delegate(lambda ts, _: self._gloo.allreduce(ts, opts), tensors, op=op)
         return self._submit(lambda ts, _: self._each(ALLREDUCE, op)(ts, ts), tensors, op=op)
 
     def allreduce_coalesced(self, tensors, opts=None):
-        op = reduce_op(opts)
-        if gpu := self._gpu(tensors):
-            return gpu.reduction(ALLREDUCE, [(t, t) for t in tensors], op)
-        if op not in REDUCE:
-            return self._delegate(
-                lambda ts, _: self._gloo.allreduce_coalesced(ts, opts), tensors, op=op
-            )
-        return self._submit(lambda ts, _: self._each(ALLREDUCE, op)(ts, ts), tensors, op=op)
+        return self.allreduce(tensors, opts)
 
     def allgather(self, output_tensors, input_tensors, opts=None):
         if gpu := self._gpu(output_tensors, input_tensors):
@@ -308,38 +372,35 @@ class TacclProcessGroup(dist.ProcessGroup):
             ):
                 return gpu.moves(ALLTOALL, [(output, input)])
             return gpu.alltoall_split(output, input, output_split_sizes, input_split_sizes)
-        # split sizes are Gloo's: only all of them tell whether the blocks are even, and
-        # every rank must choose the same way
-        if (
-            not output_split_sizes
-            and not input_split_sizes
-            and input.dim()
-            and input.shape[0] % self.size() == 0
-        ):
-            return self._submit(self._each(ALLTOALL), [output], [input])
-        return self._delegate(
-            lambda o, i: self._gloo.alltoall_base(
-                o[0], i[0], output_split_sizes, input_split_sizes
-            ),
-            [output],
-            [input],
-        )
+
+        def run(outs, ins):
+            (out,), (inp,) = outs, ins
+            check_pair(ALLTOALL, out, out, None, self.size())
+            check_pair(ALLTOALL, inp, inp, None, self.size())
+            self._blocks(
+                _rows("output", out, output_split_sizes, self.size()),
+                _rows("input", inp, input_split_sizes, self.size()),
+            )
+
+        return self._submit(run, [output], [input])
 
     alltoall_base = all_to_all_single
 
     def alltoall(self, output_tensors, input_tensors, opts=None):
-        """Gloo's all-to-all with split sizes (whether another rank's tensors differ in size
-        is unknown here), which unlike Gloo's own list version takes uneven tensors."""
+        """All-to-all of tensor lists, whose tensors may differ in size (unlike Gloo's)."""
         if gpu := self._gpu(output_tensors, input_tensors):
             return gpu.alltoall_list(output_tensors, input_tensors)
 
         def run(outs, ins):
-            sizes = [t.numel() for t in outs]
-            flat = torch.empty(sum(sizes), dtype=outs[0].dtype, device=outs[0].device)
-            send = torch.cat([t.reshape(-1) for t in ins])
-            self._gloo.alltoall_base(flat, send, sizes, [t.numel() for t in ins]).wait()
-            for o, part in zip(outs, flat.split(sizes)):
-                o.copy_(part.view_as(o))
+            n = self.size()
+            if len(outs) != n or len(ins) != n:
+                raise TacclError(
+                    f"all_to_all on {n} ranks needs {n} output and {n} input tensors, got "
+                    f"{len(outs)} and {len(ins)}"
+                )
+            for t in (*outs, *ins):
+                check_pair(ALLTOALL, t, outs[0], None, n)
+            self._blocks([t.view(-1) for t in outs], [t.view(-1) for t in ins])
 
         return self._submit(run, output_tensors, input_tensors)
 
@@ -348,13 +409,6 @@ class TacclProcessGroup(dist.ProcessGroup):
         if gpu := self._gpu(output_tensors, input_tensors):
             (out,), (parts,) = output_tensors, input_tensors
             return gpu.reduce_scatter_list(out, parts, op)
-        if op not in REDUCE:
-            return self._delegate(
-                lambda o, i: self._gloo.reduce_scatter(_map(_flat, o), _map(_flat, i), opts),
-                output_tensors,
-                input_tensors,
-                op,
-            )
 
         def run(outs, ins):
             (out,), (parts,) = outs, ins
@@ -372,49 +426,111 @@ class TacclProcessGroup(dist.ProcessGroup):
         op = reduce_op(opts)
         if gpu := self._gpu(outputs, inputs):
             return gpu.reduction(REDUCESCATTER, list(zip(outputs, inputs)), op)
-        if op in REDUCE:
-            return self._submit(self._each(REDUCESCATTER, op), outputs, inputs, op)
+        return self._submit(self._each(REDUCESCATTER, op), outputs, inputs, op)
 
-        def gloo(outs, ins):
-            for o, i in zip(outs, ins):
-                self._gloo._reduce_scatter_base(_flat(o), _flat(i), opts).wait()
-
-        return self._submit(gloo, outputs, inputs, op)
-
-    # -- delegated to Gloo (in issue order) -----------------------------------------------
     def barrier(self, opts=None):
-        return self._delegate(lambda *_: self._gloo.barrier(), [])
+        """A one-byte AllReduce, run by its plan."""
+
+        def run(*_):
+            self._library.announce_text("barrier: served by a 1-byte allreduce")
+            self._collective(ALLREDUCE, *[torch.zeros(1, dtype=torch.uint8)] * 2)
+
+        return self._submit(run, [])
+
+    # -- rooted collectives: their own plans for the call's root, built on first use ------
+    def _rooted(self, kind: str, root: int) -> bool:
+        """Whether ``kind`` rooted at ``root`` has plans; if not, the unrooted plan that
+        serves it (:data:`STAND_IN`) is announced once with the reason."""
+        if not 0 <= root < self.size():
+            raise TacclError(f"{kind}: root {root} is not a rank of {self.size()}")
+        why = self._library.unavailable(kind, root)
+        if why:
+            self._library.announce_text(
+                f"{kind} root {root}: no {kind} plan ({why}); served by the {STAND_IN[kind]} plan"
+            )
+        return not why
 
     def broadcast(self, tensors, opts):
+        root = opts.rootRank
         if gpu := self._gpu(tensors):
-            return gpu.broadcast(tensors, opts.rootRank)
-        return self._delegate(lambda ts, _: self._gloo.broadcast(ts, opts), tensors)
+            return gpu.broadcast(tensors, root)
+
+        def run(ts, _):
+            for t in ts:
+                check_pair(BROADCAST, t, t, None, self.size())
+                if not t.numel():
+                    continue
+                flat = t.view(-1)
+                if self._rooted(BROADCAST, root):
+                    self._cpu(BROADCAST, flat, flat, "sum", root)
+                    continue
+                # the AllReduce plan sums the bytes: the root's, zeros elsewhere (exact)
+                raw = flat.view(torch.uint8)
+                send = raw.clone() if self.rank() == root else torch.zeros_like(raw)
+                self._cpu(ALLREDUCE, raw, send, "sum")
+
+        return self._submit(run, tensors)
 
     def reduce(self, tensors, opts):
+        root, op = opts.rootRank, reduce_op(opts)
         if gpu := self._gpu(tensors):
-            return gpu.reduce(tensors, opts.rootRank, reduce_op(opts))
-        return self._delegate(
-            lambda ts, _: self._gloo.reduce(ts, opts), tensors, op=reduce_op(opts)
-        )
+            return gpu.reduce(tensors, root, op)
+
+        def run(ts, _):
+            for t in ts:
+                # other ranks' tensors are left as they were
+                out = t if self.rank() == root else torch.empty_like(t)
+                if self._rooted(REDUCE_KIND, root):
+                    self._collective(REDUCE_KIND, out, t, op, root)
+                else:
+                    self._collective(ALLREDUCE, out, t, op)
+
+        return self._submit(run, tensors, op=op)
 
     def gather(self, output_tensors, input_tensors, opts):
+        root = opts.rootRank
         if gpu := self._gpu(output_tensors, input_tensors):
-            return gpu.gather(
-                output_tensors[0] if output_tensors else [], input_tensors[0], opts.rootRank
-            )
-        return self._delegate(
-            lambda o, i: self._gloo.gather(o, i, opts), output_tensors, input_tensors
-        )
+            return gpu.gather(output_tensors[0] if output_tensors else [], input_tensors[0], root)
+
+        def run(outs, ins):
+            (t,) = ins
+            n = self.size()
+            if self.rank() == root:
+                check_list("gather", outs[0] if outs else [], t, n)
+            flat = torch.empty(n, t.numel(), dtype=t.dtype)
+            kind = GATHER if self._rooted(GATHER, root) else ALLGATHER
+            self._collective(kind, flat, t, root=root)
+            if self.rank() == root:
+                for part, row in zip(outs[0], flat):
+                    part.copy_(row.view_as(part))
+
+        return self._submit(run, output_tensors, input_tensors)
 
     def scatter(self, output_tensors, input_tensors, opts):
+        root = opts.rootRank
         if gpu := self._gpu(output_tensors, input_tensors):
-            return gpu.scatter(
-                output_tensors[0], input_tensors[0] if input_tensors else [], opts.rootRank
-            )
-        return self._delegate(
-            lambda o, i: self._gloo.scatter(o, i, opts), output_tensors, input_tensors
-        )
+            return gpu.scatter(output_tensors[0], input_tensors[0] if input_tensors else [], root)
 
+        def run(outs, ins):
+            (out,) = outs
+            n, e = self.size(), out.numel()
+            if self.rank() == root:
+                parts = ins[0] if ins else []
+                check_list("scatter", parts, out, n)
+                send = torch.cat([p.reshape(-1) for p in parts])
+            else:
+                send = torch.zeros(n * e, dtype=out.dtype)
+            if self._rooted(SCATTER, root):
+                self._collective(SCATTER, out, send, root=root)
+                return
+            # the AllToAll plan: every rank keeps the block the root sent it
+            every = torch.empty(n * e, dtype=out.dtype)
+            self._collective(ALLTOALL, every, send)
+            out.view(-1).copy_(every[root * e : (root + 1) * e])
+
+        return self._submit(run, output_tensors, input_tensors)
+
+    # -- point-to-point: the transport's own send and receive --------------------------------
     def send(self, tensors, dstRank, tag):  # noqa: N803 - torch's keyword names
         if gpu := self._gpu(tensors):
             return gpu.send(tensors, dstRank)
@@ -441,9 +557,46 @@ def _map(fn, tensors):
     return fn(tensors)
 
 
-def _flat(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous tensor as 1-d (Gloo checks shapes that plans take as flat)."""
-    return tensor.view(-1)
+def _with_buffers(plan):
+    """``plan`` with an (unused) input and output buffer on every rank: in a rooted plan the
+    ranks other than the root lack one, which the executor expects (it copies every output
+    chunk out)."""
+    coll = plan.collective()
+    if not coll.rooted:
+        return plan
+    gpus = [
+        dataclasses.replace(
+            g, i_chunks=max(g.i_chunks, coll.i_chunks), o_chunks=max(g.o_chunks, coll.o_chunks)
+        )
+        for g in plan.gpus
+    ]
+    return dataclasses.replace(plan, gpus=gpus)
+
+
+def _rows(name: str, tensor: torch.Tensor, splits, n: int) -> list[torch.Tensor]:
+    """A contiguous tensor cut on dim 0 into ``n`` flat blocks of ``splits`` rows (even
+    without them)."""
+    if not tensor.dim():
+        raise TacclError(f"all_to_all_single: the {name} needs at least one dimension")
+    rows = tensor.shape[0]
+    per = tensor[0].numel() if rows else 0
+    if not splits:
+        if rows % n:
+            raise TacclError(
+                f"all_to_all_single: the {name}'s {rows} rows do not split evenly over {n} ranks"
+            )
+        splits = [rows // n] * n
+    splits = [int(s) for s in splits]
+    if len(splits) != n or sum(splits) != rows or min(splits) < 0:
+        raise TacclError(
+            f"all_to_all_single: {name} split sizes {splits} do not cut its {rows} rows "
+            f"into {n} blocks"
+        )
+    flat, at, blocks = tensor.view(-1), 0, []
+    for k in splits:
+        blocks.append(flat[at * per : (at + k) * per])
+        at += k
+    return blocks
 
 
 def _stand_in(

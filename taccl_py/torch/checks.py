@@ -5,13 +5,18 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER
+from ..collectives import ALLGATHER, ALLREDUCE, GATHER, REDUCESCATTER, SCATTER
+from ..collectives import REDUCE as REDUCE_KIND
 from ..errors import TacclError
 
 #: the reduce ops (``ReduceOp.SUM`` and the others are the members of ``ReduceOp.RedOpType``)
 _R = dist.ReduceOp
 #: the reduce ops that plans do, and the plan redop of each (AVG: a sum, then divided)
 REDUCE = {_R.SUM: "sum", _R.AVG: "sum", _R.PRODUCT: "prod", _R.MIN: "min", _R.MAX: "max"}
+#: the bitwise reduce ops: every rank's input all-gathered by a plan, combined in rank order
+BITWISE = {_R.BAND: torch.bitwise_and, _R.BOR: torch.bitwise_or, _R.BXOR: torch.bitwise_xor}
+#: the collectives that reduce
+REDUCING = (ALLREDUCE, REDUCESCATTER, REDUCE_KIND)
 #: the dtypes Gloo serves on CPU, in the order of torch's dtype list; the others are refused
 GLOO_DTYPES = (
     torch.float16,
@@ -74,7 +79,7 @@ def check_pair(
     if cuda:
         if (
             op is not None
-            and kind in (ALLREDUCE, REDUCESCATTER)
+            and kind in REDUCING
             and (
                 output.dtype.is_floating_point
                 and output.element_size() == 1
@@ -87,16 +92,44 @@ def check_pair(
         raise TacclError(
             f"{kind}: {output.dtype} is not supported on CPU, as by Gloo (supported: {names})"
         )
-    expect = {ALLGATHER: input.numel() * n, REDUCESCATTER: input.numel() // n}
+    expect = {
+        ALLGATHER: input.numel() * n,
+        GATHER: input.numel() * n,
+        REDUCESCATTER: input.numel() // n,
+        SCATTER: input.numel() // n,
+    }
     if output.numel() != expect.get(kind, input.numel()) or (
-        kind == REDUCESCATTER and input.numel() % n
+        kind in (REDUCESCATTER, SCATTER) and input.numel() % n
     ):
         raise TacclError(
             f"{kind} on {n} ranks: output has {output.numel()} elements for "
             f"an input of {input.numel()}"
         )
-    if op == _R.AVG and not output.is_floating_point():
-        raise TacclError(f"ReduceOp.AVG needs a floating-point tensor, got {output.dtype}")
+    check_op(op, output.dtype)
+
+
+def check_op(op, dtype: torch.dtype) -> None:
+    """Refuse a reduce op no plan serves exactly: PREMUL_SUM (NCCL's, with a scalar Gloo
+    does not take either), AVG of integers, bitwise ops of floating-point numbers.
+
+    >>> check_op(dist.ReduceOp.BXOR, torch.float32)
+    Traceback (most recent call last):
+    taccl_py.errors.TacclError: ReduceOp.BXOR needs an integer or bool tensor, got torch.float32
+    """
+    if op is None or op in REDUCE and op != _R.AVG:
+        return
+    name = f"ReduceOp.{str(op).rsplit('.', 1)[-1]}"
+    if op == _R.AVG:
+        if not (dtype.is_floating_point or dtype.is_complex):
+            raise TacclError(f"ReduceOp.AVG needs a floating-point tensor, got {dtype}")
+    elif op in BITWISE:
+        if dtype.is_floating_point or dtype.is_complex:
+            raise TacclError(f"{name} needs an integer or bool tensor, got {dtype}")
+    else:
+        raise TacclError(
+            f"{name} is not supported by the taccl backend (no plan reduces with it; "
+            "Gloo refuses it too)"
+        )
 
 
 def check_list(name: str, parts: list, tensor: torch.Tensor, n: int) -> None:
