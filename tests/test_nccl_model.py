@@ -223,6 +223,13 @@ def test_reusable_plans_keep_the_root():
     assert all(p.root == 2 and "gather-root2" in p.name for p in plans.values())
     choice = M.nccl_best(topo, "gather", 1 << 20, plans=plans, root=2)
     assert choice.algorithm == "p2p"
+    # without a root, the plans' own; with another root, they are not used
+    assert M.nccl_best(topo, "gather", 1 << 20, plans=plans) == choice
+    at1 = M.nccl_best(topo, "gather", 1 << 20, plans=plans, root=1)
+    plan1 = M.nccl_plan(topo, "gather", "p2p", at1.protocol, root=1)
+    assert plan1 is not None and plan1.root == 1
+    res = simulate(plan1, topo, 1 << 20)
+    assert at1.time == pytest.approx(min(res.call_time, M.fluid_time(res, topo)), rel=1e-12)
     # a plan of another root is not the model's plan for this one
     other = Collective("gather", 8, root=1)
     assert M.reusable_plans(topo, other, {"direct": direct}, LowerOptions()) == {}

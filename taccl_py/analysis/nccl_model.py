@@ -526,12 +526,13 @@ def nccl_best(
     kind: str,
     size: int,
     plans: dict[tuple[str, str], Plan] | None = None,
-    root: int = 0,
+    root: int | None = None,
 ) -> NcclChoice:
     """NCCL's fastest (algorithm, protocol) at ``size`` bytes in this model, timed by the
     simulator's ``call_time`` (ring, tree, p2p) or tuning.cc's formula (nvls, nvls_tree,
-    pat). ``plans`` maps (algorithm, protocol) to an already built plan to time instead
-    (built for ``root``, the root of a rooted collective).
+    pat). ``plans`` maps (algorithm, protocol) to an already built plan to time instead.
+    ``root`` is a rooted collective's root (default: the root of the ``plans`` given, else
+    0); a plan given for another root is not used.
 
     >>> from taccl_py.topology.loader import load_topology
     >>> nccl_best(load_topology("dgx1"), "allgather", 1 << 10).protocol
@@ -540,12 +541,15 @@ def nccl_best(
     'p2p'
     """
     kind = canonical_kind(kind)
+    if root is None:
+        root = min((p.root for p in (plans or {}).values()), default=0)
+    plans = {key: p for key, p in (plans or {}).items() if p.root == root}
     best = None
     for algorithm, protocol in nccl_candidates(topology, kind):
         if algorithm == P2P and protocol != p2p_protocol(topology, size):
             continue
         if algorithm in PLAN_METHODS:
-            plan = (plans or {}).get((algorithm, protocol)) or nccl_plan(
+            plan = plans.get((algorithm, protocol)) or nccl_plan(
                 topology, kind, algorithm, protocol, root
             )
             if plan is None:
