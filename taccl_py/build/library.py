@@ -171,7 +171,7 @@ def build_library(topology: Topology, collective: Collective, options: LibraryOp
             f"no candidate plan for {collective.kind} on {topology.label}: "
             + "; ".join(f"{m}: {why}" for m, why in found.dropped)
         )
-    timer = _Timer(topology, collective.kind, found)
+    timer = _Timer(topology, collective, found)
     # each range [a, b) is checked at a, its geometric middle and just below b
     bounds = sizes[1:] + [sizes[-1] + 1]
     checks = [sorted({a, _mid(a, b), max(a, b - 1)}) for a, b in zip(sizes, bounds)]
@@ -211,11 +211,12 @@ class _Timer:
     def __init__(
         self,
         topology: Topology,
-        kind: str,
+        collective: Collective,
         found: Candidates,
         protocols: tuple[str, ...] = PROTOCOLS,
     ) -> None:
-        self.topology, self.kind, self.plans = topology, kind, found.nccl
+        self.topology, self.kind, self.plans = topology, collective.kind, found.nccl
+        self.root = collective.root
         self.options = [Served(c, p) for c in found.candidates for p in protocols]
         self._times: dict[tuple[int, int], float] = {}
         self._nccl: dict[int, NcclChoice] = {}
@@ -228,7 +229,7 @@ class _Timer:
 
     def nccl(self, size: int) -> NcclChoice:
         if size not in self._nccl:
-            self._nccl[size] = nccl_best(self.topology, self.kind, size, self.plans)
+            self._nccl[size] = nccl_best(self.topology, self.kind, size, self.plans, self.root)
         return self._nccl[size]
 
     def fastest(self, size: int, ours_only: bool) -> tuple[Served, float]:
@@ -340,7 +341,7 @@ def pick_plan(
             f"no candidate plan for {collective.kind} on {topology.label}: "
             + "; ".join(f"{m}: {why}" for m, why in found.dropped)
         )
-    timer = _Timer(topology, collective.kind, found, protocols)
+    timer = _Timer(topology, collective, found, protocols)
     best, t = timer.fastest(size, ours_only=False)
     times = {s.label: timer.time(s, size) for s in timer.options}
 

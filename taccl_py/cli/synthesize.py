@@ -285,7 +285,7 @@ def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
 
     from ..build.candidates import PROTOCOLS, build_candidates
     from ..build.library import pick_plan
-    from ..plan.runtimes import check_runtime, selection_bytes
+    from ..plan.runtimes import selection_bytes
     from ..plan.xml import plan_to_xml
     from ..util.fileio import check_outputs, write_outputs
 
@@ -304,9 +304,7 @@ def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
     plan = dataclasses.replace(
         cand.with_proto(proto), name=f"{topo.label}-{coll.label}", min_bytes=lo_b, max_bytes=hi_b
     )
-    problems = check_runtime(plan, o.runtime, max_steps=o.max_steps)
-    if problems:
-        raise TacclError(f"{o.runtime} would not load the plan: {problems[0]}")
+    notes = _deployable(plan, o)
     outputs = [(output, plan_to_xml(plan, runtime=o.runtime))]
     if o.ir_path:
         outputs.append((o.ir_path, cand.algorithm.to_json()))
@@ -349,6 +347,8 @@ def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
         )
     click.echo(f"  verified: {cand.report.summary()}")
     click.echo(f"  wrote {display_path(output)}")
+    for note in notes:
+        click.echo(f"  note: {note}")
     _print_evaluation(plan, topo, size, found.nccl)
 
 
@@ -358,7 +358,7 @@ def _synthesize_method(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> Non
     from ..analysis.nccl_model import reusable_plans
     from ..build.pipeline import build_plan
     from ..lowering.lower import LowerOptions
-    from ..plan.runtimes import check_runtime, selection_bytes
+    from ..plan.runtimes import selection_bytes
     from ..plan.xml import plan_to_xml
     from ..synth.methods import SynthOptions
     from ..util.fileio import check_outputs, write_outputs
@@ -393,9 +393,7 @@ def _synthesize_method(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> Non
         ),
         lower=lowering,
     )
-    problems = check_runtime(result.plan, o.runtime, max_steps=o.max_steps)
-    if problems:
-        raise TacclError(f"{o.runtime} would not load the plan: {problems[0]}")
+    notes = _deployable(result.plan, o)
     outputs = [(output, plan_to_xml(result.plan, runtime=o.runtime))]
     if o.ir_path:
         outputs.append((o.ir_path, result.algorithm.to_json()))
@@ -421,10 +419,36 @@ def _synthesize_method(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> Non
         )
     click.echo(f"  verified: {result.report.summary()}")
     click.echo(f"  wrote {display_path(output)}")
+    for note in notes:
+        click.echo(f"  note: {note}")
     # NCCL's model times its ring, tree and p2p plans: the baselines built here, if alike
     verified = o.method != "milp"  # the plan itself, else the baselines milp judged
     nccl = reusable_plans(topo, coll, result.baselines, lowering, verified=verified)
     _print_evaluation(plan, topo, size, nccl)
+
+
+def _deployable(plan: Plan, o: _SynthesizeArgs) -> list[str]:
+    """Raise if ``o.runtime`` would not load ``plan`` or would never select it for its
+    sizes; return the notes the user must read before deploying it: a gather or scatter
+    plan, which no NCCL call selects (for ``taccl run`` and the torch backend), and a rooted
+    plan's root, which the runtime does not compare."""
+    from ..plan.runtimes import check_runtime, root_caveat
+
+    rules = RUNTIMES[o.runtime]
+    own_executors = plan.coll in rules.never_selected
+    problems = check_runtime(plan, o.runtime, max_steps=o.max_steps, selection=not own_executors)
+    if problems:
+        raise TacclError(f"{o.runtime} would not load the plan: {problems[0]}")
+    notes = []
+    if own_executors:
+        notes.append(
+            f"{o.runtime} loads {plan.coll} plans but no NCCL call selects them: this plan "
+            "is for `taccl run` (MPI) and the torch backend"
+        )
+    caveat = root_caveat(plan, o.runtime)
+    if caveat is not None:
+        notes.append(caveat)
+    return notes
 
 
 def _print_evaluation(plan, topo, size: int, nccl: dict[tuple[str, str], Plan]) -> None:
