@@ -6,36 +6,61 @@ steps in order, a step waits for its dependency (``depid``/``deps``, same rank),
 buffer a step reads or writes is found with :func:`~taccl_py.plan.verify.canonical_location`
 (in-place plans alias input and output).
 
-Execution model: all threadblocks of the rank are state machines advanced by one thread.
-Every receive of the plan is posted (into a private temporary, tag = connection sequence
-number and channel) before any step runs, so a connection behaves like the interpreter's
-unbounded FIFO and a send never waits for the receiving threadblock to reach its step. A
-threadblock advances while its next step's dependency is done, its message (if it receives)
-has arrived, and the locations it writes are not still being read by one of this rank's
-in-flight sends; sends are posted as soon as their step runs (for rcs/rrs/rrcs after the
-receive and the local copy/reduce). With no progress for ``timeout`` seconds a
-:class:`TacclError` names the rank and the stuck threadblock/step.
+Execution model: the plan is compiled once per (rank, chunk size, dtype) into a flat
+program of instructions (wait for a receive, copy, reduce, post a send, wait for a send) run
+by the calling thread, with no per-call allocation. The rank's steps run in the order of the
+plan's round schedule (:func:`~taccl_py.runtime.rounds.plan_rounds`), which every rank
+derives alike: a rank only ever blocks on a message that its peer posts earlier in that
+order, so blocking waits cannot deadlock. Every receive is posted before the first step
+(into a private temporary, or straight into its destination when no other step of the rank
+touches those chunks), so a send never waits for the receiving step.
 
-The transport (MPI in :mod:`.mpi_exec`, Gloo in :mod:`taccl_py.torch`) posts byte messages
-and reports which requests completed.
+Messages larger than ``segment_bytes`` move as several segments (both ends cut them alike),
+and relaying steps (rcs, rrs, rrcs) forward each segment once it arrived and was reduced:
+the ring's reduce and copy pipeline like Gloo's own segmented ring. A reduce-and-forward
+step (rrcs) reduces straight into its destination and sends from there. A write to a range
+that an earlier send still reads first waits for that send.
+
+A wait that sees no progress for ``timeout`` seconds raises :class:`TacclError` naming the
+rank and the stuck threadblock/step and its peer.
+
+The transport (MPI in :mod:`.mpi_exec`, Gloo in :mod:`taccl_py.torch`) posts byte messages;
+a transport with a blocking ``wait(req, timeout) -> bool`` is waited on directly, others are
+polled with ``progress``.
+
+Rooted collectives: a rank whose input is meaningless (a broadcast's or scatter's non-root)
+may pass ``sendbuf=None``, and one whose output is (a reduce's or gather's non-root) may pass
+``recvbuf=None``; the executor then uses internal scratch buffers, kept across calls.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
+from ..collectives import BROADCAST, GATHER, REDUCE, SCATTER
 from ..errors import TacclError
-from ..plan.model import RECV_TYPES, SEND_TYPES, Plan, Step
+from ..plan.model import RECV_TYPES, SEND_TYPES, Plan
 from ..plan.verify import READS_SRC, WRITES_DST, canonical_location, check_limits
+from .rounds import plan_rounds
 
 REDOPS = {"sum": np.add, "nop": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
+#: messages above this many bytes move in segments of about this size
+SEGMENT_BYTES = 1 << 20
+
+#: ranks that pass no input (``sendbuf=None``) / no output (``recvbuf=None``), by kind
+NO_INPUT = (BROADCAST, SCATTER)
+NO_OUTPUT = (REDUCE, GATHER)
 
 
 class Transport(Protocol):
-    """Non-blocking point-to-point messages between the ranks of one group."""
+    """Non-blocking point-to-point messages between the ranks of one group.
+
+    A transport may also offer ``wait(req, timeout) -> bool`` (True once ``req`` completed,
+    False after ``timeout`` seconds; raises :class:`TacclError` if it failed), which the
+    executor then uses instead of polling ``progress``."""
 
     tag_ub: int
 
@@ -54,27 +79,19 @@ class Transport(Protocol):
         """Best effort: withdraw outstanding receives after a timeout."""
 
 
-_Runs = tuple[tuple[str, int, int], ...]  # physical element ranges (buffer, start, stop)
+Span = tuple[str, int, int]  # (physical buffer, first element, end element)
+_B = TypeVar("_B", bound="np.ndarray | None")
 
-
-class _Step:
-    """A compiled step: element ranges, dependency (tb index, step), message slot / peer."""
-
-    __slots__ = ("type", "src", "dst", "cnt", "dep", "recv_slot", "send_peer", "send_tag", "s")
-
-    def __init__(self, st: Step, src: _Runs, dst: _Runs, dep: tuple[int, int] | None) -> None:
-        self.type, self.src, self.dst, self.cnt, self.dep = st.type, src, dst, st.cnt, dep
-        self.s = st.s
-        self.recv_slot = -1
-        self.send_peer = -1
-        self.send_tag = 0
+# instruction codes; an instruction is (code, step, operands...)
+_WAIT_RECV, _COPY, _REDUCE, _SEND, _WAIT_SEND = range(5)
 
 
 class PlanExecutor:
     """This rank's compiled part of ``plan`` for ``chunk_elems`` elements of ``dtype`` a chunk.
 
-    Reusable: :meth:`run` can be called many times (timing loops) with fresh buffers. The
-    transport must carry no other traffic with the same tags meanwhile.
+    Reusable: :meth:`run` can be called many times (timing loops) with fresh buffers; the
+    compiled program, receive temporaries and scratch buffers are kept. The transport must
+    carry no other traffic with the same tags meanwhile.
 
     A 1-rank group moves no messages, so its transport is never called:
 
@@ -95,6 +112,8 @@ class PlanExecutor:
         chunk_elems: int,
         dtype,
         redop: str | None = None,
+        *,
+        segment_bytes: int = SEGMENT_BYTES,
     ) -> None:
         check_limits(plan)
         if nranks != plan.ngpus:
@@ -108,284 +127,358 @@ class PlanExecutor:
         if redop not in REDOPS:
             raise TacclError(f"redop {redop!r} is not supported by the executor")
         self.reduce = REDOPS[redop]
+        self._wait_fn = getattr(transport, "wait", None)
         gpu = next(g for g in plan.gpus if g.id == rank)
-        self.gpu = gpu
         self.tbs = sorted(gpu.tbs, key=lambda t: t.id)
-        tb_index = {tb.id: i for i, tb in enumerate(self.tbs)}
-        sizes = {"i": gpu.i_chunks, "o": gpu.o_chunks, "s": gpu.s_chunks}
-
-        # Where the collective's input/output chunks live; whether recvbuf can be the
-        # physical buffer holding the output, and whether the plan writes the input buffer.
+        self.sizes = {"i": gpu.i_chunks * ce, "o": gpu.o_chunks * ce, "s": gpu.s_chunks * ce}
         self.in_locs = [canonical_location(coll, rank, "i", j) for j in range(coll.i_chunks)]
         self.out_locs = [canonical_location(coll, rank, "o", j) for j in range(coll.o_chunks)]
+        # recvbuf is the physical output buffer when the output is exactly one whole buffer
+        self.out_phys: str | None = None
         out_bufs = {b for b, _ in self.out_locs}
-        self.out_phys = None
         if len(out_bufs) == 1:
             b = out_bufs.pop()
-            if [o for _, o in self.out_locs] == list(range(coll.o_chunks)) and sizes[
+            if [o for _, o in self.out_locs] == list(range(coll.o_chunks)) and self.sizes[
                 b
-            ] == coll.o_chunks:
+            ] == coll.o_chunks * ce:
                 self.out_phys = b
-        written: set[str] = set()
-        ttag_ub = transport.tag_ub
-        self.recv_shapes: list[tuple[int, int, int]] = []  # (peer, tag, cnt)
-        self.program: list[list[_Step]] = []
-        for tb in self.tbs:
-            steps, rseq, sseq = [], 0, 0
-            for st in tb.steps:
-                # check_limits gave every step that reads (writes) a src (dst) buffer
-                src = (
-                    self._runs(cast(str, st.srcbuf), st.srcoff, st.cnt)
-                    if st.type in READS_SRC
-                    else ()
-                )
-                dst = (
-                    self._runs(cast(str, st.dstbuf), st.dstoff, st.cnt)
-                    if st.type in WRITES_DST
-                    else ()
-                )
-                written.update(b for b, _, _ in dst)
-                dep = (tb_index[st.depid], st.deps) if st.depid >= 0 else None
-                step = _Step(st, src, dst, dep)
-                if st.type in RECV_TYPES:
-                    step.recv_slot = len(self.recv_shapes)
-                    self.recv_shapes.append((tb.recv, self._tag(rseq, tb.chan, ttag_ub), st.cnt))
-                    rseq += 1
-                if st.type in SEND_TYPES:
-                    step.send_peer = tb.send
-                    step.send_tag = self._tag(sseq, tb.chan, ttag_ub)
-                    sseq += 1
-                steps.append(step)
-            self.program.append(steps)
+        _Compiler(self, max(1, segment_bytes // self.dtype.itemsize)).compile()
         # out-of-place plans that write their input buffer work on a copy of sendbuf
-        self.copy_input = "i" in written and not coll.inplace
-        self.sizes = sizes
-        # A plain receive (r/rcs) whose destination is one contiguous range that no other
-        # step of this rank reads or writes can land in place: its Irecv targets the final
-        # location directly (no temporary, no copy), since nothing can observe that range
-        # between the pre-posted Irecv and the step itself.
-        touches: dict[tuple[str, int], int] = {}
-        for steps in self.program:
-            for op in steps:
-                for b, lo, hi in op.src + op.dst:
-                    for c in range(lo // ce, hi // ce):
-                        touches[(b, c)] = touches.get((b, c), 0) + 1
-        self.direct: list[tuple[str, int, int] | None] = [None] * len(self.recv_shapes)
-        for steps in self.program:
-            for op in steps:
-                if op.type in ("r", "rcs") and len(op.dst) == 1:
-                    b, lo, hi = op.dst[0]
-                    if all(touches[(b, c)] == 1 for c in range(lo // ce, hi // ce)):
-                        self.direct[op.recv_slot] = op.dst[0]
-        self.temps = [
-            None if self.direct[slot] is not None else np.empty(cnt * ce, dtype=self.dtype)
-            for slot, (_, _, cnt) in enumerate(self.recv_shapes)
-        ]
-
-    def _tag(self, seq: int, chan: int, tag_ub: int) -> int:
-        tag = seq * max(1, self.plan.nchannels) + chan
-        return tag if tag <= tag_ub else chan  # FIFO then rests on in-order delivery
-
-    def _runs(self, buf: str, off: int, cnt: int) -> _Runs:
-        """Physical element ranges (buffer, start, stop) of chunks buf[off:off+cnt]."""
-        runs: list[list] = []
-        for c in range(cnt):
-            b, o = canonical_location(self.coll, self.rank, buf, off + c)
-            if runs and runs[-1][0] == b and runs[-1][2] == o * self.ce:
-                runs[-1][2] += self.ce
-            else:
-                runs.append([b, o * self.ce, (o + 1) * self.ce])
-        return tuple(tuple(r) for r in runs)
+        self.copy_input = "i" in self.written and not coll.inplace
+        self.temp = np.empty(self.temp_elems, dtype=self.dtype)
+        self._scratch: dict[str, np.ndarray] = {}
+        self._sends: list[Any] = [None] * len(self.send_wires)
 
     # -- buffers --------------------------------------------------------------------------
-    def _setup(self, sendbuf: np.ndarray, recvbuf: np.ndarray) -> dict[str, np.ndarray]:
-        coll, ce = self.coll, self.ce
-        send = np.ascontiguousarray(sendbuf).reshape(-1)
-        if send.dtype != self.dtype or recvbuf.dtype != self.dtype:
-            raise TacclError(f"buffers must be {self.dtype}, got {send.dtype}/{recvbuf.dtype}")
-        if send.size != coll.i_chunks * ce:
-            raise TacclError(
-                f"rank {self.rank}: send buffer has {send.size} elements, the plan "
-                f"needs {coll.i_chunks} chunks of {ce}"
-            )
-        if recvbuf.size != coll.o_chunks * ce or not recvbuf.flags.c_contiguous:
-            raise TacclError(
-                f"rank {self.rank}: receive buffer must be contiguous with "
-                f"{coll.o_chunks * ce} elements, got {recvbuf.size}"
-            )
-        recv = recvbuf.reshape(-1)
-        bufs: dict[str, np.ndarray] = {}
+    def _buffer(self, name: str, elems: int) -> np.ndarray:
+        """An internal buffer, allocated on first use and kept."""
+        buf = self._scratch.get(name)
+        if buf is None:
+            buf = self._scratch[name] = np.empty(elems, dtype=self.dtype)
+        return buf
+
+    def _setup(self, sendbuf: np.ndarray | None, recvbuf: np.ndarray | None) -> dict:
+        coll, ce, rank = self.coll, self.ce, self.rank
+        if sendbuf is None and not (coll.kind in NO_INPUT and rank != coll.root):
+            raise TacclError(f"rank {rank}: {coll.label} needs this rank's send buffer")
+        if recvbuf is None and not (coll.kind in NO_OUTPUT and rank != coll.root):
+            raise TacclError(f"rank {rank}: {coll.label} needs this rank's receive buffer")
+        send = None
+        if sendbuf is not None:
+            send = np.ascontiguousarray(sendbuf).reshape(-1)
+            if send.dtype != self.dtype:
+                raise TacclError(f"send buffer must be {self.dtype}, got {send.dtype}")
+            if send.size != coll.i_chunks * ce:
+                raise TacclError(
+                    f"rank {rank}: send buffer has {send.size} elements, the plan "
+                    f"needs {coll.i_chunks} chunks of {ce}"
+                )
+        recv = None
+        if recvbuf is not None:
+            if recvbuf.dtype != self.dtype:
+                raise TacclError(f"receive buffer must be {self.dtype}, got {recvbuf.dtype}")
+            if recvbuf.size != coll.o_chunks * ce or not recvbuf.flags.c_contiguous:
+                raise TacclError(
+                    f"rank {rank}: receive buffer must be contiguous with "
+                    f"{coll.o_chunks * ce} elements, got {recvbuf.size}"
+                )
+            recv = recvbuf.reshape(-1)
+        bufs: dict[str, np.ndarray] = {"t": self.temp}
         if self.out_phys is not None:
-            bufs[self.out_phys] = recv
-        for name, nchunks in self.sizes.items():
-            if name not in bufs and nchunks > 0:
-                if name == "i" and not coll.inplace and not self.copy_input:
+            bufs[self.out_phys] = (
+                recv if recv is not None else self._buffer("out", self.sizes[self.out_phys])
+            )
+        for name, elems in self.sizes.items():
+            if name not in bufs and elems > 0:
+                if name == "i" and send is not None and not coll.inplace and not self.copy_input:
                     bufs[name] = send
                 else:
-                    bufs[name] = np.empty(nchunks * ce, dtype=self.dtype)
-        if coll.inplace or self.copy_input:
+                    bufs[name] = self._buffer(name, elems)
+        if send is not None and (coll.inplace or self.copy_input):
             for j, (b, o) in enumerate(self.in_locs):
+                if b not in bufs:  # a rank whose plan never reads its input
+                    continue
                 target = bufs[b][o * ce : (o + 1) * ce]
                 source = send[j * ce : (j + 1) * ce]
                 if target.ctypes.data != source.ctypes.data:  # sendbuf may alias recvbuf
                     target[...] = source
         return bufs
 
-    def _read(self, bufs, runs) -> np.ndarray:
-        if len(runs) == 1:
-            b, lo, hi = runs[0]
-            return bufs[b][lo:hi]
-        return np.concatenate([bufs[b][lo:hi] for b, lo, hi in runs])
-
-    def _write(self, bufs, runs, data: np.ndarray) -> None:
-        pos = 0
-        for b, lo, hi in runs:
-            bufs[b][lo:hi] = data[pos : pos + hi - lo]
-            pos += hi - lo
-
     # -- execution ------------------------------------------------------------------------
-    def run(self, sendbuf: np.ndarray, recvbuf: np.ndarray, timeout: float = 60.0) -> np.ndarray:
-        """Run the plan once: ``sendbuf`` holds the input chunks, ``recvbuf`` gets the output."""
-        tp = self.transport
+    def run(self, sendbuf: np.ndarray | None, recvbuf: _B, timeout: float = 60.0) -> _B:
+        """Run the plan once: ``sendbuf`` holds the input chunks, ``recvbuf`` gets the output
+        (``None`` on a rooted collective's rank that has no input / no output). Returns
+        ``recvbuf``."""
+        tp, reduce, sends = self.transport, self.reduce, self._sends
         bufs = self._setup(sendbuf, recvbuf)
-        ntb = len(self.program)
-        pc = [0] * ntb
-        recv_done = [False] * len(self.recv_shapes)
-        # outstanding requests and what each completion means:
-        # ("r", slot) a receive; ("s", (buf, lo, hi) or None) a send reading that range
-        reqs: list = []
-        kinds: list = []
-        for slot, (peer, tag, _) in enumerate(self.recv_shapes):
-            d = self.direct[slot]
-            # a receive that does not land in place has a temporary
-            target = cast(np.ndarray, self.temps[slot]) if d is None else bufs[d[0]][d[1] : d[2]]
-            try:
-                reqs.append(tp.irecv(target, peer, tag))
-            except TacclError as exc:
-                raise self._failed(exc, pc, recv_done) from None
-            kinds.append(("r", slot))
-        busy: list[tuple[str, int, int]] = []  # ranges read by in-flight sends
-        last = time.monotonic()
-        remaining = sum(len(p) for p in self.program)
-        while True:
-            progressed = False
-            for g in range(ntb):
-                steps = self.program[g]
-                k = pc[g]
-                while k < len(steps):
-                    st = steps[k]
-                    dep = st.dep
-                    if dep is not None and pc[dep[0]] <= dep[1]:
-                        break
-                    if st.recv_slot >= 0 and not recv_done[st.recv_slot]:
-                        break
-                    if busy and st.dst and _overlaps(busy, st.dst):
-                        break
-                    out = self._execute(st, bufs)
-                    if st.send_peer >= 0:
-                        try:
-                            # a sending step's _execute returns what it sends
-                            data = cast(np.ndarray, out)
-                            reqs.append(tp.isend(data, st.send_peer, st.send_tag))
-                        except TacclError as exc:
-                            raise self._failed(exc, pc, recv_done) from None
-                        rng = st.src[0] if st.type == "s" and len(st.src) == 1 else None
-                        kinds.append(("s", rng))
-                        if rng is not None:
-                            busy.append(rng)
-                    k += 1
-                    remaining -= 1
-                    progressed = True
-                pc[g] = k
-            if not reqs and remaining == 0:
-                break
-            if reqs:
-                wait = 0.0 if progressed else max(0.0, timeout - (time.monotonic() - last))
-                try:
-                    done = tp.progress(reqs, min(wait, 0.05))
-                except TacclError as exc:
-                    raise self._failed(exc, pc, recv_done) from None
-                if done:
-                    progressed = True
-                    for i in done:
-                        kind, what = kinds[i]
-                        if kind == "r":
-                            recv_done[what] = True
-                        elif what is not None:
-                            busy.remove(what)
-                    gone = set(done)
-                    keep = [i for i in range(len(reqs)) if i not in gone]
-                    reqs = [reqs[i] for i in keep]
-                    kinds = [kinds[i] for i in keep]
-            if progressed:
-                last = time.monotonic()
-            elif time.monotonic() - last > timeout:
-                tp.cancel([r for r, (kind, _) in zip(reqs, kinds) if kind == "r"])
-                raise TacclError(
-                    f"rank {self.rank}: no progress for {timeout:g} s: "
-                    + self._stuck(pc, recv_done)
-                )
-        if self.out_phys is None:
-            recv = recvbuf.reshape(-1)
-            ce = self.ce
+        recvs: list[Any] = []
+        step, what = (-1, -1), "recv"
+        try:
+            for peer, tag, (b, lo, hi), wire_step in self.recv_wires:
+                step = wire_step
+                recvs.append(tp.irecv(bufs[b][lo:hi], peer, tag))
+            for ins in self.program:
+                code, step = ins[0], ins[1]
+                what = "send" if code == _WAIT_SEND else "recv"
+                if code == _COPY:
+                    (b, lo, hi), (b2, lo2, hi2) = ins[2], ins[3]
+                    bufs[b][lo:hi] = bufs[b2][lo2:hi2]
+                elif code == _REDUCE:
+                    (b, lo, hi), (b2, lo2, hi2), (b3, lo3, hi3) = ins[2], ins[3], ins[4]
+                    reduce(bufs[b2][lo2:hi2], bufs[b3][lo3:hi3], out=bufs[b][lo:hi])
+                elif code == _WAIT_RECV:
+                    self._wait(recvs[ins[2]], timeout, step, "recv", recvs)
+                elif code == _SEND:
+                    w = ins[2]
+                    peer, tag, _ = self.send_wires[w]
+                    b, lo, hi = ins[3]
+                    sends[w] = tp.isend(bufs[b][lo:hi], peer, tag)
+                else:
+                    w = ins[2]
+                    self._wait(sends[w], timeout, step, "send", recvs)
+                    sends[w] = None
+            what = "send"
+            for w, req in enumerate(sends):
+                if req is not None:
+                    step = self.send_wires[w][2]
+                    self._wait(req, timeout, step, "send", recvs)
+                    sends[w] = None
+        except TacclError as exc:
+            sends[:] = [None] * len(sends)
+            raise self._failed(exc, step, what) from None
+        if self.out_phys is None and recvbuf is not None:
+            out, ce = recvbuf.reshape(-1), self.ce
             for j, (b, o) in enumerate(self.out_locs):
-                recv[j * ce : (j + 1) * ce] = bufs[b][o * ce : (o + 1) * ce]
+                if b in bufs:  # else a rank whose plan writes no output (a rooted one)
+                    out[j * ce : (j + 1) * ce] = bufs[b][o * ce : (o + 1) * ce]
         return recvbuf
 
-    def _execute(self, st: _Step, bufs) -> np.ndarray | None:
-        t = st.type
-        if t == "nop":
-            return None
-        if t == "s":
-            return np.ascontiguousarray(self._read(bufs, st.src))
-        if t == "cpy":
-            data = self._read(bufs, st.src)
-            if len(st.src) == 1 and _overlaps(st.src, st.dst):  # a view of what we write
-                data = data.copy()
-            self._write(bufs, st.dst, data)
-            return None
-        if t == "re":
-            cur = self._read(bufs, st.dst)
-            self._write(bufs, st.dst, self.reduce(cur, self._read(bufs, st.src)))
-            return None
-        d = self.direct[st.recv_slot]
-        if d is not None:  # already in place (r/rcs)
-            return bufs[d[0]][d[1] : d[2]]
-        incoming = cast(np.ndarray, self.temps[st.recv_slot])  # not in place: a temporary
-        if t in ("rrc", "rrs", "rrcs"):
-            self.reduce(incoming, self._read(bufs, st.src), out=incoming)
-        if st.dst:
-            self._write(bufs, st.dst, incoming)
-        return incoming
+    def _wait(self, req, timeout: float, step: tuple[int, int], what: str, recvs: list) -> None:
+        if self._wait_fn is not None:
+            done = self._wait_fn(req, timeout)
+        else:
+            done, deadline = False, time.monotonic() + timeout
+            while not done:
+                done = bool(self.transport.progress([req], 0.05))
+                if not done and time.monotonic() > deadline:
+                    break
+        if not done:
+            self.transport.cancel(recvs)
+            raise TacclError(
+                f"rank {self.rank}: no progress for {timeout:g} s: " + self._where(step, what)
+            )
 
-    def _failed(self, exc: TacclError, pc, recv_done) -> TacclError:
-        return TacclError(f"rank {self.rank}: {exc}; {self._stuck(pc, recv_done)}")
+    def _failed(self, exc: TacclError, step: tuple[int, int], what: str) -> TacclError:
+        if str(exc).startswith(f"rank {self.rank}:"):
+            return exc
+        return TacclError(f"rank {self.rank}: {exc}; {self._where(step, what)}")
 
-    def _stuck(self, pc, recv_done) -> str:
-        """Where each unfinished threadblock of this rank waits, and for what."""
-        parts = []
-        for g, steps in enumerate(self.program):
-            k = pc[g]
-            if k >= len(steps):
-                continue
-            tb, st = self.tbs[g], steps[k]
-            if st.dep is not None and pc[st.dep[0]] <= st.dep[1]:
-                why = f"waits for tb {self.tbs[st.dep[0]].id} step {st.dep[1]}"
-            elif st.recv_slot >= 0 and not recv_done[st.recv_slot]:
-                why = f"waits to receive from rank {tb.recv} on channel {tb.chan}"
+    def _where(self, step: tuple[int, int], what: str) -> str:
+        """Which threadblock/step of this rank waits, and for what."""
+        if step[0] < 0:
+            return "before its first step"
+        tb = self.tbs[step[0]]
+        st = tb.steps[step[1]]
+        if what == "recv":
+            why = f"waits to receive from rank {tb.recv} on channel {tb.chan}"
+        else:
+            why = f"waits for its earlier send to rank {tb.send} to complete"
+        return f"tb {tb.id} step {step[1]} ({st.type}) {why}"
+
+    # filled in by _Compiler
+    program: list[tuple]
+    recv_wires: list[tuple[int, int, Span, tuple[int, int]]]  # peer, tag, region, step
+    send_wires: list[tuple[int, int, tuple[int, int]]]  # peer, tag, step
+    temp_elems: int
+    written: frozenset[str]
+
+
+class _Compiler:
+    """Compiles one rank's steps, in round-schedule order, into ``ex.program``."""
+
+    def __init__(self, ex: PlanExecutor, seg_elems: int) -> None:
+        self.ex, self.seg = ex, seg_elems
+        self.program: list[tuple] = []
+        self.recv_wires: list[tuple[int, int, Span, tuple[int, int]]] = []
+        self.send_wires: list[tuple[int, int, tuple[int, int]]] = []
+        self.temp = 0
+        self.busy: list[tuple[Span, int]] = []  # (range, send wire) of unfinished sends
+        self.wire_seq: dict[tuple[str, int, int], int] = {}  # (dir, peer, chan) -> wires
+        self.written: set[str] = set()
+
+    def compile(self) -> None:
+        ex = self.ex
+        plan, rank = ex.plan, ex.rank
+        index = {tb.id: g for g, tb in enumerate(ex.tbs)}
+        order = [(index[tb], s) for r, tb, s in plan_rounds(plan).order if r == rank]
+        # chunks each step touches: a receive whose destination no other step touches may
+        # land in place (nothing observes that range between the posted receive and its step)
+        touches: dict[tuple[str, int], int] = {}
+        for tb in ex.tbs:
+            for st in tb.steps:
+                for b, lo, hi in self._src(st) + self._dst(st):
+                    for c in range(lo // ex.ce, hi // ex.ce):
+                        touches[(b, c)] = touches.get((b, c), 0) + 1
+        self.touches = touches
+        for g, s in order:
+            self._step(g, s)
+        ex.program, ex.recv_wires, ex.send_wires = self.program, self.recv_wires, self.send_wires
+        ex.temp_elems, ex.written = self.temp, frozenset(self.written)
+
+    # -- ranges ---------------------------------------------------------------------------
+    def _runs(self, buf: str, off: int, cnt: int) -> tuple[Span, ...]:
+        """Physical element ranges of chunks buf[off:off+cnt]."""
+        ex, runs = self.ex, cast(list[Span], [])
+        for c in range(cnt):
+            b, o = canonical_location(ex.coll, ex.rank, buf, off + c)
+            if runs and runs[-1][0] == b and runs[-1][2] == o * ex.ce:
+                runs[-1] = (b, runs[-1][1], runs[-1][2] + ex.ce)
             else:
-                why = "waits for its earlier sends to complete"
-            parts.append(f"tb {tb.id} step {k} ({st.type}) {why}")
-        if not parts:
-            peers = sorted({self.tbs[g].send for g in range(len(self.tbs))} - {-1})
-            parts.append(f"sends to rank(s) {peers} never completed")
-        more = f"; ... (+{len(parts) - 4} more)" if len(parts) > 4 else ""
-        return "; ".join(parts[:4]) + more
+                runs.append((b, o * ex.ce, (o + 1) * ex.ce))
+        return tuple(runs)
+
+    def _src(self, st) -> tuple[Span, ...]:
+        # check_limits gave every step that reads (writes) a src (dst) buffer
+        return self._runs(cast(str, st.srcbuf), st.srcoff, st.cnt) if st.type in READS_SRC else ()
+
+    def _dst(self, st) -> tuple[Span, ...]:
+        return self._runs(cast(str, st.dstbuf), st.dstoff, st.cnt) if st.type in WRITES_DST else ()
+
+    def _temp(self, elems: int) -> tuple[Span, ...]:
+        self.temp += elems
+        return (("t", self.temp - elems, self.temp),)
+
+    # -- instructions ---------------------------------------------------------------------
+    def _guard(self, step, spans) -> None:
+        """Wait for unfinished sends that read any of ``spans`` (about to be written)."""
+        keep = []
+        for rng, w in self.busy:
+            if any(b == rng[0] and lo < rng[2] and rng[1] < hi for b, lo, hi in spans):
+                self.program.append((_WAIT_SEND, step, w))
+            else:
+                keep.append((rng, w))
+        self.busy = keep
+
+    def _copy(self, step, dst, src) -> None:
+        self._guard(step, dst)
+        self.written.update(b for b, _, _ in dst)
+        for out, a in _align(dst, src):
+            self.program.append((_COPY, step, out, a))
+
+    def _reduce(self, step, out, a, b) -> None:
+        self._guard(step, out)
+        self.written.update(x for x, _, _ in out)
+        for o, x, y in _align(out, a, b):
+            self.program.append((_REDUCE, step, o, x, y))
+
+    def _wire(self, kind: str, peer: int, chan: int) -> int:
+        key = (kind, peer, chan)
+        seq = self.wire_seq.get(key, 0)
+        self.wire_seq[key] = seq + 1
+        tag = seq * max(1, self.ex.plan.nchannels) + chan
+        return tag if tag <= self.ex.transport.tag_ub else chan  # FIFO: in-order delivery
+
+    def _recv(self, step, peer: int, chan: int, region: Span) -> None:
+        self.written.add(region[0])
+        self.program.append((_WAIT_RECV, step, len(self.recv_wires)))
+        self.recv_wires.append((peer, self._wire("r", peer, chan), region, step))
+
+    def _send(self, step, peer: int, chan: int, region: Span) -> None:
+        w = len(self.send_wires)
+        self.send_wires.append((peer, self._wire("s", peer, chan), step))
+        self.program.append((_SEND, step, w, region))
+        self.busy.append((region, w))
+
+    def _segments(self, n: int) -> list[tuple[int, int]]:
+        k = max(1, n // self.seg)
+        return [(n * j // k, n * (j + 1) // k) for j in range(k)]
+
+    def _step(self, g: int, s: int) -> None:
+        ex = self.ex
+        tb = ex.tbs[g]
+        st = tb.steps[s]
+        t, step, n = st.type, (g, s), st.cnt * ex.ce
+        src, dst = self._src(st), self._dst(st)
+        if t == "nop":
+            return
+        if t == "cpy" or t == "re":
+            if _overlap(src, dst) and src != dst:  # partly overlapping: through a temporary
+                stage = self._temp(n)
+                self._copy(step, stage, src)
+                src = stage
+            if t == "cpy":
+                if src != dst:
+                    self._copy(step, dst, src)
+            else:
+                self._reduce(step, dst, dst, src)
+            return
+        if t == "s":
+            if len(src) == 1:
+                region = src[0]
+            else:  # gather the pieces into one message
+                region = self._temp(n)[0]
+                self._copy(step, (region,), src)
+            for a, b in self._segments(n):
+                self._send(step, tb.send, tb.chan, _sub(region, a, b))
+            return
+        # receiving steps
+        assert t in RECV_TYPES
+        direct = t in ("r", "rcs") and len(dst) == 1 and self._exclusive(dst[0])
+        region = dst[0] if direct else self._temp(n)[0]
+        # a reduction may write dst piece by piece unless dst partly overlaps src
+        into_dst = bool(dst) and not (_overlap(src, dst) and src != dst)
+        into_dst = into_dst and (t == "rrc" or (t == "rrcs" and len(dst) == 1))
+        for a, b in self._segments(n):
+            seg = _sub(region, a, b)
+            self._recv(step, tb.recv, tb.chan, seg)
+            out = seg
+            if t in ("r", "rcs"):
+                if not direct:
+                    self._copy(step, _subruns(dst, a, b), (seg,))
+            elif into_dst:  # rrc, or rrcs sending from its destination
+                self._reduce(step, _subruns(dst, a, b), (seg,), _subruns(src, a, b))
+                out = _sub(dst[0], a, b) if t == "rrcs" else seg
+            else:
+                self._reduce(step, (seg,), (seg,), _subruns(src, a, b))
+                if dst:
+                    self._copy(step, _subruns(dst, a, b), (seg,))
+            if t in SEND_TYPES:
+                self._send(step, tb.send, tb.chan, out)
+
+    def _exclusive(self, span: Span) -> bool:
+        ce = self.ex.ce
+        return all(self.touches[(span[0], c)] == 1 for c in range(span[1] // ce, span[2] // ce))
 
 
-def _overlaps(busy, runs) -> bool:
-    for b, lo, hi in runs:
-        for bb, blo, bhi in busy:
-            if b == bb and lo < bhi and blo < hi:
-                return True
-    return False
+def _sub(span: Span, a: int, b: int) -> Span:
+    return (span[0], span[1] + a, span[1] + b)
+
+
+def _subruns(runs: tuple[Span, ...], a: int, b: int) -> tuple[Span, ...]:
+    """Elements ``a:b`` of the concatenation of ``runs``."""
+    out, pos = [], 0
+    for buf, lo, hi in runs:
+        n = hi - lo
+        s, e = max(a, pos), min(b, pos + n)
+        if s < e:
+            out.append((buf, lo + s - pos, lo + e - pos))
+        pos += n
+    return tuple(out)
+
+
+def _align(*lists: tuple[Span, ...]) -> list[tuple[Span, ...]]:
+    """Cut equally long span lists into pieces that lie in one span of each list."""
+    idx, pos, pieces = [0] * len(lists), [0] * len(lists), []
+    while idx[0] < len(lists[0]):
+        spans = [runs[i] for runs, i in zip(lists, idx)]
+        n = min(s[2] - s[1] - p for s, p in zip(spans, pos))
+        pieces.append(tuple((s[0], s[1] + p, s[1] + p + n) for s, p in zip(spans, pos)))
+        for j, s in enumerate(spans):
+            pos[j] += n
+            if s[1] + pos[j] == s[2]:
+                idx[j], pos[j] = idx[j] + 1, 0
+    return pieces
+
+
+def _overlap(a: tuple[Span, ...], b: tuple[Span, ...]) -> bool:
+    return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in a for y in b)

@@ -1,24 +1,22 @@
 """Plan messages over an inner Gloo process group (the CPU transport of the torch backend).
 
-Gloo's send/recv ``Work`` objects neither report completion by themselves nor offer futures,
-so each posted request is waited on by a thread of a pool. The pool may grow to more threads
-than any plan has requests in flight on one rank (threads start lazily and are reused): a
-smaller pool could park every thread on late messages while a needed one has already arrived.
-``progress`` then waits on those threads' futures.
+Gloo's send/recv ``Work`` objects report completion only to ``wait``, so the executor waits
+on them directly (:meth:`GlooTransport.wait`, GIL released): no thread hand-off per message.
+A wait that times out makes Gloo close the connection, so it is only ever the executor's
+final "no progress" verdict. Requests not yet waited on are remembered, and
+:meth:`GlooTransport.close` waits for them, so that no Gloo thread still writes into (or
+reads) a buffer after the group is gone.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import datetime
 import re
 
 import numpy as np
 import torch
 
 from ..errors import TacclError
-
-#: threads the pool may grow to: one per request in flight (plans post far fewer per rank)
-MAX_IN_FLIGHT = 4096
 
 
 class GlooTransport:
@@ -28,51 +26,56 @@ class GlooTransport:
 
     def __init__(self, pg) -> None:
         self.pg = pg
-        self.pool = cf.ThreadPoolExecutor(
-            max_workers=MAX_IN_FLIGHT, thread_name_prefix="taccl-gloo"
-        )
-
-    def _wait(self, work, what: str):
-        return self.pool.submit(_finish, work, what)
+        self._pending: dict[int, tuple] = {}  # id(request) -> request, until waited on
 
     def irecv(self, target: np.ndarray, peer: int, tag: int):
-        what = f"receive from rank {peer}"
-        return self._wait(_post(self.pg.recv, target, peer, tag, what), what)
+        return self._post(self.pg.recv, target, peer, tag, f"receive from rank {peer}")
 
     def isend(self, data: np.ndarray, peer: int, tag: int):
-        what = f"send to rank {peer}"
-        return self._wait(_post(self.pg.send, np.ascontiguousarray(data), peer, tag, what), what)
+        return self._post(self.pg.send, data, peer, tag, f"send to rank {peer}")
+
+    def _post(self, op, array: np.ndarray, peer: int, tag: int, what: str):
+        tensor = torch.from_numpy(np.ascontiguousarray(array).view(np.uint8))
+        try:
+            work = op([tensor], peer, tag)
+        except RuntimeError as exc:  # the connection is already gone
+            raise TacclError(f"{what} failed: {_gist(str(exc))}") from None
+        req = (work, what, tensor)  # the tensor stays referenced until the request ends
+        self._pending[id(req)] = req
+        return req
+
+    def wait(self, req, timeout: float | None) -> bool:
+        """Block until ``req`` completes (True) or ``timeout`` seconds pass (False; None:
+        the inner group's own timeout, then an error)."""
+        work, what, _ = req
+        try:
+            work.wait() if timeout is None else work.wait(datetime.timedelta(seconds=timeout))
+        except RuntimeError as exc:
+            self._pending.pop(id(req), None)
+            if "Timed out" in str(exc):
+                return False
+            raise TacclError(f"{what} failed: {_gist(str(exc))}") from None
+        self._pending.pop(id(req), None)
+        return True
 
     def progress(self, reqs: list, block: float) -> list[int]:
-        if block > 0 and not any(f.done() for f in reqs):
-            cf.wait(reqs, timeout=block, return_when=cf.FIRST_COMPLETED)
-        done = [i for i, f in enumerate(reqs) if f.done()]
-        for i in done:
-            error = reqs[i].exception()
-            if error is not None:
-                raise TacclError(str(error))
-        return done
-
-    def close(self) -> None:
-        """Stop the waiting threads once the requests they wait on end."""
-        self.pool.shutdown(wait=True)
+        """Gloo requests cannot be polled: waits for the first one (up to Gloo's timeout)."""
+        if reqs and not self.wait(reqs[0], None):
+            raise TacclError(f"{reqs[0][1]} timed out")
+        return [0] if reqs else []
 
     def cancel(self, reqs: list) -> None:
-        """Gloo cannot withdraw a posted receive; its own timeout ends the waiting threads."""
+        """Gloo cannot withdraw a posted receive; its timeout ends it (see :meth:`close`)."""
 
-
-def _post(op, array: np.ndarray, peer: int, tag: int, what: str):
-    try:
-        return op([torch.from_numpy(array.view(np.uint8))], peer, tag)
-    except RuntimeError as exc:  # the connection is already gone
-        raise TacclError(f"{what} failed: {_gist(str(exc))}") from None
-
-
-def _finish(work, what: str) -> None:
-    try:
-        work.wait()
-    except RuntimeError as exc:
-        raise TacclError(f"{what} failed: {_gist(str(exc))}") from None
+    def close(self) -> None:
+        """Wait for every request not yet waited on (each ends by completing, failing or
+        Gloo's own timeout)."""
+        for work, _, _ in list(self._pending.values()):
+            try:
+                work.wait()
+            except RuntimeError:
+                pass
+        self._pending.clear()
 
 
 def _gist(message: str) -> str:
