@@ -401,3 +401,31 @@ def test_cli_verify_reports_rooted_plans(tmp_path):
     out = runner.invoke(main, ["verify", str(tmp_path / "gather.xml"), "--runtime", "msccl"])
     assert out.exit_code == 1 and 'coll="gather": msccl does not load gather plans' in out.output
     assert "Traceback" not in out.output
+
+
+def test_root_copies_its_input_in_a_threadblock_of_its_own():
+    """Out of place, the broadcast root copies its whole buffer: as few steps as the
+    runtime's cnt allows, in a threadblock without peers, beside the sends."""
+    n, cu, root = 8, 12, 5
+    plan = plan_of("broadcast", root, cu)
+    gpu = next(g for g in plan.gpus if g.id == root)
+    copies = [(tb, st) for tb in gpu.tbs for st in tb.steps if st.type == "cpy"]
+    tbs = {tb.id for tb, _ in copies}
+    assert len(tbs) == 1
+    tb = copies[0][0]
+    assert (tb.send, tb.recv) == (-1, -1) and len(tb.steps) == len(copies)
+    assert sum(st.cnt for _, st in copies) == n * cu
+    assert len(copies) == -(-n * cu // RUNTIMES["msccl-executor"].max_cnt)
+    assert all(st.srcoff == st.dstoff for _, st in copies)  # chunk x of i to chunk x of o
+    verify(plan)
+
+
+def test_pipelined_ring_broadcast_fits_msccl_executor_steps():
+    """A ring broadcast pipelines one chunk per step; the root's copies of its whole
+    input no longer double its threadblocks' steps."""
+    from taccl_py.synth.methods import synthesize
+
+    alg = synthesize(DGX1, Collective("broadcast", 8, 6, root=5), "ring")
+    plan = lower(alg, DGX1, LowerOptions(instances=2))
+    assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= 64
+    verify(plan)

@@ -175,7 +175,7 @@ def _build(alg: Algorithm, header: Plan, topology: Topology | None, rules: Runti
     del blocks
     s_chunks, copies = place(alg, flow)
     _set_accesses(flow, send_ops, recv_ops)
-    _add_copies(alg, copies, tbs, send_ops, recv_ops)
+    _add_copies(alg, copies, tbs, send_ops, recv_ops, min(rules.max_tbs, RESIDENT_TBS))
     _find_conflicts(tbs)
     _make_steps(flow, tbs)
     if topology is not None:
@@ -221,14 +221,27 @@ def _set_accesses(flow: Flow, send_ops: list[Op], recv_ops: list[Op]) -> None:
 
 
 def _add_copies(
-    alg: Algorithm, copies: list[Copy], tbs: list[list[TB]], send_ops: list[Op], recv_ops: list[Op]
+    alg: Algorithm,
+    copies: list[Copy],
+    tbs: list[list[TB]],
+    send_ops: list[Op],
+    recv_ops: list[Op],
+    max_tbs: int,
 ) -> None:
     """Copy ops go to the threadblock that made (else first used) the value.
 
     A copy's key puts it right after transfer ``after`` (before any op hoisted past it).
+    A rooted collective's copies of a rank's own inputs into untouched output (the
+    Broadcast root's whole buffer, the Gather and Scatter root's own block) go to one
+    threadblock of their own (no peers; the rank's first if it has ``max_tbs``), in
+    buffer order so that they merge into few steps, beside the sends.
     """
+    own: dict[int, list[Copy]] = {}
     for i, cp in enumerate(copies):
         v = cp.version
+        if alg.collective.rooted and v.producer is None and cp.after == -1:
+            own.setdefault(v.rank, []).append(cp)
+            continue
         if v.producer is not None:
             tb = recv_ops[v.producer].tb
         elif v.readers:
@@ -241,6 +254,16 @@ def _add_copies(
             tbs[v.rank].append(tb)
         op = Op("c", v.rank, (cp.after, 0, i + 1), reads=(placed(v),), writes=(cp.dst,), tb=tb)
         tb.units.insert(bisect_right(tb.units, op.key, key=lambda u: u[0].key), [op])
+    for rank, cps in sorted(own.items()):
+        if len(tbs[rank]) < max_tbs:
+            tb = TB(rank, -1, -1, 0, id=len(tbs[rank]))
+            tbs[rank].append(tb)
+        else:
+            tb = tbs[rank][0]
+        for i, cp in enumerate(sorted(cps, key=lambda cp: cp.dst)):
+            v = cp.version
+            op = Op("c", rank, (-1, 1, i + 1), reads=(placed(v),), writes=(cp.dst,), tb=tb)
+            tb.units.insert(bisect_right(tb.units, op.key, key=lambda u: u[0].key), [op])
 
 
 def _find_conflicts(tbs: list[list[TB]]) -> None:
