@@ -18,7 +18,10 @@ the README: AllGather output bytes, ReduceScatter input bytes, AllToAll and AllR
 per-rank buffer bytes (count x type size x ngpus for the first three). Broadcast and
 Reduce: the buffer's bytes (count x type size; ``sizeMultiplier`` 1). Gather and Scatter
 (msccl-executor only): count x type size too, count being the call's count, one rank's
-block (``sizeMultiplier`` 1), though no NCCL call ever selects them.
+block (``sizeMultiplier`` 1), though no NCCL call ever selects them. Its kernel cuts
+count x sizeMultiplier elements into nchunksperloop chunks, so a program running one of
+our Gather or Scatter plans itself (``mscclRunAlgo``) must pass the whole gathered
+(scattered) count, ngpus blocks, to get the plan's chunks.
 
 Rooted collectives: neither runtime compares a call's root with the plan's (our own
 ``root`` attribute, which neither reads), so a plan made for root R is selected for
