@@ -155,6 +155,12 @@ def parse_plan(source: str | Path) -> Plan:
     ('allgather', 1, 'Simple', 1, True)
     >>> parse_plan(plan_to_xml(p)) == p
     True
+
+    A rooted plan without our ``root`` attribute is read as root 0, and says so:
+
+    >>> b = parse_plan('<algo ngpus="2" coll="broadcast" nchunksperloop="2" inplace="1"/>')
+    >>> b.root, b.root_assumed, b.label
+    (0, True, 'broadcast (root 0, assumed: no root attribute)')
     """
     if isinstance(source, Path) or not source.lstrip().startswith("<"):
         where, default_name = display_path(source), Path(source).stem
