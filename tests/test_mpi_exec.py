@@ -74,8 +74,16 @@ def test_run_matches_mpi(plans, key):
     proc = taccl_run(plans[key], "--size", "1M", "--check", "--iters", "2", "--warmup", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "check ok" in proc.stdout
-    row = proc.stdout.strip().splitlines()[-1].split()
-    assert row[0] == str(1 << 20) and len(row) == 8  # size count type us algbw busbw mpi ratio
+    rows = [line.split() for line in proc.stdout.splitlines() if not line.startswith("#")]
+    assert len(rows) == 1 and rows[0][0] == str(1 << 20)
+    row = rows[0]
+    # size count type redop root, out-of-place (time algbw busbw #wrong), in-place, mpi, plans
+    if key[2]:  # an in-place plan: the out-of-place cells say n/a
+        assert row[5] == "n/a" and float(row[6]) > 0 and row[9] == "0"
+        assert row[-1].startswith("-,") and len(row) == 12
+    else:
+        assert float(row[5]) > 0 and row[8] == "0" and row[9] == "n/a"
+        assert row[-1].endswith(",-") and len(row) == 12
 
 
 def test_run_integer_dtype(plans):
@@ -104,11 +112,13 @@ def test_run_wrong_rank_count(plans):
 
 
 def test_run_bad_size(plans):
-    path = plans[("allgather", "ring", False)]
+    path = plans[("allreduce", "ring", False)]
     unit = parse_plan(path).nchunksperloop * 4  # float32 elements per chunk: at least one
+    assert 1000 % unit
     proc = taccl_run(path, "--size", "1000")
-    assert proc.returncode == 2
+    assert proc.returncode == 2 and not proc.stdout
     assert f"not a multiple of {unit} B" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"try --size {1000 // unit * unit or unit}" in proc.stderr
 
 
 def test_stalled_rank_times_out(plans):

@@ -23,27 +23,145 @@ from .app import (
     main,
 )
 
-
 # -- run over MPI ----------------------------------------------------------------------
+_ITERS = click.IntRange(1, MAX_REPEATS)
+
+
+def run_options(
+    size,
+    minbytes,
+    maxbytes,
+    stepbytes,
+    stepfactor,
+    iters,
+    warmup,
+    datacheck,
+    check_flag,
+    dtype,
+    op,
+    root,
+    timeout,
+    collective,
+):
+    """The validated :class:`~taccl_py.runtime.mpi_run.RunOptions` of ``taccl run``'s
+    options (sizes already parsed to bytes); a bad combination raises
+    :class:`click.BadParameter` or :class:`click.UsageError`.
+
+    >>> o = run_options(None, 1024, 8192, None, 2, 5, 1, None, False, "float", "sum", None,
+    ...                 60.0, None)
+    >>> o.sizes, o.check, [name for name, _ in o.dtypes]
+    ((1024, 2048, 4096, 8192), 1, ['float'])
+    """
+    from ..collectives import canonical_kind
+    from ..errors import TacclError
+    from ..runtime.mpi_run import RunOptions, parse_dtypes, parse_ops, sweep_sizes
+
+    if size is not None and (minbytes is not None or maxbytes is not None):
+        raise click.UsageError("--size S is -b S -e S: give --size or -b/-e, not both")
+    lo = size if size is not None else minbytes
+    hi = size if size is not None else maxbytes
+    if lo is None and hi is None:
+        lo = hi = DEFAULT_SIZE
+    lo = hi if lo is None else lo
+    hi = lo if hi is None else hi
+    try:
+        sizes = sweep_sizes(lo, hi, stepbytes if stepbytes is not None else 1 << 20, stepfactor)
+    except TacclError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-b' / '-e' / '-i' / '-f'") from None
+    try:
+        dtypes = parse_dtypes(dtype)
+    except TacclError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-d' / '--dtype'") from None
+    try:
+        ops = parse_ops(op)
+    except TacclError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-o' / '--op'") from None
+    kind = None
+    if collective is not None:
+        try:
+            kind = canonical_kind(collective)
+        except TacclError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--collective'") from None
+    check = datacheck if datacheck is not None else 1
+    if check_flag:
+        check = max(check, 1)
+    return RunOptions(
+        sizes=tuple(sizes),
+        dtypes=tuple(dtypes),
+        ops=tuple(ops),
+        root=root,
+        check=check,
+        iters=iters,
+        warmup=warmup,
+        timeout=timeout,
+        collective=kind,
+    )
+
+
+#: the size when none is given (bytes)
+DEFAULT_SIZE = 64 << 20
+
+
 @main.command("run")
 @click.argument("plan_path", type=click.Path(path_type=Path))
 @click.option(
     "--size",
-    default="64M",
-    show_default=True,
+    default=None,
     callback=_size,
-    help="buffer size (nccl-tests convention: AllGather output, AllToAll/AllReduce "
-    "per-rank buffer, ReduceScatter input)",
+    help="one size: the same as -b SIZE -e SIZE [default: 64M]",
+)
+@click.option("-b", "--minbytes", default=None, callback=_size, help="smallest size")
+@click.option("-e", "--maxbytes", default=None, callback=_size, help="largest size")
+@click.option(
+    "-i", "--stepbytes", default=None, callback=_size, help="size increment [default: 1M]"
 )
 @click.option(
-    "--dtype",
-    default="float32",
+    "-f",
+    "--stepfactor",
+    default=1,
     show_default=True,
-    help="NumPy dtype of the buffers (e.g. float32, float64, int32)",
+    type=click.IntRange(1, 1 << 20),
+    help="size multiplier (above 1 it replaces -i)",
 )
-@click.option("--check", is_flag=True, help="compare the result with MPI's own collective")
-@click.option("--iters", default=20, show_default=True, type=_REPEATS)
-@click.option("--warmup", default=3, show_default=True, type=_REPEATS)
+@click.option("-n", "--iters", default=20, show_default=True, type=_ITERS, help="timed iterations")
+@click.option("-w", "--warmup", "--warmup_iters", default=3, show_default=True, type=_REPEATS)
+@click.option(
+    "-c",
+    "datacheck",
+    default=None,
+    type=click.IntRange(0, 1000),
+    help="data checks per cell, 0: none [default: 1]",
+)
+@click.option("--check", "check_flag", is_flag=True, help="the same as -c 1")
+@click.option(
+    "-d",
+    "--datatype",
+    "--dtype",
+    "dtype",
+    default="float",
+    show_default=True,
+    help="int8, uint8, int32, uint32, int64, uint64, half, float, double (or float16/32/64), "
+    "a comma list, or all",
+)
+@click.option(
+    "-o",
+    "--op",
+    default="sum",
+    show_default=True,
+    help="reduction of AllReduce, ReduceScatter, Reduce: sum, prod, max, min or all",
+)
+@click.option(
+    "-r",
+    "--root",
+    type=int,
+    default=None,
+    help="root of Broadcast, Reduce, Gather, Scatter [default: the plan's]",
+)
+@click.option(
+    "--collective",
+    default=None,
+    help="of a plan directory, run only this collective's plans [default: every one]",
+)
 @click.option(
     "--timeout",
     default=60.0,
@@ -51,11 +169,49 @@ from .app import (
     type=_Finite(0.01, MAX_TIME_LIMIT),
     help="seconds without progress before a rank gives up",
 )
-def run_cmd(plan_path, size, dtype, check, iters, warmup, timeout) -> None:
-    """Run an MSCCL XML plan over MPI (launch with mpiexec -n NGPUS) and time it."""
+def run_cmd(
+    plan_path,
+    size,
+    minbytes,
+    maxbytes,
+    stepbytes,
+    stepfactor,
+    iters,
+    warmup,
+    datacheck,
+    check_flag,
+    dtype,
+    op,
+    root,
+    collective,
+    timeout,
+) -> None:
+    """Run MSCCL XML plans over MPI as nccl-tests runs NCCL (launch with mpiexec -n NGPUS).
+
+    PLAN_PATH is a plan or a directory of plans: each row uses the plan msccl-executor
+    would select for its size, out of place and in place. Every row is checked against MPI's
+    own collective (-c 0: not) and timed, MPI's too; columns and bus bandwidth as
+    nccl-tests prints them.
+    """
     from ..runtime.mpi_run import run_command
 
-    run_command(plan_path, size, dtype, check, iters, warmup, timeout)
+    opts = run_options(
+        size,
+        minbytes,
+        maxbytes,
+        stepbytes,
+        stepfactor,
+        iters,
+        warmup,
+        datacheck,
+        check_flag,
+        dtype,
+        op,
+        root,
+        timeout,
+        collective,
+    )
+    run_command(plan_path, opts)
 
 
 # -- profile (measure a topology) ----------------------------------------------------------

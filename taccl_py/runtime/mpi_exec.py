@@ -45,19 +45,31 @@ class MpiTransport:
                 pass
 
 
-def mpi_executor(plan: Plan, comm, chunk_elems: int, dtype) -> executor.PlanExecutor:
+def mpi_executor(
+    plan: Plan, comm, chunk_elems: int, dtype, redop: str | None = None
+) -> executor.PlanExecutor:
     """This rank's compiled part of ``plan`` over ``comm`` (give it a ``Dup`` made up front:
-    a collective ``Dup`` later would block without a timeout if a peer is gone)."""
+    a collective ``Dup`` later would block without a timeout if a peer is gone); ``redop``
+    (sum, prod, max, min) overrides the plan's, as the NCCL call's op does on a GPU."""
     return executor.PlanExecutor(
-        plan, MpiTransport(comm), comm.Get_rank(), comm.Get_size(), chunk_elems, dtype
+        plan, MpiTransport(comm), comm.Get_rank(), comm.Get_size(), chunk_elems, dtype, redop
     )
 
 
 def run_plan(
-    plan: Plan, comm, sendbuf: np.ndarray, recvbuf: np.ndarray, *, timeout: float = 60.0
+    plan: Plan,
+    comm,
+    sendbuf: np.ndarray,
+    recvbuf: np.ndarray,
+    *,
+    timeout: float = 60.0,
+    redop: str | None = None,
 ) -> np.ndarray:
     """Run this rank's part of ``plan``: ``sendbuf`` holds the collective's input chunks,
     ``recvbuf`` receives its output chunks (both 1-D-able, same dtype). Returns ``recvbuf``.
+    For a rooted plan every rank passes both buffers at full size: a Broadcast's or
+    Scatter's other ranks' input is not read, a Reduce's or Gather's other ranks' output
+    holds nothing meaningful.
 
     Every rank of ``comm`` (``plan.ngpus`` of them) must call it; ``comm`` should carry no
     other point-to-point traffic meanwhile (pass ``comm.Dup()`` made once, up front).
@@ -78,5 +90,5 @@ def run_plan(
             f"send buffer of {size} elements is not a positive multiple of the "
             f"plan's {coll.i_chunks} input chunks"
         )
-    ex = mpi_executor(plan, comm, size // coll.i_chunks, np.asarray(sendbuf).dtype)
+    ex = mpi_executor(plan, comm, size // coll.i_chunks, np.asarray(sendbuf).dtype, redop)
     return ex.run(sendbuf, recvbuf, timeout)
