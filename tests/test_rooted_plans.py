@@ -429,3 +429,14 @@ def test_pipelined_ring_broadcast_fits_msccl_executor_steps():
     plan = lower(alg, DGX1, LowerOptions(instances=2))
     assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= 64
     verify(plan)
+
+
+@pytest.mark.parametrize("kind", ROOTED_KINDS)
+def test_same_inputs_give_byte_identical_plans(kind):
+    from taccl_py.synth.methods import synthesize
+
+    texts = {
+        plan_to_xml(lower(synthesize(DGX1, Collective(kind, 8, 2, root=6), "ring"), DGX1))
+        for _ in range(2)
+    }
+    assert len(texts) == 1
