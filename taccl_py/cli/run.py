@@ -27,6 +27,15 @@ from .app import (
 _ITERS = click.IntRange(1, MAX_REPEATS)
 
 
+class _Aliased(click.Option):
+    """An option with nccl-tests' short name and our long one: errors name the long one
+    (``Invalid value for '--iters'``), as before the short names came."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        longs = [o for o in self.opts if o.startswith("--")]
+        return f"'{longs[-1]}'" if longs else super().get_error_hint(ctx)
+
+
 def run_options(
     size,
     minbytes,
@@ -71,11 +80,11 @@ def run_options(
     try:
         dtypes = parse_dtypes(dtype)
     except TacclError as exc:
-        raise click.BadParameter(str(exc), param_hint="'-d' / '--dtype'") from None
+        raise click.BadParameter(str(exc), param_hint="'--dtype'") from None
     try:
         ops = parse_ops(op)
     except TacclError as exc:
-        raise click.BadParameter(str(exc), param_hint="'-o' / '--op'") from None
+        raise click.BadParameter(str(exc), param_hint="'--op'") from None
     kind = None
     if collective is not None:
         try:
@@ -110,21 +119,45 @@ DEFAULT_SIZE = 64 << 20
     callback=_size,
     help="one size: the same as -b SIZE -e SIZE [default: 64M]",
 )
-@click.option("-b", "--minbytes", default=None, callback=_size, help="smallest size")
-@click.option("-e", "--maxbytes", default=None, callback=_size, help="largest size")
+@click.option("-b", "--minbytes", cls=_Aliased, default=None, callback=_size, help="smallest size")
+@click.option("-e", "--maxbytes", cls=_Aliased, default=None, callback=_size, help="largest size")
 @click.option(
-    "-i", "--stepbytes", default=None, callback=_size, help="size increment [default: 1M]"
+    "-i",
+    "--stepbytes",
+    cls=_Aliased,
+    default=None,
+    callback=_size,
+    help="size increment [default: 1M]",
 )
 @click.option(
     "-f",
     "--stepfactor",
+    cls=_Aliased,
     default=1,
     show_default=True,
     type=click.IntRange(1, 1 << 20),
     help="size multiplier (above 1 it replaces -i)",
 )
-@click.option("-n", "--iters", default=20, show_default=True, type=_ITERS, help="timed iterations")
-@click.option("-w", "--warmup", "--warmup_iters", default=3, show_default=True, type=_REPEATS)
+@click.option(
+    "-n",
+    "--iters",
+    cls=_Aliased,
+    default=20,
+    show_default=True,
+    type=_ITERS,
+    help="timed iterations",
+)
+@click.option(
+    "-w",
+    "--warmup_iters",
+    "--warmup",
+    "warmup",
+    cls=_Aliased,
+    default=3,
+    show_default=True,
+    type=_REPEATS,
+    help="untimed iterations first",
+)
 @click.option(
     "-c",
     "datacheck",
@@ -138,6 +171,7 @@ DEFAULT_SIZE = 64 << 20
     "--datatype",
     "--dtype",
     "dtype",
+    cls=_Aliased,
     default="float",
     show_default=True,
     help="int8, uint8, int32, uint32, int64, uint64, half, float, double (or float16/32/64), "
@@ -146,6 +180,7 @@ DEFAULT_SIZE = 64 << 20
 @click.option(
     "-o",
     "--op",
+    cls=_Aliased,
     default="sum",
     show_default=True,
     help="reduction of AllReduce, ReduceScatter, Reduce: sum, prod, max, min or all",
@@ -153,6 +188,7 @@ DEFAULT_SIZE = 64 << 20
 @click.option(
     "-r",
     "--root",
+    cls=_Aliased,
     type=int,
     default=None,
     help="root of Broadcast, Reduce, Gather, Scatter [default: the plan's]",
