@@ -408,6 +408,8 @@ def main() -> None:
         dist.broadcast_object_list([case], src=0)
         verdicts = [None] * n
         dist.gather_object(None if case is None else check(case, 0, n, taccl), verdicts, dst=0)
+        if any(verdicts):  # the first failure, before hypothesis shrinks it
+            print(f"case {case}: {verdicts}", file=sys.stderr, flush=True)
         return verdicts
 
     count = 0

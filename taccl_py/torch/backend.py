@@ -399,7 +399,11 @@ class TacclProcessGroup(dist.ProcessGroup):
                     f"{len(outs)} and {len(ins)}"
                 )
             for t in (*outs, *ins):
-                check_pair(ALLTOALL, t, outs[0], None, n)
+                check_pair(ALLTOALL, t, t, None, n)  # a dtype that plans carry
+                if t.dtype != outs[0].dtype:
+                    raise TacclError(
+                        f"all_to_all: tensors of {t.dtype} and {outs[0].dtype} in one call"
+                    )
             self._blocks([t.view(-1) for t in outs], [t.view(-1) for t in ins])
 
         return self._submit(run, output_tensors, input_tensors)
