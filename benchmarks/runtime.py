@@ -2,12 +2,15 @@
 backend vs Gloo.
 
 MPI part: for every rank count n, collective and size, a plan is built for that size with
-``--method milp`` on ``host<n>``, one switch joining the n ranks (10 GB/s ports, 1 us; the
-model the torch backend's ring fallback uses). milp solves in seconds here and keeps the ring,
-direct or tree baseline instead when that simulates faster (column ``chosen``). The plan then
-runs ``--repeats`` times as ``mpiexec -n N taccl run PLAN --size S --iters I --warmup W``; the
-table has the medians of the plan's and MPICH's times (slowest rank's mean per iteration) and
-of their ratio, and the ratio's min and max over the repeats.
+``--method milp`` (or another ``--method``) on ``host<n>``, one switch joining the n ranks
+(10 GB/s ports, 1 us; the model the torch backend's ring fallback uses). milp solves in
+seconds here and keeps the ring, direct or tree baseline instead when that simulates faster
+(column ``chosen``). The plan then runs ``--repeats`` times as
+``mpiexec -n N taccl run PLAN --size S -n I -w W -c 0``; the table has the medians of the
+plan's and MPICH's times (slowest rank's mean per iteration) and of their ratio, and the
+ratio's min and max over the repeats. Rooted collectives (broadcast, reduce, gather,
+scatter) get root ``--root`` and are compared with MPI_Bcast, MPI_Reduce, MPI_Gather and
+MPI_Scatter.
 
 Torch part (``--torch``): 4 spawned CPU processes time all_gather_into_tensor, all_reduce,
 all_to_all_single and reduce_scatter_tensor (float32; the size is the larger buffer), once on
@@ -21,6 +24,8 @@ Usage:
   python benchmarks/runtime.py                              # MPI table, 4 and 8 ranks
   python benchmarks/runtime.py --ranks 4 --sizes 64M --repeats 5
   python benchmarks/runtime.py --torch --collectives ''     # torch table only
+  python benchmarks/runtime.py --ranks 4 --collectives broadcast,reduce,gather,scatter \
+      --method direct --root 1
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ def mpi_table(
     iters: int,
     warmup: int,
     workdir: Path,
+    method: str = "milp",
+    root: int = 0,
 ) -> dict:
     """Print the MPI table; returns {(n, kind, size): median ratio}."""
     mpiexec, taccl = _tool("mpiexec"), _tool("taccl")
@@ -99,11 +106,11 @@ def mpi_table(
                 cells = f"| {n} | {kind} | {format_size(size)} |"
                 began = time.perf_counter()
                 try:
+                    coll = Collective(kind, n)
+                    if coll.rooted:
+                        coll = coll.with_root(root)
                     result = build_plan(
-                        host(n),
-                        Collective(kind, n),
-                        "milp",
-                        synth=SynthOptions(size=size, time_limit=10),
+                        host(n), coll, method, synth=SynthOptions(size=size, time_limit=10)
                     )
                 except TacclError as exc:
                     print(f"{cells} error: {exc} |", flush=True)
@@ -121,10 +128,12 @@ def mpi_table(
                     str(path),
                     "--size",
                     str(size),
-                    "--iters",
+                    "-n",
                     str(its),
-                    "--warmup",
+                    "-w",
                     str(warmup or max(2, its // 10)),
+                    "-c",
+                    "0",
                 ]
                 runs = []
                 for _ in range(repeats):
@@ -137,8 +146,8 @@ def mpi_table(
                             flush=True,
                         )
                         break
-                    fields = done.stdout.strip().splitlines()[-1].split()
-                    runs.append((float(fields[3]), float(fields[6]), float(fields[7])))
+                    plan_us, mpi_us = row_times(done.stdout)
+                    runs.append((plan_us, mpi_us, plan_us / mpi_us))
                 else:
                     plan_us, mpi_us, ratio = (
                         statistics.median(r[i] for r in runs) for i in range(3)
@@ -151,6 +160,13 @@ def mpi_table(
                         flush=True,
                     )
     return ratios
+
+
+def row_times(stdout: str) -> tuple[float, float]:
+    """(plan us, MPI us) of the one table row ``taccl run`` printed for an out-of-place plan:
+    ``size count type redop root time algbw busbw #wrong <in-place: n/a> mpi plans``."""
+    row = next(ln.split() for ln in stdout.splitlines() if ln.strip() and ln[0] != "#")
+    return float(row[5]), float(row[-2])
 
 
 def _torch_rank(
@@ -250,6 +266,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="mpiexec runs per cell")
     ap.add_argument("--iters", type=int, default=0, help="0: 256 MB worth, 5 to 100")
     ap.add_argument("--warmup", type=int, default=0, help="0: iters/10, at least 2")
+    ap.add_argument("--method", default="milp", help="synthesis method of the MPI plans")
+    ap.add_argument("--root", type=int, default=0, help="root of rooted collectives")
     ap.add_argument("--torch", action="store_true", help="also the torch backend vs gloo")
     ap.add_argument("--torch-sizes", default="1M,16M")
     args = ap.parse_args()
@@ -267,6 +285,8 @@ def main() -> None:
                 args.iters,
                 args.warmup,
                 Path(tmp),
+                args.method,
+                args.root,
             )
             verdicts += [
                 f"MPI {kind} {format_size(size)} on {n} ranks vs MPICH: "
