@@ -1,15 +1,16 @@
 """PyTorch backend ``"taccl"``: ``import taccl_py.torch`` registers it.
 
-``dist.init_process_group("taccl", ...)`` then serves all_gather_into_tensor, all_gather,
-all_to_all_single, all_to_all, reduce_scatter_tensor, reduce_scatter, all_reduce, barrier,
-broadcast, reduce, gather, scatter, send/recv (sync or ``async_op=True``) on CPU tensors, with
-Gloo's results for tensors of any layout and Gloo's dtypes, and on CUDA tensors through
-CuPy's NCCL on the tensors' GPU and the caller's stream (:mod:`taccl_py.torch.cuda`). Plans
-come from ``$TACCL_PLAN_DIR`` (or :func:`configure`; each is verified when loaded, and an
-invalid one is refused), else fallback plans (ring; direct for all-to-all) synthesized once
-and cached under ``$TACCL_CACHE_DIR`` (default ``~/.cache/taccl_py``). With ``TACCL_LOG=1``
-each rank says on stderr which plan serves each collective (logger ``taccl_py.torch``, level
-INFO).
+``dist.init_process_group("taccl", ...)`` builds (once per cluster and world size, cached
+under ``$TACCL_CACHE_DIR``, default ``~/.cache/taccl_py``; one process builds, the others
+wait and load) a plan library for every collective, and serves all_reduce, all_gather,
+all_gather_into_tensor, reduce_scatter, reduce_scatter_tensor, all_to_all_single and
+all_to_all (uneven too), broadcast, reduce, gather, scatter (rooted plans per root) and
+barrier from plans, sync or ``async_op=True`` (:mod:`taccl_py.torch.backend` says exactly
+what runs where). The cluster: ``configure(topology=...)`` or ``$TACCL_TOPOLOGY`` (a built-in
+name, ``name:nodes``, a YAML path), else ``nvidia-smi topo -m`` on GPU hosts, else the local
+host. ``$TACCL_PLAN_DIR`` plans (verified when loaded) win where they apply. With
+``TACCL_LOG=1`` rank 0 says on stderr which plan serves each collective, once per plan and
+size range (logger ``taccl_py.torch``, level INFO).
 
 >>> import torch.distributed as dist
 >>> import taccl_py.torch

@@ -1,14 +1,30 @@
 """``TacclProcessGroup``: torch.distributed collectives run by taccl plans.
 
-CPU tensors: the plan's messages go over an inner Gloo group (one Gloo group for plan
-traffic, another for point-to-point calls and the operations delegated to Gloo: barrier,
-broadcast, reduce, gather, scatter, all-to-all with split sizes or tensor lists, and the
-reduce ops no plan does: BAND, BOR, BXOR, PREMUL_SUM). CUDA tensors: NCCL point-to-point
-through CuPy (:mod:`taccl_py.runtime.cuda_exec`). Collectives run in issue order on one
-worker thread; every call returns a ``Work`` whose future carries the output tensors, so
-``async_op=True`` overlaps with the caller. Tensors of any layout are served: plans and
-Gloo see contiguous stand-ins, copied back into non-contiguous outputs; on CPU the dtypes
-are Gloo's (:data:`GLOO_DTYPES`).
+Served by plans (CPU tensors), from the group's plan library (:mod:`taccl_py.torch.library`:
+built for the cluster once and cached; ``$TACCL_PLAN_DIR`` plans first):
+
+* ``all_reduce`` (also coalesced), ``all_gather``/``all_gather_into_tensor``,
+  ``reduce_scatter``/``reduce_scatter_tensor``, ``all_to_all_single``/``all_to_all``, by
+  their own plans; uneven all-to-all pads every block to the largest (agreed by a one-element
+  AllReduce MAX plan) for the AllToAll plan.
+* ``broadcast``, ``reduce``, ``gather``, ``scatter`` by their own plans for the call's root
+  (built on first use of that root); where a rooted plan cannot be built, the unrooted plan
+  that contains it serves instead (:data:`STAND_IN`), said once with the reason.
+* ``barrier``: a one-byte AllReduce plan.
+* Reduce ops: SUM, PRODUCT, MIN, MAX by the plan, AVG as its SUM then divided; BAND, BOR,
+  BXOR by the AllGather plan and a local combine in rank order (exact); PREMUL_SUM is refused.
+
+Served by the transport: the plans' messages, and ``send``/``recv``, which are point to point
+already: an inner Gloo group on CPU. CUDA tensors (:mod:`taccl_py.torch.cuda`) run the
+AllReduce, AllGather, ReduceScatter and even AllToAll plans over NCCL point-to-point;
+``broadcast``, ``gather``, ``scatter``, uneven/list all-to-all and ``send``/``recv`` on CUDA
+tensors use NCCL's own calls, and ``reduce`` the AllReduce plan. Nothing is delegated to a
+Gloo collective.
+
+Collectives run in issue order on one worker thread; every call returns a ``Work`` whose
+future carries the output tensors, so ``async_op=True`` overlaps with the caller. Tensors of
+any layout are served: plans see contiguous stand-ins, copied back into non-contiguous
+outputs; on CPU the dtypes are Gloo's (:data:`~taccl_py.torch.checks.GLOO_DTYPES`).
 """
 
 from __future__ import annotations
@@ -89,7 +105,14 @@ class _Work(dist.Work):
 
 
 class TacclProcessGroup(dist.ProcessGroup):
-    """A process group whose collectives run synthesized (or fallback) plans."""
+    """A process group whose collectives run the plans of its plan library.
+
+    >>> import datetime, torch.distributed as dist
+    >>> pg = TacclProcessGroup(dist.HashStore(), 0, 1, datetime.timedelta(seconds=30),
+    ...                        cache_dir="/tmp/taccl-doc")  # doctest: +SKIP
+    >>> pg.allreduce([torch.ones(4)]).wait()  # doctest: +SKIP
+    True
+    """
 
     def __init__(
         self,
