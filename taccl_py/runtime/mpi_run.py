@@ -4,10 +4,13 @@ against MPI's own collective and time both.
 nccl-tests' conventions (read from its ``src/common.cu`` and one ``src/<collective>.cu``
 per collective): sizes from ``-b`` to ``-e`` times ``-f`` (or plus ``-i``); a size names the
 larger of the send and receive buffers, and the per-rank counts of AllGather,
-ReduceScatter, AllToAll, Gather and Scatter are rounded down to 16 bytes' worth of
-elements first (so a row may show a little less than asked); ``count`` is the collective
+ReduceScatter, AllToAll, Gather and Scatter are rounded down to whole elements per rank
+(so a row may show a little less than asked); ``count`` is the collective
 call's count; algbw = size / time; busbw = algbw x :func:`bus_factor`; the
-"Avg bus bandwidth" is the mean busbw over every timed cell.
+"Avg bus bandwidth" is the mean busbw over every timed cell. One difference: nccl-tests
+also rounds those per-rank counts down to 16 bytes' worth of elements (GPU alignment); the
+CPU executor needs none, so a size that splits evenly over the ranks is kept as asked (the
+sizes existing ``--size`` callers pass keep working).
 
 PLAN is one MSCCL XML file or a directory of them (a plan library). For each size and
 placement the plan is picked as msccl-executor picks it (same collective, rank count and
@@ -64,7 +67,7 @@ BUS_FACTORS: dict[str, Callable[[int], float]] = {
 }
 BUSBW = BUS_FACTORS  # the name older callers use
 
-#: collectives whose per-rank count nccl-tests rounds down to 16 bytes' worth of elements
+#: collectives whose size nccl-tests splits into a per-rank count
 _PER_RANK = (ALLGATHER, REDUCESCATTER, ALLTOALL, GATHER, SCATTER)
 #: reduction ops the executor and both MSCCL runtimes run (avg falls back to NCCL)
 OPS = ("sum", "prod", "max", "min")
@@ -187,10 +190,10 @@ class Counts:
 
 def nccl_counts(kind: str, nranks: int, nbytes: int, itemsize: int) -> Counts:
     """The buffers nccl-tests uses for a ``kind`` row of ``nbytes`` (its
-    ``<Coll>GetCollByteCount``).
+    ``<Coll>GetCollByteCount``, without the 16-byte rounding of per-rank counts).
 
     >>> nccl_counts("allgather", 3, 1024, 4)
-    Counts(size=1008, count=84, send=84, recv=252)
+    Counts(size=1020, count=85, send=85, recv=255)
     >>> nccl_counts("broadcast", 3, 1024, 4)
     Counts(size=1024, count=256, send=256, recv=256)
     """
@@ -198,7 +201,7 @@ def nccl_counts(kind: str, nranks: int, nbytes: int, itemsize: int) -> Counts:
     count = nbytes // itemsize
     if kind not in _PER_RANK:
         return Counts(count * itemsize, count, count, count)
-    base = (count // nranks) & ~(max(1, 16 // itemsize) - 1)
+    base = count // nranks
     send, recv = {
         ALLGATHER: (base, base * nranks),
         GATHER: (base, base * nranks),
@@ -246,18 +249,18 @@ def load_plans(path: Path) -> list[Entry]:
 
 
 def size_granule(plan: Plan, nranks: int, itemsize: int) -> int:
-    """Bytes every size ``plan`` can run at is a multiple of (nccl-tests' per-rank rounding
+    """Bytes every size ``plan`` can run at is a multiple of (a whole count per rank
     included).
 
     >>> from taccl_py.plan.model import Plan
     >>> ar, ga = Plan("p", "allreduce", 4, 6), Plan("p", "gather", 4, 4)
     >>> size_granule(ar, 4, 4), size_granule(ga, 4, 4)
-    (24, 64)
+    (24, 16)
     """
     kind = canonical_kind(plan.coll)
     unit = max(1, plan.nchunksperloop)
     if kind in _PER_RANK:
-        unit = lcm(unit, nranks * max(1, 16 // itemsize))
+        unit = lcm(unit, nranks)
     return unit * itemsize
 
 
