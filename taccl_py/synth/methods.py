@@ -140,4 +140,5 @@ def smt_method(
         max_chunks=chunks or 8,
         time_limit=time_limit,
         progress=progress,
+        root=collective.root,
     )

@@ -31,7 +31,9 @@ for AllGather), and R/C at least the cut (or flow) bandwidth bound of
 :func:`~taccl_py.analysis.bounds.bandwidth_bound` measured in rounds per chunk.
 
 :func:`smt_algorithm` solves one (S, R, C); :func:`pareto` walks the latency/bandwidth
-Pareto frontier. Supports AllGather and AllToAll.
+Pareto frontier. Supports AllGather, AllToAll and the rooted collectives (Broadcast,
+Gather, Scatter as they are; Reduce as the Broadcast on the reversed topology, run
+backwards: every send becomes a reducing send the other way, step s becoming S-1-s).
 """
 
 from __future__ import annotations
@@ -41,14 +43,23 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from ..collectives import ALLGATHER, ALLTOALL, Collective, canonical_kind
+from ..collectives import (
+    ALLGATHER,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    SCATTER,
+    Collective,
+    canonical_kind,
+)
 from ..errors import TacclError
 from ..ir.algorithm import Algorithm, Transfer
 from ..topology.graph import hop_matrix
 from ..topology.model import Topology
 from .solvers import interruptible
 
-SUPPORTED = (ALLGATHER, ALLTOALL)
+SUPPORTED = (ALLGATHER, ALLTOALL, BROADCAST, REDUCE, GATHER, SCATTER)
 
 
 # -- static quantities -------------------------------------------------------------
@@ -82,9 +93,19 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def least_steps(topology: Topology, collective_kind: str) -> int:
+def _reduce_as_broadcast(topology: Topology, kind: str) -> tuple[Topology, str]:
+    """Where a ``kind`` is solved: a Reduce as a Broadcast on the reversed topology."""
+    if kind != REDUCE:
+        return topology, kind
+    from .milp.combine import reversed_topology
+
+    return reversed_topology(topology), BROADCAST
+
+
+def least_steps(topology: Topology, collective_kind: str, root: int = 0) -> int:
     """The fewest steps any algorithm needs: the largest source-to-destination hop count."""
-    coll = Collective(_check_kind(collective_kind), topology.num_ranks)
+    topology, kind = _reduce_as_broadcast(topology, _check_kind(collective_kind))
+    coll = Collective(kind, topology.num_ranks, root=root)
     dist = hop_matrix(topology)
     worst = 0
     for c in range(coll.num_chunks):
@@ -99,12 +120,16 @@ def least_steps(topology: Topology, collective_kind: str) -> int:
     return worst
 
 
-def least_rounds_per_chunk(topology: Topology, collective_kind: str) -> float:
+def least_rounds_per_chunk(topology: Topology, collective_kind: str, root: int = 0) -> float:
     """The bandwidth lower bound in rounds per chunk (R/C can be no smaller)."""
     from ..analysis.bounds import bandwidth_bound
 
-    kind = _check_kind(collective_kind)
+    topology, kind = _reduce_as_broadcast(topology, _check_kind(collective_kind))
     n = topology.num_ranks
+    if kind in (BROADCAST, GATHER, SCATTER):  # the root's cut, per chunk of chunk-up 1
+        from .milp.routing import _rooted_floor
+
+        return _rooted_floor(topology, Collective(kind, n, root=root)) * unit_bandwidth(topology)
     size = float(1 << 30)
     t = bandwidth_bound(topology, kind, size).time
     # a round moves one chunk of size / (n * C) bytes at the unit bandwidth
@@ -305,11 +330,14 @@ def _break_chunk_symmetry(solver, coll: Collective, has: dict, n: int, S: int) -
     import z3
 
     k = coll.chunkup
-    if k < 2:
-        return
-    for block in range(coll.num_blocks):
-        for j in range(k - 1):
-            a, b = block * k + j, block * k + j + 1
+    # a Broadcast's chunks all start on the root: all of them are interchangeable
+    groups = [range(coll.num_chunks)] if coll.kind == BROADCAST else None
+    if groups is None:
+        if k < 2:
+            return
+        groups = [range(block * k, block * k + k) for block in range(coll.num_blocks)]
+    for group in groups:
+        for a, b in zip(group, group[1:]):
             fixed = (z3.is_true, z3.is_false)  # same source: same fixed literals
             pairs = [
                 (has[a, r, t], has[b, r, t])
@@ -433,7 +461,16 @@ def smt_algorithm(
             f"{topology.label} has {topology.num_ranks}"
         )
     if chunks is not None:
-        collective = Collective(kind, collective.num_ranks, chunks, collective.inplace)
+        collective = Collective(
+            kind, collective.num_ranks, chunks, collective.inplace, collective.root
+        )
+    if kind == REDUCE:
+        mirror, _ = _reduce_as_broadcast(topology, kind)
+        bcast = Collective(
+            BROADCAST, collective.num_ranks, collective.chunkup, False, collective.root
+        )
+        alg = smt_algorithm(mirror, bcast, steps, rounds, None, time_limit, progress)
+        return reversed_sync(alg, collective.inplace)
     chunks = collective.chunkup
     if steps < 1 or rounds < 1 or chunks < 1:
         raise TacclError(f"steps, rounds and chunks must be >= 1 (got {steps}, {rounds}, {chunks})")
@@ -447,6 +484,31 @@ def smt_algorithm(
         raise TacclError(f"smt: no answer for {what} on {topology.label} within {time_limit:g} s")
     r_s, sends = sol
     return _to_algorithm(topology, collective, steps, rounds, r_s, sends, {"solve_time": elapsed})
+
+
+def reversed_sync(broadcast: Algorithm, inplace: bool = False) -> Algorithm:
+    """The Reduce that is a synchronous ``broadcast`` (made on the reversed topology) run
+    backwards: send u->v of step s in rounds [a, b] becomes v->u, reducing, in step
+    S-1-s and rounds [R-b, R-a]; a rank sends its partial sum once, after its children.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> t = load_topology("dgx1")
+    >>> bc = smt_algorithm(t, Collective("broadcast", 8, root=3), 2, 8, 1)
+    >>> red = reversed_sync(bc)
+    >>> red.collective.label, all(x.reduce for x in red.transfers)
+    ('reduce-root3', True)
+    """
+    coll = broadcast.collective
+    steps, rounds = broadcast.meta["steps"], broadcast.meta["rounds"]
+    transfers = [
+        Transfer(steps - 1 - t.step, rounds - t.end, t.dst, t.src, t.chunk, True, rounds - t.start)
+        for t in broadcast.transfers
+    ]
+    out = Collective(REDUCE, coll.num_ranks, coll.chunkup, inplace, coll.root)
+    name = broadcast.name.replace(f"smt-{BROADCAST}-", f"smt-{REDUCE}-", 1)
+    alg = Algorithm(name, out, transfers, broadcast.topology, 0, dict(broadcast.meta))
+    alg.check()
+    return alg
 
 
 # -- the Pareto frontier ----------------------------------------------------------
@@ -507,6 +569,7 @@ def pareto(
     time_limit: float = 60.0,
     progress=None,
     deadline: float | None = None,
+    root: int = 0,
 ) -> Frontier:
     """The latency/bandwidth Pareto frontier of synchronous (S, R, C) algorithms.
 
@@ -521,9 +584,17 @@ def pareto(
     told of each solve. While no point is known, R/C goes up to 2·bound + 2·S for each S.
     """
     kind = _check_kind(collective_kind)
+    if kind == REDUCE:
+        mirror, _ = _reduce_as_broadcast(topology, kind)
+        front = pareto(
+            mirror, BROADCAST, max_steps, max_chunks, time_limit, progress, deadline, root
+        )
+        for point in front.points:
+            point.algorithm = reversed_sync(point.algorithm)
+        return front
     t_all = time.perf_counter()
-    s_min = least_steps(topology, kind)
-    low = least_rounds_per_chunk(topology, kind)
+    s_min = least_steps(topology, kind, root)
+    low = least_rounds_per_chunk(topology, kind, root)
     max_steps = s_min + 2 if max_steps is None else max_steps
     points: list[ParetoPoint] = []
     log: list[tuple[int, int, int, str, float]] = []
@@ -538,7 +609,7 @@ def pareto(
             if left <= 0:
                 complete = False
                 break
-            coll = Collective(kind, topology.num_ranks, chunks)
+            coll = Collective(kind, topology.num_ranks, chunks, root=root)
             status, sol, dt = _timed_solve(topology, coll, steps, rounds, left, progress, t_all)
             entry = (steps, rounds, chunks, status, dt)
             log.append(entry)
@@ -564,10 +635,12 @@ def bandwidth_optimal(
     max_chunks: int = 8,
     time_limit: float = 60.0,
     progress=None,
+    root: int = 0,
 ) -> Algorithm:
     """The frontier's point with the least R/C (fewest steps among those), the search
     bounded by ``time_limit`` s in all; cut short, the best point found so far (with a
-    note to ``progress``), or TacclError if there is none."""
+    note to ``progress``), or TacclError if there is none. ``root``: a rooted
+    collective's root."""
     front = pareto(
         topology,
         collective_kind,
@@ -576,6 +649,7 @@ def bandwidth_optimal(
         time_limit=time_limit,
         progress=progress,
         deadline=time.perf_counter() + time_limit,
+        root=root,
     )
     if not front.points:
         within = (

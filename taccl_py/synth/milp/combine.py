@@ -27,10 +27,19 @@ import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
 
-from ...collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER, Collective
+from ...collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    BROADCAST,
+    GATHER,
+    REDUCE,
+    REDUCESCATTER,
+    SCATTER,
+    Collective,
+)
 from ...errors import TacclError
 from ...ir.algorithm import Algorithm, Transfer
-from ...topology.model import Topology
+from ...topology.model import Link, Topology
 from ...util.nogc import gc_paused
 
 _EPS = 1e-12
@@ -351,8 +360,11 @@ def _transfers(ops: _Ops, start: list[float], topo: list[int]) -> list[Transfer]
     return out
 
 
-def _reversed_ops(groups: list[list[Transfer]], topology: Topology, b: float, T: float) -> _Ops:
-    """The ReduceScatter sends, keyed by their mirrored start times."""
+def _reversed_ops(
+    groups: list[list[Transfer]], topology: Topology, b: float, T: float, reduce: bool = True
+) -> _Ops:
+    """The ReduceScatter sends (plain sends with ``reduce`` False), keyed by their
+    mirrored start times."""
     ops = _Ops()
     for g in groups:
         ops.add(
@@ -360,7 +372,7 @@ def _reversed_ops(groups: list[list[Transfer]], topology: Topology, b: float, T:
             g[0].dst,
             g[0].src,
             [t.chunk for t in g],
-            True,
+            reduce,
             0,
             T - g[0].end,
             b,
@@ -407,7 +419,7 @@ def _meta(ag: Algorithm, kind: str, makespan: float, **extra) -> dict:
     meta.pop("tried", None)
     meta.update(makespan=makespan, chunkup=ag.collective.chunkup, **extra)
     meta["reversed_from"] = {
-        "kind": ALLGATHER,
+        "kind": ag.collective.kind,
         "name": ag.name,
         "makespan": ag.meta.get("makespan"),
         "variant": ag.meta.get("variant"),
@@ -527,6 +539,83 @@ def allreduce_from(
             reducescatter_makespan=rs_makespan,
             seam=seam,
         ),
+    )
+    alg.check()
+    return alg
+
+
+def reversed_topology(topology: Topology) -> Topology:
+    """``topology`` with every link turned around (switch ports and NICs are alike both
+    ways), so that a schedule on it reversed runs on ``topology``; the same label.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> t = load_topology("dgx1")
+    >>> sorted(reversed_topology(t).connections) == sorted(t.connections)
+    True
+    """
+    return Topology(
+        topology.name,
+        topology.gpus_per_node,
+        topology.nodes,
+        tuple(Link(k.dst, k.src, k.bandwidth, k.alpha, k.count, k.kind) for k in topology.links),
+        topology.switches,
+        topology.nics,
+        topology.network,
+        topology.description,
+        topology.source,
+    )
+
+
+#: the rooted collective each rooted collective is the reverse of
+REVERSED = {REDUCE: BROADCAST, SCATTER: GATHER}
+
+
+@gc_paused()
+def reverse_rooted(
+    base: Algorithm, topology: Topology, kind: str, *, inplace: bool | None = None
+) -> Algorithm:
+    """Reduce from a timed Broadcast, Scatter from a timed Gather (``kind`` names the
+    result), ``base`` made on :func:`reversed_topology` of ``topology``.
+
+    Every send u->v of ``base`` at [start, end] becomes v->u at [T - end, T - start] on
+    ``topology`` (reducing for Reduce: a rank sends its partial sum to its parent once
+    all its children's have arrived), then re-timed as a ReduceScatter
+    (:func:`reduce_scatter_from`).
+    """
+    if kind not in REVERSED:
+        raise TacclError(f"reversing makes reduce or scatter, not {kind}")
+    coll = base.collective
+    if coll.kind != REVERSED[kind]:
+        raise TacclError(f"{kind} is made from a {REVERSED[kind]}, not a {coll.kind}")
+    if base.num_ranks != topology.num_ranks:
+        raise TacclError(
+            f"{base.name} has {base.num_ranks} ranks but {topology.label} has {topology.num_ranks}"
+        )
+    base.check()
+    b = coll.chunk_bytes(_size(base))
+    T = max((t.end for t in base.transfers), default=0.0)
+    ops = _reversed_ops(_groups(base), topology, b, T, kind == REDUCE)
+    preds, _ = _data_preds(ops, lambda c: coll.root)
+    dsucc = _data_succ(preds)
+    slots = _Slots(ops, len(ops))
+    res = _asap(ops, preds, dsucc, slots, _next_on(slots, ops.key))
+    if res is None:
+        raise TacclError(f"{base.name}: the reversed schedule has a cycle")
+    start, topo, makespan = res
+    out = Collective(
+        kind,
+        coll.num_ranks,
+        coll.chunkup,
+        coll.inplace if inplace is None else inplace,
+        coll.root,
+    )
+    alg = Algorithm(
+        base.name,
+        out,
+        _transfers(ops, start, topo),
+        base.topology,
+        base.size,
+        _meta(base, kind, makespan, base_makespan=T),
     )
     alg.check()
     return alg

@@ -1,15 +1,17 @@
 """Stage 1 of the staged synthesizer: route every chunk with a MILP.
 
-Each chunk gets an out-tree from its source to every rank (AllGather) or a path to its
-destination (AllToAll), over candidate connections: those on fewest-hop routes plus one
+Each chunk gets an out-tree from its source to every rank (AllGather, Broadcast: every
+chunk from the root) or a path to its destination (AllToAll, Gather: to the root,
+Scatter: from it), over candidate connections: those on fewest-hop routes plus one
 extra hop. Bandwidth is relaxed: every resource (and every connection, whose sends are
 serialised by one threadblock) must be busy for at most the makespan in total, but the
 sends on it are not ordered. Arrival times follow causality (a relay forwards only what
 it holds). The objective is the makespan. Times are in µs inside the model, seconds
 outside.
 
-An AllGather's makespan is bounded below by the cut bound (:mod:`.bounds`), which often
-closes the gap at once (a warm start that meets it is taken without a solve, unless a
+An AllGather's makespan is bounded below by the cut bound (:mod:`.bounds`), a rooted
+collective's by the max-flow between the root and the other ranks (:func:`floor_us`);
+that often closes the gap at once (a warm start that meets it is taken without a solve, unless a
 uc-min switch policy asks for fewer peers); a routing within ``GAP`` of the best possible
 is good enough, as ordering loses more.
 """
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pulp
 
-from ...collectives import ALLGATHER, ALLTOALL, Collective
+from ...collectives import ALLGATHER, ALLTOALL, BROADCAST, GATHER, SCATTER, Collective
 from ...errors import SketchError, TacclError
 from ...topology.graph import bfs_parents, distances, route_tree, shortest_path
 from ...topology.model import Topology
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 _US = 1e6
 GAP = 2e-3  # relative MIP gap at which a routing is taken
 Edge = tuple[int, int]
+#: collectives whose chunks are routed as out-trees to every rank, and as paths
+TREE_KINDS = (ALLGATHER, BROADCAST)
+PATH_KINDS = (ALLTOALL, GATHER, SCATTER)
 
 
 @dataclass
@@ -88,7 +93,8 @@ def _carriers(topology: Topology, sketch: Sketch | None, src: int) -> tuple:
 def candidates(
     topology: Topology, collective: Collective, sketch: Sketch | None = None
 ) -> dict[int, list[Edge]]:
-    """Chunk -> connections it may use: fewest-hop routes plus one extra hop, counted
+    """Chunk -> connections it may use: fewest-hop routes plus one extra hop (a Broadcast
+    chunk: every connection its source reaches, as all chunks share one source), counted
     over the connections ``sketch`` allows the chunk's source data on (all without one)."""
     allowed: dict[tuple, list[Edge]] = {}
     dist: dict[tuple, dict[int, int]] = {}  # (carriers, root, reverse) -> hops
@@ -110,7 +116,9 @@ def candidates(
             continue
         h = hops(s, s, False)
         ok = []
-        if collective.kind == ALLGATHER:
+        if collective.kind == BROADCAST:  # one source: every chunk may take any tree
+            ok = [(u, v) for u, v in allowed[_carriers(topology, sketch, s)] if v != s and u in h]
+        elif collective.kind in TREE_KINDS:
             for u, v in allowed[_carriers(topology, sketch, s)]:
                 if v != s and u in h and h[u] <= h.get(v, _FAR):
                     ok.append((u, v))
@@ -244,6 +252,129 @@ def relaxed_makespan(
     return max(worst, max(load.values(), default=0.0))
 
 
+def _rooted_floor(topology: Topology, collective: Collective) -> float:
+    """Seconds per byte of one chunk that any routing of a rooted collective needs: a
+    Broadcast's chunks all reach the rank with the least max-flow from the root; a
+    Gather's (Scatter's) chunks of the other ranks all cross into (out of) the root."""
+    import networkx as nx
+
+    from ...analysis.bounds import flow_graph
+
+    n, root = collective.num_ranks, collective.root
+    if n == 1:
+        return 0.0
+    graph = flow_graph(topology)
+    if collective.kind == BROADCAST:
+        rate = min(nx.maximum_flow_value(graph, root, v) for v in range(n) if v != root)
+        return collective.num_chunks / rate
+    if collective.kind == SCATTER:  # out of the root = into it on the reversed graph
+        graph = graph.reverse()
+    graph.add_edges_from(("*", v) for v in range(n) if v != root)  # uncapacitated
+    rate = nx.maximum_flow_value(graph, "*", root)
+    return (n - 1) * collective.chunkup / rate
+
+
+def greedy_routes(
+    topology: Topology,
+    collective: Collective,
+    chunk_bytes: float,
+    cand: dict[int, list[Edge]] | None = None,
+    passes: int = 2,
+) -> dict[int, list[Edge]]:
+    """A routing chosen chunk by chunk, each on the least loaded connections: an incumbent
+    that spreads chunks of one source (a rooted collective's) over many trees or paths.
+    Then ``passes`` sweeps route every chunk again against the others' loads.
+
+    Loads are the routing model's (every resource, and every connection with its α). A
+    tree grows like Prim's algorithm, a path like Dijkstra's, each adding the connection
+    whose key is least: the larger of the busiest resource it would leave and the time
+    the chunk would arrive over it (then that arrival time).
+    """
+    conns = topology.connections
+    cand = candidates(topology, collective) if cand is None else cand
+    occ = {e: chunk_bytes / topology.bandwidth(conns[e]) for e in conns}
+    cost = {e: occ[e] + conns[e].alpha for e in conns}
+    res = {e: (*conns[e].resources, f"conn:{e[0]}->{e[1]}") for e in conns}
+    load: dict[str, float] = defaultdict(float)
+
+    def busiest(e: Edge) -> float:
+        return max(load[r] + (cost[e] if r.startswith("conn:") else occ[e]) for r in res[e])
+
+    def charge(edges: list[Edge], sign: int) -> None:
+        for e in edges:
+            for r in res[e]:
+                load[r] += sign * (cost[e] if r.startswith("conn:") else occ[e])
+
+    tree = collective.kind in TREE_KINDS
+    out: dict[int, list[Edge]] = {}
+    for sweep in range(1 + passes):
+        for c, es in cand.items():
+            s = collective.precondition(c)[0]
+            dests = {d for d in collective.postcondition(c) if d != s}
+            if not dests:
+                out[c] = []
+                continue
+            if sweep:  # route it again, knowing every other chunk's load
+                charge(out[c], -1)
+            succ: dict[int, list[int]] = defaultdict(list)
+            for u, v in es:
+                succ[u].append(v)
+            parent = _grow(s, dests, succ, tree, cost, busiest, charge)
+            if parent is None:
+                return {}
+            if tree:
+                edges = sorted((u, v) for v, u in parent.items())
+            else:
+                (d,) = dests
+                path = [d]
+                while path[-1] != s:
+                    path.append(parent[path[-1]])
+                edges = sorted(zip(path[:0:-1], path[-2::-1]))
+                charge(edges, 1)
+            out[c] = edges
+    return out
+
+
+def _grow(s, dests, succ, tree, cost, busiest, charge) -> dict[int, int] | None:
+    """One chunk's tree (``tree``) or path from ``s`` for :func:`greedy_routes`: parents
+    of the ranks reached, None if some of ``dests`` is not. A tree grows like Prim's
+    algorithm, keyed by the larger of ``busiest(edge)`` (the busiest resource with the
+    chunk on it) and the chunk's arrival, each connection taken charged at once
+    (``charge([edge], 1)``); a path like Dijkstra's, keyed by its busiest resource."""
+    import heapq
+
+    best: dict[int, tuple[float, float]] = {s: (0.0, 0.0)}  # (key, arrival)
+    parent: dict[int, int] = {}
+    done = {s}
+    heap: list[tuple[float, float, int, int]] = []
+    u = s
+    while True:
+        for v in succ[u]:
+            if v not in done:
+                e = (u, v)
+                at = best[u][1] + cost[e]
+                key = max(busiest(e), at) if tree else max(best[u][0], busiest(e))
+                heapq.heappush(heap, (key, at, u, v))
+        while heap:
+            key, at, u, v = heapq.heappop(heap)
+            if v in done:
+                continue
+            if tree:
+                fresh = max(busiest((u, v)), at)
+                if fresh > key * (1 + 1e-12):  # a load rose since it was queued
+                    heapq.heappush(heap, (fresh, at, u, v))
+                    continue
+                charge([(u, v)], 1)
+            best[v], parent[v] = (key, at), u
+            done.add(v)
+            break
+        else:
+            return parent if dests <= done else None
+        if dests <= done:
+            return parent
+        u = v
+
+
 def _in_seconds(report):
     """``report(incumbent, gap)`` with the incumbent given in µs (the model's unit)."""
 
@@ -273,8 +404,10 @@ def _solver(time_limit: float, makespan: pulp.LpVariable | None = None):
 
 def floor_us(topology: Topology, collective: Collective, chunk_bytes: float) -> float:
     """A lower bound (µs) on the routing model's makespan: an AllGather's cut bound (every
-    routing is a fluid flow, and the model charges each resource at least its share);
-    0 for other collectives."""
+    routing is a fluid flow, and the model charges each resource at least its share); a
+    rooted collective's root cut (:func:`_rooted_floor`); 0 for AllToAll."""
+    if collective.rooted:
+        return _rooted_floor(topology, collective) * chunk_bytes * _US
     if collective.kind != ALLGATHER:
         return 0.0
     from ...analysis.bounds import allgather_bandwidth_bound
@@ -303,7 +436,7 @@ def _orbits(
     from .symmetry import automorphism_error, orbit_representatives
 
     gens = [p for p in (sketch.symmetry if sketch is not None else ()) if p != tuple(range(len(p)))]
-    if not gens or any(automorphism_error(topology, p) for p in gens):
+    if collective.rooted or not gens or any(automorphism_error(topology, p) for p in gens):
         return None
     items = [(c, e) for c, es in cand.items() for e in es]
     known = set(items)
@@ -353,7 +486,7 @@ def _bfs_routes(collective: Collective, cand: dict[int, list[Edge]]) -> dict[int
     for c, es in cand.items():
         s = collective.precondition(c)[0]
         dests = [d for d in collective.postcondition(c) if d != s]
-        if collective.kind == ALLGATHER:
+        if collective.kind in TREE_KINDS:
             parent = bfs_parents(es, s)
             if any(d not in parent for d in dests):
                 return {}
@@ -403,9 +536,10 @@ def route(
 
     A sketch that leaves some chunk no route raises SketchError naming the rule.
     """
-    if collective.kind not in (ALLGATHER, ALLTOALL):
+    if collective.kind not in TREE_KINDS + PATH_KINDS:
         raise TacclError(
-            f"the staged synthesizer handles allgather and alltoall, not {collective.kind}"
+            "the routing MILP handles allgather, alltoall, broadcast, gather and scatter, "
+            f"not {collective.kind}"
         )
     began = time.monotonic()
     if sketch is not None:
@@ -448,6 +582,8 @@ def _solve(
             starts.append(hier)
     if sketch is not None:
         starts.append(_bfs_routes(collective, cand))
+    if collective.rooted:
+        starts.append(greedy_routes(topology, collective, chunk_bytes, cand))
     if rep is not None:
         starts += [_symmetrized(collective, rep, r) for r in starts if r]
     starts = [r for r in starts if fits(r)]
@@ -514,7 +650,7 @@ def _solve(
             if key not in arrive:
                 arrive[key] = pulp.LpVariable(f"t_{key[0]}_{key[1]}", 0, upper)
             t[v] = arrive[key]
-        if collective.kind == ALLGATHER:
+        if collective.kind in TREE_KINDS:
             for v in ranks:
                 prob += pulp.lpSum(into[v]) == 1
         else:
@@ -530,7 +666,7 @@ def _solve(
                 prob += t[v] >= cost[u, v] * var
             else:
                 prob += t[v] >= t[u] + cost[u, v] - big_m * (1 - var)
-        for v in ranks if collective.kind == ALLGATHER else dests:
+        for v in ranks if collective.kind in TREE_KINDS else dests:
             prob += makespan >= t[v]
         if c in start:
             _warm(start[c], s, cost, {e: x[c, e] for e in es}, t)

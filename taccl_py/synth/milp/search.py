@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from ...collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER, Collective
+from ...collectives import ALLGATHER, ALLREDUCE, REDUCE, REDUCESCATTER, SCATTER, Collective
 from ...errors import SketchError, TacclError
 from ...ir.algorithm import Algorithm
 from ...topology.model import Topology
@@ -37,7 +37,15 @@ from .decompose import (
     relays,
 )
 from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
-from .routing import Routes, candidates, check_sketch, relaxed_makespan, route
+from .routing import (
+    TREE_KINDS,
+    Routes,
+    candidates,
+    check_sketch,
+    greedy_routes,
+    relaxed_makespan,
+    route,
+)
 from .schedule import Schedule, schedule
 from .sketch import default_sketch
 
@@ -95,6 +103,16 @@ def staged_algorithm(
     all of it). Raises TacclError if no routing is found within ``time_limit`` seconds.
     """
     require_ranks(topology, collective)
+    if collective.kind in (REDUCE, SCATTER):
+        return _reversed(
+            topology,
+            collective,
+            size=size,
+            time_limit=time_limit,
+            sketch=sketch,
+            progress=progress,
+            judge=judge,
+        )
     if collective.kind in (REDUCESCATTER, ALLREDUCE):
         return _combined(
             topology,
@@ -110,8 +128,12 @@ def staged_algorithm(
     dense = sketch is None  # the default sketch: the decomposition tries every chunk-up
     if sketch is None:
         sketch = default_sketch(topology)
+        # the default relays carry a GPU's data across nodes on its own NIC only: one
+        # root's data needs them all, so rooted collectives route without the sketch
+        rules = None if collective.rooted else sketch
     else:
         check_sketch(topology, collective, sketch)
+        rules = sketch
     chunkups = tuple(sorted(sketch.chunkup))
     own_first = sketch is not None and sketch.own_data_first
     began = time.monotonic()
@@ -176,11 +198,30 @@ def staged_algorithm(
             failure = exc
     for i, factor in enumerate(chunkups if whole or best is None else ()):
         coll = collective.with_chunkup(collective.chunkup * factor)
-        sends_per_chunk = coll.num_ranks - 1 if coll.kind == ALLGATHER else 2
+        sends_per_chunk = coll.num_ranks - 1 if coll.kind in TREE_KINDS else 2
         if coll.num_chunks * sends_per_chunk > MAX_SENDS and best is not None:
             break
         if time.monotonic() > deadline:
             break
+        if coll.rooted:  # one source: the greedy spread, the MILP's incumbent, on its own
+            greedy = greedy_routes(
+                topology, coll, coll.chunk_bytes(size), candidates(topology, coll, rules)
+            )
+            if greedy:
+                b = coll.chunk_bytes(size)
+                consider(
+                    f"chunk-up {coll.chunkup}, greedy",
+                    Routes(
+                        coll,
+                        b,
+                        greedy,
+                        relaxed_makespan(topology, coll, b, greedy),
+                        None,
+                        False,
+                        0.0,
+                        0,
+                    ),
+                )
         if solved is not None and coll.chunkup % solved.collective.chunkup == 0:
             times = coll.chunkup // solved.collective.chunkup
             consider(
@@ -193,7 +234,7 @@ def staged_algorithm(
             i > 0
             and (
                 share < 2.0
-                or sum(map(len, candidates(topology, coll, sketch).values())) > MAX_BINARIES
+                or sum(map(len, candidates(topology, coll, rules).values())) > MAX_BINARIES
             )
         ):
             continue
@@ -205,7 +246,7 @@ def staged_algorithm(
                     topology,
                     coll,
                     coll.chunk_bytes(size),
-                    sketch=sketch,
+                    sketch=rules,
                     time_limit=left * 0.6 if i == 0 else share * 0.8,
                 )
         except SketchError:
@@ -438,6 +479,52 @@ def _combined(
     alg = make(ag)
     alg.meta["score"] = ag.meta["score"]
     alg.meta["tried"] = ag.meta.get("tried", {})
+    return alg
+
+
+def _reversed(
+    topology: Topology,
+    collective: Collective,
+    *,
+    size: int,
+    time_limit: float,
+    sketch,
+    progress: Progress | None,
+    judge: Callable[[Algorithm], float] | None,
+) -> Algorithm:
+    """Reduce / Scatter: a Broadcast / Gather synthesized on the reversed topology, then
+    reversed (:func:`.combine.reverse_rooted`), its candidates ranked by the result."""
+    from .combine import REVERSED, reverse_rooted, reversed_topology
+
+    if sketch is not None:
+        raise SketchError(
+            f"a sketch does not apply to {collective.kind}: method milp makes it from a "
+            f"{REVERSED[collective.kind]} on the reversed topology"
+        )
+
+    def make(base: Algorithm) -> Algorithm:
+        return reverse_rooted(base, topology, collective.kind, inplace=collective.inplace)
+
+    base = staged_algorithm(
+        reversed_topology(topology),
+        Collective(
+            REVERSED[collective.kind],
+            collective.num_ranks,
+            collective.chunkup,
+            False,
+            collective.root,
+        ),
+        size=size,
+        time_limit=time_limit,
+        progress=progress,
+        judge=(lambda a: judge(make(a)))
+        if judge is not None
+        else (lambda a: make(a).meta["makespan"]),
+    )
+    alg = make(base)
+    for key in ("score", "tried", "solve_time"):
+        if key in base.meta:
+            alg.meta[key] = base.meta[key]
     return alg
 
 
