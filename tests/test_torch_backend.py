@@ -375,10 +375,12 @@ def test_library_sizes_ranges_and_whole_block_plans(tmp_path):
     assert table.ranges[0].lo == 0 and table.ranges[-1].hi == 0
     assert all(a.hi == b.lo for a, b in zip(table.ranges, table.ranges[1:]))
     assert all(r.whole.nchunksperloop == 4 for r in table.ranges)
-    chunky = next(r for r in table.ranges if r.plan.nchunksperloop > 4)  # milp cuts blocks
-    size = max(chunky.lo, 1 << 12)
-    assert lib.choose("allgather", 4, size, size // 4) is chunky.plan
-    assert lib.choose("allgather", 4, size, size // 4 + 1) is chunky.whole
+    for rng in table.ranges:
+        size = max(rng.lo, 1 << 10)
+        for elems in (4 * (size // 16), 4 * (size // 16 + 1), 4 * 77):  # 4 blocks of e
+            plan = lib.choose("allgather", 4, size, elems)
+            assert elems % plan.nchunksperloop == 0
+            assert plan is (rng.plan if elems % rng.plan.nchunksperloop == 0 else rng.whole)
     assert {r.plan.coll for r in table.ranges} == {"allgather"}
 
 
