@@ -186,11 +186,16 @@ def test_rooted_candidates(name, nodes):
 def test_broadcast_and_reduce_are_the_ring_plan_rooted_there(kind):
     topo, size, root = load_topology("dgx1"), 1 << 30, 3
     best = M.nccl_best(topo, kind, size, root=root)
-    assert (best.algorithm, best.how) == ("ring", M.SIMULATED)
+    assert best.algorithm == "ring"
     plan = build_plan(
         topo, Collective(kind, 8, root=root), "ring", lower=LowerOptions(proto=best.protocol)
     ).plan
-    assert best.time == pytest.approx(simulate(plan, topo, size).call_time, rel=1e-12)
+    # NCCL is credited with the faster of its ring plan and tuning.cc's own estimate (its
+    # chain pipelines in slices far finer than the plan's chunks)
+    formula = M.nccl_formula_time(topo, kind, size, "ring", best.protocol)
+    simulated = simulate(plan, topo, size).call_time
+    assert best.time == pytest.approx(min(simulated, formula), rel=1e-12)
+    assert best.how == (M.FORMULA if formula < simulated else M.SIMULATED)
     assert M.nccl_plan(topo, kind, "ring", "LL", root=root).root == root
     assert M.nccl_plan(topo, kind, "ring", "LL", root=0).root == 0
     assert [c.algorithm for c in M.nccl_table(topo, kind, [1024, size], root=root)] == [

@@ -559,6 +559,12 @@ def nccl_best(
             if algorithm == P2P:
                 time = min(time, fluid_time(result, topology))
             choice = NcclChoice(algorithm, protocol, time, SIMULATED, size)
+            if algorithm == RING and kind in (BROADCAST, REDUCE):
+                # NCCL pipelines its chain in slices far finer than the ring plan's chunks:
+                # where tuning.cc's own estimate is faster, NCCL is credited with it
+                formula = nccl_formula_time(topology, kind, size, algorithm, protocol)
+                if formula < time:
+                    choice = NcclChoice(algorithm, protocol, formula, FORMULA, size)
         else:
             choice = NcclChoice(
                 algorithm,
