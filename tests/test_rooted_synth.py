@@ -237,3 +237,13 @@ def test_methods_accept_rooted_and_refuse_unsupported_in_one_line():
     with pytest.raises(TacclError) as err:
         synthesize(topo, Collective("allgather", 8), "tree")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["allgather", "alltoall", "broadcast", "gather"])
+def test_smt_on_one_rank_is_the_empty_algorithm(kind):
+    from taccl_py.topology.model import FULL_BISECTION, Switch, Topology
+
+    one = Topology("host1", 1, 1, (), (Switch("host", 0, (0,), 1e10, 1e-6),), (), FULL_BISECTION)
+    alg = synthesize(one, Collective(kind, 1), "smt")
+    alg.check()
+    assert alg.transfers == [] and alg.num_ranks == 1

@@ -121,6 +121,9 @@ def smt_method(
     :func:`~.smt.bandwidth_optimal`)."""
     from .smt import bandwidth_optimal, smt_algorithm
 
+    if topology.num_ranks == 1:  # nothing moves: the empty algorithm (no steps to search)
+        return Algorithm("smt", collective, [], topology.label)
+
     if (steps is None) != (rounds is None) and rounds is not None:
         raise TacclError("--rounds needs --steps")
     if steps is not None and rounds is not None:
