@@ -141,6 +141,21 @@ def test_milp_per_kind_on_a_small_builtin(kind):
     assert alg.name == "milp" and alg.meta["makespan"] > 0
 
 
+def test_milp_broadcast_near_the_bound_at_1g():
+    """At 1 GB a broadcast's trees must be pipelined over many chunks: the staged method
+    reaches 90 % of the lower bound on DGX-1 (root 1, where every link is needed)."""
+    from taccl_py.analysis.bounds import lower_bound
+    from taccl_py.analysis.simulate import simulate
+    from taccl_py.lowering.lower import LowerOptions, lower
+
+    topo = load_topology("dgx1")
+    coll = Collective(BROADCAST, 8, root=1)
+    alg = staged_algorithm(topo, coll, size=1 << 30, time_limit=30)
+    valid(alg, topo, coll)
+    took = simulate(lower(alg, topo, LowerOptions()), topo, 1 << 30).time
+    assert lower_bound(topo, BROADCAST, 1 << 30, root=1).time >= 0.9 * took
+
+
 def test_milp_broadcast_two_nodes_beats_the_ring_model():
     """On two NDv2 nodes the ring crosses one NIC per node; the synthesized broadcast
     spreads the root's data over more connections (relaxed makespan against the

@@ -11,6 +11,11 @@ A multi-node AllGather is also decomposed (:mod:`.decompose`: one node's MILP, a
 node-level pattern, replicated by node shifts); where the cluster-wide model would be too
 big (``MAX_SENDS`` / ``MAX_BINARIES``) the decomposition is the only candidate.
 
+A rooted collective first tries its greedy routing at the sketch's and finer chunk-ups
+(:data:`ROOTED_CHUNKUPS`): its chunks all leave one root, so at a large size the trees
+only pipeline over many chunks (store-and-forward per chunk). The MILP then gets a short
+share where the greedy routing or the best plan so far is already near the floor.
+
 ``time_limit`` is a deadline for the whole search: ordering and merging stop at it
 (:class:`.ordering.TimeUp`), and the best candidate found by then is kept.
 """
@@ -42,6 +47,7 @@ from .routing import (
     Routes,
     candidates,
     check_sketch,
+    floor_us,
     greedy_routes,
     relaxed_makespan,
     route,
@@ -54,6 +60,11 @@ MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
 JUDGED = 3  # decomposed candidates judged (the best by schedule makespan)
+#: chunk-ups a rooted collective's greedy routing also tries, beyond the sketch's
+ROOTED_CHUNKUPS = (4, 8, 12, 16, 24, 32, 48)
+ROOTED_JUDGED = 2  # a rooted collective's priority rules judged per routing
+NEAR = 0.15  # a rooted routing or plan this close to the routing floor leaves the MILP ...
+NEAR_SHARE = 0.04  # ... at most this share of the time limit per chunk-up
 
 Progress = Callable[[str, float, "float | None", "float | None"], None]
 
@@ -152,6 +163,7 @@ def staged_algorithm(
         nonlocal best
         report(f"ordering ({label})", routes.makespan, routes.gap)
         sends = make_sends(topology, routes)
+        scheds = []
         for rule, prio, own in priorities(topology, sends, own_first):
             try:
                 sched = schedule(
@@ -161,6 +173,11 @@ def staged_algorithm(
                 )
             except TimeUp:
                 break
+            scheds.append((rule, sched))
+        if collective.rooted:  # judge the rules with the lowest makespans only
+            ranked = sorted(range(len(scheds)), key=lambda k: (scheds[k][1].makespan, k))
+            scheds = [scheds[k] for k in sorted(ranked[:ROOTED_JUDGED])]
+        for rule, sched in scheds:
             alg = _algorithm(topology, sched, routes, size)
             alg.meta.update(variant=label, rule=rule)
             try:
@@ -196,6 +213,9 @@ def staged_algorithm(
             raise
         except TacclError as exc:  # e.g. no single-node routing in time
             failure = exc
+    near: dict[int, bool] = {}  # chunk-up -> its greedy routing is near the routing floor
+    if collective.rooted:  # one source: the greedy spread, the MILP's incumbent, on its own
+        near = _greedy_candidates(topology, collective, size, chunkups, rules, consider, deadline)
     for i, factor in enumerate(chunkups if whole or best is None else ()):
         coll = collective.with_chunkup(collective.chunkup * factor)
         sends_per_chunk = coll.num_ranks - 1 if coll.kind in TREE_KINDS else 2
@@ -203,25 +223,6 @@ def staged_algorithm(
             break
         if time.monotonic() > deadline:
             break
-        if coll.rooted:  # one source: the greedy spread, the MILP's incumbent, on its own
-            greedy = greedy_routes(
-                topology, coll, coll.chunk_bytes(size), candidates(topology, coll, rules)
-            )
-            if greedy:
-                b = coll.chunk_bytes(size)
-                consider(
-                    f"chunk-up {coll.chunkup}, greedy",
-                    Routes(
-                        coll,
-                        b,
-                        greedy,
-                        relaxed_makespan(topology, coll, b, greedy),
-                        None,
-                        False,
-                        0.0,
-                        0,
-                    ),
-                )
         if solved is not None and coll.chunkup % solved.collective.chunkup == 0:
             times = coll.chunkup // solved.collective.chunkup
             consider(
@@ -247,7 +248,12 @@ def staged_algorithm(
                     coll,
                     coll.chunk_bytes(size),
                     sketch=rules,
-                    time_limit=left * 0.6 if i == 0 else share * 0.8,
+                    time_limit=min(
+                        left * 0.6 if i == 0 else share * 0.8,
+                        time_limit * NEAR_SHARE
+                        if near.get(coll.chunkup) or _near(topology, coll, size, best)
+                        else time_limit,
+                    ),
                 )
         except SketchError:
             raise
@@ -264,6 +270,48 @@ def staged_algorithm(
         )
     best.meta.update(solve_time=time.monotonic() - began, tried=tried)
     return best
+
+
+def _greedy_candidates(
+    topology: Topology,
+    collective: Collective,
+    size: int,
+    chunkups: tuple[int, ...],
+    rules,
+    consider: Callable[[str, Routes], None],
+    deadline: float,
+) -> dict[int, bool]:
+    """Consider a rooted collective's greedy routings (:func:`.routing.greedy_routes`) at
+    the sketch's chunk-ups and the finer :data:`ROOTED_CHUNKUPS` (a chunk's tree or path
+    is pipelined only across chunks, so a large buffer wants many), ascending, while the
+    ordering stays within ``MAX_SENDS`` sends and the deadline is not passed. Returns,
+    per chunk-up, whether the greedy routing is within ``NEAR`` of the routing floor."""
+    near: dict[int, bool] = {}
+    hops = collective.num_ranks - 1 if collective.kind in TREE_KINDS else 2
+    for factor in sorted(set(chunkups) | set(ROOTED_CHUNKUPS)):
+        coll = collective.with_chunkup(collective.chunkup * factor)
+        if time.monotonic() > deadline or (
+            factor not in chunkups and coll.num_chunks * hops > MAX_SENDS
+        ):
+            break
+        b = coll.chunk_bytes(size)
+        greedy = greedy_routes(topology, coll, b, candidates(topology, coll, rules))
+        if not greedy:
+            continue
+        value = relaxed_makespan(topology, coll, b, greedy)
+        near[coll.chunkup] = value <= (1 + NEAR) * floor_us(topology, coll, b) / 1e6
+        consider(
+            f"chunk-up {coll.chunkup}, greedy", Routes(coll, b, greedy, value, None, False, 0.0, 0)
+        )
+    return near
+
+
+def _near(topology: Topology, coll: Collective, size: int, best: Algorithm | None) -> bool:
+    """Whether ``best`` (a rooted collective's) scores within ``NEAR`` of the routing
+    floor of ``coll``, the most any routing of it could gain."""
+    if best is None or not coll.rooted:
+        return False
+    return best.meta["score"] <= (1 + NEAR) * floor_us(topology, coll, coll.chunk_bytes(size)) / 1e6
 
 
 def _live(report: Callable[..., None], stage: str):
