@@ -21,8 +21,9 @@ dist = pytest.importorskip("torch.distributed")
 
 import taccl_py.torch as tt  # noqa: E402
 from taccl_py.build.pipeline import build_plan  # noqa: E402
-from taccl_py.collectives import KINDS, Collective  # noqa: E402
+from taccl_py.collectives import KINDS, ROOTED_KINDS, Collective  # noqa: E402
 from taccl_py.errors import TacclError  # noqa: E402
+from taccl_py.plan.model import has_input, has_output  # noqa: E402
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor  # noqa: E402
 from taccl_py.runtime.reference import numpy_result  # noqa: E402
 from taccl_py.testing.fake_cuda import FakeCuda, FakeHang  # noqa: E402
@@ -133,6 +134,94 @@ def test_executor_every_collective_and_dtype(gpus, n, kind, dtype):
 
     for got, want in zip(on_ranks(n, rank), numpy_result(coll, inputs)):
         np.testing.assert_array_equal(got, want)
+
+
+def _rooted_buffers(cp, coll: Collective, r: int, x: np.ndarray, ce: int, none: bool):
+    """Rank ``r``'s (send, recv) device arrays for a rooted plan: in place, views of one
+    buffer laid out as MSCCL's runtimes do; ``none``: None where the rank has no input or
+    output. Every byte outside the input starts as -7."""
+    no_in, no_out = none and not has_input(coll, r), none and not has_output(coll, r)
+    if coll.inplace:
+        buf = cp.asarray(np.full(max(coll.i_chunks, coll.o_chunks) * ce, -7, x.dtype))
+        in_off = coll.inplace_input(r, 0)[1] * ce if coll.i_chunks < coll.o_chunks else 0
+        out_off = coll.inplace_output(r, 0)[1] * ce if coll.o_chunks < coll.i_chunks else 0
+        buf[in_off : in_off + x.size] = cp.asarray(x)
+        send, recv = buf[in_off : in_off + x.size], buf[out_off : out_off + coll.o_chunks * ce]
+    else:
+        send = cp.asarray(x)
+        recv = cp.asarray(np.full(coll.o_chunks * ce, -7, x.dtype))
+    return (None if no_in else send), (None if no_out else recv)
+
+
+ROOTED_EXEC = [
+    (kind, method, inplace, none)
+    for kind in ROOTED_KINDS
+    for method in ("direct", "ring")
+    for inplace in (False, True)
+    for none in (True, False)
+]
+
+
+@pytest.mark.parametrize(
+    "kind,method,inplace,none", ROOTED_EXEC, ids=lambda v: str(v) if v is not None else ""
+)
+def test_executor_rooted_plans_per_rank_buffers(gpus, kind, method, inplace, none):
+    """Rooted plans (root 2 of 4) whose non-roots have 0-chunk buffers: ``None`` where a rank
+    has no input / no output, or full buffers everywhere; the root's result is NumPy's, and
+    a non-root's output that the collective does not give is left as it was."""
+    cp = gpus.fake.cupy
+    nccl = cp.cuda.nccl
+    n, root, ce = 4, 2, 5
+    plan = build_plan(ring(n), Collective(kind, n, 2, inplace, root), method).plan
+    coll = plan.collective()
+    rng = np.random.default_rng(len(kind) + 10 * inplace)
+    inputs = [rng.integers(0, 99, coll.i_chunks * ce).astype(np.int32) for _ in range(n)]
+    uid = nccl.get_unique_id()
+
+    def rank(r: int):
+        with cp.cuda.Device(r):
+            comm = nccl.NcclCommunicator(n, uid, r)
+            ex = NcclPlanExecutor(plan, comm, r, ce, np.int32)
+            runs = []
+            for _ in range(2):  # reusable (fresh buffers: in place, the input is overwritten)
+                send, recv = _rooted_buffers(cp, coll, r, inputs[r], ce, none)
+                before = None if recv is None else cp.asnumpy(recv)
+                ex.run(send, recv)
+                runs.append((before, None if recv is None else cp.asnumpy(recv)))
+            return runs
+
+    want = numpy_result(coll, inputs)
+    for r, runs in enumerate(on_ranks(n, rank)):
+        for before, got in runs:
+            if has_output(coll, r):
+                assert got is not None
+                np.testing.assert_array_equal(got, want[r])
+            elif none:
+                assert got is None
+            elif not inplace:  # a buffer this rank has no output in: not written
+                np.testing.assert_array_equal(got, before)
+
+
+def test_executor_rooted_refuses_missing_buffers(gpus):
+    """``None`` only where the rank has no input / no output: one clear error otherwise."""
+    cp = gpus.fake.cupy
+    nccl = cp.cuda.nccl
+    plan = build_plan(ring(2), Collective("reduce", 2, 1, root=1), "direct").plan
+    uid = nccl.get_unique_id()
+
+    def rank(r: int):
+        with cp.cuda.Device(r):
+            comm = nccl.NcclCommunicator(2, uid, r)
+            ex = NcclPlanExecutor(plan, comm, r, 3, np.float32)
+            buf = cp.zeros(6, np.float32)
+            if r == 1:
+                with pytest.raises(TacclError, match="needs this rank's receive buffer"):
+                    ex.run(buf, None)
+            else:
+                with pytest.raises(TacclError, match="needs this rank's send buffer"):
+                    ex.run(None, buf)
+
+    on_ranks(2, rank)
 
 
 # -- the torch route ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from ..errors import TacclError
-from ..plan.model import Plan
+from ..plan.model import Plan, has_input, has_output
 from .rounds import (
     Msg,
     RankProgram,
@@ -281,12 +281,20 @@ class NcclPlanExecutor:
         self.program: RankProgram = sched.ranks[rank]
         self.out_buf = self.program.output_buffer
         self.copy_input = self.coll.inplace or "i" in self.program.written
+        #: whether this rank takes input / gives output (a rooted plan's non-root may not)
+        self.has_input = has_input(self.coll, rank)
+        self.has_output = has_output(self.coll, rank)
 
-    def run(self, sendbuf, recvbuf, stream=None) -> InFlight:
+    def run(self, sendbuf: Any | None, recvbuf: Any | None, stream=None) -> InFlight:
         """Enqueue the plan on ``stream`` (default: this thread's current stream on the
         communicator's GPU): ``sendbuf`` holds the input chunks, ``recvbuf`` gets the output
         chunks (contiguous arrays of ``dtype`` on that GPU; they may alias for in-place
-        plans). Returns the run's :class:`InFlight` (its events tell when it is done)."""
+        plans). Returns the run's :class:`InFlight` (its events tell when it is done).
+
+        Rooted plans: a rank without input (a Broadcast's or Scatter's non-root) may pass
+        ``sendbuf=None``, one without output (a Reduce's or Gather's non-root)
+        ``recvbuf=None``; a ``recvbuf`` given there is left as it was. Buffers that the
+        plan gives this rank 0 chunks of are never touched."""
         cp, ce, prog = self.cp, self.ce, self.program
         with cp.cuda.Device(self.device):
             stream = stream if stream is not None else cp.cuda.get_current_stream()
@@ -303,7 +311,7 @@ class NcclPlanExecutor:
                         marks.append((k, rnd, event))
                     for op in rnd.local:
                         apply_local(op, bufs, ce, self.reduce)
-                if self.out_buf is None:
+                if self.out_buf is None and recvbuf is not None and self.has_output:
                     recv = recvbuf.reshape(-1)
                     for j, (b, o) in enumerate(prog.out_locs):
                         recv[j * ce : (j + 1) * ce] = bufs[b][o * ce : (o + 1) * ce]
@@ -331,10 +339,16 @@ class NcclPlanExecutor:
 
     def _setup(self, sendbuf, recvbuf) -> dict[str, Any]:
         cp, ce, coll, prog = self.cp, self.ce, self.coll, self.program
-        for name, buf, chunks in (
-            ("send", sendbuf, coll.i_chunks),
-            ("receive", recvbuf, coll.o_chunks),
+        for name, buf, chunks, needed in (
+            ("send", sendbuf, coll.i_chunks, self.has_input),
+            ("receive", recvbuf, coll.o_chunks, self.has_output),
         ):
+            if buf is None:
+                if needed:
+                    raise TacclError(
+                        f"rank {self.rank}: {coll.label} needs this rank's {name} buffer"
+                    )
+                continue
             if buf.dtype != self.dtype or buf.size != chunks * ce or not buf.flags.c_contiguous:
                 raise TacclError(
                     f"rank {self.rank}: {name} buffer must be a contiguous "
@@ -346,18 +360,25 @@ class NcclPlanExecutor:
                     f"rank {self.rank}: {name} buffer is on cuda:{buf.device.id}, "
                     f"the NCCL communicator on cuda:{self.device}"
                 )
-        send, recv = sendbuf.reshape(-1), recvbuf.reshape(-1)
-        bufs: dict[str, Any] = {self.out_buf: recv} if self.out_buf else {}
+        send = None if sendbuf is None or not self.has_input else sendbuf.reshape(-1)
+        recv = None if recvbuf is None or not self.has_output else recvbuf.reshape(-1)
+        bufs: dict[str, Any] = {}
+        if self.out_buf and prog.sizes.get(self.out_buf, 0):
+            bufs[self.out_buf] = (
+                recv if recv is not None else cp.empty(prog.sizes[self.out_buf] * ce, self.dtype)
+            )
         for name, chunks in prog.sizes.items():
             if name in bufs or chunks == 0:
                 continue
             bufs[name] = (
                 send
-                if name == "i" and not self.copy_input
+                if name == "i" and send is not None and not self.copy_input
                 else cp.empty(chunks * ce, dtype=self.dtype)
             )
-        if self.copy_input:
+        if self.copy_input and send is not None:
             for j, (b, o) in enumerate(prog.in_locs):
+                if b not in bufs:  # a buffer this rank's plan has no chunks of
+                    continue
                 target, source = bufs[b][o * ce : (o + 1) * ce], send[j * ce : (j + 1) * ce]
                 if target.data.ptr != source.data.ptr:  # in place: already there
                     target[...] = source
