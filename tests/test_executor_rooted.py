@@ -369,3 +369,64 @@ def test_transport_failure_names_rank_and_step():
     ex = PlanExecutor(plan, Broken(Wire(), 0), 0, 2, 2, np.int64)
     with pytest.raises(TacclError, match=r"^rank 0: receive from rank 1 failed: connection "):
         ex.run(np.ones(2, dtype=np.int64), np.zeros(4, dtype=np.int64))
+
+
+# -- receives straight into place ----------------------------------------------------------
+
+
+def test_ring_allreduce_lands_every_receive_in_place():
+    """The in-place ring's allgather half receives into chunks its reduce-scatter half sent
+    from: posted at the start of their round, they need no temporary and no copy."""
+    from taccl_py.runtime import executor as mod
+
+    plan = build_plan(host(4), Collective("allreduce", 4, 1, True), "ring").plan
+    exs = executors(plan, 6, segment_bytes=2 * 8)
+    for ex in exs:
+        codes = [ins[0] for ins in ex.program]
+        assert codes.count(mod._POST) == 3 * 3  # r, rcs, rcs: 3 segments each
+        assert mod._COPY not in codes
+    coll = plan.collective()
+    for seed in (0, 1):
+        inputs = inputs_for(coll, 6, seed)
+        sends, recvs = buffers(coll, inputs, 6, none=False)
+        outs = run_all(exs, sends, recvs)
+        for r, w in expected(coll, inputs).items():
+            assert np.array_equal(outs[r], w)
+
+
+def test_send_raced_by_a_write_posts_every_receive_up_front():
+    """Rank 1 forwards what it receives from its output chunk (rcs) while another of its
+    threadblocks overwrites that chunk in the same round: the send must not be waited on
+    before its round, so the executor posts every receive before the first step; rank 2
+    still gets rank 0's value."""
+    from taccl_py.plan.model import GpuPlan, Step, Threadblock
+
+    gpus = [
+        GpuPlan(0, 1, 3, tbs=[Threadblock(0, send=1, steps=[Step(0, "s", "i", 0)])]),
+        GpuPlan(
+            1,
+            1,
+            3,
+            tbs=[
+                Threadblock(0, send=2, recv=0, steps=[Step(0, "rcs", None, -1, "o", 0)]),
+                Threadblock(1, steps=[Step(0, "r", None, -1, "o", 1)], recv=2),
+                Threadblock(2, steps=[Step(0, "cpy", "i", 0, "o", 0)]),
+            ],
+        ),
+        GpuPlan(
+            2,
+            1,
+            3,
+            tbs=[Threadblock(0, recv=1, send=1, steps=[Step(0, "r", None, -1, "o", 0)])],
+        ),
+    ]
+    gpus[2].tbs[0].steps.append(Step(1, "s", "i", 0))
+    plan = Plan("raced", "allgather", 3, 3, gpus=gpus)
+    exs = executors(plan, 2)
+    from taccl_py.runtime import executor as mod
+
+    assert mod._POST not in [ins[0] for ins in exs[1].program]
+    inputs = [np.full(2, 10 * (r + 1), dtype=np.int64) for r in range(3)]
+    outs = run_all(exs, [x.copy() for x in inputs], [np.zeros(6, np.int64) for _ in range(3)])
+    assert outs[2][:2].tolist() == [10, 10]  # rank 0's input, relayed by rank 1
+    assert outs[1][2:4].tolist() == [30, 30]  # rank 2's input

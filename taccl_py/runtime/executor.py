@@ -11,9 +11,11 @@ program of instructions (wait for a receive, copy, reduce, post a send, wait for
 by the calling thread, with no per-call allocation. The rank's steps run in the order of the
 plan's round schedule (:func:`~taccl_py.runtime.rounds.plan_rounds`), which every rank
 derives alike: a rank only ever blocks on a message that its peer posts earlier in that
-order, so blocking waits cannot deadlock. Every receive is posted before the first step
-(into a private temporary, or straight into its destination when no other step of the rank
-touches those chunks), so a send never waits for the receiving step.
+order, so blocking waits cannot deadlock. A receive is posted before the first step (into
+a private temporary, or straight into its destination when no other step of the rank
+touches those chunks), or, when its destination is free by then, straight into it at the
+start of the round its message moves (no temporary, no copy); a send never waits for the
+receiving step.
 
 Messages larger than ``segment_bytes`` move as several segments (both ends cut them alike),
 and relaying steps (rcs, rrs, rrcs) forward each segment once it arrived and was reduced:
@@ -83,7 +85,7 @@ Span = tuple[str, int, int]  # (physical buffer, first element, end element)
 _B = TypeVar("_B", bound="np.ndarray | None")
 
 # instruction codes; an instruction is (code, step, operands...)
-_WAIT_RECV, _COPY, _REDUCE, _SEND, _WAIT_SEND = range(5)
+_WAIT_RECV, _COPY, _REDUCE, _SEND, _WAIT_SEND, _POST = range(6)
 
 
 class PlanExecutor:
@@ -142,7 +144,12 @@ class PlanExecutor:
                 b
             ] == coll.o_chunks * ce:
                 self.out_phys = b
-        _Compiler(self, max(1, segment_bytes // self.dtype.itemsize)).compile()
+        seg, sched = max(1, segment_bytes // self.dtype.itemsize), plan_rounds(plan)
+        compiler = _Compiler(self, seg, sched, late=True)
+        if not compiler.compile():  # a send waited on before its round: post every
+            compiler = _Compiler(self, seg, sched, late=False)  # receive up front
+            compiler.compile()
+        compiler.install()
         # out-of-place plans that write their input buffer work on a copy of sendbuf
         self.copy_input = "i" in self.written and not coll.inplace
         self.temp = np.empty(self.temp_elems, dtype=self.dtype)
@@ -211,12 +218,13 @@ class PlanExecutor:
         ``recvbuf``."""
         tp, reduce, sends = self.transport, self.reduce, self._sends
         bufs = self._setup(sendbuf, recvbuf)
-        recvs: list[Any] = []
+        wires = self.recv_wires
+        recvs: list[Any] = [None] * len(wires)
         step, what = (-1, -1), "recv"
         try:
-            for peer, tag, (b, lo, hi), wire_step in self.recv_wires:
-                step = wire_step
-                recvs.append(tp.irecv(bufs[b][lo:hi], peer, tag))
+            for w in self.early:
+                peer, tag, (b, lo, hi), step = wires[w]
+                recvs[w] = tp.irecv(bufs[b][lo:hi], peer, tag)
             for ins in self.program:
                 code, step = ins[0], ins[1]
                 what = "send" if code == _WAIT_SEND else "recv"
@@ -233,10 +241,14 @@ class PlanExecutor:
                     peer, tag, _ = self.send_wires[w]
                     b, lo, hi = ins[3]
                     sends[w] = tp.isend(bufs[b][lo:hi], peer, tag)
-                else:
+                elif code == _WAIT_SEND:
                     w = ins[2]
                     self._wait(sends[w], timeout, step, "send", recvs)
                     sends[w] = None
+                else:
+                    w = ins[2]
+                    peer, tag, (b, lo, hi), _ = wires[w]
+                    recvs[w] = tp.irecv(bufs[b][lo:hi], peer, tag)
             what = "send"
             for w, req in enumerate(sends):
                 if req is not None:
@@ -263,7 +275,7 @@ class PlanExecutor:
                 if not done and time.monotonic() > deadline:
                     break
         if not done:
-            self.transport.cancel(recvs)
+            self.transport.cancel([r for r in recvs if r is not None])
             raise TacclError(
                 f"rank {self.rank}: no progress for {timeout:g} s: " + self._where(step, what)
             )
@@ -288,42 +300,110 @@ class PlanExecutor:
     # filled in by _Compiler
     program: list[tuple]
     recv_wires: list[tuple[int, int, Span, tuple[int, int]]]  # peer, tag, region, step
+    early: list[int]  # receive wires posted before the first step
     send_wires: list[tuple[int, int, tuple[int, int]]]  # peer, tag, step
     temp_elems: int
     written: frozenset[str]
 
 
 class _Compiler:
-    """Compiles one rank's steps, in round-schedule order, into ``ex.program``."""
+    """Compiles one rank's steps, in round-schedule order, into ``ex.program``.
 
-    def __init__(self, ex: PlanExecutor, seg_elems: int) -> None:
-        self.ex, self.seg = ex, seg_elems
+    A receive (r, rcs) lands in place when no other step of the rank touches its
+    destination: posted before the first step. It also lands in place when every earlier
+    step touching the destination is done before the round its message moves: then it is
+    posted at the start of that round (after the sends reading that range completed). Both
+    ends derive that round from the same schedule; a wait on a send then never waits for a
+    receive that its peer posts later, unless the send is waited on before its round (a
+    write races with it: never in a verified plan), when every receive is posted up front
+    instead (``late=False``)."""
+
+    def __init__(self, ex: PlanExecutor, seg_elems: int, sched, late: bool) -> None:
+        self.ex, self.seg, self.sched, self.allow_late = ex, seg_elems, sched, late
         self.program: list[tuple] = []
         self.recv_wires: list[tuple[int, int, Span, tuple[int, int]]] = []
+        self.late: set[int] = set()  # receive wires posted by a _POST instruction
         self.send_wires: list[tuple[int, int, tuple[int, int]]] = []
         self.temp = 0
-        self.busy: list[tuple[Span, int]] = []  # (range, send wire) of unfinished sends
-        self.wire_seq: dict[tuple[str, int, int], int] = {}  # (dir, peer, chan) -> wires
+        # unfinished sends: (range, send wire, round it moves in)
+        self.busy: list[tuple[Span, int, int]] = []
         self.written: set[str] = set()
+        self.round = 0  # the round of the step being compiled
+        self.safe = True  # no send waited on before its round
+        self.posted: dict[tuple[int, int], list[int]] = {}  # late step -> its wires
 
-    def compile(self) -> None:
-        ex = self.ex
-        plan, rank = ex.plan, ex.rank
+    def compile(self) -> bool:
+        """Fill the program; False if it waits on a send before its round while some
+        receive is posted late."""
+        ex, sched = self.ex, self.sched
+        plan, rank, ce = ex.plan, ex.rank, ex.ce
         index = {tb.id: g for g, tb in enumerate(ex.tbs)}
-        order = [(index[tb], s) for r, tb, s in plan_rounds(plan).order if r == rank]
-        # chunks each step touches: a receive whose destination no other step touches may
-        # land in place (nothing observes that range between the posted receive and its step)
-        touches: dict[tuple[str, int], int] = {}
-        for tb in ex.tbs:
-            for st in tb.steps:
+        order = [(index[tb], s) for r, tb, s in sched.order if r == rank]
+        self.timing = {(index[tb], s): t for (r, tb, s), t in sched.timing.items() if r == rank}
+        # which steps touch each chunk; tags: wires numbered per connection in step order
+        touchers: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        self.tags: dict[tuple[str, int, int], int] = {}  # (r/s, tb, step) -> first wire
+        overflow = False
+        for g, tb in enumerate(ex.tbs):
+            seq = {"r": 0, "s": 0}
+            for s, st in enumerate(tb.steps):
                 for b, lo, hi in self._src(st) + self._dst(st):
-                    for c in range(lo // ex.ce, hi // ex.ce):
-                        touches[(b, c)] = touches.get((b, c), 0) + 1
-        self.touches = touches
-        for g, s in order:
-            self._step(g, s)
+                    for c in range(lo // ce, hi // ce):
+                        touchers.setdefault((b, c), []).append((g, s))
+                for way, types in (("r", RECV_TYPES), ("s", SEND_TYPES)):
+                    if st.type in types:
+                        self.tags[(way, g, s)] = seq[way]
+                        seq[way] += len(self._segments(st.cnt * ce))
+            top = max(seq.values()) * max(1, plan.nchannels) + tb.chan
+            overflow = overflow or top > ex.transport.tag_ub
+        self.touchers = touchers
+        # late receives: posted at the start of the round their message moves
+        posts: list[tuple[tuple, tuple[int, int]]] = []
+        if self.allow_late and not overflow:  # (else receives go in connection order)
+            for g, s in order:
+                k = self._late_round(g, s)
+                if k is not None:
+                    posts.append(((k, 0, -1), (g, s)))
+        events = sorted(
+            [(self.timing[gs].start, 1, gs) for gs in order] + [(t, 0, gs) for t, gs in posts]
+        )
+        for when, kind, (g, s) in events:
+            self.round = when[0]
+            if kind == 0:
+                self._post(g, s)
+            else:
+                self._step(g, s)
+        return self.safe or not self.late
+
+    def install(self) -> None:
+        ex = self.ex
         ex.program, ex.recv_wires, ex.send_wires = self.program, self.recv_wires, self.send_wires
+        ex.early = [w for w in range(len(self.recv_wires)) if w not in self.late]
         ex.temp_elems, ex.written = self.temp, frozenset(self.written)
+
+    def _late_round(self, g: int, s: int) -> int | None:
+        """The round to post step (g, s)'s receive straight into its destination, if any."""
+        st = self.ex.tbs[g].steps[s]
+        if st.type not in ("r", "rcs"):
+            return None
+        dst = self._dst(st)
+        if len(dst) != 1 or self._exclusive(dst[0]):
+            return None
+        t = self.timing[(g, s)]
+        k = t.received
+        if k is None:
+            return None
+        ce = self.ex.ce
+        for c in range(dst[0][1] // ce, dst[0][2] // ce):
+            for x in self.touchers[(dst[0][0], c)]:
+                if x == (g, s):
+                    continue
+                tx = self.timing[x]
+                if tx.start < t.start and not tx.done < (k, 0, 0):
+                    return None  # an earlier step still uses the range in round k
+                if (k, 0, 0) <= tx.start < t.start:
+                    return None
+        return k
 
     # -- ranges ---------------------------------------------------------------------------
     def _runs(self, buf: str, off: int, cnt: int) -> tuple[Span, ...]:
@@ -352,11 +432,14 @@ class _Compiler:
     def _guard(self, step, spans) -> None:
         """Wait for unfinished sends that read any of ``spans`` (about to be written)."""
         keep = []
-        for rng, w in self.busy:
+        for entry in self.busy:
+            rng, w, moves = entry
             if any(b == rng[0] and lo < rng[2] and rng[1] < hi for b, lo, hi in spans):
                 self.program.append((_WAIT_SEND, step, w))
+                if moves > self.round:  # its receiver may post it only then
+                    self.safe = False
             else:
-                keep.append((rng, w))
+                keep.append(entry)
         self.busy = keep
 
     def _copy(self, step, dst, src) -> None:
@@ -371,23 +454,45 @@ class _Compiler:
         for o, x, y in _align(out, a, b):
             self.program.append((_REDUCE, step, o, x, y))
 
-    def _wire(self, kind: str, peer: int, chan: int) -> int:
-        key = (kind, peer, chan)
-        seq = self.wire_seq.get(key, 0)
-        self.wire_seq[key] = seq + 1
-        tag = seq * max(1, self.ex.plan.nchannels) + chan
-        return tag if tag <= self.ex.transport.tag_ub else chan  # FIFO: in-order delivery
+    def _tag(self, way: str, step: tuple[int, int], j: int) -> int:
+        """Tag of segment ``j`` of the message ``step`` receives (``way`` r) or sends (s):
+        its number on the connection, which both ends count alike."""
+        tb = self.ex.tbs[step[0]]
+        tag = (self.tags[(way, *step)] + j) * max(1, self.ex.plan.nchannels) + tb.chan
+        return tag if tag <= self.ex.transport.tag_ub else tb.chan  # in-order delivery
 
-    def _recv(self, step, peer: int, chan: int, region: Span) -> None:
+    def _recv(self, step, j: int, region: Span) -> None:
+        """Wait for segment ``j`` of ``step``'s message (posted early, or by :meth:`_post`)."""
+        wires = self.posted.get(step)
+        if wires is not None:
+            w = wires[j]
+        else:
+            w = len(self.recv_wires)
+            peer = self.ex.tbs[step[0]].recv
+            self.recv_wires.append((peer, self._tag("r", step, j), region, step))
         self.written.add(region[0])
-        self.program.append((_WAIT_RECV, step, len(self.recv_wires)))
-        self.recv_wires.append((peer, self._wire("r", peer, chan), region, step))
+        self.program.append((_WAIT_RECV, step, w))
 
-    def _send(self, step, peer: int, chan: int, region: Span) -> None:
+    def _post(self, g: int, s: int) -> None:
+        """Post step (g, s)'s receive straight into its destination, at its round's start."""
+        tb, step = self.ex.tbs[g], (g, s)
+        dst = self._dst(tb.steps[s])[0]
+        self._guard(step, (dst,))
+        wires = self.posted[step] = []
+        for j, (a, b) in enumerate(self._segments(tb.steps[s].cnt * self.ex.ce)):
+            w = len(self.recv_wires)
+            self.recv_wires.append((tb.recv, self._tag("r", step, j), _sub(dst, a, b), step))
+            self.late.add(w)
+            self.program.append((_POST, step, w))
+            wires.append(w)
+
+    def _send(self, step, j: int, region: Span) -> None:
+        tb = self.ex.tbs[step[0]]
         w = len(self.send_wires)
-        self.send_wires.append((peer, self._wire("s", peer, chan), step))
+        self.send_wires.append((tb.send, self._tag("s", step, j), step))
         self.program.append((_SEND, step, w, region))
-        self.busy.append((region, w))
+        sent = self.timing[step].sent
+        self.busy.append((region, w, self.round if sent is None else sent))
 
     def _segments(self, n: int) -> list[tuple[int, int]]:
         k = max(1, n // self.seg)
@@ -418,19 +523,20 @@ class _Compiler:
             else:  # gather the pieces into one message
                 region = self._temp(n)[0]
                 self._copy(step, (region,), src)
-            for a, b in self._segments(n):
-                self._send(step, tb.send, tb.chan, _sub(region, a, b))
+            for j, (a, b) in enumerate(self._segments(n)):
+                self._send(step, j, _sub(region, a, b))
             return
         # receiving steps
         assert t in RECV_TYPES
-        direct = t in ("r", "rcs") and len(dst) == 1 and self._exclusive(dst[0])
+        direct = t in ("r", "rcs") and len(dst) == 1
+        direct = direct and (self._exclusive(dst[0]) or step in self.posted)
         region = dst[0] if direct else self._temp(n)[0]
         # a reduction may write dst piece by piece unless dst partly overlaps src
         into_dst = bool(dst) and not (_overlap(src, dst) and src != dst)
         into_dst = into_dst and (t == "rrc" or (t == "rrcs" and len(dst) == 1))
-        for a, b in self._segments(n):
+        for j, (a, b) in enumerate(self._segments(n)):
             seg = _sub(region, a, b)
-            self._recv(step, tb.recv, tb.chan, seg)
+            self._recv(step, j, seg)
             out = seg
             if t in ("r", "rcs"):
                 if not direct:
@@ -443,11 +549,13 @@ class _Compiler:
                 if dst:
                     self._copy(step, _subruns(dst, a, b), (seg,))
             if t in SEND_TYPES:
-                self._send(step, tb.send, tb.chan, out)
+                self._send(step, j, out)
 
     def _exclusive(self, span: Span) -> bool:
         ce = self.ex.ce
-        return all(self.touches[(span[0], c)] == 1 for c in range(span[1] // ce, span[2] // ce))
+        return all(
+            len(self.touchers[(span[0], c)]) == 1 for c in range(span[1] // ce, span[2] // ce)
+        )
 
 
 def _sub(span: Span, a: int, b: int) -> Span:
