@@ -50,7 +50,7 @@ from .rounds import plan_rounds
 
 REDOPS = {"sum": np.add, "nop": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
 #: messages above this many bytes move in segments of about this size
-SEGMENT_BYTES = 1 << 20
+SEGMENT_BYTES = 4 << 20
 
 #: ranks that pass no input (``sendbuf=None``) / no output (``recvbuf=None``), by kind
 NO_INPUT = (BROADCAST, SCATTER)
