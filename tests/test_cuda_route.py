@@ -79,10 +79,21 @@ def on_ranks(n: int, body, timeout: float = 30.0):
     return results
 
 
+#: the methods the tests' plan libraries are built with (as in test_torch_backend)
+FAST = ("milp", "ring", "direct")
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One plan cache for the module's groups (each collective and root built once)."""
+    return tmp_path_factory.mktemp("taccl-cache")
+
+
 def groups(n: int, tmp_path, body, timeout_s: float = 20.0, rank_kw=None, **kw):
     """``body(pg, rank)`` with a taccl process group per rank thread, each rank on its own
     GPU (``torch.cuda.set_device(rank)`` in the rank's thread); ``rank_kw(rank)`` adds
-    options of one rank's group."""
+    options of one rank's group; plans are cached under ``tmp_path / "cache"``."""
+    kw.setdefault("methods", FAST)
     store = dist.HashStore()
 
     def one(r: int):
@@ -235,7 +246,7 @@ def _values(r: int, shape, dtype) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_every_collective_on_each_ranks_gpu(gpus, tmp_path, n):
+def test_every_collective_on_each_ranks_gpu(gpus, shared_cache, n):
     """Each rank's NCCL communicator is on its own GPU (set_device in the rank's thread),
     and every torch collective gives the exact result."""
     ft = gpus
@@ -287,16 +298,16 @@ def test_every_collective_on_each_ranks_gpu(gpus, tmp_path, n):
         ropts.rootRank = 1
         pg.reduce([red], ropts).wait()
         out["reduce"] = ft.host(red)
-        gathered = [ft.empty((6, 4), torch.float32, dev) for _ in range(n)] if r == 0 else []
+        gathered = [ft.empty((6, 4), torch.float32, dev) for _ in range(n)] if r == n - 1 else []
         gopts = dist.GatherOptions()
-        gopts.rootRank = 0
-        pg.gather([gathered] if r == 0 else [], [x], gopts).wait()
+        gopts.rootRank = n - 1
+        pg.gather([gathered] if r == n - 1 else [], [x], gopts).wait()
         out["gather"] = [ft.host(t) for t in gathered]
         sc = ft.empty((6, 4), torch.float32, dev)
         sopts = dist.ScatterOptions()
-        sopts.rootRank = 0
+        sopts.rootRank = 1
         pieces = [ft.tensor(_values(100 + q, (6, 4), torch.float32), dev) for q in range(n)]
-        pg.scatter([sc], [pieces] if r == 0 else [], sopts).wait()
+        pg.scatter([sc], [pieces] if r == 1 else [], sopts).wait()
         out["scatter"] = ft.host(sc)
         got = ft.empty((6, 4), torch.float32, dev)
         # one NCCL stream: a send waits on the GPU until it is received, so even ranks
@@ -307,7 +318,7 @@ def test_every_collective_on_each_ranks_gpu(gpus, tmp_path, n):
         out["sendrecv"] = ft.host(got)
         return out
 
-    res = groups(n, tmp_path, body)
+    res = groups(n, shared_cache, body)
     xs = [_values(r, (6, 4), torch.float32) for r in range(n)]
     bigs = [_values(r, (n * 2, 4), torch.float32) for r in range(n)]
     total = sum(xs)
@@ -327,10 +338,195 @@ def test_every_collective_on_each_ranks_gpu(gpus, tmp_path, n):
         )
         torch.testing.assert_close(out["broadcast"], xs[n - 1], rtol=0, atol=0)
         torch.testing.assert_close(out["reduce"], total if r == 1 else xs[r], rtol=0, atol=0)
-        if r == 0:
+        if r == n - 1:
+            assert len(out["gather"]) == n
             assert all(torch.equal(a, b) for a, b in zip(out["gather"], xs))
         torch.testing.assert_close(out["scatter"], _values(100 + r, (6, 4), torch.float32))
         torch.testing.assert_close(out["sendrecv"], xs[(r - 1) % n], rtol=0, atol=0)
+
+
+class PlanTraffic:
+    """Counts the point-to-point calls that plan runs make (NcclPlanExecutor's groups) and
+    refuses the CUDA route's own point-to-point exchange (``send``/``recv`` only)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from taccl_py.torch import cuda as route
+
+        self.calls = 0
+        self.lock = threading.Lock()
+        group = NcclPlanExecutor._group
+
+        def counted(ex, bufs, rnd, stream):
+            with self.lock:
+                self.calls += len(rnd.sends) + len(rnd.recvs)
+            return group(ex, bufs, rnd, stream)
+
+        def refused(*args, **kw):
+            raise AssertionError("a collective used NCCL's own send/recv, not a plan")
+
+        monkeypatch.setattr(NcclPlanExecutor, "_group", counted)
+        monkeypatch.setattr(route.CudaRunner, "exchange", refused)
+
+    def check(self, log) -> None:
+        """Every NCCL call in ``log`` is a plan's send or receive."""
+        nccl = [c.kind for c in log if c.kind not in ("kernel", "record", "wait_event")]
+        nccl = [k for k in nccl if k not in ("synchronize", "memcpy DtoH", "memcpy HtoD")]
+        assert set(nccl) <= {"send", "recv"}, sorted(set(nccl))
+        assert len(nccl) == self.calls > 0
+
+
+def _plans_run(pg) -> set:
+    """(kind, root) of the plans the group's CUDA route has executors for."""
+    return {(ex.coll.kind, ex.coll.root) for ex in pg._cuda.executors.values()}
+
+
+def test_rooted_and_uneven_all_to_all_run_plans_only(gpus, shared_cache, monkeypatch):
+    """Broadcast, Reduce, Gather, Scatter at non-zero roots, and uneven all-to-all (splits
+    with empty blocks, tensor lists of different shapes) on CUDA tensors: NumPy's results,
+    by the rooted collectives' own plans and the AllToAll plan, with no NCCL collective and
+    no point-to-point call outside a plan. Sizes that split into no whole number of chunks,
+    a transposed tensor, bfloat16 and MAX; ``reduce`` leaves non-roots' tensors as they
+    were, as NCCL's does."""
+    ft, n = gpus, 3
+    traffic = PlanTraffic(monkeypatch)
+    b_root, r_root, g_root, s_root = n - 1, 1, n - 1, 1
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        out = {}
+        base = ft.tensor(_values(r, (3, 7), torch.int64), dev)
+        opts = dist.BroadcastOptions()
+        opts.rootRank = b_root
+        pg.broadcast([base.t()], opts).wait()  # non-contiguous, 21 elements
+        out["broadcast"] = ft.host(base)
+        red = ft.tensor(_values(r, (5,), torch.bfloat16), dev)
+        mx = ft.tensor(_values(r, (2, 5), torch.int32), dev)
+        ropts = dist.ReduceOptions()
+        ropts.rootRank = r_root
+        pg.reduce([red], ropts).wait()
+        ropts.reduceOp = R.MAX
+        pg.reduce([mx], ropts).wait()
+        out["reduce"], out["max"] = ft.host(red), ft.host(mx)
+        x = ft.tensor(_values(10 + r, (5,), torch.float16), dev)
+        mine = r == g_root
+        gathered = [ft.empty((5,), torch.float16, dev) for _ in range(n)] if mine else []
+        gopts = dist.GatherOptions()
+        gopts.rootRank = g_root
+        pg.gather([gathered] if mine else [], [x], gopts).wait()
+        out["gather"] = [ft.host(t) for t in gathered]
+        sc = ft.empty((5,), torch.uint8, dev)
+        pieces = [ft.tensor(_values(20 + q, (5,), torch.uint8), dev) for q in range(n)]
+        sopts = dist.ScatterOptions()
+        sopts.rootRank = s_root
+        pg.scatter([sc], [pieces] if r == s_root else [], sopts).wait()
+        out["scatter"] = ft.host(sc)
+        # rank r sends (r + q) % 3 rows to rank q: some blocks are empty
+        sends = [(r + q) % 3 for q in range(n)]
+        recvs = [(q + r) % 3 for q in range(n)]
+        src = ft.tensor(_values(30 + r, (sum(sends), 2), torch.float32), dev)
+        dst = ft.empty((sum(recvs), 2), torch.float32, dev)
+        pg.alltoall_base(dst, src, recvs, sends).wait()
+        out["alltoall_uneven"] = ft.host(dst)
+        ins = [
+            ft.tensor(_values(40 + r * n + q, (r + 1, q + 1), torch.int16), dev) for q in range(n)
+        ]
+        outs = [ft.empty((q + 1, r + 1), torch.int16, dev) for q in range(n)]
+        pg.alltoall(outs, ins).wait()
+        out["alltoall_list"] = [ft.host(t) for t in outs]
+        return out, _plans_run(pg)
+
+    res = groups(n, shared_cache, body)
+    traffic.check(ft.fake.log)
+    for kind, root in [("broadcast", b_root), ("reduce", r_root), ("gather", g_root)]:
+        assert all((kind, root) in plans for _, plans in res), (kind, root)
+    assert all(("scatter", s_root) in plans and ("alltoall", 0) in plans for _, plans in res)
+    for r, (out, _) in enumerate(res):
+        assert torch.equal(out["broadcast"], _values(b_root, (3, 7), torch.int64))
+        bf = [_values(q, (5,), torch.bfloat16) for q in range(n)]
+        ints = np.stack([_values(q, (2, 5), torch.int32).numpy() for q in range(n)])
+        if r == r_root:  # bfloat16: summed in float32, rounded once
+            assert torch.equal(out["reduce"], sum(t.float() for t in bf).bfloat16())
+            assert np.array_equal(out["max"].numpy(), ints.max(0))
+        else:  # as it was
+            assert torch.equal(out["reduce"], bf[r])
+            assert np.array_equal(out["max"].numpy(), ints[r])
+        if r == g_root:
+            want = [_values(10 + q, (5,), torch.float16) for q in range(n)]
+            assert len(out["gather"]) == n
+            assert all(torch.equal(a, b) for a, b in zip(out["gather"], want))
+        assert torch.equal(out["scatter"], _values(20 + r, (5,), torch.uint8))
+        srcs = [
+            _values(30 + q, (sum((q + p) % 3 for p in range(n)), 2), torch.float32).numpy()
+            for q in range(n)
+        ]
+        starts = [sum((q + p) % 3 for p in range(r)) for q in range(n)]
+        want_a2a = np.concatenate([srcs[q][starts[q] : starts[q] + (q + r) % 3] for q in range(n)])
+        assert np.array_equal(out["alltoall_uneven"].numpy(), want_a2a)
+        for q, got in enumerate(out["alltoall_list"]):
+            assert torch.equal(got, _values(40 + q * n + r, (q + 1, r + 1), torch.int16))
+
+
+def test_rooted_stand_ins_when_no_rooted_plan(gpus, shared_cache, monkeypatch):
+    """Where a rooted collective's plans do not build, the unrooted plan that contains it
+    serves on CUDA too (as on CPU), with the same results and no NCCL collective."""
+    from taccl_py.torch.library import PlanLibrary
+
+    ft, n = gpus, 3
+    monkeypatch.setattr(PlanLibrary, "unavailable", lambda self, kind, root=0: "not in this test")
+    traffic = PlanTraffic(monkeypatch)
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        b = ft.tensor(_values(r, (7,), torch.float64), dev)
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 2
+        pg.broadcast([b], opts).wait()
+        red = ft.tensor(_values(r, (7,), torch.float64), dev)
+        ropts = dist.ReduceOptions()
+        ropts.rootRank = 1
+        pg.reduce([red], ropts).wait()
+        x = ft.tensor(_values(10 + r, (4,), torch.int32), dev)
+        gathered = [ft.empty((4,), torch.int32, dev) for _ in range(n)] if r == 2 else []
+        gopts = dist.GatherOptions()
+        gopts.rootRank = 2
+        pg.gather([gathered] if r == 2 else [], [x], gopts).wait()
+        sc = ft.empty((4,), torch.int32, dev)
+        pieces = [ft.tensor(_values(20 + q, (4,), torch.int32), dev) for q in range(n)]
+        sopts = dist.ScatterOptions()
+        sopts.rootRank = 1
+        pg.scatter([sc], [pieces] if r == 1 else [], sopts).wait()
+        got = ft.host(b), ft.host(red), [ft.host(t) for t in gathered], ft.host(sc)
+        return got, _plans_run(pg)
+
+    res = groups(n, shared_cache, body)
+    traffic.check(ft.fake.log)
+    xs = [_values(q, (7,), torch.float64) for q in range(n)]
+    for r, ((b, red, gathered, sc), plans) in enumerate(res):
+        assert {k for k, _ in plans} <= set(KINDS)  # no rooted plan ran
+        assert torch.equal(b, xs[2])
+        assert torch.equal(red, sum(xs) if r == 1 else xs[r])
+        if r == 2:
+            assert (
+                all(
+                    torch.equal(g, _values(10 + q, (4,), torch.int32))
+                    for q, g in enumerate(gathered)
+                )
+                and len(gathered) == n
+            )
+        assert torch.equal(sc, _values(20 + r, (4,), torch.int32))
+
+
+def test_rooted_bad_root_is_one_clear_error(gpus, shared_cache):
+    ft = gpus
+
+    def body(pg, r):
+        t = ft.tensor(torch.ones(4), torch.cuda.current_device())
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 5
+        with pytest.raises(TacclError, match="broadcast: root 5 is not a rank of 2"):
+            pg.broadcast([t], opts)
+
+    groups(2, shared_cache, body)
 
 
 DTYPES = [
@@ -349,7 +545,7 @@ DTYPES = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_every_dtype_exact(gpus, tmp_path, dtype):
+def test_every_dtype_exact(gpus, shared_cache, dtype):
     """AllReduce (sum; bool: or, as NCCL's) and AllGather of every dtype NCCL moves."""
     ft, n = gpus, 3
 
@@ -362,7 +558,7 @@ def test_every_dtype_exact(gpus, tmp_path, dtype):
         pg.allreduce([t]).wait()
         return ft.host(g), ft.host(t)
 
-    res = groups(n, tmp_path, body)
+    res = groups(n, shared_cache, body)
     xs = [_values(r, (5, 3), dtype) for r in range(n)]
     if dtype == torch.bool:
         want = xs[0] | xs[1] | xs[2]
@@ -385,7 +581,7 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_any_layout_exact(gpus, tmp_path, layout):
+def test_any_layout_exact(gpus, shared_cache, layout):
     """Non-contiguous outputs get the result (a copy that is not written back would leave
     the tensor as it was)."""
     ft, n = gpus, 2
@@ -398,7 +594,7 @@ def test_any_layout_exact(gpus, tmp_path, layout):
         pg.allreduce([t]).wait()
         return ft.host(base)
 
-    res = groups(n, tmp_path, body)
+    res = groups(n, shared_cache, body)
     want = [_values(r, (4, 6), torch.int32) for r in range(n)]
     total = [view(w) for w in want]
     for r, got in enumerate(res):
@@ -464,15 +660,45 @@ def test_dead_rank_aborts_and_raises_within_the_timeout(gpus, tmp_path, blocking
         assert "aborted" in message and "round" in message and "rank" in message
 
 
+def test_uneven_all_to_all_waits_for_the_block_size_within_the_timeout(gpus, shared_cache):
+    """Uneven all-to-all agrees on the block size on the host: with no data at all it
+    does nothing more; when rank 2 never joins, ranks 0 and 1 raise from the call itself
+    within the timeout (the watchdog aborts the AllReduce MAX they wait for)."""
+    ft, n, timeout = gpus, 3, 1.5
+
+    def body(pg, r):
+        dev = torch.cuda.current_device()
+        empty = ft.empty((0, 2), torch.float32, dev)
+        pg.alltoall_base(empty, empty, [0] * n, [0] * n).wait()
+        if r == 2:
+            return None
+        src = ft.tensor(torch.ones(n, 2), dev)
+        dst = ft.empty((n, 2), torch.float32, dev)
+        start = time.monotonic()
+        with pytest.raises(TacclError, match="aborted") as err:
+            pg.alltoall_base(dst, src, [1] * n, [1] * n)
+        return time.monotonic() - start, str(err.value)
+
+    res = groups(n, shared_cache, body, timeout_s=timeout)
+    for elapsed, message in res[:2]:
+        assert elapsed < timeout + 2.5
+        assert "allreduce" in message and "round" in message
+
+
 def test_ranks_on_different_plans_fail_within_the_timeout(gpus, tmp_path):
-    """Rank 0 has a plan directory with a direct AllGather, rank 1 falls back to the ring:
-    their messages do not match, and both ranks raise within the timeout."""
+    """Rank 0's plan directory has a ring AllGather one way round, the others' the other
+    way: in the first round every rank's group waits on a peer that sends elsewhere, and
+    every rank raises within the timeout."""
     from taccl_py.plan.xml import write_plan
 
     ft, n, timeout = gpus, 3, 1.5
-    plans = tmp_path / "plans"
-    plans.mkdir()
-    write_plan(build_plan(ring(n), Collective("allgather", n), "direct").plan, plans / "direct.xml")
+    dirs = {}
+    for way in (1, -1):
+        links = [Link(a, (a + way) % n, 25e9, 0.7e-6) for a in range(n)]
+        topo = Topology(f"way{way}", n, 1, tuple(links), (), (), FULL_BISECTION)
+        dirs[way] = tmp_path / f"way{way}"
+        dirs[way].mkdir()
+        write_plan(build_plan(topo, Collective("allgather", n), "ring").plan, dirs[way] / "p.xml")
 
     def body(pg, r):
         dev = torch.cuda.current_device()
@@ -489,7 +715,7 @@ def test_ranks_on_different_plans_fail_within_the_timeout(gpus, tmp_path):
         body,
         timeout_s=timeout,
         blocking_wait=True,
-        rank_kw=lambda r: {"plan_dir": plans} if r == 0 else {},
+        rank_kw=lambda r: {"plan_dir": dirs[1 if r == 0 else -1]},
     )
     assert all(elapsed < timeout + 2.5 for elapsed, _ in res)
 
@@ -506,7 +732,7 @@ def test_two_ranks_on_one_gpu_is_one_clear_error(gpus, tmp_path):
 
 
 def test_no_cuda_tensor_reaches_gloo(gpus, tmp_path):
-    """Rooted, point-to-point and uneven calls on CUDA tensors go through NCCL, never Gloo."""
+    """Rooted and point-to-point calls on CUDA tensors run over NCCL, never Gloo."""
     ft, n = gpus, 2
 
     class NoTensors:

@@ -12,10 +12,17 @@ store, with a deadline). A :class:`~taccl_py.runtime.cuda_exec.Watchdog` aborts 
 collective is not done within the group's timeout, or NCCL reports an error; every later
 call on the group then raises that error, naming the round and the peers it was stuck on.
 
+Every collective runs a plan of the group's library, as on CPU: Broadcast, Reduce, Gather
+and Scatter their own plans for the call's root (where those do not build, the unrooted
+plan that contains them, :data:`~taccl_py.torch.backend.STAND_IN`); uneven and list
+all-to-all pad every block to the largest (agreed by a one-element AllReduce MAX plan, which
+the host waits for) for the AllToAll plan. NCCL carries only the plans' point-to-point
+messages, and ``send``/``recv``, which are point to point already; no NCCL collective runs
+and no CUDA tensor is handed to Gloo.
+
 Plan traffic moves bytes, so every dtype is exact for gathers and all-to-all; reductions
 run as CuPy kernels in the tensor's dtype (bfloat16: in float32, rounded back once, as on
-CPU). Rooted and point-to-point operations use NCCL's own type-agnostic broadcast and
-send/recv, and Reduce runs the AllReduce plan; no CUDA tensor is handed to Gloo.
+CPU). ``reduce`` leaves the other ranks' tensors as they were, as NCCL's does.
 """
 
 from __future__ import annotations
@@ -28,7 +35,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..collectives import ALLGATHER, ALLREDUCE, REDUCESCATTER
+from ..collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    GATHER,
+    REDUCESCATTER,
+    SCATTER,
+)
+from ..collectives import REDUCE as REDUCE_KIND
 from ..errors import TacclError
 from ..runtime.cuda_exec import (
     InFlight,
@@ -38,8 +54,9 @@ from ..runtime.cuda_exec import (
     external_stream,
     require_cuda,
 )
+from .backend import STAND_IN
 from .checks import _R, REDUCE, as_real, check_list, check_output, check_pair
-from .library import PlanLibrary
+from .library import PADDED, PlanLibrary
 
 #: executors kept per group (each holds a compiled program)
 EXECUTOR_CACHE = 32
@@ -130,7 +147,7 @@ class CudaRunner:
         self.comm: Any = None
         self.watchdog: Watchdog | None = None
         self.executors: OrderedDict[tuple, NcclPlanExecutor] = OrderedDict()
-        self.posted = 0  # NCCL calls (plan runs, groups, broadcasts) enqueued so far
+        self.posted = 0  # NCCL calls (plan runs, point-to-point groups) enqueued so far
         self.runs: list[InFlight] = []  # the plan runs of the call being enqueued
 
     # -- plumbing ------------------------------------------------------------------------
@@ -296,74 +313,152 @@ class CudaRunner:
     def alltoall_split(
         self, output: torch.Tensor, input: torch.Tensor, out_splits: list[int], in_splits: list[int]
     ):
-        """``all_to_all_single`` with split sizes (rows of dim 0) as one NCCL group."""
+        """``all_to_all_single`` with split sizes (rows of dim 0), by the AllToAll plan with
+        every block padded to the largest (see the module docstring)."""
         check_output(output)
         if output.dtype != input.dtype:
             raise TacclError(f"all_to_all: input {input.dtype} and output {output.dtype}")
         sends = _split_rows(input, in_splits, self.size, "input")
         recvs = _split_rows(output, out_splits, self.size, "output")
-        return self.call(
-            lambda s: self.exchange(list(enumerate(sends)), list(enumerate(recvs)), s),
-            [output],
-            [input],
-        )
+        return self.call(lambda s: self.blocks(recvs, sends, s), [output], [input])
 
     def alltoall_list(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]):
-        """``all_to_all`` of tensor lists as one NCCL group."""
+        """``all_to_all`` of tensor lists (of any sizes), as :meth:`alltoall_split`."""
         if len(outputs) != self.size or len(inputs) != self.size:
             raise TacclError(
                 f"all_to_all on {self.size} ranks needs {self.size} input and "
                 f"output tensors, got {len(inputs)} and {len(outputs)}"
             )
+        for t in (*outputs, *inputs):
+            if t.dtype != outputs[0].dtype:
+                raise TacclError(
+                    f"all_to_all: tensors of {t.dtype} and {outputs[0].dtype} in one call"
+                )
         for o in outputs:
             check_output(o)
-        return self.call(
-            lambda s: self.exchange(list(enumerate(inputs)), list(enumerate(outputs)), s),
-            outputs,
-            inputs,
-        )
+        return self.call(lambda s: self.blocks(outputs, inputs, s), outputs, inputs)
 
     def broadcast(self, tensors: list[torch.Tensor], root: int):
+        """Broadcast from ``root`` by its Broadcast plan."""
+        self._check_root(BROADCAST, root)
         for t in tensors:
             check_output(t)
-        return self.call(lambda s: "; ".join(self.bcast(t, root, s) for t in tensors), tensors)
+            check_pair(BROADCAST, t, t, None, self.size, cuda=True)
+        planned = any(t.numel() for t in tensors) and self._has_plans(BROADCAST, root)
+
+        def body(stream) -> str:
+            cp, whats = self.cp, []
+            for t in tensors:
+                if not t.numel():
+                    continue
+                arr = self.array(t)
+                buf = _flat(cp, arr)
+                if planned:
+                    send = buf if self.rank == root else None
+                    whats.append(self.rooted(BROADCAST, root, send, buf, buf.size, "sum", stream))
+                else:  # the AllReduce plan sums the bytes: the root's, zeros elsewhere (exact)
+                    raw = buf.view(cp.uint8)
+                    send = raw.copy() if self.rank == root else cp.zeros(raw.size, cp.uint8)
+                    whats.append(self.collective(ALLREDUCE, raw, send, "sum", False, False, stream))
+                _back(arr, buf)
+            return "; ".join(whats) or "broadcast of nothing"
+
+        return self.call(body, tensors)
 
     def reduce(self, tensors: list[torch.Tensor], root: int, op):
-        """Reduce to ``root`` by the AllReduce plan (other ranks' tensors stay as they are)."""
+        """Reduce to ``root`` by its Reduce plan (other ranks' tensors stay as they are)."""
+        self._check_root(REDUCE_KIND, root)
         red = self._red(op)
         tensors = [as_real(t, op) for t in tensors]
         for t in tensors:
             check_output(t)
-            check_pair(ALLREDUCE, t, t, op, self.size, cuda=True)
+            check_pair(REDUCE_KIND, t, t, op, self.size, cuda=True)
+        avg = op == _R.AVG
+        planned = any(t.numel() for t in tensors) and self._has_plans(REDUCE_KIND, root)
 
         def body(stream) -> str:
-            whats = []
+            cp, whats = self.cp, []
             for t in tensors:
-                arr = self.array(t)
-                out = arr if self.rank == root else self.cp.empty(arr.shape, arr.dtype)
-                whats.append(
-                    self.collective(
-                        ALLREDUCE, out, arr, red, op == _R.AVG, t.dtype == torch.bfloat16, stream
-                    )
-                )
-            return "; ".join(whats)
+                if not t.numel():
+                    continue
+                arr, bf16 = self.array(t), t.dtype == torch.bfloat16
+                if not planned:
+                    out = arr if self.rank == root else cp.empty(arr.shape, arr.dtype)
+                    whats.append(self.collective(ALLREDUCE, out, arr, red, avg, bf16, stream))
+                    continue
+                send = _flat(cp, arr)
+                if bf16:
+                    send = _bf16_to_float(cp, send)
+                total = cp.empty(send.size, send.dtype) if self.rank == root else None
+                whats.append(self.rooted(REDUCE_KIND, root, send, total, send.size, red, stream))
+                if total is not None:
+                    if avg:
+                        cp.true_divide(total, self.size, out=total)
+                    arr[...] = (_float_to_bf16(cp, total) if bf16 else total).reshape(arr.shape)
+            return "; ".join(whats) or "reduce of nothing"
 
         return self.call(body, tensors)
 
     def gather(self, outputs: list[torch.Tensor], input: torch.Tensor, root: int):
-        if self.rank == root:
-            check_list("gather", outputs, input, self.size)
+        """Gather to ``root`` by its Gather plan."""
+        self._check_root(GATHER, root)
+        n, mine = self.size, self.rank == root
+        if mine:
+            check_list("gather", outputs, input, n)
             for o in outputs:
                 check_output(o)
-        recvs = list(enumerate(outputs)) if self.rank == root else []
-        return self.call(lambda s: self.exchange([(root, input)], recvs, s), outputs, [input])
+        planned = bool(input.numel()) and self._has_plans(GATHER, root)
+
+        def body(stream) -> str:
+            cp, e = self.cp, input.numel()
+            if not e:
+                return "gather of nothing"
+            send = _flat(cp, self.array(input))
+            if planned:
+                every = cp.empty(n * e, send.dtype) if mine else None
+                what = self.rooted(GATHER, root, send, every, n * e, "sum", stream)
+            else:
+                every = cp.empty(n * e, send.dtype)
+                what = self.collective(ALLGATHER, every, send, "sum", False, False, stream)
+            if mine:
+                assert every is not None
+                for r, part in enumerate(outputs):
+                    out = self.array(part)
+                    out[...] = every[r * e : (r + 1) * e].reshape(out.shape)
+            return what
+
+        return self.call(body, outputs, [input])
 
     def scatter(self, output: torch.Tensor, inputs: list[torch.Tensor], root: int):
+        """Scatter from ``root`` by its Scatter plan."""
+        self._check_root(SCATTER, root)
+        n, mine = self.size, self.rank == root
         check_output(output)
-        if self.rank == root:
-            check_list("scatter", inputs, output, self.size)
-        sends = list(enumerate(inputs)) if self.rank == root else []
-        return self.call(lambda s: self.exchange(sends, [(root, output)], s), [output], inputs)
+        if mine:
+            check_list("scatter", inputs, output, n)
+            for p in inputs:
+                if p.dtype != output.dtype:
+                    raise TacclError(f"scatter: input {p.dtype} and output {output.dtype}")
+        planned = bool(output.numel()) and self._has_plans(SCATTER, root)
+
+        def body(stream) -> str:
+            cp, e = self.cp, output.numel()
+            if not e:
+                return "scatter of nothing"
+            arr = self.array(output)
+            buf = _flat(cp, arr)
+            send = cp.concatenate([_flat(cp, self.array(p)) for p in inputs]) if mine else None
+            if planned:
+                what = self.rooted(SCATTER, root, send, buf, n * e, "sum", stream)
+            else:  # the AllToAll plan: every rank keeps the block the root sent it
+                send = send if send is not None else cp.zeros(n * e, buf.dtype)
+                every = cp.empty(n * e, buf.dtype)
+                what = self.collective(ALLTOALL, every, send, "sum", False, False, stream)
+                buf[...] = every[root * e : (root + 1) * e]
+            _back(arr, buf)
+            return what
+
+        return self.call(body, [output], inputs)
 
     def send(self, tensors: list[torch.Tensor], peer: int):
         return self.call(lambda s: self.exchange([(peer, t) for t in tensors], [], s), [], tensors)
@@ -372,6 +467,21 @@ class CudaRunner:
         for t in tensors:
             check_output(t)
         return self.call(lambda s: self.exchange([], [(peer, t) for t in tensors], s), tensors)
+
+    def _check_root(self, kind: str, root: int) -> None:
+        if not 0 <= root < self.size:
+            raise TacclError(f"{kind}: root {root} is not a rank of {self.size}")
+
+    def _has_plans(self, kind: str, root: int) -> bool:
+        """Whether ``kind`` rooted at ``root`` has plans; if not, the unrooted plan that
+        serves it (:data:`~taccl_py.torch.backend.STAND_IN`) is announced once with the
+        reason (as on CPU)."""
+        why = self.library.unavailable(kind, root)
+        if why:
+            self.library.announce_text(
+                f"{kind} root {root}: no {kind} plan ({why}); served by the {STAND_IN[kind]} plan"
+            )
+        return not why
 
     def _red(self, op) -> str:
         if op not in REDUCE:
@@ -407,12 +517,11 @@ class CudaRunner:
         elems = send.size
         out_elems = {ALLGATHER: elems * n, REDUCESCATTER: elems // n}.get(kind, elems)
         inplace = kind == ALLREDUCE and out is not None and out.data.ptr == send.data.ptr
-        plan = self.library.choose(
-            kind, n, max(elems, out_elems) * send.itemsize, max(elems, out_elems), inplace
-        )
+        big = max(elems, out_elems)  # the plan's chunks split the larger buffer
+        plan = self.library.choose(kind, n, big * send.itemsize, big, inplace)
         chunks = plan.nchunksperloop
         target = out.reshape(-1) if out is not None else cp.empty(out_elems, send.dtype)
-        if elems % chunks:  # only AllReduce gets here: pad to whole chunks
+        if big % chunks:  # only AllReduce gets here: pad to whole chunks
             if kind != ALLREDUCE:
                 raise TacclError(
                     f"{kind} of {elems} elements does not split into the plan's {chunks} chunks"
@@ -427,28 +536,87 @@ class CudaRunner:
         self._execute(plan, send, target, red, stream)
         return target
 
+    def rooted(self, kind: str, root: int, send, recv, elems: int, red: str, stream) -> str:
+        """Enqueue the ``kind`` plan rooted at ``root``: ``send`` and ``recv`` are flat
+        contiguous arrays, ``None`` on a rank without input (Broadcast's, Scatter's non-root)
+        or output (Reduce's, Gather's non-root); ``elems`` is the larger of the collective's
+        input and output elements (the same on every rank, so all choose one plan)."""
+        cp, n = self.cp, self.size
+        dtype = (send if send is not None else recv).dtype
+        plan = self.library.choose(kind, n, elems * np.dtype(dtype).itemsize, elems, False, root)
+        chunks = plan.nchunksperloop
+        if elems % chunks:  # Broadcast, Reduce: pad to whole chunks
+            if kind not in PADDED:
+                raise TacclError(
+                    f"{kind} of {elems} elements does not split into the plan's {chunks} chunks"
+                )
+            pad = chunks - elems % chunks
+            if send is not None:
+                send = cp.concatenate([send, cp.zeros(pad, dtype)])
+            padded = cp.empty(elems + pad, dtype) if recv is not None else None
+            self._execute(plan, send, padded, red, stream)
+            if recv is not None:
+                assert padded is not None
+                recv[...] = padded[:elems]
+        else:
+            if (
+                not plan.inplace
+                and send is not None
+                and recv is not None
+                and send.data.ptr == recv.data.ptr
+            ):
+                send = send.copy()
+            self._execute(plan, send, recv, red, stream)
+        return f"{plan.label} of {elems} x {np.dtype(dtype)}"
+
+    def blocks(self, outs: list[torch.Tensor], ins: list[torch.Tensor], stream) -> str:
+        """All-to-all of blocks of any sizes: ``outs[q]`` ← rank q's ``ins[rank]``. The ranks
+        agree on the largest block (an AllReduce MAX plan, waited for on the host), and every
+        block is padded to it for the AllToAll plan."""
+        cp, n = self.cp, self.size
+        outs_a, ins_a = [self.array(t) for t in outs], [self.array(t) for t in ins]
+        largest = cp.asarray(np.array([max(a.size for a in (*outs_a, *ins_a))], np.int64))
+        self.collective(ALLREDUCE, largest, largest, "max", False, False, stream)
+        self._sync()
+        block = int(largest.get()[0])
+        if not block:
+            return "all-to-all of nothing"
+        dtype = ins_a[0].dtype
+        send = cp.zeros(n * block, dtype)
+        for q, a in enumerate(ins_a):
+            send[q * block : q * block + a.size] = _flat(cp, a)
+        every = cp.empty(n * block, dtype)
+        what = self.collective(ALLTOALL, every, send, "sum", False, False, stream)
+        for q, a in enumerate(outs_a):
+            a[...] = every[q * block : q * block + a.size].reshape(a.shape)
+        return f"{what} (blocks padded to {block})"
+
+    def _sync(self) -> None:
+        """Wait on the host for the plan runs enqueued so far in this call (watched: a
+        stuck peer aborts the communicator within the timeout, and this raises)."""
+        runs, self.runs = self.runs, []
+        for run in runs:
+            self.dog.watch(run)
+        for run in runs:
+            self.dog.wait(run)
+
     def _execute(self, plan, send, recv, red: str, stream) -> None:
-        ce = send.size // plan.collective().i_chunks
-        key = (id(plan), ce, np.dtype(send.dtype).str, red)
+        """Run ``plan`` on flat contiguous arrays (either ``None`` where the rank has no
+        input / output in a rooted plan)."""
+        coll = plan.collective()
+        ce = send.size // coll.i_chunks if send is not None else recv.size // coll.o_chunks
+        dtype = (send if send is not None else recv).dtype
+        key = (id(plan), ce, np.dtype(dtype).str, red)
         ex = self.executors.pop(key, None)
         if ex is None:
-            ex = NcclPlanExecutor(plan, self.comm, self.rank, ce, send.dtype, redop=red)
+            ex = NcclPlanExecutor(plan, self.comm, self.rank, ce, dtype, redop=red)
             if len(self.executors) >= EXECUTOR_CACHE:
                 self.executors.popitem(last=False)
         self.executors[key] = ex  # most recently used last
         self.posted += 1
         self.runs.append(ex.run(send, recv, stream))
 
-    # -- NCCL's own type-agnostic calls ------------------------------------------------------
-    def bcast(self, tensor: torch.Tensor, root: int, stream) -> str:
-        arr = self.array(tensor)
-        buf = self.cp.ascontiguousarray(arr)
-        self.posted += 1
-        self.comm.broadcast(buf.data.ptr, buf.data.ptr, buf.nbytes, _bytes(), root, stream.ptr)
-        if buf is not arr:
-            arr[...] = buf
-        return f"broadcast from rank {root}"
-
+    # -- point-to-point: NCCL's own send and receive ------------------------------------------
     def exchange(
         self, sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torch.Tensor]], stream
     ) -> str:
@@ -498,6 +666,17 @@ def _float_to_bf16(cp, values):
     rounded = cp.right_shift(cp.add(cp.add(bits, 0x7FFF), odd), 16)
     nan = cp.bitwise_or(cp.right_shift(bits, 16), 0x40)  # quiet NaN, sign kept
     return cp.where(cp.isnan(values), nan, rounded).astype(cp.uint16).view(cp.int16)
+
+
+def _flat(cp, arr):
+    """``arr`` (a CuPy array) as a flat contiguous array: a view when it is contiguous."""
+    return cp.ascontiguousarray(arr).reshape(-1)
+
+
+def _back(arr, flat) -> None:
+    """Copy ``flat`` (from :func:`_flat`) into ``arr`` unless it is ``arr``'s own memory."""
+    if not arr.flags.c_contiguous or flat.data.ptr != arr.data.ptr:
+        arr[...] = flat.reshape(arr.shape)
 
 
 def flatten(tensors) -> list:
