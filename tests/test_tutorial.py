@@ -75,4 +75,5 @@ def test_every_command_runs(tmp_path):
     assert "check ok" in run
     train = next(out for cmd, out in outputs.items() if "torchrun" in cmd)
     assert "ddp ok" in train
-    assert "plan cpu-box-allreduce-milp (plans/allreduce.xml)" in train
+    assert "plan cpu-box-allreduce-milp (plan directory, plans/allreduce.xml)" in train
+    assert "fallback" not in train and "Gloo" not in train

@@ -234,7 +234,11 @@ def load_plans(path: Path) -> list[Entry]:
     from ..plan.xml import parse_plan
 
     path = Path(path)
-    files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
+    try:
+        directory = path.is_dir()
+    except OSError:  # e.g. a name too long: parse_plan says so in its one line
+        directory = False
+    files = sorted(path.glob("*.xml")) if directory else [path]
     if not files:
         raise TacclError(f"{display_path(path)} holds no .xml plan")
     out = []
@@ -243,6 +247,8 @@ def load_plans(path: Path) -> list[Entry]:
         try:
             verify(plan)
         except TacclError as exc:
+            if not directory:
+                raise
             raise type(exc)(f"{display_path(f)}: {exc}") from None
         out.append(Entry(f.name, plan))
     return out
