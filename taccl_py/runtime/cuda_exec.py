@@ -589,7 +589,8 @@ def run_single_device(
     schedule: Schedule | None = None,
 ) -> list[Any]:
     """Run ``plan`` with every rank's buffers on one device; same contract as
-    :func:`~taccl_py.runtime.reference.run_reference` (inputs: per-rank 1-D arrays).
+    :func:`~taccl_py.runtime.reference.run_reference` (inputs: per-rank 1-D arrays; a
+    rooted collective's rank without output gets an empty array).
 
     >>> from taccl_py.testing.plans import direct_allgather
     >>> inputs = [np.array([r, r], dtype=np.int32) for r in range(3)]
@@ -639,7 +640,11 @@ def run_single_device(
         end = device.new_event()
         device.record(end, stream)
         device.wait(main, end)
-    outputs = [xp.empty(len(prog.out_locs) * ce, dtype=dtype) for prog in sched.ranks]
+    given = [has_output(sched.coll, prog.rank) for prog in sched.ranks]
+    outputs = [
+        xp.empty(len(prog.out_locs) * ce if out else 0, dtype=dtype)
+        for prog, out in zip(sched.ranks, given)
+    ]
     device.launch(main, partial(_gather_outputs, sched.ranks, bufs, outputs, ce))
     device.finish()
     return outputs
@@ -648,11 +653,14 @@ def run_single_device(
 def _place_inputs(programs: list[RankProgram], bufs: list[dict], arrays: list, ce: int) -> None:
     for prog, array in zip(programs, arrays):
         for j, (b, o) in enumerate(prog.in_locs):
-            bufs[prog.rank][b][o * ce : (o + 1) * ce] = array[j * ce : (j + 1) * ce]
+            if prog.sizes[b]:  # else a rooted plan's rank that has no input
+                bufs[prog.rank][b][o * ce : (o + 1) * ce] = array[j * ce : (j + 1) * ce]
 
 
 def _gather_outputs(programs: list[RankProgram], bufs: list[dict], outputs: list, ce: int) -> None:
     for prog, out in zip(programs, outputs):
+        if not out.size:  # a rooted plan's rank that has no output
+            continue
         for j, (b, o) in enumerate(prog.out_locs):
             out[j * ce : (j + 1) * ce] = bufs[prog.rank][b][o * ce : (o + 1) * ce]
 
