@@ -16,9 +16,10 @@ Two parts, one command, under ten minutes on a machine with >= 2 GPUs:
    on the stand-in by ``tests/test_cuda_route.py``.)
 
 The plans come from the synthesizer (milp, else NCCL's ring) for the GPUs' topology
-(``nvidia-smi topo -m`` when available). ``--dry-run`` runs both parts on the CPU stand-in
-(:mod:`taccl_py.testing.fake_cuda`, 4 fake GPUs, ranks as threads) with small sizes: every
-check, no timings.
+(``nvidia-smi topo -m`` when available); the torch part's broadcast and reduce run
+Broadcast and Reduce plans made for their roots the same way. ``--dry-run`` runs both
+parts on the CPU stand-in (:mod:`taccl_py.testing.fake_cuda`, 4 fake GPUs, ranks as
+threads) with small sizes: every check, no timings.
 
 Usage:
   python benchmarks/gpu_smoke.py                     # all visible GPUs
@@ -43,7 +44,16 @@ from pathlib import Path
 import numpy as np
 
 from taccl_py.build.pipeline import build_plan
-from taccl_py.collectives import ALLGATHER, ALLREDUCE, ALLTOALL, KINDS, REDUCESCATTER, Collective
+from taccl_py.collectives import (
+    ALLGATHER,
+    ALLREDUCE,
+    ALLTOALL,
+    BROADCAST,
+    KINDS,
+    REDUCE,
+    REDUCESCATTER,
+    Collective,
+)
 from taccl_py.errors import TacclError
 from taccl_py.plan.xml import write_plan
 from taccl_py.runtime.cuda_exec import NcclPlanExecutor
@@ -98,6 +108,26 @@ def make_plans(topo: Topology, n: int) -> dict:
         except TacclError as exc:
             print(f"{kind}: milp failed ({exc}); using the ring", file=sys.stderr)
             plans[kind] = build_plan(topo, Collective(kind, n), "ring").plan
+    return plans
+
+
+#: the roots of the torch part's rooted calls (see :func:`torch_checks`), by kind
+TORCH_ROOTS = {BROADCAST: lambda n: n - 1, REDUCE: lambda n: 0}
+
+
+def make_rooted_plans(topo: Topology, n: int) -> dict:
+    """kind -> the torch part's Broadcast and Reduce plans for its roots (milp; NCCL's
+    ring if milp fails), so that the group's library need not build them."""
+    plans = {}
+    for kind, root in TORCH_ROOTS.items():
+        coll = Collective(kind, n, root=root(n))
+        try:
+            plans[kind] = build_plan(
+                topo, coll, "milp", synth=SynthOptions(size=1 << 26, time_limit=30)
+            ).plan
+        except TacclError as exc:
+            print(f"{kind}: milp failed ({exc}); using the ring", file=sys.stderr)
+            plans[kind] = build_plan(topo, coll, "ring").plan
     return plans
 
 
@@ -250,8 +280,12 @@ def torch_checks(pg, ref, n: int, r: int, size: int, make, host, timed: bool, it
             g._reduce_scatter_base, make(torch.zeros(elems // n)), x
         ),
         "all_to_all": lambda g, x: _a2a(g, make(torch.zeros(elems)), x),
-        "broadcast": lambda g, x: _rooted(g.broadcast, [x], dist.BroadcastOptions(), n - 1) or x,
-        "reduce": lambda g, x: _rooted(g.reduce, [x], dist.ReduceOptions(), 0) or x,
+        "broadcast": lambda g, x: (
+            _rooted(g.broadcast, [x], dist.BroadcastOptions(), TORCH_ROOTS[BROADCAST](n)) or x
+        ),
+        "reduce": lambda g, x: (
+            _rooted(g.reduce, [x], dist.ReduceOptions(), TORCH_ROOTS[REDUCE](n)) or x
+        ),
     }
     rows = []
     for name, call in cases.items():
@@ -454,7 +488,7 @@ def main(argv=None) -> int:
         ok = True
         with tempfile.TemporaryDirectory() as tmp:
             plan_dir = Path(tmp)
-            for kind, plan in plans.items():
+            for kind, plan in (*plans.items(), *make_rooted_plans(topo, n).items()):
                 write_plan(plan, plan_dir / f"{kind}.xml")
             if args.part in ("all", "executor"):
                 rows = executor_part(
