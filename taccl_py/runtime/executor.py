@@ -37,6 +37,7 @@ may pass ``sendbuf=None``, and one whose output is (a reduce's or gather's non-r
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Protocol, TypeVar, cast
 
@@ -144,7 +145,7 @@ class PlanExecutor:
                 b
             ] == coll.o_chunks * ce:
                 self.out_phys = b
-        seg, sched = max(1, segment_bytes // self.dtype.itemsize), plan_rounds(plan)
+        seg, sched = max(1, segment_bytes // self.dtype.itemsize), _schedule(plan)
         compiler = _Compiler(self, seg, sched, late=True)
         if not compiler.compile():  # a send waited on before its round: post every
             compiler = _Compiler(self, seg, sched, late=False)  # receive up front
@@ -304,6 +305,28 @@ class PlanExecutor:
     send_wires: list[tuple[int, int, tuple[int, int]]]  # peer, tag, step
     temp_elems: int
     written: frozenset[str]
+
+
+#: round schedules of recently compiled plans: id -> (plan, schedule); a plan run at many
+#: sizes (DDP's buckets) is simulated once
+_SCHEDULES: dict[int, tuple[Plan, Any]] = {}
+SCHEDULE_CACHE = 16
+
+
+_SCHEDULES_LOCK = threading.Lock()
+
+
+def _schedule(plan: Plan):
+    with _SCHEDULES_LOCK:
+        hit = _SCHEDULES.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    sched = plan_rounds(plan)
+    with _SCHEDULES_LOCK:
+        if len(_SCHEDULES) >= SCHEDULE_CACHE:
+            _SCHEDULES.pop(next(iter(_SCHEDULES)))
+        _SCHEDULES[id(plan)] = (plan, sched)
+    return sched
 
 
 class _Compiler:
