@@ -16,10 +16,9 @@ built for the cluster once and cached; ``$TACCL_PLAN_DIR`` plans first):
 
 Served by the transport: the plans' messages, and ``send``/``recv``, which are point to point
 already: an inner Gloo group on CPU. CUDA tensors (:mod:`taccl_py.torch.cuda`) run the
-AllReduce, AllGather, ReduceScatter and even AllToAll plans over NCCL point-to-point;
-``broadcast``, ``gather``, ``scatter``, uneven/list all-to-all and ``send``/``recv`` on CUDA
-tensors use NCCL's own calls, and ``reduce`` the AllReduce plan. Nothing is delegated to a
-Gloo collective.
+same plans over NCCL point-to-point: every collective above, rooted ones by their own plans
+for the call's root, uneven/list all-to-all padded for the AllToAll plan; only
+``send``/``recv`` use NCCL's own send/recv. No collective is delegated to NCCL or Gloo.
 
 Collectives run in issue order on one worker thread; every call returns a ``Work`` whose
 future carries the output tensors, so ``async_op=True`` overlaps with the caller. Tensors of
