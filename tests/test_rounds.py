@@ -186,3 +186,21 @@ def test_random_plans(topo, kind, chunkup, method, inplace, seed):
     sched = plan_rounds(plan)
     _assert_exact(plan, run_rounds(plan, inputs, sched), inputs)
     _assert_exact(plan, run_single_device(plan, inputs, HostDevice(seed), sched), inputs)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("kind", ["broadcast", "reduce", "gather", "scatter"])
+def test_rooted_plans_run_as_the_collective_defines(kind, inplace):
+    from taccl_py.build.pipeline import build_plan
+    from taccl_py.runtime.reference import numpy_result
+    from taccl_py.topology.loader import load_topology
+
+    topo = load_topology("dgx1")
+    for method in ("direct", "ring"):
+        plan = build_plan(topo, Collective(kind, 8, root=3, inplace=inplace), method).plan
+        coll = plan.collective()
+        rng = np.random.default_rng(7)
+        inputs = [rng.integers(-50, 50, coll.i_chunks * 3).astype(np.float64) for _ in range(8)]
+        got = run_rounds(plan, inputs)
+        want = numpy_result(coll, inputs)
+        assert [g.tolist() for g in got] == [w.tolist() for w in want], method

@@ -39,6 +39,7 @@ from ..collectives import Collective
 from ..errors import TacclError, VerificationError
 from ..plan.model import RECV_TYPES, REDUCE_TYPES, SEND_TYPES, GpuPlan, Plan, Step, Threadblock
 from ..plan.verify import READS_SRC, WRITES_DST, canonical_location, check_limits
+from .reference import receives_output
 
 Loc = tuple[str, int]  # (physical buffer, chunk offset); buffers i, o, s and t (temporaries)
 Run = tuple[str, int, int]  # (physical buffer, first chunk, end chunk)
@@ -536,7 +537,8 @@ def run_rounds(
     ]
     for prog, array in zip(sched.ranks, arrays):
         for j, (b, o) in enumerate(prog.in_locs):
-            bufs[prog.rank][b][o * ce : (o + 1) * ce] = array[j * ce : (j + 1) * ce]
+            if o < prog.sizes.get(b, 0):  # a rank without this input (a rooted plan's) skips it
+                bufs[prog.rank][b][o * ce : (o + 1) * ce] = array[j * ce : (j + 1) * ce]
     for k in range(sched.nrounds):
         rounds = [prog.rounds[k] for prog in sched.ranks]
         for r, rnd in enumerate(rounds):
@@ -548,6 +550,8 @@ def run_rounds(
                 apply_local(op, bufs[r], ce, reduce)
     return [
         np.concatenate([bufs[prog.rank][b][o * ce : (o + 1) * ce] for b, o in prog.out_locs])
+        if receives_output(coll, prog.rank)
+        else np.zeros(0, dtype=arrays[0].dtype)  # a non-root of a Reduce or Gather
         for prog in sched.ranks
     ]
 
