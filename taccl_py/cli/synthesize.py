@@ -295,8 +295,11 @@ def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
     pick = pick_plan(topo, coll, found, size, (o.proto,) if o.proto else PROTOCOLS)
     cand, proto = pick.served.candidate, pick.served.proto
     rules = RUNTIMES[o.runtime]
+    own = coll.kind in rules.never_selected  # run by taccl's executors only: every size
     if o.min_bytes is not None or o.max_bytes is not None:
         lo_b, hi_b = o.min_bytes or 0, o.max_bytes or 0
+    elif own:
+        lo_b, hi_b = selection_bytes(rules, 1, None)
     elif pick.selected is not None:
         lo_b, hi_b = selection_bytes(rules, *pick.selected)
     else:  # NCCL is as fast at this size: the plan serves its own size's doubling only
@@ -328,7 +331,9 @@ def _synthesize_auto(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> None:
         f"{pick.nccl.algorithm}/{pick.nccl.protocol}) {pick.nccl.time * 1e6:,.1f} us: "
         f"{pick.speedup:.2f}x"
     )
-    if pick.selected is not None:
+    if own and o.min_bytes is None and o.max_bytes is None:
+        click.echo(f"  serves every size (minBytes={plan.min_bytes} maxBytes={plan.max_bytes})")
+    elif pick.selected is not None:
         lo, hi = pick.selected
         where = (
             f"size {format_size(lo)} only"
