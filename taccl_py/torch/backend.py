@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import dataclasses
 import datetime
 import os
 import weakref
@@ -52,7 +51,7 @@ from ..collectives import (
 )
 from ..collectives import REDUCE as REDUCE_KIND
 from ..errors import TacclError
-from ..runtime.executor import PlanExecutor
+from ..runtime.executor import NO_INPUT, NO_OUTPUT, PlanExecutor
 from .checks import (
     _R,
     BITWISE,
@@ -219,12 +218,12 @@ class TacclProcessGroup(dist.ProcessGroup):
         self._worker.submit(job)
         return _Work(fut)
 
-    def _each(self, kind: str, op=_R.SUM):
+    def _each(self, kind: str, op=_R.SUM, inplace: bool = False):
         """A job running the ``kind`` collective on each (output, input) pair."""
 
         def run(outputs, inputs):
             for output, input in zip(outputs, inputs):
-                self._collective(kind, output, input, op)
+                self._collective(kind, output, input, op, inplace=inplace)
 
         return run
 
@@ -235,18 +234,26 @@ class TacclProcessGroup(dist.ProcessGroup):
             transport = self._transport
             # jobs run on the worker, which shutdown() stops before it drops the transport
             assert transport is not None, "the group was shut down"
-            runnable = _with_buffers(plan)
-            ex = PlanExecutor(runnable, transport, self.rank(), self.size(), ce, dtype, redop)
+            ex = PlanExecutor(plan, transport, self.rank(), self.size(), ce, dtype, redop)
             if len(self._executors) >= EXECUTOR_CACHE:
                 self._executors.pop(next(iter(self._executors)))
         self._executors[key] = ex  # most recently used last
         return ex
 
     def _collective(
-        self, kind: str, output: torch.Tensor, input: torch.Tensor, op=_R.SUM, root: int = 0
+        self,
+        kind: str,
+        output: torch.Tensor,
+        input: torch.Tensor,
+        op=_R.SUM,
+        root: int = 0,
+        inplace: bool = False,
     ) -> None:
         """``output`` ← the ``kind`` collective (rooted at ``root``) of every rank's ``input``
-        (contiguous tensors, taken as flat arrays) reduced by ``op``."""
+        (contiguous tensors, taken as flat arrays) reduced by ``op``; ``inplace``: run an
+        in-place plan (every rank must pass the same). A rooted collective's non-root leaves
+        ``output`` untouched where it gets none (reduce, gather) and does not read ``input``
+        where it has none (broadcast, scatter)."""
         n = self.size()
         check_pair(kind, output, input, op if kind in REDUCING else None, n)
         if not max(input.numel(), output.numel()):
@@ -255,9 +262,16 @@ class TacclProcessGroup(dist.ProcessGroup):
         if op in BITWISE:
             self._bitwise(kind, output, input, op, root)
             return
-        self._cpu(kind, output, input, REDUCE[op] if kind in REDUCING else "sum", root)
-        if op == _R.AVG and kind in REDUCING:
-            output.div_(n)
+        out: torch.Tensor | None = output
+        src: torch.Tensor | None = input
+        if self.rank() != root:
+            if kind in NO_OUTPUT:
+                out = None
+            elif kind in NO_INPUT:
+                src = None
+        self._cpu(kind, out, src, REDUCE[op] if kind in REDUCING else "sum", root, inplace)
+        if op == _R.AVG and kind in REDUCING and out is not None:
+            out.div_(n)
 
     def _bitwise(self, kind: str, output: torch.Tensor, input: torch.Tensor, op, root: int):
         """A bitwise reduction (no plan does one): the AllGather plan brings every rank's
@@ -274,37 +288,59 @@ class TacclProcessGroup(dist.ProcessGroup):
             output.copy_(total)
 
     def _cpu(
-        self, kind: str, output: torch.Tensor, input: torch.Tensor, red: str, root: int = 0
+        self,
+        kind: str,
+        output: torch.Tensor | None,
+        input: torch.Tensor | None,
+        red: str,
+        root: int = 0,
+        inplace: bool = False,
     ) -> None:
-        """:meth:`_collective` on flat contiguous CPU tensors, with a plan reduce op."""
-        if output.dtype == torch.bfloat16:  # no NumPy dtype: raw bits, or reduced in float32
+        """:meth:`_collective` on flat contiguous CPU tensors (None: a non-root's missing
+        buffer), with a plan reduce op; ``inplace`` asks for an in-place plan."""
+        some = output if output is not None else input
+        assert some is not None
+        if some.dtype == torch.bfloat16:  # no NumPy dtype: raw bits, or reduced in float32
             if kind in REDUCING:
-                wide = torch.empty(output.shape, dtype=torch.float32)
-                self._cpu(kind, wide, input.float(), red, root)
-                output.copy_(wide)
+                wide_in = None if input is None else input.float()
+                wide = None
+                if output is not None:
+                    same = inplace and wide_in is not None
+                    wide = wide_in if same else torch.empty(output.shape, dtype=torch.float32)
+                self._cpu(kind, wide, wide_in, red, root, inplace)
+                if output is not None and wide is not None:
+                    output.copy_(wide)
                 return
-            output, input = output.view(torch.int16), input.view(torch.int16)
-        send, recv = input.numpy(), output.numpy()
+            output = None if output is None else output.view(torch.int16)
+            input = None if input is None else input.view(torch.int16)
+        send = None if input is None else input.numpy()
+        recv = None if output is None else output.numpy()
         n = self.size()
-        nbytes = max(send.nbytes, recv.nbytes)
-        elems = max(send.size, recv.size)
-        inplace = kind == ALLREDUCE and np.shares_memory(send, recv)
+        elems = _elems(kind, send, recv, n)
+        nbytes = elems * some.element_size()
         plan = self._library.choose(kind, n, nbytes, elems, inplace, root)
         chunks = plan.nchunksperloop
-        if elems % chunks:  # the whole-buffer kinds: pad to whole chunks
+        pad = -elems % chunks
+        if pad:  # the whole-buffer kinds: pad to whole chunks
             if kind not in PADDED:
                 raise TacclError(
                     f"{kind} of {elems} elements does not split into the plan's {chunks} chunks"
                 )
-            pad = chunks - elems % chunks
-            send = np.concatenate([send, np.zeros(pad, send.dtype)])
-            padded = np.empty_like(send)
-            self._run(plan, send, padded, red)
-            recv[...] = padded[:elems]
-        else:
-            if np.shares_memory(send, recv) and not plan.inplace:
+            if send is not None:
+                send = np.concatenate([send, np.zeros(pad, send.dtype)])
+            work = None
+            if recv is not None:
+                work = (
+                    send if plan.inplace and send is not None else np.empty(elems + pad, recv.dtype)
+                )
+            self._run(plan, send, work, red)
+            if recv is not None and work is not None:
+                recv[...] = work[:elems]
+            return
+        if send is not None and recv is not None and np.shares_memory(send, recv):
+            if not (plan.inplace and _same(send, recv)):
                 send = send.copy()
-            self._run(plan, send, recv, red)
+        self._run(plan, send, recv, red)
 
     def _blocks(self, outs: list[torch.Tensor], ins: list[torch.Tensor]) -> None:
         """All-to-all of flat blocks of any sizes: ``outs[q]`` ← rank q's ``ins[rank]``. The
@@ -312,12 +348,12 @@ class TacclProcessGroup(dist.ProcessGroup):
         for the AllToAll plan."""
         n = self.size()
         largest = torch.tensor([max(t.numel() for t in (*outs, *ins))], dtype=torch.int64)
-        self._collective(ALLREDUCE, largest, largest, _R.MAX)
+        self._collective(ALLREDUCE, largest, largest, _R.MAX, inplace=True)
         block = int(largest.item())
         if not block:
             return
         dtype = ins[0].dtype
-        send = torch.zeros(n * block, dtype=dtype)
+        send = torch.empty(n * block, dtype=dtype)  # the padding is sent but never read
         for q, t in enumerate(ins):
             send[q * block : q * block + t.numel()] = t
         every = torch.empty(n * block, dtype=dtype)
@@ -325,10 +361,14 @@ class TacclProcessGroup(dist.ProcessGroup):
         for q, t in enumerate(outs):
             t.copy_(every[q * block : q * block + t.numel()])
 
-    def _run(self, plan, send: np.ndarray, recv: np.ndarray, red: str) -> None:
+    def _run(self, plan, send: np.ndarray | None, recv: np.ndarray | None, red: str) -> None:
         coll = plan.collective()
-        ce = send.size // coll.i_chunks
-        self._executor(plan, ce, send.dtype, red).run(send, recv, self._timeout)
+        if send is not None:
+            ce, dtype = send.size // coll.i_chunks, send.dtype
+        else:
+            assert recv is not None
+            ce, dtype = recv.size // coll.o_chunks, recv.dtype
+        self._executor(plan, ce, dtype, red).run(send, recv, self._timeout)
 
     def _gpu(self, *tensors):
         """The CUDA runner when ``tensors`` (nested lists) are CUDA tensors, else None."""
@@ -352,7 +392,8 @@ class TacclProcessGroup(dist.ProcessGroup):
         op = reduce_op(opts)
         if gpu := self._gpu(tensors):
             return gpu.reduction(ALLREDUCE, [(t, t) for t in tensors], op)
-        return self._submit(lambda ts, _: self._each(ALLREDUCE, op)(ts, ts), tensors, op=op)
+        run = self._each(ALLREDUCE, op, inplace=True)
+        return self._submit(lambda ts, _: run(ts, ts), tensors, op=op)
 
     def allreduce_coalesced(self, tensors, opts=None):
         return self.allreduce(tensors, opts)
@@ -394,6 +435,11 @@ class TacclProcessGroup(dist.ProcessGroup):
             ):
                 return gpu.moves(ALLTOALL, [(output, input)])
             return gpu.alltoall_split(output, input, output_split_sizes, input_split_sizes)
+
+        n = self.size()
+        if not output_split_sizes and not input_split_sizes and _even(input, output, n):
+            # even blocks on every rank: the AllToAll plan straight on the flat tensors
+            return self._submit(self._each(ALLTOALL), [output], [input])
 
         def run(outs, ins):
             (out,), (inp,) = outs, ins
@@ -459,7 +505,7 @@ class TacclProcessGroup(dist.ProcessGroup):
 
         def run(*_):
             self._library.announce_text("barrier: served by a 1-byte allreduce")
-            self._collective(ALLREDUCE, *[torch.zeros(1, dtype=torch.uint8)] * 2)
+            self._collective(ALLREDUCE, *[torch.zeros(1, dtype=torch.uint8)] * 2, inplace=True)
 
         return self._submit(run, [])
 
@@ -487,13 +533,14 @@ class TacclProcessGroup(dist.ProcessGroup):
                 if not t.numel():
                     continue
                 flat = t.view(-1)
-                if self._rooted(BROADCAST, root):
-                    self._cpu(BROADCAST, flat, flat, "sum", root)
+                if self._rooted(BROADCAST, root):  # in place: the root's tensor is its input
+                    self._collective(BROADCAST, flat, flat, root=root, inplace=True)
                     continue
                 # the AllReduce plan sums the bytes: the root's, zeros elsewhere (exact)
                 raw = flat.view(torch.uint8)
-                send = raw.clone() if self.rank() == root else torch.zeros_like(raw)
-                self._cpu(ALLREDUCE, raw, send, "sum")
+                if self.rank() != root:
+                    raw.zero_()
+                self._collective(ALLREDUCE, raw, raw, inplace=True)
 
         return self._submit(run, tensors)
 
@@ -505,11 +552,11 @@ class TacclProcessGroup(dist.ProcessGroup):
         def run(ts, _):
             for t in ts:
                 # other ranks' tensors are left as they were
+                if self._rooted(REDUCE_KIND, root):  # in place; non-roots get no output
+                    self._collective(REDUCE_KIND, t, t, op, root, inplace=True)
+                    continue
                 out = t if self.rank() == root else torch.empty_like(t)
-                if self._rooted(REDUCE_KIND, root):
-                    self._collective(REDUCE_KIND, out, t, op, root)
-                else:
-                    self._collective(ALLREDUCE, out, t, op)
+                self._collective(ALLREDUCE, out, t, op)
 
         return self._submit(run, tensors, op=op)
 
@@ -523,7 +570,7 @@ class TacclProcessGroup(dist.ProcessGroup):
             n = self.size()
             if self.rank() == root:
                 check_list("gather", outs[0] if outs else [], t, n)
-            flat = torch.empty(n, t.numel(), dtype=t.dtype)
+            flat = torch.empty(n, t.numel(), dtype=t.dtype)  # a non-root's is not written
             kind = GATHER if self._rooted(GATHER, root) else ALLGATHER
             self._collective(kind, flat, t, root=root)
             if self.rank() == root:
@@ -544,8 +591,8 @@ class TacclProcessGroup(dist.ProcessGroup):
                 parts = ins[0] if ins else []
                 check_list("scatter", parts, out, n)
                 send = torch.cat([p.reshape(-1) for p in parts])
-            else:
-                send = torch.zeros(n * e, dtype=out.dtype)
+            else:  # not read by the Scatter plan; the AllToAll plan's blocks are dropped
+                send = torch.empty(n * e, dtype=out.dtype)
             if self._rooted(SCATTER, root):
                 self._collective(SCATTER, out, send, root=root)
                 return
@@ -583,20 +630,35 @@ def _map(fn, tensors):
     return fn(tensors)
 
 
-def _with_buffers(plan):
-    """``plan`` with an (unused) input and output buffer on every rank: in a rooted plan the
-    ranks other than the root lack one, which the executor expects (it copies every output
-    chunk out)."""
-    coll = plan.collective()
-    if not coll.rooted:
-        return plan
-    gpus = [
-        dataclasses.replace(
-            g, i_chunks=max(g.i_chunks, coll.i_chunks), o_chunks=max(g.o_chunks, coll.o_chunks)
-        )
-        for g in plan.gpus
-    ]
-    return dataclasses.replace(plan, gpus=gpus)
+def _elems(kind: str, send: np.ndarray | None, recv: np.ndarray | None, n: int) -> int:
+    """Elements in the larger buffer of a ``kind`` call, alike on every rank (a rooted
+    collective's non-root passes None for the buffer it lacks)."""
+    if send is not None and recv is not None:
+        return max(send.size, recv.size)
+    if kind == GATHER and send is not None:
+        return n * send.size
+    if kind == SCATTER and recv is not None:
+        return n * recv.size
+    known = send if send is not None else recv
+    assert known is not None
+    return known.size
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two flat arrays are the very same memory."""
+    return a.ctypes.data == b.ctypes.data and a.nbytes == b.nbytes
+
+
+def _even(input: torch.Tensor, output: torch.Tensor, n: int) -> bool:
+    """Whether an all-to-all without split sizes cuts ``input`` and ``output`` into ``n``
+    equal blocks of rows (else :func:`_rows` says why not)."""
+    return (
+        input.dim() > 0
+        and output.dim() > 0
+        and input.shape[0] % n == 0
+        and output.shape[0] % n == 0
+        and input.numel() == output.numel()
+    )
 
 
 def _rows(name: str, tensor: torch.Tensor, splits, n: int) -> list[torch.Tensor]:
