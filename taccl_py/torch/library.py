@@ -10,11 +10,17 @@ several, the narrowest range wins, then the file name.
 **Plan library** (everything else): made for the group's cluster (:func:`resolve_topology`:
 ``topology=`` or ``$TACCL_TOPOLOGY``, a built-in name such as ``dgx1``, ``ndv2:2`` = 2 nodes,
 or a YAML path; else ``nvidia-smi topo -m`` on a GPU host; else a model of the local host,
-its ranks behind one switch) and rank count. For each collective (the rooted ones per root)
+its ranks behind one switch with the CPU transport's α and bandwidth, :data:`HOST_ALPHA`
+and :data:`HOST_BANDWIDTH`) and rank count. For each collective (the rooted ones per root)
 every method's candidate is built once (:func:`taccl_py.build.candidates.build_candidates`),
 timed in the simulator at every power of two from 1K to 1G, and each size range is served by
 the fastest candidate there, plus the fastest one-chunk-per-block candidate for buffers
-that do not divide into the first one's chunks. The tables and their verified plans are
+that do not divide into the first one's chunks, and for AllReduce, Broadcast and Reduce the
+fastest in-place plan (each candidate's algorithm also lowered in place) for in-place calls
+(torch's all_reduce, broadcast and reduce are; an in-place plan copies nothing). On the
+host model only the Simple protocol is timed (the CPU executor runs every protocol alike):
+its α makes direct plans serve small buffers, its bandwidth the ring (or an equally fast
+milp plan) the large ones. The tables and their verified plans are
 cached under ``$TACCL_CACHE_DIR`` (default ``~/.cache/taccl_py``) in a directory keyed by
 the topology's content, the rank count, the package version and its source, so later
 processes load them (checking each file's hash and verifying each plan; a damaged entry is
@@ -68,7 +74,15 @@ PADDED = (ALLREDUCE, BROADCAST, REDUCE)
 #: seconds between progress lines while one collective's plans are built
 PROGRESS_EVERY = 5.0
 #: bumped when the cache layout changes
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+#: the host model's α of one message (seconds) and bandwidth of each rank's port (bytes/s):
+#: the CPU transport's, Gloo send/recv over loopback between 4 processes
+#: (``torch.set_num_threads(1)``) on a 2-core host, as in ``benchmarks/torch_backend.py``:
+#: one way, a 4 B-16 KB message took 90-215 µs (ping-pong between two ranks; "a message
+#: costs ~0.25 ms to complete" in the executor's own measurements), and with every rank
+#: sending 16-64 MB to the next at once each rank moved 0.8-1.4 GB/s
+HOST_ALPHA = 200e-6
+HOST_BANDWIDTH = 1e9
 
 
 def default_cache_dir() -> Path:
@@ -83,9 +97,8 @@ def host_topology(nranks: int) -> Topology:
     ('host4', 4)
     """
     ranks = tuple(range(nranks))
-    return Topology(
-        f"host{nranks}", nranks, 1, (), (Switch("host", 0, ranks, 1e10, 1e-6),), (), FULL_BISECTION
-    )
+    switch = Switch("host", 0, ranks, HOST_BANDWIDTH, HOST_ALPHA)
+    return Topology(f"host{nranks}", nranks, 1, (), (switch,), (), FULL_BISECTION)
 
 
 def resolve_topology(spec: str | Topology | None, nranks: int, gpu: bool | None = None) -> Topology:
@@ -165,12 +178,14 @@ def _gpu_topology(nranks: int) -> Topology | None:
 @dataclass(frozen=True)
 class Range:
     """Buffers of ``lo <= bytes < hi`` (``hi`` 0: no bound) run ``plan``, or ``whole``
-    (one chunk per block) when they do not divide into ``plan``'s chunks."""
+    (one chunk per block) when they do not divide into ``plan``'s chunks, or ``inplace``
+    (the fastest in-place plan; None for kinds without one) when the call is in place."""
 
     lo: int
     hi: int
     plan: Plan
     whole: Plan
+    inplace: Plan | None = None
 
     def holds(self, nbytes: int) -> bool:
         return self.lo <= nbytes and (not self.hi or nbytes < self.hi)
@@ -240,8 +255,10 @@ class PlanLibrary:
         if nranks == 1:  # one rank moves nothing: the ring is enough
             self.methods = ("ring",)
         self.directory: Path | None = None
+        self.host = False  # the host model: plans run on CPU tensors, protocols do not apply
         if nranks is not None:
             self.topology = resolve_topology(topology, nranks)
+            self.host = self.topology == host_topology(nranks)
             key = _key(self.topology, nranks, self.methods)
             self.directory = self.cache_dir / f"{_safe(self.topology.label)}-{nranks}r-{key}"
         self._announced: set[tuple[int, str]] = set()
@@ -265,8 +282,10 @@ class PlanLibrary:
         root: int = 0,
     ) -> Plan:
         """The plan for a ``kind`` collective (rooted at ``root``) on ``nranks`` ranks whose
-        buffer has ``nbytes`` bytes in ``elems`` elements; ``inplace`` prefers an in-place
-        plan of the plan directory."""
+        buffer has ``nbytes`` bytes in ``elems`` elements; ``inplace`` (the call's input is
+        its output: AllReduce, Broadcast, Reduce) takes an in-place plan: the plan
+        directory's if it has one, the library's own in-place variant otherwise. Every rank
+        of a call must pass the same arguments (a rooted collective's non-root too)."""
         plan, where = self._from_directory(kind, nranks, nbytes, elems, inplace, root)
         if plan is None:
             table = self.table(kind, root)
@@ -274,7 +293,9 @@ class PlanLibrary:
                 raise TacclError(f"no {table.label} plan on {nranks} ranks: {table.error}")
             rng = next((r for r in table.ranges if r.holds(nbytes)), table.ranges[-1])
             plan = rng.plan
-            if elems % plan.nchunksperloop and kind not in PADDED:
+            if inplace and rng.inplace is not None:
+                plan = rng.inplace
+            elif elems % plan.nchunksperloop and kind not in PADDED:
                 plan = rng.whole
             where = f"plan library {table.where}, sizes {rng.label}"
         self.announce(plan, f"{_label(kind, root)} of {nbytes} B on {nranks} ranks", where)
@@ -390,10 +411,13 @@ class PlanLibrary:
             return Table(label, [], self.directory, why)
         from ..build.candidates import PROTOCOLS
 
-        options = [(c, p) for c in candidates for p in PROTOCOLS]
+        # the CPU executor has no protocols: on the host model only Simple's timing is real
+        protocols = ("Simple",) if self.host else PROTOCOLS
+        options = [(c, p) for c in candidates for p in protocols]
         whole = [(c, p) for c, p in options if c.plan.nchunksperloop == self.nranks]
         if not whole:  # every candidate cuts blocks: pad with the finest one instead
             whole = options
+        in_place = [(c, p) for c in _inplace(candidates, topo, kind) for p in protocols]
         made: dict[tuple[int, str], Plan] = {}
 
         def plan_of(choice) -> Plan:
@@ -409,18 +433,43 @@ class PlanLibrary:
                 return min(among, key=lambda o: (o[0].time(topo, size, o[1]), o[0].label, o[1]))
 
             best, alt = plan_of(fastest(options)), plan_of(fastest(whole))
+            ip = plan_of(fastest(in_place)) if in_place else None
             last = ranges[-1] if ranges else None
-            if last is not None and last.plan is best and last.whole is alt:
+            if last is not None and (last.plan, last.whole, last.inplace) == (best, alt, ip):
                 continue
             if last is not None:
                 ranges[-1] = dataclasses.replace(last, hi=size)
-            ranges.append(Range(0 if last is None else size, 0, best, alt))
+            ranges.append(Range(0 if last is None else size, 0, best, alt, ip))
         say(
             f"  {label}: {len(ranges)} size ranges "
             f"({', '.join(f'{r.label} {r.plan.name}' for r in ranges)}) "
             f"in {time.monotonic() - start:.1f} s"
         )
         return Table(label, ranges, self.directory)
+
+
+def _inplace(candidates: list, topo: Topology, kind: str) -> list:
+    """In-place twins of ``candidates`` (their algorithms lowered in place, as the library
+    lowers every candidate, and verified) for the kinds whose calls are in place
+    (:data:`PADDED`: AllReduce, Broadcast, Reduce); a candidate that does not lower in
+    place has no twin."""
+    from ..lowering.lower import LowerOptions, lower
+    from ..plan.runtimes import check_runtime
+
+    if kind not in PADDED:
+        return []
+    twins = []
+    for c in candidates:
+        options = LowerOptions(name=f"{c.plan.name}-inplace", inplace=True)
+        try:
+            plan = lower(c.algorithm, topo, options)
+            if check_runtime(plan, selection=False):
+                continue
+            verify(plan)
+        except TacclError:
+            continue
+        twins.append(dataclasses.replace(c, label=f"{c.label}-inplace", plan=plan))
+    return twins
 
 
 def say(message: str) -> None:
@@ -501,8 +550,8 @@ def _store(table: Table, index: Path) -> None:
     files: dict[int, str] = {}
     hashes: dict[str, str] = {}
     for rng in table.ranges:
-        for plan in (rng.plan, rng.whole):
-            if id(plan) not in files:
+        for plan in (rng.plan, rng.whole, rng.inplace):
+            if plan is not None and id(plan) not in files:
                 text = plan_to_xml(plan)
                 digest = hashlib.sha256(text.encode()).hexdigest()
                 name = f"{table.label}-{digest[:16]}.xml"
@@ -513,7 +562,13 @@ def _store(table: Table, index: Path) -> None:
         "label": table.label,
         "error": table.error,
         "ranges": [
-            {"lo": r.lo, "hi": r.hi, "plan": files[id(r.plan)], "whole": files[id(r.whole)]}
+            {
+                "lo": r.lo,
+                "hi": r.hi,
+                "plan": files[id(r.plan)],
+                "whole": files[id(r.whole)],
+                "inplace": files[id(r.inplace)] if r.inplace is not None else None,
+            }
             for r in table.ranges
         ],
         "sha256": hashes,
@@ -540,7 +595,13 @@ def _load(index: Path, label: str) -> Table | None:
                 raise TacclError(f"{path}: content does not match its hash")
             plans[name] = load_verified(path)
         ranges = [
-            Range(int(r["lo"]), int(r["hi"]), plans[r["plan"]], plans[r["whole"]])
+            Range(
+                int(r["lo"]),
+                int(r["hi"]),
+                plans[r["plan"]],
+                plans[r["whole"]],
+                plans[r["inplace"]] if r["inplace"] is not None else None,
+            )
             for r in doc["ranges"]
         ]
         if not ranges and not doc["error"]:
