@@ -23,6 +23,7 @@ from taccl_py.build.pipeline import build_plan  # noqa: E402
 from taccl_py.collectives import Collective  # noqa: E402
 from taccl_py.errors import PlanError, TacclError, VerificationError  # noqa: E402
 from taccl_py.lowering.lower import LowerOptions  # noqa: E402
+from taccl_py.plan.model import SEND_TYPES  # noqa: E402
 from taccl_py.plan.xml import plan_to_xml, write_plan  # noqa: E402
 from taccl_py.topology.model import FULL_BISECTION, Link, Topology  # noqa: E402
 from taccl_py.torch import backend  # noqa: E402
@@ -490,3 +491,115 @@ def test_dead_or_silent_rank_fails_cleanly(tmp_path, mode):
         assert "no progress for 4 s" in joined and "waits to receive from rank" in joined
     else:
         assert "from rank 3 failed" in joined or "to rank 3 failed" in joined
+
+
+def _record_runs(monkeypatch) -> list[tuple]:
+    """Every plan run of the groups made after this: (rank, plan name, collective, in
+    place, no send buffer, no receive buffer)."""
+    runs: list[tuple] = []
+
+    class Recording(backend.PlanExecutor):
+        def run(self, sendbuf, recvbuf, timeout=60.0):
+            plan = self.plan
+            runs.append(
+                (self.rank, plan.name, plan.coll, plan.inplace, sendbuf is None, recvbuf is None)
+            )
+            return super().run(sendbuf, recvbuf, timeout)
+
+    monkeypatch.setattr(backend, "PlanExecutor", Recording)
+    return runs
+
+
+def test_plan_calls_even_all_to_all_in_place_and_missing_buffers(tmp_path, monkeypatch):
+    """Even all_to_all_single runs the AllToAll plan alone (no size agreement), uneven
+    splits add the AllReduce MAX; all_reduce, broadcast and reduce run in-place plans; a
+    non-root passes no buffer it lacks; every rank runs the same plans in the same order."""
+    n, root = 4, 1
+    runs = _record_runs(monkeypatch)
+
+    def body(pg, r):
+        a2a = torch.empty(4 * n)
+        pg.all_to_all_single(a2a, torch.arange(4.0 * n) + 100 * r, [], []).wait()
+        uneven = torch.empty(n)
+        pg.all_to_all_single(uneven, torch.full((n,), float(r)), [1] * n, [1] * n).wait()
+        ar = torch.full((6,), float(r))
+        pg.allreduce([ar]).wait()
+        bc = torch.full((6,), float(r))
+        pg.broadcast([bc], _root_opts(dist.BroadcastOptions, root)).wait()
+        red = torch.full((6,), float(r + 1))
+        pg.reduce([red], _root_opts(dist.ReduceOptions, root, dist.ReduceOp.SUM)).wait()
+        parts = [torch.empty(2) for _ in range(n)] if r == root else []
+        pg.gather([parts] if parts else [], [torch.full((2,), float(r))],
+                  _root_opts(dist.GatherOptions, root)).wait()  # fmt: skip
+        sc = torch.empty(2)
+        blocks = [[torch.full((2,), float(q)) for q in range(n)]] if r == root else []
+        pg.scatter([sc], blocks, _root_opts(dist.ScatterOptions, root)).wait()
+        return a2a, uneven, ar, bc, red, parts, sc
+
+    res = in_threads(n, body, tmp_path, methods=("ring", "direct"))
+    for r, (a2a, uneven, ar, bc, red, parts, sc) in enumerate(res):
+        assert a2a.tolist() == [100.0 * q + 4 * r + k for q in range(n) for k in range(4)]
+        assert uneven.tolist() == [float(q) for q in range(n)]
+        assert ar.tolist() == [float(sum(range(n)))] * 6
+        assert bc.tolist() == [float(root)] * 6
+        want = float(sum(range(1, n + 1))) if r == root else float(r + 1)
+        assert red.tolist() == [want] * 6  # a non-root's tensor is left as it was
+        if r == root:
+            assert [p.tolist() for p in parts] == [[float(q)] * 2 for q in range(n)]
+        assert sc.tolist() == [float(r)] * 2
+    per_rank = [[run[1:4] for run in runs if run[0] == r] for r in range(n)]
+    assert all(calls == per_rank[0] for calls in per_rank)  # same plans, same order
+    kinds = [coll for _, coll, _ in per_rank[0]]
+    assert kinds == [
+        "alltoall",
+        "allreduce",  # the uneven call's block-size agreement
+        "alltoall",
+        "allreduce",
+        "broadcast",
+        "reduce",
+        "gather",
+        "scatter",
+    ]
+    in_place = {coll: inplace for _, coll, inplace in per_rank[0][3:6]}
+    assert in_place == {"allreduce": True, "broadcast": True, "reduce": True}
+    lacks = {"broadcast": (True, False), "reduce": (False, True)}
+    lacks |= {"gather": (False, True), "scatter": (True, False)}
+    for rank, _, coll, _, no_send, no_recv in runs:
+        if coll in lacks:
+            assert (no_send, no_recv) == (lacks[coll] if rank != root else (False, False))
+        else:
+            assert (no_send, no_recv) == (False, False)
+
+
+def _sends(plan) -> list[int]:
+    return [sum(st.type in SEND_TYPES for tb in g.tbs for st in tb.steps) for g in plan.gpus]
+
+
+def test_host_library_direct_small_ring_large_in_place_twins(tmp_path):
+    """The host model's α (a Gloo message, ~0.2 ms) dominates 1 KB, where direct plans (one
+    round of messages a phase) beat the ring's n-1 sequential hops a phase; at 64 MB its
+    bandwidth does, where the ring's pipelined hops beat direct's contended ports. In-place
+    calls of AllReduce, Broadcast and Reduce get the same algorithm lowered in place; the
+    CPU executor has no protocols, so only Simple plans are made."""
+    lib = PlanLibrary(None, tmp_path / "cache", nranks=4, methods=("ring", "direct"))
+    assert lib.host
+    for kind, root in (("allreduce", 0), ("broadcast", 2), ("reduce", 1)):
+        small = lib.choose(kind, 4, 1 << 10, 256, False, root)
+        large = lib.choose(kind, 4, 64 << 20, 16 << 20, False, root)
+        assert "-direct-" in small.name and "-ring-" in large.name, (small.name, large.name)
+        for nbytes, plan in ((1 << 10, small), (64 << 20, large)):
+            twin = lib.choose(kind, 4, nbytes, nbytes // 4, True, root)
+            assert twin.inplace and not plan.inplace
+            assert twin.name == plan.name.replace("-Simple", "-inplace-Simple")
+            assert _sends(twin) == _sends(plan)  # the same messages
+    # AllGather has no in-place twin: an in-place request gets the out-of-place plan
+    ag = lib.choose("allgather", 4, 1 << 10, 256, True)
+    assert not ag.inplace and ag is lib.choose("allgather", 4, 1 << 10, 256)
+    for label in ("allreduce", "allgather", "broadcast-root2"):
+        kind, _, root = label.partition("-root")
+        for rng in lib.table(kind, int(root or 0)).ranges:
+            for plan in (rng.plan, rng.whole, rng.inplace):
+                assert plan is None or plan.proto == "Simple"
+    # a GPU cluster's library times every protocol: LL's shorter hops win at 1 KB there
+    gpu = PlanLibrary(None, tmp_path / "cache", nranks=4, topology=ring4(), methods=("ring",))
+    assert not gpu.host and gpu.choose("allreduce", 4, 1 << 10, 256).proto != "Simple"

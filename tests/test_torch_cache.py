@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
 from taccl_py.errors import TacclError, TopologyError  # noqa: E402
+from taccl_py.plan.xml import plan_to_xml  # noqa: E402
 from taccl_py.torch import library  # noqa: E402
 from taccl_py.torch.backend import TacclProcessGroup  # noqa: E402
 
@@ -100,3 +101,20 @@ def test_bad_methods_is_one_clear_line(monkeypatch, tmp_path):
     monkeypatch.setenv(library.METHODS_ENV, "ring,bogus")
     with pytest.raises(TacclError, match="unknown method 'bogus'"):
         library.PlanLibrary(None, tmp_path, nranks=2)
+
+
+def test_in_place_twins_survive_the_cache(tmp_path, monkeypatch):
+    """A later process loads each range's in-place plan as built (none for AllGather)."""
+    built = {
+        kind: library.PlanLibrary(None, tmp_path, nranks=4, methods=("ring", "direct")).table(kind)
+        for kind in ("allreduce", "allgather")
+    }
+    monkeypatch.setattr(library, "_TABLES", {})  # as in a new process: read from disk
+    later = library.PlanLibrary(None, tmp_path, nranks=4, methods=("ring", "direct"))
+    loaded = later.table("allreduce")
+    assert loaded is not built["allreduce"] and len(loaded.ranges) == len(built["allreduce"].ranges)
+    for old, new in zip(built["allreduce"].ranges, loaded.ranges, strict=True):
+        assert old.inplace is not None and new.inplace is not None and new.inplace.inplace
+        assert plan_to_xml(new.inplace) == plan_to_xml(old.inplace)
+        assert plan_to_xml(new.plan) == plan_to_xml(old.plan) and not new.plan.inplace
+    assert all(r.inplace is None for r in later.table("allgather").ranges)
