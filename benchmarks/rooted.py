@@ -1,10 +1,11 @@
 """Rooted collectives end to end on every built-in cluster: synthesize, verify, run under MPI.
 
 For every built-in topology at 1 and 2 nodes and each of Broadcast, Reduce, Gather and
-Scatter (root ``1 + (2 + 5 i) mod (N - 1)``, a different non-zero root per collective), this runs
+Scatter (root ``1 + (2 + 5 i) mod (N - 1)``, a different non-zero root per collective),
+this runs (S: SIZE rounded up to a multiple of the plan's chunks)
 
     taccl synthesize -t T -n K -c KIND --root R [-m METHOD] --size SIZE -o PLAN
-    mpiexec -n N taccl run PLAN -b SIZE -e SIZE -r R -c 1 -n ITERS -w 1
+    mpiexec -n N taccl run PLAN -b S -e S -r R -c 1 -n ITERS -w 1
 
 and prints one row per case: the synthesis wall time, the candidate kept (``auto``) or
 the method, the simulated time against the lower bound and NCCL's model at SIZE (from the
@@ -29,7 +30,9 @@ import time
 from pathlib import Path
 
 from taccl_py.collectives import ROOTED_KINDS
+from taccl_py.plan.xml import parse_plan
 from taccl_py.topology.loader import builtin_names, load_topology
+from taccl_py.util.units import parse_size
 
 BIN = Path(sys.executable).parent
 ROW = "{:<12} {:<9} {:>4} {:>6} {:<18} {:>11} {:>7} {:>8} {:>7} {:>10} {:>10}"
@@ -66,17 +69,13 @@ def evaluation(report: str, size_label: str) -> tuple[str, str, str]:
 
 def run_mpi(plan: Path, ranks: int, root: int, args) -> tuple[str, str, str]:
     """(#wrong, plan time us, MPI time us) of the out-of-place column, or an error. A size
-    the plan's chunks do not divide is replaced by the nearest one ``taccl run`` names."""
-    size = args.size
-    for _ in range(2):
-        cmd = [str(BIN / "mpiexec"), "-n", str(ranks), str(BIN / "taccl"), "run", str(plan)]
-        cmd += ["-b", size, "-e", size, "-r", str(root), "-c", "1"]
-        cmd += ["-n", str(args.iters), "-w", "1"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        hint = re.search(r"try --size (\d+)", proc.stderr)
-        if proc.returncode == 0 or hint is None:
-            break
-        size = hint.group(1)
+    the plan's chunks do not divide is rounded up to the next one that does (float)."""
+    granule = parse_plan(plan).nchunksperloop * 4
+    size = str(-(-parse_size(args.size) // granule) * granule)
+    cmd = [str(BIN / "mpiexec"), "-n", str(ranks), str(BIN / "taccl"), "run", str(plan)]
+    cmd += ["-b", size, "-e", size, "-r", str(root), "-c", "1"]
+    cmd += ["-n", str(args.iters), "-w", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         return "FAIL", _first_error(proc.stderr + proc.stdout), ""
     rows = [ln.split() for ln in proc.stdout.splitlines() if ln.strip() and ln[0] != "#"]
