@@ -327,6 +327,10 @@ def test_rooted_collectives_synthesize_and_verify_everywhere(tmp_path, topo, nod
         )
         assert res.exit_code == 0, res.output
         assert f"{kind}-root{root}" in res.output and "verified" in res.output
+        if kind in ("gather", "scatter"):  # loads, but no NCCL call would select it
+            assert "no NCCL call selects them" in res.output
+        else:  # selected for any root's call: the user is told
+            assert f"does not compare the root: this plan (root {root})" in res.output
         plan = parse_plan(out)
         assert (plan.coll, plan.root, plan.ngpus) == (kind, root, ranks)
         check = run("verify", str(out))

@@ -437,20 +437,27 @@ def _deployable(plan: Plan, o: _SynthesizeArgs) -> list[str]:
     sizes; return the notes the user must read before deploying it: a gather or scatter
     plan, which no NCCL call selects (for ``taccl run`` and the torch backend), and a rooted
     plan's root, which the runtime does not compare."""
-    from ..plan.runtimes import check_runtime, root_caveat
+    from ..plan.runtimes import check_runtime
 
-    rules = RUNTIMES[o.runtime]
-    own_executors = plan.coll in rules.never_selected
+    own_executors = plan.coll in RUNTIMES[o.runtime].never_selected
     problems = check_runtime(plan, o.runtime, max_steps=o.max_steps, selection=not own_executors)
     if problems:
         raise TacclError(f"{o.runtime} would not load the plan: {problems[0]}")
+    return _notes(plan, o.runtime)
+
+
+def _notes(plan: Plan, runtime: str) -> list[str]:
+    """What to know before deploying ``plan`` on ``runtime``: that no NCCL call selects a
+    gather or scatter plan, and that the runtime does not compare a rooted plan's root."""
+    from ..plan.runtimes import root_caveat
+
     notes = []
-    if own_executors:
+    if plan.coll in RUNTIMES[runtime].never_selected:
         notes.append(
-            f"{o.runtime} loads {plan.coll} plans but no NCCL call selects them: this plan "
+            f"{runtime} loads {plan.coll} plans but no NCCL call selects them: this plan "
             "is for `taccl run` (MPI) and the torch backend"
         )
-    caveat = root_caveat(plan, o.runtime)
+    caveat = root_caveat(plan, runtime)
     if caveat is not None:
         notes.append(caveat)
     return notes
@@ -512,6 +519,8 @@ def _write_library(o: _SynthesizeArgs, span: tuple[int, int], topo, coll, sketch
         click.echo("deploy with:")
         for line in deploy_lines(o.runtime, target, [Path(f).name for f in files]):
             click.echo(f"  {line}")
+        for note in _notes(lib.entries[0].plan, o.runtime):
+            click.echo(f"note: {note}")
     else:
         click.echo("NCCL is as fast at every size of the span: no plan written")
 
