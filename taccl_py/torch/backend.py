@@ -152,6 +152,7 @@ class TacclProcessGroup(dist.ProcessGroup):
         self._transport: GlooTransport | None = GlooTransport(self._plan_pg)
         self._worker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="taccl-coll")
         self._executors: dict[tuple, PlanExecutor] = {}
+        self._chunks: dict[int, tuple] = {}  # id(plan) -> (plan, input, output chunks)
         self._cuda: CudaRunner | None = None  # made on the first CUDA call
         self._blocking = _env_flag(BLOCKING_WAIT_ENV) if blocking_wait is None else blocking_wait
         self._name = ""
@@ -362,12 +363,15 @@ class TacclProcessGroup(dist.ProcessGroup):
             t.copy_(every[q * block : q * block + t.numel()])
 
     def _run(self, plan, send: np.ndarray | None, recv: np.ndarray | None, red: str) -> None:
-        coll = plan.collective()
+        chunks = self._chunks.get(id(plan))
+        if chunks is None or chunks[0] is not plan:
+            coll = plan.collective()
+            chunks = self._chunks[id(plan)] = (plan, coll.i_chunks, coll.o_chunks)
         if send is not None:
-            ce, dtype = send.size // coll.i_chunks, send.dtype
+            ce, dtype = send.size // chunks[1], send.dtype
         else:
             assert recv is not None
-            ce, dtype = recv.size // coll.o_chunks, recv.dtype
+            ce, dtype = recv.size // chunks[2], recv.dtype
         self._executor(plan, ce, dtype, red).run(send, recv, self._timeout)
 
     def _gpu(self, *tensors):

@@ -262,6 +262,7 @@ class PlanLibrary:
             key = _key(self.topology, nranks, self.methods)
             self.directory = self.cache_dir / f"{_safe(self.topology.label)}-{nranks}r-{key}"
         self._announced: set[tuple[int, str]] = set()
+        self._seen: set[tuple[int, int]] = set()  # (plan, range) of the library announced
         self._said: set[str] = set()
         self.quiet = quiet  # ranks other than 0 do not log which plan serves a call
 
@@ -297,6 +298,9 @@ class PlanLibrary:
                 plan = rng.inplace
             elif elems % plan.nchunksperloop and kind not in PADDED:
                 plan = rng.whole
+            if self.quiet or (id(plan), id(rng)) in self._seen:
+                return plan  # said already: no message to format on every call
+            self._seen.add((id(plan), id(rng)))
             where = f"plan library {table.where}, sizes {rng.label}"
         self.announce(plan, f"{_label(kind, root)} of {nbytes} B on {nranks} ranks", where)
         return plan
