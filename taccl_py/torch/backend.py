@@ -5,10 +5,13 @@ built for the cluster once and cached; ``$TACCL_PLAN_DIR`` plans first):
 
 * ``all_reduce`` (also coalesced), ``all_gather``/``all_gather_into_tensor``,
   ``reduce_scatter``/``reduce_scatter_tensor``, ``all_to_all_single``/``all_to_all``, by
-  their own plans; uneven all-to-all pads every block to the largest (agreed by a one-element
-  AllReduce MAX plan) for the AllToAll plan.
+  their own plans; ``all_to_all_single`` without split sizes runs the AllToAll plan on the
+  tensors as they are, with split sizes (every rank must then pass them) and the list form
+  pad every block to the largest (agreed by a one-element AllReduce MAX plan).
+  ``all_reduce`` runs the in-place plan of its size (no copy).
 * ``broadcast``, ``reduce``, ``gather``, ``scatter`` by their own plans for the call's root
-  (built on first use of that root); where a rooted plan cannot be built, the unrooted plan
+  (built on first use of that root; broadcast and reduce in place, a non-root passing no
+  buffer it lacks); where a rooted plan cannot be built, the unrooted plan
   that contains it serves instead (:data:`STAND_IN`), said once with the reason.
 * ``barrier``: a one-byte AllReduce plan.
 * Reduce ops: SUM, PRODUCT, MIN, MAX by the plan, AVG as its SUM then divided; BAND, BOR,
