@@ -516,7 +516,9 @@ class CudaRunner:
         send = cp.ascontiguousarray(inp).reshape(-1)
         elems = send.size
         out_elems = {ALLGATHER: elems * n, REDUCESCATTER: elems // n}.get(kind, elems)
-        inplace = kind == ALLREDUCE and out is not None and out.data.ptr == send.data.ptr
+        # torch's all_reduce is in place on every rank, so every rank asks for the in-place
+        # plan (a rank deciding from its own pointers could pick another plan than its peers)
+        inplace = kind == ALLREDUCE
         big = max(elems, out_elems)  # the plan's chunks split the larger buffer
         plan = self.library.choose(kind, n, big * send.itemsize, big, inplace)
         chunks = plan.nchunksperloop
@@ -527,11 +529,14 @@ class CudaRunner:
                     f"{kind} of {elems} elements does not split into the plan's {chunks} chunks"
                 )
             send = cp.concatenate([send, cp.zeros(chunks - elems % chunks, send.dtype)])
-            padded = cp.empty_like(send)
+            padded = send if plan.inplace else cp.empty_like(send)
             self._execute(plan, send, padded, red, stream)
             target[...] = padded[:elems]
             return target
-        if not plan.inplace and send.data.ptr == target.data.ptr:
+        if plan.inplace and send.data.ptr != target.data.ptr:
+            target[...] = send  # the in-place plan reads and writes one buffer
+            send = target
+        elif not plan.inplace and send.data.ptr == target.data.ptr:
             send = send.copy()
         self._execute(plan, send, target, red, stream)
         return target
