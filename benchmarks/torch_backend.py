@@ -1,8 +1,8 @@
 """The "taccl" torch backend vs Gloo on CPU: collectives per size, and a DDP training step.
 
 4 spawned CPU processes (file-store rendezvous, ``torch.set_num_threads(1)``) each hold the
-default group on backend "taccl" (plans from ``$TACCL_PLAN_DIR``, else its cached fallback
-plans) and a Gloo group over the same ranks. For every collective and size the two backends
+default group on backend "taccl" (plans from ``$TACCL_PLAN_DIR``, else the plan library it
+builds and caches for the local host) and a Gloo group over the same ranks. For every collective and size the two backends
 run interleaved, call by call (a Gloo barrier before each call), so that load from elsewhere
 on the machine hits both alike; a call's time is the slowest rank's, and the table gives the
 median over ``--iters`` calls after ``--warmup`` calls. Sizes are the larger buffer of a rank
