@@ -65,6 +65,7 @@ def in_threads(n: int, body, tmp_path, timeout_s: float = 120.0, gloo: bool = Fa
     store = dist.HashStore()
     results: list = [None] * n
     errors: list = [None] * n
+    keep: list = [None] * n
 
     def one(r: int) -> None:
         try:
@@ -77,6 +78,9 @@ def in_threads(n: int, body, tmp_path, timeout_s: float = 120.0, gloo: bool = Fa
                 **kw,
             )
             if not gloo:
+                # kept alive until every thread is done: a Gloo group dropped here closes its
+                # connections while a slower peer thread may still be connecting the same group
+                keep[r] = pg._gloo
                 pg._gloo = NoGloo()
             results[r] = body(pg, r)
         except BaseException as exc:  # noqa: BLE001 - re-raised below
