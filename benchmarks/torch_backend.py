@@ -2,10 +2,11 @@
 
 4 spawned CPU processes (file-store rendezvous, ``torch.set_num_threads(1)``) each hold the
 default group on backend "taccl" (plans from ``$TACCL_PLAN_DIR``, else the plan library it
-builds and caches for the local host) and a Gloo group over the same ranks. For every collective and size the two backends
-run interleaved, call by call (a Gloo barrier before each call), so that load from elsewhere
-on the machine hits both alike; a call's time is the slowest rank's, and the table gives the
-median over ``--iters`` calls after ``--warmup`` calls. Sizes are the larger buffer of a rank
+builds and caches for the local host) and a Gloo group over the same ranks. For every
+collective and size the two backends run interleaved, call by call (a Gloo barrier before
+each call), so that load from elsewhere on the machine hits both alike; a call's time is the
+slowest rank's, and the table gives the median over ``--iters`` calls after ``--warmup``
+calls. Sizes are the larger buffer of a rank
 (all_gather's output, reduce_scatter's input), float32.
 
 The DDP row times one training step (forward, backward with DDP's gradient all_reduce
