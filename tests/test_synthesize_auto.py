@@ -56,6 +56,8 @@ def test_library_command_writes_verified_selectable_plans(tmp_path):
         "1K-16K",
         "--runtime",
         "msccl",
+        "--time-limit",  # every candidate's solve cut short: the library is what is tested
+        "2",
         "-o",
         str(out),
     )
