@@ -17,7 +17,7 @@ Every hypothesis test runs all its examples and then fails once, listing each di
 failure with the first input that showed it (no shrinking: the inputs are small already).
 
 Profiles: TACCL_FUZZ=ci (default; deterministic, about a minute on 2 cores) or
-TACCL_FUZZ=long (about 8x the examples, random unless --hypothesis-seed is given, plus milp
+TACCL_FUZZ=long (8x to 20x the examples, random unless --hypothesis-seed is given, plus milp
 runs of ten fuzzed sketches, plots of fuzzed plans, 20 MPI runs, 10 interrupt points). TACCL_FUZZ_LOG=FILE appends one JSON
 line per test (examples, CLI runs, seconds, failures).
 """
@@ -736,7 +736,7 @@ def test_fuzzed_topology_files():
     col = Collector("topology files")
     bases = fz.topology_bases()
 
-    @fuzz_settings(50, long=480)
+    @fuzz_settings(25, long=480)
     @given(
         case=fz.yaml_files(
             bases,
@@ -909,7 +909,7 @@ def test_fuzzed_plans():
     may only accept what verify accepts."""
     col = Collector("plans")
 
-    @fuzz_settings(100, long=960)
+    @fuzz_settings(50, long=960)
     @given(case=plan_files())
     def run(case):
         if col.stopped:
@@ -1295,7 +1295,7 @@ def test_fuzzed_option_values():
     line naming it."""
     col = Collector("option values")
 
-    @fuzz_settings(140, long=1280)
+    @fuzz_settings(70, long=1280)
     @given(case=option_cases())
     def run(case):
         if col.stopped:
@@ -1592,7 +1592,7 @@ def test_fuzzed_output_paths():
     written as asked (into streams, through links, keeping modes) or nothing at all."""
     col = Collector("output paths")
 
-    @fuzz_settings(70, long=640)
+    @fuzz_settings(35, long=640)
     @given(case=output_cases())
     def run(case):
         if col.stopped:
