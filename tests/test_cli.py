@@ -34,8 +34,17 @@ def assert_clean_error(result, *needles: str) -> None:
         assert needle in err, err
 
 
-@pytest.mark.parametrize("nodes", [1, 2])
-@pytest.mark.parametrize("topo", builtin_names())
+@pytest.mark.parametrize(
+    "topo, nodes",
+    [
+        pytest.param(topo, nodes, id=f"{topo}-{nodes}")
+        for nodes in (1, 2)
+        for topo in builtin_names()
+        # two DGX-2 nodes (32 ranks) cost as much as all the others together; the rooted
+        # test below still synthesizes rings on them
+        if (topo, nodes) != ("dgx2", 2)
+    ],
+)
 def test_ring_synthesizes_and_verifies_everywhere(tmp_path, topo, nodes):
     for kind in KINDS:
         out = tmp_path / f"{topo}-{kind}.xml"

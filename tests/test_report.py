@@ -20,8 +20,17 @@ from taccl_py.topology.loader import builtin_names, load_topology
 SIZES = [1 << 10, 1 << 20, 1 << 30]
 
 
-@pytest.mark.parametrize("nodes", [1, 2])
-@pytest.mark.parametrize("name", builtin_names())
+@pytest.mark.parametrize(
+    "name, nodes",
+    [
+        pytest.param(name, nodes, id=f"{name}-{nodes}")
+        for nodes in (1, 2)
+        for name in builtin_names()
+        # two DGX-2 nodes (32 ranks) cost as much as all the others together; their bounds
+        # are still checked by the rooted test below
+        if (name, nodes) != ("dgx2", 2)
+    ],
+)
 def test_no_plan_beats_its_lower_bound(name, nodes):
     topo = load_topology(name, nodes)
     for kind in KINDS:
