@@ -452,6 +452,7 @@ def run_ranks(mode: str, tmp_path, n: int = 4, timeout: float = 120, env_extra=N
         TACCL_CACHE_DIR=str(tmp_path / "cache"),
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         PYTHONWARNINGS="ignore",
+        TACCL_METHODS=",".join(FAST),  # as the in-process tests: no smt or tree candidates
         **(env_extra or {}),
     )
     init = tmp_path / "init"
