@@ -115,6 +115,10 @@ def flow_graph(topology: Topology) -> nx.DiGraph:
     def name(a: tuple[int, int | None]) -> str:
         return f"{a[0]}" if a[1] is None else f"{a[0]}:{a[1]}"
 
+    fab = topology.fabric
+    if fab is not None:
+        _add_fabric(g, topology, users)
+        return g
     for nic_name, nic in nics.items():
         a = group(nic)
         if not reach[a]:
@@ -132,6 +136,51 @@ def flow_graph(topology: Topology) -> nx.DiGraph:
         for b in reach[a]:
             g.add_edge(f"netout:{name(a)}", f"netin:{name(b)}", capacity=_INF, kind="network")
     return g
+
+
+def _add_fabric(g: nx.DiGraph, topology: Topology, users: dict[str, list[int]]) -> None:
+    """The network of a two-tier :class:`~taccl_py.topology.model.Fabric` in ``g``.
+
+    Each NIC's capacity is one edge each way (``nicout:N → tx:N``, ``rx:N → nicin:N``),
+    shared by both of its paths: inside its leaf, ``tx:N → netout:<node>:<leaf> →
+    netin:<other node>:<leaf> → rx:M``; between leaves, through its uplink share
+    ``tx:N → up:N → spineout:<leaf> → spinein:<other leaf> → down:M → rx:M``. Inside a
+    leaf traffic never goes up. (On a rail-optimized fabric the spine could carry data
+    between two rails of one node, which no connection does; that only weakens a bound.)
+    """
+    fab = topology.fabric
+    assert fab is not None
+    bw = topology.resource_bandwidth
+    by_name = {nic.name: nic for nic in topology.nics}
+    nics = [by_name[n] for n in sorted(users)]
+    leaves = sorted({fab.leaf(nic) for nic in nics})
+    members: dict[tuple[int, int], list] = defaultdict(list)  # (leaf, node) -> NICs
+    for nic in nics:
+        members[fab.leaf(nic), nic.node].append(nic)
+    for nic in nics:
+        n = nic.name
+        for r in users[n]:
+            g.add_edge(r, f"nicout:{n}", capacity=_INF, kind="pcie")
+            g.add_edge(f"nicin:{n}", r, capacity=_INF, kind="pcie")
+        g.add_edge(f"nicout:{n}", f"tx:{n}", capacity=bw[f"nicout:{n}"], kind="nic")
+        g.add_edge(f"rx:{n}", f"nicin:{n}", capacity=bw[f"nicin:{n}"], kind="nic")
+        here = f"{nic.node}:{fab.leaf(nic)}"
+        g.add_edge(f"tx:{n}", f"netout:{here}", capacity=_INF, kind="leaf")
+        g.add_edge(f"netin:{here}", f"rx:{n}", capacity=_INF, kind="leaf")
+        if len(leaves) > 1:
+            leaf = fab.leaf(nic)
+            g.add_edge(f"tx:{n}", f"up:{n}", capacity=_INF, kind="leaf")
+            g.add_edge(f"up:{n}", f"spineout:{leaf}", capacity=bw[f"up:{n}"], kind="uplink")
+            g.add_edge(f"spinein:{leaf}", f"down:{n}", capacity=bw[f"down:{n}"], kind="uplink")
+            g.add_edge(f"down:{n}", f"rx:{n}", capacity=_INF, kind="leaf")
+    for leaf, a in members:
+        for leaf_b, b in members:
+            if leaf_b == leaf and b != a:
+                g.add_edge(f"netout:{a}:{leaf}", f"netin:{b}:{leaf}", capacity=_INF, kind="leaf")
+    for leaf in leaves:
+        for other in leaves:
+            if other != leaf:
+                g.add_edge(f"spineout:{leaf}", f"spinein:{other}", capacity=_INF, kind="spine")
 
 
 # -- AllGather: exact cut bound by max-flow ----------------------------------------
@@ -200,12 +249,24 @@ def node_shift(topology: Topology, graph: nx.DiGraph) -> dict | None:
         return None
     undirected = graph.to_undirected(as_view=True)
 
+    def nearest(w: Hashable) -> set[int]:
+        """The ranks fewest hops from ``w`` (through non-rank vertices only)."""
+        seen, layer = {w}, [w]
+        while layer:
+            ranks = {x for y in layer for x in undirected[y] if isinstance(x, int)}
+            if ranks:
+                return ranks
+            layer = [x for y in layer for x in undirected[y] if x not in seen]
+            seen.update(layer)
+        return set()
+
     def key(w: Hashable, shift: int) -> tuple:
-        near = {(x + shift) % n for x in undirected[w] if isinstance(x, int)}
+        near = {x for x in undirected[w] if isinstance(x, int)}
         for y in undirected[w]:
             if not isinstance(y, int):
-                near.update((x + shift) % n for x in undirected[y] if isinstance(x, int))
-        return str(w).split(":")[0], frozenset(near)
+                near.update(x for x in undirected[y] if isinstance(x, int))
+        near = near or nearest(w)  # a fabric's uplinks and spine: further from the ranks
+        return str(w).split(":")[0], frozenset((x + shift) % n for x in near)
 
     others = [w for w in graph if not isinstance(w, int)]
     by_key = {key(w, 0): w for w in others}

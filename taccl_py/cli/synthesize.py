@@ -68,6 +68,21 @@ def _span(ctx, param, value):
 )
 @click.option("--nodes", "-n", default=1, show_default=True, type=_NODES)
 @click.option(
+    "--exclude",
+    "-x",
+    multiple=True,
+    metavar="PART",
+    help="a failed part to leave out (repeatable): nic:<name|index>@node<K>, "
+    "link:<a>-<b>@node<K>; the cluster must stay connected",
+)
+@click.option(
+    "--derate",
+    multiple=True,
+    metavar="PART=F",
+    help="a part that runs at a fraction F in (0, 1] of its bandwidth (repeatable), "
+    "e.g. nic:nic3@node2=0.5",
+)
+@click.option(
     "--collective",
     "-c",
     required=True,
@@ -198,12 +213,15 @@ def synthesize(**kw) -> None:
     """Synthesize a plan (or a plan library), verify it at the data level, write MSCCL XML
     and compare it with NCCL (a model of NCCL from its tuning code)."""
     from ..collectives import ROOTED_KINDS, Collective
+    from ..topology.failures import Faults, apply_faults
     from ..topology.loader import load_topology
 
     o = _SynthesizeArgs(**kw)
     if o.max_bytes and o.min_bytes and o.min_bytes > o.max_bytes:
         raise TacclError(f"--min-bytes {o.min_bytes} exceeds --max-bytes {o.max_bytes}")
-    topo = load_topology(o.topology_name, o.nodes)
+    topo = apply_faults(
+        load_topology(o.topology_name, o.nodes), Faults(tuple(o.exclude), tuple(o.derate))
+    )
     sketch = None
     if o.sketch_name is not None:
         if o.method not in ("milp", "auto"):
@@ -242,6 +260,8 @@ class _SynthesizeArgs:
 
     topology_name: str
     nodes: int
+    exclude: tuple[str, ...]
+    derate: tuple[str, ...]
     collective: str
     root: int | None
     method: str

@@ -26,25 +26,36 @@ def topology() -> None:
 
 @topology.command("list")
 def topology_list() -> None:
-    """List the built-in topologies."""
-    from ..topology.loader import builtin_names, load_topology
+    """List the built-in topologies: node types, then example clusters."""
+    from ..topology.loader import builtin_names, cluster_names, load_topology
 
     for name in builtin_names():
         topo = load_topology(name)
         click.echo(f"{name:<10} {topo.gpus_per_node:>3} GPUs/node  {topo.description}")
+    for name in cluster_names():
+        topo = load_topology(name)
+        click.echo(f"{name:<10} {topo.num_ranks:>3} GPUs ({topo.nodes} nodes)  {topo.description}")
 
 
 @topology.command("show")
 @click.argument("name")
 @click.option("--nodes", "-n", default=1, show_default=True, type=_NODES)
 @click.option("--png", "png", type=_OUTPUT, help="Also draw the topology to this PNG file.")
-def topology_show(name: str, nodes: int, png: Path | None) -> None:
-    """Describe a built-in topology or a YAML file."""
+@click.option("--exclude", "-x", multiple=True, metavar="PART", help="a failed part to leave out")
+@click.option(
+    "--derate", multiple=True, metavar="PART=F", help="a part at a fraction F of its bandwidth"
+)
+def topology_show(
+    name: str, nodes: int, png: Path | None, exclude: tuple[str, ...], derate: tuple[str, ...]
+) -> None:
+    """Describe a built-in topology or a YAML file (with --exclude/--derate: as it is
+    with those parts failed or slowed, as ``taccl synthesize`` takes them)."""
+    from ..topology.failures import Faults, apply_faults
     from ..topology.loader import describe, load_topology
     from ..util.fileio import check_outputs, write_outputs
 
     check_outputs([png])
-    topo = load_topology(name, nodes)
+    topo = apply_faults(load_topology(name, nodes), Faults(exclude, derate))
     if png:  # drawn and written first: a failure prints nothing on stdout
         from ..viz.topology import topology_png
 

@@ -8,7 +8,9 @@ transfer, and the *resources* it occupies, each with its own bandwidth:
 
 * ``link:a->b``     a point-to-point link (NVLink, xGMI, PCIe), per direction;
 * ``swout:a`` / ``swin:b``   the sender's out-port and the receiver's in-port of a switch;
-* ``nicout:N`` / ``nicin:N`` the NICs of sender and receiver (shared by their GPUs).
+* ``nicout:N`` / ``nicin:N`` the NICs of sender and receiver (shared by their GPUs);
+* ``up:N`` / ``down:N``  NIC N's share of its leaf's uplinks to the spine, on transfers
+  between leaves of a :class:`Fabric` (rail switches or leaf switches).
 
 A transfer of b bytes on a connection costs α + b / min(resource bandwidth).
 """
@@ -22,6 +24,48 @@ from ..errors import TopologyError
 
 FULL_BISECTION = "full-bisection"
 RAIL_ONLY = "rail-only"
+LEAF_SPINE = "leaf-spine"
+RAIL_OPTIMIZED = "rail-optimized"
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """A two-tier network: NICs on leaf switches joined by a spine.
+
+    ``leaf-spine``: the NICs of nodes ``k·nodes_per_leaf ..`` share leaf ``k``;
+    ``rail-optimized``: NIC ``i`` of every node is on rail switch ``i`` (a rail-only
+    network is one without a spine, :data:`RAIL_ONLY`). Inside a leaf the network is
+    non-blocking. Between leaves a NIC gets a fixed share of its leaf's uplinks, its
+    bandwidth ÷ ``oversubscription`` (or, with ``uplink`` bytes/s per leaf, its part of
+    that in proportion to its bandwidth): what ECMP gives each NIC when every NIC of the
+    leaf is busy, as in a collective.
+
+    >>> Fabric(LEAF_SPINE, nodes_per_leaf=4, oversubscription=2).label
+    'leaf-spine, 4 nodes per leaf, 2:1'
+    """
+
+    kind: str
+    nodes_per_leaf: int = 0
+    oversubscription: float = 1.0
+    uplink: float | None = None  # bytes/s per leaf and direction, instead of the ratio
+
+    def leaf(self, nic: Nic) -> int:
+        """The leaf (or rail) switch ``nic`` is on."""
+        return nic.rail if self.kind == RAIL_OPTIMIZED else nic.node // self.nodes_per_leaf
+
+    @property
+    def label(self) -> str:
+        where = (
+            f"{self.nodes_per_leaf} nodes per leaf"
+            if self.kind == LEAF_SPINE
+            else "rails joined by a spine"
+        )
+        ratio = (
+            f"uplinks {self.uplink / 1e9:g} GB/s per leaf"
+            if self.uplink is not None
+            else f"{self.oversubscription:g}:1"
+        )
+        return f"{self.kind}, {where}, {ratio}"
 
 
 @dataclass(frozen=True)
@@ -83,6 +127,10 @@ class Topology:
     network: str = FULL_BISECTION
     description: str = ""
     source: str = ""
+    fabric: Fabric | None = None
+    #: a cluster file's fixed node count and node types: its label is its name
+    cluster: bool = False
+    node_types: tuple[str, ...] = ()  # each node's type name (a cluster's groups)
     resource_bandwidth: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,7 +144,22 @@ class Topology:
         for nic in self.nics:
             bw[f"nicout:{nic.name}"] = nic.bandwidth
             bw[f"nicin:{nic.name}"] = nic.bandwidth
+        for name, share in self.uplink_shares().items():
+            bw[f"up:{name}"] = share
+            bw[f"down:{name}"] = share
         self.resource_bandwidth = bw
+
+    def uplink_shares(self) -> dict[str, float]:
+        """NIC name -> its share of its leaf's uplinks (bytes/s), with a :attr:`fabric`."""
+        fab = self.fabric
+        if fab is None:
+            return {}
+        if fab.uplink is None:
+            return {nic.name: nic.bandwidth / fab.oversubscription for nic in self.nics}
+        total: dict[int, float] = {}
+        for nic in self.nics:
+            total[fab.leaf(nic)] = total.get(fab.leaf(nic), 0.0) + nic.bandwidth
+        return {nic.name: fab.uplink * nic.bandwidth / total[fab.leaf(nic)] for nic in self.nics}
 
     @property
     def num_ranks(self) -> int:
@@ -104,7 +167,7 @@ class Topology:
 
     @property
     def label(self) -> str:
-        return self.name if self.nodes == 1 else f"{self.name}x{self.nodes}"
+        return self.name if self.nodes == 1 or self.cluster else f"{self.name}x{self.nodes}"
 
     def node_of(self, rank: int) -> int:
         return rank // self.gpus_per_node
@@ -152,22 +215,42 @@ class Topology:
                 for b in sw.ranks:
                     if a != b:
                         offer(Connection(a, b, sw.alpha, (f"swout:{a}", f"swin:{b}"), "switch"))
+        fab = self.fabric
         for a, nic_a in sorted(self._nic_by_rank.items()):
             for b, nic_b in sorted(self._nic_by_rank.items()):
                 if nic_a.node == nic_b.node:
                     continue
                 if self.network == RAIL_ONLY and nic_a.rail != nic_b.rail:
                     continue
-                offer(
-                    Connection(
-                        a,
-                        b,
-                        max(nic_a.alpha, nic_b.alpha),
-                        (f"nicout:{nic_a.name}", f"nicin:{nic_b.name}"),
-                        "network",
-                    )
-                )
+                res: tuple[str, ...] = (f"nicout:{nic_a.name}", f"nicin:{nic_b.name}")
+                if fab is not None and fab.leaf(nic_a) != fab.leaf(nic_b):
+                    res = (res[0], f"up:{nic_a.name}", f"down:{nic_b.name}", res[1])
+                offer(Connection(a, b, max(nic_a.alpha, nic_b.alpha), res, "network"))
         return dict(sorted(conns.items()))
+
+    @cached_property
+    def node_symmetric(self) -> bool:
+        """Whether moving every rank one node on (the last node to the first) keeps every
+        connection, its α and its bandwidth: identical, healthy nodes on a fabric that
+        treats them alike. The node-shift decomposition needs it.
+
+        >>> from taccl_py.topology.loader import load_topology
+        >>> load_topology("dgx-h100", 2).node_symmetric
+        True
+        """
+        if self.nodes < 2:
+            return False
+        g, n = self.gpus_per_node, self.num_ranks
+        conns = self.connections
+        for (s, d), c in conns.items():
+            image = conns.get(((s + g) % n, (d + g) % n))
+            if (
+                image is None
+                or image.alpha != c.alpha
+                or self.bandwidth(image) != self.bandwidth(c)
+            ):
+                return False
+        return True
 
     def connection(self, src: int, dst: int) -> Connection:
         try:

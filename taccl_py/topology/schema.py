@@ -86,6 +86,28 @@ _MEASURED = {
     },
 }
 
+#: the network between nodes: one switch, rails, or leaves joined by a spine
+FABRIC = {
+    "type": "object",
+    "required": ["kind"],
+    "additionalProperties": False,
+    "properties": {
+        "kind": {"enum": ["full-bisection", "rail-only", "rail-optimized", "leaf-spine"]},
+        "nodes_per_leaf": {"type": "integer", "minimum": 1, "maximum": MAX_RANKS},
+        "oversubscription": {"type": "number", "minimum": 1, "maximum": 1e3},
+        "uplink_bandwidth": _BANDWIDTH,
+        "spine": {"type": "boolean"},
+    },
+}
+_FABRIC_KEYS = ("nodes_per_leaf", "oversubscription", "uplink_bandwidth", "spine")
+#: the fields each fabric kind takes besides ``kind``
+FABRIC_FIELDS = {
+    "full-bisection": (),
+    "rail-only": (),
+    "rail-optimized": ("spine", "oversubscription"),
+    "leaf-spine": ("nodes_per_leaf", "oversubscription", "uplink_bandwidth"),
+}
+
 SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "taccl topology (one node)",
@@ -129,8 +151,40 @@ SCHEMA: dict = {
         "switches": _PORT_GROUPS,
         "nics": _PORT_GROUPS,
         "network": {"enum": ["full-bisection", "rail-only"]},
+        "fabric": FABRIC,
         "max_nodes": {"type": "integer", "minimum": 1, "maximum": MAX_RANKS},
         "measured": _MEASURED,
+    },
+}
+
+#: a cluster of node groups (each a built-in or a node file) on one fabric
+CLUSTER_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "taccl cluster (groups of nodes on a fabric)",
+    "type": "object",
+    "required": ["groups"],
+    "additionalProperties": False,
+    "properties": {
+        "name": SCHEMA["properties"]["name"],
+        "description": {"type": "string"},
+        "groups": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["node", "count"],
+                "additionalProperties": False,
+                "properties": {
+                    "node": {
+                        "type": "string",
+                        "minLength": 1,
+                        "x-message": "must be a built-in topology name or a node file's path",
+                    },
+                    "count": {"type": "integer", "minimum": 1, "maximum": MAX_RANKS},
+                },
+            },
+        },
+        "fabric": FABRIC,
     },
 }
 
@@ -163,6 +217,7 @@ def make_validator(schema: dict) -> Draft202012Validator:
 
 
 _VALIDATOR = make_validator(SCHEMA)
+_CLUSTER_VALIDATOR = make_validator(CLUSTER_SCHEMA)
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _TYPE_NAMES = {
     "integer": "an integer",
@@ -401,13 +456,42 @@ def topology_problems(doc: object, where: str) -> Problems:
     if not isinstance(doc, dict):
         problems.add([], f"must be a mapping of fields, got {_kind(doc)}")
         return problems
+    if "groups" in doc and "gpus_per_node" not in doc:
+        schema_problems(_CLUSTER_VALIDATOR, doc, problems)
+        _check_fabric(doc, problems)
+        return problems
     schema_problems(_VALIDATOR, doc, problems)
     if not problems.touch("gpus_per_node"):
         n = doc["gpus_per_node"]
         _check_links(doc, n, problems)
         _check_attached(doc, "switches", "switch", n, problems)
         _check_attached(doc, "nics", "nic", n, problems)
+    _check_fabric(doc, problems)
+    if "fabric" in doc and "network" in doc and not problems.touch("fabric"):
+        problems.add(["network"], "give either 'network' or 'fabric', not both")
     return problems
+
+
+def _check_fabric(doc: dict, problems: Problems) -> None:
+    """A fabric's fields fit its kind; a leaf-spine fabric says how many nodes per leaf."""
+    fab = doc.get("fabric")
+    if not isinstance(fab, dict) or problems.touch("fabric", "kind"):
+        return
+    kind = fab["kind"]
+    allowed = FABRIC_FIELDS[kind]
+    for key in sorted(fab):
+        if key != "kind" and key in _FABRIC_KEYS and key not in allowed:
+            problems.add(
+                ["fabric", key],
+                f"not a field of a {kind} fabric"
+                + (f" (its fields: {', '.join(allowed)})" if allowed else ""),
+            )
+    if kind == "leaf-spine" and "nodes_per_leaf" not in fab:
+        problems.add(["fabric", "nodes_per_leaf"], "required for a leaf-spine fabric")
+    if "oversubscription" in fab and "uplink_bandwidth" in fab:
+        problems.add(
+            ["fabric", "uplink_bandwidth"], "give either 'oversubscription' or this, not both"
+        )
 
 
 def check_document(doc: object, where: str, every: bool = False) -> None:

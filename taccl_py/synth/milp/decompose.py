@@ -35,6 +35,8 @@ from .routing import Edge, Routes, relaxed_makespan, route
 from .schedule import Schedule
 from .sketch import Sketch, default_sketch
 
+#: a network connection's resources on the receiving side (its NIC, its leaf's downlinks)
+_RECEIVING = ("nicin:", "down:")
 NETWORK_CHANNEL = 1  # network sends get a channel of their own: more peers per rank fit
 
 
@@ -227,8 +229,8 @@ class Decomposition:
             res = conn.resources
             if conn.kind == "network":  # the receiving NIC, renamed to its node-0 image
                 home = conns[(self.shift(u, -(v // g)), v % g)]
-                res = tuple(x for x in res if not x.startswith("nicin:")) + tuple(
-                    x for x in home.resources if x.startswith("nicin:")
+                res = tuple(x for x in res if not x.startswith(_RECEIVING)) + tuple(
+                    x for x in home.resources if x.startswith(_RECEIVING)
                 )
             out.append(
                 Send(

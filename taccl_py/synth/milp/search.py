@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 
 from ...collectives import ALLGATHER, ALLREDUCE, REDUCE, REDUCESCATTER, SCATTER, Collective
 from ...errors import SketchError, TacclError
@@ -33,6 +34,7 @@ from ...topology.model import Topology
 from ..checks import require_ranks
 from ..solvers import live_progress
 from .decompose import (
+    NETWORK_CHANNEL,
     Decomposition,
     bundle_sizes,
     decompose,
@@ -41,6 +43,7 @@ from .decompose import (
     node_trees,
     relays,
 )
+from .hetero import hetero_routes, hetero_rules, node_patterns, node_trees_for
 from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
 from .routing import (
     TREE_KINDS,
@@ -57,6 +60,10 @@ from .sketch import default_sketch
 
 MAX_BINARIES = 20000  # skip the routing MILP of a chunk-up with more route variables
 MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
+#: chunk-ups of the decomposition where nodes differ, and the most sends it orders (a
+#: whole cluster's: ~1 s per 16,000 sends and rule)
+HETERO_CHUNKUPS = (1, 2, 4)
+MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
 JUDGED = 3  # decomposed candidates judged (the best by schedule makespan)
@@ -159,16 +166,20 @@ def staged_algorithm(
     solved: Routes | None = None  # the last MILP routing, for the refined variants
     failure: TacclError | None = None
 
-    def consider(label: str, routes: Routes) -> None:
+    def consider(label: str, routes: Routes, rules: Callable | None = None) -> None:
+        """Order, schedule and judge ``routes`` under every priority rule (``rules``:
+        a function of the sends giving them, default :func:`priorities`)."""
         nonlocal best
         report(f"ordering ({label})", routes.makespan, routes.gap)
         sends = make_sends(topology, routes)
         scheds = []
-        for rule, prio, own in priorities(topology, sends, own_first):
+        merge = rules is None  # rules of their own: sends of whole clusters, unmerged
+        for rule, prio, own in (rules or priorities_of)(sends):
             try:
                 sched = schedule(
                     topology,
                     order(sends, own_data_first=own, prio=prio, deadline=deadline),
+                    merge,
                     deadline=deadline,
                 )
             except TimeUp:
@@ -178,7 +189,7 @@ def staged_algorithm(
             ranked = sorted(range(len(scheds)), key=lambda k: (scheds[k][1].makespan, k))
             scheds = [scheds[k] for k in sorted(ranked[:ROOTED_JUDGED])]
         for rule, sched in scheds:
-            alg = _algorithm(topology, sched, routes, size)
+            alg = _algorithm(topology, sched, routes, size, network_channel=not merge)
             alg.meta.update(variant=label, rule=rule)
             try:
                 score = judge(alg) if judge is not None else sched.makespan
@@ -192,8 +203,17 @@ def staged_algorithm(
                 break
         report(f"schedule ({label})", best.meta["score"] if best else None, routes.gap)
 
+    def priorities_of(sends: list) -> list:
+        return priorities(topology, sends, own_first)
+
     split = collective.kind == ALLGATHER and topology.nodes > 1
     whole = not split or _whole_model_fits(topology, collective, sketch)
+    if split and not topology.node_symmetric:  # nodes differ: no node-shift quotient
+        try:
+            _hetero_candidates(topology, collective, size, chunkups, consider, report, deadline)
+        except TacclError as exc:
+            failure = exc
+        split = False
     if split:
         try:
             best, scores = decomposed_algorithm(
@@ -272,13 +292,56 @@ def staged_algorithm(
     return best
 
 
+def _hetero_candidates(
+    topology: Topology,
+    collective: Collective,
+    size: int,
+    chunkups: tuple[int, ...],
+    consider: Callable[..., None],
+    report: Callable[..., None],
+    deadline: float,
+) -> None:
+    """:mod:`.hetero`'s AllGathers for every node-level pattern, at the chunk-ups
+    ``HETERO_CHUNKUPS`` (while the whole cluster's sends stay within
+    ``MAX_HETERO_SENDS`` and 60 % of the time is left), each ordered under
+    :func:`.hetero.hetero_rules`, scheduled and judged by ``consider``."""
+    began = time.monotonic()
+    report("routing (each kind of node)")
+    trees: dict[int, dict[int, list]] = {}
+    with _live(report, "routing (each kind of node)"):
+        for node in range(topology.nodes):
+            trees[node], _ = node_trees_for(
+                topology,
+                node,
+                collective.chunk_bytes(size),
+                time_limit=max(1.0, (deadline - time.monotonic()) * 0.2),
+            )
+    patterns = node_patterns(topology)
+    for factor in HETERO_CHUNKUPS:
+        coll = collective.with_chunkup(collective.chunkup * factor)
+        if factor > 1 and (
+            coll.num_chunks * (coll.num_ranks - 1) > MAX_HETERO_SENDS
+            or time.monotonic() - began > (deadline - began) * 0.4
+        ):
+            break
+        for name, pattern in patterns.items():
+            routes = hetero_routes(topology, coll, coll.chunk_bytes(size), trees, pattern)
+            consider(
+                f"nodes differ, chunk-up {coll.chunkup}, node pattern {name}",
+                routes,
+                lambda sends, coll=coll: hetero_rules(topology, coll, sends),
+            )
+            if time.monotonic() > deadline:
+                return
+
+
 def _greedy_candidates(
     topology: Topology,
     collective: Collective,
     size: int,
     chunkups: tuple[int, ...],
     rules,
-    consider: Callable[[str, Routes], None],
+    consider: Callable[..., None],
     deadline: float,
 ) -> dict[int, bool]:
     """Consider a rooted collective's greedy routings (:func:`.routing.greedy_routes`) at
@@ -576,7 +639,19 @@ def _reversed(
     return alg
 
 
-def _algorithm(topology: Topology, sched: Schedule, routes: Routes, size: int) -> Algorithm:
+def _algorithm(
+    topology: Topology, sched: Schedule, routes: Routes, size: int, network_channel: bool = False
+) -> Algorithm:
+    """The algorithm of a schedule; with ``network_channel``, network transfers on a
+    channel of their own (as the decomposition does: threadblocks then pair network peers
+    with network peers only, and more of them fit a rank)."""
+    transfers = sched.transfers()
+    if network_channel:
+        conns = topology.connections
+        transfers = [
+            replace(t, channel=NETWORK_CHANNEL) if conns[t.src, t.dst].kind == "network" else t
+            for t in transfers
+        ]
     meta = {
         "method": "milp",
         "size": size,
@@ -587,7 +662,7 @@ def _algorithm(topology: Topology, sched: Schedule, routes: Routes, size: int) -
         "gap": routes.gap,
         "merged": sum(len(g) > 1 for g in sched.groups),
     }
-    return Algorithm("milp", routes.collective, sched.transfers(), topology.label, size, meta)
+    return Algorithm("milp", routes.collective, transfers, topology.label, size, meta)
 
 
 def priorities(

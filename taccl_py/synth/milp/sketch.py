@@ -266,7 +266,15 @@ class _Resolver:
         if self.problems.found:
             return None
         base = [node * self.n for node in range(t.nodes)]
-        inter = frozenset((i + a, j + b) for i in base for j in base if i != j for a, b in pairs)
+        conns = t.connections  # nodes may differ (failed NICs, mixed): only real ones
+        inter = frozenset(
+            (i + a, j + b)
+            for i in base
+            for j in base
+            if i != j
+            for a, b in pairs
+            if (i + a, j + b) in conns
+        )
         rank_relays = {
             i + r: tuple(i + g for g in data) for i in base for r, data in sorted(relays.items())
         }
@@ -289,7 +297,7 @@ class _Resolver:
         if self.problems.above("inter_node"):
             return ()
         section = self.doc.get("inter_node", {})
-        has_nic = [g for g in range(self.n) if self.topo.nic_of(g) is not None]
+        has_nic = [g for g in range(self.n) if self.topo.nic_of(self.rep(g)) is not None]
         if "inter_node" in self.doc and not has_nic:
             self.problems.add(
                 ["inter_node"],
@@ -301,7 +309,10 @@ class _Resolver:
         spec = section.get("connections", "all")
         if spec == "all":
             return tuple(
-                (a, b) for a in has_nic for b in has_nic if _nic_pair_ok(self.topo, a, b) is None
+                (a, b)
+                for a in has_nic
+                for b in has_nic
+                if _nic_pair_ok(self.topo, self.rep(a), self.rep(b)) is None
             )
         if spec == "rail":
             return tuple((a, a) for a in has_nic)
@@ -310,7 +321,7 @@ class _Resolver:
         def connection(i: int, pair: list) -> None:
             here = ["inter_node", "connections", i]
             a, b = (self.gpu(here + [k], g) for k, g in enumerate(pair))
-            why = _nic_pair_ok(self.topo, a, b)
+            why = _nic_pair_ok(self.topo, self.rep(a), self.rep(b))
             if why is not None:
                 raise _Bad(here, f"GPU {a} -> remote GPU {b} has no NIC connection ({why})")
             if (a, b) in out:
@@ -354,13 +365,28 @@ class _Resolver:
     def default_relays(self, senders: list[int]) -> dict[int, tuple[int, ...]]:
         """Each sender carries its NIC's GPUs' data; data of GPUs without a NIC goes
         with any sender."""
-        orphans = [g for g in range(self.n) if self.topo.nic_of(g) is None]
+        t = self.topo
+        orphans = [
+            g
+            for g in range(self.n)
+            if any(t.nic_of(node * self.n + g) is None for node in range(t.nodes))
+        ]
         out: dict[int, tuple[int, ...]] = {}
         for r in senders:
-            nic = self.topo.nic_of(r)
+            nic = t.nic_of(self.rep(r))
             assert nic is not None  # senders come from GPUs with a NIC (see connections)
-            out[r] = tuple(sorted({*nic.ranks, *orphans}))
+            local = {g - nic.node * self.n for g in nic.ranks}
+            out[r] = tuple(sorted(local | set(orphans)))
         return out
+
+    def rep(self, gpu: int) -> int:
+        """The first rank of local GPU ``gpu`` that has a NIC (nodes may differ: a failed
+        NIC), else node 0's."""
+        t = self.topo
+        for node in range(t.nodes):
+            if t.nic_of(node * self.n + gpu) is not None:
+                return node * self.n + gpu
+        return gpu
 
     def check_reachable(self, pairs, relays) -> None:
         if not pairs:

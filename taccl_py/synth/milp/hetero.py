@@ -1,0 +1,340 @@
+"""Decomposed AllGather where nodes differ: mixed node types, failed or derated parts, and
+fabrics that do not treat every node alike (leaf/spine).
+
+No symmetry is assumed. Each *kind* of node (its links and switches, local ids) gets its
+intra-node out-trees from the routing MILP once (:func:`node_trees_for`, cached: a node
+kind solved before, e.g. by the healthy run, is not solved again). Every chunk then
+crosses the network along a node-level tree (:func:`node_patterns`: every node directly,
+or, on a leaf/spine fabric, once per other leaf and on inside it), and each of its network
+hops gets its sending and receiving GPU by a greedy min-max balance of the NICs and uplink
+shares (:func:`assign`): a GPU whose NIC is gone has its data carried by the others, in
+equal parts. The routes of every chunk are then ordered and scheduled on the whole cluster.
+
+>>> from taccl_py.topology.loader import load_topology
+>>> from taccl_py.topology.failures import Faults, apply_faults
+>>> topo = apply_faults(load_topology("dgx-h100", 2), Faults(exclude=("nic:nic0@node1",)))
+>>> sorted(node_patterns(topo))
+['direct']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from ...collectives import ALLGATHER, Collective
+from ...errors import TacclError
+from ...topology.graph import distances
+from ...topology.model import LEAF_SPINE, Topology
+from .ordering import Send, remaining
+from .routing import Edge, Routes, relaxed_makespan, route
+from .sketch import default_sketch
+
+CACHE_ENV = "TACCL_CACHE_DIR"
+#: a node-level tree per source node: (from node, to node) hops, parents first
+Pattern = dict[int, list[tuple[int, int]]]
+
+
+def node_ranks(topology: Topology, node: int) -> range:
+    g = topology.gpus_per_node
+    return range(node * g, (node + 1) * g)
+
+
+def local_topology(topology: Topology, node: int) -> Topology:
+    """Node ``node`` alone, its ranks renumbered 0.. (links and switches; no NICs)."""
+    base = node * topology.gpus_per_node
+    return replace(
+        topology,
+        name=f"{topology.name}-node{node}",
+        nodes=1,
+        cluster=False,
+        fabric=None,
+        node_types=(),
+        links=tuple(
+            replace(lk, src=lk.src - base, dst=lk.dst - base)
+            for lk in topology.links
+            if topology.node_of(lk.src) == node
+        ),
+        switches=tuple(
+            replace(sw, node=0, ranks=tuple(r - base for r in sw.ranks))
+            for sw in topology.switches
+            if sw.node == node
+        ),
+        nics=(),
+    )
+
+
+def _signature(node: Topology) -> str:
+    """What a node's intra-node routing depends on: its links and switches."""
+    parts = [("link", lk.src, lk.dst, lk.bandwidth, lk.alpha) for lk in node.links] + [
+        ("switch", sw.ranks, sw.bandwidth, sw.alpha) for sw in node.switches
+    ]
+    return repr((node.gpus_per_node, sorted(parts, key=repr)))
+
+
+def cache_dir() -> Path:
+    """Where solved node routings are kept: ``$TACCL_CACHE_DIR/routes``, default
+    ``~/.cache/taccl_py/routes``."""
+    base = os.environ.get(CACHE_ENV)
+    if base:
+        return Path(base) / "routes"
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "taccl_py" / "routes"
+
+
+_MEMO: dict[str, dict[int, list[Edge]]] = {}
+
+
+def node_trees_for(
+    topology: Topology, node: int, chunk_bytes: float, *, time_limit: float
+) -> tuple[dict[int, list[Edge]], bool]:
+    """Local GPU -> its out-tree inside node ``node`` (local ids), and whether it came
+    from an optimal MILP solution (or the cache, which keeps only those).
+
+    Every GPU fans out ``nodes`` chunks per source, as in :func:`.decompose.node_trees`.
+    An optimal solution is kept in memory and on disk (:func:`cache_dir`), keyed by the
+    node's links and switches and the chunk size, so the next run with the same node
+    kind (healthy or with other nodes' parts failed) starts from it.
+    """
+    node_topo = local_topology(topology, node)
+    g = topology.gpus_per_node
+    if g == 1:
+        return {0: []}, True
+    size = chunk_bytes * topology.nodes
+    key = hashlib.sha256(f"{_signature(node_topo)}|{size:.6g}".encode()).hexdigest()[:32]
+    if key in _MEMO:
+        return _MEMO[key], True
+    path = cache_dir() / f"{key}.json"
+    try:
+        data = json.loads(path.read_text())
+        trees = {int(k): [(int(u), int(v)) for u, v in es] for k, es in data.items()}
+        if sorted(trees) == list(range(g)):
+            _MEMO[key] = trees
+            return trees, True
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # no entry, or a damaged one: solve again
+    routes = route(
+        node_topo,
+        Collective(ALLGATHER, g),
+        size,
+        time_limit=time_limit,
+        sketch=default_sketch(node_topo),
+    )
+    trees = {k: routes.edges[k] for k in range(g)}
+    if routes.optimal:
+        _MEMO[key] = trees
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({str(k): v for k, v in trees.items()}))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: the cache is an optimization only
+    return trees, routes.optimal
+
+
+def node_patterns(topology: Topology) -> dict[str, Pattern]:
+    """The node-level trees tried, by name: ``direct`` (every node from the source's);
+    on a leaf/spine fabric with several leaves also ``leaves`` (every node of the
+    source's leaf directly; one node of each other leaf, rotating with the source, which
+    forwards inside its leaf), so each chunk crosses the spine once per leaf."""
+    n = topology.nodes
+    out = {"direct": {a: [(a, b) for b in range(n) if b != a] for a in range(n)}}
+    fab = topology.fabric
+    if fab is None or fab.kind != LEAF_SPINE:
+        return out
+    leaves: dict[int, list[int]] = defaultdict(list)
+    for node in range(n):
+        leaves[node // fab.nodes_per_leaf].append(node)
+    if len(leaves) < 2:
+        return out
+    pattern: Pattern = {}
+    for a in range(n):
+        mine = a // fab.nodes_per_leaf
+        hops = [(a, b) for b in leaves[mine] if b != a]
+        for leaf, members in sorted(leaves.items()):
+            if leaf == mine:
+                continue
+            entry = members[a % len(members)]
+            hops.append((a, entry))
+            hops += [(entry, b) for b in members if b != entry]
+        pattern[a] = hops
+    out["leaves"] = pattern
+    return out
+
+
+def assign(
+    topology: Topology,
+    collective: Collective,
+    chunk_bytes: float,
+    trees: dict[int, dict[int, list[Edge]]],
+    pattern: Pattern,
+) -> dict[int, list[Edge]]:
+    """Every chunk's route: its source's tree in its node, a network hop per node-level
+    hop of ``pattern``, and the receiving GPU's tree in each node it enters.
+
+    ``trees`` is node -> local GPU -> out-tree (local ids). A hop from node ``x`` to ``y``
+    is sent, where it can be, by the GPU the chunk entered ``x`` by (its source on its
+    own node) to the same local GPU of ``y`` (its rail peer): on healthy identical nodes
+    that is every hop. The other hops are placed afterwards, each on the sending and
+    receiving GPUs whose connection's busiest resource (NICs, uplink shares) ends least
+    loaded, then whose resources do in all, then on the same local GPU at both ends,
+    then the lowest ids: a GPU whose NIC is gone has its data carried by the others in
+    equal parts, to the GPUs that receive least.
+    """
+    g = topology.gpus_per_node
+    conns = topology.connections
+    bw = topology.resource_bandwidth
+    nic_ranks = {
+        x: [r for r in node_ranks(topology, x) if topology.nic_of(r)] for x in range(topology.nodes)
+    }
+    load: dict[str, float] = defaultdict(float)
+
+    def take(r: int, q: int) -> None:
+        for res in conns[(r, q)].resources:
+            load[res] += chunk_bytes / bw[res]
+
+    # pass 1: the natural hops; a hop's sender is known once the hop into its node is
+    # placed, so chunks walk their patterns and leave the other hops for pass 2
+    placed: dict[tuple[int, int, int], tuple[int, int]] = {}  # (chunk, x, y) -> (r, q)
+    for c in range(collective.num_chunks):
+        s = collective.precondition(c)[0]
+        entry = {topology.node_of(s): s}
+        for x, y in pattern[topology.node_of(s)]:
+            r = entry.get(x)
+            q = None if r is None else y * g + r % g
+            if r is None or q is None or (r, q) not in conns:
+                continue
+            placed[c, x, y] = (r, q)
+            entry[y] = q
+            take(r, q)
+    out: dict[int, list[Edge]] = {}
+    block: dict[tuple[int, int, int, int], tuple[int, int]] = {}  # a block's pass-2 hops
+    for c in range(collective.num_chunks):
+        s = collective.precondition(c)[0]
+        a = topology.node_of(s)
+        edges = _tree(trees, g, a, s - a * g)
+        entry = {a: s}
+        for x, y in pattern[a]:
+            if (c, x, y) in placed and placed[c, x, y][0] == entry[x]:
+                r, q = placed[c, x, y]
+            else:
+                if (c, x, y) in placed:  # its sender moved in pass 2: place it again
+                    r, q = placed.pop((c, x, y))
+                    for res in conns[(r, q)].resources:
+                        load[res] -= chunk_bytes / bw[res]
+                # a block's chunks share their hops, so each placed hop is one peer pair
+                # for the whole block (which the round-robin order keeps free of clashes)
+                here = (s, entry[x], x, y)
+                if here not in block:
+                    block[here] = _least_loaded(
+                        topology, nic_ranks[x], nic_ranks[y], entry[x], load, chunk_bytes
+                    )
+                r, q = block[here]
+                take(r, q)
+            edges.append((r, q))
+            edges += _tree(trees, g, y, q - y * g)
+            entry[y] = q
+        out[c] = _tree_edges(edges, s)
+    return out
+
+
+def _tree(trees: dict[int, dict[int, list[Edge]]], g: int, node: int, local: int) -> list[Edge]:
+    base = node * g
+    return [(base + u, base + v) for u, v in trees[node][local]]
+
+
+def _least_loaded(
+    topology: Topology,
+    senders: list[int],
+    receivers: list[int],
+    held: int,
+    load: dict[str, float],
+    chunk_bytes: float,
+) -> tuple[int, int]:
+    """The (sender, receiver) whose connection's busiest resource ends least loaded, then
+    whose resources end least loaded in all."""
+    g = topology.gpus_per_node
+    conns, bw = topology.connections, topology.resource_bandwidth
+    best = None
+    for r in senders:
+        for q in receivers:
+            conn = conns.get((r, q))
+            if conn is None:
+                continue
+            after = [load[res] + chunk_bytes / bw[res] for res in conn.resources]
+            key = (max(after), sum(after), r != held, (q - r) % g != 0, r, q)
+            if best is None or key < best[0]:
+                best = (key, r, q)
+    if best is None:
+        x, y = topology.node_of(held), topology.node_of(receivers[0]) if receivers else -1
+        raise TacclError(f"{topology.label}: no network connection from node {x} to node {y}")
+    return best[1], best[2]
+
+
+def _tree_edges(edges: list[Edge], src: int) -> list[Edge]:
+    """``edges`` less those into a rank already reached (a relay's intra-node tree
+    reaches GPUs the source's tree already did only on the source's node), sorted."""
+    reached = {src}
+    keep = []
+    for u, v in edges:
+        if v not in reached:
+            reached.add(v)
+            keep.append((u, v))
+    depth = distances(keep, src)
+    assert len(depth) == len(reached)
+    return sorted(keep)
+
+
+def hetero_routes(
+    topology: Topology,
+    collective: Collective,
+    chunk_bytes: float,
+    trees: dict[int, dict[int, list[Edge]]],
+    pattern: Pattern,
+) -> Routes:
+    """:func:`assign`'s routes as :class:`.routing.Routes` (not from a MILP)."""
+    edges = assign(topology, collective, chunk_bytes, trees, pattern)
+    return Routes(
+        collective,
+        chunk_bytes,
+        edges,
+        relaxed_makespan(topology, collective, chunk_bytes, edges),
+        None,
+        False,
+        0.0,
+        0,
+    )
+
+
+def hetero_rules(
+    topology: Topology, collective: Collective, sends: list[Send]
+) -> list[tuple[str, list[float], bool]]:
+    """Priority rules for a whole cluster's sends (name, priority per send, own data
+    first): ``rounds`` and ``critical path``.
+
+    ``rounds``: node ``a`` sends its GPUs' own data to node ``a + 1``, then ``a + 2``, ...
+    (chunk by chunk), a round-robin in which every NIC sends to and receives from one
+    peer at a time; the hops placed to carry a lost NIC's share go last. Sends inside a
+    node go by critical path.
+    """
+    g, n, c = topology.gpus_per_node, topology.nodes, collective.chunkup
+    rest = remaining(sends)
+    rounds = []
+    for i, s in enumerate(sends):
+        if topology.connections[s.src, s.dst].kind != "network":
+            rounds.append(rest[i])
+            continue
+        src = collective.precondition(s.chunk)[0]
+        natural = s.src == src and (s.dst - s.src) % g == 0
+        offset = (s.dst // g - src // g) % n if natural else n
+        rounds.append(-float(offset * c + s.chunk % c))
+    return [
+        ("rounds", rounds, False),
+        ("critical path", rest, False),
+        ("first ready", [0.0] * len(sends), False),
+    ]

@@ -1,0 +1,331 @@
+"""Fabrics (leaf/spine, rail-optimized), mixed clusters, failed and derated parts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from taccl_py.analysis.bounds import flow_graph, lower_bound
+from taccl_py.analysis.nccl_model import nccl_best
+from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
+from taccl_py.cli import main
+from taccl_py.collectives import ALLGATHER, ALLREDUCE, Collective
+from taccl_py.errors import TopologyError
+from taccl_py.synth.methods import SynthOptions
+from taccl_py.topology.failures import Faults, apply_faults
+from taccl_py.topology.loader import cluster_names, describe, load_topology
+
+GIB = 1 << 30
+
+#: a small node: 4 GPUs on a switch, a NIC each (rails), so clusters stay quick to solve
+NODE = """
+name: quad
+gpus_per_node: 4
+switches:
+  - {name: sw, gpus: all, bandwidth: 200, alpha: 0.5}
+nics:
+  - {gpus: [0], bandwidth: 25, alpha: 2.0}
+  - {gpus: [1], bandwidth: 25, alpha: 2.0}
+  - {gpus: [2], bandwidth: 25, alpha: 2.0}
+  - {gpus: [3], bandwidth: 25, alpha: 2.0}
+"""
+#: the same node with two NICs of twice the speed
+NODE2 = """
+name: quad2
+gpus_per_node: 4
+switches:
+  - {name: sw, gpus: all, bandwidth: 200, alpha: 0.5}
+nics:
+  - {gpus: [0, 1], bandwidth: 50, alpha: 2.0}
+  - {gpus: [2, 3], bandwidth: 50, alpha: 2.0}
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _cluster(tmp_path: Path, fabric: str, groups: str = "[{node: quad.yaml, count: 4}]") -> Path:
+    _write(tmp_path, "quad.yaml", NODE)
+    _write(tmp_path, "quad2.yaml", NODE2)
+    return _write(tmp_path, "c.yaml", f"name: c\ngroups: {groups}\nfabric: {fabric}\n")
+
+
+# -- the file format ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fabric,message",
+    [
+        ("{kind: leaf-spine}", "fabric.nodes_per_leaf: required for a leaf-spine fabric"),
+        ("{kind: leaf-spine, nodes_per_leaf: 2, spine: true}", "fabric.spine: not a field of"),
+        (
+            "{kind: leaf-spine, nodes_per_leaf: 2, oversubscription: 2, uplink_bandwidth: 50}",
+            "fabric.uplink_bandwidth: give either",
+        ),
+        ("{kind: leaf-spine, nodes_per_leaf: 2, oversubscription: 0.5}", "must be >= 1"),
+        ("{kind: mesh}", "fabric.kind: must be one of"),
+        ("{kind: rail-optimized, nodes_per_leaf: 2}", "fabric.nodes_per_leaf: not a field"),
+    ],
+)
+def test_fabric_errors_name_the_field(tmp_path, fabric, message):
+    path = _cluster(tmp_path, fabric)
+    with pytest.raises(TopologyError) as exc:
+        load_topology(path)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_cluster_errors_are_one_line(tmp_path):
+    _write(tmp_path, "quad.yaml", NODE)
+    cases = {
+        "groups: [{node: quad.yaml, count: 2}, {node: dgx-h100, count: 1}]": "same number of GPUs",
+        "groups: [{node: nowhere, count: 2}]": "unknown node type 'nowhere'",
+        "groups: [{node: dgx1, count: 2}, {node: dgx1, count: 0}]": "groups[1].count: must be >= 1",
+        "groups: []": "groups: must not be empty",
+    }
+    for body, message in cases.items():
+        path = _write(tmp_path, "bad.yaml", body + "\n")
+        with pytest.raises(TopologyError) as exc:
+            load_topology(path)
+        assert message in str(exc.value) and "\n" not in str(exc.value), body
+    good = _cluster(tmp_path, "{kind: full-bisection}")
+    with pytest.raises(TopologyError, match="a cluster of 4 nodes"):
+        load_topology(good, 3)
+    assert load_topology(good, 4).nodes == load_topology(good).nodes == 4
+
+
+def test_network_and_fabric_together_are_refused(tmp_path):
+    path = _write(tmp_path, "n.yaml", NODE + "network: rail-only\nfabric: {kind: full-bisection}\n")
+    with pytest.raises(TopologyError, match="network: give either"):
+        load_topology(path)
+
+
+@pytest.mark.parametrize("name", cluster_names())
+def test_builtin_clusters_load_and_describe(name):
+    topo = load_topology(name)
+    assert topo.cluster and topo.label == name and topo.nodes == 8
+    text = describe(topo)
+    assert "network:" in text and f"ranks: {topo.num_ranks}" in text
+    if topo.fabric is not None:
+        assert topo.fabric.label in text
+
+
+def test_mixed_cluster_keeps_each_groups_numbers(tmp_path):
+    topo = load_topology(_cluster(tmp_path, "{kind: full-bisection}", MIXED))
+    assert topo.node_types == ("quad", "quad", "quad2", "quad2")
+    assert [len([n for n in topo.nics if n.node == k]) for k in range(4)] == [4, 4, 2, 2]
+    assert topo.nic_of(8).bandwidth == 50e9 and topo.nic_of(0).bandwidth == 25e9
+    assert not topo.node_symmetric
+
+
+MIXED = "[{node: quad.yaml, count: 2}, {node: quad2.yaml, count: 2}]"
+
+
+# -- resources and bounds ------------------------------------------------------------
+
+
+def test_cross_leaf_connections_use_uplink_shares(tmp_path):
+    topo = load_topology(
+        _cluster(tmp_path, "{kind: leaf-spine, nodes_per_leaf: 2, oversubscription: 2}")
+    )
+    same, cross = topo.connection(0, 4), topo.connection(0, 8)
+    assert not any(r.startswith(("up:", "down:")) for r in same.resources)
+    assert {"up:n0.nic0", "down:n2.nic0"} <= set(cross.resources)
+    assert topo.bandwidth(same) == 25e9 and topo.bandwidth(cross) == 12.5e9
+
+
+def test_rail_optimized_spine_carries_only_cross_rail_traffic(tmp_path):
+    topo = load_topology(_cluster(tmp_path, "{kind: rail-optimized, oversubscription: 4}"))
+    assert topo.bandwidth(topo.connection(0, 4)) == 25e9  # rail 0 to rail 0
+    assert topo.bandwidth(topo.connection(0, 5)) == 25e9 / 4  # rail 0 to rail 1
+    no_spine = load_topology(_cluster(tmp_path, "{kind: rail-optimized, spine: false}"))
+    assert (0, 5) not in no_spine.connections and (0, 4) in no_spine.connections
+
+
+@pytest.mark.parametrize("kind", ["allgather", "alltoall"])
+def test_halving_the_spine_doubles_the_inter_node_bound(tmp_path, kind):
+    """One node per leaf: every byte between nodes crosses the spine."""
+    times = []
+    for ratio in (1, 2, 4):
+        path = _cluster(
+            tmp_path, f"{{kind: leaf-spine, nodes_per_leaf: 1, oversubscription: {ratio}}}"
+        )
+        times.append(lower_bound(load_topology(path), kind, GIB).time)
+    assert times[1] == pytest.approx(2 * times[0], rel=1e-9)
+    assert times[2] == pytest.approx(4 * times[0], rel=1e-9)
+
+
+def test_uplink_bandwidth_is_the_leafs_total(tmp_path):
+    ratio = _cluster(tmp_path, "{kind: leaf-spine, nodes_per_leaf: 1, oversubscription: 2}")
+    a = lower_bound(load_topology(ratio), ALLGATHER, GIB).time
+    total = _cluster(tmp_path, "{kind: leaf-spine, nodes_per_leaf: 1, uplink_bandwidth: 50}")
+    assert lower_bound(load_topology(total), ALLGATHER, GIB).time == pytest.approx(a)
+
+
+def test_relaying_inside_a_leaf_avoids_the_spine(tmp_path):
+    """Two leaves of two nodes: AllGather crosses the spine once per leaf, so a 2:1
+    spine does not bind, while AllToAll (no relaying helps) pays for it."""
+    flat = load_topology(_cluster(tmp_path, "{kind: full-bisection}"))
+    leafy = load_topology(
+        _cluster(tmp_path, "{kind: leaf-spine, nodes_per_leaf: 2, oversubscription: 2}")
+    )
+    assert lower_bound(leafy, ALLGATHER, GIB).time == pytest.approx(
+        lower_bound(flat, ALLGATHER, GIB).time
+    )
+    assert lower_bound(leafy, "alltoall", GIB).time > lower_bound(flat, "alltoall", GIB).time
+    graph = flow_graph(leafy)
+    assert graph["up:n0.nic0"]["spineout:0"]["capacity"] == 12.5e9
+
+
+# -- synthesis --------------------------------------------------------------------
+
+
+FABRICS = {
+    "leaf-spine 2:1": "{kind: leaf-spine, nodes_per_leaf: 2, oversubscription: 2}",
+    "leaf-spine 4:1, a node per leaf": (
+        "{kind: leaf-spine, nodes_per_leaf: 1, oversubscription: 4}"
+    ),
+    "rail-optimized": "{kind: rail-optimized, oversubscription: 4}",
+    "rail-only": "{kind: rail-optimized, spine: false}",
+    "mixed": "{kind: full-bisection}",
+}
+
+
+@pytest.mark.parametrize("kind", [ALLGATHER, ALLREDUCE])
+@pytest.mark.parametrize("fabric", sorted(FABRICS))
+def test_fabrics_synthesize_verified_plans_no_slower_than_nccl(tmp_path, fabric, kind):
+    groups = MIXED if fabric == "mixed" else "[{node: quad.yaml, count: 4}]"
+    topo = load_topology(_cluster(tmp_path, FABRICS[fabric], groups))
+    coll = Collective(kind, topo.num_ranks)
+    result = build_plan(topo, coll, "milp", synth=SynthOptions(time_limit=3, size=GIB))
+    assert result.report.ranks == topo.num_ranks and result.report.sends > 0
+    ours = simulate(result.plan, topo, GIB).call_time
+    nccl = nccl_best(topo, kind, GIB).time
+    assert ours <= nccl * (1 + 1e-9)
+    bound = lower_bound(topo, kind, GIB).time
+    assert ours >= bound * (1 - 1e-9)
+
+
+def test_mixed_nodes_use_the_decomposition_without_symmetry(tmp_path):
+    topo = load_topology(_cluster(tmp_path, "{kind: full-bisection}", MIXED))
+    result = build_plan(
+        topo, Collective(ALLGATHER, topo.num_ranks), "milp", synth=SynthOptions(time_limit=6)
+    )
+    assert result.report.ranks == topo.num_ranks and result.report.sends > 0
+    tried = result.algorithm.meta.get("tried", {})
+    assert any(label.startswith("nodes differ") for label in tried)
+
+
+# -- failures ---------------------------------------------------------------------
+
+
+def test_excluding_a_nic_reroutes_its_gpus_data(tmp_path):
+    topo = load_topology("dgx-h100", 2)
+    hurt = apply_faults(topo, Faults(exclude=("nic:nic0@node1",)))
+    assert hurt.nic_of(8) is None and not hurt.node_symmetric
+    assert all(8 not in pair for pair, c in hurt.connections.items() if c.kind == "network")
+    assert lower_bound(hurt, ALLGATHER, GIB).time > lower_bound(topo, ALLGATHER, GIB).time
+    result = build_plan(
+        hurt,
+        Collective(ALLGATHER, hurt.num_ranks),
+        "milp",
+        synth=SynthOptions(time_limit=6, size=GIB),
+    )
+    assert result.report.ranks == hurt.num_ranks and result.report.sends > 0
+    ours = simulate(result.plan, hurt, GIB).time
+    assert ours >= lower_bound(hurt, ALLGATHER, GIB).time
+    assert ours <= nccl_best(hurt, ALLGATHER, GIB).time
+
+
+def test_derating_scales_the_part():
+    topo = load_topology("dgx1")
+    slow = apply_faults(topo, Faults(derate=("link:0-1@node0=0.25",)))
+    assert slow.bandwidth(slow.connection(0, 1)) == topo.bandwidth(topo.connection(0, 1)) / 4
+    assert slow.bandwidth(slow.connection(1, 0)) == topo.bandwidth(topo.connection(1, 0)) / 4
+    gone = apply_faults(topo, Faults(exclude=("link:0-1@node0",)))
+    assert (0, 1) not in gone.connections and (1, 0) not in gone.connections
+    nic = apply_faults(load_topology("dgx-a100", 2), Faults(derate=("nic:3@node1=0.5",)))
+    assert nic.nic_of(11).bandwidth == 12.5e9
+
+
+@pytest.mark.parametrize(
+    "exclude,derate,message",
+    [
+        (["nic:nic0@node1"], [], "disconnects the cluster"),  # ndv2: one NIC per node
+        (["nic:nic9@node0"], [], "has no NIC nic9"),
+        (["link:0-1@node5"], [], "not node 5"),
+        (["gpu:3@node0"], [], "changes the rank count"),
+        (["wire:1@node0"], [], "not a part name"),
+        ([], ["nic:nic0@node0"], "needs =<fraction>"),
+        ([], ["nic:nic0@node0=1.5"], "needs =<fraction>"),
+        (["nic:nic0@node0=0.5"], [], "for --derate only"),
+        (["nic:0@node0", "nic:nic0@node0"], [], "the same part as nic:0@node0"),
+    ],
+)
+def test_bad_faults_are_one_line_errors(exclude, derate, message):
+    args = ["synthesize", "-t", "ndv2", "-n", "2", "-c", "allgather", "-m", "ring"]
+    for part in exclude:
+        args += ["--exclude", part]
+    for part in derate:
+        args += ["--derate", part]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_switch_pairs_have_no_link_to_exclude():
+    with pytest.raises(TopologyError, match="talk through switch nvswitch"):
+        apply_faults(load_topology("dgx-h100"), Faults(exclude=("link:0-1@node0",)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.text(alphabet="nicklgpu:@=-.0123456789abx", max_size=24),
+    st.booleans(),
+)
+def test_any_part_text_applies_or_fails_in_one_line(text, derate):
+    topo = load_topology("dgx1", 2)
+    faults = Faults(derate=(text,)) if derate else Faults(exclude=(text,))
+    try:
+        out = apply_faults(topo, faults)
+    except TopologyError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    else:
+        assert out.num_ranks == topo.num_ranks
+        assert all(math.isfinite(b) and b > 0 for b in out.resource_bandwidth.values())
+
+
+def test_cli_synthesizes_with_an_excluded_nic(tmp_path):
+    res = CliRunner().invoke(
+        main,
+        [
+            "synthesize",
+            "-t",
+            "dgx-h100",
+            "-n",
+            "2",
+            "-c",
+            "allgather",
+            "-m",
+            "milp",
+            "--size",
+            "1G",
+            "--time-limit",
+            "5",
+            "--exclude",
+            "nic:nic3@node0",
+            "-o",
+            str(tmp_path / "p.xml"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "verified" in res.output and (tmp_path / "p.xml").exists()
+    assert "nic_nic3_node0" in res.output
