@@ -444,12 +444,14 @@ def test_plans_from_directory_run(tmp_path):
         assert "direct" in name
 
 
-def run_ranks(mode: str, tmp_path, n: int = 4, timeout: float = 120, env_extra=None):
+def run_ranks(mode: str, tmp_path, cache, n: int = 4, timeout: float = 120, env_extra=None):
     """Start ``n`` worker processes; return the exit codes and outputs of those that are
-    expected to end (all of them, or all but rank n-1 when it dies or stalls)."""
+    expected to end (all of them, or all but rank n-1 when it dies or stalls). ``cache``:
+    the module's plan cache (the in-process tests' libraries of the same methods, loaded
+    from disk, or built here)."""
     env = dict(
         os.environ,
-        TACCL_CACHE_DIR=str(tmp_path / "cache"),
+        TACCL_CACHE_DIR=str(cache / "cache"),
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         PYTHONWARNINGS="ignore",
         TACCL_METHODS=",".join(FAST),  # as the in-process tests: no smt or tree candidates
@@ -476,18 +478,20 @@ def run_ranks(mode: str, tmp_path, n: int = 4, timeout: float = 120, env_extra=N
     return [p.returncode for p in watched], outs
 
 
-def test_four_processes_every_collective_and_ddp(tmp_path):
-    codes, outs = run_ranks("all", tmp_path)
+def test_four_processes_every_collective_and_ddp(tmp_path, shared_cache):
+    codes, outs = run_ranks("all", tmp_path, shared_cache)
     assert codes == [0, 0, 0, 0], "\n".join(outs)
     for r, out in enumerate(outs):
         assert f"rank {r} ok" in out
 
 
 @pytest.mark.parametrize("mode", ["die", "stall"])
-def test_dead_or_silent_rank_fails_cleanly(tmp_path, mode):
+def test_dead_or_silent_rank_fails_cleanly(tmp_path, shared_cache, mode):
     """Rank 3 exits (or never sends): the others raise an error naming a step and a peer,
     within the group's 4 s timeout, instead of hanging."""
-    codes, outs = run_ranks(mode, tmp_path, timeout=60, env_extra={"TACCL_TEST_TIMEOUT": "4"})
+    codes, outs = run_ranks(
+        mode, tmp_path, shared_cache, timeout=60, env_extra={"TACCL_TEST_TIMEOUT": "4"}
+    )
     assert codes == [1, 1, 1], "\n".join(outs)
     joined = "\n".join(outs)
     for r, out in enumerate(outs):
