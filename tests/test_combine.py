@@ -302,8 +302,9 @@ def test_every_builtin_reduces_correctly(name, nodes):
     DGX-2): verified and real sums."""
     topo = load_topology(name, nodes)
     for kind in ("reducescatter", "allreduce"):
-        # room to build the routing model of 32 ranks on a loaded CI machine
-        limit = 2 if topo.num_ranks <= 8 else 4 if topo.num_ranks <= 16 else 10
+        # room to build the routing model of 16 ranks on a loaded CI machine (4 s finds the
+        # same plans as 3 s on every 16-rank built-in)
+        limit = 2 if topo.num_ranks <= 8 else 3 if topo.num_ranks <= 16 else 10
         alg = staged_algorithm(
             topo, Collective(kind, topo.num_ranks), size=1 << 20, time_limit=limit
         )
