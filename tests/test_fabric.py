@@ -329,3 +329,57 @@ def test_cli_synthesizes_with_an_excluded_nic(tmp_path):
     assert res.exit_code == 0, res.output
     assert "verified" in res.output and (tmp_path / "p.xml").exists()
     assert "nic_nic3_node0" in res.output
+
+
+def test_symmetric_core_keeps_what_every_node_has(tmp_path):
+    from taccl_py.topology.core import symmetric_core
+
+    hurt = apply_faults(load_topology("dgx-h100", 4), Faults(exclude=("nic:nic2@node3",)))
+    core = symmetric_core(hurt)
+    assert core is not None and core.node_symmetric
+    assert all(core.nic_of(node * 8 + 2) is None for node in range(4))
+    assert set(core.connections) <= set(hurt.connections)
+    assert lower_bound(core, ALLGATHER, GIB).time == pytest.approx(
+        lower_bound(hurt, ALLGATHER, GIB).time
+    )
+    _write(tmp_path, "fast.yaml", NODE.replace("quad", "fast").replace("25", "50"))
+    groups = "[{node: quad.yaml, count: 2}, {node: fast.yaml, count: 2}]"
+    slow = symmetric_core(load_topology(_cluster(tmp_path, "{kind: full-bisection}", groups)))
+    assert slow is not None and {n.bandwidth for n in slow.nics} == {25e9}
+    # no NIC in common (one per GPU vs one per pair): no core that reaches other nodes
+    assert (
+        symmetric_core(load_topology(_cluster(tmp_path, "{kind: full-bisection}", MIXED))) is None
+    )
+    assert symmetric_core(load_topology(_cluster(tmp_path, FABRICS["leaf-spine 2:1"]))) is None
+
+
+def test_spread_relays_split_a_nicless_gpus_data_over_every_nic():
+    from taccl_py.synth.milp.decompose import node_trees, relays, spread_relays
+    from taccl_py.synth.milp.sketch import default_sketch
+    from taccl_py.topology.core import symmetric_core
+
+    core = symmetric_core(
+        apply_faults(load_topology("dgx-h100", 2), Faults(exclude=("nic:nic0@node0",)))
+    )
+    sketch = default_sketch(core)
+    trees, _ = node_trees(core, GIB / 16, time_limit=5)
+    carriers = relays(core, sketch, trees)
+    spread = spread_relays(core, sketch, trees, carriers)
+    assert spread is not None and sorted(r for r, _ in spread[0]) == list(range(1, 8))
+    assert all(spread[k] == [carriers[k]] for k in range(1, 8))
+
+
+def test_senders_only_order_lets_the_first_ready_sender_in():
+    from taccl_py.synth.milp.ordering import Send, order
+
+    # two senders into one receiving NIC; priority prefers the later-ready one
+    sends = [
+        Send(0, 0, 2, None, ("nicout:a", "nicin:c"), 1.0, 0.0),
+        Send(1, 1, 2, None, ("wait:b",), 0.5, 0.0),
+        Send(1, 1, 2, 1, ("nicout:b", "nicin:c"), 1.0, 0.0),
+    ]
+    prio = [0.0, 0.0, 5.0]
+    plain = order(sends, prio=prio)
+    fair = order(sends, prio=prio, senders_only=True)
+    assert fair.sequence["nicin:c"] == [0, 2]  # sender a was ready at 0, b at 0.5
+    assert plain.makespan >= fair.makespan

@@ -108,6 +108,31 @@ def relays(
     return out
 
 
+def spread_relays(
+    topology: Topology,
+    sketch: Sketch,
+    trees: dict[int, list[Edge]],
+    carriers: dict[int, tuple[int, int]],
+) -> dict[int, list[tuple[int, int]]] | None:
+    """``carriers`` with the data of each GPU that cannot send its own across (no NIC)
+    spread over every relay the sketch allows for it, one chunk each in turn, so that
+    its share of the network is carried by several NICs at once rather than adding to one
+    (one relay per GPU is how :func:`relays` places it). None if every GPU carries its
+    own data."""
+    g = topology.gpus_per_node
+    out: dict[int, list[tuple[int, int]]] = {k: [c] for k, c in carriers.items()}
+    spread = False
+    for k in range(g):
+        if carriers[k][0] == k:
+            continue
+        depth = distances(trees[k], k)
+        allowed = sorted(r for r in range(g) if k in sketch.relays.get(r, ()) and r in depth)
+        if len(allowed) > 1:
+            out[k] = [(r, _receiver(topology, sketch, r)) for r in allowed]
+            spread = True
+    return out if spread else None
+
+
 def nic_relays(
     topology: Topology,
     sketch: Sketch,
@@ -323,24 +348,32 @@ def decompose(
     collective: Collective,
     chunk_bytes: float,
     trees: dict[int, list[Edge]],
-    carriers: dict[int, tuple[int, int]],
+    carriers: dict,
     fanout: int,
     bundles: tuple[int, ...] = (),
 ) -> Decomposition:
     """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
-    (``carriers``, see :func:`relays`) and a node-level tree of ``fanout``; a network hop
-    into node ``o`` carries ``bundles[o - 1]`` chunks of a source at once (default 1)."""
+    (``carriers``, see :func:`relays`; a list of them per source: one per chunk in turn,
+    see :func:`spread_relays`) and a node-level tree of ``fanout``; a network hop into
+    node ``o`` carries ``bundles[o - 1]`` chunks of a source at once (default 1: which
+    spread carriers need, as a bundle's chunks share one route)."""
     if collective.kind != ALLGATHER or topology.nodes < 2:
         raise TacclError("decomposition is for AllGather over several nodes")
     g, n = topology.gpus_per_node, topology.nodes
     pattern = [((o - 1) // fanout, o) for o in range(1, n)]
     routes = {}
     for k in range(g):
-        r, q = carriers[k]
-        edges = list(trees[k])
-        for po, o in pattern:
-            edges.append((po * g + r, o * g + q))
-            edges += [(o * g + u, o * g + v) for u, v in trees[q]]
+        options = _options(carriers[k])
         for j in range(collective.chunkup):
+            r, q = options[j % len(options)]
+            edges = list(trees[k])
+            for po, o in pattern:
+                edges.append((po * g + r, o * g + q))
+                edges += [(o * g + u, o * g + v) for u, v in trees[q]]
             routes[k * collective.chunkup + j] = sorted(edges)
     return Decomposition(topology, collective, chunk_bytes, fanout, routes, bundles)
+
+
+def _options(carrier) -> list[tuple[int, int]]:
+    """A source's (relay, receiver) choices: one pair, or a list taken chunk by chunk."""
+    return carrier if isinstance(carrier, list) else [carrier]

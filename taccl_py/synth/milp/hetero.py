@@ -313,14 +313,14 @@ def hetero_routes(
 
 def hetero_rules(
     topology: Topology, collective: Collective, sends: list[Send]
-) -> list[tuple[str, list[float], bool]]:
+) -> list[tuple[str, list[float], bool, bool]]:
     """Priority rules for a whole cluster's sends (name, priority per send, own data
-    first): ``rounds`` and ``critical path``.
+    first, senders only: see :func:`.ordering.order`): ``rounds`` and ``critical path``.
 
     ``rounds``: node ``a`` sends its GPUs' own data to node ``a + 1``, then ``a + 2``, ...
     (chunk by chunk), a round-robin in which every NIC sends to and receives from one
-    peer at a time; the hops placed to carry a lost NIC's share go last. Sends inside a
-    node go by critical path.
+    peer at a time; the hops placed to carry a lost NIC's share go last; receiving NICs
+    take the first ready, as the runtime does. Sends inside a node go by critical path.
     """
     g, n, c = topology.gpus_per_node, topology.nodes, collective.chunkup
     rest = remaining(sends)
@@ -333,8 +333,4 @@ def hetero_rules(
         natural = s.src == src and (s.dst - s.src) % g == 0
         offset = (s.dst // g - src // g) % n if natural else n
         rounds.append(-float(offset * c + s.chunk % c))
-    return [
-        ("rounds", rounds, False),
-        ("critical path", rest, False),
-        ("first ready", [0.0] * len(sends), False),
-    ]
+    return [("rounds", rounds, False, True), ("critical path", rest, False, False)]

@@ -113,6 +113,7 @@ def order(
     own_data_first: bool = False,
     prio: list | None = None,
     deadline: float | None = None,
+    senders_only: bool = False,
 ) -> Order:
     """List-schedule ``sends``: critical path first, each at its earliest feasible time.
 
@@ -121,6 +122,11 @@ def order(
     With ``own_data_first`` (a sketch hint), among competing sends a rank's own chunks
     (sends from the chunk's source) go before the chunks it relays, then critical path.
     Raises TimeUp once ``time.monotonic()`` passes ``deadline``.
+
+    With ``senders_only``, priorities only order each sender's own sends: among the
+    senders competing for a resource (a receiving NIC), the one whose send is ready first
+    goes first, as a runtime arbitrates them (no plan can order two GPUs' sends into one
+    NIC).
     """
     prio = remaining(sends) if prio is None else prio
     children = defaultdict(list)
@@ -167,9 +173,13 @@ def order(
                 break
             heapq.heappop(finishes)
         rivals = {i for r in sends[a].resources for i in waiting[r] if est[i] < finish}
-        pick = max(
-            rivals, key=lambda i: (own_data_first and sends[i].pred is None, prio[i], -est[i], -i)
-        )
+        if senders_only:
+            pick = _first_ready_sender(sends, rivals, prio, est)
+        else:
+            pick = max(
+                rivals,
+                key=lambda i: (own_data_first and sends[i].pred is None, prio[i], -est[i], -i),
+            )
         s = sends[pick]
         t = start[pick] = est.pop(pick)
         del ready[pick]
@@ -187,3 +197,13 @@ def order(
             ready[j] = t + s.dur + s.alpha
             arrive(j)
     return Order(sends, dict(sequence), start)
+
+
+def _first_ready_sender(sends: list[Send], rivals: set[int], prio, est: dict) -> int:
+    """Each sender's highest-priority rival, then the first ready of those."""
+    best: dict[int, tuple[tuple, int]] = {}
+    for i in rivals:
+        key = (prio[i], -est[i], -i)
+        if sends[i].src not in best or key > best[sends[i].src][0]:
+            best[sends[i].src] = (key, i)
+    return min((est[i], -prio[i], i) for _, i in best.values())[2]

@@ -30,6 +30,7 @@ from dataclasses import replace
 from ...collectives import ALLGATHER, ALLREDUCE, REDUCE, REDUCESCATTER, SCATTER, Collective
 from ...errors import SketchError, TacclError
 from ...ir.algorithm import Algorithm
+from ...topology.core import symmetric_core
 from ...topology.model import Topology
 from ..checks import require_ranks
 from ..solvers import live_progress
@@ -42,6 +43,7 @@ from .decompose import (
     nic_relays,
     node_trees,
     relays,
+    spread_relays,
 )
 from .hetero import hetero_routes, hetero_rules, node_patterns, node_trees_for
 from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
@@ -62,7 +64,9 @@ MAX_BINARIES = 20000  # skip the routing MILP of a chunk-up with more route vari
 MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
 #: chunk-ups of the decomposition where nodes differ, and the most sends it orders (a
 #: whole cluster's: ~1 s per 16,000 sends and rule)
-HETERO_CHUNKUPS = (1, 2, 4)
+HETERO_CHUNKUPS = (2, 4, 6)
+CORE_SHARE = 0.3  # of the time, for the decomposition of what every node has
+SPREAD = ", a NIC-less GPU's data over every relay"
 MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
@@ -174,11 +178,17 @@ def staged_algorithm(
         sends = make_sends(topology, routes)
         scheds = []
         merge = rules is None  # rules of their own: sends of whole clusters, unmerged
-        for rule, prio, own in (rules or priorities_of)(sends):
+        for rule, prio, own, *senders_only in (rules or priorities_of)(sends):
             try:
                 sched = schedule(
                     topology,
-                    order(sends, own_data_first=own, prio=prio, deadline=deadline),
+                    order(
+                        sends,
+                        own_data_first=own,
+                        prio=prio,
+                        deadline=deadline,
+                        senders_only=bool(senders_only and senders_only[0]),
+                    ),
                     merge,
                     deadline=deadline,
                 )
@@ -209,10 +219,19 @@ def staged_algorithm(
     split = collective.kind == ALLGATHER and topology.nodes > 1
     whole = not split or _whole_model_fits(topology, collective, sketch)
     if split and not topology.node_symmetric:  # nodes differ: no node-shift quotient
+        core = symmetric_core(topology)
+        if core is not None:  # what every node has: the quotient decomposition applies
+            try:
+                best, scores = _core_decomposition(
+                    topology, core, collective, size, judge, report, began + time_limit * CORE_SHARE
+                )
+                tried.update(scores)
+            except TacclError as exc:
+                failure = exc
         try:
             _hetero_candidates(topology, collective, size, chunkups, consider, report, deadline)
         except TacclError as exc:
-            failure = exc
+            failure = failure or exc
         split = False
     if split:
         try:
@@ -290,6 +309,38 @@ def staged_algorithm(
         )
     best.meta.update(solve_time=time.monotonic() - began, tried=tried)
     return best
+
+
+def _core_decomposition(
+    topology: Topology,
+    core: Topology,
+    collective: Collective,
+    size: int,
+    judge: Callable[[Algorithm], float] | None,
+    report: Callable[..., None],
+    deadline: float,
+) -> tuple[Algorithm | None, dict[str, float]]:
+    """The node-shift decomposition of ``topology``'s symmetric core (every connection of
+    which ``topology`` has, at least as fast), its candidates judged on ``topology``."""
+
+    def mine(alg: Algorithm) -> Algorithm:
+        alg.topology = topology.label
+        alg.meta["variant"] = f"{alg.meta.get('variant')}, on what every node has"
+        return alg
+
+    best, scores = decomposed_algorithm(
+        core,
+        collective,
+        size=size,
+        sketch=default_sketch(core),
+        time_limit=max(1.0, deadline - time.monotonic()),
+        judge=None if judge is None else (lambda a: judge(mine(a))),
+        report=report,
+        deadline=deadline,
+    )
+    return (None if best is None else mine(best)), {
+        f"{label}, on what every node has": v for label, v in scores.items()
+    }
 
 
 def _hetero_candidates(
@@ -427,7 +478,10 @@ def decomposed_algorithm(
         )
     carriers = relays(topology, sketch, trees)
     shared = nic_relays(topology, sketch, trees, carriers)
-    variants = [("", carriers)] + ([(", one relay per NIC", shared)] if shared else [])
+    spread = spread_relays(topology, sketch, trees, carriers)
+    variants: list[tuple[str, dict]] = [("", carriers)]
+    variants += [(", one relay per NIC", shared)] if shared else []
+    variants += [(SPREAD, spread)] if spread else []
     # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
     # are most likely the same plan; a shared NIC is shared first-ready by the runtime
     exact = all(len(nic.ranks) == 1 for nic in topology.nics)
@@ -436,6 +490,8 @@ def decomposed_algorithm(
     factors = sorted(sketch.chunkup)
     if dense:
         factors = [*range(1, factors[-1] + 1), 2 * factors[-1]]
+    spread_ways = {len(v) for v in (spread or {}).values() if len(v) > 1}
+    factors = sorted({*factors, *spread_ways})  # chunk-ups that split such data evenly
     patterns = {name: fanouts(topology.nodes) for name, _ in variants}
 
     def busy() -> bool:
@@ -449,6 +505,7 @@ def decomposed_algorithm(
             transfers > MAX_TRANSFERS
             or dense
             and factor > max(sketch.chunkup)
+            and factor not in spread_ways
             and transfers > MAX_SENDS
         ):
             continue
@@ -471,7 +528,9 @@ def decomposed_algorithm(
                     trees,
                     carry,
                     fanout,
-                    bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size), trees, carry),
+                    ()
+                    if name == SPREAD
+                    else bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size), trees, carry),
                 )
                 label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{name}"
                 report(f"ordering ({label})")
