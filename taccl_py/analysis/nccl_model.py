@@ -399,6 +399,8 @@ def nccl_formula_time(
 
 _PLANS: OrderedDict[tuple, Plan | None] = OrderedDict()
 _PLAN_CACHE_SIZE = 64
+#: steps per threadblock a model plan may have (an MSCCL loader's most children of an element)
+_MODEL_MAX_STEPS = 1024
 
 
 def _fingerprint(topology: Topology) -> tuple:
@@ -436,10 +438,17 @@ def nccl_plan(
         _PLANS.move_to_end(key)
     else:
         collective = Collective(kind, topology.num_ranks, root=root)
-        try:
-            plan = build_plan(topology, collective, PLAN_METHODS[algorithm]).plan
-        except TacclError:
-            plan = None
+        plan = None
+        # NCCL runs its own kernels: the plan only has to be timed, so where an MSCCL
+        # runtime's steps per threadblock are too few for it, it is lowered for the most
+        for lowering in (LowerOptions(), LowerOptions(max_steps=_MODEL_MAX_STEPS)):
+            try:
+                plan = build_plan(
+                    topology, collective, PLAN_METHODS[algorithm], lower=lowering
+                ).plan
+                break
+            except TacclError:
+                continue
         _PLANS[key] = plan
         if len(_PLANS) > _PLAN_CACHE_SIZE:
             _PLANS.popitem(last=False)

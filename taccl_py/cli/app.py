@@ -115,6 +115,36 @@ _OUTPUT = click.Path()
 MAX_TIME_LIMIT = 7 * 24 * 3600.0
 #: --nodes: one node per rank at most (see :data:`~taccl_py.topology.loader.MAX_RANKS`)
 _NODES = click.IntRange(1, MAX_RANKS)
+
+
+def fault_options(fn):
+    """``--exclude`` and ``--derate``: failed and slow parts of the topology (see
+    :mod:`taccl_py.topology.failures`), for every command that takes ``--topology``."""
+    fn = click.option(
+        "--derate",
+        multiple=True,
+        metavar="PART=F",
+        help="a part that runs at a fraction F in (0, 1] of its bandwidth (repeatable), "
+        "e.g. nic:nic3@node2=0.5",
+    )(fn)
+    return click.option(
+        "--exclude",
+        "-x",
+        multiple=True,
+        metavar="PART",
+        help="a failed part to leave out (repeatable): nic:<name|index>@node<K>, "
+        "link:<a>-<b>@node<K>; the cluster must stay connected",
+    )(fn)
+
+
+def load_cluster(name: str, nodes: int, exclude=(), derate=()):
+    """``load_topology`` with the ``--exclude``/``--derate`` parts applied."""
+    from ..topology.failures import Faults, apply_faults
+    from ..topology.loader import load_topology
+
+    return apply_faults(load_topology(name, nodes), Faults(tuple(exclude), tuple(derate)))
+
+
 #: most chunks per block (the MSCCL runtime counts at most 72 chunks per step)
 MAX_CHUNKUP = 64
 #: most SMT steps or rounds tried (z3 is practical far below this)

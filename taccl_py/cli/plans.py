@@ -17,7 +17,17 @@ if TYPE_CHECKING:
     pass
 
 
-from .app import _MAX_STEPS, _NODES, _OUTPUT, _RUNTIME, _size, _sizes, main
+from .app import (
+    _MAX_STEPS,
+    _NODES,
+    _OUTPUT,
+    _RUNTIME,
+    _size,
+    _sizes,
+    fault_options,
+    load_cluster,
+    main,
+)
 
 
 # -- verify ----------------------------------------------------------------------
@@ -108,20 +118,21 @@ _SIM_OPTIONS = [
 
 
 def _sim_options(fn):
+    fn = fault_options(fn)
     for opt in reversed(_SIM_OPTIONS):
         fn = opt(fn)
     return fn
 
 
-def _load_plan_and_topology(plan_path: Path, topology_name: str, nodes: int):
-    """The plan (verified: an invalid plan is refused with the verifier's reason) and topology."""
+def _load_plan_and_topology(plan_path: Path, topology_name: str, nodes: int, exclude=(), derate=()):
+    """The plan (verified: an invalid plan is refused with the verifier's reason) and
+    topology (with its ``--exclude``/``--derate`` parts)."""
     from ..plan.verify import verify
     from ..plan.xml import parse_plan
-    from ..topology.loader import load_topology
 
     plan = parse_plan(plan_path)
     verify(plan)
-    topo = load_topology(topology_name, nodes)
+    topo = load_cluster(topology_name, nodes, exclude, derate)
     if plan.ngpus != topo.num_ranks:
         raise TacclError(
             f"{plan_path} is for {plan.ngpus} ranks but {topo.label} has "
@@ -134,11 +145,11 @@ def _load_plan_and_topology(plan_path: Path, topology_name: str, nodes: int):
 @_sim_options
 @click.option("--sizes", default="1K,1M,64M,1G", show_default=True, callback=_sizes)
 @click.option("--json", "as_json", is_flag=True, help="print JSON rows instead of a table")
-def simulate(plan_path, topology_name, nodes, sizes, as_json) -> None:
+def simulate(plan_path, topology_name, nodes, exclude, derate, sizes, as_json) -> None:
     """Simulate a plan: time, algbw, lower bound, % of bound, NCCL ring, speed-up."""
     from ..analysis.report import evaluate, format_table, to_json
 
-    plan, topo = _load_plan_and_topology(plan_path, topology_name, nodes)
+    plan, topo = _load_plan_and_topology(plan_path, topology_name, nodes, exclude, derate)
     rows = evaluate(plan, topo, sizes)
     click.echo(to_json(rows) if as_json else format_table(rows))
 
@@ -153,7 +164,9 @@ def simulate(plan_path, topology_name, nodes, sizes, as_json) -> None:
 @click.option(
     "--size", default="1M", show_default=True, callback=_size, help="buffer size for the timeline"
 )
-def plot(plan_path, topology_name, nodes, sizes, algbw_png, timeline_png, size) -> None:
+def plot(
+    plan_path, topology_name, nodes, exclude, derate, sizes, algbw_png, timeline_png, size
+) -> None:
     """Draw PNG plots of a plan's simulated performance."""
     from ..analysis.report import evaluate
     from ..analysis.simulate import simulate as run_sim
@@ -164,7 +177,7 @@ def plot(plan_path, topology_name, nodes, sizes, algbw_png, timeline_png, size) 
     if not (algbw_png or timeline_png):
         raise TacclError("nothing to draw: give --algbw FILE and/or --timeline FILE")
     check_outputs([algbw_png, timeline_png])
-    plan, topo = _load_plan_and_topology(plan_path, topology_name, nodes)
+    plan, topo = _load_plan_and_topology(plan_path, topology_name, nodes, exclude, derate)
     outputs = []
     if algbw_png:
         outputs.append((algbw_png, draw_algbw(evaluate(plan, topo, sizes), plan)))

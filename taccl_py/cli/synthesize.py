@@ -30,6 +30,8 @@ from .app import (
     _order,
     _size,
     _size_or_zero,
+    fault_options,
+    load_cluster,
     main,
 )
 
@@ -67,21 +69,7 @@ def _span(ctx, param, value):
     help="built-in name (see `taccl topology list`) or a YAML file",
 )
 @click.option("--nodes", "-n", default=1, show_default=True, type=_NODES)
-@click.option(
-    "--exclude",
-    "-x",
-    multiple=True,
-    metavar="PART",
-    help="a failed part to leave out (repeatable): nic:<name|index>@node<K>, "
-    "link:<a>-<b>@node<K>; the cluster must stay connected",
-)
-@click.option(
-    "--derate",
-    multiple=True,
-    metavar="PART=F",
-    help="a part that runs at a fraction F in (0, 1] of its bandwidth (repeatable), "
-    "e.g. nic:nic3@node2=0.5",
-)
+@fault_options
 @click.option(
     "--collective",
     "-c",
@@ -213,15 +201,11 @@ def synthesize(**kw) -> None:
     """Synthesize a plan (or a plan library), verify it at the data level, write MSCCL XML
     and compare it with NCCL (a model of NCCL from its tuning code)."""
     from ..collectives import ROOTED_KINDS, Collective
-    from ..topology.failures import Faults, apply_faults
-    from ..topology.loader import load_topology
 
     o = _SynthesizeArgs(**kw)
     if o.max_bytes and o.min_bytes and o.min_bytes > o.max_bytes:
         raise TacclError(f"--min-bytes {o.min_bytes} exceeds --max-bytes {o.max_bytes}")
-    topo = apply_faults(
-        load_topology(o.topology_name, o.nodes), Faults(tuple(o.exclude), tuple(o.derate))
-    )
+    topo = load_cluster(o.topology_name, o.nodes, o.exclude, o.derate)
     sketch = None
     if o.sketch_name is not None:
         if o.method not in ("milp", "auto"):

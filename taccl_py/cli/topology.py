@@ -15,7 +15,17 @@ if TYPE_CHECKING:
     pass
 
 
-from .app import _NODES, _OUTPUT, MAX_BANDWIDTH_GBS, MIN_IMPORT_GBS, _Finite, _Group, main
+from .app import (
+    _NODES,
+    _OUTPUT,
+    MAX_BANDWIDTH_GBS,
+    MIN_IMPORT_GBS,
+    _Finite,
+    _Group,
+    fault_options,
+    load_cluster,
+    main,
+)
 
 
 # -- topology -----------------------------------------------------------------
@@ -41,21 +51,17 @@ def topology_list() -> None:
 @click.argument("name")
 @click.option("--nodes", "-n", default=1, show_default=True, type=_NODES)
 @click.option("--png", "png", type=_OUTPUT, help="Also draw the topology to this PNG file.")
-@click.option("--exclude", "-x", multiple=True, metavar="PART", help="a failed part to leave out")
-@click.option(
-    "--derate", multiple=True, metavar="PART=F", help="a part at a fraction F of its bandwidth"
-)
+@fault_options
 def topology_show(
     name: str, nodes: int, png: Path | None, exclude: tuple[str, ...], derate: tuple[str, ...]
 ) -> None:
     """Describe a built-in topology or a YAML file (with --exclude/--derate: as it is
     with those parts failed or slowed, as ``taccl synthesize`` takes them)."""
-    from ..topology.failures import Faults, apply_faults
-    from ..topology.loader import describe, load_topology
+    from ..topology.loader import describe
     from ..util.fileio import check_outputs, write_outputs
 
     check_outputs([png])
-    topo = apply_faults(load_topology(name, nodes), Faults(exclude, derate))
+    topo = load_cluster(name, nodes, exclude, derate)
     if png:  # drawn and written first: a failure prints nothing on stdout
         from ..viz.topology import topology_png
 

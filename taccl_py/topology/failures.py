@@ -122,12 +122,17 @@ def _check_connected(topology: Topology, parts: list[_Part]) -> None:
     comps = sorted(nx.strongly_connected_components(graph), key=lambda c: (len(c), min(c)))
     cut = sorted(comps[0])
     g = topology.gpus_per_node
-    who = ", ".join(f"{r} (node {r // g}, GPU {r % g})" for r in cut[:4])
-    more = f" and {len(cut) - 4} more" if len(cut) > 4 else ""
+    nodes = sorted({r // g for r in cut})
+    if len(cut) == len(nodes) * g:
+        who = f"node{'s' if len(nodes) > 1 else ''} {', '.join(map(str, nodes[:8]))}"
+    else:
+        who = f"rank{'s' if len(cut) > 1 else ''} " + ", ".join(
+            f"{r} (node {r // g}, GPU {r % g})" for r in cut[:4]
+        )
+    more = f" and {len(cut) - 4} more" if len(cut) > 4 and not who.startswith("node") else ""
     raise TopologyError(
         f"{topology.label}: excluding {', '.join(p.text for p in parts)} disconnects the "
-        f"cluster: rank{'s' if len(cut) > 1 else ''} {who}{more} can no longer reach "
-        "every other rank"
+        f"cluster: {who}{more} can no longer reach the others (or be reached)"
     )
 
 
@@ -164,10 +169,15 @@ def apply_faults(topology: Topology, faults: Faults) -> Topology:
                 pool.pop(i)
             else:
                 pool[i] = replace(t, bandwidth=t.bandwidth * part.factor)
+    types = list(topology.node_types or (topology.name,) * topology.nodes)
+    for part in parts:
+        what = "out" if part.factor is None else f"at {part.factor:g}"
+        types[part.node] += f", {part.text.split('@')[0].split('=')[0]} {what}"
     out = replace(
         topology,
         name=f"{topology.label}-{faults.label}",
         cluster=True,
+        node_types=tuple(types),
         links=tuple(links),
         nics=tuple(nics),
         description=(topology.description + f" (faults: {faults.label})").strip(),

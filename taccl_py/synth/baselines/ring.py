@@ -498,8 +498,11 @@ def find_rings(topology: Topology) -> list[list[int]]:
     simulator queues a switch transfer until both of its ports are free, which mixed
     directions turn into needless waits). So on 2 × DGX-A100 the 8 rings enter and leave
     each node on 8 different NICs. NCCL then duplicates the channels, which only splits
-    the data finer (``--instances`` does that). Where no channel set fits (or the nodes
-    differ) the single :func:`find_ring` is used.
+    the data finer (``--instances`` does that). Where nodes differ (mixed types, failed
+    NICs), the channels are those of what every node has
+    (:func:`~taccl_py.topology.core.symmetric_core`), as NCCL's ranks agree on the
+    channels every node can run. Where no channel set fits the single :func:`find_ring`
+    is used.
 
     >>> from taccl_py.topology.loader import load_topology
     >>> rings = find_rings(load_topology("dgx-a100", 2))
@@ -508,6 +511,16 @@ def find_rings(topology: Topology) -> list[list[int]]:
     """
     if topology.num_ranks == 1:
         return [[0]]
+    if topology.nodes > 1 and not topology.node_symmetric:
+        # NCCL searches each node and the ranks agree on the channels all of them can
+        # run (the fewest, the slowest): here, the channels of what every node has
+        from ...topology.core import symmetric_core
+
+        core = symmetric_core(topology)
+        if core is not None:
+            rings = find_rings(core)  # the core's connections are all the cluster's
+            if len(rings) > 1:
+                return [check_ring(topology, ring) for ring in rings]
     fab = _Fabric(topology)
     best: tuple[float, list[Path], bool] = (0.0, [], False)
     for speed in fab.speeds():
