@@ -198,8 +198,10 @@ def assign(
         for res in conns[(r, q)].resources:
             load[res] += chunk_bytes / bw[res]
 
-    # pass 1: the natural hops; a hop's sender is known once the hop into its node is
-    # placed, so chunks walk their patterns and leave the other hops for pass 2
+    cap = _fair_loads(topology, collective, chunk_bytes, pattern)
+    # pass 1: the natural hops, each while its NICs stay within their fair load (a slow
+    # NIC takes its bandwidth's share); a hop's sender is known once the hop into its
+    # node is placed, so chunks walk their patterns and leave the other hops for pass 2
     placed: dict[tuple[int, int, int], tuple[int, int]] = {}  # (chunk, x, y) -> (r, q)
     for c in range(collective.num_chunks):
         s = collective.precondition(c)[0]
@@ -208,6 +210,9 @@ def assign(
             r = entry.get(x)
             q = None if r is None else y * g + r % g
             if r is None or q is None or (r, q) not in conns:
+                continue
+            nics = [name for name in conns[(r, q)].resources if name in cap]
+            if any(load[n] + chunk_bytes / bw[n] > cap[n] * (1 + 1e-9) for n in nics):
                 continue
             placed[c, x, y] = (r, q)
             entry[y] = q
@@ -241,6 +246,29 @@ def assign(
             entry[y] = q
         out[c] = _tree_edges(edges, s)
     return out
+
+
+def _fair_loads(
+    topology: Topology, collective: Collective, chunk_bytes: float, pattern: Pattern
+) -> dict[str, float]:
+    """Each NIC's fair load (s): the network hops out of (into) its node spread over the
+    node's NICs in proportion to their bandwidth, rounded up to a whole hop."""
+    hops_out: dict[int, int] = defaultdict(int)
+    hops_in: dict[int, int] = defaultdict(int)
+    for c in range(collective.num_chunks):
+        for x, y in pattern[topology.node_of(collective.precondition(c)[0])]:
+            hops_out[x] += 1
+            hops_in[y] += 1
+    total: dict[int, float] = defaultdict(float)
+    for nic in topology.nics:
+        total[nic.node] += nic.bandwidth
+    cap = {}
+    for nic in topology.nics:
+        for prefix, hops in (("nicout:", hops_out), ("nicin:", hops_in)):
+            share = hops[nic.node] * chunk_bytes / total[nic.node]  # s, if spread evenly
+            whole = chunk_bytes / nic.bandwidth
+            cap[prefix + nic.name] = -(-share // whole) * whole
+    return cap
 
 
 def _tree(trees: dict[int, dict[int, list[Edge]]], g: int, node: int, local: int) -> list[Edge]:

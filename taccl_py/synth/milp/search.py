@@ -324,8 +324,9 @@ def _core_decomposition(
     which ``topology`` has, at least as fast), its candidates judged on ``topology``."""
 
     def mine(alg: Algorithm) -> Algorithm:
-        alg.topology = topology.label
-        alg.meta["variant"] = f"{alg.meta.get('variant')}, on what every node has"
+        if alg.topology != topology.label:
+            alg.topology = topology.label
+            alg.meta["variant"] = f"{alg.meta.get('variant')}, on what every node has"
         return alg
 
     best, scores = decomposed_algorithm(
