@@ -383,3 +383,51 @@ def test_senders_only_order_lets_the_first_ready_sender_in():
     fair = order(sends, prio=prio, senders_only=True)
     assert fair.sequence["nicin:c"] == [0, 2]  # sender a was ready at 0, b at 0.5
     assert plain.makespan >= fair.makespan
+
+
+def test_node_routes_are_kept_and_reused_after_a_failure(tmp_path, monkeypatch):
+    """The healthy run's node routing is kept; the degraded run reuses it unsolved; an
+    entry that does not fit the node is solved again."""
+    from taccl_py.synth.milp import node_routes
+
+    monkeypatch.setenv("TACCL_ROUTE_CACHE", str(tmp_path / "routes"))
+    topo = load_topology("dgx1", 2)
+    trees, optimal = node_routes.node_trees_for(topo, 0, GIB / 16, time_limit=10)
+    assert optimal and len(list((tmp_path / "routes").glob("*.json"))) == 1
+    hurt = apply_faults(topo, Faults(exclude=("nic:nic0@node1",)))
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("solved again")
+
+    monkeypatch.setattr(node_routes, "route", no_solve)
+    assert node_routes.node_trees_for(hurt, 1, GIB / 16, time_limit=10) == (trees, True)
+    [entry] = (tmp_path / "routes").glob("*.json")
+    entry.write_text('{"0": [[3, 4]]}')  # dgx1 has no 3-4 link, and too few GPUs
+    with pytest.raises(AssertionError, match="solved again"):
+        node_routes.node_trees_for(hurt, 1, GIB / 16, time_limit=10)
+    monkeypatch.setenv("TACCL_ROUTE_CACHE", "off")
+    assert node_routes.cache_dir() is None
+
+
+def test_node_symmetry_sees_shared_nics(tmp_path):
+    """Nodes whose connections look alike but share NICs differently are not symmetric."""
+    one = NODE.replace("name: quad", "name: one")
+    pair = NODE2.replace("bandwidth: 50", "bandwidth: 25").replace("name: quad2", "name: pair")
+    _write(tmp_path, "one.yaml", one)
+    _write(tmp_path, "pair.yaml", pair)
+    path = _write(
+        tmp_path,
+        "c.yaml",
+        "groups: [{node: one.yaml, count: 1}, {node: pair.yaml, count: 1}]\n",
+    )
+    topo = load_topology(path)
+    assert not topo.node_symmetric
+    assert load_topology(_cluster(tmp_path, "{kind: full-bisection}")).node_symmetric
+
+
+def test_tiny_derating_and_long_labels():
+    with pytest.raises(TopologyError, match="less than the 0.001 GB/s"):
+        apply_faults(load_topology("dgx-h100", 2), Faults(derate=("nic:nic0@node0=1e-9",)))
+    many = Faults(derate=tuple(f"nic:nic{k}@node{n}=0.5" for k in range(8) for n in range(2)))
+    assert len(many.label) <= 80
+    assert apply_faults(load_topology("dgx-h100", 2), many).label.endswith(many.label)

@@ -64,7 +64,7 @@ from ..collectives import (
     Collective,
     canonical_kind,
 )
-from ..errors import TacclError
+from ..errors import PlanError, TacclError
 from ..lowering.lower import LowerOptions
 from ..plan.model import Plan
 from ..plan.runtimes import check_runtime
@@ -414,6 +414,7 @@ def _fingerprint(topology: Topology) -> tuple:
                 topology.switches,
                 topology.nics,
                 topology.network,
+                topology.fabric,
             )
         ),
     )
@@ -438,17 +439,20 @@ def nccl_plan(
         _PLANS.move_to_end(key)
     else:
         collective = Collective(kind, topology.num_ranks, root=root)
-        plan = None
         # NCCL runs its own kernels: the plan only has to be timed, so where an MSCCL
         # runtime's steps per threadblock are too few for it, it is lowered for the most
-        for lowering in (LowerOptions(), LowerOptions(max_steps=_MODEL_MAX_STEPS)):
+        try:
+            plan = build_plan(topology, collective, PLAN_METHODS[algorithm]).plan
+        except PlanError:  # e.g. more steps per threadblock than an MSCCL runtime takes
             try:
+                lowering = LowerOptions(max_steps=_MODEL_MAX_STEPS)
                 plan = build_plan(
                     topology, collective, PLAN_METHODS[algorithm], lower=lowering
                 ).plan
-                break
             except TacclError:
-                continue
+                plan = None
+        except TacclError:
+            plan = None
         _PLANS[key] = plan
         if len(_PLANS) > _PLAN_CACHE_SIZE:
             _PLANS.popitem(last=False)

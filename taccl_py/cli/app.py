@@ -119,7 +119,8 @@ _NODES = click.IntRange(1, MAX_RANKS)
 
 def fault_options(fn):
     """``--exclude`` and ``--derate``: failed and slow parts of the topology (see
-    :mod:`taccl_py.topology.failures`), for every command that takes ``--topology``."""
+    :mod:`taccl_py.topology.failures`), for ``synthesize``, ``simulate``, ``plot`` and
+    ``topology show``."""
     fn = click.option(
         "--derate",
         multiple=True,

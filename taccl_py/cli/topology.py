@@ -39,12 +39,15 @@ def topology_list() -> None:
     """List the built-in topologies: node types, then example clusters."""
     from ..topology.loader import builtin_names, cluster_names, load_topology
 
+    width = max(map(len, [*builtin_names(), *cluster_names()]), default=10)
     for name in builtin_names():
         topo = load_topology(name)
-        click.echo(f"{name:<10} {topo.gpus_per_node:>3} GPUs/node  {topo.description}")
+        click.echo(f"{name:<{width}} {topo.gpus_per_node:>4} GPUs/node  {topo.description}")
     for name in cluster_names():
         topo = load_topology(name)
-        click.echo(f"{name:<10} {topo.num_ranks:>3} GPUs ({topo.nodes} nodes)  {topo.description}")
+        click.echo(
+            f"{name:<{width}} {topo.num_ranks:>4} GPUs on {topo.nodes} nodes  {topo.description}"
+        )
 
 
 @topology.command("show")

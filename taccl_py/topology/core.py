@@ -27,11 +27,10 @@ def _common_links(topology: Topology) -> tuple[Link, ...]:
         by_node[topology.node_of(lk.src)][lk.src % g, lk.dst % g] = lk
     out = []
     for (a, b), lk in sorted(by_node[0].items()):
-        same = [d.get((a, b)) for d in by_node]
-        if all(x is not None for x in same):
-            worst = [x for x in same if x is not None]
-            bandwidth = min(x.bandwidth for x in worst)
-            alpha = max(x.alpha for x in worst)
+        same = [d[a, b] for d in by_node if (a, b) in d]
+        if len(same) == n:
+            bandwidth = min(x.bandwidth for x in same)
+            alpha = max(x.alpha for x in same)
             for node in range(n):
                 base = node * g
                 out.append(
@@ -40,9 +39,9 @@ def _common_links(topology: Topology) -> tuple[Link, ...]:
     return tuple(sorted(out, key=lambda x: (x.src, x.dst)))
 
 
-def _common_groups(topology: Topology, items, key) -> list | None:
-    """Switches or NICs present on every node with the same local GPUs (by ``key``), at
-    the slowest one's bandwidth and α; None if node 0's are not all everywhere."""
+def _common_groups(topology: Topology, items, key) -> list:
+    """Switches or NICs present on every node with the same local GPUs (and ``key``), at
+    the slowest one's bandwidth and α."""
     g, n = topology.gpus_per_node, topology.nodes
     by_node: list[dict] = [{} for _ in range(n)]
     for item in items:
@@ -65,10 +64,10 @@ def symmetric_core(topology: Topology) -> Topology | None:
         return None
     if topology.fabric is not None and topology.fabric.kind != "rail-optimized":
         return None
-    switches: list[Switch] = (
-        _common_groups(topology, topology.switches, lambda s: s.name.split(".", 1)[-1]) or []
+    switches: list[Switch] = _common_groups(
+        topology, topology.switches, lambda s: s.name.split(".", 1)[-1]
     )
-    nics: list[Nic] = _common_groups(topology, topology.nics, lambda x: x.rail) or []
+    nics: list[Nic] = _common_groups(topology, topology.nics, lambda x: x.rail)
     core = replace(
         topology,
         name=f"{topology.label}-core",

@@ -14,6 +14,7 @@ directions between local GPUs ``a`` and ``b``) or ``gpu:<g>@node<K>``; a deratin
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, replace
@@ -27,6 +28,10 @@ _PART = re.compile(
     r"^(?P<kind>nic|link|gpu):(?P<what>[A-Za-z0-9_-]+)@node(?P<node>\d{1,6})(?:=(?P<factor>.+))?$"
 )
 _FORMS = "nic:<name|index>@node<K>, link:<a>-<b>@node<K> or gpu:<g>@node<K>"
+#: the slowest a derated part may run (bytes/s): the topology files' least bandwidth
+MIN_BANDWIDTH = 1e6
+#: longest label of a set of faults (it goes into plan and file names)
+MAX_LABEL = 80
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,11 @@ class Faults:
         'nic_nic0_node1-link_0-1_node0x0.5'
         """
         parts = [*self.exclude, *(d.replace("=", "x") for d in self.derate)]
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p.replace("@", "_") for p in parts))
+        text = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p.replace("@", "_") for p in parts))
+        if len(text) <= MAX_LABEL:  # else the first parts and a digest of them all
+            return text
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+        return f"{text[: MAX_LABEL - 11]}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,13 @@ def apply_faults(topology: Topology, faults: Faults) -> Topology:
             if part.factor is None:
                 pool.pop(i)
             else:
-                pool[i] = replace(t, bandwidth=t.bandwidth * part.factor)
+                slowed = t.bandwidth * part.factor
+                if slowed < MIN_BANDWIDTH:
+                    raise TopologyError(
+                        f"{part.text}: leaves {slowed / 1e9:.3g} GB/s, less than the "
+                        f"{MIN_BANDWIDTH / 1e9:g} GB/s a topology's parts may have"
+                    )
+                pool[i] = replace(t, bandwidth=slowed)
     types = list(topology.node_types or (topology.name,) * topology.nodes)
     for part in parts:
         what = "out" if part.factor is None else f"at {part.factor:g}"

@@ -223,9 +223,11 @@ def load_document(path: str | os.PathLike) -> dict:
 
 def validate_file(path: str | os.PathLike) -> None:
     """Raise a TopologyError if ``path`` is not a valid topology file, one line for each
-    problem found."""
+    problem found (a cluster file's groups must also load)."""
     path = Path(path)
-    _load_document(_read(path), display_path(path), every=True)
+    doc = _load_document(_read(path), display_path(path), every=True)
+    if "groups" in doc:
+        _build_cluster(doc, path.stem, display_path(path), 1, path.parent)
 
 
 def _network(doc: dict) -> tuple[str, Fabric | None]:
@@ -342,18 +344,18 @@ def _group_document(node: str, where: str, base_dir: Path | None) -> tuple[dict,
     if node in builtins:
         doc = _load_document(builtins[node].read_bytes(), str(builtins[node]))
         return doc, doc.get("name", node)
+    if node in _cluster_files():
+        raise TopologyError(f"{node} is a built-in cluster, not a node type")
     path = Path(node)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if not _looks_like_path(node) and not path.exists():
         known = ", ".join(sorted(builtins)) or "none found"
-        raise TopologyError(
-            f"{where}: unknown node type {node!r}: not a file, and not a built-in ({known})"
-        )
+        raise TopologyError(f"unknown node type {node!r}: not a file, and not a built-in ({known})")
     shown = display_path(path)
     doc = _load_document(_read(path), shown)
     if "groups" in doc:
-        raise TopologyError(f"{where}: {shown} is a cluster file, not a node file")
+        raise TopologyError(f"{shown} is a cluster file, not a node file")
     return doc, doc.get("name", path.stem)
 
 
@@ -362,12 +364,14 @@ def _build_cluster(
 ) -> Topology:
     """A validated cluster document: its groups' nodes in order, on its fabric."""
     name = doc.get("name", default_name)
-    parts = []
+    parts: list[tuple[dict, str, int]] = []
     for i, group in enumerate(doc["groups"]):
         try:
             node_doc, node_name = _group_document(group["node"], where, base_dir)
         except TopologyError as exc:
             raise TopologyError(f"{where}: groups[{i}].node: {exc}") from None
+        if any(node_name == name_ and node_doc != doc_ for doc_, name_, _ in parts):
+            node_name = f"{node_name} (groups[{i}])"  # another node of the same name
         parts.append((node_doc, node_name, int(group["count"])))
     total = sum(count for *_, count in parts)
     if nodes not in (1, total):
@@ -382,6 +386,12 @@ def _build_cluster(
                 f"{where}: groups[{i}].node: {node_name} has {node_doc['gpus_per_node']} "
                 f"GPUs per node, groups[0] has {n}: a cluster's nodes must have the same "
                 f"number of GPUs"
+            )
+        most = node_doc.get("max_nodes")
+        if most is not None and total > most:
+            raise TopologyError(
+                f"{where}: groups[{i}].node: {node_name} allows at most {most} nodes, "
+                f"the cluster has {total}"
             )
         if total > 1 and not node_doc.get("nics"):
             raise TopologyError(

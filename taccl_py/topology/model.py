@@ -231,8 +231,8 @@ class Topology:
     @cached_property
     def node_symmetric(self) -> bool:
         """Whether moving every rank one node on (the last node to the first) keeps every
-        connection, its α and its bandwidth: identical, healthy nodes on a fabric that
-        treats them alike. The node-shift decomposition needs it.
+        resource (link, switch port, NIC, uplink share) and its speed: identical, healthy
+        nodes on a fabric that treats them alike. The node-shift decomposition needs it.
 
         >>> from taccl_py.topology.loader import load_topology
         >>> load_topology("dgx-h100", 2).node_symmetric
@@ -240,17 +240,39 @@ class Topology:
         """
         if self.nodes < 2:
             return False
-        g, n = self.gpus_per_node, self.num_ranks
-        conns = self.connections
-        for (s, d), c in conns.items():
-            image = conns.get(((s + g) % n, (d + g) % n))
-            if (
-                image is None
-                or image.alpha != c.alpha
-                or self.bandwidth(image) != self.bandwidth(c)
-            ):
+        if self.fabric is not None and self.fabric.kind == LEAF_SPINE:
+            if self.fabric.nodes_per_leaf < self.nodes:  # a shift moves nodes across leaves
                 return False
-        return True
+        return len({self._node_parts(k) for k in range(self.nodes)}) == 1
+
+    def _node_parts(self, node: int) -> str:
+        """Node ``node``'s links, switches, NICs and uplink shares in local GPU ids: equal
+        for two nodes when shifting one onto the other keeps every resource."""
+        g = self.gpus_per_node
+        base = node * g
+        shares = self.uplink_shares()
+        links = sorted(
+            (lk.src - base, lk.dst - base, lk.bandwidth, lk.alpha)
+            for lk in self.links
+            if self.node_of(lk.src) == node
+        )
+        switches = sorted(
+            (tuple(r - base for r in sw.ranks), sw.bandwidth, sw.alpha)
+            for sw in self.switches
+            if sw.node == node
+        )
+        nics = sorted(
+            (
+                nic.rail,
+                tuple(r - base for r in nic.ranks),
+                nic.bandwidth,
+                nic.alpha,
+                shares.get(nic.name),
+            )
+            for nic in self.nics
+            if nic.node == node
+        )
+        return repr((links, switches, nics))
 
     def connection(self, src: int, dst: int) -> Connection:
         try:

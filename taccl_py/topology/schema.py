@@ -488,6 +488,8 @@ def _check_fabric(doc: dict, problems: Problems) -> None:
             )
     if kind == "leaf-spine" and "nodes_per_leaf" not in fab:
         problems.add(["fabric", "nodes_per_leaf"], "required for a leaf-spine fabric")
+    if kind == "rail-optimized" and fab.get("spine") is False and "oversubscription" in fab:
+        problems.add(["fabric", "oversubscription"], "a fabric without a spine has no uplinks")
     if "oversubscription" in fab and "uplink_bandwidth" in fab:
         problems.add(
             ["fabric", "uplink_bandwidth"], "give either 'oversubscription' or this, not both"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import defaultdict, deque
+from dataclasses import replace
 
 from ...collectives import (
     ALLGATHER,
@@ -553,16 +554,11 @@ def reversed_topology(topology: Topology) -> Topology:
     >>> sorted(reversed_topology(t).connections) == sorted(t.connections)
     True
     """
-    return Topology(
-        topology.name,
-        topology.gpus_per_node,
-        topology.nodes,
-        tuple(Link(k.dst, k.src, k.bandwidth, k.alpha, k.count, k.kind) for k in topology.links),
-        topology.switches,
-        topology.nics,
-        topology.network,
-        topology.description,
-        topology.source,
+    return replace(
+        topology,
+        links=tuple(
+            Link(k.dst, k.src, k.bandwidth, k.alpha, k.count, k.kind) for k in topology.links
+        ),
     )
 
 

@@ -30,10 +30,11 @@ from ...errors import TacclError
 from ...ir.algorithm import Transfer
 from ...topology.graph import distances
 from ...topology.model import Topology
+from .node_routes import node_trees_for
 from .ordering import Send
-from .routing import Edge, Routes, relaxed_makespan, route
+from .routing import Edge, Routes, relaxed_makespan
 from .schedule import Schedule
-from .sketch import Sketch, default_sketch
+from .sketch import Sketch
 
 #: a network connection's resources on the receiving side (its NIC, its leaf's downlinks)
 _RECEIVING = ("nicin:", "down:")
@@ -55,21 +56,14 @@ def node_topology(topology: Topology) -> Topology:
 def node_trees(
     topology: Topology, chunk_bytes: float, *, time_limit: float
 ) -> tuple[dict[int, list[Edge]], bool]:
-    """Local GPU -> its intra-node out-tree (local ids), from the routing MILP on one node,
-    and whether that MILP was solved to optimality.
+    """Local GPU -> its intra-node out-tree (local ids), from the routing MILP on node 0
+    (or its kept solution, :func:`.node_routes.node_trees_for`), and whether it is a
+    proven optimum.
 
     Every local GPU fans out ``nodes`` chunks per source (its own and the relayed ones),
     so the model is solved for chunks of ``nodes * chunk_bytes``.
     """
-    node = node_topology(topology)
-    g = topology.gpus_per_node
-    if g == 1:
-        return {0: []}, True
-    coll = Collective(ALLGATHER, g)
-    routes = route(
-        node, coll, chunk_bytes * topology.nodes, time_limit=time_limit, sketch=default_sketch(node)
-    )
-    return {k: routes.edges[k] for k in range(g)}, routes.optimal
+    return node_trees_for(topology, 0, chunk_bytes, time_limit=time_limit)
 
 
 def fanouts(nodes: int) -> list[int]:

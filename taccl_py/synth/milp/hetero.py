@@ -19,22 +19,15 @@ equal parts. The routes of every chunk are then ordered and scheduled on the who
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections import defaultdict
-from dataclasses import replace
-from pathlib import Path
 
-from ...collectives import ALLGATHER, Collective
+from ...collectives import Collective
 from ...errors import TacclError
 from ...topology.graph import distances
 from ...topology.model import LEAF_SPINE, Topology
 from .ordering import Send, remaining
-from .routing import Edge, Routes, relaxed_makespan, route
-from .sketch import default_sketch
+from .routing import Edge, Routes, relaxed_makespan
 
-CACHE_ENV = "TACCL_CACHE_DIR"
 #: a node-level tree per source node: (from node, to node) hops, parents first
 Pattern = dict[int, list[tuple[int, int]]]
 
@@ -42,99 +35,6 @@ Pattern = dict[int, list[tuple[int, int]]]
 def node_ranks(topology: Topology, node: int) -> range:
     g = topology.gpus_per_node
     return range(node * g, (node + 1) * g)
-
-
-def local_topology(topology: Topology, node: int) -> Topology:
-    """Node ``node`` alone, its ranks renumbered 0.. (links and switches; no NICs)."""
-    base = node * topology.gpus_per_node
-    return replace(
-        topology,
-        name=f"{topology.name}-node{node}",
-        nodes=1,
-        cluster=False,
-        fabric=None,
-        node_types=(),
-        links=tuple(
-            replace(lk, src=lk.src - base, dst=lk.dst - base)
-            for lk in topology.links
-            if topology.node_of(lk.src) == node
-        ),
-        switches=tuple(
-            replace(sw, node=0, ranks=tuple(r - base for r in sw.ranks))
-            for sw in topology.switches
-            if sw.node == node
-        ),
-        nics=(),
-    )
-
-
-def _signature(node: Topology) -> str:
-    """What a node's intra-node routing depends on: its links and switches."""
-    parts = [("link", lk.src, lk.dst, lk.bandwidth, lk.alpha) for lk in node.links] + [
-        ("switch", sw.ranks, sw.bandwidth, sw.alpha) for sw in node.switches
-    ]
-    return repr((node.gpus_per_node, sorted(parts, key=repr)))
-
-
-def cache_dir() -> Path:
-    """Where solved node routings are kept: ``$TACCL_CACHE_DIR/routes``, default
-    ``~/.cache/taccl_py/routes``."""
-    base = os.environ.get(CACHE_ENV)
-    if base:
-        return Path(base) / "routes"
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "taccl_py" / "routes"
-
-
-_MEMO: dict[str, dict[int, list[Edge]]] = {}
-
-
-def node_trees_for(
-    topology: Topology, node: int, chunk_bytes: float, *, time_limit: float
-) -> tuple[dict[int, list[Edge]], bool]:
-    """Local GPU -> its out-tree inside node ``node`` (local ids), and whether it came
-    from an optimal MILP solution (or the cache, which keeps only those).
-
-    Every GPU fans out ``nodes`` chunks per source, as in :func:`.decompose.node_trees`.
-    An optimal solution is kept in memory and on disk (:func:`cache_dir`), keyed by the
-    node's links and switches and the chunk size, so the next run with the same node
-    kind (healthy or with other nodes' parts failed) starts from it.
-    """
-    node_topo = local_topology(topology, node)
-    g = topology.gpus_per_node
-    if g == 1:
-        return {0: []}, True
-    size = chunk_bytes * topology.nodes
-    key = hashlib.sha256(f"{_signature(node_topo)}|{size:.6g}".encode()).hexdigest()[:32]
-    if key in _MEMO:
-        return _MEMO[key], True
-    path = cache_dir() / f"{key}.json"
-    try:
-        data = json.loads(path.read_text())
-        trees = {int(k): [(int(u), int(v)) for u, v in es] for k, es in data.items()}
-        if sorted(trees) == list(range(g)):
-            _MEMO[key] = trees
-            return trees, True
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass  # no entry, or a damaged one: solve again
-    routes = route(
-        node_topo,
-        Collective(ALLGATHER, g),
-        size,
-        time_limit=time_limit,
-        sketch=default_sketch(node_topo),
-    )
-    trees = {k: routes.edges[k] for k in range(g)}
-    if routes.optimal:
-        _MEMO[key] = trees
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({str(k): v for k, v in trees.items()}))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home: the cache is an optimization only
-    return trees, routes.optimal
 
 
 def node_patterns(topology: Topology) -> dict[str, Pattern]:
@@ -208,9 +108,9 @@ def assign(
         entry = {topology.node_of(s): s}
         for x, y in pattern[topology.node_of(s)]:
             r = entry.get(x)
-            q = None if r is None else y * g + r % g
-            if r is None or q is None or (r, q) not in conns:
+            if r is None or (r, y * g + r % g) not in conns:
                 continue
+            q = y * g + r % g
             nics = [name for name in conns[(r, q)].resources if name in cap]
             if any(load[n] + chunk_bytes / bw[n] > cap[n] * (1 + 1e-9) for n in nics):
                 continue
@@ -299,8 +199,10 @@ def _least_loaded(
             if best is None or key < best[0]:
                 best = (key, r, q)
     if best is None:
-        x, y = topology.node_of(held), topology.node_of(receivers[0]) if receivers else -1
-        raise TacclError(f"{topology.label}: no network connection from node {x} to node {y}")
+        raise TacclError(
+            f"{topology.label}: no network connection from node {topology.node_of(held)} "
+            f"to the next node of the pattern"
+        )
     return best[1], best[2]
 
 

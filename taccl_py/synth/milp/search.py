@@ -45,7 +45,8 @@ from .decompose import (
     relays,
     spread_relays,
 )
-from .hetero import hetero_routes, hetero_rules, node_patterns, node_trees_for
+from .hetero import hetero_routes, hetero_rules, node_patterns
+from .node_routes import Memo, node_trees_for
 from .ordering import Send, TimeUp, descendants, make_sends, order, remaining
 from .routing import (
     TREE_KINDS,
@@ -219,19 +220,26 @@ def staged_algorithm(
     split = collective.kind == ALLGATHER and topology.nodes > 1
     whole = not split or _whole_model_fits(topology, collective, sketch)
     if split and not topology.node_symmetric:  # nodes differ: no node-shift quotient
-        core = symmetric_core(topology)
-        if core is not None:  # what every node has: the quotient decomposition applies
-            try:
-                best, scores = _core_decomposition(
-                    topology, core, collective, size, judge, report, began + time_limit * CORE_SHARE
-                )
-                tried.update(scores)
+        if dense:  # (a sketch of the user's binds the whole-cluster MILP below only)
+            core = symmetric_core(topology)
+            if core is not None:  # what every node has: the quotient decomposition applies
+                try:
+                    best, scores = _core_decomposition(
+                        topology,
+                        core,
+                        collective,
+                        size,
+                        judge,
+                        report,
+                        began + time_limit * CORE_SHARE,
+                    )
+                    tried.update(scores)
+                except TacclError as exc:
+                    failure = exc
+            try:  # the whole cluster without symmetry (candidates go to ``consider``)
+                _hetero_candidates(topology, collective, size, consider, report, deadline)
             except TacclError as exc:
-                failure = exc
-        try:
-            _hetero_candidates(topology, collective, size, chunkups, consider, report, deadline)
-        except TacclError as exc:
-            failure = failure or exc
+                failure = failure or exc
         split = False
     if split:
         try:
@@ -348,7 +356,6 @@ def _hetero_candidates(
     topology: Topology,
     collective: Collective,
     size: int,
-    chunkups: tuple[int, ...],
     consider: Callable[..., None],
     report: Callable[..., None],
     deadline: float,
@@ -360,6 +367,7 @@ def _hetero_candidates(
     began = time.monotonic()
     report("routing (each kind of node)")
     trees: dict[int, dict[int, list]] = {}
+    memo: Memo = {}  # one solve per kind of node
     with _live(report, "routing (each kind of node)"):
         for node in range(topology.nodes):
             trees[node], _ = node_trees_for(
@@ -367,11 +375,12 @@ def _hetero_candidates(
                 node,
                 collective.chunk_bytes(size),
                 time_limit=max(1.0, (deadline - time.monotonic()) * 0.2),
+                memo=memo,
             )
     patterns = node_patterns(topology)
     for factor in HETERO_CHUNKUPS:
         coll = collective.with_chunkup(collective.chunkup * factor)
-        if factor > 1 and (
+        if factor > HETERO_CHUNKUPS[0] and (
             coll.num_chunks * (coll.num_ranks - 1) > MAX_HETERO_SENDS
             or time.monotonic() - began > (deadline - began) * 0.4
         ):
