@@ -76,8 +76,14 @@ def build_plan(
         return Result(alg, plan, report, {method: plan} if baseline else {})
     size = options.size or DEFAULT_SIZE
 
+    kept: list = [None, float("inf"), None]  # the fastest judged: algorithm, time, plan
+
     def judge(a: Algorithm) -> float:
-        return simulate(lower_plan(a, topology, lowering), topology, size).time
+        plan = lower_plan(a, topology, lowering)
+        time = simulate(plan, topology, size).time
+        if time < kept[1]:  # milp keeps the fastest: its plan need not be lowered again
+            kept[:] = [a, time, plan]
+        return time
 
     judged = options.judge if options.judge is not None else judge
     options = replace(options, size=size, judge=judged, order=None)  # milp ignores an order
@@ -91,7 +97,8 @@ def build_plan(
             note = f"no synthesized plan ({exc}); keeping the best baseline"
             options.progress(note, 0.0, None, None)
     else:
-        synthesized = (alg, lower_plan(alg, topology, lowering))
+        plan = kept[2] if kept[0] is alg else lower_plan(alg, topology, lowering)
+        synthesized = (alg, plan)
     baselines = _baselines(topology, collective, size, lowering)
     alg, plan = _fastest(topology, collective, size, synthesized, baselines)
     return Result(alg, plan, verify(plan), {m: p for m, (_, p) in baselines.items()})

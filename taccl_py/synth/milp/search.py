@@ -67,6 +67,7 @@ MAX_SENDS = 6000  # skip chunk-ups whose ordering heuristic would be slow
 #: whole cluster's: ~1 s per 16,000 sends and rule)
 HETERO_CHUNKUPS = (2, 4, 6)
 CORE_SHARE = 0.3  # of the time, for the decomposition of what every node has
+CORE_ENOUGH = 0.94  # a core plan at this share of the bound leaves out the whole-cluster one
 SPREAD = ", a NIC-less GPU's data over every relay"
 MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
@@ -236,10 +237,12 @@ def staged_algorithm(
                     tried.update(scores)
                 except TacclError as exc:
                     failure = exc
-            try:  # the whole cluster without symmetry (candidates go to ``consider``)
-                _hetero_candidates(topology, collective, size, consider, report, deadline)
-            except TacclError as exc:
-                failure = failure or exc
+            floor = floor_us(topology, collective, collective.chunk_bytes(size)) / 1e6
+            if best is None or best.meta["score"] * CORE_ENOUGH > floor:
+                try:  # the whole cluster without symmetry (candidates go to ``consider``)
+                    _hetero_candidates(topology, collective, size, consider, report, deadline)
+                except TacclError as exc:
+                    failure = failure or exc
         split = False
     if split:
         try:
@@ -337,19 +340,73 @@ def _core_decomposition(
             alg.meta["variant"] = f"{alg.meta.get('variant')}, on what every node has"
         return alg
 
-    best, scores = decomposed_algorithm(
-        core,
-        collective,
-        size=size,
-        sketch=default_sketch(core),
-        time_limit=max(1.0, deadline - time.monotonic()),
-        judge=None if judge is None else (lambda a: judge(mine(a))),
-        report=report,
-        deadline=deadline,
-    )
+    sketch = default_sketch(core)
+    chunk = collective.chunk_bytes(size)
+    report("routing (one node)")
+    trees, _ = node_trees(core, chunk, time_limit=max(1.0, (deadline - time.monotonic()) * 0.2))
+    spread = spread_relays(core, sketch, trees, relays(core, sketch, trees))
+    if spread is not None:  # a GPU without a NIC: its data over every NIC, evenly
+        best, scores = _spread_direct(core, collective, size, trees, spread, judge, mine)
+    else:
+        best, scores = decomposed_algorithm(
+            core,
+            collective,
+            size=size,
+            sketch=sketch,
+            time_limit=max(1.0, deadline - time.monotonic()),
+            judge=None if judge is None else (lambda a: judge(mine(a))),
+            report=report,
+            deadline=deadline,
+        )
     return (None if best is None else mine(best)), {
         f"{label}, on what every node has": v for label, v in scores.items()
     }
+
+
+def _spread_direct(
+    core: Topology,
+    collective: Collective,
+    size: int,
+    trees: dict,
+    spread: dict,
+    judge: Callable[[Algorithm], float] | None,
+    mine: Callable[[Algorithm], Algorithm],
+) -> tuple[Algorithm | None, dict[str, float]]:
+    """The core's decomposition with a NIC-less GPU's data spread over every relay: the
+    chunk-up that splits it evenly, every node directly, ordered by rotation (a
+    round-robin over peers, own data first); one candidate, as the others of
+    :func:`decomposed_algorithm` simulate far from their schedules here."""
+    ways = max(len(v) for v in spread.values())
+    coll = collective.with_chunkup(collective.chunkup * ways)
+    fanout = core.nodes - 1
+    dec = decompose(core, coll, coll.chunk_bytes(size), trees, spread, fanout, ())
+    sends = dec.sends()
+    rule, prio, own = next(r for r in priorities(core, sends, False) if r[0] == "rotation")
+    sched = schedule(core, order(sends, own_data_first=own, prio=prio), False)
+    label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{SPREAD}"
+    alg = Algorithm(
+        "milp",
+        coll,
+        dec.transfers(sched),
+        core.label,
+        size,
+        {
+            "method": "milp",
+            "size": size,
+            "chunkup": coll.chunkup,
+            "makespan": sched.makespan,
+            "decomposed": True,
+            "node_fanout": fanout,
+            "variant": label,
+            "rule": rule,
+        },
+    )
+    try:
+        score = judge(mine(alg)) if judge is not None else sched.makespan
+    except TacclError:  # e.g. more than the runtime's steps per threadblock
+        return None, {}
+    alg.meta["score"] = score
+    return alg, {f"{label}, {rule}": score}
 
 
 def _hetero_candidates(
