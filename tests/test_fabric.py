@@ -349,6 +349,15 @@ def test_symmetric_core_keeps_what_every_node_has(tmp_path):
     groups = "[{node: quad.yaml, count: 2}, {node: fast.yaml, count: 2}]"
     slow = symmetric_core(load_topology(_cluster(tmp_path, "{kind: full-bisection}", groups)))
     assert slow is not None and {n.bandwidth for n in slow.nics} == {25e9}
+    # links: only those every node has, at the slowest's speed
+    dgx1 = apply_faults(
+        load_topology("dgx1", 2),
+        Faults(exclude=("link:0-1@node0",), derate=("link:2-3@node1=0.5",)),
+    )
+    linked = symmetric_core(dgx1)
+    assert linked is not None and linked.node_symmetric
+    assert (0, 1) not in linked.connections and (8, 9) not in linked.connections
+    assert linked.bandwidth(linked.connection(2, 3)) == dgx1.bandwidth(dgx1.connection(10, 11))
     # no NIC in common (one per GPU vs one per pair): no core that reaches other nodes
     assert (
         symmetric_core(load_topology(_cluster(tmp_path, "{kind: full-bisection}", MIXED))) is None
@@ -434,3 +443,42 @@ def test_tiny_derating_and_long_labels():
     many = Faults(derate=tuple(f"nic:nic{k}@node{n}=0.5" for k in range(8) for n in range(2)))
     assert len(many.label) <= 80
     assert apply_faults(load_topology("dgx-h100", 2), many).label.endswith(many.label)
+
+
+def test_whole_cluster_routes_spread_a_lost_nics_data_and_verify():
+    """hetero: every chunk reaches every rank over existing connections only; the GPU
+    without a NIC has its data carried by several NICs; each rule's schedule lowers to a
+    plan that verifies and is no faster than the degraded cluster's bound."""
+    from taccl_py.ir.algorithm import Algorithm
+    from taccl_py.lowering.lower import lower
+    from taccl_py.plan.verify import verify
+    from taccl_py.synth.milp.hetero import hetero_routes, hetero_rules, node_patterns
+    from taccl_py.synth.milp.node_routes import node_trees_for
+    from taccl_py.synth.milp.ordering import make_sends, order
+    from taccl_py.synth.milp.schedule import schedule
+
+    hurt = apply_faults(load_topology("dgx-h100", 3), Faults(exclude=("nic:nic0@node1",)))
+    coll = Collective(ALLGATHER, hurt.num_ranks).with_chunkup(2)
+    chunk = coll.chunk_bytes(GIB)
+    memo: dict = {}
+    trees = {x: node_trees_for(hurt, x, chunk, time_limit=5, memo=memo)[0] for x in range(3)}
+    assert len(memo) == 1  # one kind of node, solved once
+    routes = hetero_routes(hurt, coll, chunk, trees, node_patterns(hurt)["direct"])
+    for c, edges in routes.edges.items():
+        assert all(e in hurt.connections for e in edges)
+        reached = {coll.precondition(c)[0]} | {v for _, v in edges}
+        assert reached == set(range(hurt.num_ranks))
+    carriers = {
+        u for c in (16, 17) for u, v in routes.edges[c] if hurt.node_of(u) != hurt.node_of(v)
+    }
+    assert len(carriers) > 1 and 8 not in carriers  # GPU 8 (node 1, GPU 0) has no NIC
+    sends = make_sends(hurt, routes)
+    bound = lower_bound(hurt, ALLGATHER, GIB).time
+    for rule, prio, own, senders_only in hetero_rules(hurt, coll, sends):
+        ordered = order(sends, own_data_first=own, prio=prio, senders_only=senders_only)
+        sched = schedule(hurt, ordered, False)
+        alg = Algorithm("milp", coll, sched.transfers(), hurt.label, GIB, {})
+        plan = lower(alg, topology=hurt)
+        verify(plan)
+        assert sched.makespan >= bound * (1 - 1e-9), rule
+        assert simulate(plan, hurt, GIB).time >= bound * (1 - 1e-9), rule
