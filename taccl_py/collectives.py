@@ -173,6 +173,34 @@ class Collective:
     def o_chunks(self) -> int:
         return self.chunkup if self.kind in (REDUCESCATTER, SCATTER) else self.nchunksperloop
 
+    def splits(self, size: int, type_size: int = 4) -> bool:
+        """Whether an nccl-tests ``size`` of ``type_size``-byte elements cuts into whole
+        chunks, as msccl-executor wants of a call before it selects a plan.
+
+        >>> [Collective("allgather", 8, c).splits(1 << 30) for c in (6, 8)]
+        [False, True]
+        """
+        elems, rest = divmod(size, type_size)
+        return rest == 0 and elems % self.nchunksperloop == 0
+
+    def fitting_chunkups(self, size: int, factors: tuple[int, ...]) -> tuple[int, ...]:
+        """``factors`` (of this chunk-up) that split ``size``, each one that does not
+        replaced by the nearest that does (the larger on a tie; none above twice it);
+        ``factors`` themselves where none splits ``size`` at all.
+
+        >>> Collective("allgather", 8).fitting_chunkups(1 << 30, (1, 2, 6))
+        (1, 2, 8)
+        >>> Collective("allgather", 8).fitting_chunkups(12 << 20, (1, 2, 6))
+        (1, 2, 6)
+        """
+        fit: set[int] = set()
+        for f in factors:
+            up = range(1, 2 * f + 1)
+            near = [g for g in up if self.with_chunkup(self.chunkup * g).splits(size)]
+            if near:
+                fit.add(min(near, key=lambda g: (abs(g - f), -g)))
+        return tuple(sorted(fit)) or tuple(factors)
+
     def chunk_bytes(self, size: int) -> float:
         """Bytes per chunk for an nccl-tests ``size`` (AG/gather output, A2A/AR/broadcast/
         reduce buffer, RS/scatter input)."""

@@ -11,6 +11,7 @@ from taccl_py.analysis.simulate import simulate
 from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
+from taccl_py.plan.runtimes import RUNTIMES, splits
 from taccl_py.synth import methods
 from taccl_py.synth.methods import SynthOptions, synthesize
 from taccl_py.synth.milp.ordering import make_sends, order
@@ -143,7 +144,9 @@ def test_plan_verifies(name, kind, monkeypatch):
 @pytest.mark.parametrize("size", [MB, 1 << 30])
 def test_milp_never_slower_than_nccl_ring(name, size, monkeypatch):
     """The milp method keeps NCCL's ring (several channels over every rail) where the
-    staged synthesizer's plan is slower, so its plan is never slower than that ring."""
+    staged synthesizer's plan is slower, so its plan is never slower than that ring, unless
+    the ring's chunks do not split the size (DGX-1's 6 rings at 1 GiB): msccl-executor
+    would not select it there, and the kept plan is one whose chunks do."""
     topo = topo_of(name)
     coll = Collective("allgather", topo.num_ranks)
     monkeypatch.setattr(
@@ -151,10 +154,16 @@ def test_milp_never_slower_than_nccl_ring(name, size, monkeypatch):
         "staged_algorithm",
         lambda *a, time_limit, **k: staged_algorithm(*a, time_limit=6, **k),
     )
-    kept = build_plan(topo, coll, "milp", synth=SynthOptions(size=size)).plan
+    result = build_plan(topo, coll, "milp", synth=SynthOptions(size=size))
+    kept = result.plan
     ring = build_plan(topo, coll, "ring").plan
     [row] = evaluate(kept, topo, [size])
-    assert simulate(kept, topo, size).time <= simulate(ring, topo, size).time * (1 + 1e-9)
+    executor = RUNTIMES["msccl-executor"]
+    assert splits(executor, kept, size)
+    if splits(executor, ring, size):
+        assert simulate(kept, topo, size).time <= simulate(ring, topo, size).time * (1 + 1e-9)
+    else:
+        assert result.algorithm.meta["unsplit"] == ["ring"]
     assert row.time >= row.bound_time * (1 - 1e-9)
 
 
@@ -187,3 +196,17 @@ def test_no_routing_in_time_keeps_the_fastest_baseline(monkeypatch):
     assert "milp" not in meta["candidates"] and meta["chosen"] in ("ring", "direct")
     assert simulate(result.plan, topo, MB).time == min(meta["candidates"].values())
     assert any("keeping the best baseline" in stage for stage in seen)
+
+
+@pytest.mark.parametrize("size", [1 << 30, 12 << 20])
+def test_milp_chunk_ups_split_the_target_size(size, monkeypatch):
+    """The default chunk-ups (1, 2, 6) become ones whose chunks split the target size: at
+    1 GiB no chunk-up with a factor 3 (msccl-executor selects a plan only for calls that
+    divide into its chunks); at 12 MiB 6 stays."""
+    topo = topo_of("dgx1")
+    coll = Collective("allgather", topo.num_ranks)
+    alg = staged_algorithm(topo, coll, size=size, time_limit=4)
+    assert alg.collective.splits(size)
+    tried = {int(label.split("chunk-up ")[1].split(",")[0]) for label in alg.meta["tried"]}
+    assert all(coll.with_chunkup(c).splits(size) for c in tried)
+    assert (6 in tried) == (size == 12 << 20)

@@ -11,6 +11,7 @@ from ..ir.algorithm import Algorithm
 from ..lowering.lower import LowerOptions
 from ..lowering.lower import lower as lower_plan
 from ..plan.model import Plan
+from ..plan.runtimes import RUNTIMES, RuntimeRules, splits
 from ..plan.verify import VerifyReport, verify
 from ..synth.methods import DEFAULT_SIZE, SynthOptions, synthesize
 from ..topology import Topology
@@ -54,7 +55,9 @@ def build_plan(
     Method milp judges its candidates by their lowered plans' simulated time at ``size``
     (unless ``synth.judge`` is set), and keeps the ring, direct and tree (AllReduce)
     baselines instead when one of them simulates faster at ``size``
-    (``algorithm.meta["chosen"]`` says which; ``meta["candidates"]`` has every time).
+    (``algorithm.meta["chosen"]`` says which; ``meta["candidates"]`` has every time). A
+    candidate whose chunks do not split ``size`` (4-byte elements), so that the runtime
+    would not select it there, is kept only when none does (``meta["unsplit"]``).
 
     >>> from taccl_py.topology.loader import load_topology
     >>> topo = load_topology("dgx1")
@@ -76,10 +79,13 @@ def build_plan(
         return Result(alg, plan, report, {method: plan} if baseline else {})
     size = options.size or DEFAULT_SIZE
 
+    rules = RUNTIMES[lowering.runtime]
     kept: list = [None, float("inf"), None]  # the fastest judged: algorithm, time, plan
 
     def judge(a: Algorithm) -> float:
         plan = lower_plan(a, topology, lowering)
+        if not splits(rules, plan, size):  # the runtime would not select it at ``size``
+            return float("inf")
         time = simulate(plan, topology, size).time
         if time < kept[1]:  # milp keeps the fastest: its plan need not be lowered again
             kept[:] = [a, time, plan]
@@ -100,7 +106,7 @@ def build_plan(
         plan = kept[2] if kept[0] is alg else lower_plan(alg, topology, lowering)
         synthesized = (alg, plan)
     baselines = _baselines(topology, collective, size, lowering)
-    alg, plan = _fastest(topology, collective, size, synthesized, baselines)
+    alg, plan = _fastest(topology, collective, size, synthesized, baselines, rules)
     return Result(alg, plan, verify(plan), {m: p for m, (_, p) in baselines.items()})
 
 
@@ -125,23 +131,29 @@ def _fastest(
     size: int,
     synthesized: tuple[Algorithm, Plan] | None,
     baselines: dict[str, tuple[Algorithm, Plan]],
+    rules: RuntimeRules,
 ) -> tuple[Algorithm, Plan]:
-    """The synthesized plan or a baseline's, whichever simulates faster at ``size``."""
-    best: tuple[float, str, Algorithm, Plan] | None = None
+    """The synthesized plan or a baseline's, whichever simulates faster at ``size``; one
+    that the runtime would not select at ``size`` (its chunks do not split it) only when
+    none would (``meta["unsplit"]`` names those)."""
+    best: tuple[bool, float, str, Algorithm, Plan] | None = None
     times: dict[str, float] = {}
+    unsplit: list[str] = []
+    made = dict(baselines)
     if synthesized is not None:
-        alg, plan = synthesized
-        times["milp"] = simulate(plan, topology, size).time
-        best = (times["milp"], "milp", alg, plan)
-    for baseline, (other, other_plan) in baselines.items():
-        times[baseline] = simulate(other_plan, topology, size).time
-        if best is None or times[baseline] < best[0] * (1 - 1e-9):
-            best = (times[baseline], baseline, other, other_plan)
+        made = {"milp": synthesized, **baselines}
+    for method, (alg, plan) in made.items():
+        times[method] = simulate(plan, topology, size).time
+        worse = not splits(rules, plan, size)
+        if worse:
+            unsplit.append(method)
+        if best is None or (worse, times[method]) < (best[0], best[1] * (1 - 1e-9)):
+            best = (worse, times[method], method, alg, plan)
     if best is None:
         raise TacclError(
             f"no plan for {collective.kind} on {topology.label}: the "
             "synthesizer found none in time and no baseline applies"
         )
-    _, chosen, alg_kept, plan_kept = best
-    alg_kept.meta.update(chosen=chosen, candidates=times)
+    _, _, chosen, alg_kept, plan_kept = best
+    alg_kept.meta.update(chosen=chosen, candidates=times, unsplit=unsplit)
     return alg_kept, plan_kept

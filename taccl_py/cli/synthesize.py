@@ -422,7 +422,11 @@ def _synthesize_method(o: _SynthesizeArgs, topo, coll, size: int, sketch) -> Non
         click.echo(f"  sketch {sketch.name} ({sketch.source})")
     meta = result.algorithm.meta
     if "chosen" in meta:
-        others = ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in meta["candidates"].items())
+        unsplit = meta.get("unsplit", [])
+        others = ", ".join(
+            f"{k} {v * 1e6:,.1f} us" + (" (its chunks do not split the size)" * (k in unsplit))
+            for k, v in meta["candidates"].items()
+        )
         click.echo(
             f"  kept {meta['chosen']}, the fastest at {format_size(size)} (simulated: {others})"
         )

@@ -320,6 +320,17 @@ def selects(rules: RuntimeRules, plan: Plan, nbytes: int, *, type_size: int = 4)
     lo, hi = size_range(rules, plan)
     if nbytes < max(lo, 1) or (hi is not None and nbytes >= hi):
         return False
+    return splits(rules, plan, nbytes, type_size=type_size)
+
+
+def splits(rules: RuntimeRules, plan: Plan, nbytes: int, *, type_size: int = 4) -> bool:
+    """Whether a call moving ``nbytes`` of ``type_size``-byte elements divides into
+    ``plan``'s chunks as ``rules``' loader wants (its size range aside).
+
+    >>> p = Plan("p", "allgather", 4, 40)
+    >>> [splits(RUNTIMES["msccl-executor"], p, n << 20) for n in (12, 15)]
+    [False, True]
+    """
     mult = size_multiplier(plan)
     if nbytes % (type_size * mult):
         return False  # no call of this type size moves nbytes

@@ -159,6 +159,8 @@ def staged_algorithm(
         check_sketch(topology, collective, sketch)
         rules = sketch
     chunkups = tuple(sorted(sketch.chunkup))
+    if dense:  # chunk-ups whose chunks split the target size (else no runtime selects it)
+        chunkups = collective.fitting_chunkups(size, chunkups)
     own_first = sketch is not None and sketch.own_data_first
     began = time.monotonic()
     deadline = began + time_limit
@@ -435,9 +437,10 @@ def _hetero_candidates(
                 memo=memo,
             )
     patterns = node_patterns(topology)
-    for factor in HETERO_CHUNKUPS:
+    factors = collective.fitting_chunkups(size, HETERO_CHUNKUPS)
+    for factor in factors:
         coll = collective.with_chunkup(collective.chunkup * factor)
-        if factor > HETERO_CHUNKUPS[0] and (
+        if factor > factors[0] and (
             coll.num_chunks * (coll.num_ranks - 1) > MAX_HETERO_SENDS
             or time.monotonic() - began > (deadline - began) * 0.4
         ):
@@ -469,7 +472,7 @@ def _greedy_candidates(
     per chunk-up, whether the greedy routing is within ``NEAR`` of the routing floor."""
     near: dict[int, bool] = {}
     hops = collective.num_ranks - 1 if collective.kind in TREE_KINDS else 2
-    for factor in sorted(set(chunkups) | set(ROOTED_CHUNKUPS)):
+    for factor in collective.fitting_chunkups(size, tuple(set(chunkups) | set(ROOTED_CHUNKUPS))):
         coll = collective.with_chunkup(collective.chunkup * factor)
         if time.monotonic() > deadline or (
             factor not in chunkups and coll.num_chunks * hops > MAX_SENDS
@@ -559,6 +562,8 @@ def decomposed_algorithm(
         factors = [*range(1, factors[-1] + 1), 2 * factors[-1]]
     spread_ways = {len(v) for v in (spread or {}).values() if len(v) > 1}
     factors = sorted({*factors, *spread_ways})  # chunk-ups that split such data evenly
+    if dense:  # ... and the target size, or no runtime selects the plan at that size
+        factors = list(collective.fitting_chunkups(size, tuple(factors)))
     patterns = {name: fanouts(topology.nodes) for name, _ in variants}
 
     def busy() -> bool:
