@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from taccl_py.collectives import KINDS, Collective
 from taccl_py.errors import AlgorithmError, PlanError
 from taccl_py.ir.algorithm import Algorithm, Transfer
-from taccl_py.lowering.lower import LowerOptions, lower
+from taccl_py.lowering.lower import LowerOptions, _spread, lower
 from taccl_py.plan.model import Plan
 from taccl_py.plan.verify import WRITES_DST, verify
 from taccl_py.plan.xml import parse_plan, plan_to_xml
@@ -287,12 +287,32 @@ def test_long_threadblocks_spread_over_more_channels(runtime, limit, channels):
     plan = _lowered(
         Algorithm("long", Collective("allgather", 2, 300), _unmergeable(300)), runtime=runtime
     )
-    assert plan.nchannels == channels
+    # ``channels``: the fewest that could hold 300 sends and 300 copies per rank; the
+    # spread cuts each connection into runs in time order, so it may take up to twice that
+    assert channels <= plan.nchannels <= 2 * channels
     assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= limit
     for g in plan.gpus:
         assert sorted((tb.chan, tb.send, tb.recv) for tb in g.tbs) == [
-            (c, *peers) for c in range(channels) for peers in ((-1, 1 - g.id), (1 - g.id, -1))
+            (c, *peers)
+            for c in range(plan.nchannels)
+            for peers in ((-1, 1 - g.id), (1 - g.id, -1))
         ]
+
+
+def test_spread_keeps_each_connection_in_time_order():
+    """A connection longer than a run (1/k of the busiest) is cut in start-time order:
+    every transfer on a later copy of the channel starts no earlier than any on an earlier
+    copy. A connection that fits one run stays whole on its channel."""
+    long = [Transfer(j, float((j * 7) % 300), 0, 1, j) for j in range(300)]
+    short = [Transfer(j, float(j), 0, 2, j) for j in range(3)]
+    spread = _spread(Algorithm("a", Collective("allgather", 3, 100), long + short), 4)
+    starts: dict[int, list[float]] = {}
+    for t in spread.transfers:
+        if t.dst == 1:
+            starts.setdefault(t.channel, []).append(t.start)
+    assert sorted(starts) == [0, 1, 2, 3] and all(len(v) == 75 for v in starts.values())
+    assert all(max(starts[c]) < min(starts[c + 1]) for c in range(3))
+    assert {t.channel for t in spread.transfers if t.dst == 2} == {0}
 
 
 def test_counts_are_capped_at_71():

@@ -62,8 +62,9 @@ def lower(
     replicates it onto more channels first.
 
     If a threadblock would exceed the runtime's steps per threadblock (``max_steps``: a
-    custom build's), the chunks are spread over as few further copies of the channels as
-    make it fit. A rank keeps at most :data:`~.runtimes.RESIDENT_TBS` threadblocks, and
+    custom build's), the busiest connections are cut, in the order of their start times,
+    into runs on further copies of their channels, as few as make it fit (a copy's steps
+    follow the previous copy's, so the schedule's order holds). A rank keeps at most :data:`~.runtimes.RESIDENT_TBS` threadblocks, and
     where it has more than 128 the ones other steps wait for are numbered first (a
     step's ``depid`` is an ``int8``). Raises :class:`AlgorithmError` for an inconsistent
     IR and :class:`PlanError`, with the reason, for a plan the runtime would not load
@@ -140,19 +141,25 @@ def lower(
 
 
 def _spread(alg: Algorithm, k: int) -> Algorithm:
-    """Put the i-th of ``k`` chunk groups on the i-th copy of the channels.
-
-    Chunks are ranked sub-chunk index first, then block, and cut into ``k`` ranges: with
-    chunk-up >= k every block is split evenly, with chunk-up 1 the blocks are.
+    """Cut each connection's transfers, in the order of their start times, into runs of
+    ``1 / k`` of the busiest connection's and put the i-th run on the i-th copy of its
+    channel: a copy's steps follow the previous copy's in time, and a connection shorter
+    than a run stays whole on its channel (with its order and its dependencies).
     """
-    coll = alg.collective
-    nch, cu, m = alg.nchannels, coll.chunkup, coll.num_chunks
-
-    def group(c: int) -> int:
-        return ((c % cu) * coll.num_blocks + c // cu) * k // m
-
-    ts = [replace(t, channel=t.channel + nch * group(t.chunk)) for t in alg.transfers]
-    return Algorithm(alg.name, coll, ts, alg.topology, alg.size, alg.meta)
+    nch = alg.nchannels
+    conns: dict[tuple[int, int, int], list[int]] = {}
+    for i, t in enumerate(alg.transfers):
+        conns.setdefault((t.src, t.dst, t.channel), []).append(i)
+    run = -(-max(map(len, conns.values()), default=1) // k)
+    copy = [0] * len(alg.transfers)
+    for members in conns.values():
+        if len(members) <= run:
+            continue
+        members.sort(key=lambda i: (alg.transfers[i].start, i))
+        for j, i in enumerate(members):
+            copy[i] = j // run
+    ts = [replace(t, channel=t.channel + nch * c) for t, c in zip(alg.transfers, copy)]
+    return Algorithm(alg.name, alg.collective, ts, alg.topology, alg.size, alg.meta)
 
 
 def _longest_tb(plan: Plan) -> int:
