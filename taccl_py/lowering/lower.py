@@ -64,8 +64,9 @@ def lower(
     If a threadblock would exceed the runtime's steps per threadblock (``max_steps``: a
     custom build's), the busiest connections are cut, in the order of their start times,
     into runs on further copies of their channels, as few as make it fit (a copy's steps
-    follow the previous copy's, so the schedule's order holds). A rank keeps at most :data:`~.runtimes.RESIDENT_TBS` threadblocks, and
-    where it has more than 128 the ones other steps wait for are numbered first (a
+    follow the previous copy's, so the schedule's order holds). A rank keeps at most
+    :data:`~.runtimes.RESIDENT_TBS` threadblocks, and where it has more than 128 the ones
+    other steps wait for are numbered first (a
     step's ``depid`` is an ``int8``). Raises :class:`AlgorithmError` for an inconsistent
     IR and :class:`PlanError`, with the reason, for a plan the runtime would not load
     (:func:`~.runtimes.check_runtime`; the size selection, set by ``min_bytes`` and
