@@ -293,9 +293,7 @@ def test_long_threadblocks_spread_over_more_channels(runtime, limit, channels):
     assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= limit
     for g in plan.gpus:
         assert sorted((tb.chan, tb.send, tb.recv) for tb in g.tbs) == [
-            (c, *peers)
-            for c in range(plan.nchannels)
-            for peers in ((-1, 1 - g.id), (1 - g.id, -1))
+            (c, *peers) for c in range(plan.nchannels) for peers in ((-1, 1 - g.id), (1 - g.id, -1))
         ]
 
 
