@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..analysis.simulate import simulate
@@ -18,6 +20,8 @@ from ..topology import Topology
 
 #: what method milp's result must beat at its target size to be kept
 BASELINES = ("ring", "direct", "tree")
+#: transfers from which lowering, simulating and verifying an algorithm report progress
+LARGE = 100_000
 
 
 @dataclass
@@ -68,12 +72,15 @@ def build_plan(
     """
     options = synth if synth is not None else SynthOptions()
     lowering = lower if lower is not None else LowerOptions()
+    note = _notes(options.progress, time.monotonic())
     if lowering.name is None:
         lowering = replace(lowering, name=f"{topology.label}-{collective.label}-{method}")
     if method != "milp":
         alg = synthesize(topology, collective, method, options)
         alg.size = options.size
+        note(f"lowering {len(alg.transfers):,} transfers", len(alg.transfers))
         plan = lower_plan(alg, topology, lowering)
+        note("verifying the plan", len(alg.transfers))
         report = verify(plan)
         baseline = method in BASELINES and options.order is None
         return Result(alg, plan, report, {method: plan} if baseline else {})
@@ -83,13 +90,16 @@ def build_plan(
     kept: list = [None, float("inf"), None]  # the fastest judged: algorithm, time, plan
 
     def judge(a: Algorithm) -> float:
+        n = len(a.transfers)
+        note(f"judging {a.meta.get('variant', a.name)}: lowering {n:,} transfers", n)
         plan = lower_plan(a, topology, lowering)
         if not splits(rules, plan, size):  # the runtime would not select it at ``size``
             return float("inf")
-        time = simulate(plan, topology, size).time
-        if time < kept[1]:  # milp keeps the fastest: its plan need not be lowered again
-            kept[:] = [a, time, plan]
-        return time
+        note(f"judging {a.meta.get('variant', a.name)}: simulating", n)
+        took = simulate(plan, topology, size).time
+        if took < kept[1]:  # milp keeps the fastest: its plan need not be lowered again
+            kept[:] = [a, took, plan]
+        return took
 
     judged = options.judge if options.judge is not None else judge
     options = replace(options, size=size, judge=judged, order=None)  # milp ignores an order
@@ -100,14 +110,28 @@ def build_plan(
         raise
     except TacclError as exc:  # no routing in time: the baselines are the incumbents
         if options.progress is not None:
-            note = f"no synthesized plan ({exc}); keeping the best baseline"
-            options.progress(note, 0.0, None, None)
+            line = f"no synthesized plan ({exc}); keeping the best baseline"
+            options.progress(line, 0.0, None, None)
     else:
         plan = kept[2] if kept[0] is alg else lower_plan(alg, topology, lowering)
         synthesized = (alg, plan)
+    many = collective.num_ranks * (collective.num_ranks - 1)
+    note(f"baselines: {', '.join(BASELINES)}", many)
     baselines = _baselines(topology, collective, size, lowering)
     alg, plan = _fastest(topology, collective, size, synthesized, baselines, rules)
+    note("verifying the plan", len(alg.transfers))
     return Result(alg, plan, verify(plan), {m: p for m, (_, p) in baselines.items()})
+
+
+def _notes(progress: Callable | None, began: float) -> Callable[[str, int], None]:
+    """A progress line for a stage of work on ``transfers`` transfers, if that is at least
+    :data:`LARGE` (small plans take no time worth reporting)."""
+
+    def note(stage: str, transfers: int) -> None:
+        if progress is not None and transfers >= LARGE:
+            progress(stage, time.monotonic() - began, None, None)
+
+    return note
 
 
 def _baselines(

@@ -37,8 +37,9 @@ class LowerOptions:
     """How :func:`lower` makes a plan: ``instances`` copies of the algorithm on further
     channels, the ``proto`` and the ``min_bytes``/``max_bytes`` size selection written into
     it, its ``name`` (default: the algorithm's), the ``runtime`` whose loader must accept it
-    (``max_steps``: a custom build's steps per threadblock) and ``inplace`` (None: the
-    collective's; else the collective lowered in or out of place).
+    (``max_steps``: a custom build's steps per threadblock; ``max_nodes``: its parser's
+    XML elements per rank) and ``inplace`` (None: the collective's; else the collective
+    lowered in or out of place).
 
     >>> LowerOptions(proto="LL").proto, LowerOptions().runtime
     ('LL', 'msccl-executor')
@@ -52,6 +53,7 @@ class LowerOptions:
     runtime: str = DEFAULT_RUNTIME
     max_steps: int | None = None
     inplace: bool | None = None
+    max_nodes: int | None = None
 
 
 @gc_paused()
@@ -85,7 +87,7 @@ def lower(
     >>> plan.name, plan.proto, plan.ngpus
     ('ag', 'LL', 8)
     """
-    rules = runtime_rules(options.runtime, options.max_steps)
+    rules = runtime_rules(options.runtime, options.max_steps, options.max_nodes)
     if options.proto not in PROTOCOLS:
         raise PlanError(f"protocol {options.proto!r} is not one of {', '.join(PROTOCOLS)}")
     lo, hi = options.min_bytes, options.max_bytes
@@ -131,7 +133,9 @@ def lower(
     while (longest := _longest_tb(plan)) > rules.max_steps and spread < most:
         spread = min(most, max(spread + 1, -(-spread * longest // rules.max_steps)))
         plan = _build(_spread(alg, spread), plan, topology, rules)
-    problems = check_runtime(plan, options.runtime, options.max_steps, selection=False)
+    problems = check_runtime(
+        plan, options.runtime, options.max_steps, selection=False, max_nodes=options.max_nodes
+    )
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise PlanError(

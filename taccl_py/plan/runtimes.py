@@ -52,7 +52,7 @@ from ..collectives import (
     XML_NAMES,
 )
 from ..errors import PlanError
-from .model import Plan
+from .model import GpuPlan, Plan
 
 #: ``<gpu>``, ``<tb>`` and ``<step>`` attributes both loaders read without a default
 ELEMENT_REQUIRED: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -215,15 +215,24 @@ RUNTIMES: Mapping[str, RuntimeRules] = MappingProxyType(
 DEFAULT_RUNTIME = "msccl-executor"
 
 
-def runtime_rules(runtime: str, max_steps: int | None = None) -> RuntimeRules:
-    """The rules of ``runtime``, built with ``max_steps`` steps per threadblock if given.
+def runtime_rules(
+    runtime: str, max_steps: int | None = None, max_nodes: int | None = None
+) -> RuntimeRules:
+    """The rules of ``runtime``, built with ``max_steps`` steps per threadblock and
+    ``max_nodes`` XML elements kept per rank (the parser's node budget) if given.
 
     >>> runtime_rules("msccl-executor").max_steps, runtime_rules("msccl", 64).max_steps
     (64, 64)
+    >>> runtime_rules("msccl-executor", max_nodes=300).max_nodes
+    300
     """
     rules = RUNTIMES.get(runtime)
     if rules is None:
         raise PlanError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if max_nodes is not None:
+        if max_nodes < 1:
+            raise PlanError(f"max_nodes={max_nodes}: a rank keeps at least its <algo>")
+        rules = replace(rules, max_nodes=max_nodes)
     return rules.with_max_steps(max_steps)
 
 
@@ -379,11 +388,13 @@ def check_runtime(
     max_steps: int | None = None,
     *,
     selection: bool = True,
+    max_nodes: int | None = None,
 ) -> list[str]:
     """Every rule of ``runtime``'s loader that ``plan`` breaks, one line each (empty: the
     runtime loads it and selects it for some size).
 
-    ``max_steps``: steps per threadblock of a custom build (default: the runtime's).
+    ``max_steps``: steps per threadblock of a custom build (default: the runtime's);
+    ``max_nodes``: XML elements its parser keeps per rank (default: the runtime's).
     ``selection=False`` leaves out the size-selection rules (for a plan whose minBytes and
     maxBytes are set later). The plan is assumed to pass
     :func:`~taccl_py.plan.verify.check_limits`. A plan read from a file
@@ -395,7 +406,7 @@ def check_runtime(
     >>> problems[0].split(";")[0]
     'maxBytes=0: msccl never selects it (it selects minBytes <= n < maxBytes)'
     """
-    rules = runtime_rules(runtime, max_steps)
+    rules = runtime_rules(runtime, max_steps, max_nodes)
     unloaded = unloaded_problem(rules, plan.coll)
     if unloaded is not None:
         return [unloaded]
@@ -459,6 +470,24 @@ def _file_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     return out
 
 
+def rank_nodes(plan: Plan, gpu: GpuPlan) -> int:
+    """XML elements the loaders keep for ``gpu``'s rank: the ``<algo>``, every ``<gpu>``
+    element, and the rank's own ``<tb>`` and ``<step>`` elements.
+
+    >>> from taccl_py.plan.model import Step, Threadblock
+    >>> tb = Threadblock(0, 1, -1, 0, [Step(i, "s", "i", 0, None, -1) for i in range(3)])
+    >>> gpus = [GpuPlan(0, 1, 2, 0, [tb]), GpuPlan(1, 1, 2, 0, [])]
+    >>> rank_nodes(Plan("p", "allgather", 2, 2, gpus=gpus), gpus[0])
+    7
+    """
+    return 1 + len(plan.gpus) + len(gpu.tbs) + sum(len(t.steps) for t in gpu.tbs)
+
+
+def max_rank_nodes(plan: Plan) -> int:
+    """The most XML elements any rank of ``plan`` keeps (see :func:`rank_nodes`)."""
+    return max((rank_nodes(plan, g) for g in plan.gpus), default=1)
+
+
 def _structure_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     """Element counts, threadblocks, channels, steps and dependencies."""
     n = rules.name
@@ -473,7 +502,7 @@ def _structure_problems(rules: RuntimeRules, plan: Plan) -> list[str]:
     chan, tbs, per_chan, steps, children, nodes, depid, offset = (_Found() for _ in range(8))
     for gpu in plan.gpus:
         g = f"gpu {gpu.id}"
-        count = 1 + len(plan.gpus) + len(gpu.tbs) + sum(len(tb.steps) for tb in gpu.tbs)
+        count = rank_nodes(plan, gpu)
         if count > rules.max_nodes:
             nodes.add(f"rank {gpu.id} needs {count} XML elements")
         if len(gpu.tbs) > rules.max_tbs:

@@ -38,7 +38,26 @@ from .sketch import Sketch
 
 #: a network connection's resources on the receiving side (its NIC, its leaf's downlinks)
 _RECEIVING = ("nicin:", "down:")
-NETWORK_CHANNEL = 1  # network sends get a channel of their own: more peers per rank fit
+NETWORK_CHANNEL = 1  # network sends get channels of their own: more peers per rank fit
+#: MSCCL's sending (and receiving) threadblocks per channel: a rank's network peers at node
+#: offsets 1..32 share the first network channel, 33..64 the next, and so on
+PEERS_PER_CHANNEL = 32
+
+
+def network_channel(topology: Topology, src: int, dst: int) -> int:
+    """The channel of a network transfer from rank ``src`` to rank ``dst``: by their node
+    offset, so that each rank sends to (and receives from) at most
+    :data:`PEERS_PER_CHANNEL` nodes per channel; the offset is the same on every node
+    shift, so sender and receiver agree.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo = load_topology("dgx-h100", 128)
+    >>> [network_channel(topo, 0, 8 * d) for d in (1, 32, 33, 127)]
+    [1, 1, 2, 4]
+    """
+    g = topology.gpus_per_node
+    offset = (dst // g - src // g) % topology.nodes
+    return NETWORK_CHANNEL + (offset - 1) // PEERS_PER_CHANNEL
 
 
 def node_topology(topology: Topology) -> Topology:
@@ -66,8 +85,21 @@ def node_trees(
     return node_trees_for(topology, 0, chunk_bytes, time_limit=time_limit)
 
 
+#: above this many nodes only the direct pattern is searched: a tree's or a ring's chunk
+#: crosses many nodes in turn, and ordering those sends alone outlasts any time limit
+#: (128 nodes: the ring was not ordered in 90 s) while direct is the fastest from 8 on
+DIRECT_ONLY_NODES = 32
+
+
 def fanouts(nodes: int) -> list[int]:
-    """The node-level patterns searched: direct (fan-out ``nodes - 1``), trees, ring."""
+    """The node-level patterns searched: direct (fan-out ``nodes - 1``), trees, ring
+    (direct only above :data:`DIRECT_ONLY_NODES` nodes).
+
+    >>> fanouts(8), fanouts(64)
+    ([7, 4, 2, 1], [63])
+    """
+    if nodes > DIRECT_ONLY_NODES:
+        return [nodes - 1]
     return sorted({nodes - 1, *(f for f in (4, 2, 1) if f < nodes - 1)}, reverse=True)
 
 
@@ -270,7 +302,8 @@ class Decomposition:
         conns = self.topology.connections
         out = []
         for t in sched.transfers():
-            ch = NETWORK_CHANNEL if conns[(t.src, t.dst)].kind == "network" else 0
+            network = conns[(t.src, t.dst)].kind == "network"
+            ch = network_channel(self.topology, t.src, t.dst) if network else 0
             out += [
                 Transfer(
                     t.step,
@@ -337,6 +370,44 @@ def bundle_sizes(
     return tuple(sizes)
 
 
+def offset_relays(
+    topology: Topology, sketch: Sketch, trees: dict[int, list[Edge]]
+) -> dict[int, tuple[int, int]] | None:
+    """Node offset -> (relay, receiver) of the direct pattern with relays by offset: every
+    GPU's data first reaches every GPU of its node (its tree), and the node's data for
+    node offset ``o`` leaves on the ``(o - 1) mod``-th GPU with a NIC and a sketch
+    connection, over its own NIC, to its peer. Each GPU then has ``nodes / relays``
+    network peers instead of ``nodes - 1``: what keeps a 1,024-rank plan within MSCCL's
+    threadblocks (32 per channel, ``depid`` < 128 for those waited on) and its node
+    budget. The default sketch's rule that a GPU sends only its own data across is set
+    aside (it keeps a GPU on its own NIC, as this does); so only the default sketch uses
+    it. None if no GPU qualifies or a tree does not reach every GPU.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> from taccl_py.synth.milp.sketch import default_sketch
+    >>> topo = load_topology("dgx-h100", 64)
+    >>> trees = {k: [(k, j) for j in range(8) if j != k] for k in range(8)}
+    >>> by = offset_relays(topo, default_sketch(topo), trees)
+    >>> by[1], by[8], by[9], by[63]
+    ((0, 0), (7, 7), (0, 0), (6, 6))
+    """
+    g = topology.gpus_per_node
+    if any(len(distances(trees[k], k)) < g for k in range(g)):
+        return None
+    carriers = [
+        r
+        for r in range(g)
+        if topology.nic_of(r) is not None and any(a == r for a, _ in sketch.connections)
+    ]
+    if not carriers:
+        return None
+    return {
+        o: (r, _receiver(topology, sketch, r))
+        for o in range(1, topology.nodes)
+        for r in [carriers[(o - 1) % len(carriers)]]
+    }
+
+
 def decompose(
     topology: Topology,
     collective: Collective,
@@ -345,23 +416,28 @@ def decompose(
     carriers: dict,
     fanout: int,
     bundles: tuple[int, ...] = (),
+    by_offset: dict[int, tuple[int, int]] | None = None,
 ) -> Decomposition:
     """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
     (``carriers``, see :func:`relays`; a list of them per source: one per chunk in turn,
     see :func:`spread_relays`) and a node-level tree of ``fanout``; a network hop into
     node ``o`` carries ``bundles[o - 1]`` chunks of a source at once (default 1: which
-    spread carriers need, as a bundle's chunks share one route)."""
+    spread carriers need, as a bundle's chunks share one route). With ``by_offset``
+    (:func:`offset_relays`; direct pattern only) the relay and receiver of the hop into
+    node ``o`` are ``by_offset[o]`` for every source instead."""
     if collective.kind != ALLGATHER or topology.nodes < 2:
         raise TacclError("decomposition is for AllGather over several nodes")
     g, n = topology.gpus_per_node, topology.nodes
+    if by_offset is not None and fanout != n - 1:
+        raise TacclError("relays by node offset are for the direct pattern only")
     pattern = [((o - 1) // fanout, o) for o in range(1, n)]
     routes = {}
     for k in range(g):
         options = _options(carriers[k])
         for j in range(collective.chunkup):
-            r, q = options[j % len(options)]
             edges = list(trees[k])
             for po, o in pattern:
+                r, q = options[j % len(options)] if by_offset is None else by_offset[o]
                 edges.append((po * g + r, o * g + q))
                 edges += [(o * g + u, o * g + v) for u, v in trees[q]]
             routes[k * collective.chunkup + j] = sorted(edges)

@@ -35,15 +35,19 @@ from ...topology.model import Topology
 from ..checks import require_ranks
 from ..solvers import live_progress
 from .decompose import (
-    NETWORK_CHANNEL,
+    DIRECT_ONLY_NODES,
     Decomposition,
     bundle_sizes,
     decompose,
     fanouts,
     nic_relays,
     node_trees,
+    offset_relays,
     relays,
     spread_relays,
+)
+from .decompose import (
+    network_channel as decompose_channel,
 )
 from .hetero import hetero_routes, hetero_rules, node_patterns
 from .node_routes import Memo, node_trees_for
@@ -69,6 +73,7 @@ HETERO_CHUNKUPS = (2, 4, 6)
 CORE_SHARE = 0.3  # of the time, for the decomposition of what every node has
 CORE_ENOUGH = 0.94  # a core plan at this share of the bound leaves out the whole-cluster one
 SPREAD = ", a NIC-less GPU's data over every relay"
+OFFSETS = ", relays by node offset"
 MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
@@ -552,6 +557,11 @@ def decomposed_algorithm(
     variants: list[tuple[str, dict]] = [("", carriers)]
     variants += [(", one relay per NIC", shared)] if shared else []
     variants += [(SPREAD, spread)] if spread else []
+    by_offset = offset_relays(topology, sketch, trees) if dense else None
+    if by_offset is not None and topology.nodes > DIRECT_ONLY_NODES:
+        # a rank's direct peers (nodes - 1 each way, each a threadblock other steps wait
+        # for) outgrow MSCCL's 128 such threadblocks and its node budget: relays by offset
+        variants = [(OFFSETS, carriers)]
     # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
     # are most likely the same plan; a shared NIC is shared first-ready by the runtime
     exact = all(len(nic.ranks) == 1 for nic in topology.nics)
@@ -565,6 +575,8 @@ def decomposed_algorithm(
     if dense:  # ... and the target size, or no runtime selects the plan at that size
         factors = list(collective.fitting_chunkups(size, tuple(factors)))
     patterns = {name: fanouts(topology.nodes) for name, _ in variants}
+    if OFFSETS in patterns:
+        patterns[OFFSETS] = [topology.nodes - 1]
 
     def busy() -> bool:
         now = time.monotonic()
@@ -601,8 +613,9 @@ def decomposed_algorithm(
                     carry,
                     fanout,
                     ()
-                    if name == SPREAD
+                    if name in (SPREAD, OFFSETS)
                     else bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size), trees, carry),
+                    by_offset if name == OFFSETS else None,
                 )
                 label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{name}"
                 report(f"ordering ({label})")
@@ -632,6 +645,8 @@ def decomposed_algorithm(
                     ranked.append((sched.makespan, len(ranked), label, rule, dec, sched, name))
     ranked.sort(key=lambda x: x[:2])
     best, scores, seen, cost = None, {}, set(), 0.0
+    rejected: TacclError | None = None  # why the last judged candidate was refused
+    refused: dict[str, str] = {}  # label -> why the judge refused its plan
     judged: dict[str, int] = defaultdict(int)  # per relay choice
     for makespan, _, label, rule, dec, sched, name in ranked:
         now = time.monotonic()
@@ -662,7 +677,9 @@ def decomposed_algorithm(
         )
         try:
             score = judge(alg) if judge is not None else makespan
-        except TacclError:  # e.g. more peers per rank than the runtime allows
+        except TacclError as exc:  # e.g. more peers per rank than the runtime allows
+            rejected = TacclError(f"no candidate's plan fits the runtime ({label}: {exc})")
+            refused[label] = str(exc)
             continue
         finally:
             cost = time.monotonic() - now
@@ -671,6 +688,10 @@ def decomposed_algorithm(
         if best is None or score < best.meta["score"] * (1 - 1e-12):
             best = alg
         report(f"schedule ({label})", best.meta["score"])
+    if best is None and rejected is not None:
+        raise rejected
+    if best is not None and refused:
+        best.meta["refused"] = refused
     return best, scores
 
 
@@ -773,14 +794,17 @@ def _reversed(
 def _algorithm(
     topology: Topology, sched: Schedule, routes: Routes, size: int, network_channel: bool = False
 ) -> Algorithm:
-    """The algorithm of a schedule; with ``network_channel``, network transfers on a
-    channel of their own (as the decomposition does: threadblocks then pair network peers
-    with network peers only, and more of them fit a rank)."""
+    """The algorithm of a schedule; with ``network_channel``, network transfers on
+    channels of their own (:func:`.decompose.network_channel`, as the decomposition does:
+    threadblocks then pair network peers with network peers only, and more of them fit a
+    rank)."""
     transfers = sched.transfers()
     if network_channel:
         conns = topology.connections
         transfers = [
-            replace(t, channel=NETWORK_CHANNEL) if conns[t.src, t.dst].kind == "network" else t
+            replace(t, channel=decompose_channel(topology, t.src, t.dst))
+            if conns[t.src, t.dst].kind == "network"
+            else t
             for t in transfers
         ]
     meta = {

@@ -1,0 +1,87 @@
+"""Issue 22: plans for many nodes fit msccl-executor's loader, shown on a small stand-in.
+
+At 1,024 ranks the loader keeps at most 4,095 XML elements per rank: the ``<algo>``, the
+1,024 ``<gpu>`` elements and the rank's own threadblocks and steps, which leaves about 3
+per rank in the communicator. The stand-in is 40 nodes of 2 GPUs (one NIC each, behind a
+switch): more nodes than the tree and ring fan-outs are searched for, more network peers
+per rank than one channel holds, a 32-step threadblock limit so that the threadblocks are
+cut into channel copies as DGX-H100's are at 64, and the node budget in proportion (1 +
+80 + 3.0 per rank), which the finer chunk-ups exceed, so that the search must refuse them
+as it must at 1,024 ranks. Its plan must fit every loader rule of that build.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from taccl_py.analysis.bounds import lower_bound
+from taccl_py.analysis.simulate import simulate
+from taccl_py.collectives import Collective
+from taccl_py.lowering.lower import LowerOptions, lower
+from taccl_py.plan.runtimes import RUNTIMES, check_runtime, max_rank_nodes, rank_nodes
+from taccl_py.plan.verify import verify
+from taccl_py.synth.milp.decompose import DIRECT_ONLY_NODES, PEERS_PER_CHANNEL
+from taccl_py.synth.milp.search import staged_algorithm
+from taccl_py.topology.loader import load_topology
+
+NODE = """\
+name: duo
+gpus_per_node: 2
+switches:
+  - {name: sw, gpus: all, bandwidth: 100, alpha: 0.5}
+nics:
+  - {name: nic0, gpus: [0], bandwidth: 25, alpha: 2.0}
+  - {name: nic1, gpus: [1], bandwidth: 25, alpha: 2.0}
+network: full-bisection
+"""
+NODES = 40
+MAX_STEPS = 32
+#: tbs + steps per rank the loader leaves at 1,024 ranks, per rank of the communicator
+PER_RANK = (RUNTIMES["msccl-executor"].max_nodes - 1 - 1024) / 1024
+BUDGET = 1 + 2 * NODES + int(PER_RANK * 2 * NODES)
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    """The stand-in, its synthesized AllGather (judged as ``build_plan`` judges: lowered
+    under the stand-in's limits and simulated; a candidate that does not fit is refused)
+    and its plan."""
+    path = tmp_path_factory.mktemp("large") / "duo.yaml"
+    path.write_text(NODE)
+    topo = load_topology(str(path), NODES)
+    size = NODES << 24  # 640 MiB: splits into 80 ranks' chunks (1 GiB does not)
+    limits = LowerOptions(max_steps=MAX_STEPS, max_nodes=BUDGET)
+
+    def judge(alg):
+        return simulate(lower(alg, topo, limits), topo, size).time
+
+    coll = Collective("allgather", topo.num_ranks)
+    alg = staged_algorithm(topo, coll, size=size, time_limit=8, judge=judge)
+    return topo, alg, lower(alg, topo, limits), size
+
+
+def test_the_stand_in_exercises_the_large_paths(stand_in):
+    topo, alg, plan, _ = stand_in
+    assert topo.nodes > DIRECT_ONLY_NODES and NODES - 1 > PEERS_PER_CHANNEL
+    assert alg.meta["node_fanout"] == NODES - 1  # direct: every node from every node
+    network = {t.channel for t in alg.transfers if t.src // 2 != t.dst // 2}
+    assert len(network) == 2  # 39 network peers: two channels of at most 32
+    assert plan.nchannels > 1 + len(network)  # threadblocks were cut into channel copies
+
+
+def test_a_many_node_plan_fits_the_loader(stand_in):
+    topo, alg, plan, size = stand_in
+    assert check_runtime(plan, max_steps=MAX_STEPS, selection=False, max_nodes=BUDGET) == []
+    assert max(len(tb.steps) for g in plan.gpus for tb in g.tbs) <= MAX_STEPS
+    assert max_rank_nodes(plan) <= BUDGET
+    # the finer chunk-ups were synthesized but refused: their plans exceed the budget
+    assert alg.collective.chunkup == 1
+    refused = alg.meta["refused"]
+    assert any("chunk-up 2," in label for label in refused)
+    assert all(f"the loader keeps at most {BUDGET}" in why for why in refused.values())
+    assert max_rank_nodes(plan) == max(rank_nodes(plan, g) for g in plan.gpus)
+    assert verify(plan)
+    # cutting threadblocks keeps the schedule's order: the plan runs at its makespan
+    sim = simulate(plan, topo, size).time
+    assert sim == pytest.approx(alg.meta["makespan"], rel=1e-6)
+    assert lower_bound(topo, "allgather", size).time / sim >= 0.9
