@@ -200,6 +200,8 @@ class Decomposition:
     fanout: int
     routes: dict[int, list[Edge]]  # chunk of a node-0 source -> its out-tree
     bundles: tuple[int, ...] = ()  # chunks per network transfer into node 1, 2, ... (1)
+    #: every hop off node 0 carries node 0's whole block (all its sources' chunks) at once
+    blocks: bool = False
 
     def shift(self, rank: int, by: int) -> int:
         """``rank`` moved ``by`` nodes on (modulo the nodes)."""
@@ -215,6 +217,8 @@ class Decomposition:
         and how many chunks it carries."""
         g, cu = self.topology.gpus_per_node, self.collective.chunkup
         o = v // g
+        if self.blocks and o != 0:
+            return 0, g * cu
         size = self.bundles[o - 1] if u // g != o and o <= len(self.bundles) else 1
         first = chunk - chunk % cu
         lead = first + (chunk - first) // size * size
@@ -240,42 +244,47 @@ class Decomposition:
 
     def sends(self) -> list[Send]:
         """The quotient's sends (sender on node 0), parents before children; a network
-        hop of several chunks (see ``bundles``) is one send, by its first chunk."""
+        hop of several chunks (see ``bundles`` and ``blocks``) is one send, by its first
+        chunk, waiting for every send that brings one of them."""
         topo, g = self.topology, self.topology.gpus_per_node
         conns = topo.connections
-        items = []  # (depth, chunk, src, dst, pred key, chunks carried)
+        source = {c: self.collective.precondition(c)[0] for c in self.routes}
+        parents = {c: {v: u for u, v in es} for c, es in self.routes.items()}
+        depths = {c: distances(es, source[c]) for c, es in self.routes.items()}
+        items = []  # (depth, chunk, src, dst, pred keys, chunks carried)
         for c, es in self.routes.items():
-            src = self.collective.precondition(c)[0]
-            parent = {v: u for u, v in es}
-            depth = distances(es, src)
             for u, v in es:
                 lead, count = self.lead(c, u, v)
                 if lead != c:
                     continue
                 by = -(u // g)
-                pred = None
-                if u != src:
-                    w = parent[u]
+                preds = []  # the hops that bring each of the chunks carried to u
+                for m in range(c, c + count):
+                    if u == source[m]:
+                        continue
+                    w = parents[m][u]
                     back = -(w // g)
-                    pred = (
-                        self.shift_chunk(self.lead(c, w, u)[0], back),
+                    key = (
+                        self.shift_chunk(self.lead(m, w, u)[0], back),
                         self.shift(w, back),
                         self.shift(u, back),
                     )
+                    if key not in preds:
+                        preds.append(key)
                 items.append(
                     (
-                        depth[v],
+                        max(depths[m][v] for m in range(c, c + count)),
                         self.shift_chunk(c, by),
                         self.shift(u, by),
                         self.shift(v, by),
-                        pred,
+                        tuple(preds),
                         count,
                     )
                 )
         items.sort(key=lambda it: it[:4])
         index = {it[1:4]: i for i, it in enumerate(items)}
         out = []
-        for _, c, u, v, pred, count in items:
+        for _, c, u, v, keys, count in items:
             conn = conns[(u, v)]
             res = conn.resources
             if conn.kind == "network":  # the receiving NIC, renamed to its node-0 image
@@ -288,11 +297,12 @@ class Decomposition:
                     c,
                     u,
                     v,
-                    None if pred is None else index[pred],
+                    index[keys[0]] if keys else None,
                     (*res, f"conn:{u}->{v}"),
                     count * self.chunk_bytes / topo.bandwidth(conn),
                     conn.alpha,
                     count,
+                    tuple(index[p] for p in keys[1:]),
                 )
             )
         return out
@@ -441,7 +451,9 @@ def decompose(
                 edges.append((po * g + r, o * g + q))
                 edges += [(o * g + u, o * g + v) for u, v in trees[q]]
             routes[k * collective.chunkup + j] = sorted(edges)
-    return Decomposition(topology, collective, chunk_bytes, fanout, routes, bundles)
+    return Decomposition(
+        topology, collective, chunk_bytes, fanout, routes, bundles, by_offset is not None
+    )
 
 
 def _options(carrier) -> list[tuple[int, int]]:

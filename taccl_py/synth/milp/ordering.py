@@ -32,7 +32,8 @@ class TimeUp(TacclError):
 @dataclass(frozen=True)
 class Send:
     """One hop of ``count`` consecutive chunks from ``chunk`` as one transfer; ``pred`` is
-    the send that brings them to ``src``."""
+    the send that brings them to ``src``, ``also`` the further sends that bring some of
+    them (a bundle of several sources' chunks waits for every one)."""
 
     chunk: int
     src: int
@@ -42,6 +43,12 @@ class Send:
     dur: float  # seconds the topology's resources are held
     alpha: float
     count: int = 1
+    also: tuple[int, ...] = ()
+
+    @property
+    def preds(self) -> tuple[int, ...]:
+        """Every send this one waits for (``pred`` first)."""
+        return self.also if self.pred is None else (self.pred, *self.also)
 
     @property
     def conn(self) -> str:
@@ -91,8 +98,7 @@ def remaining(sends: list[Send]) -> list[float]:
     """Longest path (s) from each send's start to the end of its chunk's subtree."""
     rest = [s.dur + s.alpha for s in sends]
     for i in range(len(sends) - 1, -1, -1):  # children follow their parents
-        p = sends[i].pred
-        if p is not None:
+        for p in sends[i].preds:
             rest[p] = max(rest[p], sends[p].dur + sends[p].alpha + rest[i])
     return rest
 
@@ -101,8 +107,7 @@ def descendants(sends: list[Send]) -> list[float]:
     """How many sends wait (directly or not) for each send's chunk to arrive."""
     count = [0.0] * len(sends)
     for i in range(len(sends) - 1, -1, -1):  # children follow their parents
-        p = sends[i].pred
-        if p is not None:
+        for p in sends[i].preds:
             count[p] += count[i] + 1
     return count
 
@@ -130,10 +135,11 @@ def order(
     """
     prio = remaining(sends) if prio is None else prio
     children = defaultdict(list)
+    waits = [len(s.preds) for s in sends]  # preds not yet placed
     for i, s in enumerate(sends):
-        if s.pred is not None:
-            children[s.pred].append(i)
-    ready = {i: 0.0 for i, s in enumerate(sends) if s.pred is None}
+        for p in s.preds:
+            children[p].append(i)
+    ready = {i: 0.0 for i, s in enumerate(sends) if not waits[i]}
     last: dict[str, tuple[int, float, float]] = {}  # resource -> (rank, end, arrival)
     sequence: dict[str, list[int]] = defaultdict(list)
     start = [0.0] * len(sends)
@@ -194,8 +200,10 @@ def order(
             if later != est[i]:
                 set_est(i, later)
         for j in children[pick]:
-            ready[j] = t + s.dur + s.alpha
-            arrive(j)
+            waits[j] -= 1
+            ready[j] = max(ready.get(j, 0.0), t + s.dur + s.alpha)
+            if not waits[j]:
+                arrive(j)
     return Order(sends, dict(sequence), start)
 
 

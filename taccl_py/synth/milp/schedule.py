@@ -66,9 +66,10 @@ def timing(order: Order, groups: list[list[int]]) -> tuple[list[float], float] |
             if src[a] == src[b]:
                 late.add((a, b))
     for i, s in enumerate(sends):
-        if s.pred is not None and group_of[s.pred] != group_of[i]:
-            succ[group_of[s.pred]].add(group_of[i])
-            late.add((group_of[s.pred], group_of[i]))
+        for p in s.preds:
+            if group_of[p] != group_of[i]:
+                succ[group_of[p]].add(group_of[i])
+                late.add((group_of[p], group_of[i]))
     indeg = [0] * len(groups)
     for g in succ:
         for h in succ[g]:
