@@ -2,14 +2,15 @@
 the plan fits msccl-executor's loader.
 
 For every node count x collective, in a fresh process (so that its peak RSS is its own):
-``synthesize(..., "milp")`` at the target size (solve: routing, ordering, scheduling and
-the IR), :func:`~taccl_py.lowering.lower.lower` for msccl-executor (lower),
-:func:`~taccl_py.plan.verify.verify` (verify, data level), :func:`simulate` at the size
-(simulate) and :func:`lower_bound` (bound). The plan is judged by its schedule's makespan
-here, not by the simulator as ``taccl synthesize`` does, and without the NCCL baselines, so
-that each stage is timed once. "nodes/rank" is the most XML elements the loader keeps for
-one rank (1 ``<algo>``, every ``<gpu>``, the rank's ``<tb>`` and ``<step>``; at most
-4,095), "loader" the number of msccl-executor's rules the plan breaks (0: it loads).
+:func:`~taccl_py.build.pipeline.build_plan` with method milp at the target size, as
+``taccl synthesize`` runs it (build: routing, ordering, scheduling, each judged
+candidate lowered and simulated, the ring/direct/tree baselines, and the kept plan
+verified); then, each timed on its own, the kept algorithm's
+:func:`~taccl_py.lowering.lower.lower` for msccl-executor (lower),
+:func:`~taccl_py.plan.verify.verify` (verify, data level) and :func:`simulate` at the size
+(simulate), against :func:`lower_bound`. "nodes/rank" is the most XML elements the loader
+keeps for one rank (1 ``<algo>``, every ``<gpu>``, the rank's ``<tb>`` and ``<step>``; at
+most 4,095), "loader" the number of msccl-executor's rules the plan breaks (0: it loads).
 
 Usage:
   python benchmarks/large.py --nodes 8,16,32,64,128 --collectives allgather,allreduce
@@ -26,12 +27,13 @@ import time
 
 from taccl_py.analysis.bounds import lower_bound
 from taccl_py.analysis.simulate import simulate
+from taccl_py.build.pipeline import build_plan
 from taccl_py.collectives import Collective
 from taccl_py.errors import TacclError
 from taccl_py.lowering.lower import lower
 from taccl_py.plan.runtimes import check_runtime, max_rank_nodes
 from taccl_py.plan.verify import verify
-from taccl_py.synth.methods import SynthOptions, synthesize
+from taccl_py.synth.methods import SynthOptions
 from taccl_py.topology.loader import load_topology
 from taccl_py.util.units import parse_size
 
@@ -42,15 +44,17 @@ def run_case(name: str, nodes: int, kind: str, size: int, time_limit: float) -> 
     out: dict = {}
     began = time.perf_counter()
     try:
-        alg = synthesize(
+        result = build_plan(
             topo,
             Collective(kind, topo.num_ranks),
             "milp",
-            SynthOptions(size=size, time_limit=time_limit),
+            synth=SynthOptions(size=size, time_limit=time_limit),
         )
         out["solve"] = time.perf_counter() - began
-        out["chosen"] = alg.meta.get("variant", f"chunk-up {alg.collective.chunkup}")
-        out["transfers"] = len(alg.transfers)
+        alg = result.algorithm
+        chosen = alg.meta.get("chosen", "milp")
+        out["chosen"] = alg.meta.get("variant", chosen) if chosen == "milp" else chosen
+        del result
         t = time.perf_counter()
         plan = lower(alg, topo)
         out["lower"] = time.perf_counter() - t
@@ -84,7 +88,7 @@ def main() -> None:
         "nodes",
         "GPUs",
         "collective",
-        "solve (s)",
+        "build (s)",
         "lower (s)",
         "verify (s)",
         "simulate (s)",

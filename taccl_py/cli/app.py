@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -35,6 +36,7 @@ def _raise_interrupt(signum, frame):
     if _in_finalizer(frame):
         threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
         return
+    gc.freeze()  # no collection of a plan-sized heap while the interrupt unwinds
     raise KeyboardInterrupt
 
 
@@ -51,6 +53,21 @@ def _exit_if_solving(code: int) -> None:
     from ..synth.solvers import solving
 
     if solving():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+#: objects above which an interrupted command exits without freeing them: a 1,024-rank
+#: plan's lowering holds tens of millions, and collecting and freeing them took 28 s
+LARGE_HEAP = 2_000_000
+
+
+def _exit_if_large(code: int) -> None:
+    """Exit at once if the interrupt left a large heap (frozen by :func:`_raise_interrupt`;
+    every output was already removed, or never written, by the ``finally`` clauses it
+    unwound through)."""
+    if gc.get_freeze_count() > LARGE_HEAP:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -96,6 +113,7 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("taccl: interrupted", err=True)
             _exit_if_solving(130)
+            _exit_if_large(130)
             ctx.exit(130)
 
 

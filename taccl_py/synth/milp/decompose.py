@@ -200,8 +200,9 @@ class Decomposition:
     fanout: int
     routes: dict[int, list[Edge]]  # chunk of a node-0 source -> its out-tree
     bundles: tuple[int, ...] = ()  # chunks per network transfer into node 1, 2, ... (1)
-    #: every hop off node 0 carries node 0's whole block (all its sources' chunks) at once
-    blocks: bool = False
+    #: chunks of node 0's block (all its sources' chunks) that each hop into node 1, 2,
+    #: ... and on within it carries at once (empty: per ``bundles``)
+    blocks: tuple[int, ...] = ()
 
     def shift(self, rank: int, by: int) -> int:
         """``rank`` moved ``by`` nodes on (modulo the nodes)."""
@@ -218,7 +219,8 @@ class Decomposition:
         g, cu = self.topology.gpus_per_node, self.collective.chunkup
         o = v // g
         if self.blocks and o != 0:
-            return 0, g * cu
+            size = self.blocks[o - 1]
+            return chunk // size * size, size
         size = self.bundles[o - 1] if u // g != o and o <= len(self.bundles) else 1
         first = chunk - chunk % cu
         lead = first + (chunk - first) // size * size
@@ -427,6 +429,7 @@ def decompose(
     fanout: int,
     bundles: tuple[int, ...] = (),
     by_offset: dict[int, tuple[int, int]] | None = None,
+    parts: tuple[int, int] = (1, 1),
 ) -> Decomposition:
     """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
     (``carriers``, see :func:`relays`; a list of them per source: one per chunk in turn,
@@ -434,7 +437,9 @@ def decompose(
     node ``o`` carries ``bundles[o - 1]`` chunks of a source at once (default 1: which
     spread carriers need, as a bundle's chunks share one route). With ``by_offset``
     (:func:`offset_relays`; direct pattern only) the relay and receiver of the hop into
-    node ``o`` are ``by_offset[o]`` for every source instead."""
+    node ``o`` are ``by_offset[o]`` for every source instead, and each hop off node 0
+    carries its block of every source's chunks in ``parts`` parts (:func:`block_sizes`:
+    so many, and so many into each relay's last offset)."""
     if collective.kind != ALLGATHER or topology.nodes < 2:
         raise TacclError("decomposition is for AllGather over several nodes")
     g, n = topology.gpus_per_node, topology.nodes
@@ -451,9 +456,31 @@ def decompose(
                 edges.append((po * g + r, o * g + q))
                 edges += [(o * g + u, o * g + v) for u, v in trees[q]]
             routes[k * collective.chunkup + j] = sorted(edges)
-    return Decomposition(
-        topology, collective, chunk_bytes, fanout, routes, bundles, by_offset is not None
-    )
+    blocks = () if by_offset is None else block_sizes(by_offset, g * collective.chunkup, *parts)
+    return Decomposition(topology, collective, chunk_bytes, fanout, routes, bundles, blocks)
+
+
+def block_sizes(
+    by_offset: dict[int, tuple[int, int]], block: int, parts: int, last: int
+) -> tuple[int, ...]:
+    """Chunks per hop into node offset 1, 2, ... with relays by offset: ``block`` (a
+    node's chunks, contiguous) in ``parts`` equal parts, and in ``last`` parts into each
+    relay's last offset (a part does not split: the whole block). A relay sends its
+    offsets in turn, and a receiver forwards a part in its node once it has arrived while
+    the next is on the network: more parts pay more α and steps, fewer parts at the end
+    shorten the plan's tail.
+
+    >>> block_sizes({1: (0, 0), 2: (1, 1), 3: (0, 0), 4: (1, 1)}, 8, 1, 4)
+    (8, 8, 2, 2)
+    >>> block_sizes({1: (0, 0)}, 6, 4, 4)
+    (6,)
+    """
+    tail = set({r: o for o, (r, _) in sorted(by_offset.items())}.values())
+
+    def size(k: int) -> int:
+        return block // k if block % k == 0 else block
+
+    return tuple(size(last if o in tail else parts) for o in sorted(by_offset))
 
 
 def _options(carrier) -> list[tuple[int, int]]:

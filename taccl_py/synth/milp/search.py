@@ -74,6 +74,9 @@ CORE_SHARE = 0.3  # of the time, for the decomposition of what every node has
 CORE_ENOUGH = 0.94  # a core plan at this share of the bound leaves out the whole-cluster one
 SPREAD = ", a NIC-less GPU's data over every relay"
 OFFSETS = ", relays by node offset"
+#: with relays by offset, the parts a node's block is sent in, and into each relay's last
+#: offset (see :func:`.decompose.block_sizes`)
+BLOCK_PARTS = ((1, 1), (2, 2), (1, 8), (8, 8))
 MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
@@ -561,7 +564,9 @@ def decomposed_algorithm(
     if by_offset is not None and topology.nodes > DIRECT_ONLY_NODES:
         # a rank's direct peers (nodes - 1 each way, each a threadblock other steps wait
         # for) outgrow MSCCL's 128 such threadblocks and its node budget: relays by offset
-        variants = [(OFFSETS, carriers)]
+        variants = [
+            (f"{OFFSETS}, blocks in {k}, the last in {t}", carriers) for k, t in BLOCK_PARTS
+        ]
     # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
     # are most likely the same plan; a shared NIC is shared first-ready by the runtime
     exact = all(len(nic.ranks) == 1 for nic in topology.nics)
@@ -575,8 +580,10 @@ def decomposed_algorithm(
     if dense:  # ... and the target size, or no runtime selects the plan at that size
         factors = list(collective.fitting_chunkups(size, tuple(factors)))
     patterns = {name: fanouts(topology.nodes) for name, _ in variants}
-    if OFFSETS in patterns:
-        patterns[OFFSETS] = [topology.nodes - 1]
+    parts = {_blocks_label(k, t): (k, t) for k, t in BLOCK_PARTS}
+    parts = {name: kt for name, kt in parts.items() if name in patterns}
+    for name in parts:
+        patterns[name] = [topology.nodes - 1]
 
     def busy() -> bool:
         now = time.monotonic()
@@ -613,9 +620,10 @@ def decomposed_algorithm(
                     carry,
                     fanout,
                     ()
-                    if name in (SPREAD, OFFSETS)
+                    if name == SPREAD or name in parts
                     else bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size), trees, carry),
-                    by_offset if name == OFFSETS else None,
+                    by_offset if name in parts else None,
+                    parts.get(name, (1, 1)),
                 )
                 label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{name}"
                 report(f"ordering ({label})")
@@ -693,6 +701,11 @@ def decomposed_algorithm(
     if best is not None and refused:
         best.meta["refused"] = refused
     return best, scores
+
+
+def _blocks_label(parts: int, last: int) -> str:
+    """The variant label of relays by offset with blocks in ``parts`` (``last``) parts."""
+    return f"{OFFSETS}, blocks in {parts}, the last in {last}"
 
 
 def kept_fanouts(patterns: list[int], best: dict[int, float], exact: bool) -> list[int]:
