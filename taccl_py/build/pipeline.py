@@ -13,7 +13,7 @@ from ..ir.algorithm import Algorithm
 from ..lowering.lower import LowerOptions
 from ..lowering.lower import lower as lower_plan
 from ..plan.model import Plan
-from ..plan.runtimes import RUNTIMES, RuntimeRules, splits
+from ..plan.runtimes import RUNTIMES, RuntimeRules, runtime_rules, splits
 from ..plan.verify import VerifyReport, verify
 from ..synth.methods import DEFAULT_SIZE, SynthOptions, synthesize
 from ..topology import Topology
@@ -22,6 +22,8 @@ from ..topology import Topology
 BASELINES = ("ring", "direct", "tree")
 #: transfers from which lowering, simulating and verifying an algorithm report progress
 LARGE = 100_000
+#: a baseline whose steps per rank exceed the loader's room this many times is not lowered
+UNFIT = 4
 
 
 @dataclass
@@ -117,7 +119,7 @@ def build_plan(
         synthesized = (alg, plan)
     many = collective.num_ranks * (collective.num_ranks - 1)
     note(f"baselines: {', '.join(BASELINES)}", many)
-    baselines = _baselines(topology, collective, size, lowering)
+    baselines = _baselines(topology, collective, size, lowering, note)
     alg, plan = _fastest(topology, collective, size, synthesized, baselines, rules)
     note("verifying the plan", len(alg.transfers))
     return Result(alg, plan, verify(plan), {m: p for m, (_, p) in baselines.items()})
@@ -135,14 +137,31 @@ def _notes(progress: Callable | None, began: float) -> Callable[[str, int], None
 
 
 def _baselines(
-    topology: Topology, collective: Collective, size: int, lower: LowerOptions
+    topology: Topology,
+    collective: Collective,
+    size: int,
+    lower: LowerOptions,
+    note: Callable[[str, int], None] = lambda stage, n: None,
 ) -> dict[str, tuple[Algorithm, Plan]]:
-    """Each of :data:`BASELINES` that applies, made for ``size`` and lowered."""
+    """Each of :data:`BASELINES` that applies, made for ``size`` and lowered; one whose
+    steps per rank (a send and a receive per transfer) exceed the runtime's node budget
+    many times over is left out unlowered (NCCL's ring at 1,024 ranks: millions of
+    transfers and 16,000 steps per rank, which no merging brings to 3,070)."""
+    rules = runtime_rules(lower.runtime, lower.max_steps, lower.max_nodes)
+    room = rules.max_nodes - 1 - collective.num_ranks
     made = {}
     for baseline in BASELINES:
         try:
             alg = synthesize(topology, collective, baseline)
             alg.size = size
+            steps = 2 * len(alg.transfers) // collective.num_ranks
+            if steps > UNFIT * max(room, 1):
+                note(
+                    f"baseline {baseline} left out: {steps:,} steps per rank, the loader "
+                    f"keeps {rules.max_nodes:,} elements per rank",
+                    len(alg.transfers),
+                )
+                continue
             made[baseline] = (alg, lower_plan(alg, topology, lower))
         except TacclError:  # e.g. no ring over the links, or too many peers for MSCCL
             continue

@@ -76,7 +76,7 @@ SPREAD = ", a NIC-less GPU's data over every relay"
 OFFSETS = ", relays by node offset"
 #: with relays by offset, the parts a node's block is sent in, and into each relay's last
 #: offset (see :func:`.decompose.block_sizes`)
-BLOCK_PARTS = ((1, 1), (2, 2), (1, 8), (8, 8))
+BLOCK_PARTS = ((1, 1), (2, 2), (4, 4), (8, 8))
 MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
