@@ -656,12 +656,16 @@ def decomposed_algorithm(
     rejected: TacclError | None = None  # why the last judged candidate was refused
     refused: dict[str, str] = {}  # label -> why the judge refused its plan
     judged: dict[str, int] = defaultdict(int)  # per relay choice
+    finest = float("inf")  # the fewest steps (chunk-up x parts) of a refused candidate
     for makespan, _, label, rule, dec, sched, name in ranked:
         now = time.monotonic()
         if now > deadline or best is not None and now - began + cost > time_limit:
             break  # the last judgement's time predicts the next one's
         if judged[name] >= JUDGED or (label, makespan) in seen:
             continue  # the latter: most likely the same schedule again
+        steps = dec.collective.chunkup * parts.get(name, (1, 1))[0]
+        if steps >= finest:
+            continue  # as many steps as a refused candidate's, or more: refused too
         seen.add((label, makespan))
         coll = dec.collective
         alg = Algorithm(
@@ -688,6 +692,7 @@ def decomposed_algorithm(
         except TacclError as exc:  # e.g. more peers per rank than the runtime allows
             rejected = TacclError(f"no candidate's plan fits the runtime ({label}: {exc})")
             refused[label] = str(exc)
+            finest = min(finest, steps)
             continue
         finally:
             cost = time.monotonic() - now
