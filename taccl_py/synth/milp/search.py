@@ -659,8 +659,9 @@ def decomposed_algorithm(
     finest = float("inf")  # the fewest steps (chunk-up x parts) of a refused candidate
     for makespan, _, label, rule, dec, sched, name in ranked:
         now = time.monotonic()
-        if now > deadline or best is not None and now - began + cost > time_limit:
-            break  # the last judgement's time predicts the next one's
+        if best is not None and (now > deadline or now - began + cost > time_limit):
+            break  # the last judgement's time predicts the next one's; none accepted
+            # yet: judging goes on past the deadline to the first candidate that fits
         if judged[name] >= JUDGED or (label, makespan) in seen:
             continue  # the latter: most likely the same schedule again
         steps = dec.collective.chunkup * parts.get(name, (1, 1))[0]
