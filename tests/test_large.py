@@ -108,3 +108,23 @@ def test_candidates_whose_plans_do_not_fit_are_refused(stand_in):
 
     with pytest.raises(TacclError, match="no candidate's plan fits the runtime.*5000 XML"):
         staged_algorithm(topo, coll, size=size, time_limit=3, judge=refuse)
+
+
+def test_baselines_that_cannot_load_are_left_out_before_lowering(monkeypatch):
+    """NCCL's direct pattern at 256 ranks needs 255 threadblocks per rank (one peer each
+    way per threadblock), over what a rank runs; NCCL's ring with a tiny node budget needs
+    more steps than the loader keeps. Neither is lowered, and each says why."""
+    from taccl_py.build import pipeline
+
+    lines = []
+    topo = load_topology("dgx-h100", 32)
+    coll = Collective("allgather", topo.num_ranks)
+    monkeypatch.setattr(pipeline, "BASELINES", ("direct",))
+    monkeypatch.setattr(pipeline, "lower_plan", lambda *a: pytest.fail("lowered"))
+    made = pipeline._baselines(topo, coll, 1 << 30, LowerOptions(), lambda s, n: lines.append(s))
+    assert made == {}
+    assert lines == ["baseline direct left out: 255 peers per rank, a rank runs at most 216 threadblocks"]
+    monkeypatch.setattr(pipeline, "BASELINES", ("ring",))
+    small = LowerOptions(max_nodes=300)
+    assert pipeline._baselines(topo, coll, 1 << 30, small, lambda s, n: lines.append(s)) == {}
+    assert lines[-1].startswith("baseline ring left out: ") and "keeps 300 elements" in lines[-1]

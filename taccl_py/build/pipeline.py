@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -13,7 +14,7 @@ from ..ir.algorithm import Algorithm
 from ..lowering.lower import LowerOptions
 from ..lowering.lower import lower as lower_plan
 from ..plan.model import Plan
-from ..plan.runtimes import RUNTIMES, RuntimeRules, runtime_rules, splits
+from ..plan.runtimes import RESIDENT_TBS, RUNTIMES, RuntimeRules, runtime_rules, splits
 from ..plan.verify import VerifyReport, verify
 from ..synth.methods import DEFAULT_SIZE, SynthOptions, synthesize
 from ..topology import Topology
@@ -146,26 +147,43 @@ def _baselines(
     """Each of :data:`BASELINES` that applies, made for ``size`` and lowered; one whose
     steps per rank (a send and a receive per transfer) exceed the runtime's node budget
     many times over is left out unlowered (NCCL's ring at 1,024 ranks: millions of
-    transfers and 16,000 steps per rank, which no merging brings to 3,070)."""
+    transfers and 16,000 steps per rank, which no merging brings to 3,070), and so is one
+    with more peers per rank than a rank has threadblocks (a threadblock sends to one peer
+    and receives from one: NCCL's direct pattern at 1,024 ranks)."""
     rules = runtime_rules(lower.runtime, lower.max_steps, lower.max_nodes)
     room = rules.max_nodes - 1 - collective.num_ranks
+    tbs = min(rules.max_tbs, RESIDENT_TBS)
     made = {}
     for baseline in BASELINES:
         try:
             alg = synthesize(topology, collective, baseline)
             alg.size = size
             steps = 2 * len(alg.transfers) // collective.num_ranks
-            if steps > UNFIT * max(room, 1):
-                note(
-                    f"baseline {baseline} left out: {steps:,} steps per rank, the loader "
-                    f"keeps {rules.max_nodes:,} elements per rank",
-                    len(alg.transfers),
-                )
+            peers = _most_peers(alg)
+            why = (
+                f"{steps:,} steps per rank, the loader keeps {rules.max_nodes:,} elements "
+                "per rank"
+                if steps > UNFIT * max(room, 1)
+                else f"{peers:,} peers per rank, a rank runs at most {tbs} threadblocks"
+                if peers > tbs
+                else None
+            )
+            if why is not None:
+                note(f"baseline {baseline} left out: {why}", len(alg.transfers))
                 continue
             made[baseline] = (alg, lower_plan(alg, topology, lower))
         except TacclError:  # e.g. no ring over the links, or too many peers for MSCCL
             continue
     return made
+
+
+def _most_peers(alg: Algorithm) -> int:
+    """The most peers one rank sends to or receives from."""
+    sends, recvs = defaultdict(set), defaultdict(set)
+    for t in alg.transfers:
+        sends[t.src].add(t.dst)
+        recvs[t.dst].add(t.src)
+    return max((len(p) for p in (*sends.values(), *recvs.values())), default=0)
 
 
 def _fastest(

@@ -383,27 +383,30 @@ def bundle_sizes(
 
 
 def offset_relays(
-    topology: Topology, sketch: Sketch, trees: dict[int, list[Edge]]
-) -> dict[int, tuple[int, int]] | None:
+    topology: Topology, sketch: Sketch, trees: dict[int, list[Edge]], spread: int = 0
+) -> dict[int, tuple[int, int] | None] | None:
     """Node offset -> (relay, receiver) of the direct pattern with relays by offset: every
     GPU's data first reaches every GPU of its node (its tree), and the node's data for
     node offset ``o`` leaves on the ``(o - 1) mod``-th GPU with a NIC and a sketch
     connection, over its own NIC, to its peer. Each GPU then has ``nodes / relays``
     network peers instead of ``nodes - 1``: what keeps a 1,024-rank plan within MSCCL's
     threadblocks (32 per channel, ``depid`` < 128 for those waited on) and its node
-    budget. The default sketch's rule that a GPU sends only its own data across is set
-    aside (it keeps a GPU on its own NIC, as this does); so only the default sketch uses
-    it. None if no GPU qualifies or a tree does not reach every GPU.
+    budget. The last ``spread`` offsets map to None: there every GPU sends its own data
+    over its own NIC (the sketch's carriers, :func:`relays`), so they load every NIC
+    evenly whatever their number, and a receiver forwards only its GPU's share. The
+    default sketch's rule that a GPU sends only its own data across is set aside (it
+    keeps a GPU on its own NIC, as this does); so only the default sketch uses it. None
+    if no GPU qualifies or a tree does not reach every GPU.
 
     >>> from taccl_py.topology.loader import load_topology
     >>> from taccl_py.synth.milp.sketch import default_sketch
     >>> topo = load_topology("dgx-h100", 64)
     >>> trees = {k: [(k, j) for j in range(8) if j != k] for k in range(8)}
-    >>> by = offset_relays(topo, default_sketch(topo), trees)
-    >>> by[1], by[8], by[9], by[63]
-    ((0, 0), (7, 7), (0, 0), (6, 6))
+    >>> by = offset_relays(topo, default_sketch(topo), trees, spread=7)
+    >>> by[1], by[8], by[9], by[56], by[57], by[63]
+    ((0, 0), (7, 7), (0, 0), (7, 7), None, None)
     """
-    g = topology.gpus_per_node
+    g, n = topology.gpus_per_node, topology.nodes
     if any(len(distances(trees[k], k)) < g for k in range(g)):
         return None
     carriers = [
@@ -413,11 +416,26 @@ def offset_relays(
     ]
     if not carriers:
         return None
-    return {
+    out: dict[int, tuple[int, int] | None] = {
         o: (r, _receiver(topology, sketch, r))
-        for o in range(1, topology.nodes)
+        for o in range(1, n - spread)
         for r in [carriers[(o - 1) % len(carriers)]]
     }
+    return out | dict.fromkeys(range(max(1, n - spread), n))
+
+
+def spread_offsets(topology: Topology, relays: int) -> tuple[int, ...]:
+    """How many of the last node offsets :func:`offset_relays` may spread over every NIC:
+    the remainder of the offsets over the ``relays`` (so the relays' offsets are as many
+    each) and one round more (whose network time may hide the forwarding of the last
+    whole block), both if there are that many offsets.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> spread_offsets(load_topology("dgx-h100", 128), 8), spread_offsets(load_topology("dgx-h100", 64), 8)
+    ((7, 15), (7, 15))
+    """
+    rest = (topology.nodes - 1) % relays
+    return tuple(s for s in (rest, rest + relays) if 0 < s < topology.nodes - 1)
 
 
 def decompose(
@@ -429,7 +447,7 @@ def decompose(
     fanout: int,
     bundles: tuple[int, ...] = (),
     by_offset: dict[int, tuple[int, int]] | None = None,
-    parts: tuple[int, int] = (1, 1),
+    parts: int = 1,
 ) -> Decomposition:
     """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
     (``carriers``, see :func:`relays`; a list of them per source: one per chunk in turn,
@@ -438,8 +456,9 @@ def decompose(
     spread carriers need, as a bundle's chunks share one route). With ``by_offset``
     (:func:`offset_relays`; direct pattern only) the relay and receiver of the hop into
     node ``o`` are ``by_offset[o]`` for every source instead, and each hop off node 0
-    carries its block of every source's chunks in ``parts`` parts (:func:`block_sizes`:
-    so many, and so many into each relay's last offset)."""
+    carries its block of every source's chunks in ``parts`` parts, or into a spread
+    offset (None) each source's chunks from the source's own carrier
+    (:func:`block_sizes`)."""
     if collective.kind != ALLGATHER or topology.nodes < 2:
         raise TacclError("decomposition is for AllGather over several nodes")
     g, n = topology.gpus_per_node, topology.nodes
@@ -452,35 +471,33 @@ def decompose(
         for j in range(collective.chunkup):
             edges = list(trees[k])
             for po, o in pattern:
-                r, q = options[j % len(options)] if by_offset is None else by_offset[o]
+                by = None if by_offset is None else by_offset[o]
+                r, q = options[j % len(options)] if by is None else by
                 edges.append((po * g + r, o * g + q))
                 edges += [(o * g + u, o * g + v) for u, v in trees[q]]
             routes[k * collective.chunkup + j] = sorted(edges)
-    blocks = () if by_offset is None else block_sizes(by_offset, g * collective.chunkup, *parts)
+    blocks = () if by_offset is None else block_sizes(by_offset, collective.chunkup, g, parts)
     return Decomposition(topology, collective, chunk_bytes, fanout, routes, bundles, blocks)
 
 
 def block_sizes(
-    by_offset: dict[int, tuple[int, int]], block: int, parts: int, last: int
+    by_offset: dict[int, tuple[int, int] | None], chunkup: int, gpus: int, parts: int
 ) -> tuple[int, ...]:
-    """Chunks per hop into node offset 1, 2, ... with relays by offset: ``block`` (a
-    node's chunks, contiguous) in ``parts`` equal parts, and in ``last`` parts into each
-    relay's last offset (a part does not split: the whole block). A relay sends its
-    offsets in turn, and a receiver forwards a part in its node once it has arrived while
-    the next is on the network: more parts pay more α and steps, fewer parts at the end
-    shorten the plan's tail.
+    """Chunks per hop into node offset 1, 2, ... with relays by offset: a node's block
+    (``gpus x chunkup`` chunks, contiguous) in ``parts`` equal parts (the whole block if
+    they do not split it), and a GPU's ``chunkup`` chunks into a spread offset (None:
+    each GPU sends its own). A relay sends its offsets in turn, and a receiver forwards a
+    part in its node once it has arrived while the next is on the network: more parts
+    pay more α and steps, fewer leave a longer tail after the last one.
 
-    >>> block_sizes({1: (0, 0), 2: (1, 1), 3: (0, 0), 4: (1, 1)}, 8, 1, 4)
-    (8, 8, 2, 2)
-    >>> block_sizes({1: (0, 0)}, 6, 4, 4)
+    >>> block_sizes({1: (0, 0), 2: (1, 1), 3: None}, 2, 4, 2)
+    (4, 4, 2)
+    >>> block_sizes({1: (0, 0)}, 1, 6, 4)
     (6,)
     """
-    tail = set({r: o for o, (r, _) in sorted(by_offset.items())}.values())
-
-    def size(k: int) -> int:
-        return block // k if block % k == 0 else block
-
-    return tuple(size(last if o in tail else parts) for o in sorted(by_offset))
+    block = gpus * chunkup
+    whole = block // parts if block % parts == 0 else block
+    return tuple(chunkup if by_offset[o] is None else whole for o in sorted(by_offset))
 
 
 def _options(carrier) -> list[tuple[int, int]]:

@@ -44,6 +44,7 @@ from .decompose import (
     node_trees,
     offset_relays,
     relays,
+    spread_offsets,
     spread_relays,
 )
 from .decompose import (
@@ -74,9 +75,10 @@ CORE_SHARE = 0.3  # of the time, for the decomposition of what every node has
 CORE_ENOUGH = 0.94  # a core plan at this share of the bound leaves out the whole-cluster one
 SPREAD = ", a NIC-less GPU's data over every relay"
 OFFSETS = ", relays by node offset"
-#: with relays by offset, the parts a node's block is sent in, and into each relay's last
-#: offset (see :func:`.decompose.block_sizes`)
-BLOCK_PARTS = ((1, 1), (2, 2), (4, 4), (8, 8))
+#: with relays by offset, the parts a node's block is sent in (see
+#: :func:`.decompose.block_sizes`): with no offset spread over every NIC, and with some
+BLOCK_PARTS = (1, 2, 4, 8)
+SPREAD_PARTS = (1, 2)
 MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
@@ -560,13 +562,19 @@ def decomposed_algorithm(
     variants: list[tuple[str, dict]] = [("", carriers)]
     variants += [(", one relay per NIC", shared)] if shared else []
     variants += [(SPREAD, spread)] if spread else []
-    by_offset = offset_relays(topology, sketch, trees) if dense else None
-    if by_offset is not None and topology.nodes > DIRECT_ONLY_NODES:
+    # relays by offset: variant label -> (offset -> relay and receiver, parts of a block)
+    by_offset: dict[str, tuple[dict, int]] = {}
+    if dense and topology.nodes > DIRECT_ONLY_NODES:
         # a rank's direct peers (nodes - 1 each way, each a threadblock other steps wait
         # for) outgrow MSCCL's 128 such threadblocks and its node budget: relays by offset
-        variants = [
-            (f"{OFFSETS}, blocks in {k}, the last in {t}", carriers) for k, t in BLOCK_PARTS
-        ]
+        plain = offset_relays(topology, sketch, trees)
+        if plain is not None:
+            ways = len({r for r, _ in filter(None, plain.values())})
+            by_offset = {_blocks_label(k, 0): (plain, k) for k in BLOCK_PARTS}
+            for last in spread_offsets(topology, ways):
+                spread_map = offset_relays(topology, sketch, trees, last)
+                by_offset |= {_blocks_label(k, last): (spread_map, k) for k in SPREAD_PARTS}
+            variants = [(name, carriers) for name in by_offset]
     # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
     # are most likely the same plan; a shared NIC is shared first-ready by the runtime
     exact = all(len(nic.ranks) == 1 for nic in topology.nics)
@@ -580,9 +588,7 @@ def decomposed_algorithm(
     if dense:  # ... and the target size, or no runtime selects the plan at that size
         factors = list(collective.fitting_chunkups(size, tuple(factors)))
     patterns = {name: fanouts(topology.nodes) for name, _ in variants}
-    parts = {_blocks_label(k, t): (k, t) for k, t in BLOCK_PARTS}
-    parts = {name: kt for name, kt in parts.items() if name in patterns}
-    for name in parts:
+    for name in by_offset:
         patterns[name] = [topology.nodes - 1]
 
     def busy() -> bool:
@@ -620,10 +626,9 @@ def decomposed_algorithm(
                     carry,
                     fanout,
                     ()
-                    if name == SPREAD or name in parts
+                    if name == SPREAD or name in by_offset
                     else bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size), trees, carry),
-                    by_offset if name in parts else None,
-                    parts.get(name, (1, 1)),
+                    *by_offset.get(name, (None, 1)),
                 )
                 label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{name}"
                 report(f"ordering ({label})")
@@ -638,7 +643,10 @@ def decomposed_algorithm(
                     )
                     <= MAX_MERGED
                 )
-                for rule, prio, own in priorities(topology, sends, own_first):
+                rules = priorities(topology, sends, own_first)
+                if name in by_offset:  # the others' schedules do not survive the runtime
+                    rules = [rule for rule in rules if rule[0] == "rotation"]
+                for rule, prio, own in rules:
                     if busy():
                         break
                     try:
@@ -664,7 +672,7 @@ def decomposed_algorithm(
             # yet: judging goes on past the deadline to the first candidate that fits
         if judged[name] >= JUDGED or (label, makespan) in seen:
             continue  # the latter: most likely the same schedule again
-        steps = dec.collective.chunkup * parts.get(name, (1, 1))[0]
+        steps = dec.collective.chunkup * by_offset.get(name, (None, 1))[1]
         if steps >= finest:
             continue  # as many steps as a refused candidate's, or more: refused too
         seen.add((label, makespan))
@@ -709,9 +717,15 @@ def decomposed_algorithm(
     return best, scores
 
 
-def _blocks_label(parts: int, last: int) -> str:
-    """The variant label of relays by offset with blocks in ``parts`` (``last``) parts."""
-    return f"{OFFSETS}, blocks in {parts}, the last in {last}"
+def _blocks_label(parts: int, spread: int) -> str:
+    """The variant label of relays by offset with blocks in ``parts`` parts and the last
+    ``spread`` offsets over every NIC.
+
+    >>> _blocks_label(2, 7)
+    ', relays by node offset, blocks in 2, the last 7 offsets over every NIC'
+    """
+    blocks = f"{OFFSETS}, " + ("whole blocks" if parts == 1 else f"blocks in {parts}")
+    return blocks + (f", the last {spread} offsets over every NIC" if spread else "")
 
 
 def kept_fanouts(patterns: list[int], best: dict[int, float], exact: bool) -> list[int]:
@@ -746,6 +760,8 @@ def _combined(
     def make(ag: Algorithm) -> Algorithm:
         return combine(ag, topology, collective.kind, inplace=collective.inplace)
 
+    make = _remembered(make)
+
     ag_coll = Collective(ALLGATHER, collective.num_ranks, collective.chunkup, False)
     ag = staged_algorithm(
         topology,
@@ -762,6 +778,20 @@ def _combined(
     alg.meta["score"] = ag.meta["score"]
     alg.meta["tried"] = ag.meta.get("tried", {})
     return alg
+
+
+def _remembered(make: Callable[[Algorithm], Algorithm]) -> Callable[[Algorithm], Algorithm]:
+    """``make`` that returns the same result object for the algorithm it was last given:
+    the judge's plan of the kept candidate (``build_plan`` keeps the fastest judged
+    plan by identity) is then not lowered again, which costs minutes at 1,024 ranks."""
+    last: list = [None, None]
+
+    def remembered(alg: Algorithm) -> Algorithm:
+        if last[0] is not alg:
+            last[:] = [alg, make(alg)]
+        return last[1]
+
+    return remembered
 
 
 def _reversed(
@@ -786,6 +816,8 @@ def _reversed(
 
     def make(base: Algorithm) -> Algorithm:
         return reverse_rooted(base, topology, collective.kind, inplace=collective.inplace)
+
+    make = _remembered(make)
 
     base = staged_algorithm(
         reversed_topology(topology),

@@ -34,10 +34,13 @@ def node_rotation(topology: Topology) -> Perm:
     )
 
 
-def automorphism_error(topology: Topology, perm: Perm) -> str | None:
-    """Why ``perm`` is not an automorphism of ``topology`` (None if it is)."""
+def automorphism_error(topology: Topology, perm: Perm, senders: int | None = None) -> str | None:
+    """Why ``perm`` is not an automorphism of ``topology`` (None if it is), checked on the
+    connections from ranks below ``senders`` (default: all)."""
     conns = topology.connections
     for (s, d), c in conns.items():
+        if senders is not None and s >= senders:
+            break  # (connections are sorted by sender)
         image = conns.get((perm[s], perm[d]))
         where = f"maps connection {s}->{d} to {perm[s]}->{perm[d]}"
         if image is None:
@@ -188,9 +191,12 @@ def detect_symmetry(topology: Topology) -> list[Perm]:
     """A few generators of the topology's automorphisms, as rank permutations: the node
     rotation (more than one node) and automorphisms of one node applied to every node."""
     out = [node_rotation(topology)] if topology.nodes > 1 else []
+    # a local map on every node commutes with the node rotation: where that is an
+    # automorphism, node 0's connections decide (every other is a rotation of one)
+    senders = topology.gpus_per_node if topology.node_symmetric else None
     for local in _local_generators(topology):
         perm = extend(topology, local)
-        if automorphism_error(topology, perm) is None:
+        if automorphism_error(topology, perm, senders) is None:
             out.append(perm)
     return out
 
