@@ -123,7 +123,9 @@ def test_baselines_that_cannot_load_are_left_out_before_lowering(monkeypatch):
     monkeypatch.setattr(pipeline, "lower_plan", lambda *a: pytest.fail("lowered"))
     made = pipeline._baselines(topo, coll, 1 << 30, LowerOptions(), lambda s, n: lines.append(s))
     assert made == {}
-    assert lines == ["baseline direct left out: 255 peers per rank, a rank runs at most 216 threadblocks"]
+    assert lines == [
+        "baseline direct left out: 255 peers per rank, a rank runs at most 216 threadblocks"
+    ]
     monkeypatch.setattr(pipeline, "BASELINES", ("ring",))
     small = LowerOptions(max_nodes=300)
     assert pipeline._baselines(topo, coll, 1 << 30, small, lambda s, n: lines.append(s)) == {}

@@ -16,11 +16,16 @@ from ..lowering.lower import lower as lower_plan
 from ..plan.model import Plan
 from ..plan.runtimes import RESIDENT_TBS, RUNTIMES, RuntimeRules, runtime_rules, splits
 from ..plan.verify import VerifyReport, verify
+from ..synth.baselines.direct import direct_peers
+from ..synth.baselines.ring import ring_transfer_count
+from ..synth.baselines.trees import tree_transfer_count
 from ..synth.methods import DEFAULT_SIZE, SynthOptions, synthesize
 from ..topology import Topology
 
 #: what method milp's result must beat at its target size to be kept
 BASELINES = ("ring", "direct", "tree")
+#: the baselines whose transfers can be counted before they are made
+COUNTS = {"ring": ring_transfer_count, "tree": tree_transfer_count}
 #: transfers from which lowering, simulating and verifying an algorithm report progress
 LARGE = 100_000
 #: a baseline whose steps per rank exceed the loader's room this many times is not lowered
@@ -149,32 +154,41 @@ def _baselines(
     many times over is left out unlowered (NCCL's ring at 1,024 ranks: millions of
     transfers and 16,000 steps per rank, which no merging brings to 3,070), and so is one
     with more peers per rank than a rank has threadblocks (a threadblock sends to one peer
-    and receives from one: NCCL's direct pattern at 1,024 ranks)."""
+    and receives from one: NCCL's direct pattern at 1,024 ranks). The ring's transfer
+    count and the direct pattern's peers are known before either is made, so neither is
+    made then (at 1,024 ranks that took minutes and gigabytes)."""
     rules = runtime_rules(lower.runtime, lower.max_steps, lower.max_nodes)
-    room = rules.max_nodes - 1 - collective.num_ranks
-    tbs = min(rules.max_tbs, RESIDENT_TBS)
     made = {}
     for baseline in BASELINES:
         try:
+            count = COUNTS.get(baseline, lambda *a: None)(topology, collective)
+            peers = direct_peers(topology) if baseline == "direct" else 0
+            if why := _unfit(rules, collective.num_ranks, count or 0, peers):
+                note(f"baseline {baseline} left out: {why}", LARGE)  # not even made
+                continue
             alg = synthesize(topology, collective, baseline)
             alg.size = size
-            steps = 2 * len(alg.transfers) // collective.num_ranks
-            peers = _most_peers(alg)
-            why = (
-                f"{steps:,} steps per rank, the loader keeps {rules.max_nodes:,} elements "
-                "per rank"
-                if steps > UNFIT * max(room, 1)
-                else f"{peers:,} peers per rank, a rank runs at most {tbs} threadblocks"
-                if peers > tbs
-                else None
-            )
-            if why is not None:
-                note(f"baseline {baseline} left out: {why}", len(alg.transfers))
+            count = len(alg.transfers)
+            if why := _unfit(rules, collective.num_ranks, count, _most_peers(alg)):
+                note(f"baseline {baseline} left out: {why}", count)
                 continue
             made[baseline] = (alg, lower_plan(alg, topology, lower))
         except TacclError:  # e.g. no ring over the links, or too many peers for MSCCL
             continue
     return made
+
+
+def _unfit(rules: RuntimeRules, ranks: int, transfers: int, peers: int) -> str | None:
+    """Why a plan of ``transfers`` over ``ranks`` ranks, with ``peers`` peers on its
+    busiest rank, cannot load (see :func:`_baselines`), or None."""
+    room = rules.max_nodes - 1 - ranks
+    steps = 2 * transfers // ranks
+    if steps > UNFIT * max(room, 1):
+        return f"{steps:,} steps per rank, the loader keeps {rules.max_nodes:,} elements per rank"
+    tbs = min(rules.max_tbs, RESIDENT_TBS)
+    if peers > tbs:
+        return f"{peers:,} peers per rank, a rank runs at most {tbs} threadblocks"
+    return None
 
 
 def _most_peers(alg: Algorithm) -> int:

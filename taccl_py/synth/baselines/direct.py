@@ -24,6 +24,18 @@ from ...topology.model import Topology
 from ..checks import require_ranks
 
 
+def direct_peers(topology: Topology, rank: int = 0) -> int:
+    """The peers ``rank`` sends its own block to in :func:`direct_algorithm` (the first
+    hops of its out-tree): a lower bound of a direct plan's peers on its busiest rank,
+    known without making its transfers (millions at 1,024 ranks).
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> direct_peers(load_topology("dgx-h100", 2)), direct_peers(load_topology("dgx1"))
+    (15, 4)
+    """
+    return len({route[1] for route in route_tree(topology, rank).values() if len(route) > 1})
+
+
 def direct_algorithm(topology: Topology, collective: Collective) -> Algorithm:
     """The all-pairs algorithm of ``collective`` on ``topology``.
 

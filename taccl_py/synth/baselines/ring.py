@@ -598,6 +598,23 @@ def ring_algorithm(
     )
 
 
+def ring_transfer_count(topology: Topology, collective: Collective) -> int | None:
+    """How many transfers :func:`ring_algorithm` makes for an AllGather, ReduceScatter or
+    AllReduce (None for the others), without making them: at 1,024 ranks they are
+    millions, and a caller can tell from the count alone that no loader takes the plan.
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo, coll = load_topology("dgx-a100", 2), Collective("allreduce", 16)
+    >>> ring_transfer_count(topo, coll) == len(ring_algorithm(topo, coll).transfers)
+    True
+    """
+    if collective.kind not in (ALLGATHER, REDUCESCATTER, ALLREDUCE):
+        return None
+    n, k = collective.num_ranks, collective.chunkup
+    per_ring = k * n * (n - 1) * (2 if collective.kind == ALLREDUCE else 1)
+    return len(find_rings(topology)) * per_ring
+
+
 def _ring_transfers(
     ring: list[int], collective: Collective, rings: int, index: int
 ) -> list[Transfer]:

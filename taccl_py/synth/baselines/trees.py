@@ -281,6 +281,37 @@ def _rooted_tree(
     )
 
 
+def _chains(topology: Topology) -> list[tuple[int, ...]]:
+    """The chain through a node of each ring channel (NCCL's trees run through them)."""
+    try:
+        return [tuple(ring[: topology.gpus_per_node]) for ring in find_rings(topology)]
+    except TopologyError:
+        return [tuple(range(topology.gpus_per_node))]
+
+
+def _allreduce_trees(topology: Topology, chains: list[tuple[int, ...]]) -> list[list[int]]:
+    """The AllReduce's trees (parent per rank): both node trees through each chain."""
+    return [
+        tree_parents(topology, tree, chain) for tree in dtree(topology.nodes) for chain in chains
+    ]
+
+
+def tree_transfer_count(topology: Topology, collective: Collective) -> int | None:
+    """How many transfers :func:`tree_algorithm` makes for an AllReduce (None for the
+    others), without making them (tens of millions at 1,024 ranks).
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> topo, coll = load_topology("dgx-a100", 2), Collective("allreduce", 16)
+    >>> tree_transfer_count(topo, coll) == len(tree_algorithm(topo, coll).transfers)
+    True
+    """
+    if collective.kind != ALLREDUCE or collective.num_ranks < 2:
+        return None
+    per_chunk = collective.num_ranks * collective.chunkup
+    trees = _allreduce_trees(topology, _chains(topology))
+    return per_chunk * sum(len(tree_schedule(topology, parent)) for parent in trees)
+
+
 def tree_algorithm(topology: Topology, collective: Collective) -> Algorithm:
     """NCCL's double-binary-tree AllReduce of ``collective`` on ``topology``, or a rooted
     collective on one tree per ring channel (:func:`rooted_parents`: a binary tree over
@@ -303,7 +334,7 @@ def tree_algorithm(topology: Topology, collective: Collective) -> Algorithm:
             f"method tree builds allreduce and the rooted collectives, not {collective.kind}"
         )
     require_ranks(topology, collective)
-    g, n, k = topology.gpus_per_node, collective.num_ranks, collective.chunkup
+    n, k = collective.num_ranks, collective.chunkup
     if n == 1:
         return Algorithm(
             "tree",
@@ -312,16 +343,10 @@ def tree_algorithm(topology: Topology, collective: Collective) -> Algorithm:
             topology.label,
             meta={"trees": [[-1], [-1]], "chains": [[0]], "relayed": False},
         )
-    try:
-        chains = [tuple(ring[:g]) for ring in find_rings(topology)]
-    except TopologyError:
-        chains = [tuple(range(g))]
+    chains = _chains(topology)
     if collective.rooted:
         return _rooted_tree(topology, collective, chains)
-    node_trees = dtree(topology.nodes)
-    trees = [
-        tree_parents(topology, node_tree, chain) for node_tree in node_trees for chain in chains
-    ]
+    trees = _allreduce_trees(topology, chains)
     channels = len(trees)
     transfers = []
     for ch, parent in enumerate(trees):

@@ -23,6 +23,7 @@ does not grow with the nodes at all. Early network hops carry several chunks at 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ...collectives import ALLGATHER, Collective
@@ -431,8 +432,10 @@ def spread_offsets(topology: Topology, relays: int) -> tuple[int, ...]:
     whole block), both if there are that many offsets.
 
     >>> from taccl_py.topology.loader import load_topology
-    >>> spread_offsets(load_topology("dgx-h100", 128), 8), spread_offsets(load_topology("dgx-h100", 64), 8)
-    ((7, 15), (7, 15))
+    >>> spread_offsets(load_topology("dgx-h100", 128), 8)
+    (7, 15)
+    >>> spread_offsets(load_topology("dgx-h100", 8), 8)  # all 7 spread: plain direct
+    ()
     """
     rest = (topology.nodes - 1) % relays
     return tuple(s for s in (rest, rest + relays) if 0 < s < topology.nodes - 1)
@@ -446,7 +449,7 @@ def decompose(
     carriers: dict,
     fanout: int,
     bundles: tuple[int, ...] = (),
-    by_offset: dict[int, tuple[int, int]] | None = None,
+    by_offset: Mapping[int, tuple[int, int] | None] | None = None,
     parts: int = 1,
 ) -> Decomposition:
     """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
@@ -481,7 +484,7 @@ def decompose(
 
 
 def block_sizes(
-    by_offset: dict[int, tuple[int, int] | None], chunkup: int, gpus: int, parts: int
+    by_offset: Mapping[int, tuple[int, int] | None], chunkup: int, gpus: int, parts: int
 ) -> tuple[int, ...]:
     """Chunks per hop into node offset 1, 2, ... with relays by offset: a node's block
     (``gpus x chunkup`` chunks, contiguous) in ``parts`` equal parts (the whole block if

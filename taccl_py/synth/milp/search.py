@@ -548,6 +548,10 @@ def decomposed_algorithm(
     shifts; per relay choice the lowest makespans are judged (``JUDGED`` that the judge
     accepts, time allowing; one per makespan and variant, as rules often agree). Ordering
     stops at ``deadline`` (``time.monotonic()``), and no judgement starts after it.
+    Above ``DIRECT_ONLY_NODES`` nodes the variants are relays by node offset
+    (:func:`.decompose.offset_relays`), blocks in ``BLOCK_PARTS`` parts, and with the
+    last offsets spread over every NIC (:func:`.decompose.spread_offsets`) in
+    ``SPREAD_PARTS``, each ordered by rotation only.
     """
     began = time.monotonic()
     deadline = began + time_limit if deadline is None else deadline
@@ -573,7 +577,8 @@ def decomposed_algorithm(
             by_offset = {_blocks_label(k, 0): (plain, k) for k in BLOCK_PARTS}
             for last in spread_offsets(topology, ways):
                 spread_map = offset_relays(topology, sketch, trees, last)
-                by_offset |= {_blocks_label(k, last): (spread_map, k) for k in SPREAD_PARTS}
+                if spread_map is not None:  # (it is whenever ``plain`` is)
+                    by_offset |= {_blocks_label(k, last): (spread_map, k) for k in SPREAD_PARTS}
             variants = [(name, carriers) for name in by_offset]
     # with a NIC per GPU the schedule is the simulated time, so fan-outs of equal makespan
     # are most likely the same plan; a shared NIC is shared first-ready by the runtime
@@ -757,10 +762,9 @@ def _combined(
     """
     from .combine import combine
 
-    def make(ag: Algorithm) -> Algorithm:
-        return combine(ag, topology, collective.kind, inplace=collective.inplace)
-
-    make = _remembered(make)
+    make = _remembered(
+        lambda ag: combine(ag, topology, collective.kind, inplace=collective.inplace)
+    )
 
     ag_coll = Collective(ALLGATHER, collective.num_ranks, collective.chunkup, False)
     ag = staged_algorithm(
@@ -814,10 +818,9 @@ def _reversed(
             f"{REVERSED[collective.kind]} on the reversed topology"
         )
 
-    def make(base: Algorithm) -> Algorithm:
-        return reverse_rooted(base, topology, collective.kind, inplace=collective.inplace)
-
-    make = _remembered(make)
+    make = _remembered(
+        lambda base: reverse_rooted(base, topology, collective.kind, inplace=collective.inplace)
+    )
 
     base = staged_algorithm(
         reversed_topology(topology),
