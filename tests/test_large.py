@@ -130,3 +130,50 @@ def test_baselines_that_cannot_load_are_left_out_before_lowering(monkeypatch):
     small = LowerOptions(max_nodes=300)
     assert pipeline._baselines(topo, coll, 1 << 30, small, lambda s, n: lines.append(s)) == {}
     assert lines[-1].startswith("baseline ring left out: ") and "keeps 300 elements" in lines[-1]
+
+
+@pytest.mark.parametrize("kind", ["allgather", "reducescatter", "allreduce"])
+@pytest.mark.parametrize(("spread", "parts"), [(0, 2), (1, 1), (3, 2), (4, 4)])
+def test_relays_by_offset_with_spread_offsets_are_correct(tmp_path, kind, spread, parts):
+    """Relays by node offset, the last ``spread`` offsets over every NIC, blocks in
+    ``parts``: the AllGather (and the ReduceScatter and AllReduce made from it) lowers to a
+    plan that verifies at the data level, and every hop off a node carries its block part
+    (a spread offset: the sender's own chunks)."""
+    from taccl_py.ir.algorithm import Algorithm
+    from taccl_py.synth.milp.combine import combine
+    from taccl_py.synth.milp.decompose import decompose, node_trees, offset_relays, relays
+    from taccl_py.synth.milp.ordering import order
+    from taccl_py.synth.milp.schedule import schedule
+    from taccl_py.synth.milp.search import priorities
+    from taccl_py.synth.milp.sketch import default_sketch
+
+    path = tmp_path / "duo.yaml"
+    path.write_text(NODE)
+    topo = load_topology(str(path), 6)
+    coll = Collective("allgather", topo.num_ranks, chunkup=2)
+    size = 1 << 24
+    sketch = default_sketch(topo)
+    trees, _ = node_trees(topo, coll.chunk_bytes(size), time_limit=5)
+    by_offset = offset_relays(topo, sketch, trees, spread)
+    assert [o for o, by in by_offset.items() if by is None] == list(range(6 - spread, 6))
+    dec = decompose(
+        topo,
+        coll,
+        coll.chunk_bytes(size),
+        trees,
+        relays(topo, sketch, trees),
+        5,
+        (),
+        by_offset,
+        parts,
+    )
+    assert dec.blocks == tuple(2 if o > 5 - spread else 4 // parts for o in range(1, 6))
+    sends = dec.sends()
+    _, prio, own = next(r for r in priorities(topo, sends, False) if r[0] == "rotation")
+    sched = schedule(topo, order(sends, own_data_first=own, prio=prio), False)
+    alg = Algorithm(
+        "milp", coll, dec.transfers(sched), topo.label, size, {"makespan": sched.makespan}
+    )
+    if kind != "allgather":
+        alg = combine(alg, topo, kind, inplace=False)
+    verify(lower(alg, topo))

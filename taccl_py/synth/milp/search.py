@@ -83,6 +83,9 @@ MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
 JUDGED = 3  # decomposed candidates judged (the best by schedule makespan)
+#: a judged plan of relays by offset that simulates this many times its schedule's
+#: makespan lost the schedule in lowering: the search goes on to one of fewer steps
+LOST = 1.15
 #: chunk-ups a rooted collective's greedy routing also tries, beyond the sketch's
 ROOTED_CHUNKUPS = (4, 8, 12, 16, 24, 32, 48)
 ROOTED_JUDGED = 2  # a rooted collective's priority rules judged per routing
@@ -670,9 +673,10 @@ def decomposed_algorithm(
     refused: dict[str, str] = {}  # label -> why the judge refused its plan
     judged: dict[str, int] = defaultdict(int)  # per relay choice
     finest = float("inf")  # the fewest steps (chunk-up x parts) of a refused candidate
+    accepted = False  # a judged plan fits and keeps its schedule
     for makespan, _, label, rule, dec, sched, name in ranked:
         now = time.monotonic()
-        if best is not None and (now > deadline or now - began + cost > time_limit):
+        if accepted and (now > deadline or now - began + cost > time_limit):
             break  # the last judgement's time predicts the next one's; none accepted
             # yet: judging goes on past the deadline to the first candidate that fits
         if judged[name] >= JUDGED or (label, makespan) in seen:
@@ -714,6 +718,14 @@ def decomposed_algorithm(
         alg.meta["score"] = scores[f"{label}, {rule}"] = score
         if best is None or score < best.meta["score"] * (1 - 1e-12):
             best = alg
+        planned = alg.meta.get("judged_makespan", makespan)
+        if name in by_offset and judge is not None and score > LOST * planned:
+            # e.g. an AllReduce whose steps the lowering cut over channel copies; kept
+            # unless a candidate of fewer steps does better
+            finest = min(finest, steps)
+            report(f"{label}: simulated {score / planned:.2f}x its schedule; trying fewer steps")
+        else:
+            accepted = True
         report(f"schedule ({label})", best.meta["score"])
     if best is None and rejected is not None:
         raise rejected
@@ -774,14 +786,27 @@ def _combined(
         time_limit=time_limit,
         sketch=sketch,
         progress=progress,
-        judge=(lambda a: judge(make(a)))
-        if judge is not None
-        else (lambda a: make(a).meta["makespan"]),
+        judge=_judge_made(make, judge),
     )
     alg = make(ag)
     alg.meta["score"] = ag.meta["score"]
     alg.meta["tried"] = ag.meta.get("tried", {})
     return alg
+
+
+def _judge_made(
+    make: Callable[[Algorithm], Algorithm], judge: Callable[[Algorithm], float] | None
+) -> Callable[[Algorithm], float]:
+    """A judge of a candidate by what ``make`` makes of it (``judge``'s score, else the
+    made algorithm's makespan), noting that makespan as the candidate's
+    ``judged_makespan`` (what its score is compared with, see :data:`LOST`)."""
+
+    def judged(alg: Algorithm) -> float:
+        made = make(alg)
+        alg.meta["judged_makespan"] = made.meta.get("makespan", alg.meta.get("makespan"))
+        return judge(made) if judge is not None else made.meta["makespan"]
+
+    return judged
 
 
 def _remembered(make: Callable[[Algorithm], Algorithm]) -> Callable[[Algorithm], Algorithm]:
@@ -834,9 +859,7 @@ def _reversed(
         size=size,
         time_limit=time_limit,
         progress=progress,
-        judge=(lambda a: judge(make(a)))
-        if judge is not None
-        else (lambda a: make(a).meta["makespan"]),
+        judge=_judge_made(make, judge),
     )
     alg = make(base)
     for key in ("score", "tried", "solve_time"):
