@@ -56,7 +56,7 @@ def stand_in(tmp_path_factory):
         return simulate(lower(alg, topo, limits), topo, size).time
 
     coll = Collective("allgather", topo.num_ranks)
-    alg = staged_algorithm(topo, coll, size=size, time_limit=6, judge=judge)
+    alg = staged_algorithm(topo, coll, size=size, time_limit=3, judge=judge)
     return topo, alg, lower(alg, topo, limits), size
 
 
