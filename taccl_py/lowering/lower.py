@@ -149,7 +149,11 @@ def _spread(alg: Algorithm, k: int) -> Algorithm:
     """Cut each connection's transfers, in the order of their start times, into runs of
     ``1 / k`` of the busiest connection's and put the i-th run on the i-th copy of its
     channel: a copy's steps follow the previous copy's in time, and a connection shorter
-    than a run stays whole on its channel (with its order and its dependencies).
+    than a run stays whole on its channel (with its order and its dependencies). With a
+    schedule, a run ends only between transfers of different start times: chunks it sends
+    at once (a block, merged into one step) stay on one copy, where the copy's first
+    step waits for the rank's previous send on the resource (a copy's step that starts
+    with the previous copy's last would wait for nothing, and run first).
     """
     nch = alg.nchannels
     conns: dict[tuple[int, int, int], list[int]] = {}
@@ -157,12 +161,17 @@ def _spread(alg: Algorithm, k: int) -> Algorithm:
         conns.setdefault((t.src, t.dst, t.channel), []).append(i)
     run = -(-max(map(len, conns.values()), default=1) // k)
     copy = [0] * len(alg.transfers)
+    timed = len({t.start for t in alg.transfers}) > 1  # a schedule (baselines: none)
     for members in conns.values():
         if len(members) <= run:
             continue
         members.sort(key=lambda i: (alg.transfers[i].start, i))
-        for j, i in enumerate(members):
-            copy[i] = j // run
+        c, taken, last = 0, 0, None
+        for i in members:
+            start = alg.transfers[i].start
+            if taken >= run and (start != last or not timed):  # not inside a send
+                c, taken = c + 1, 0
+            copy[i], taken, last = c, taken + 1, start
     ts = [replace(t, channel=t.channel + nch * c) for t, c in zip(alg.transfers, copy)]
     return Algorithm(alg.name, alg.collective, ts, alg.topology, alg.size, alg.meta)
 
