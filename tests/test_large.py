@@ -20,7 +20,7 @@ from taccl_py.errors import PlanError, TacclError
 from taccl_py.lowering.lower import LowerOptions, lower
 from taccl_py.plan.runtimes import RUNTIMES, check_runtime, max_rank_nodes, rank_nodes
 from taccl_py.plan.verify import verify
-from taccl_py.synth.milp.decompose import DIRECT_ONLY_NODES, PEERS_PER_CHANNEL
+from taccl_py.synth.milp.decompose import DIRECT_ONLY_NODES, PEERS_PER_CHANNEL, BlockParts
 from taccl_py.synth.milp.search import staged_algorithm
 from taccl_py.topology.loader import load_topology
 
@@ -133,18 +133,30 @@ def test_baselines_that_cannot_load_are_left_out_before_lowering(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["allgather", "reducescatter", "allreduce"])
-@pytest.mark.parametrize(("spread", "parts"), [(0, 2), (1, 1), (3, 2), (4, 4)])
-def test_relays_by_offset_with_spread_offsets_are_correct(tmp_path, kind, spread, parts):
+@pytest.mark.parametrize(
+    ("spread", "parts", "rule", "blocks"),
+    [
+        (0, BlockParts(2), "rotation", (2, 2, 2, 2, 2)),
+        (1, BlockParts(1), "rotation", (4, 4, 4, 4, 2)),
+        (3, BlockParts(2), "arrival order", (2, 2, 2, 2, 2)),
+        (4, BlockParts(4), "rotation", (1, 2, 2, 2, 2)),
+        (1, BlockParts(1, (4, 2)), "arrival order", (2, 2, 1, 1, 2)),
+    ],
+)
+def test_relays_by_offset_with_spread_offsets_are_correct(
+    tmp_path, kind, spread, parts, rule, blocks
+):
     """Relays by node offset, the last ``spread`` offsets over every NIC, blocks in
-    ``parts``: the AllGather (and the ReduceScatter and AllReduce made from it) lowers to a
-    plan that verifies at the data level, and every hop off a node carries its block part
-    (a spread offset: the sender's own chunks)."""
+    ``parts`` (per round of offsets: 2 relays, so offsets 1-2 and 3-4): the AllGather (and
+    the ReduceScatter and AllReduce made from it) lowers to a plan that verifies at the
+    data level, and every hop off a node carries its block part (a spread offset: the
+    sender's own chunks) as one step, the relay's own chunk included."""
     from taccl_py.ir.algorithm import Algorithm
     from taccl_py.synth.milp.combine import combine
     from taccl_py.synth.milp.decompose import decompose, node_trees, offset_relays, relays
     from taccl_py.synth.milp.ordering import order
     from taccl_py.synth.milp.schedule import schedule
-    from taccl_py.synth.milp.search import priorities
+    from taccl_py.synth.milp.search import offset_priorities
     from taccl_py.synth.milp.sketch import default_sketch
 
     path = tmp_path / "duo.yaml"
@@ -167,13 +179,25 @@ def test_relays_by_offset_with_spread_offsets_are_correct(tmp_path, kind, spread
         by_offset,
         parts,
     )
-    assert dec.blocks == tuple(2 if o > 5 - spread else 4 // parts for o in range(1, 6))
+    assert dec.blocks == blocks
     sends = dec.sends()
-    _, prio, own = next(r for r in priorities(topo, sends, False) if r[0] == "rotation")
+    _, prio, own = next(r for r in offset_priorities(topo, sends) if r[0] == rule)
     sched = schedule(topo, order(sends, own_data_first=own, prio=prio), False)
     alg = Algorithm(
         "milp", coll, dec.transfers(sched), topo.label, size, {"makespan": sched.makespan}
     )
     if kind != "allgather":
         alg = combine(alg, topo, kind, inplace=False)
-    verify(lower(alg, topo))
+    plan = lower(alg, topo)
+    verify(plan)
+    if kind == "allgather":
+        g = topo.gpus_per_node
+        cnts = {
+            (gpu.id, (tb.send // g - gpu.id // g) % 6, step.cnt)
+            for gpu in plan.gpus
+            for tb in gpu.tbs
+            if tb.send >= 0 and tb.send // g != gpu.id // g
+            for step in tb.steps
+            if step.type == "s"
+        }
+        assert {(r, o, blocks[o - 1]) for r, o, _ in cnts} == cnts

@@ -196,6 +196,7 @@ def _build(alg: Algorithm, header: Plan, topology: Topology | None, rules: Runti
     del blocks
     s_chunks, copies = place(alg, flow)
     _set_accesses(flow, send_ops, recv_ops)
+    _read_own_from_output(alg, flow, copies, send_ops)
     _add_copies(alg, copies, tbs, send_ops, recv_ops, min(rules.max_tbs, RESIDENT_TBS))
     _find_conflicts(tbs)
     _make_steps(flow, tbs)
@@ -239,6 +240,38 @@ def _set_accesses(flow: Flow, send_ops: list[Op], recv_ops: list[Op]) -> None:
         s.reads = (placed(v),) if v.stored else ()
         r.reads = (placed(w.operand),) if w.operand is not None else ()
         r.writes = (placed(w),) if w.stored else ()
+
+
+def _read_own_from_output(
+    alg: Algorithm, flow: Flow, copies: list[Copy], send_ops: list[Op]
+) -> None:
+    """A rank's own input chunk that a scheduled send carries at once with received
+    chunks, all of them consecutive (a relay's block: one peer, channel and start time),
+    is read from its output location, once copied there at the start, so that the block
+    can go as one step (one α) instead of up to three. Other plans are left as they are.
+    """
+    if len({t.start for t in alg.transfers}) < 2:  # no schedule (a baseline)
+        return
+    chunks: dict[tuple, list[int]] = {}  # a send at once -> its chunks
+    received: set[tuple] = set()  # the sends at once that carry a received chunk
+    for k, t in enumerate(alg.transfers):
+        key = (t.src, t.dst, t.channel, t.start)
+        chunks.setdefault(key, []).append(t.chunk)
+        if flow.sent[k].producer is not None:
+            received.add(key)
+    block = {
+        key
+        for key in received
+        if max(cs := chunks[key]) - min(cs) + 1 == len(cs) == len(set(cs)) > 1
+    }
+    for cp in copies:
+        v = cp.version
+        if v.producer is not None or cp.after != -1:
+            continue
+        for k in v.readers:
+            t = alg.transfers[k]
+            if t.src == v.rank and not t.reduce and (t.src, t.dst, t.channel, t.start) in block:
+                send_ops[k].reads = (cp.dst,)
 
 
 def _add_copies(

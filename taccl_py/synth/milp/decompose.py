@@ -441,6 +441,35 @@ def spread_offsets(topology: Topology, relays: int) -> tuple[int, ...]:
     return tuple(s for s in (rest, rest + relays) if 0 < s < topology.nodes - 1)
 
 
+@dataclass(frozen=True)
+class BlockParts:
+    """How many parts a relay's block goes in, with relays by offset: ``rest`` parts, and
+    in the last rounds of offsets (one offset per relay each, in turn) ``last[0]`` parts
+    in the last round, ``last[1]`` in the one before, and so on. Finer parts at the end
+    taper the tail: a receiver forwards a part in its node once it has all arrived, so
+    the last part's forwarding is what is left after the network; whole blocks earlier
+    pay α once each. A count that does not divide the block leaves it whole.
+
+    >>> [BlockParts(1, (4, 2)).of_round(i, 5) for i in range(5)]
+    [1, 1, 1, 2, 4]
+    >>> BlockParts(2).most
+    2
+    """
+
+    rest: int = 1
+    last: tuple[int, ...] = ()
+
+    def of_round(self, index: int, rounds: int) -> int:
+        """The parts of the ``index``-th of ``rounds`` rounds."""
+        back = rounds - 1 - index
+        return self.last[back] if back < len(self.last) else self.rest
+
+    @property
+    def most(self) -> int:
+        """The most parts of any round."""
+        return max((self.rest, *self.last))
+
+
 def decompose(
     topology: Topology,
     collective: Collective,
@@ -450,7 +479,7 @@ def decompose(
     fanout: int,
     bundles: tuple[int, ...] = (),
     by_offset: Mapping[int, tuple[int, int] | None] | None = None,
-    parts: int = 1,
+    parts: BlockParts = BlockParts(),
 ) -> Decomposition:
     """Compose node 0's routes from the intra-node ``trees``, the relays and receivers
     (``carriers``, see :func:`relays`; a list of them per source: one per chunk in turn,
@@ -459,7 +488,7 @@ def decompose(
     spread carriers need, as a bundle's chunks share one route). With ``by_offset``
     (:func:`offset_relays`; direct pattern only) the relay and receiver of the hop into
     node ``o`` are ``by_offset[o]`` for every source instead, and each hop off node 0
-    carries its block of every source's chunks in ``parts`` parts, or into a spread
+    carries its block of every source's chunks in parts (``parts``), or into a spread
     offset (None) each source's chunks from the source's own carrier
     (:func:`block_sizes`)."""
     if collective.kind != ALLGATHER or topology.nodes < 2:
@@ -484,23 +513,33 @@ def decompose(
 
 
 def block_sizes(
-    by_offset: Mapping[int, tuple[int, int] | None], chunkup: int, gpus: int, parts: int
+    by_offset: Mapping[int, tuple[int, int] | None],
+    chunkup: int,
+    gpus: int,
+    parts: BlockParts = BlockParts(),
 ) -> tuple[int, ...]:
     """Chunks per hop into node offset 1, 2, ... with relays by offset: a node's block
-    (``gpus x chunkup`` chunks, contiguous) in ``parts`` equal parts (the whole block if
-    they do not split it), and a GPU's ``chunkup`` chunks into a spread offset (None:
-    each GPU sends its own). A relay sends its offsets in turn, and a receiver forwards a
-    part in its node once it has arrived while the next is on the network: more parts
-    pay more α and steps, fewer leave a longer tail after the last one.
+    (``gpus x chunkup`` chunks, contiguous) in equal parts, as many as ``parts`` gives
+    its round (a relay sends its offsets in turn, so the ``i``-th relayed offsets of
+    every relay make round ``i // relays``), and a GPU's ``chunkup`` chunks into a spread
+    offset (None: each GPU sends its own).
 
-    >>> block_sizes({1: (0, 0), 2: (1, 1), 3: None}, 2, 4, 2)
+    >>> block_sizes({1: (0, 0), 2: (1, 1), 3: None}, 2, 4, BlockParts(2))
     (4, 4, 2)
-    >>> block_sizes({1: (0, 0)}, 1, 6, 4)
+    >>> block_sizes({1: (0, 0)}, 1, 6, BlockParts(4))
     (6,)
+    >>> block_sizes({o: (o % 2, o % 2) for o in range(1, 7)}, 1, 4, BlockParts(1, (4, 2)))
+    (4, 4, 2, 2, 1, 1)
     """
     block = gpus * chunkup
-    whole = block // parts if block % parts == 0 else block
-    return tuple(chunkup if by_offset[o] is None else whole for o in sorted(by_offset))
+    relayed = [o for o in sorted(by_offset) if by_offset[o] is not None]
+    ways = max(1, len({by_offset[o] for o in relayed}))
+    rounds = -(-len(relayed) // ways)
+    size = {}
+    for i, o in enumerate(relayed):
+        k = parts.of_round(i // ways, rounds)
+        size[o] = block // k if block % k == 0 else block
+    return tuple(size.get(o, chunkup) for o in sorted(by_offset))
 
 
 def _options(carrier) -> list[tuple[int, int]]:

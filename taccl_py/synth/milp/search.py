@@ -36,6 +36,7 @@ from ..checks import require_ranks
 from ..solvers import live_progress
 from .decompose import (
     DIRECT_ONLY_NODES,
+    BlockParts,
     Decomposition,
     bundle_sizes,
     decompose,
@@ -76,9 +77,11 @@ CORE_ENOUGH = 0.94  # a core plan at this share of the bound leaves out the whol
 SPREAD = ", a NIC-less GPU's data over every relay"
 OFFSETS = ", relays by node offset"
 #: with relays by offset, the parts a node's block is sent in (see
-#: :func:`.decompose.block_sizes`): with no offset spread over every NIC, and with some
-BLOCK_PARTS = (1, 2, 4, 8)
-SPREAD_PARTS = (1, 2)
+#: :func:`.decompose.block_sizes`): with no offset spread over every NIC, and with some;
+#: the tapers (finer parts in the last rounds) end with little left to forward
+TAPERS = (BlockParts(1, (4, 4, 2, 2)), BlockParts(1, (8, 4, 4, 2, 2)))
+BLOCK_PARTS = (*(BlockParts(k) for k in (1, 2, 4, 8)), TAPERS[0])
+SPREAD_PARTS = (BlockParts(1), BlockParts(2), *TAPERS)
 MAX_HETERO_SENDS = 40_000
 MAX_MERGED = 64  # network connections above which decomposed schedules merge no sends
 MAX_TRANSFERS = 150_000  # skip finer decomposed chunk-ups: lowering and judging cost
@@ -554,7 +557,7 @@ def decomposed_algorithm(
     Above ``DIRECT_ONLY_NODES`` nodes the variants are relays by node offset
     (:func:`.decompose.offset_relays`), blocks in ``BLOCK_PARTS`` parts, and with the
     last offsets spread over every NIC (:func:`.decompose.spread_offsets`) in
-    ``SPREAD_PARTS``, each ordered by rotation only.
+    ``SPREAD_PARTS``, each ordered by :func:`offset_priorities`.
     """
     began = time.monotonic()
     deadline = began + time_limit if deadline is None else deadline
@@ -570,7 +573,7 @@ def decomposed_algorithm(
     variants += [(", one relay per NIC", shared)] if shared else []
     variants += [(SPREAD, spread)] if spread else []
     # relays by offset: variant label -> (offset -> relay and receiver, parts of a block)
-    by_offset: dict[str, tuple[dict, int]] = {}
+    by_offset: dict[str, tuple[dict, BlockParts]] = {}
     if dense and topology.nodes > DIRECT_ONLY_NODES:
         # a rank's direct peers (nodes - 1 each way, each a threadblock other steps wait
         # for) outgrow MSCCL's 128 such threadblocks and its node budget: relays by offset
@@ -636,7 +639,7 @@ def decomposed_algorithm(
                     ()
                     if name == SPREAD or name in by_offset
                     else bundle_sizes(topology, coll.chunkup, coll.chunk_bytes(size), trees, carry),
-                    *by_offset.get(name, (None, 1)),
+                    *by_offset.get(name, (None, BlockParts())),
                 )
                 label = f"decomposed, chunk-up {coll.chunkup}, node fan-out {fanout}{name}"
                 report(f"ordering ({label})")
@@ -651,9 +654,10 @@ def decomposed_algorithm(
                     )
                     <= MAX_MERGED
                 )
-                rules = priorities(topology, sends, own_first)
                 if name in by_offset:  # the others' schedules do not survive the runtime
-                    rules = [rule for rule in rules if rule[0] == "rotation"]
+                    rules = offset_priorities(topology, sends)
+                else:
+                    rules = priorities(topology, sends, own_first)
                 for rule, prio, own in rules:
                     if busy():
                         break
@@ -681,7 +685,7 @@ def decomposed_algorithm(
             # yet: judging goes on past the deadline to the first candidate that fits
         if judged[name] >= JUDGED or (label, makespan) in seen:
             continue  # the latter: most likely the same schedule again
-        steps = dec.collective.chunkup * by_offset.get(name, (None, 1))[1]
+        steps = dec.collective.chunkup * by_offset.get(name, (None, BlockParts()))[1].most
         if steps >= finest:
             continue  # as many steps as a refused candidate's, or more: refused too
         seen.add((label, makespan))
@@ -734,14 +738,19 @@ def decomposed_algorithm(
     return best, scores
 
 
-def _blocks_label(parts: int, spread: int) -> str:
-    """The variant label of relays by offset with blocks in ``parts`` parts and the last
+def _blocks_label(parts: BlockParts, spread: int) -> str:
+    """The variant label of relays by offset with blocks in ``parts`` and the last
     ``spread`` offsets over every NIC.
 
-    >>> _blocks_label(2, 7)
+    >>> _blocks_label(BlockParts(2), 7)
     ', relays by node offset, blocks in 2, the last 7 offsets over every NIC'
+    >>> _blocks_label(BlockParts(1, (4, 2)), 0)
+    ', relays by node offset, whole blocks, in 2 then 4 parts in the last 2 rounds'
     """
-    blocks = f"{OFFSETS}, " + ("whole blocks" if parts == 1 else f"blocks in {parts}")
+    blocks = f"{OFFSETS}, " + ("whole blocks" if parts.rest == 1 else f"blocks in {parts.rest}")
+    if parts.last:
+        taper = " then ".join(map(str, reversed(parts.last)))
+        blocks += f", in {taper} parts in the last {len(parts.last)} rounds"
     return blocks + (f", the last {spread} offsets over every NIC" if spread else "")
 
 
@@ -895,6 +904,37 @@ def _algorithm(
         "merged": sum(len(g) > 1 for g in sched.groups),
     }
     return Algorithm("milp", routes.collective, transfers, topology.label, size, meta)
+
+
+def offset_priorities(topology: Topology, sends: list[Send]) -> list[tuple[str, list[float], bool]]:
+    """Stage 2's rules for relays by offset, both keeping every GPU on the same step of a
+    round-robin over its node's peers (other orders do not survive the runtime's
+    first-ready sharing of a switch port):
+
+    - rotation (see :func:`priorities`);
+    - arrival order: a GPU sends its network offsets in turn, each block's parts in
+      order, and forwards what it receives into its node in the order it arrived (as a
+      first ordering by rotation has it), each to its peers by rotation. Rotation alone
+      may leave the forwards to the last peer until the end.
+    """
+    g = topology.gpus_per_node
+    network = [topology.connections[s.src, s.dst].kind == "network" for s in sends]
+    rotation = [-float((s.dst % g - s.src % g) % g) for s in sends]
+    turns = sorted(
+        (i for i in range(len(sends)) if network[i]),
+        key=lambda i: ((sends[i].dst // g - sends[i].src // g) % topology.nodes, sends[i].chunk),
+    )
+    first = list(rotation)  # network sends in (-1, 0]: before any forward, as rotation has it
+    for n, i in enumerate(turns):
+        first[i] = -n / len(turns)
+    firsts = order(sends, own_data_first=True, prio=first)
+    end = [t + s.dur + s.alpha for t, s in zip(firsts.start, sends)]
+    arrival = [round(max((end[p] for p in s.preds), default=0.0) * 1e9) for s in sends]
+    rank = {t: n for n, t in enumerate(sorted(set(arrival)))}
+    fifo = [
+        first[i] if network[i] else rotation[i] - g * rank[arrival[i]] for i in range(len(sends))
+    ]
+    return [("rotation", rotation, True), ("arrival order", fifo, True)]
 
 
 def priorities(
