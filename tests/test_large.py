@@ -150,7 +150,8 @@ def test_relays_by_offset_with_spread_offsets_are_correct(
     ``parts`` (per round of offsets: 2 relays, so offsets 1-2 and 3-4): the AllGather (and
     the ReduceScatter and AllReduce made from it) lowers to a plan that verifies at the
     data level, and every hop off a node carries its block part (a spread offset: the
-    sender's own chunks) as one step, the relay's own chunk included."""
+    sender's own chunks) as one step, the relay's own chunk included (the ReduceScatter,
+    the AllGather reversed: received in one step)."""
     from taccl_py.ir.algorithm import Algorithm
     from taccl_py.synth.milp.combine import combine
     from taccl_py.synth.milp.decompose import decompose, node_trees, offset_relays, relays
@@ -190,14 +191,18 @@ def test_relays_by_offset_with_spread_offsets_are_correct(
         alg = combine(alg, topo, kind, inplace=False)
     plan = lower(alg, topo)
     verify(plan)
-    if kind == "allgather":
-        g = topo.gpus_per_node
+    # every hop off a node is one step of its block's size, at both ends
+    g, side = topo.gpus_per_node, {"allgather": "send", "reducescatter": "recv"}.get(kind)
+    if side is not None:
         cnts = {
-            (gpu.id, (tb.send // g - gpu.id // g) % 6, step.cnt)
+            (gpu.id, (peer // g - gpu.id // g) % 6, step.cnt)
             for gpu in plan.gpus
             for tb in gpu.tbs
-            if tb.send >= 0 and tb.send // g != gpu.id // g
+            if (peer := tb.send if side == "send" else tb.recv) >= 0 and peer // g != gpu.id // g
             for step in tb.steps
-            if step.type == "s"
+            if step.type not in ("nop", "cpy")
+            # (a spread offset's chunks are the receiver's own, reduced into its input or
+            # output as earlier parts reached them: received in one step or two)
+            and (side == "send" or by_offset[(peer // g - gpu.id // g) % 6] is not None)
         }
         assert {(r, o, blocks[o - 1]) for r, o, _ in cnts} == cnts

@@ -101,10 +101,37 @@ def output_loc(coll: Collective, rank: int, chunk: int) -> Loc | None:
     return coll.inplace_output(rank, index) if coll.inplace else ("o", index)
 
 
+def blocks(alg: Algorithm) -> list[list[int]]:
+    """The transfers that a schedule sends at once (one sender, receiver, channel and start
+    time), two or more of consecutive chunks: a block that should go as one step. None
+    without a schedule (a baseline's transfers all start at 0).
+
+    >>> from taccl_py.ir.algorithm import Transfer
+    >>> ts = [Transfer(0, 0.0, 0, 1, 0), Transfer(0, 0.0, 0, 1, 1), Transfer(1, 1.0, 0, 1, 3)]
+    >>> blocks(Algorithm("x", Collective("allgather", 2, chunkup=2), ts, "t", 1, {}))
+    [[0, 1]]
+    """
+    if len({t.start for t in alg.transfers}) < 2:
+        return []
+    at_once: dict[tuple, list[int]] = {}
+    for k, t in enumerate(alg.transfers):
+        at_once.setdefault((t.src, t.dst, t.channel, t.start), []).append(k)
+    out = []
+    for ks in at_once.values():
+        cs = [alg.transfers[k].chunk for k in ks]
+        if max(cs) - min(cs) + 1 == len(cs) == len(set(cs)) > 1:
+            out.append(ks)
+    return out
+
+
 def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
     """Set ``loc`` of every stored version; return scratch slots per rank and final copies.
 
     Sink locations are ``("sink", threadblock id)``, to be given scratch offsets later.
+    Partial values that a block (:func:`blocks`) brings to a rank that keeps only some of
+    its chunks (a ReduceScatter's relay) stay in scratch together, the rank's own too, so
+    that the block is received in one step; only their final values go to the output.
+    A block's scratch slots are consecutive, in chunk order.
     """
     coll = alg.collective
     content: dict[tuple[int, Loc], Version] = {}
@@ -130,6 +157,26 @@ def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
         out = output_loc(coll, v.rank, v.chunk)
         assert out is not None, f"rank {v.rank}: final chunk {v.chunk} is not its output"
         dest[(v.rank, v.chunk)] = out
+    at_once = blocks(alg)
+    together = {  # the transfers of blocks whose receiver keeps some of their chunks only
+        k
+        for ks in at_once
+        if len({(alg.transfers[k].dst, alg.transfers[k].chunk) in dest for k in ks}) > 1
+        for k in ks
+    }
+    # a block's scratch slots are consecutive in chunk order, the largest blocks' first
+    # (a smaller one is a part of one): so it is received, and sent on, as one step
+    for ks in sorted(at_once, key=lambda ks: (-len(ks), ks[0])):
+        pairs = sorted(
+            (alg.transfers[k].dst, alg.transfers[k].chunk)
+            for k in ks
+            if flow.made[k].stored
+            and flow.made[k].sink is None
+            and ((alg.transfers[k].dst, alg.transfers[k].chunk) not in dest or k in together)
+        )
+        if len(pairs) > 1 and not any(p in slots for p in pairs):
+            for rank, chunk in pairs:
+                scratch(rank, chunk)
     for v in flow.inputs:
         v.loc = input_loc(coll, v.rank, v.chunk)
         content[(v.rank, v.loc)] = v
@@ -141,7 +188,11 @@ def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
         if not w.stored:
             continue
         loc = dest.get((w.rank, w.chunk))  # finals are exactly the postcondition pairs
-        if loc is None or live(content.get((w.rank, loc)), w.chunk, k):
+        if (
+            loc is None
+            or live(content.get((w.rank, loc)), w.chunk, k)
+            or (k in together and not w.final)
+        ):
             loc = ("sink", w.sink) if w.sink is not None else scratch(w.rank, w.chunk)
         w.loc = loc
         content[(w.rank, loc)] = w

@@ -2,7 +2,8 @@
 
 The pipeline: check the IR; follow every value it creates (:mod:`.buffers`); give each
 rank threadblocks and order and fuse their ops (:mod:`.threadblocks`); place values in
-buffers and add final copies; derive dependencies from conflicting accesses of one
+buffers and add final copies (a rank's own chunk sent in a block with received ones is
+read from its output copy); derive dependencies from conflicting accesses of one
 location by different threadblocks (read after write, write after read or write); merge
 runs of steps into multi-chunk steps where both ends of every connection merge alike;
 keep only dependencies not implied by others and spell extra ones as ``nop`` steps.
@@ -28,7 +29,7 @@ from ..plan.runtimes import (
 )
 from ..topology.model import Topology
 from ..util.nogc import gc_paused
-from .buffers import Copy, Flow, Loc, place, placed, value_flow
+from .buffers import Copy, Flow, Loc, blocks, place, placed, value_flow
 from .threadblocks import TB, Op, TbStep, Threadblocks
 
 
@@ -245,32 +246,20 @@ def _set_accesses(flow: Flow, send_ops: list[Op], recv_ops: list[Op]) -> None:
 def _read_own_from_output(
     alg: Algorithm, flow: Flow, copies: list[Copy], send_ops: list[Op]
 ) -> None:
-    """A rank's own input chunk that a scheduled send carries at once with received
-    chunks, all of them consecutive (a relay's block: one peer, channel and start time),
-    is read from its output location, once copied there at the start, so that the block
-    can go as one step (one α) instead of up to three. Other plans are left as they are.
+    """A rank's own input chunk that a block (:func:`.buffers.blocks`) carries with
+    received chunks (a relay's block) is read from its output location, once copied
+    there at the start, so that the block can go as one step (one α) instead of up to
+    three. Other plans are left as they are.
     """
-    if len({t.start for t in alg.transfers}) < 2:  # no schedule (a baseline)
-        return
-    chunks: dict[tuple, list[int]] = {}  # a send at once -> its chunks
-    received: set[tuple] = set()  # the sends at once that carry a received chunk
-    for k, t in enumerate(alg.transfers):
-        key = (t.src, t.dst, t.channel, t.start)
-        chunks.setdefault(key, []).append(t.chunk)
-        if flow.sent[k].producer is not None:
-            received.add(key)
-    block = {
-        key
-        for key in received
-        if max(cs := chunks[key]) - min(cs) + 1 == len(cs) == len(set(cs)) > 1
+    mixed = {
+        k for ks in blocks(alg) if any(flow.sent[k].producer is not None for k in ks) for k in ks
     }
     for cp in copies:
         v = cp.version
         if v.producer is not None or cp.after != -1:
             continue
         for k in v.readers:
-            t = alg.transfers[k]
-            if t.src == v.rank and not t.reduce and (t.src, t.dst, t.channel, t.start) in block:
+            if k in mixed and alg.transfers[k].src == v.rank and not alg.transfers[k].reduce:
                 send_ops[k].reads = (cp.dst,)
 
 
