@@ -17,7 +17,7 @@ from ..collectives import Collective, Contribution
 from ..errors import AlgorithmError
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Transfer:
     step: int
     start: float

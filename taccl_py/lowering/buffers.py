@@ -172,7 +172,10 @@ def place(alg: Algorithm, flow: Flow) -> tuple[list[int], list[Copy]]:
             for k in ks
             if flow.made[k].stored
             and flow.made[k].sink is None
-            and ((alg.transfers[k].dst, alg.transfers[k].chunk) not in dest or k in together)
+            and (
+                (alg.transfers[k].dst, alg.transfers[k].chunk) not in dest
+                or (k in together and not flow.made[k].final)
+            )
         )
         if len(pairs) > 1 and not any(p in slots for p in pairs):
             for rank, chunk in pairs:

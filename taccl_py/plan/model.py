@@ -61,7 +61,7 @@ def rank_buffers(coll: Collective, rank: int) -> tuple[int, int]:
     return (0 if no_input else coll.i_chunks, 0 if no_output else coll.o_chunks)
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     s: int
     type: str

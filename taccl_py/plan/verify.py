@@ -24,6 +24,7 @@ NCCL reads only on the root (a non-root's Broadcast/Scatter input, Reduce/Gather
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ CHANNELS = max(r.channels for r in RUNTIMES.values())
 MAX_STEPS = max(r.max_children for r in RUNTIMES.values())
 MAX_CNT = max(r.max_cnt for r in RUNTIMES.values())
 REDOPS = ("sum", "prod", "max", "min")
+_CLOCK_BITS = 16  # a clock (a step count, at most MAX_STEPS) in the low bits of an int
+_CLOCK_MASK = (1 << _CLOCK_BITS) - 1
 READS_SRC = frozenset({"s", "rrc", "rrs", "rrcs", "cpy", "re"})
 WRITES_DST = frozenset({"r", "rcs", "rrc", "rrcs", "cpy", "re"})
 
@@ -317,9 +320,18 @@ class Interpreter(Generic[V]):
         self.plan = plan
         self.coll = coll = plan.collective()
         self.reduce = reduce
-        self._locs: dict[tuple[int, str, int], int] = {}
-        self._names: list[tuple[int, str, int]] = []
-        self.mem: list = []
+        # locations are numbered rank by rank, buffer by buffer (i, o, s): no table of them
+        self._first: list[int] = []  # each rank's first location
+        self._bases: list[tuple[int, int, int]] = []  # each rank's buffers' first locations
+        extent = {g.id: (g.i_chunks, g.o_chunks, g.s_chunks) for g in plan.gpus}
+        total = 0
+        for rank in range(plan.ngpus):
+            ni, no, ns = extent.get(rank, (0, 0, 0))
+            ni, no = max(ni, coll.i_chunks), max(no, coll.o_chunks)
+            self._first.append(total)
+            self._bases.append((total, total + ni, total + ni + no))
+            total += ni + no + ns
+        self.mem: list = [None] * total
         for rank in range(plan.ngpus):
             if has_input(coll, rank):
                 for j in range(coll.i_chunks):
@@ -383,13 +395,8 @@ class Interpreter(Generic[V]):
         self._fault: str | None = None
 
     def _loc(self, rank: int, buf: str, off: int) -> int:
-        key = (rank, *canonical_location(self.coll, rank, buf, off))
-        loc = self._locs.get(key)
-        if loc is None:
-            loc = self._locs[key] = len(self._names)
-            self._names.append(key)
-            self.mem.append(None)
-        return loc
+        buf, off = canonical_location(self.coll, rank, buf, off)
+        return self._bases[rank][BUFFERS.index(buf)] + off
 
     def _span(self, rank: int, buf: str, off: int, cnt: int) -> tuple[int, ...]:
         return tuple(self._loc(rank, buf, off + c) for c in range(cnt))
@@ -404,13 +411,12 @@ class Interpreter(Generic[V]):
 
     def output(self, rank: int, index: int) -> V | None:
         """Value of output chunk ``index`` of ``rank`` (None if never written)."""
-        key = (rank, *canonical_location(self.coll, rank, "o", index))
-        loc = self._locs.get(key)
-        return None if loc is None else self.mem[loc]
+        return self.mem[self._loc(rank, "o", index)]
 
     def _where(self, loc: int) -> str:
-        rank, buf, off = self._names[loc]
-        return f"rank {rank} {buf}[{off}]"
+        rank = bisect_right(self._first, loc) - 1
+        b = bisect_right(self._bases[rank], loc) - 1
+        return f"rank {rank} {BUFFERS[b]}[{loc - self._bases[rank][b]}]"
 
     def _step_name(self, g: int, s: int) -> str:
         rank, tb = self.tbs[g]
@@ -441,9 +447,11 @@ class Interpreter(Generic[V]):
         self.blocked: list[_Blocked | None] = [None] * ntb  # why an unfinished tb waits
         self.snaps: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         snaps = self.snaps
-        self.wr: list[tuple[int, int] | None] = [None] * len(self.mem)
+        # each location's last write, its tb and clock as one int (see _CLOCK_BITS)
+        self.wr: list[int | None] = [None] * len(self.mem)
         self.unread: list[tuple[int, int, int, V]] = []  # (gpu, step, loc, overwritten value)
-        self.rds: list[dict[int, int] | None] = [None] * len(self.mem)
+        # the reads of a location since its last write: tb -> clock, or one as an int
+        self.rds: list[dict[int, int] | int | None] = [None] * len(self.mem)
         self.ready = ready = deque(range(ntb))
         self.queued = queued = [True] * ntb
         read, write, combine, maximum = self._read, self._write, self._combine, np.maximum
@@ -564,13 +572,15 @@ class Interpreter(Generic[V]):
 
     def _read(self, g: int, k: int, clk: int, vc: np.ndarray, loc: int):
         w = self.wr[loc]
-        if w is not None and w[0] != g and vc[w[0]] < w[1]:
-            self._race(loc, w, "writes", g, k, "reads")
+        if w is not None and w >> _CLOCK_BITS != g and vc[w >> _CLOCK_BITS] < w & _CLOCK_MASK:
+            self._race(loc, (w >> _CLOCK_BITS, w & _CLOCK_MASK), "writes", g, k, "reads")
         rds = self.rds[loc]
-        if rds is None:
-            self.rds[loc] = {g: clk}
-        else:
+        if isinstance(rds, dict):
             rds[g] = clk
+        elif rds is None or rds >> _CLOCK_BITS == g:
+            self.rds[loc] = g << _CLOCK_BITS | clk  # one reader: one int, not a dict
+        else:
+            self.rds[loc] = {rds >> _CLOCK_BITS: rds & _CLOCK_MASK, g: clk}
         value = self.mem[loc]
         if value is None and self._fault is None:
             self._fault = f"{self._step_name(g, k)} reads uninitialised {self._where(loc)}"
@@ -578,17 +588,19 @@ class Interpreter(Generic[V]):
 
     def _write(self, g: int, k: int, clk: int, vc: np.ndarray, loc: int, value) -> None:
         w = self.wr[loc]
-        if w is not None and w[0] != g and vc[w[0]] < w[1]:
-            self._race(loc, w, "writes", g, k, "writes")
+        if w is not None and w >> _CLOCK_BITS != g and vc[w >> _CLOCK_BITS] < w & _CLOCK_MASK:
+            self._race(loc, (w >> _CLOCK_BITS, w & _CLOCK_MASK), "writes", g, k, "writes")
         rds = self.rds[loc]
         if rds is not None:
+            if not isinstance(rds, dict):
+                rds = {rds >> _CLOCK_BITS: rds & _CLOCK_MASK}
             for other, oclk in rds.items():
                 if other != g and vc[other] < oclk:
                     self._race(loc, (other, oclk), "reads", g, k, "writes")
             self.rds[loc] = None
         elif self.mem[loc] is not None:  # a value nobody read is lost
             self.unread.append((g, k, loc, self.mem[loc]))
-        self.wr[loc] = (g, clk)
+        self.wr[loc] = g << _CLOCK_BITS | clk
         self.mem[loc] = value
 
     def _race(
