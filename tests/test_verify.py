@@ -333,3 +333,47 @@ def test_inplace_input_buffer_aliases_the_output():
     next(t for t in plan.gpus[3].tbs if t.send == 2).steps[0].srcoff = 1
     with pytest.raises(PlanError, match="outside buffer 'i'"):
         verify(plan)
+
+
+CROSS_RANK = """\
+<algo name="x" nchunksperloop="2" nchannels="1" ngpus="2" proto="Simple" coll="allgather"
+      inplace="0" outofplace="1" minBytes="0" maxBytes="0">
+  <gpu id="0" i_chunks="1" o_chunks="2" s_chunks="0">
+    <tb id="0" send="1" recv="-1" chan="0">
+      <step s="0" type="cpy" srcbuf="i" srcoff="0" dstbuf="o" dstoff="0" cnt="1" depid="-1" deps="-1" hasdep="0"/>
+      <step s="1" type="s" srcbuf="o" srcoff="0" dstbuf="o" dstoff="0" cnt="1" depid="-1" deps="-1" hasdep="0"/>
+    </tb>
+    <tb id="1" send="-1" recv="1" chan="0">
+      <step s="0" type="r" srcbuf="i" srcoff="0" dstbuf="o" dstoff="1" cnt="1" depid="-1" deps="-1" hasdep="0"/>
+      <step s="1" type="cpy" srcbuf="i" srcoff="0" dstbuf="o" dstoff="0" cnt="1" depid="-1" deps="-1" hasdep="0"/>
+    </tb>
+  </gpu>
+  <gpu id="1" i_chunks="1" o_chunks="2" s_chunks="0">
+    <tb id="0" send="0" recv="0" chan="0">
+      <step s="0" type="r" srcbuf="i" srcoff="0" dstbuf="o" dstoff="0" cnt="1" depid="-1" deps="-1" hasdep="0"/>
+      <step s="1" type="s" srcbuf="i" srcoff="0" dstbuf="o" dstoff="1" cnt="1" depid="-1" deps="-1" hasdep="0"/>
+      <step s="2" type="cpy" srcbuf="i" srcoff="0" dstbuf="o" dstoff="1" cnt="1" depid="-1" deps="-1" hasdep="0"/>
+    </tb>
+  </gpu>
+</algo>
+"""
+
+
+def test_rank_local_clocks_miss_only_orders_through_other_ranks():
+    """Rank 0's tb 1 rewrites o[0] after tb 0 read it, with no dependency between them:
+    only the path through rank 1 (tb 0's send, rank 1's receive and send, tb 1's receive)
+    orders them. Rank-local clocks (a rank's own threadblocks' entries only, what keeps
+    verification's memory linear at 1,024 ranks) see a race; the whole-cluster clocks
+    that confirm every fault find none, so the plan verifies."""
+    from taccl_py.plan.verify import Interpreter
+
+    plan = parse_plan(CROSS_RANK)
+    with pytest.raises(VerificationError, match=r"race on rank 0 o\[0\]"):
+        Interpreter(plan, lambda r, j: {(r, j)}, lambda a, b: a | b).run(local=True)
+    run = Interpreter(plan, lambda r, j: {(r, j)}, lambda a, b: a | b).run()
+    assert [run.output(r, j) for r in (0, 1) for j in (0, 1)] == [{(0, 0)}, {(1, 0)}] * 2
+    assert verify(plan).ranks == 2
+    # a plan without such orders: local clocks, as wide as a rank's threadblocks, suffice
+    ring = load("ring_allgather_8")
+    local = Interpreter(ring, lambda r, j: {(r, j)}, lambda a, b: a | b).run(local=True)
+    assert max(local.entry) + 1 == max(len(g.tbs) for g in ring.gpus) < len(local.tbs)

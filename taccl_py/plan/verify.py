@@ -423,10 +423,23 @@ class Interpreter(Generic[V]):
         return f"rank {rank} tb {tb.id} step {s} ({tb.steps[s].type})"
 
     # -- scheduling -----------------------------------------------------------------------
-    def run(self) -> Interpreter[V]:
-        """Execute every threadblock to completion; raise VerificationError on a fault."""
+    def run(self, *, local: bool = False) -> Interpreter[V]:
+        """Execute every threadblock to completion; raise VerificationError on a fault.
+
+        With ``local``, clocks hold only the entries of the threadblock's own rank (the
+        only ones a race check reads: a rank's steps touch its own buffers only) and a
+        message from another rank orders nothing: a rank's threadblocks are then ordered
+        only by their dependencies and messages among themselves, a subset of the
+        happens-before order. Memory grows with the threadblocks per rank instead of
+        their square; a plan without races here has none, and one with a race here may
+        still be ordered through other ranks (run again without ``local`` to know).
+        """
         ntb = len(self.tbs)
         self.pc = pc = [0] * ntb
+        rank_of = [rank for rank, _ in self.tbs]
+        # clock entry of each tb: its own (whole cluster) or its number in its rank
+        self.entry = entry = [tb.id for _, tb in self.tbs] if local else list(range(ntb))
+        width = max(entry, default=-1) + 1
         # a clock is a step count (<= MAX_STEPS): one byte each where every tb has fewer
         # than 256 steps
         longest = max((len(ops) for ops in self.ops), default=0)
@@ -477,7 +490,7 @@ class Interpreter(Generic[V]):
                         break
                 clk = k + 1
                 if vc is None:
-                    vc = np.zeros(ntb, dtype=dtype)
+                    vc = np.zeros(width, dtype=dtype)
                 if dep is not None:
                     snap_vc, snap_lam = snaps[dep]
                     left = snap_uses[dep] - 1
@@ -485,7 +498,7 @@ class Interpreter(Generic[V]):
                         snap_uses[dep] = left
                     else:  # its last user: free the snapshot
                         del snaps[dep], snap_uses[dep]
-                    dg = dep[0]
+                    dg = entry[dep[0]]  # (a dependency is on a tb of the same rank)
                     mine = vc[dg]
                     if sh:
                         vc, sh = maximum(vc, snap_vc), False
@@ -503,15 +516,17 @@ class Interpreter(Generic[V]):
                             f"{self._step_name(g, k)} receives cnt={op.cnt} but the matching "
                             f"send {self._step_name(sg, ss)} has cnt={len(incoming)}"
                         )
-                    mine = vc[sg]
-                    if sh:
-                        vc, sh = maximum(vc, msg_vc), False
-                    else:
-                        maximum(vc, msg_vc, out=vc)
-                    vc[sg] = max(mine, ss + 1)
+                    if not local or rank_of[sg] == rank_of[g]:
+                        se = entry[sg]
+                        mine = vc[se]
+                        if sh:
+                            vc, sh = maximum(vc, msg_vc), False
+                        else:
+                            maximum(vc, msg_vc, out=vc)
+                        vc[se] = max(mine, ss + 1)
                     if msg_lam > lam:
                         lam = msg_lam
-                vc[g] = clk  # after the merges: no clock sent earlier holds a later step
+                vc[entry[g]] = clk  # after the merges: no clock sent earlier holds a later step
                 lam += 1
                 t = op.type
                 if t != "nop":
@@ -572,7 +587,11 @@ class Interpreter(Generic[V]):
 
     def _read(self, g: int, k: int, clk: int, vc: np.ndarray, loc: int):
         w = self.wr[loc]
-        if w is not None and w >> _CLOCK_BITS != g and vc[w >> _CLOCK_BITS] < w & _CLOCK_MASK:
+        if (
+            w is not None
+            and w >> _CLOCK_BITS != g
+            and vc[self.entry[w >> _CLOCK_BITS]] < w & _CLOCK_MASK
+        ):
             self._race(loc, (w >> _CLOCK_BITS, w & _CLOCK_MASK), "writes", g, k, "reads")
         rds = self.rds[loc]
         if isinstance(rds, dict):
@@ -588,14 +607,18 @@ class Interpreter(Generic[V]):
 
     def _write(self, g: int, k: int, clk: int, vc: np.ndarray, loc: int, value) -> None:
         w = self.wr[loc]
-        if w is not None and w >> _CLOCK_BITS != g and vc[w >> _CLOCK_BITS] < w & _CLOCK_MASK:
+        if (
+            w is not None
+            and w >> _CLOCK_BITS != g
+            and vc[self.entry[w >> _CLOCK_BITS]] < w & _CLOCK_MASK
+        ):
             self._race(loc, (w >> _CLOCK_BITS, w & _CLOCK_MASK), "writes", g, k, "writes")
         rds = self.rds[loc]
         if rds is not None:
             if not isinstance(rds, dict):
                 rds = {rds >> _CLOCK_BITS: rds & _CLOCK_MASK}
             for other, oclk in rds.items():
-                if other != g and vc[other] < oclk:
+                if other != g and vc[self.entry[other]] < oclk:
                     self._race(loc, (other, oclk), "reads", g, k, "writes")
             self.rds[loc] = None
         elif self.mem[loc] is not None:  # a value nobody read is lost
@@ -701,7 +724,13 @@ def _verify(plan: Plan) -> VerifyReport:
             raise VerificationError(f"reduces contribution ({r},{j}) twice")
         return lo, am | bm
 
-    run = Interpreter(plan, lambda rank, j: (index[(rank, j)], 1), reduce).run()
+    def initial(rank: int, j: int) -> tuple[int, int]:
+        return index[(rank, j)], 1
+
+    try:  # rank-local clocks first (small); a fault there is confirmed with whole ones
+        run = Interpreter(plan, initial, reduce).run(local=True)
+    except VerificationError:
+        run = Interpreter(plan, initial, reduce).run()
     want: dict[int, tuple[int, int]] = {}
     for (rank, out), chunk in sorted(coll.output_map.items()):
         if chunk not in want:
