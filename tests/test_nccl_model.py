@@ -259,3 +259,24 @@ def test_rooted_ring_formula_by_hand():
         M.nccl_formula_time(one, "broadcast", size, "tree", "Simple")
     with pytest.raises(TacclError, match="does not run"):
         M.nccl_formula_time(one, "gather", size, "ring", "Simple")
+
+
+def test_nccl_plans_too_big_to_build_are_timed_by_the_formula(monkeypatch):
+    """At 1,024 ranks NCCL's ring and tree plans would be 17-34 M transfers: the model
+    times them with tuning.cc's formula instead of building them (which took over 18 GB
+    after `taccl synthesize -n 128` wrote its plan), and says so."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a plan too big to build was built")
+
+    monkeypatch.setattr(M, "nccl_plan", refuse)
+    topo = load_topology("dgx-h100", 128)
+    best = M.nccl_best(topo, "allreduce", 1 << 30)
+    assert best.how == M.FORMULA
+    assert best.time == min(
+        M.nccl_formula_time(topo, "allreduce", 1 << 30, a, p)
+        for a, p in M.nccl_candidates(topo, "allreduce")
+    )
+    # small clusters' plans are still built and simulated
+    small = load_topology("dgx-h100", 2)
+    assert not M._too_big(small, "allreduce", "ring", 0)

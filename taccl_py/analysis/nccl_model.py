@@ -401,6 +401,10 @@ _PLANS: OrderedDict[tuple, Plan | None] = OrderedDict()
 _PLAN_CACHE_SIZE = 64
 #: steps per threadblock a model plan may have (an MSCCL loader's most children of an element)
 _MODEL_MAX_STEPS = 1024
+#: a ring, tree or p2p plan of more transfers is not built to be simulated (at 512 ranks
+#: and more they are millions: minutes and gigabytes): tuning.cc's formula times it
+#: instead (within 1 % of the simulated ring on 8 x DGX-H100 at 1 GB)
+MODEL_MAX_TRANSFERS = 2_500_000
 
 
 def _fingerprint(topology: Topology) -> tuple:
@@ -543,7 +547,9 @@ def nccl_best(
 ) -> NcclChoice:
     """NCCL's fastest (algorithm, protocol) at ``size`` bytes in this model, timed by the
     simulator's ``call_time`` (ring, tree, p2p) or tuning.cc's formula (nvls, nvls_tree,
-    pat). ``plans`` maps (algorithm, protocol) to an already built plan to time instead.
+    pat; a ring or tree whose plan would have more than :data:`MODEL_MAX_TRANSFERS`
+    transfers, unless given; p2p is then left out). ``plans`` maps (algorithm, protocol)
+    to an already built plan to time instead.
     ``root`` is a rooted collective's root (default: the root of the ``plans`` given, else
     0); a plan given for another root is not used.
 
@@ -561,10 +567,19 @@ def nccl_best(
     for algorithm, protocol in nccl_candidates(topology, kind):
         if algorithm == P2P and protocol != p2p_protocol(topology, size):
             continue
-        if algorithm in PLAN_METHODS:
-            plan = plans.get((algorithm, protocol)) or nccl_plan(
-                topology, kind, algorithm, protocol, root
+        plan = plans.get((algorithm, protocol))
+        if algorithm in PLAN_METHODS and plan is None and _too_big(topology, kind, algorithm, root):
+            if algorithm == P2P:  # (no formula)
+                continue
+            choice = NcclChoice(
+                algorithm,
+                protocol,
+                nccl_formula_time(topology, kind, size, algorithm, protocol),
+                FORMULA,
+                size,
             )
+        elif algorithm in PLAN_METHODS:
+            plan = plan or nccl_plan(topology, kind, algorithm, protocol, root)
             if plan is None:
                 continue
             result = simulate(plan, topology, size)
@@ -591,6 +606,26 @@ def nccl_best(
     if best is None:
         raise TacclError(f"no NCCL algorithm for {kind} on {topology.label}")
     return best
+
+
+def _too_big(topology: Topology, kind: str, algorithm: str, root: int) -> bool:
+    """Whether the plan of NCCL's ``algorithm`` has more than :data:`MODEL_MAX_TRANSFERS`
+    transfers (counted, not made).
+
+    >>> from taccl_py.topology.loader import load_topology
+    >>> [_too_big(load_topology("dgx-h100", n), "allreduce", "ring", 0) for n in (32, 64)]
+    [False, True]
+    """
+    from ..synth.baselines.ring import ring_transfer_count
+    from ..synth.baselines.trees import tree_transfer_count
+
+    coll = Collective(kind, topology.num_ranks, root=root)
+    count = {RING: ring_transfer_count, TREE: tree_transfer_count}.get(algorithm, lambda *_: None)(
+        topology, coll
+    )
+    if count is None:  # other collectives: every chunk to every other rank, at most
+        count = coll.num_chunks * (topology.num_ranks - 1)
+    return count > MODEL_MAX_TRANSFERS
 
 
 def nccl_table(topology: Topology, kind: str, sizes: list[int], root: int = 0) -> list[NcclChoice]:

@@ -80,11 +80,21 @@ def evaluate(
                 bound.detail,
                 100.0 * bound.time / t if t else 100.0,
                 nccl.time,
-                f"{nccl.algorithm}/{nccl.protocol}",
+                f"{nccl.algorithm}/{nccl.protocol}" + (FORMULA_MARK if _by_formula(nccl) else ""),
                 nccl.time / t if t else float("inf"),
             )
         )
     return rows
+
+
+#: marks a ring or tree of NCCL timed by tuning.cc's formula (its plan too big to simulate)
+FORMULA_MARK = "*"
+
+
+def _by_formula(nccl) -> bool:
+    from .nccl_model import FORMULA, PLAN_METHODS
+
+    return nccl.how == FORMULA and nccl.algorithm in PLAN_METHODS
 
 
 def _us(seconds: float) -> str:
@@ -103,6 +113,11 @@ def format_table(rows: list[Row]) -> str:
             f"{format_size(r.size):>8} {_us(r.time):>12} {r.algbw / 1e9:>12.2f} "
             f"{_us(r.bound_time):>12} {r.pct_of_bound:>6.1f}% {_us(r.nccl_time):>12} "
             f"{r.nccl_choice:<14} {r.speedup_vs_nccl:>7.2f}x"
+        )
+    if any(r.nccl_choice.endswith(FORMULA_MARK) for r in rows):
+        lines.append(
+            f"{FORMULA_MARK} NCCL's plan is too big to simulate at this cluster size: "
+            "timed by tuning.cc's formula"
         )
     return "\n".join(lines)
 
