@@ -262,15 +262,15 @@ def test_rooted_ring_formula_by_hand():
 
 
 def test_nccl_plans_too_big_to_build_are_timed_by_the_formula(monkeypatch):
-    """At 1,024 ranks NCCL's ring and tree plans would be 17-34 M transfers: the model
-    times them with tuning.cc's formula instead of building them (which took over 18 GB
-    after `taccl synthesize -n 128` wrote its plan), and says so."""
+    """At 512 ranks NCCL's ring and tree plans would be 4-8 M transfers (17-34 M at
+    1,024): the model times them with tuning.cc's formula instead of building them (which
+    took over 18 GB after `taccl synthesize -n 128` wrote its plan), and says so."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("a plan too big to build was built")
 
     monkeypatch.setattr(M, "nccl_plan", refuse)
-    topo = load_topology("dgx-h100", 128)
+    topo = load_topology("dgx-h100", 64)
     best = M.nccl_best(topo, "allreduce", 1 << 30)
     assert best.how == M.FORMULA
     assert best.time == min(

@@ -405,6 +405,7 @@ _MODEL_MAX_STEPS = 1024
 #: and more they are millions: minutes and gigabytes): tuning.cc's formula times it
 #: instead (within 1 % of the simulated ring on 8 x DGX-H100 at 1 GB)
 MODEL_MAX_TRANSFERS = 2_500_000
+_TOO_BIG: dict[tuple, bool] = {}  # see _too_big
 
 
 def _fingerprint(topology: Topology) -> tuple:
@@ -619,13 +620,15 @@ def _too_big(topology: Topology, kind: str, algorithm: str, root: int) -> bool:
     from ..synth.baselines.ring import ring_transfer_count
     from ..synth.baselines.trees import tree_transfer_count
 
-    coll = Collective(kind, topology.num_ranks, root=root)
-    count = {RING: ring_transfer_count, TREE: tree_transfer_count}.get(algorithm, lambda *_: None)(
-        topology, coll
-    )
-    if count is None:  # other collectives: every chunk to every other rank, at most
-        count = coll.num_chunks * (topology.num_ranks - 1)
-    return count > MODEL_MAX_TRANSFERS
+    key = (*_fingerprint(topology), kind, root, algorithm)
+    if key not in _TOO_BIG:  # (counting takes seconds at 512 ranks and more)
+        coll = Collective(kind, topology.num_ranks, root=root)
+        counter = {RING: ring_transfer_count, TREE: tree_transfer_count}.get(algorithm)
+        count = None if counter is None else counter(topology, coll)
+        if count is None:  # other collectives: every chunk to every other rank, at most
+            count = coll.num_chunks * (topology.num_ranks - 1)
+        _TOO_BIG[key] = count > MODEL_MAX_TRANSFERS
+    return _TOO_BIG[key]
 
 
 def nccl_table(topology: Topology, kind: str, sizes: list[int], root: int = 0) -> list[NcclChoice]:
